@@ -1,0 +1,209 @@
+// Package client is the Go SDK an ML platform uses to ask aigov for a
+// decision: it publishes a request event on JetStream and waits for the
+// decision on its own inbox.
+package client
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/aigov/aigov/schemas"
+)
+
+// ErrClosed is returned by Authorize after Close.
+var ErrClosed = errors.New("aigov client: closed")
+
+// ErrTimeout is returned when no decision arrives before the deadline. The
+// request may still be decided and audited later; retrying with the same
+// request id is safe.
+var ErrTimeout = errors.New("aigov client: no decision before the deadline")
+
+// Options configure a Client.
+type Options struct {
+	// Prefix of aigov subjects; default "aigov".
+	Prefix string
+	// Source is the CloudEvents source of the platform's requests.
+	Source string
+	// Timeout applies when the caller's context has no deadline.
+	Timeout time.Duration
+}
+
+// Client sends requests and routes decisions back to their callers. It is
+// safe for concurrent use; one subscription serves every pending request.
+type Client struct {
+	nc       *nats.Conn
+	js       jetstream.JetStream
+	subjects schemas.Subjects
+	source   string
+	timeout  time.Duration
+	inbox    string
+	sub      *nats.Subscription
+
+	mu      sync.Mutex
+	closed  bool
+	pending map[string]chan schemas.Decision
+}
+
+// New subscribes to the connection's reply inbox. The connection's user must
+// be allowed to publish on <prefix>.request.> and subscribe to its inbox.
+func New(nc *nats.Conn, opts Options) (*Client, error) {
+	if nc == nil {
+		return nil, errors.New("aigov client: nil NATS connection")
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, fmt.Errorf("aigov client: jetstream: %w", err)
+	}
+	if opts.Source == "" {
+		opts.Source = "aigov-client"
+	}
+	if opts.Timeout <= 0 {
+		opts.Timeout = 5 * time.Second
+	}
+	c := &Client{
+		nc:       nc,
+		js:       js,
+		subjects: schemas.NewSubjects(opts.Prefix),
+		source:   opts.Source,
+		timeout:  opts.Timeout,
+		inbox:    nc.NewRespInbox(),
+		pending:  make(map[string]chan schemas.Decision),
+	}
+	// NewRespInbox ends in a unique token; replace it with a wildcard so one
+	// subscription catches every reply, keyed by request id.
+	c.inbox = c.inbox[:strings.LastIndexByte(c.inbox, '.')]
+	c.sub, err = nc.Subscribe(c.inbox+".*", c.route)
+	if err != nil {
+		return nil, fmt.Errorf("aigov client: subscribe to replies: %w", err)
+	}
+	return c, nil
+}
+
+func (c *Client) route(m *nats.Msg) {
+	var ev schemas.Event
+	var d schemas.Decision
+	if err := json.Unmarshal(m.Data, &ev); err != nil {
+		return
+	}
+	if err := json.Unmarshal(ev.Data, &d); err != nil {
+		return
+	}
+	c.mu.Lock()
+	ch, ok := c.pending[d.RequestID]
+	delete(c.pending, d.RequestID)
+	c.mu.Unlock()
+	if ok {
+		ch <- d // buffered: never blocks
+	}
+}
+
+// Call is one request to send.
+type Call struct {
+	// ID is the request id and idempotency key; empty means a new UUID.
+	ID string
+	// Token is the raw OIDC JWT; it travels only in the request's header.
+	Token   string
+	Request schemas.Request
+}
+
+// Authorize publishes the request and waits for its decision. A deny is a
+// Decision, not an error; errors mean no decision was received.
+func (c *Client) Authorize(ctx context.Context, call Call) (schemas.Decision, error) {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.timeout)
+		defer cancel()
+	}
+	if call.ID == "" {
+		call.ID = schemas.NewID()
+	}
+	ch := make(chan schemas.Decision, 1)
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return schemas.Decision{}, ErrClosed
+	}
+	c.pending[call.ID] = ch
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		delete(c.pending, call.ID)
+		c.mu.Unlock()
+	}()
+
+	msg, err := c.Message(call, c.inbox+"."+replyToken(call.ID))
+	if err != nil {
+		return schemas.Decision{}, err
+	}
+	if _, err := c.js.PublishMsg(ctx, msg, jetstream.WithMsgID(call.ID)); err != nil {
+		return schemas.Decision{}, fmt.Errorf("aigov client: publish request %s: %w", call.ID, err)
+	}
+	select {
+	case d := <-ch:
+		return d, nil
+	case <-ctx.Done():
+		return schemas.Decision{}, fmt.Errorf("%w: request %s: %v", ErrTimeout, call.ID, ctx.Err())
+	}
+}
+
+// Message builds the NATS message for a call without sending it, for
+// platforms that publish themselves (replyTo may be empty).
+func (c *Client) Message(call Call, replyTo string) (*nats.Msg, error) {
+	return NewRequestMessage(c.subjects, c.source, call, replyTo)
+}
+
+// NewRequestMessage builds a request message: the CloudEvent body, the
+// bearer token header, the reply header and the de-duplication id.
+func NewRequestMessage(subjects schemas.Subjects, source string, call Call, replyTo string) (*nats.Msg, error) {
+	if err := call.Request.Validate(); err != nil {
+		return nil, fmt.Errorf("aigov client: %w", err)
+	}
+	if call.ID == "" {
+		call.ID = schemas.NewID()
+	}
+	ev, err := schemas.NewEvent(call.ID, source, schemas.TypeRequest, time.Now(), call.Request)
+	if err != nil {
+		return nil, fmt.Errorf("aigov client: %w", err)
+	}
+	ev.Subject = call.Request.Resource.String()
+	body, err := json.Marshal(ev)
+	if err != nil {
+		return nil, fmt.Errorf("aigov client: encode request: %w", err)
+	}
+	msg := nats.NewMsg(subjects.Request(call.Request.Action))
+	msg.Data = body
+	msg.Header.Set(schemas.HeaderMsgID, call.ID)
+	if call.Token != "" {
+		msg.Header.Set(schemas.HeaderAuthorization, "Bearer "+call.Token)
+	}
+	if replyTo != "" {
+		msg.Header.Set(schemas.HeaderReplyTo, replyTo)
+	}
+	return msg, nil
+}
+
+// replyToken makes a request id safe as one subject token.
+func replyToken(id string) string {
+	return strings.Map(func(r rune) rune {
+		if r <= ' ' || r == '.' || r == '*' || r == '>' || r > '~' {
+			return '_'
+		}
+		return r
+	}, id)
+}
+
+// Close stops receiving decisions; pending calls end with their context.
+func (c *Client) Close() error {
+	c.mu.Lock()
+	c.closed = true
+	c.mu.Unlock()
+	return c.sub.Unsubscribe()
+}

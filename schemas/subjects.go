@@ -1,0 +1,64 @@
+package schemas
+
+import (
+	"fmt"
+	"strings"
+)
+
+// DefaultPrefix is the first token of every aigov subject.
+const DefaultPrefix = "aigov"
+
+// Subjects builds subject names under one configurable prefix.
+type Subjects struct {
+	Prefix string
+}
+
+// NewSubjects returns Subjects for prefix, or for DefaultPrefix when empty.
+func NewSubjects(prefix string) Subjects {
+	if prefix == "" {
+		prefix = DefaultPrefix
+	}
+	return Subjects{Prefix: prefix}
+}
+
+// Kinds of subject: the second token.
+const (
+	KindRequest  = "request"
+	KindVerified = "verified"
+	KindDecision = "decision"
+	KindSession  = "session"
+)
+
+// Session event names: the third token of aigov.session.*.
+const (
+	SessionStarted     = "started"
+	SessionExpired     = "expired"
+	SessionRevoked     = "revoked"
+	SessionTokenIssued = "token_issued"
+)
+
+// Request is the subject a platform publishes an action's request on.
+func (s Subjects) Request(action string) string { return s.join(KindRequest, action) }
+
+// Verified is the subject authn publishes a verified request on.
+func (s Subjects) Verified(action string) string { return s.join(KindVerified, action) }
+
+// Decision is the subject a decision is published on.
+func (s Subjects) Decision(action string) string { return s.join(KindDecision, action) }
+
+// Session is the subject of a session event.
+func (s Subjects) Session(event string) string { return s.join(KindSession, event) }
+
+// All is the wildcard for one kind of subject, e.g. aigov.request.>.
+func (s Subjects) All(kind string) string { return s.join(kind, ">") }
+
+func (s Subjects) join(kind, rest string) string { return s.Prefix + "." + kind + "." + rest }
+
+// ActionOf returns the action encoded in a subject of the given kind.
+func (s Subjects) ActionOf(kind, subject string) (string, error) {
+	p := s.Prefix + "." + kind + "."
+	if !strings.HasPrefix(subject, p) || len(subject) == len(p) {
+		return "", fmt.Errorf("%w: subject %q is not under %s>", ErrInvalidEvent, subject, p)
+	}
+	return subject[len(p):], nil
+}

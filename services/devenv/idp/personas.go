@@ -1,0 +1,63 @@
+package idp
+
+// Persona is a dev/test identity the provider can log in. It is exported so
+// that the demo (`make run`) and every service's tests talk about the same
+// people and the same group memberships, instead of each inventing its own.
+type Persona struct {
+	// Subject becomes the token's `sub`; it is the stable identifier the
+	// authn service and audit records key on.
+	Subject string
+	// Email becomes the `email` claim (always `email_verified: true`).
+	Email string
+	// Name becomes the `name` claim, for human-readable audit output.
+	Name string
+	// Groups becomes the `groups` claim; authorization policies are written
+	// against these group names. Never nil: an empty slice is emitted as
+	// `"groups": []` so "no groups" is distinguishable from "claim missing".
+	Groups []string
+}
+
+// Personas returns the dev personas keyed by the name passed to
+// Provider.Token. It builds a fresh map on every call (there is no
+// package-level mutable state) so a caller that edits the result cannot
+// change what another test or the provider sees.
+func Personas() map[string]Persona {
+	return map[string]Persona{
+		// A data scientist: submits ordinary AI operation requests.
+		"alice": {
+			Subject: "alice",
+			Email:   "alice@aigov.example",
+			Name:    "Alice Archer",
+			Groups:  []string{"data-scientists"},
+		},
+		// A data scientist who may also contribute datasets.
+		"carol": {
+			Subject: "carol",
+			Email:   "carol@aigov.example",
+			Name:    "Carol Chen",
+			Groups:  []string{"dataset-contributors", "data-scientists"},
+		},
+		// An ML platform engineer: operates the platforms that publish requests.
+		"erin": {
+			Subject: "erin",
+			Email:   "erin@aigov.example",
+			Name:    "Erin Evans",
+			Groups:  []string{"ml-platform"},
+		},
+		// A risk reviewer: approves or rejects what policy escalates.
+		"rita": {
+			Subject: "rita",
+			Email:   "rita@aigov.example",
+			Name:    "Rita Reyes",
+			Groups:  []string{"risk-reviewers"},
+		},
+		// An outsider: authenticates fine but belongs to no group, so every
+		// group-based permission must deny them.
+		"oscar": {
+			Subject: "oscar",
+			Email:   "oscar@aigov.example",
+			Name:    "Oscar Ortiz",
+			Groups:  []string{},
+		},
+	}
+}

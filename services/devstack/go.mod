@@ -1,0 +1,3 @@
+module github.com/aigov/aigov/services/devstack
+
+go 1.26.8

@@ -1,0 +1,165 @@
+// Package runtime is what every aigov service shares to run: configuration
+// from the environment, the NATS connection, the runner that owns acks, the
+// health and metrics server, logging and graceful shutdown.
+package runtime
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Lookup reads one configuration variable; os.LookupEnv in production, a map
+// in tests.
+type Lookup func(key string) (string, bool)
+
+// MapLookup serves variables from a map.
+func MapLookup(m map[string]string) Lookup {
+	return func(k string) (string, bool) { v, ok := m[k]; return v, ok }
+}
+
+// Env reads typed variables and collects every violation, so that a service
+// started with three bad settings reports all three at once.
+type Env struct {
+	lookup Lookup
+	errs   []error
+}
+
+// NewEnv reads from lookup.
+func NewEnv(lookup Lookup) *Env { return &Env{lookup: lookup} }
+
+func (e *Env) raw(key string) (string, bool) {
+	v, ok := e.lookup(key)
+	v = strings.TrimSpace(v)
+	return v, ok && v != ""
+}
+
+// String returns the variable or def.
+func (e *Env) String(key, def string) string {
+	if v, ok := e.raw(key); ok {
+		return v
+	}
+	return def
+}
+
+// Required returns the variable, recording an error when it is unset.
+func (e *Env) Required(key string) string {
+	v, ok := e.raw(key)
+	if !ok {
+		e.errs = append(e.errs, fmt.Errorf("%s is required", key))
+	}
+	return v
+}
+
+// Duration parses a Go duration such as 30s or 5m.
+func (e *Env) Duration(key string, def time.Duration) time.Duration {
+	v, ok := e.raw(key)
+	if !ok {
+		return def
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d < 0 {
+		e.errs = append(e.errs, fmt.Errorf("%s=%q is not a non-negative duration such as 30s", key, v))
+		return def
+	}
+	return d
+}
+
+// Int parses a whole number no smaller than min.
+func (e *Env) Int(key string, def, min int) int {
+	v, ok := e.raw(key)
+	if !ok {
+		return def
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < min {
+		e.errs = append(e.errs, fmt.Errorf("%s=%q is not a whole number >= %d", key, v, min))
+		return def
+	}
+	return n
+}
+
+// Bool parses true/false/1/0.
+func (e *Env) Bool(key string, def bool) bool {
+	v, ok := e.raw(key)
+	if !ok {
+		return def
+	}
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		e.errs = append(e.errs, fmt.Errorf("%s=%q is not true or false", key, v))
+		return def
+	}
+	return b
+}
+
+// List splits a comma-separated variable, dropping empty items.
+func (e *Env) List(key string, def []string) []string {
+	v, ok := e.raw(key)
+	if !ok {
+		return def
+	}
+	var out []string
+	for _, s := range strings.Split(v, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// Fail records a violation found by the caller's own checks.
+func (e *Env) Fail(format string, args ...any) { e.errs = append(e.errs, fmt.Errorf(format, args...)) }
+
+// Err joins every violation seen, or is nil.
+func (e *Env) Err() error {
+	if len(e.errs) == 0 {
+		return nil
+	}
+	return fmt.Errorf("configuration: %w", errors.Join(e.errs...))
+}
+
+// Common is the configuration every service reads.
+type Common struct {
+	// Service names the process in logs, metrics and NATS.
+	Service string
+	// NATSURL is a comma-separated server list (AIGOV_NATS_URL).
+	NATSURL string
+	// NATSUser and NATSPassword authenticate the service's own NATS user.
+	NATSUser     string
+	NATSPassword string
+	// NATSCreds is a .creds file, used instead of user/password when set.
+	NATSCreds string
+	// Prefix is the first token of every subject (AIGOV_SUBJECT_PREFIX).
+	Prefix string
+	// Replicas of streams and buckets the service ensures (AIGOV_REPLICAS).
+	Replicas int
+	// HTTPAddr serves /healthz, /readyz and /metrics (AIGOV_HTTP_ADDR).
+	HTTPAddr string
+	// LogLevel is a zerolog level name (AIGOV_LOG_LEVEL).
+	LogLevel string
+	// LogFormat is json or console (AIGOV_LOG_FORMAT).
+	LogFormat string
+	// ShutdownTimeout bounds draining and flushing on SIGTERM.
+	ShutdownTimeout time.Duration
+}
+
+// LoadCommon reads the shared variables. defaultHTTP differs per service so
+// that a whole stack runs on one host without clashes.
+func LoadCommon(e *Env, service, defaultHTTP string) Common {
+	return Common{
+		Service:         service,
+		NATSURL:         e.String("AIGOV_NATS_URL", "nats://127.0.0.1:4222"),
+		NATSUser:        e.String("AIGOV_NATS_USER", service),
+		NATSPassword:    e.String("AIGOV_NATS_PASSWORD", ""),
+		NATSCreds:       e.String("AIGOV_NATS_CREDS", ""),
+		Prefix:          e.String("AIGOV_SUBJECT_PREFIX", "aigov"),
+		Replicas:        e.Int("AIGOV_REPLICAS", 1, 1),
+		HTTPAddr:        e.String("AIGOV_HTTP_ADDR", defaultHTTP),
+		LogLevel:        e.String("AIGOV_LOG_LEVEL", "info"),
+		LogFormat:       e.String("AIGOV_LOG_FORMAT", "json"),
+		ShutdownTimeout: e.Duration("AIGOV_SHUTDOWN_TIMEOUT", 20*time.Second),
+	}
+}

@@ -1,0 +1,267 @@
+package runtime
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+)
+
+// Handler processes one message. Handlers never ack: the runner acks on
+// nil, terminates on a Permanent error, and naks with a delay otherwise so
+// JetStream redelivers.
+type Handler func(ctx context.Context, m jetstream.Msg) error
+
+// BatchHandler processes a batch; nil means every message's effect is
+// durable and all are acked.
+type BatchHandler func(ctx context.Context, msgs []jetstream.Msg) error
+
+// ErrPermanent marks an error that no retry can fix.
+var ErrPermanent = errors.New("permanent failure")
+
+// Permanent wraps err so the runner terminates the message instead of
+// retrying it.
+func Permanent(err error) error { return fmt.Errorf("%w: %w", ErrPermanent, err) }
+
+// Runner pulls from a durable consumer and owns every ack.
+type Runner struct {
+	name    string
+	log     zerolog.Logger
+	workers int
+	// HandlerTimeout bounds one handler call; keep it below AckWait.
+	HandlerTimeout time.Duration
+	// Backoff returns the redelivery delay after a failed attempt.
+	Backoff func(delivered uint64) time.Duration
+
+	handled *prometheus.CounterVec
+	latency prometheus.Histogram
+}
+
+// NewRunner registers the runner's metrics in reg.
+func NewRunner(name string, log zerolog.Logger, reg prometheus.Registerer, workers int) *Runner {
+	if workers < 1 {
+		workers = 1
+	}
+	r := &Runner{
+		name:           name,
+		log:            log.With().Str("consumer", name).Logger(),
+		workers:        workers,
+		HandlerTimeout: 10 * time.Second,
+		Backoff:        ExponentialBackoff(250*time.Millisecond, 30*time.Second),
+		handled: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name:        "aigov_messages_handled_total",
+			Help:        "Messages handled by outcome: ack, nak or term.",
+			ConstLabels: prometheus.Labels{"consumer": name},
+		}, []string{"outcome"}),
+		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:        "aigov_handler_seconds",
+			Help:        "Time spent in the handler per message or batch.",
+			ConstLabels: prometheus.Labels{"consumer": name},
+			Buckets:     prometheus.ExponentialBuckets(0.0001, 2, 16),
+		}),
+	}
+	reg.MustRegister(r.handled, r.latency)
+	return r
+}
+
+// ExponentialBackoff doubles from first up to max.
+func ExponentialBackoff(first, max time.Duration) func(uint64) time.Duration {
+	return func(delivered uint64) time.Duration {
+		d := first
+		for i := uint64(1); i < delivered && d < max; i++ {
+			d *= 2
+		}
+		return min(d, max)
+	}
+}
+
+// pump feeds messages from the consumer into out until ctx ends; then it
+// drains what was already pulled and closes out.
+func (r *Runner) pump(ctx context.Context, cons jetstream.Consumer, buffer int, out chan<- jetstream.Msg) error {
+	it, err := cons.Messages(jetstream.PullMaxMessages(buffer))
+	if err != nil {
+		close(out)
+		return fmt.Errorf("consume %s: %w", r.name, err)
+	}
+	stop := context.AfterFunc(ctx, it.Drain)
+	defer stop()
+	go func() {
+		defer close(out)
+		for {
+			m, err := it.Next()
+			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+				return
+			}
+			if err != nil {
+				// Missed heartbeats and the like: the iterator recovers by
+				// itself; pause so a broken link cannot spin the loop.
+				r.log.Warn().Err(err).Msg("pull interrupted")
+				select {
+				case <-time.After(200 * time.Millisecond):
+				case <-ctx.Done():
+				}
+				continue
+			}
+			out <- m
+		}
+	}()
+	return nil
+}
+
+// Run handles messages with the runner's workers until ctx ends, then stops
+// pulling, finishes every message already pulled, and returns.
+func (r *Runner) Run(ctx context.Context, cons jetstream.Consumer, h Handler) error {
+	msgs := make(chan jetstream.Msg)
+	if err := r.pump(ctx, cons, 2*r.workers, msgs); err != nil {
+		return err
+	}
+	var wg sync.WaitGroup
+	for range r.workers {
+		wg.Go(func() {
+			for m := range msgs {
+				r.handle(ctx, m, h)
+			}
+		})
+	}
+	wg.Wait()
+	return nil
+}
+
+func (r *Runner) handle(ctx context.Context, m jetstream.Msg, h Handler) {
+	// In-flight work finishes after shutdown begins; only the timeout cuts it.
+	hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.HandlerTimeout)
+	defer cancel()
+	start := time.Now()
+	err := r.safely(func() error { return h(hctx, m) })
+	r.latency.Observe(time.Since(start).Seconds())
+	r.settle(m, err)
+}
+
+func (r *Runner) safely(f func() error) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("handler panic: %v", p)
+		}
+	}()
+	return f()
+}
+
+func (r *Runner) settle(m jetstream.Msg, err error) {
+	var delivered uint64
+	if md, mdErr := m.Metadata(); mdErr == nil {
+		delivered = md.NumDelivered
+	}
+	switch {
+	case err == nil:
+		if aerr := m.Ack(); aerr != nil {
+			// The effect is durable; redelivery will be absorbed as a duplicate.
+			r.log.Warn().Err(aerr).Str("subject", m.Subject()).Msg("ack failed")
+		}
+		r.handled.WithLabelValues("ack").Inc()
+	case errors.Is(err, ErrPermanent):
+		r.log.Error().Err(err).Str("subject", m.Subject()).Uint64("num_delivered", delivered).Msg("message terminated")
+		_ = m.TermWithReason(truncate(err.Error(), 200))
+		r.handled.WithLabelValues("term").Inc()
+	default:
+		delay := r.Backoff(delivered)
+		r.log.Warn().Err(err).Str("subject", m.Subject()).Uint64("num_delivered", delivered).Dur("retry_in", delay).Msg("message will be retried")
+		_ = m.NakWithDelay(delay)
+		r.handled.WithLabelValues("nak").Inc()
+	}
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n]
+}
+
+// BatchOptions bound a batch.
+type BatchOptions struct {
+	// MaxMessages flushes a batch when it holds this many.
+	MaxMessages int
+	// MaxWait flushes a non-empty batch this long after its first message.
+	MaxWait time.Duration
+}
+
+// RunBatches collects messages into batches and hands each to h. A failed
+// batch is retried in place with back-off, its messages kept alive with
+// InProgress, so that a sink outage holds the backlog in JetStream instead of
+// burning through MaxDeliver. On shutdown the last batch is flushed; if that
+// fails too its messages are nak'ed for redelivery after restart.
+func (r *Runner) RunBatches(ctx context.Context, cons jetstream.Consumer, opts BatchOptions, h BatchHandler) error {
+	if opts.MaxMessages < 1 || opts.MaxWait <= 0 {
+		return errors.New("batch options need MaxMessages >= 1 and MaxWait > 0")
+	}
+	msgs := make(chan jetstream.Msg, opts.MaxMessages)
+	if err := r.pump(ctx, cons, 2*opts.MaxMessages, msgs); err != nil {
+		return err
+	}
+	batch := make([]jetstream.Msg, 0, opts.MaxMessages)
+	timer := time.NewTimer(opts.MaxWait)
+	timer.Stop()
+	flush := func() {
+		if len(batch) > 0 {
+			r.flush(ctx, batch, h)
+			batch = batch[:0]
+		}
+		timer.Stop()
+	}
+	for {
+		select {
+		case m, ok := <-msgs:
+			if !ok {
+				flush()
+				return nil
+			}
+			if len(batch) == 0 {
+				timer.Reset(opts.MaxWait)
+			}
+			batch = append(batch, m)
+			if len(batch) >= opts.MaxMessages {
+				flush()
+			}
+		case <-timer.C:
+			flush()
+		}
+	}
+}
+
+func (r *Runner) flush(ctx context.Context, batch []jetstream.Msg, h BatchHandler) {
+	for attempt := uint64(1); ; attempt++ {
+		hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.HandlerTimeout)
+		start := time.Now()
+		err := r.safely(func() error { return h(hctx, batch) })
+		cancel()
+		r.latency.Observe(time.Since(start).Seconds())
+		if err == nil {
+			for _, m := range batch {
+				r.settle(m, nil)
+			}
+			return
+		}
+		if ctx.Err() != nil {
+			r.log.Error().Err(err).Int("messages", len(batch)).Msg("batch failed during shutdown; left for redelivery")
+			for _, m := range batch {
+				_ = m.Nak()
+				r.handled.WithLabelValues("nak").Inc()
+			}
+			return
+		}
+		delay := r.Backoff(attempt)
+		r.log.Warn().Err(err).Int("messages", len(batch)).Uint64("attempt", attempt).Dur("retry_in", delay).Msg("batch failed; retrying")
+		for _, m := range batch {
+			_ = m.InProgress()
+		}
+		select {
+		case <-time.After(delay):
+		case <-ctx.Done():
+		}
+	}
+}

@@ -1,0 +1,105 @@
+package runtime
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/aigov/aigov/schemas"
+)
+
+// Service holds what every service runs on: its logger, its NATS
+// connection, the topology and the health/metrics server.
+type Service struct {
+	Config   Common
+	Log      zerolog.Logger
+	NC       *nats.Conn
+	JS       jetstream.JetStream
+	Topology schemas.Topology
+	HTTP     *Server
+}
+
+// Start builds the logger, binds the health server, connects to NATS and
+// ensures the bus topology.
+func Start(ctx context.Context, c Common) (*Service, error) {
+	log, err := NewLogger(c)
+	if err != nil {
+		return nil, err
+	}
+	srv, err := NewServer(c.HTTPAddr)
+	if err != nil {
+		return nil, err
+	}
+	nc, js, err := Connect(ctx, c, log)
+	if err != nil {
+		_ = srv.ln.Close()
+		return nil, err
+	}
+	topo := c.Topology()
+	if err := topo.Ensure(ctx, js); err != nil {
+		nc.Close()
+		_ = srv.ln.Close()
+		return nil, err
+	}
+	srv.AddCheck("nats", NATSCheck(nc))
+	log.Info().Str("http_addr", srv.Addr()).Str("nats_url", nc.ConnectedUrlRedacted()).Msg("service started")
+	return &Service{Config: c, Log: log, NC: nc, JS: js, Topology: topo, HTTP: srv}, nil
+}
+
+// Worker is one long-running part of a service, such as a consumer loop.
+// It returns when ctx ends, after finishing the work it had taken.
+type Worker func(ctx context.Context) error
+
+// Run runs the workers and the health server until ctx ends or a worker
+// fails, then shuts down in order: not ready first, workers drained, then
+// the NATS connection drained (flushing pending publishes and acks), and the
+// health server last so probes see the whole shutdown.
+func (s *Service) Run(ctx context.Context, workers ...Worker) error {
+	httpCtx, stopHTTP := context.WithCancel(context.WithoutCancel(ctx))
+	httpDone := make(chan error, 1)
+	go func() { httpDone <- s.HTTP.Serve(httpCtx) }()
+
+	wctx, stopWorkers := context.WithCancel(ctx)
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		errs []error
+	)
+	for _, w := range workers {
+		wg.Go(func() {
+			if err := w(wctx); err != nil {
+				mu.Lock()
+				errs = append(errs, err)
+				mu.Unlock()
+				stopWorkers() // one failed part takes the service down
+			}
+		})
+	}
+	s.HTTP.SetReady(true)
+	<-wctx.Done()
+	s.HTTP.SetReady(false)
+	s.Log.Info().Msg("shutting down")
+	wg.Wait()
+	stopWorkers()
+
+	if err := s.NC.Drain(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+		errs = append(errs, fmt.Errorf("drain nats: %w", err))
+	}
+	// Drain is asynchronous; wait for it, bounded by the shutdown timeout.
+	deadline := time.Now().Add(s.Config.ShutdownTimeout)
+	for !s.NC.IsClosed() && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	stopHTTP()
+	if err := <-httpDone; err != nil {
+		errs = append(errs, err)
+	}
+	s.Log.Info().Msg("stopped")
+	return errors.Join(errs...)
+}
