@@ -34,3 +34,7 @@ require (
 	golang.org/x/sys v0.49.0 // indirect
 	golang.org/x/time v0.16.0 // indirect
 )
+
+require github.com/aigov/aigov/schemas v0.0.0
+
+replace github.com/aigov/aigov/schemas => ../../schemas
