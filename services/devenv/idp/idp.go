@@ -78,6 +78,9 @@ type Options struct {
 	// expired (a clock in the past) without sleeping or touching
 	// mockoidc's package-global NowFunc, which would leak across providers.
 	Now func() time.Time
+	// Extra personas beyond Personas(), keyed by name; load generators use
+	// them for many distinct principals.
+	Extra map[string]Persona
 }
 
 // Provider is a running dev OIDC issuer. It is safe for concurrent use.
@@ -191,7 +194,7 @@ func Start(ctx context.Context, opts Options) (*Provider, error) {
 		clientID: opts.ClientID,
 		ttl:      opts.TokenTTL,
 		now:      opts.Now,
-		personas: Personas(),
+		personas: withExtra(Personas(), opts.Extra),
 		client: &http.Client{
 			Timeout: 10 * time.Second,
 			// Stop at the authorize endpoint's redirect: the code is in
@@ -493,4 +496,11 @@ func (u *user) Userinfo([]string) ([]byte, error) {
 
 func (u *user) groups() []string {
 	return append([]string{}, u.persona.Groups...)
+}
+
+func withExtra(base, extra map[string]Persona) map[string]Persona {
+	for name, p := range extra {
+		base[name] = p
+	}
+	return base
 }

@@ -1,0 +1,67 @@
+# aigov — identity-based governance for AI operations.
+#
+# Quick start:
+#   make run    the demo stack on this machine (installs ClickHouse if missing)
+#   make test   the whole test suite against real servers (what CI runs)
+#
+# PKG= narrows test and bench to some packages, e.g.
+#   make test PKG=github.com/aigov/aigov/services/authn/...
+
+SHELL := /bin/bash
+PKG ?= github.com/aigov/aigov/...
+GOFLAGS_TEST ?= -count=1 -shuffle=on -timeout=12m
+
+.DEFAULT_GOAL := help
+
+## help: list the targets
+help:
+	@sed -n 's/^## //p' $(MAKEFILE_LIST) | column -t -s ':'
+.PHONY: help
+
+## deps: install what a fresh Debian/Ubuntu machine lacks (ClickHouse)
+deps:
+	@bash scripts/install-deps.sh
+.PHONY: deps
+
+## build: compile the services and the aigov CLI into bin/
+build:
+	@mkdir -p bin
+	@for s in authn policy audit reaper aigov devstack; do go build -o bin/$$s ./services/$$s || exit 1; done
+.PHONY: build
+
+## run: start NATS, the dev OIDC provider, ClickHouse and the four services, play the demo, keep serving
+run: deps
+	go run ./services/devstack run
+.PHONY: run
+
+## test: vet, then every test (unit, integration, end-to-end) against real servers
+test: deps vet
+	go test $(GOFLAGS_TEST) $(PKG)
+.PHONY: test
+
+## test-race: the suite with the race detector (slower)
+test-race: deps
+	go test $(GOFLAGS_TEST) -race $(PKG)
+.PHONY: test-race
+
+## vet: go vet and gofmt on every module
+vet:
+	go vet $(PKG)
+	@out=$$(gofmt -l schemas services); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+.PHONY: vet
+
+## bench: Go benchmarks of the hot paths, then the load generator through the whole stack
+bench: deps
+	go test -run '^$$' -bench . -benchmem -count=1 $(PKG)
+	go run ./services/devstack bench -n $${N:-20000} -rate $${RATE:-0}
+.PHONY: bench
+
+## tidy: go mod tidy in every module
+tidy:
+	@for m in schemas services/*/; do (cd $$m && go mod tidy) || exit 1; done
+.PHONY: tidy
+
+## clean: remove build output and demo data
+clean:
+	rm -rf bin .run .run-bench
+.PHONY: clean

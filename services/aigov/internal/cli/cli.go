@@ -1,0 +1,181 @@
+// Package cli implements the aigov command line. Run takes its IO and
+// environment as arguments so tests drive it like a user would.
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/aigov/aigov/schemas"
+	"github.com/aigov/aigov/schemas/client"
+)
+
+// Exit codes.
+const (
+	ExitAllow = 0
+	ExitError = 1
+	ExitUsage = 2
+	ExitDeny  = 3
+)
+
+const usage = `usage: aigov <command> [flags]
+
+commands:
+  authorize   send one request and print the decision (exit 0 allow, 3 deny)
+
+Run 'aigov <command> -h' for the command's flags.
+`
+
+// Run executes one command and returns the process exit code.
+func Run(ctx context.Context, args []string, stdout, stderr io.Writer, lookup func(string) (string, bool)) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return ExitUsage
+	}
+	switch args[0] {
+	case "authorize":
+		return authorize(ctx, args[1:], stdout, stderr, lookup)
+	case "-h", "--help", "help":
+		fmt.Fprint(stdout, usage)
+		return ExitAllow
+	default:
+		fmt.Fprintf(stderr, "aigov: unknown command %q\n\n%s", args[0], usage)
+		return ExitUsage
+	}
+}
+
+func env(lookup func(string) (string, bool), key, def string) string {
+	if v, ok := lookup(key); ok && v != "" {
+		return v
+	}
+	return def
+}
+
+func authorize(ctx context.Context, args []string, stdout, stderr io.Writer, lookup func(string) (string, bool)) int {
+	fs := flag.NewFlagSet("aigov authorize", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var (
+		url       = fs.String("nats", env(lookup, "AIGOV_NATS_URL", "nats://127.0.0.1:4222"), "NATS server URL ($AIGOV_NATS_URL)")
+		user      = fs.String("user", env(lookup, "AIGOV_NATS_USER", schemas.RolePlatform), "NATS user ($AIGOV_NATS_USER)")
+		password  = fs.String("password", env(lookup, "AIGOV_NATS_PASSWORD", ""), "NATS password ($AIGOV_NATS_PASSWORD)")
+		prefix    = fs.String("prefix", env(lookup, "AIGOV_SUBJECT_PREFIX", schemas.DefaultPrefix), "subject prefix")
+		token     = fs.String("token", "", "bearer token (prefer --token-file or $AIGOV_TOKEN: flags show in ps)")
+		tokenFile = fs.String("token-file", "", "file holding the bearer token")
+		action    = fs.String("action", "", "action, e.g. model.retrain (required)")
+		resource  = fs.String("resource", "", "resource as Type:id, e.g. Model:fraud-detector (required)")
+		rawCtx    = fs.String("context", "", `request context as a JSON object, e.g. '{"environment":"staging"}'`)
+		id        = fs.String("id", "", "request id (idempotency key); default a new UUID")
+		source    = fs.String("source", "aigov-cli", "CloudEvents source of the request")
+		timeout   = fs.Duration("timeout", 5*time.Second, "how long to wait for the decision")
+		asJSON    = fs.Bool("json", false, "print the whole decision as JSON")
+	)
+	if err := fs.Parse(args); err != nil {
+		return ExitUsage
+	}
+	call, err := buildCall(*action, *resource, *rawCtx, *id)
+	if err == nil {
+		call.Token, err = readToken(*token, *tokenFile, lookup)
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "aigov authorize: %v\n", err)
+		return ExitUsage
+	}
+
+	opts := []nats.Option{nats.Name("aigov-cli"), nats.CustomInboxPrefix(schemas.InboxPrefix(*user)), nats.Timeout(*timeout)}
+	if *password != "" {
+		opts = append(opts, nats.UserInfo(*user, *password))
+	}
+	nc, err := nats.Connect(*url, opts...)
+	if err != nil {
+		fmt.Fprintf(stderr, "aigov authorize: connect to %s: %v\n", *url, err)
+		return ExitError
+	}
+	defer nc.Close()
+	c, err := client.New(nc, client.Options{Prefix: *prefix, Source: *source, Timeout: *timeout})
+	if err != nil {
+		fmt.Fprintf(stderr, "aigov authorize: %v\n", err)
+		return ExitError
+	}
+	defer c.Close()
+	cctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+	d, err := c.Authorize(cctx, call)
+	if err != nil {
+		fmt.Fprintf(stderr, "aigov authorize: %v\n", err)
+		return ExitError
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(d)
+	} else {
+		fmt.Fprintln(stdout, Summary(d))
+	}
+	if d.Allowed() {
+		return ExitAllow
+	}
+	return ExitDeny
+}
+
+func buildCall(action, resource, rawCtx, id string) (client.Call, error) {
+	typ, rid, ok := strings.Cut(resource, ":")
+	if action == "" || !ok {
+		return client.Call{}, errors.New("--action and --resource Type:id are required")
+	}
+	req := schemas.Request{Action: action, Resource: schemas.Resource{Type: typ, ID: rid}}
+	if rawCtx != "" {
+		if err := json.Unmarshal([]byte(rawCtx), &req.Context); err != nil {
+			return client.Call{}, fmt.Errorf("--context must be a JSON object: %w", err)
+		}
+	}
+	if err := req.Validate(); err != nil {
+		return client.Call{}, err
+	}
+	return client.Call{ID: id, Request: req}, nil
+}
+
+func readToken(flagToken, file string, lookup func(string) (string, bool)) (string, error) {
+	switch {
+	case flagToken != "":
+		return flagToken, nil
+	case file != "":
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return "", fmt.Errorf("read token: %w", err)
+		}
+		return strings.TrimSpace(string(b)), nil
+	default:
+		// No token is allowed: the request is then denied with missing_token,
+		// which is how a user sees what aigov does without one.
+		return env(lookup, "AIGOV_TOKEN", ""), nil
+	}
+}
+
+// Summary renders a decision on one line.
+func Summary(d schemas.Decision) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%-5s %-24s %s", d.Decision, d.Action, d.Resource)
+	if d.Code != "" {
+		fmt.Fprintf(&b, "  code=%s", d.Code)
+	}
+	if d.Principal != nil {
+		fmt.Fprintf(&b, "  principal=%s", d.Principal.Subject)
+	}
+	if len(d.PolicyIDs) > 0 {
+		fmt.Fprintf(&b, "  policies=%s", strings.Join(d.PolicyIDs, ","))
+	}
+	if d.Reason != "" {
+		fmt.Fprintf(&b, "  reason=%q", d.Reason)
+	}
+	fmt.Fprintf(&b, "  request=%s  %dµs", d.RequestID, d.Timings.TotalMicros)
+	return b.String()
+}

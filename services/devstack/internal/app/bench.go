@@ -1,0 +1,167 @@
+package app
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/aigov/aigov/schemas"
+	"github.com/aigov/aigov/schemas/client"
+	"github.com/aigov/aigov/services/devenv/idp"
+	"github.com/aigov/aigov/services/devstack/internal/stack"
+)
+
+// Bench pushes requests from many principals through a fresh stack and
+// reports throughput, request→decision latency and audit completeness.
+func Bench(ctx context.Context, args []string, out io.Writer) error {
+	fs := flag.NewFlagSet("devstack bench", flag.ContinueOnError)
+	n := fs.Int("n", 20000, "requests to send")
+	rate := fs.Int("rate", 0, "target requests per second; 0 sends flat out")
+	principals := fs.Int("principals", 50, "distinct principals, each with its own token")
+	concurrency := fs.Int("concurrency", 256, "requests in flight at most")
+	dir := fs.String("dir", ".run-bench", "working directory (wiped at start)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *n < 1 || *principals < 1 || *concurrency < 1 || *rate < 0 {
+		return fmt.Errorf("-n, -principals and -concurrency must be >= 1 and -rate >= 0")
+	}
+	root, err := stack.FindRoot()
+	if err != nil {
+		return err
+	}
+	work, _ := filepath.Abs(*dir)
+	_ = os.RemoveAll(work)
+	bin := filepath.Join(work, "bin")
+	if err := stack.Build(ctx, root, bin); err != nil {
+		return err
+	}
+	personas := map[string]idp.Persona{}
+	names := make([]string, *principals)
+	for i := range names {
+		names[i] = fmt.Sprintf("user-%04d", i)
+		groups := []string{"data-scientists"}
+		if i%10 == 9 {
+			groups = nil // every tenth principal is an outsider: a policy deny
+		}
+		personas[names[i]] = idp.Persona{Subject: names[i], Email: names[i] + "@load.example", Name: names[i], Groups: groups}
+	}
+	st, err := stack.Start(ctx, stack.Options{Root: root, Dir: work, BinDir: bin, Personas: personas, LogLevel: "warn", Progress: out})
+	if err != nil {
+		return err
+	}
+	defer st.Stop()
+
+	tokens := make([]string, len(names))
+	for i, name := range names {
+		if tokens[i], err = st.IdP.Token(ctx, name, idp.WithTTL(time.Hour)); err != nil {
+			return err
+		}
+	}
+	req := schemas.Request{Action: "model.retrain", Resource: schemas.Resource{Type: "Model", ID: "fraud-detector"}, Context: map[string]any{"environment": "staging"}}
+
+	fmt.Fprintf(out, "\n== sending %d requests from %d principals (rate %s, %d in flight at most)\n", *n, *principals, rateText(*rate), *concurrency)
+	latencies := make([]time.Duration, *n)
+	var failures, allows, denies atomic.Int64
+	sem := make(chan struct{}, *concurrency)
+	var wg sync.WaitGroup
+	var interval time.Duration
+	if *rate > 0 {
+		interval = time.Second / time.Duration(*rate)
+	}
+	start := time.Now()
+	for i := 0; i < *n && ctx.Err() == nil; i++ {
+		if interval > 0 {
+			// Open loop: request i is due at start+i*interval, whatever the
+			// latency of earlier ones.
+			if d := time.Until(start.Add(time.Duration(i) * interval)); d > 0 {
+				time.Sleep(d)
+			}
+		}
+		sem <- struct{}{}
+		wg.Add(1)
+		go func(i int) {
+			defer func() { <-sem; wg.Done() }()
+			t0 := time.Now()
+			d, err := st.Client.Authorize(ctx, client.Call{Token: tokens[i%len(tokens)], Request: req})
+			latencies[i] = time.Since(t0)
+			switch {
+			case err != nil:
+				failures.Add(1)
+			case d.Allowed():
+				allows.Add(1)
+			default:
+				denies.Add(1)
+			}
+		}(i)
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	decided := allows.Load() + denies.Load()
+
+	// Audit completeness: every decision must become exactly one row.
+	auditStart := time.Now()
+	var rows uint64
+	for time.Since(auditStart) < 2*time.Minute {
+		if err := st.DB.QueryRow(ctx, "SELECT count() FROM aigov.decisions FINAL").Scan(&rows); err == nil && rows >= uint64(decided) {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	slices.Sort(latencies)
+	fmt.Fprintf(out, "\nmachine      %s, %d cores, %s\n", cpuModel(), runtime.NumCPU(), runtime.Version())
+	fmt.Fprintf(out, "nats         embedded, file store, default fsync (every 2 min): figures are not for sync_interval always\n")
+	fmt.Fprintf(out, "requests     %d sent, %d decided (%d allow, %d deny), %d without a decision\n", *n, decided, allows.Load(), denies.Load(), failures.Load())
+	fmt.Fprintf(out, "throughput   %.0f decisions/s over %s\n", float64(decided)/elapsed.Seconds(), elapsed.Round(time.Millisecond))
+	fmt.Fprintf(out, "latency      p50 %s  p99 %s  p99.9 %s  max %s (request published → decision received)\n",
+		pct(latencies, 0.50), pct(latencies, 0.99), pct(latencies, 0.999), latencies[len(latencies)-1].Round(time.Microsecond))
+	fmt.Fprintf(out, "audit        %d rows for %d decisions (%s), complete %s after the last decision\n",
+		rows, decided, completeness(rows, decided), time.Since(auditStart).Round(time.Millisecond))
+	if failures.Load() > 0 || rows != uint64(decided) {
+		return fmt.Errorf("bench: %d requests without a decision, %d audit rows for %d decisions", failures.Load(), rows, decided)
+	}
+	return nil
+}
+
+func rateText(r int) string {
+	if r == 0 {
+		return "flat out"
+	}
+	return fmt.Sprintf("%d/s", r)
+}
+
+func pct(sorted []time.Duration, p float64) time.Duration {
+	i := int(float64(len(sorted)-1) * p)
+	return sorted[i].Round(time.Microsecond)
+}
+
+func completeness(rows uint64, decided int64) string {
+	if rows == uint64(decided) {
+		return "complete"
+	}
+	return "INCOMPLETE"
+}
+
+func cpuModel() string {
+	b, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		return "unknown cpu"
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "model name") {
+			if _, v, ok := strings.Cut(line, ":"); ok {
+				return strings.TrimSpace(v)
+			}
+		}
+	}
+	return "unknown cpu"
+}

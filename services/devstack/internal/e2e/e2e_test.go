@@ -1,0 +1,295 @@
+// Package e2e runs the four service binaries as processes against embedded
+// NATS, a real ClickHouse process and the dev OIDC provider, and checks every
+// demo decision and every audit row.
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/aigov/aigov/schemas"
+	"github.com/aigov/aigov/services/devstack/internal/demo"
+	"github.com/aigov/aigov/services/devstack/internal/stack"
+)
+
+func TestPipelineEndToEnd(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	root, err := stack.FindRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := t.TempDir()
+	if err := stack.Build(ctx, root, bin); err != nil {
+		t.Fatal(err)
+	}
+	const maxAge = 3 * time.Second
+	st, err := stack.Start(ctx, stack.Options{
+		Root: root, Dir: t.TempDir(), BinDir: bin,
+		SessionMaxAge: maxAge, ReaperInterval: 200 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopped := false
+	t.Cleanup(func() {
+		if !stopped {
+			st.Stop()
+		}
+	})
+
+	results, err := demo.Play(ctx, st, maxAge, testWriter{t})
+	if err != nil {
+		t.Fatal(err)
+	}
+	version := ""
+	for _, r := range results {
+		sc, d := r.Scenario, r.Decision
+		if r.Err != nil {
+			t.Fatalf("%s: no decision: %v", sc.Name, r.Err)
+		}
+		if d.Decision != sc.Decision || d.Code != sc.Code {
+			t.Errorf("%s: got %s/%q (%s), want %s/%q", sc.Name, d.Decision, d.Code, d.Reason, sc.Decision, sc.Code)
+		}
+		if d.Action != sc.Request.Action || d.Resource != sc.Request.Resource {
+			t.Errorf("%s: decision is about %s on %s", sc.Name, d.Action, d.Resource)
+		}
+		wantStage := schemas.StagePolicy
+		if sc.Code != schemas.CodePolicyDenied && sc.Code != "" {
+			wantStage = schemas.StageAuthn
+		}
+		if d.Stage != wantStage {
+			t.Errorf("%s: stage %q, want %q", sc.Name, d.Stage, wantStage)
+		}
+		if wantStage == schemas.StagePolicy {
+			if d.Principal == nil || d.Principal.Subject != sc.Persona {
+				t.Errorf("%s: principal %+v, want subject %s", sc.Name, d.Principal, sc.Persona)
+			}
+			if !strings.HasPrefix(d.PolicyVersion, "sha256:") {
+				t.Errorf("%s: policy version %q", sc.Name, d.PolicyVersion)
+			}
+			if version == "" {
+				version = d.PolicyVersion
+			} else if d.PolicyVersion != version {
+				t.Errorf("%s: policy version changed from %s to %s", sc.Name, version, d.PolicyVersion)
+			}
+			if d.Allowed() && len(d.PolicyIDs) == 0 {
+				t.Errorf("%s: an allow must name its determining policies", sc.Name)
+			}
+		}
+		if r.Token != "" && d.TokenFingerprint != schemas.Fingerprint(r.Token) {
+			t.Errorf("%s: token fingerprint %q, want sha256 of the token", sc.Name, d.TokenFingerprint)
+		}
+	}
+
+	// Bad input gets an audited deny, not a drop.
+	bad := malformedRequest(ctx, t, st)
+	if bad.Decision != schemas.Deny || bad.Code != schemas.CodeMalformedRequest {
+		t.Fatalf("malformed request: got %s/%q, want deny/malformed_request", bad.Decision, bad.Code)
+	}
+
+	byID := map[string]schemas.Decision{bad.RequestID: bad}
+	ids := []string{bad.RequestID}
+	for _, r := range results {
+		byID[r.Decision.RequestID] = r.Decision
+		ids = append(ids, r.Decision.RequestID)
+	}
+	if err := demo.WaitAudited(ctx, st.DB, ids, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	checkDecisionRows(ctx, t, st, byID)
+	checkNoTokens(ctx, t, st, results)
+	checkSessionRows(ctx, t, st, results)
+
+	// Every service shuts down cleanly on SIGTERM (exit status 0).
+	stopped = true
+	if errs := st.Stop(); len(errs) > 0 {
+		t.Fatalf("unclean shutdown: %v", errs)
+	}
+}
+
+func malformedRequest(ctx context.Context, t *testing.T, st *stack.Stack) schemas.Decision {
+	t.Helper()
+	inbox := schemas.InboxPrefix(schemas.RolePlatform) + ".e2e-malformed"
+	sub, err := st.Platform.SubscribeSync(inbox)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	msg := nats.NewMsg(schemas.NewSubjects("").Request("model.retrain"))
+	msg.Header.Set(schemas.HeaderMsgID, "e2e-malformed-1")
+	msg.Header.Set(schemas.HeaderReplyTo, inbox)
+	msg.Data = []byte(`{"specversion":"1.0", this is not json`)
+	if err := st.Platform.PublishMsg(msg); err != nil {
+		t.Fatal(err)
+	}
+	reply, err := sub.NextMsgWithContext(ctx)
+	if err != nil {
+		t.Fatalf("no decision for a malformed request: %v", err)
+	}
+	var ev schemas.Event
+	var d schemas.Decision
+	if err := json.Unmarshal(reply.Data, &ev); err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(ev.Data, &d); err != nil {
+		t.Fatal(err)
+	}
+	if d.RequestID != "e2e-malformed-1" {
+		t.Fatalf("malformed request decided under id %q, want the Nats-Msg-Id", d.RequestID)
+	}
+	return d
+}
+
+// checkDecisionRows asserts one row per decision, equal field by field.
+func checkDecisionRows(ctx context.Context, t *testing.T, st *stack.Stack, byID map[string]schemas.Decision) {
+	t.Helper()
+	rows, err := st.DB.Query(ctx, `SELECT request_id, action, resource_type, resource_id, toString(decision), code, stage,
+		principal_id, issuer, subject, email, groups, policy_ids, policy_version, token_fingerprint, session_key, event_time_us
+		FROM aigov.decisions FINAL`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	seen := map[string]bool{}
+	for rows.Next() {
+		var (
+			id, action, rtype, rid, decision, code, stage, pid, iss, sub, email, version, fp, session string
+			groups, policies                                                                          []string
+			at                                                                                        uint64
+		)
+		if err := rows.Scan(&id, &action, &rtype, &rid, &decision, &code, &stage, &pid, &iss, &sub, &email, &groups, &policies, &version, &fp, &session, &at); err != nil {
+			t.Fatal(err)
+		}
+		d, ok := byID[id]
+		if !ok {
+			t.Errorf("row for unknown request %s", id)
+			continue
+		}
+		if seen[id] {
+			t.Errorf("two rows for request %s", id)
+		}
+		seen[id] = true
+		want := []string{d.Action, d.Resource.Type, d.Resource.ID, d.Decision, string(d.Code), d.Stage, d.PolicyVersion, d.TokenFingerprint, d.SessionKey}
+		got := []string{action, rtype, rid, decision, code, stage, version, fp, session}
+		if !slices.Equal(got, want) {
+			t.Errorf("row %s:\n got  %q\n want %q", id, got, want)
+		}
+		if !slices.Equal(policies, d.PolicyIDs) && !(len(policies) == 0 && len(d.PolicyIDs) == 0) {
+			t.Errorf("row %s: policy ids %q, want %q", id, policies, d.PolicyIDs)
+		}
+		if p := d.Principal; p != nil {
+			if pid != p.ID || iss != p.Issuer || sub != p.Subject || email != p.Email || !slices.Equal(groups, p.Groups) {
+				t.Errorf("row %s: principal (%s %s %s %s %q), want %+v", id, pid, iss, sub, email, groups, *p)
+			}
+		}
+		if wantAt := uint64(d.Timings.DecidedAt.UnixMicro()); at != wantAt {
+			t.Errorf("row %s: event_time_us %d, want %d (sub-second time must survive)", id, at, wantAt)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if len(seen) != len(byID) {
+		t.Errorf("%d decision rows, want exactly %d", len(seen), len(byID))
+	}
+}
+
+// checkNoTokens asserts no raw token reached any audit table.
+func checkNoTokens(ctx context.Context, t *testing.T, st *stack.Stack, results []demo.Result) {
+	t.Helper()
+	for _, r := range results {
+		if r.Token == "" {
+			continue
+		}
+		sig := r.Token[strings.LastIndexByte(r.Token, '.')+1:]
+		for _, q := range []string{
+			`SELECT count() FROM aigov.events WHERE position(data, ?) > 0`,
+			`SELECT count() FROM aigov.decisions WHERE position(context, ?) > 0 OR position(reason, ?) > 0`,
+		} {
+			args := []any{sig}
+			if strings.Count(q, "?") == 2 {
+				args = append(args, sig)
+			}
+			var n uint64
+			if err := st.DB.QueryRow(ctx, q, args...).Scan(&n); err != nil {
+				t.Fatal(err)
+			}
+			if n != 0 {
+				t.Errorf("%s: the raw token appears in %d audit rows (%s)", r.Scenario.Name, n, q)
+			}
+		}
+	}
+}
+
+// checkSessionRows asserts one started row per verified session and the
+// expiry of the long job's session.
+func checkSessionRows(ctx context.Context, t *testing.T, st *stack.Stack, results []demo.Result) {
+	t.Helper()
+	sessions := map[string]bool{}
+	var longJob string
+	for _, r := range results {
+		if r.Decision.Stage == schemas.StagePolicy {
+			key, err := demo.SessionKeyOf(r.Token)
+			if err != nil {
+				t.Fatal(err)
+			}
+			sessions[key] = true
+			if r.Decision.SessionKey != key {
+				t.Errorf("%s: decision session key %s, want %s", r.Scenario.Name, r.Decision.SessionKey, key)
+			}
+		}
+		if r.Scenario.Token == demo.TokenAfterSessionEnd {
+			longJob, _ = demo.SessionKeyOf(r.Token)
+		}
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	var started []string
+	for time.Now().Before(deadline) {
+		started = started[:0]
+		rows, err := st.DB.Query(ctx, `SELECT session_key FROM aigov.session_events FINAL WHERE type = 'started'`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for rows.Next() {
+			var k string
+			if err := rows.Scan(&k); err != nil {
+				t.Fatal(err)
+			}
+			started = append(started, k)
+		}
+		rows.Close()
+		if len(started) >= len(sessions) {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if len(started) != len(sessions) {
+		t.Errorf("%d session started rows, want exactly %d", len(started), len(sessions))
+	}
+	for _, k := range started {
+		if !sessions[k] {
+			t.Errorf("started row for unknown session %s", k)
+		}
+	}
+	var reason string
+	if err := st.DB.QueryRow(ctx, `SELECT reason FROM aigov.session_events FINAL WHERE type = 'expired' AND session_key = ?`, longJob).Scan(&reason); err != nil {
+		t.Fatalf("no expired row for the long job's session %s: %v", longJob, err)
+	}
+	if reason != schemas.ReasonMaxAge {
+		t.Errorf("long job's session ended for %q, want %q", reason, schemas.ReasonMaxAge)
+	}
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(b []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(b), "\n"))
+	return len(b), nil
+}

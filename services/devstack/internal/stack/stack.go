@@ -1,0 +1,398 @@
+// Package stack runs the whole aigov pipeline on one machine: embedded NATS
+// with JetStream, the dev OIDC provider, a local ClickHouse process, and the
+// four services as separate processes. `make run`, the end-to-end test and
+// the load generator all start it the same way.
+package stack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	ch "github.com/ClickHouse/clickhouse-go/v2"
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/aigov/aigov/schemas"
+	"github.com/aigov/aigov/schemas/client"
+	"github.com/aigov/aigov/services/devenv/clickhouse"
+	"github.com/aigov/aigov/services/devenv/idp"
+	"github.com/aigov/aigov/services/devenv/natsdev"
+)
+
+// Services are the four pipeline binaries, in start order: the sink first,
+// so nothing decided is waiting on it.
+var Services = []string{"audit", "reaper", "policy", "authn"}
+
+// Options configure a stack. Zero ports pick free ones.
+type Options struct {
+	// Root is the repository root (holds policies/); found from the working
+	// directory when empty.
+	Root string
+	// Dir holds data, logs and token files; required.
+	Dir string
+	// BinDir holds the service binaries; Build fills it.
+	BinDir string
+	// NATSPort, IdPPort, ClickHousePort, HTTPBasePort (services use
+	// HTTPBasePort+1..4) fix ports for a demo users can talk to.
+	NATSPort, IdPPort, ClickHousePort, HTTPBasePort int
+	// SessionMaxAge and ReaperInterval configure the reaper.
+	SessionMaxAge, ReaperInterval time.Duration
+	// Personas adds principals to the dev IdP (load tests).
+	Personas map[string]idp.Persona
+	// Progress receives one line per start-up step; nil discards.
+	Progress io.Writer
+	// LogLevel of the services (default info).
+	LogLevel string
+}
+
+// Stack is a running pipeline.
+type Stack struct {
+	Root       string
+	Dir        string
+	NATS       *natsdev.Server
+	IdP        *idp.Provider
+	ClickHouse *clickhouse.Server
+	// DB is a ClickHouse connection to the audit database.
+	DB driver.Conn
+	// Platform is a connection as the ML platform's NATS user; Client sends
+	// requests on it.
+	Platform *nats.Conn
+	Client   *client.Client
+	// Admin may inspect streams and buckets (tests and the demo only).
+	Admin   *nats.Conn
+	AdminJS jetstream.JetStream
+
+	mu    sync.Mutex
+	procs map[string]*process
+	opts  Options
+}
+
+// Database is the audit database the stack's audit service writes.
+const Database = "aigov"
+
+// FindRoot walks up from the working directory to the directory holding
+// go.work.
+func FindRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for range 20 {
+		if _, err := os.Stat(filepath.Join(dir, "go.work")); err == nil {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			break
+		}
+		dir = parent
+	}
+	return "", errors.New("stack: no go.work above the working directory; run from the aigov repository")
+}
+
+// Build compiles the four services and the aigov CLI into binDir.
+func Build(ctx context.Context, root, binDir string) error {
+	pkgs := []string{"./services/aigov"}
+	for _, s := range Services {
+		pkgs = append(pkgs, "./services/"+s)
+	}
+	for _, p := range pkgs {
+		cmd := exec.CommandContext(ctx, "go", "build", "-o", filepath.Join(binDir, filepath.Base(p)), p)
+		cmd.Dir = root
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("build %s: %w\n%s", p, err, out)
+		}
+	}
+	return nil
+}
+
+// Start brings the whole stack up and waits until every service is ready.
+// On error everything already started is stopped.
+func Start(ctx context.Context, opts Options) (st *Stack, err error) {
+	if opts.Dir == "" || opts.BinDir == "" {
+		return nil, errors.New("stack: Options.Dir and Options.BinDir are required")
+	}
+	if opts.Root == "" {
+		if opts.Root, err = FindRoot(); err != nil {
+			return nil, err
+		}
+	}
+	if opts.SessionMaxAge == 0 {
+		opts.SessionMaxAge = 8 * time.Hour
+	}
+	if opts.ReaperInterval == 0 {
+		opts.ReaperInterval = time.Second
+	}
+	if opts.LogLevel == "" {
+		opts.LogLevel = "info"
+	}
+	if opts.Progress == nil {
+		opts.Progress = io.Discard
+	}
+	st = &Stack{Root: opts.Root, Dir: opts.Dir, procs: map[string]*process{}, opts: opts}
+	defer func() {
+		if err != nil {
+			st.Stop()
+		}
+	}()
+	for _, d := range []string{"nats", "clickhouse", "logs"} {
+		if err := os.MkdirAll(filepath.Join(opts.Dir, d), 0o755); err != nil {
+			return st, fmt.Errorf("stack: %w", err)
+		}
+	}
+
+	st.NATS, err = natsdev.Start(natsdev.Options{Dir: filepath.Join(opts.Dir, "nats"), Port: opts.NATSPort})
+	if err != nil {
+		return st, err
+	}
+	fmt.Fprintf(opts.Progress, "nats        %s (JetStream, one user per service)\n", st.NATS.URL())
+
+	idpAddr := "127.0.0.1:0"
+	if opts.IdPPort != 0 {
+		idpAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(opts.IdPPort))
+	}
+	st.IdP, err = idp.Start(ctx, idp.Options{Addr: idpAddr, Extra: opts.Personas})
+	if err != nil {
+		return st, err
+	}
+	fmt.Fprintf(opts.Progress, "oidc issuer %s\n", st.IdP.Issuer())
+
+	st.ClickHouse, err = clickhouse.Start(ctx, clickhouse.Options{Dir: filepath.Join(opts.Dir, "clickhouse"), TCPPort: opts.ClickHousePort})
+	if err != nil {
+		return st, err
+	}
+	fmt.Fprintf(opts.Progress, "clickhouse  %s (version %s)\n", st.ClickHouse.Addr(), st.ClickHouse.Version())
+
+	if st.Admin, err = st.NATS.Connect(natsdev.AdminUser); err != nil {
+		return st, err
+	}
+	if st.AdminJS, err = jetstream.New(st.Admin); err != nil {
+		return st, fmt.Errorf("stack: %w", err)
+	}
+	if err := schemas.NewTopology("").Ensure(ctx, st.AdminJS); err != nil {
+		return st, err
+	}
+
+	for i, name := range Services {
+		port := 0
+		if opts.HTTPBasePort != 0 {
+			port = opts.HTTPBasePort + 1 + i
+		}
+		if err := st.startService(ctx, name, port); err != nil {
+			return st, err
+		}
+	}
+
+	if st.Platform, err = st.NATS.Connect(schemas.RolePlatform); err != nil {
+		return st, err
+	}
+	if st.Client, err = client.New(st.Platform, client.Options{Source: "aigov-devstack", Timeout: 10 * time.Second}); err != nil {
+		return st, err
+	}
+	st.DB, err = ch.Open(&ch.Options{
+		Addr:        []string{st.ClickHouse.Addr()},
+		Auth:        ch.Auth{Database: Database, Username: "default"},
+		DialTimeout: 5 * time.Second,
+	})
+	if err != nil {
+		return st, fmt.Errorf("stack: open clickhouse: %w", err)
+	}
+	return st, nil
+}
+
+// env returns the environment of one service: common settings plus its own.
+func (st *Stack) env(name, httpAddr string) []string {
+	e := []string{
+		"PATH=" + os.Getenv("PATH"),
+		"AIGOV_NATS_URL=" + st.NATS.URL(),
+		"AIGOV_NATS_USER=" + name,
+		"AIGOV_NATS_PASSWORD=" + st.NATS.Password(name),
+		"AIGOV_HTTP_ADDR=" + httpAddr,
+		"AIGOV_LOG_LEVEL=" + st.opts.LogLevel,
+	}
+	switch name {
+	case "authn":
+		e = append(e, "AIGOV_OIDC_ISSUERS="+st.IdP.Issuer(), "AIGOV_OIDC_AUDIENCE="+st.IdP.ClientID())
+	case "policy":
+		e = append(e, "AIGOV_POLICY_DIR="+filepath.Join(st.Root, "policies"))
+	case "audit":
+		e = append(e, "AIGOV_CLICKHOUSE_ADDR="+st.ClickHouse.Addr(), "AIGOV_CLICKHOUSE_DATABASE="+Database)
+	case "reaper":
+		e = append(e, "AIGOV_SESSION_MAX_AGE="+st.opts.SessionMaxAge.String(), "AIGOV_REAPER_INTERVAL="+st.opts.ReaperInterval.String())
+	}
+	return e
+}
+
+// process is one running service binary.
+type process struct {
+	name     string
+	httpAddr string
+	cmd      *exec.Cmd
+	logPath  string
+	done     chan struct{}
+	err      error
+}
+
+func (st *Stack) startService(ctx context.Context, name string, port int) error {
+	if port == 0 {
+		var err error
+		if port, err = freePort(); err != nil {
+			return err
+		}
+	}
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	logPath := filepath.Join(st.Dir, "logs", name+".log")
+	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return fmt.Errorf("stack: %w", err)
+	}
+	cmd := exec.Command(filepath.Join(st.opts.BinDir, name))
+	cmd.Env = st.env(name, addr)
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	// The services must not outlive the stack, even if it is killed.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		logFile.Close()
+		return fmt.Errorf("stack: start %s: %w", name, err)
+	}
+	p := &process{name: name, httpAddr: addr, cmd: cmd, logPath: logPath, done: make(chan struct{})}
+	go func() {
+		p.err = cmd.Wait()
+		logFile.Close()
+		close(p.done)
+	}()
+	st.mu.Lock()
+	st.procs[name] = p
+	st.mu.Unlock()
+	if err := waitReady(ctx, p, 60*time.Second); err != nil {
+		return err
+	}
+	fmt.Fprintf(st.opts.Progress, "%-11s ready on http://%s (pid %d, log %s)\n", name, addr, cmd.Process.Pid, logPath)
+	return nil
+}
+
+func waitReady(ctx context.Context, p *process, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	hc := &http.Client{Timeout: time.Second}
+	for time.Now().Before(deadline) {
+		select {
+		case <-p.done:
+			return fmt.Errorf("stack: %s exited during start (%v); last log lines:\n%s", p.name, p.err, tail(p.logPath, 20))
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+		resp, err := hc.Get("http://" + p.httpAddr + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+	}
+	return fmt.Errorf("stack: %s not ready within %s; last log lines:\n%s", p.name, timeout, tail(p.logPath, 20))
+}
+
+// HTTPAddr is the health/metrics address of a running service.
+func (st *Stack) HTTPAddr(name string) string {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if p, ok := st.procs[name]; ok {
+		return p.httpAddr
+	}
+	return ""
+}
+
+// LogPath is the log file of a service.
+func (st *Stack) LogPath(name string) string { return filepath.Join(st.Dir, "logs", name+".log") }
+
+// StopService sends SIGTERM and waits for a clean exit (SIGKILL after 30s).
+// It returns the process's exit error: nil means it shut down cleanly.
+func (st *Stack) StopService(name string) error {
+	st.mu.Lock()
+	p, ok := st.procs[name]
+	delete(st.procs, name)
+	st.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+		return p.err
+	case <-time.After(30 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-p.done
+		return fmt.Errorf("stack: %s did not stop within 30s of SIGTERM", name)
+	}
+}
+
+// Stop shuts everything down: services first (so they drain and flush),
+// then ClickHouse, the IdP and NATS.
+func (st *Stack) Stop() []error {
+	var errs []error
+	if st.Client != nil {
+		_ = st.Client.Close()
+	}
+	if st.Platform != nil {
+		st.Platform.Close()
+	}
+	for i := len(Services) - 1; i >= 0; i-- {
+		if err := st.StopService(Services[i]); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", Services[i], err))
+		}
+	}
+	if st.DB != nil {
+		_ = st.DB.Close()
+	}
+	if st.Admin != nil {
+		st.Admin.Close()
+	}
+	if st.ClickHouse != nil {
+		if err := st.ClickHouse.Stop(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if st.IdP != nil {
+		_ = st.IdP.Close()
+	}
+	if st.NATS != nil {
+		st.NATS.Shutdown()
+	}
+	return errs
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, fmt.Errorf("stack: pick a free port: %w", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// tail returns the last n lines of a file, for error messages.
+func tail(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "(no log: " + err.Error() + ")"
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}

@@ -1,0 +1,35 @@
+// Command devstack runs aigov on one machine for `make run` (the demo) and
+// `make bench` (the load generator).
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/aigov/aigov/services/devstack/internal/app"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	cmd, args := "run", os.Args[1:]
+	if len(args) > 0 {
+		cmd, args = args[0], args[1:]
+	}
+	var err error
+	switch cmd {
+	case "run":
+		err = app.Demo(ctx, args, os.Stdout)
+	case "bench":
+		err = app.Bench(ctx, args, os.Stdout)
+	default:
+		err = fmt.Errorf("unknown command %q: want run or bench", cmd)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "devstack:", err)
+		os.Exit(1)
+	}
+}
