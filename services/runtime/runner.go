@@ -88,9 +88,11 @@ func (r *Runner) pump(ctx context.Context, cons jetstream.Consumer, buffer int, 
 		close(out)
 		return fmt.Errorf("consume %s: %w", r.name, err)
 	}
+	// The AfterFunc must outlive pump, which returns at once: it is what
+	// drains the iterator on shutdown, so it is released by the goroutine.
 	stop := context.AfterFunc(ctx, it.Drain)
-	defer stop()
 	go func() {
+		defer stop()
 		defer close(out)
 		for {
 			m, err := it.Next()

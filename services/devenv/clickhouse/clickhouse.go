@@ -56,7 +56,7 @@ const installHint = "run scripts/install-deps.sh (installs clickhouse-server via
 const (
 	defaultStartTimeout = 60 * time.Second
 	// stopGrace is how long Stop lets the server shut down cleanly after
-	// SIGTERM; 18.16 needs well under a second when idle.
+	// SIGTERM; 18.16 needs about a second with the generated config.
 	stopGrace = 10 * time.Second
 	// reapTimeout bounds the wait for the kernel to report a SIGKILLed
 	// process as gone, so Stop and Kill can never hang forever.
@@ -206,7 +206,7 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 		}
 		// Picking a port by listening and closing leaves a window in which
 		// another process (a parallel test) can take it; only then retry.
-		autoPorts := opts.TCPPort == 0 || opts.HTTPPort == 0
+		autoPorts := opts.TCPPort == 0 && opts.HTTPPort == 0
 		if !autoPorts || !errors.Is(err, errPortInUse) || attempt >= portAttempts {
 			return nil, err
 		}
@@ -409,31 +409,50 @@ func (s *Server) waitReady(ctx context.Context, p *process) (string, error) {
 	tick := time.NewTicker(25 * time.Millisecond)
 	defer tick.Stop()
 	for {
+		// A probe can block for up to a second (a silent listener on the
+		// port); check for an exited server first so that its error is
+		// reported as soon as possible rather than after another probe.
+		if p.exited() {
+			return "", s.exitError(p)
+		}
 		select {
 		case <-p.done:
-			msg := fmt.Sprintf("clickhouse: server %s exited during startup (%v)", s.describe(), p.err)
-			if strings.Contains(p.tail.String(), "Address already in use") {
-				return "", fmt.Errorf("%s: %w%s", msg, errPortInUse, p.tail.quote())
-			}
-			return "", fmt.Errorf("%s%s", msg, p.tail.quote())
+			return "", s.exitError(p)
 		case <-ctx.Done():
 			return "", fmt.Errorf("clickhouse: server %s did not answer SELECT 1 within %v (%v; last probe error: %v)%s",
 				s.describe(), s.startTimeout, ctx.Err(), lastErr, p.tail.quote())
 		case <-tick.C:
 		}
 		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		version, err := probe(pctx, conn)
+		version, err := s.probe(pctx, conn)
 		cancel()
 		if err == nil {
 			return version, nil
 		}
-		lastErr = err
+		var foreign *foreignServerError
+		if errors.As(err, &foreign) {
+			return "", fmt.Errorf("clickhouse: server %s: %w%s", s.describe(), err, p.tail.quote())
+		}
+		if ctx.Err() == nil || lastErr == nil {
+			lastErr = err // keep the last real failure, not our own deadline
+		}
 	}
 }
 
-// probe runs the readiness query and reads the version in one round trip
-// budget.
-func probe(ctx context.Context, conn ch.Conn) (string, error) {
+// exitError describes a server that died during startup, quoting its log.
+func (s *Server) exitError(p *process) error {
+	msg := fmt.Sprintf("clickhouse: server %s exited during startup (%v)", s.describe(), p.err)
+	if strings.Contains(p.tail.String(), "Address already in use") {
+		return fmt.Errorf("%s: %w%s", msg, errPortInUse, p.tail.quote())
+	}
+	return fmt.Errorf("%s%s", msg, p.tail.quote())
+}
+
+// probe runs the readiness query and reads the version. It also checks
+// that the answering server keeps its data in our Dir: with a fixed port
+// and another ClickHouse already listening there, `SELECT 1` would succeed
+// against the wrong server while ours dies on "Address already in use".
+func (s *Server) probe(ctx context.Context, conn ch.Conn) (string, error) {
 	var one uint8
 	if err := conn.QueryRow(ctx, "SELECT 1").Scan(&one); err != nil {
 		return "", err
@@ -442,8 +461,40 @@ func probe(ctx context.Context, conn ch.Conn) (string, error) {
 	if err := conn.QueryRow(ctx, "SELECT version()").Scan(&version); err != nil {
 		return "", err
 	}
+	var dataPath string
+	err := conn.QueryRow(ctx, "SELECT data_path FROM system.databases WHERE name = 'system'").Scan(&dataPath)
+	if err == nil && filepath.IsAbs(dataPath) && !s.ownsPath(dataPath) {
+		return "", &foreignServerError{addr: s.Addr(), dataPath: dataPath}
+	}
+	// Any other outcome (an error on some future version without that
+	// column, or a relative path) proves nothing either way; the server
+	// answered, which is what Start promises.
 	return version, nil
 }
+
+// ownsPath reports whether p lies in our data directory, also when the
+// server reports it with symlinks resolved (macOS's /tmp, for one).
+func (s *Server) ownsPath(p string) bool {
+	if strings.HasPrefix(p, s.lay.data+"/") {
+		return true
+	}
+	real, err := filepath.EvalSymlinks(s.lay.data)
+	return err == nil && strings.HasPrefix(p, real+"/")
+}
+
+// foreignServerError reports that a server other than ours answered on
+// our port.
+type foreignServerError struct {
+	addr, dataPath string
+}
+
+func (e *foreignServerError) Error() string {
+	return fmt.Sprintf("another ClickHouse server (data in %s) is already listening on %s", e.dataPath, e.addr)
+}
+
+// Is makes the error match errPortInUse, so Start retries on other ports
+// when it picked them.
+func (e *foreignServerError) Is(target error) bool { return target == errPortInUse }
 
 // describe names the server in errors: binary, dir and ports are what one
 // needs to reproduce a failure by hand.

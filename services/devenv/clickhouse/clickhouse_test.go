@@ -147,6 +147,32 @@ func TestAvailableBadOverride(t *testing.T) {
 	}
 }
 
+// TestSingleBinaryInvocation checks that a binary named "clickhouse" (the
+// single binary of current releases) is run as `clickhouse server`, using a
+// wrapper that insists on that subcommand and then runs the real server.
+func TestSingleBinaryInvocation(t *testing.T) {
+	serverBin := requireServer(t)
+	wrapper := filepath.Join(t.TempDir(), "clickhouse")
+	script := "#!/bin/sh\n" +
+		"if [ \"$1\" != server ]; then echo \"want 'clickhouse server', got: $*\" >&2; exit 64; fi\n"
+	if filepath.Base(serverBin) == "clickhouse" {
+		script += "exec " + strconv.Quote(serverBin) + " \"$@\"\n"
+	} else {
+		script += "shift\nexec " + strconv.Quote(serverBin) + " \"$@\"\n"
+	}
+	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv(clickhouse.EnvServerBinary, wrapper)
+	if bin, err := clickhouse.Available(); err != nil || bin != wrapper {
+		t.Fatalf("Available() = %q, %v; want %q", bin, err, wrapper)
+	}
+	s := startServer(t, clickhouse.Options{})
+	if s.Version() == "" {
+		t.Error("Version() is empty")
+	}
+}
+
 func TestStartRequiresDir(t *testing.T) {
 	_, err := clickhouse.Start(context.Background(), clickhouse.Options{})
 	if err == nil || !strings.Contains(err.Error(), "Options.Dir is required") {
@@ -329,6 +355,32 @@ func TestStartFailureQuotesLog(t *testing.T) {
 	}
 }
 
+// TestStartTimeoutQuotesLog uses a fake server that prints a line and
+// never listens: Start must give up at StartTimeout, kill it and quote it.
+func TestStartTimeoutQuotesLog(t *testing.T) {
+	fake := filepath.Join(t.TempDir(), "clickhouse-server")
+	script := "#!/bin/sh\necho 'fake server: pretending to load metadata' >&2\nexec sleep 60\n"
+	if err := os.WriteFile(fake, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv(clickhouse.EnvServerBinary, fake)
+	began := time.Now()
+	_, err := clickhouse.Start(context.Background(), clickhouse.Options{Dir: t.TempDir(), StartTimeout: time.Second})
+	took := time.Since(began)
+	if err == nil {
+		t.Fatal("Start of a server that never listens succeeded")
+	}
+	t.Logf("failed in %v with: %v", took.Round(time.Millisecond), err)
+	for _, want := range []string{"did not answer SELECT 1 within 1s", "pretending to load metadata"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not mention %q", want)
+		}
+	}
+	if took > 5*time.Second {
+		t.Errorf("Start took %v to give up with StartTimeout 1s", took)
+	}
+}
+
 func TestSecondServerOnSameDirFails(t *testing.T) {
 	s := startServer(t, clickhouse.Options{})
 	_, err := clickhouse.Start(context.Background(), clickhouse.Options{Dir: s.Dir(), StartTimeout: 20 * time.Second})
@@ -336,6 +388,23 @@ func TestSecondServerOnSameDirFails(t *testing.T) {
 		t.Fatal("a second server started on a Dir in use")
 	}
 	t.Logf("second server: %v", err)
+}
+
+func TestFixedPortTakenByAnotherServer(t *testing.T) {
+	ctx := context.Background()
+	a := startServer(t, clickhouse.Options{})
+	_, port, _ := net.SplitHostPort(a.Addr())
+	tcp, _ := strconv.Atoi(port)
+
+	_, err := clickhouse.Start(ctx, clickhouse.Options{Dir: t.TempDir(), TCPPort: tcp, StartTimeout: 20 * time.Second})
+	if err == nil || !strings.Contains(err.Error(), "another ClickHouse server") {
+		t.Fatalf("Start on a port served by another ClickHouse: err = %v, want one naming the other server", err)
+	}
+	// The failed Start must not have disturbed the server that owns the port.
+	var n uint64
+	if err := openNative(t, a).QueryRow(ctx, "SELECT count() FROM system.tables").Scan(&n); err != nil {
+		t.Fatalf("the first server no longer answers: %v", err)
+	}
 }
 
 // helperEnv makes the test binary act as a long-lived owner of a server,

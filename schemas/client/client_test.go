@@ -1,0 +1,486 @@
+package client_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/santhosh-tekuri/jsonschema/v6"
+
+	"github.com/aigov/aigov/schemas"
+	"github.com/aigov/aigov/schemas/client"
+)
+
+const adminUser = "admin"
+
+// bus is an embedded JetStream server with one user per aigov role holding
+// the topology's permissions, plus an unrestricted admin for setup.
+type bus struct {
+	url  string
+	topo schemas.Topology
+}
+
+func startBus(t *testing.T) *bus {
+	t.Helper()
+	topo := schemas.NewTopology("")
+	opts := &server.Options{
+		Host: "127.0.0.1", Port: server.RANDOM_PORT,
+		JetStream: true, StoreDir: t.TempDir(),
+		NoLog: true, NoSigs: true,
+		Users: []*server.User{{Username: adminUser, Password: adminUser + "-pw"}},
+	}
+	for _, role := range schemas.Roles() {
+		p, err := topo.Permissions(role)
+		if err != nil {
+			t.Fatal(err)
+		}
+		opts.Users = append(opts.Users, &server.User{
+			Username: role, Password: role + "-pw",
+			Permissions: &server.Permissions{
+				Publish:   &server.SubjectPermission{Allow: p.Publish},
+				Subscribe: &server.SubjectPermission{Allow: p.Subscribe},
+			},
+		})
+	}
+	srv, err := server.NewServer(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Start()
+	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
+	if !srv.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats-server not ready within 10s")
+	}
+	b := &bus{url: srv.ClientURL(), topo: topo}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := topo.Ensure(ctx, b.js(t, b.connect(t, adminUser))); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// connect logs in as role with the role's own inbox prefix, as its
+// permissions require.
+func (b *bus) connect(t *testing.T, role string) *nats.Conn {
+	t.Helper()
+	nc, err := nats.Connect(b.url, nats.UserInfo(role, role+"-pw"), nats.CustomInboxPrefix(schemas.InboxPrefix(role)))
+	if err != nil {
+		t.Fatalf("connect as %s: %v", role, err)
+	}
+	t.Cleanup(nc.Close)
+	return nc
+}
+
+func (b *bus) js(t *testing.T, nc *nats.Conn) jetstream.JetStream {
+	t.Helper()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return js
+}
+
+// requestStream reports the request stream's state, read as admin.
+func (b *bus) requestStream(t *testing.T) jetstream.StreamState {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	s, err := b.js(t, b.connect(t, adminUser)).Stream(ctx, b.topo.StreamRequests())
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.State
+}
+
+func (b *bus) newClient(t *testing.T, opts client.Options) *client.Client {
+	t.Helper()
+	c, err := client.New(b.connect(t, schemas.RolePlatform), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// seen is what the test decider observed of one request message.
+type seen struct {
+	subject       string
+	msgID         string
+	authorization string
+	replyTo       string
+	body          []byte
+	event         schemas.Event
+	request       schemas.Request
+	err           error
+}
+
+// decide answers like policy would: allow for an even resource number,
+// deny with policy_denied for an odd one.
+func decide(ev schemas.Event, req schemas.Request) schemas.Decision {
+	d := schemas.Decision{
+		RequestID: ev.ID, Action: req.Action, Resource: req.Resource,
+		Decision: schemas.Deny, Code: schemas.CodePolicyDenied, Stage: schemas.StagePolicy,
+		Timings: schemas.Timings{ReceivedAt: ev.Time, DecidedAt: time.Now()},
+	}
+	var n int
+	if _, err := fmt.Sscanf(req.Resource.ID, "m-%d", &n); err == nil && n%2 == 0 {
+		d.Decision, d.Code = schemas.Allow, ""
+	}
+	return d
+}
+
+// decider consumes n requests as the authn user, then sends each its
+// decision on the reply header's subject, in reverse order of arrival so
+// that routing cannot rely on order. Unless once is set it repeats the
+// replies every 50 ms until ctx ends, as a slow or redelivering pipeline
+// would. Observations arrive on the returned channel, closed at the end.
+func (b *bus) decider(ctx context.Context, t *testing.T, n int, once bool) <-chan seen {
+	t.Helper()
+	nc := b.connect(t, schemas.RoleAuthn)
+	cons, err := b.topo.EnsureConsumer(ctx, b.js(t, nc), schemas.ConsumerAuthn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make(chan seen, n)
+	go func() {
+		defer close(out)
+		var got []seen
+		var replies []*nats.Msg
+		for len(got) < n && ctx.Err() == nil {
+			batch, err := cons.Fetch(n-len(got), jetstream.FetchMaxWait(200*time.Millisecond))
+			if err != nil {
+				out <- seen{err: err}
+				return
+			}
+			for m := range batch.Messages() {
+				s := seen{
+					subject:       m.Subject(),
+					msgID:         m.Headers().Get(schemas.HeaderMsgID),
+					authorization: m.Headers().Get(schemas.HeaderAuthorization),
+					replyTo:       m.Headers().Get(schemas.HeaderReplyTo),
+					body:          m.Data(),
+				}
+				s.event, s.err = schemas.ParseEvent(m.Data())
+				if s.err == nil {
+					s.err = s.event.DecodeData(&s.request)
+				}
+				if s.err == nil {
+					s.err = m.Ack()
+				}
+				got = append(got, s)
+			}
+		}
+		for i := len(got) - 1; i >= 0; i-- {
+			s := got[i]
+			if s.err != nil {
+				continue
+			}
+			got[i].err = func() error {
+				ev, err := schemas.NewEvent(schemas.DerivedID(s.event.ID, "decision"), "aigov/test-decider", schemas.TypeDecision, time.Now(), decide(s.event, s.request))
+				if err != nil {
+					return err
+				}
+				body, err := json.Marshal(ev)
+				if err != nil {
+					return err
+				}
+				replies = append(replies, &nats.Msg{Subject: s.replyTo, Data: body})
+				return nc.Publish(s.replyTo, body)
+			}()
+		}
+		for _, s := range got {
+			out <- s
+		}
+		if once {
+			return
+		}
+		tick := time.NewTicker(50 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+				for _, r := range replies {
+					_ = nc.Publish(r.Subject, r.Data)
+				}
+			}
+		}
+	}()
+	return out
+}
+
+func compileEventSchema(t *testing.T) *jsonschema.Schema {
+	t.Helper()
+	c := jsonschema.NewCompiler()
+	c.AssertFormat()
+	fsys := schemas.JSONSchemas()
+	names, err := fs.Glob(fsys, "*.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range names {
+		raw, err := fs.ReadFile(fsys, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		doc, err := jsonschema.UnmarshalJSON(bytes.NewReader(raw))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.AddResource(schemas.SchemaBaseURL+name, doc); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sch, err := c.Compile(schemas.SchemaBaseURL + schemas.SchemaEvent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sch
+}
+
+// Fifty concurrent callers each get their own decision, although the
+// decider answers in reverse order; every request carried its id as
+// Nats-Msg-Id, its caller's bearer token and a reply subject in the
+// platform's inbox, and conforms to event.json.
+func TestAuthorizeRoutesDecisionsToCallers(t *testing.T) {
+	t.Parallel()
+	b := startBus(t)
+	c := b.newClient(t, client.Options{Source: "ml-platform/test"})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	const n = 50
+	observed := b.decider(ctx, t, n, true)
+	eventSchema := compileEventSchema(t)
+
+	type result struct {
+		call client.Call
+		d    schemas.Decision
+		err  error
+	}
+	results := make([]result, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		call := client.Call{
+			Token:   fmt.Sprintf("token-%d", i),
+			Request: schemas.Request{Action: "model.retrain", Resource: schemas.Resource{Type: "Model", ID: fmt.Sprintf("m-%d", i)}, Context: map[string]any{"i": float64(i)}},
+		}
+		if i%5 != 0 { // every fifth call lets the client choose the id
+			call.ID = fmt.Sprintf("req-%02d", i)
+		}
+		wg.Go(func() {
+			d, err := c.Authorize(ctx, call)
+			results[i] = result{call, d, err}
+		})
+	}
+	wg.Wait()
+
+	byResource := map[string]seen{}
+	for s := range observed {
+		if s.err != nil {
+			t.Fatalf("decider: %v", s.err)
+		}
+		byResource[s.request.Resource.ID] = s
+	}
+	if len(byResource) != n {
+		t.Fatalf("decider saw %d distinct requests, want %d", len(byResource), n)
+	}
+	for i, r := range results {
+		if r.err != nil {
+			t.Errorf("call %d: %v", i, r.err)
+			continue
+		}
+		s, ok := byResource[r.call.Request.Resource.ID]
+		if !ok {
+			t.Errorf("call %d: its request never reached the stream", i)
+			continue
+		}
+		if r.call.ID != "" && s.event.ID != r.call.ID {
+			t.Errorf("call %d: request id %q, want %q", i, s.event.ID, r.call.ID)
+		}
+		if s.msgID != s.event.ID || s.msgID == "" {
+			t.Errorf("call %d: Nats-Msg-Id %q, event id %q", i, s.msgID, s.event.ID)
+		}
+		if want := "Bearer " + r.call.Token; s.authorization != want {
+			t.Errorf("call %d: Authorization %q, want %q", i, s.authorization, want)
+		}
+		if !strings.HasPrefix(s.replyTo, schemas.InboxPrefix(schemas.RolePlatform)+".") {
+			t.Errorf("call %d: reply subject %q is not in the platform's inbox", i, s.replyTo)
+		}
+		if s.subject != "aigov.request.model.retrain" || s.event.Type != schemas.TypeRequest || s.event.Source != "ml-platform/test" {
+			t.Errorf("call %d: subject %s, type %s, source %s", i, s.subject, s.event.Type, s.event.Source)
+		}
+		if strings.Contains(string(s.body), r.call.Token) {
+			t.Errorf("call %d: the token is in the event body", i)
+		}
+		doc, err := jsonschema.UnmarshalJSON(bytes.NewReader(s.body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := eventSchema.Validate(doc); err != nil {
+			t.Errorf("call %d: request does not conform to event.json: %v", i, err)
+		}
+		want := decide(s.event, s.request)
+		if r.d.RequestID != s.event.ID || r.d.Resource != r.call.Request.Resource || r.d.Decision != want.Decision || r.d.Code != want.Code {
+			t.Errorf("call %d (%s) got decision %+v, want request %s %s %s", i, r.call.Request.Resource.ID, r.d, s.event.ID, want.Decision, want.Code)
+		}
+	}
+}
+
+// With no decision, Authorize ends with ErrTimeout at the caller's
+// deadline, or at Options.Timeout when the context has none; the request
+// stays queued. Retrying with the same id publishes nothing new (it is
+// de-duplicated) and receives the decision of the original.
+func TestAuthorizeTimeoutAndRetry(t *testing.T) {
+	t.Parallel()
+	b := startBus(t)
+	c := b.newClient(t, client.Options{Timeout: 150 * time.Millisecond})
+	call := client.Call{ID: "req-retry", Token: "token", Request: schemas.Request{Action: "model.deploy", Resource: schemas.Resource{Type: "Model", ID: "m-2"}}}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	start := time.Now()
+	_, err := c.Authorize(ctx, call)
+	cancel()
+	if !errors.Is(err, client.ErrTimeout) {
+		t.Fatalf("Authorize with a 300ms deadline: %v, want ErrTimeout", err)
+	}
+	if el := time.Since(start); el < 250*time.Millisecond || el > 5*time.Second {
+		t.Errorf("timed out after %v, want about 300ms", el)
+	}
+
+	start = time.Now()
+	_, err = c.Authorize(context.Background(), call)
+	if !errors.Is(err, client.ErrTimeout) {
+		t.Fatalf("Authorize without a deadline: %v, want ErrTimeout", err)
+	}
+	if el := time.Since(start); el < 100*time.Millisecond || el > 5*time.Second {
+		t.Errorf("timed out after %v, want about Options.Timeout (150ms)", el)
+	}
+	if st := b.requestStream(t); st.Msgs != 1 || st.LastSeq != 1 {
+		t.Fatalf("request stream holds %d messages (last seq %d), want the one request de-duplicated", st.Msgs, st.LastSeq)
+	}
+
+	ctx, cancel = context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	observed := b.decider(ctx, t, 1, false)
+	d, err := c.Authorize(ctx, call)
+	if err != nil {
+		t.Fatalf("retry: %v", err)
+	}
+	if d.RequestID != call.ID || !d.Allowed() {
+		t.Fatalf("retry got %+v, want the allow of %s", d, call.ID)
+	}
+	cancel()
+	for s := range observed {
+		if s.err != nil || s.event.ID != call.ID {
+			t.Fatalf("decider saw %+v", s)
+		}
+	}
+	if st := b.requestStream(t); st.LastSeq != 1 {
+		t.Fatalf("request stream last seq %d after the retry, want 1 (de-duplicated)", st.LastSeq)
+	}
+}
+
+// After Close, Authorize fails with ErrClosed and publishes nothing.
+func TestAuthorizeAfterClose(t *testing.T) {
+	t.Parallel()
+	b := startBus(t)
+	c := b.newClient(t, client.Options{})
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, err := c.Authorize(ctx, client.Call{Token: "t", Request: schemas.Request{Action: "model.deploy", Resource: schemas.Resource{Type: "Model", ID: "m"}}})
+	if !errors.Is(err, client.ErrClosed) {
+		t.Fatalf("Authorize after Close: %v, want ErrClosed", err)
+	}
+	if st := b.requestStream(t); st.Msgs != 0 {
+		t.Fatalf("request stream holds %d messages after a closed client's call", st.Msgs)
+	}
+}
+
+// An invalid request fails at once with ErrInvalidEvent, before anything is
+// published.
+func TestAuthorizeRejectsInvalidRequest(t *testing.T) {
+	t.Parallel()
+	b := startBus(t)
+	c := b.newClient(t, client.Options{Timeout: 10 * time.Second})
+	bad := []schemas.Request{
+		{Action: "retrain", Resource: schemas.Resource{Type: "Model", ID: "m"}},
+		{Action: "model.>", Resource: schemas.Resource{Type: "Model", ID: "m"}},
+		{Action: "model.deploy", Resource: schemas.Resource{Type: "model", ID: "m"}},
+		{Action: "model.deploy", Resource: schemas.Resource{Type: "Model"}},
+	}
+	for _, req := range bad {
+		start := time.Now()
+		_, err := c.Authorize(context.Background(), client.Call{Token: "t", Request: req})
+		if !errors.Is(err, schemas.ErrInvalidEvent) || errors.Is(err, client.ErrTimeout) {
+			t.Errorf("Authorize(%+v) = %v, want ErrInvalidEvent", req, err)
+		}
+		if el := time.Since(start); el > 2*time.Second {
+			t.Errorf("Authorize(%+v) took %v; it must fail before publishing", req, el)
+		}
+		if _, err := c.Message(client.Call{Request: req}, ""); !errors.Is(err, schemas.ErrInvalidEvent) {
+			t.Errorf("Message(%+v) = %v, want ErrInvalidEvent", req, err)
+		}
+	}
+	if st := b.requestStream(t); st.Msgs != 0 || st.LastSeq != 0 {
+		t.Fatalf("request stream holds %d messages (last seq %d) after invalid calls", st.Msgs, st.LastSeq)
+	}
+}
+
+// NewRequestMessage builds the message a platform may publish itself.
+func TestNewRequestMessage(t *testing.T) {
+	t.Parallel()
+	req := schemas.Request{Action: "dataset.promote", Resource: schemas.Resource{Type: "Dataset", ID: "d1"}}
+	m, err := client.NewRequestMessage(schemas.NewSubjects("acme"), "src", client.Call{ID: "r1", Token: "jwt", Request: req}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Subject != "acme.request.dataset.promote" || m.Header.Get(schemas.HeaderMsgID) != "r1" || m.Header.Get(schemas.HeaderAuthorization) != "Bearer jwt" {
+		t.Errorf("message %s %v", m.Subject, m.Header)
+	}
+	if _, ok := m.Header[schemas.HeaderReplyTo]; ok {
+		t.Errorf("reply header set without a reply subject: %v", m.Header)
+	}
+	ev, err := schemas.ParseEvent(m.Data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev.ID != "r1" || ev.Subject != `Dataset::"d1"` {
+		t.Errorf("event %+v", ev)
+	}
+	anon, err := client.NewRequestMessage(schemas.NewSubjects(""), "src", client.Call{Request: req}, "_INBOX.platform.x.y")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := anon.Header[schemas.HeaderAuthorization]; ok {
+		t.Error("Authorization header set without a token")
+	}
+	if anon.Header.Get(schemas.HeaderReplyTo) != "_INBOX.platform.x.y" || anon.Header.Get(schemas.HeaderMsgID) == "" {
+		t.Errorf("headers %v", anon.Header)
+	}
+}
+
+func TestNewRejectsNilConn(t *testing.T) {
+	t.Parallel()
+	if _, err := client.New(nil, client.Options{}); err == nil {
+		t.Fatal("New(nil) succeeded")
+	}
+}

@@ -1,0 +1,226 @@
+package schemas_test
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/aigov/aigov/schemas"
+)
+
+func TestTopologyNames(t *testing.T) {
+	t.Parallel()
+	topo := schemas.NewTopology("acme")
+	got := []string{topo.StreamRequests(), topo.StreamVerified(), topo.StreamDecisions(), topo.StreamSessions(), topo.BucketSessions(), topo.BucketRevocations()}
+	want := []string{"ACME_REQUESTS", "ACME_VERIFIED", "ACME_DECISIONS", "ACME_SESSIONS", "acme_sessions", "acme_revocations"}
+	if !slices.Equal(got, want) {
+		t.Errorf("names = %v, want %v", got, want)
+	}
+	streams := topo.Streams()
+	if len(streams) != 4 {
+		t.Fatalf("%d streams, want 4", len(streams))
+	}
+	for _, s := range streams {
+		wantRetention := jetstream.LimitsPolicy
+		if s.Name == topo.StreamRequests() {
+			wantRetention = jetstream.WorkQueuePolicy
+		}
+		if s.Retention != wantRetention || s.Discard != jetstream.DiscardNew || s.MaxMsgSize != schemas.MaxMessageBytes || s.Duplicates != topo.DuplicateWindow {
+			t.Errorf("stream %s: %+v", s.Name, s)
+		}
+	}
+}
+
+func TestTopologyConsumer(t *testing.T) {
+	t.Parallel()
+	topo := schemas.NewTopology("")
+	streamSubjects := map[string]string{}
+	for _, s := range topo.Streams() {
+		streamSubjects[s.Name] = s.Subjects[0]
+	}
+	cases := []struct {
+		name       string
+		stream     string
+		filter     string
+		maxDeliver int
+	}{
+		{schemas.ConsumerAuthn, "AIGOV_REQUESTS", "aigov.request.>", 20},
+		{schemas.ConsumerPolicy, "AIGOV_VERIFIED", "aigov.verified.>", 20},
+		{schemas.ConsumerReaper, "AIGOV_VERIFIED", "aigov.verified.>", 20},
+		// The audit log must not lose an event to a long outage.
+		{schemas.ConsumerAuditDecisions, "AIGOV_DECISIONS", "aigov.decision.>", -1},
+		{schemas.ConsumerAuditSessions, "AIGOV_SESSIONS", "aigov.session.>", -1},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			spec, err := topo.Consumer(tc.name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c := spec.Config
+			if spec.Stream != tc.stream || c.FilterSubject != tc.filter || c.Durable != tc.name {
+				t.Errorf("spec = %s %q durable %q; want %s %q durable %q", spec.Stream, c.FilterSubject, c.Durable, tc.stream, tc.filter, tc.name)
+			}
+			if !server.SubjectMatchesFilter(c.FilterSubject, streamSubjects[spec.Stream]) {
+				t.Errorf("filter %s is outside stream %s (%s)", c.FilterSubject, spec.Stream, streamSubjects[spec.Stream])
+			}
+			if c.AckPolicy != jetstream.AckExplicitPolicy || c.MaxDeliver != tc.maxDeliver || c.AckWait <= 0 || c.MaxAckPending <= 0 || len(c.BackOff) != 0 {
+				t.Errorf("delivery settings %+v", c)
+			}
+		})
+	}
+	t.Run("unknown", func(t *testing.T) {
+		t.Parallel()
+		if _, err := topo.Consumer("billing"); !errors.Is(err, schemas.ErrUnknownConsumer) {
+			t.Fatalf("Consumer(billing) error = %v, want ErrUnknownConsumer", err)
+		}
+	})
+}
+
+func allowed(list []string, subject string) bool {
+	for _, f := range list {
+		if server.SubjectMatchesFilter(subject, f) {
+			return true
+		}
+	}
+	return false
+}
+
+func TestTopologyPermissions(t *testing.T) {
+	t.Parallel()
+	topo := schemas.NewTopology("")
+	const (
+		request       = "aigov.request.model.deploy"
+		verified      = "aigov.verified.model.deploy"
+		decision      = "aigov.decision.model.deploy"
+		session       = "aigov.session.expired"
+		jsAPI         = "$JS.API.CONSUMER.MSG.NEXT.AIGOV_REQUESTS.authn"
+		kvPut         = "$KV.aigov_revocations.abc"
+		platformInbox = "_INBOX.platform.x.y"
+	)
+	cases := []struct {
+		role       string
+		pub, noPub []string
+		sub, noSub []string
+	}{
+		{schemas.RoleAuthn,
+			[]string{verified, decision, platformInbox, jsAPI, kvPut, "$JS.ACK.AIGOV_REQUESTS.authn.1.1.1.1.0"},
+			[]string{request, session},
+			[]string{"_INBOX.authn.x"}, []string{"_INBOX.platform.x", request, decision}},
+		{schemas.RolePolicy,
+			[]string{decision, platformInbox, jsAPI},
+			[]string{request, verified, session},
+			[]string{"_INBOX.policy.x"}, []string{"_INBOX.authn.x", decision}},
+		{schemas.RoleReaper,
+			[]string{session, kvPut, jsAPI},
+			[]string{request, verified, decision, platformInbox},
+			[]string{"_INBOX.reaper.x"}, []string{"_INBOX.platform.x"}},
+		{schemas.RoleAudit,
+			[]string{jsAPI},
+			[]string{request, verified, decision, session, platformInbox},
+			[]string{"_INBOX.audit.x"}, []string{"_INBOX.platform.x", decision}},
+		// The platform publishes requests and reads its own inbox, nothing
+		// else: it can never forge a decision or touch the JetStream API.
+		{schemas.RolePlatform,
+			[]string{request, "aigov.request.dataset.promote"},
+			[]string{verified, decision, session, jsAPI, kvPut, platformInbox, "_INBOX.authn.x"},
+			[]string{platformInbox}, []string{"_INBOX.authn.x", decision, request, ">"}},
+	}
+	var roles []string
+	for _, tc := range cases {
+		roles = append(roles, tc.role)
+		t.Run(tc.role, func(t *testing.T) {
+			t.Parallel()
+			p, err := topo.Permissions(tc.role)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, s := range tc.pub {
+				if !allowed(p.Publish, s) {
+					t.Errorf("may not publish %s; publish = %v", s, p.Publish)
+				}
+			}
+			for _, s := range tc.noPub {
+				if allowed(p.Publish, s) {
+					t.Errorf("may publish %s; publish = %v", s, p.Publish)
+				}
+			}
+			for _, s := range tc.sub {
+				if !allowed(p.Subscribe, s) {
+					t.Errorf("may not subscribe %s; subscribe = %v", s, p.Subscribe)
+				}
+			}
+			for _, s := range tc.noSub {
+				if allowed(p.Subscribe, s) {
+					t.Errorf("may subscribe %s; subscribe = %v", s, p.Subscribe)
+				}
+			}
+		})
+	}
+	if !slices.Equal(slices.Sorted(slices.Values(roles)), slices.Sorted(slices.Values(schemas.Roles()))) {
+		t.Errorf("Roles() = %v, tested %v", schemas.Roles(), roles)
+	}
+	if _, err := topo.Permissions("admin"); err == nil {
+		t.Error("Permissions(admin) succeeded; unknown roles must get nothing")
+	}
+	if got := schemas.InboxPrefix("platform"); got != "_INBOX.platform" {
+		t.Errorf("InboxPrefix = %s", got)
+	}
+}
+
+// Ensure is idempotent and every consumer can be created on the stream its
+// spec names, on a real JetStream server.
+func TestTopologyEnsure(t *testing.T) {
+	t.Parallel()
+	srv, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Start()
+	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
+	if !srv.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats-server not ready")
+	}
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	topo := schemas.NewTopology("")
+	for range 2 {
+		if err := topo.Ensure(ctx, js); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, name := range []string{schemas.ConsumerAuthn, schemas.ConsumerPolicy, schemas.ConsumerReaper, schemas.ConsumerAuditDecisions, schemas.ConsumerAuditSessions} {
+		c, err := topo.EnsureConsumer(ctx, js, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		spec, _ := topo.Consumer(name)
+		if info := c.CachedInfo(); info.Stream != spec.Stream || info.Config.FilterSubject != spec.Config.FilterSubject {
+			t.Errorf("consumer %s created as %s %s", name, info.Stream, info.Config.FilterSubject)
+		}
+	}
+	if _, err := topo.EnsureConsumer(ctx, js, "billing"); !errors.Is(err, schemas.ErrUnknownConsumer) {
+		t.Errorf("EnsureConsumer(billing) = %v, want ErrUnknownConsumer", err)
+	}
+	for _, b := range topo.Buckets() {
+		if _, err := js.KeyValue(ctx, b.Bucket); err != nil {
+			t.Errorf("bucket %s: %v", b.Bucket, err)
+		}
+	}
+}

@@ -1,0 +1,62 @@
+package verify
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/aigov/aigov/schemas"
+)
+
+func TestBearer(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		name   string
+		values []string
+		token  string
+		code   schemas.Code
+	}{
+		{"absent", nil, "", schemas.CodeMissingToken},
+		{"bearer", []string{"Bearer abc.def.ghi"}, "abc.def.ghi", ""},
+		{"scheme is case-insensitive", []string{"bearer abc"}, "abc", ""},
+		{"surrounding space", []string{"  Bearer   abc  "}, "abc", ""},
+		{"basic", []string{"Basic dXNlcjpwdw=="}, "", schemas.CodeMissingToken},
+		{"scheme only", []string{"Bearer"}, "", schemas.CodeMissingToken},
+		{"empty credential", []string{"Bearer   "}, "", schemas.CodeMissingToken},
+		{"two headers", []string{"Bearer a", "Bearer b"}, "", schemas.CodeMalformedToken},
+		{"inner space", []string{"Bearer a b"}, "", schemas.CodeMalformedToken},
+		{"oversized", []string{"Bearer " + strings.Repeat("a", MaxTokenBytes+1)}, "", schemas.CodeMalformedToken},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			tok, d := bearer(tc.values)
+			var code schemas.Code
+			if d != nil {
+				code = d.Code
+			}
+			if tok != tc.token || code != tc.code {
+				t.Fatalf("bearer(%q) = %q, %v; want %q, %q", tc.values, tok, d, tc.token, tc.code)
+			}
+		})
+	}
+}
+
+func TestValidInbox(t *testing.T) {
+	t.Parallel()
+	for s, want := range map[string]bool{
+		"_INBOX.platform.abc":    true,
+		"_INBOX.abc":             true,
+		"_INBOX.":                false,
+		"_INBOX.platform.*":      false,
+		"_INBOX.>":               false,
+		"_INBOX.a..b":            false,
+		"_INBOX.a b":             false,
+		"aigov.decision.x":       false,
+		"_inbox.platform.abc":    false,
+		"_INBOX" + ".x" + "\r\n": false,
+	} {
+		if got := validInbox(s); got != want {
+			t.Errorf("validInbox(%q) = %v, want %v", s, got, want)
+		}
+	}
+}

@@ -1,0 +1,386 @@
+// Package verify is the authn service: it takes each request event off
+// JetStream, verifies its bearer token against the trusted OIDC issuers,
+// checks the token's session against the revocation bucket, and publishes
+// either a verified event (for policy) or an authn deny decision (for audit
+// and the requester). The raw token never leaves the request stream; only
+// its fingerprint does.
+package verify
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+
+	"github.com/aigov/aigov/schemas"
+	"github.com/aigov/aigov/services/runtime"
+)
+
+// Source is the CloudEvents source of everything authn publishes.
+const Source = "aigov/authn"
+
+// InvalidAction is the action a deny is published under when neither the
+// subject nor the data names a valid one, so it is still audited.
+const InvalidAction = "invalid"
+
+// outcomeVerified labels passes in the outcomes counter; denies use their code.
+const outcomeVerified = "verified"
+
+// Deps are the verifier's collaborators.
+type Deps struct {
+	Log      zerolog.Logger
+	NC       *nats.Conn
+	JS       jetstream.JetStream
+	Topology schemas.Topology
+	// Registry receives the service's metrics.
+	Registry prometheus.Registerer
+}
+
+// Verifier consumes requests and publishes verified events or denies.
+type Verifier struct {
+	auth     *Authenticator
+	log      zerolog.Logger
+	nc       *nats.Conn
+	js       jetstream.JetStream
+	topo     schemas.Topology
+	subjects schemas.Subjects
+	runner   *runtime.Runner
+	outcomes *prometheus.CounterVec
+	now      func() time.Time
+
+	kvMu sync.Mutex
+	kv   jetstream.KeyValue // revocation bucket, opened on first use
+}
+
+// New builds a verifier; it does no I/O.
+func New(cfg Config, deps Deps) (*Verifier, error) {
+	switch {
+	case deps.NC == nil:
+		return nil, errors.New("authn: nil NATS connection")
+	case deps.JS == nil:
+		return nil, errors.New("authn: nil JetStream context")
+	case deps.Registry == nil:
+		return nil, errors.New("authn: nil metrics registry")
+	}
+	auth, err := NewAuthenticator(cfg, deps.Log)
+	if err != nil {
+		return nil, err
+	}
+	v := &Verifier{
+		auth:     auth,
+		log:      deps.Log,
+		nc:       deps.NC,
+		js:       deps.JS,
+		topo:     deps.Topology,
+		subjects: deps.Topology.Subjects,
+		outcomes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "aigov_authn_outcomes_total",
+			Help: "Requests authn decided, by outcome: verified, or the deny code.",
+		}, []string{"code"}),
+		now: time.Now,
+	}
+	if err := deps.Registry.Register(v.outcomes); err != nil {
+		return nil, fmt.Errorf("authn: register metrics: %w", err)
+	}
+	v.runner = runtime.NewRunner(schemas.ConsumerAuthn, deps.Log, deps.Registry, cfg.Workers)
+	return v, nil
+}
+
+// Run ensures the authn consumer and handles requests until ctx ends, then
+// finishes the requests already taken. Issuers are discovered in the
+// background meanwhile, so a down IdP does not delay the first request of
+// the others.
+func (v *Verifier) Run(ctx context.Context) error {
+	cons, err := v.topo.EnsureConsumer(ctx, v.js, schemas.ConsumerAuthn)
+	if err != nil {
+		return err
+	}
+	warmed := make(chan struct{})
+	go func() {
+		defer close(warmed)
+		v.auth.Warm(ctx)
+	}()
+	err = v.runner.Run(ctx, cons, v.Handle)
+	<-warmed // bounded by the HTTP timeout
+	return err
+}
+
+// request is what Handle learned about one request message.
+type request struct {
+	id         string
+	action     string
+	source     string
+	data       schemas.Request
+	replyTo    string
+	receivedAt time.Time
+	started    time.Time
+	tokenFP    string
+	identity   *Identity
+}
+
+// Handle processes one request message. It returns nil once a verified
+// event or a deny decision is durably published; any error is transient and
+// the runner redelivers. Bad input never errors: it becomes a deny.
+func (v *Verifier) Handle(ctx context.Context, m jetstream.Msg) error {
+	r := request{started: v.now(), receivedAt: v.now()}
+	var seq uint64
+	if md, err := m.Metadata(); err == nil {
+		r.receivedAt, seq = md.Timestamp, md.Sequence.Stream
+	}
+	h := m.Headers()
+	r.replyTo = h.Get(schemas.HeaderReplyTo)
+
+	malformed := v.parse(m, seq, &r)
+	token, d := bearer(h.Values(schemas.HeaderAuthorization))
+	if token != "" {
+		// Even a malformed request's deny names the token it carried, so
+		// audit can tie it to the token's other uses.
+		r.tokenFP = schemas.Fingerprint(token)
+	}
+	if malformed != nil {
+		return v.deny(ctx, r, malformed)
+	}
+	if d != nil {
+		return v.deny(ctx, r, d)
+	}
+	id, err := v.auth.Verify(ctx, token)
+	if err != nil {
+		if d, ok := IsDenial(err); ok {
+			return v.deny(ctx, r, d)
+		}
+		return fmt.Errorf("verify token of request %s: %w", r.id, err)
+	}
+	r.identity = &id
+	if d, err := v.revoked(ctx, id.SessionKey); err != nil {
+		return err
+	} else if d != nil {
+		return v.deny(ctx, r, d)
+	}
+	return v.pass(ctx, r)
+}
+
+// parse fills r from the message, or says why the request is malformed.
+// r always ends with an id and an action to publish a deny under.
+func (v *Verifier) parse(m jetstream.Msg, seq uint64, r *request) *Denial {
+	subjAction, subjErr := v.subjects.ActionOf(schemas.KindRequest, m.Subject())
+	if subjErr == nil && validAction(subjAction) {
+		r.action = subjAction
+	}
+	ev, err := schemas.ParseEvent(m.Data())
+	if err == nil {
+		r.id, r.source = ev.ID, ev.Source
+		err = ev.DecodeData(&r.data)
+	}
+	if r.id == "" {
+		// No usable event id: fall back to the publisher's de-duplication
+		// id, else the stream position, so the deny is still auditable and
+		// a redelivery derives the same decision id.
+		if mid := m.Headers().Get(schemas.HeaderMsgID); mid != "" && len(mid) <= schemas.MaxIDLength {
+			r.id = mid
+		} else {
+			r.id = "seq-" + strconv.FormatUint(seq, 10)
+		}
+	}
+	if r.action == "" {
+		if validAction(r.data.Action) {
+			r.action = r.data.Action
+		} else {
+			r.action = InvalidAction
+		}
+	}
+	switch {
+	case err != nil:
+		return deny(schemas.CodeMalformedRequest, "%s", reasonOf(err))
+	case ev.Type != schemas.TypeRequest:
+		return deny(schemas.CodeMalformedRequest, "event type %s is not %s", quoteTrunc(ev.Type, 80), schemas.TypeRequest)
+	case subjErr != nil || !validAction(subjAction):
+		return deny(schemas.CodeMalformedRequest, "subject does not name a valid action")
+	}
+	if err := r.data.Validate(); err != nil {
+		return deny(schemas.CodeMalformedRequest, "%s", reasonOf(err))
+	}
+	if r.data.Action != subjAction {
+		return deny(schemas.CodeMalformedRequest, "data.action %q differs from the subject's action %q", r.data.Action, subjAction)
+	}
+	return nil
+}
+
+// reasonOf bounds an error's text for use as a reason.
+func reasonOf(err error) string {
+	s := err.Error()
+	if len(s) > 300 {
+		s = s[:300] + "…"
+	}
+	return s
+}
+
+// validAction reports whether a is a well-formed action name. It reuses
+// Request.Validate so that the rule lives in one place (schemas).
+func validAction(a string) bool {
+	return schemas.Request{Action: a, Resource: schemas.Resource{Type: "Resource", ID: "-"}}.Validate() == nil
+}
+
+// revoked looks the session up in the revocation bucket. A lookup failure
+// is returned as an error (transient, redelivered), never treated as "not
+// revoked".
+func (v *Verifier) revoked(ctx context.Context, sessionKey string) (*Denial, error) {
+	kv, err := v.revocations(ctx)
+	if err != nil {
+		return nil, err
+	}
+	e, err := kv.Get(ctx, sessionKey)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("look up revocation of session %s: %w", sessionKey, err)
+	}
+	var rev schemas.Revocation
+	if err := json.Unmarshal(e.Value(), &rev); err != nil {
+		// Someone meant to end this session; an unreadable record must not
+		// reopen it.
+		return deny(schemas.CodeSessionRevoked, "the session is revoked (unreadable revocation record)"), nil
+	}
+	code := rev.Code
+	if code != schemas.CodeSessionExpired {
+		code = schemas.CodeSessionRevoked
+	}
+	reason := rev.Reason
+	if reason == "" {
+		reason = "the session was ended"
+	}
+	return &Denial{Code: code, Reason: reason}, nil
+}
+
+// revocations opens the revocation bucket once; a failure is retried by
+// the next request.
+func (v *Verifier) revocations(ctx context.Context) (jetstream.KeyValue, error) {
+	v.kvMu.Lock()
+	defer v.kvMu.Unlock()
+	if v.kv == nil {
+		kv, err := v.js.KeyValue(ctx, v.topo.BucketRevocations())
+		if err != nil {
+			return nil, fmt.Errorf("open revocation bucket %s: %w", v.topo.BucketRevocations(), err)
+		}
+		v.kv = kv
+	}
+	return v.kv, nil
+}
+
+// pass publishes the verified event.
+func (v *Verifier) pass(ctx context.Context, r request) error {
+	now := v.now()
+	data := schemas.Verified{
+		RequestID:        r.id,
+		Source:           r.source,
+		Request:          r.data,
+		Principal:        r.identity.Principal,
+		SessionKey:       r.identity.SessionKey,
+		TokenFingerprint: r.tokenFP,
+		ReplyTo:          r.replyTo,
+		ReceivedAt:       r.receivedAt.UTC(),
+		VerifiedAt:       now.UTC(),
+	}
+	id := schemas.DerivedID(r.id, schemas.KindVerified)
+	if _, err := v.publish(ctx, v.subjects.Verified(r.action), id, schemas.TypeVerified, now, data); err != nil {
+		return err
+	}
+	v.outcomes.WithLabelValues(outcomeVerified).Inc()
+	v.log.Debug().Str("request_id", r.id).Str("action", r.action).Str("principal", r.identity.Principal.ID).
+		Str("session_key", r.identity.SessionKey).Str("token_fingerprint", r.tokenFP).Msg("request verified")
+	return nil
+}
+
+// deny publishes an authn deny decision, then replies to the requester.
+func (v *Verifier) deny(ctx context.Context, r request, d *Denial) error {
+	now := v.now()
+	data := schemas.Decision{
+		RequestID:        r.id,
+		Action:           r.action,
+		Resource:         r.data.Resource,
+		Context:          r.data.Context,
+		Decision:         schemas.Deny,
+		Code:             d.Code,
+		Reason:           d.Reason,
+		Stage:            schemas.StageAuthn,
+		TokenFingerprint: r.tokenFP,
+		Timings: schemas.Timings{
+			ReceivedAt:  r.receivedAt.UTC(),
+			DecidedAt:   now.UTC(),
+			AuthnMicros: now.Sub(r.started).Microseconds(),
+			TotalMicros: max(0, now.Sub(r.receivedAt).Microseconds()),
+		},
+	}
+	if r.identity != nil {
+		p := r.identity.Principal
+		data.Principal, data.SessionKey = &p, r.identity.SessionKey
+	}
+	id := schemas.DerivedID(r.id, schemas.KindDecision)
+	body, err := v.publish(ctx, v.subjects.Decision(r.action), id, schemas.TypeDecision, now, data)
+	if err != nil {
+		return err
+	}
+	v.outcomes.WithLabelValues(string(d.Code)).Inc()
+	v.log.Info().Str("request_id", r.id).Str("action", r.action).Str("code", string(d.Code)).
+		Str("reason", d.Reason).Str("token_fingerprint", r.tokenFP).Msg("request denied")
+	v.reply(r, body)
+	return nil
+}
+
+// publish sends one event to JetStream and waits for its ack. The msg id
+// makes a redelivered request's event a duplicate the stream drops.
+func (v *Verifier) publish(ctx context.Context, subject, id, typ string, at time.Time, data any) ([]byte, error) {
+	ev, err := schemas.NewEvent(id, Source, typ, at, data)
+	if err != nil {
+		return nil, err
+	}
+	body, err := json.Marshal(ev)
+	if err != nil {
+		return nil, fmt.Errorf("encode %s event: %w", typ, err)
+	}
+	if _, err := v.js.PublishMsg(ctx, &nats.Msg{Subject: subject, Data: body}, jetstream.WithMsgID(id)); err != nil {
+		return nil, fmt.Errorf("publish %s event %s on %s: %w", typ, id, subject, err)
+	}
+	return body, nil
+}
+
+// reply sends a decision to the requester's inbox. It is best effort, like
+// any core NATS message: the decision itself is already durable.
+func (v *Verifier) reply(r request, body []byte) {
+	switch {
+	case r.replyTo == "":
+		return
+	case !validInbox(r.replyTo):
+		v.log.Warn().Str("request_id", r.id).Str("reply_to", quoteTrunc(r.replyTo, 100)).Msg("reply subject ignored: not an _INBOX. subject")
+		return
+	}
+	if err := v.nc.Publish(r.replyTo, body); err != nil {
+		v.log.Warn().Err(err).Str("request_id", r.id).Msg("reply failed")
+	}
+}
+
+// maxReplySubject bounds a reply subject taken from a header.
+const maxReplySubject = 256
+
+// validInbox accepts only a literal subject under _INBOX., so a requester
+// cannot make authn publish its decisions anywhere else.
+func validInbox(s string) bool {
+	if !strings.HasPrefix(s, "_INBOX.") || len(s) > maxReplySubject {
+		return false
+	}
+	for _, tok := range strings.Split(s, ".") {
+		if tok == "" || tok == "*" || tok == ">" || strings.ContainsAny(tok, " \t\r\n") {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,51 @@
+// Command authn is aigov's authentication service: it verifies the OIDC
+// bearer token of every request event and publishes a verified event or an
+// authn deny. Configuration is read from the environment (AIGOV_*); see
+// internal/verify.LoadConfig and runtime.LoadCommon.
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/aigov/aigov/services/authn/internal/verify"
+	"github.com/aigov/aigov/services/runtime"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	err := run(ctx, os.LookupEnv)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "authn:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, lookup runtime.Lookup) error {
+	env := runtime.NewEnv(lookup)
+	common := runtime.LoadCommon(env, "authn", "127.0.0.1:8081")
+	cfg := verify.LoadConfig(env)
+	if err := env.Err(); err != nil {
+		return err
+	}
+	svc, err := runtime.Start(ctx, common)
+	if err != nil {
+		return err
+	}
+	v, err := verify.New(cfg, verify.Deps{
+		Log:      svc.Log,
+		NC:       svc.NC,
+		JS:       svc.JS,
+		Topology: svc.Topology,
+		Registry: svc.HTTP.Registry,
+	})
+	if err != nil {
+		svc.NC.Close()
+		return err
+	}
+	return svc.Run(ctx, v.Run)
+}

@@ -1,0 +1,556 @@
+package decide
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cedar-policy/cedar-go"
+
+	"github.com/aigov/aigov/schemas"
+	"github.com/aigov/aigov/services/devenv/idp"
+)
+
+const (
+	policyDir = "../../../../policies"
+	testIss   = "https://idp.test"
+)
+
+var testNow = time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+
+func loadSample(tb testing.TB) *Evaluator {
+	tb.Helper()
+	set, err := LoadDir(policyDir, filepath.Join(policyDir, "entities.json"))
+	if err != nil {
+		tb.Fatalf("load sample policies: %v", err)
+	}
+	ev, err := NewEvaluator(set, func() time.Time { return testNow })
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return ev
+}
+
+// verified builds the event authn would emit for a dev persona.
+func verified(tb testing.TB, persona, action, resType, resID string, ctx map[string]any) schemas.Verified {
+	tb.Helper()
+	p, ok := idp.Personas()[persona]
+	if !ok {
+		tb.Fatalf("no persona %q", persona)
+	}
+	authTime := testNow.Add(-10 * time.Minute)
+	return schemas.Verified{
+		RequestID: "req-" + persona + "-" + action,
+		Source:    "test",
+		Request:   schemas.Request{Action: action, Resource: schemas.Resource{Type: resType, ID: resID}, Context: ctx},
+		Principal: schemas.Principal{
+			ID: schemas.PrincipalID(testIss, p.Subject), Type: schemas.PrincipalUser,
+			Issuer: testIss, Subject: p.Subject, Email: p.Email, Name: p.Name,
+			Groups: p.Groups, Scopes: []string{"openid", "email", "profile", "groups"},
+			AMR: []string{"pwd"}, AuthTime: &authTime, IssuedAt: authTime, ExpiresAt: testNow.Add(time.Hour),
+		},
+		SessionKey:       "sk",
+		TokenFingerprint: schemas.Fingerprint("token"),
+		ReceivedAt:       testNow.Add(-2 * time.Millisecond),
+		VerifiedAt:       testNow.Add(-1 * time.Millisecond),
+	}
+}
+
+func env(e string) map[string]any { return map[string]any{"environment": e} }
+
+func TestSamplePolicies(t *testing.T) {
+	t.Parallel()
+	ev := loadSample(t)
+	workload := func(scopes ...string) func(*schemas.Verified) {
+		return func(v *schemas.Verified) {
+			v.Principal = schemas.Principal{ID: schemas.PrincipalID(testIss, "agent-7"), Type: schemas.PrincipalWorkload,
+				Issuer: testIss, Subject: "agent-7", Scopes: scopes}
+		}
+	}
+	cases := []struct {
+		name     string
+		v        schemas.Verified
+		edit     func(*schemas.Verified)
+		decision string
+		code     schemas.Code
+		ids      []string
+	}{
+		// 1. retrain: staging only.
+		{name: "alice retrains in staging", v: verified(t, "alice", "model.retrain", "Model", "fraud-detector", env("staging")),
+			decision: schemas.Allow, ids: []string{"data-scientists-retrain-staging"}},
+		{name: "alice retrains in production", v: verified(t, "alice", "model.retrain", "Model", "fraud-detector", env("production")),
+			decision: schemas.Deny, code: schemas.CodePolicyDenied, ids: []string{"no-production-request-on-staging-resource"}},
+		{name: "alice retrains without environment", v: verified(t, "alice", "model.retrain", "Model", "fraud-detector", nil),
+			decision: schemas.Deny, code: schemas.CodePolicyDenied},
+		{name: "alice tunes in staging", v: verified(t, "alice", "model.update_hyperparameters", "Model", "fraud-detector", env("staging")),
+			decision: schemas.Allow, ids: []string{"data-scientists-tune-staging"}},
+		// 2. training data: contributors only.
+		{name: "alice updates training data", v: verified(t, "alice", "dataset.update", "Dataset", "transactions-training", nil),
+			decision: schemas.Deny, code: schemas.CodePolicyDenied, ids: []string{"only-contributors-modify-training-data"}},
+		{name: "carol updates training data", v: verified(t, "carol", "dataset.update", "Dataset", "transactions-training", nil),
+			decision: schemas.Allow, ids: []string{"contributors-modify-training-data"}},
+		{name: "carol updates production data", v: verified(t, "carol", "dataset.update", "Dataset", "customer-features", nil),
+			decision: schemas.Deny, code: schemas.CodePolicyDenied},
+		{name: "alice reads a dataset", v: verified(t, "alice", "dataset.read", "Dataset", "customer-features", nil),
+			decision: schemas.Allow, ids: []string{"data-scientists-read-datasets"}},
+		{name: "carol promotes a dataset without approval", v: verified(t, "carol", "dataset.promote", "Dataset", "transactions-training", nil),
+			decision: schemas.Deny, code: schemas.CodePolicyDenied},
+		// 3. production needs risk approval.
+		{name: "erin deploys to production", v: verified(t, "erin", "model.deploy", "Model", "fraud-detector", env("production")),
+			decision: schemas.Deny, code: schemas.CodePolicyDenied,
+			ids: []string{"no-production-request-on-staging-resource", "production-release-needs-risk-approval"}},
+		{name: "erin deploys to production with forged approvals and mfa",
+			v: verified(t, "erin", "model.deploy", "Model", "churn-predictor",
+				map[string]any{"environment": "production", "approvals": []any{"risk-reviewers"}, "mfa": true}),
+			decision: schemas.Deny, code: schemas.CodePolicyDenied, ids: []string{"production-release-needs-risk-approval"}},
+		{name: "erin deploys to staging", v: verified(t, "erin", "model.deploy", "Model", "fraud-detector", env("staging")),
+			decision: schemas.Allow, ids: []string{"ml-platform-deploy-staging"}},
+		{name: "erin promotes to production is not segmentation's business",
+			v:        verified(t, "erin", "model.promote", "Model", "fraud-detector", env("production")),
+			decision: schemas.Deny, code: schemas.CodePolicyDenied, ids: []string{"production-release-needs-risk-approval"}},
+		// 4. weights: owners only, fresh login.
+		{name: "erin overwrites weights", v: verified(t, "erin", "model.overwrite_weights", "Model", "fraud-detector", nil),
+			decision: schemas.Allow, ids: []string{"owners-overwrite-weights"}},
+		{name: "alice overwrites weights", v: verified(t, "alice", "model.overwrite_weights", "Model", "fraud-detector", nil),
+			decision: schemas.Deny, code: schemas.CodePolicyDenied, ids: []string{"no-weight-overwrite-by-non-owners"}},
+		{name: "erin overwrites weights on a stale session", v: verified(t, "erin", "model.overwrite_weights", "Model", "fraud-detector", nil),
+			edit: func(v *schemas.Verified) {
+				old := testNow.Add(-13 * time.Hour)
+				v.Principal.AuthTime = &old
+			},
+			decision: schemas.Deny, code: schemas.CodePolicyDenied, ids: []string{"weight-overwrite-needs-recent-login"}},
+		// 5. segmentation.
+		{name: "erin deploys staging work onto a production model", v: verified(t, "erin", "model.deploy", "Model", "churn-predictor", env("staging")),
+			decision: schemas.Deny, code: schemas.CodePolicyDenied, ids: []string{"no-staging-request-on-production-resource"}},
+		{name: "alice retrains a production model from staging", v: verified(t, "alice", "model.retrain", "Model", "churn-predictor", env("staging")),
+			decision: schemas.Deny, code: schemas.CodePolicyDenied, ids: []string{"no-staging-request-on-production-resource"}},
+		// 6. no groups, no access.
+		{name: "oscar retrains", v: verified(t, "oscar", "model.retrain", "Model", "fraud-detector", env("staging")),
+			decision: schemas.Deny, code: schemas.CodePolicyDenied},
+		{name: "oscar deploys", v: verified(t, "oscar", "model.deploy", "Model", "fraud-detector", env("staging")),
+			decision: schemas.Deny, code: schemas.CodePolicyDenied},
+		{name: "oscar reads", v: verified(t, "oscar", "dataset.read", "Dataset", "customer-features", nil),
+			decision: schemas.Deny, code: schemas.CodePolicyDenied},
+		{name: "rita deploys", v: verified(t, "rita", "model.deploy", "Model", "fraud-detector", env("staging")),
+			decision: schemas.Deny, code: schemas.CodePolicyDenied},
+		// Agents and scopes.
+		{name: "agent calls an approved tool", v: verified(t, "oscar", "agent.tool_call", "Tool", "web-search", nil), edit: workload("tools:call"),
+			decision: schemas.Allow, ids: []string{"agents-call-approved-tools"}},
+		{name: "agent without the scope", v: verified(t, "oscar", "agent.tool_call", "Tool", "web-search", nil), edit: workload("openid"),
+			decision: schemas.Deny, code: schemas.CodePolicyDenied, ids: []string{"tool-calls-need-tools-scope"}},
+		{name: "agent claims the scope in context", v: verified(t, "oscar", "agent.tool_call", "Tool", "web-search",
+			map[string]any{"scopes": []any{"tools:call"}}), edit: workload(),
+			decision: schemas.Deny, code: schemas.CodePolicyDenied, ids: []string{"tool-calls-need-tools-scope"}},
+		{name: "agent calls an unapproved tool", v: verified(t, "oscar", "agent.tool_call", "Tool", "shell", nil), edit: workload("tools:call"),
+			decision: schemas.Deny, code: schemas.CodePolicyDenied},
+		{name: "a human is not an agent", v: verified(t, "erin", "agent.tool_call", "Tool", "web-search", nil),
+			edit:     func(v *schemas.Verified) { v.Principal.Scopes = []string{"tools:call"} },
+			decision: schemas.Deny, code: schemas.CodePolicyDenied},
+		// Inputs that cannot be decided.
+		{name: "unknown resource", v: verified(t, "erin", "model.deploy", "Model", "no-such-model", env("staging")),
+			decision: schemas.Deny, code: schemas.CodeUnknownResource},
+		{name: "unknown resource type", v: verified(t, "erin", "model.deploy", "Widget", "fraud-detector", env("staging")),
+			decision: schemas.Deny, code: schemas.CodeUnknownResource},
+		{name: "unknown principal type", v: verified(t, "erin", "model.deploy", "Model", "fraud-detector", env("staging")),
+			edit:     func(v *schemas.Verified) { v.Principal.Type = "Robot" },
+			decision: schemas.Deny, code: schemas.CodeMalformedRequest},
+		{name: "malformed action", v: verified(t, "erin", "Deploy It", "Model", "fraud-detector", nil),
+			decision: schemas.Deny, code: schemas.CodeMalformedRequest},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			v := tc.v
+			if tc.edit != nil {
+				tc.edit(&v)
+			}
+			d := ev.Decide(v)
+			if d.Decision != tc.decision || d.Code != tc.code {
+				t.Fatalf("got %s/%q (%s), want %s/%q", d.Decision, d.Code, d.Reason, tc.decision, tc.code)
+			}
+			if !slices.Equal(d.PolicyIDs, tc.ids) {
+				t.Errorf("policy ids = %q, want %q", d.PolicyIDs, tc.ids)
+			}
+			if len(d.PolicyErrors) > 0 {
+				t.Errorf("unexpected policy errors: %q", d.PolicyErrors)
+			}
+			if d.Decision == schemas.Deny && d.Reason == "" {
+				t.Error("a deny has no reason")
+			}
+			if d.Stage != schemas.StagePolicy || d.PolicyVersion != ev.Set().Version() || d.RequestID != v.RequestID {
+				t.Errorf("stage %q version %q request %q", d.Stage, d.PolicyVersion, d.RequestID)
+			}
+			if d.Principal == nil || d.Principal.ID != v.Principal.ID || d.SessionKey != v.SessionKey || d.TokenFingerprint != v.TokenFingerprint {
+				t.Errorf("identity not carried: %+v", d)
+			}
+		})
+	}
+}
+
+func TestDecisionTimings(t *testing.T) {
+	t.Parallel()
+	ev := loadSample(t)
+	v := verified(t, "alice", "model.retrain", "Model", "fraud-detector", env("staging"))
+	d := ev.Decide(v)
+	tm := d.Timings
+	if !tm.ReceivedAt.Equal(v.ReceivedAt) || tm.VerifiedAt == nil || !tm.VerifiedAt.Equal(v.VerifiedAt) || !tm.DecidedAt.Equal(testNow) {
+		t.Fatalf("timestamps %+v", tm)
+	}
+	if tm.AuthnMicros != 1000 || tm.PolicyMicros != 1000 || tm.TotalMicros != 2000 {
+		t.Errorf("micros authn %d policy %d total %d, want 1000 1000 2000", tm.AuthnMicros, tm.PolicyMicros, tm.TotalMicros)
+	}
+	if !equalJSON(t, d.Context, v.Request.Context) {
+		t.Errorf("decision context %v, want the request's %v", d.Context, v.Request.Context)
+	}
+}
+
+func equalJSON(t *testing.T, a, b any) bool {
+	t.Helper()
+	x, err := json.Marshal(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	y, err := json.Marshal(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(x) == string(y)
+}
+
+// TestErroringForbidDenies: Cedar skips a policy that errors, so a forbid
+// reading a missing attribute would let the permit through; aigov denies.
+func TestErroringForbidDenies(t *testing.T) {
+	t.Parallel()
+	set, err := Compile([]File{{Name: "t.cedar", Data: []byte(`
+@id("allow-all")
+permit (principal, action, resource);
+
+@id("forbid-unless-classified")
+forbid (principal, action, resource)
+when { resource.classification == "secret" };
+`)}}, File{Name: "entities.json", Data: []byte(`[{"uid":{"type":"Model","id":"m"},"attrs":{},"parents":[]}]`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev, err := NewEvaluator(set, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := ev.Decide(verified(t, "alice", "model.retrain", "Model", "m", nil))
+	if d.Decision != schemas.Deny || d.Code != schemas.CodePolicyError {
+		t.Fatalf("got %s/%q, want deny/policy_error", d.Decision, d.Code)
+	}
+	if !slices.Equal(d.PolicyIDs, []string{"forbid-unless-classified"}) {
+		t.Errorf("policy ids %q, want the erroring forbid", d.PolicyIDs)
+	}
+	if len(d.PolicyErrors) != 1 || !strings.Contains(d.PolicyErrors[0], "forbid-unless-classified") ||
+		!strings.Contains(d.PolicyErrors[0], "classification") || !strings.Contains(d.PolicyErrors[0], "t.cedar:") {
+		t.Errorf("policy errors %q", d.PolicyErrors)
+	}
+}
+
+func TestEntityAssembly(t *testing.T) {
+	t.Parallel()
+	set, err := Compile([]File{{Name: "p.cedar", Data: []byte(`
+@id("org-members-read")
+permit (principal in Group::"org", action in Action::"reads", resource in Folder::"root")
+when { principal.email == "alice@aigov.example" && principal.issuer == "https://idp.test" };
+`)}}, File{Name: "e.json", Data: []byte(`[
+ {"uid":{"type":"Group","id":"data-scientists"},"attrs":{},"parents":[{"type":"Group","id":"org"}]},
+ {"uid":{"type":"Group","id":"org"},"attrs":{},"parents":[]},
+ {"uid":{"type":"Action","id":"dataset.read"},"attrs":{},"parents":[{"type":"Action","id":"reads"}]},
+ {"uid":{"type":"Folder","id":"root"},"attrs":{},"parents":[]},
+ {"uid":{"type":"Folder","id":"team"},"attrs":{},"parents":[{"type":"Folder","id":"root"}]},
+ {"uid":{"type":"Dataset","id":"d"},"attrs":{},"parents":[{"type":"Folder","id":"team"}]},
+ {"uid":{"type":"Dataset","id":"unrelated"},"attrs":{},"parents":[]},
+ {"uid":{"type":"User","id":"https://idp.test#alice"},"attrs":{"email":"forged@evil"},"parents":[{"type":"Group","id":"admins"}]}
+]`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev, err := NewEvaluator(set, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := verified(t, "alice", "dataset.read", "Dataset", "d", nil)
+	d := ev.Decide(v)
+	if !d.Allowed() || !slices.Equal(d.PolicyIDs, []string{"org-members-read"}) {
+		t.Fatalf("got %s/%q %q: transitive groups, action groups and resource ancestors must count", d.Decision, d.Code, d.Reason)
+	}
+	_, entities, err := ev.request(v, testNow)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for uid := range entities {
+		got = append(got, uid.String())
+	}
+	slices.Sort(got)
+	// Action::"reads" is only named as a parent, not stored: nothing to copy.
+	want := []string{
+		`Action::"dataset.read"`, `Dataset::"d"`, `Folder::"root"`, `Folder::"team"`,
+		`Group::"data-scientists"`, `Group::"org"`, `User::"https://idp.test#alice"`,
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("entities %q, want only what the request needs %q", got, want)
+	}
+	p := entities[cedar.NewEntityUID(TypeUser, "https://idp.test#alice")]
+	if email, _ := p.Attributes.Get("email"); email != cedar.String("alice@aigov.example") {
+		t.Errorf("principal email %v: the token, not the store, defines the principal", email)
+	}
+}
+
+func TestContextConversion(t *testing.T) {
+	t.Parallel()
+	var reqCtx map[string]any
+	dec := json.NewDecoder(strings.NewReader(`{
+		"environment": "staging",
+		"epochs": 12,
+		"negative": -3,
+		"learning_rate": 0.001,
+		"exponent": 1e3,
+		"huge": 123456789012345678901234567890,
+		"flag": true,
+		"nothing": null,
+		"tags": ["a", "b", "a", null, 2.5],
+		"hyperparameters": {"layers": 4, "dropout": 0.1, "optimizer": {"name": "adam"}},
+		"approvals": ["risk-reviewers"],
+		"mfa": true,
+		"scopes": ["admin"],
+		"session_age_seconds": 0
+	}`))
+	dec.UseNumber()
+	if err := dec.Decode(&reqCtx); err != nil {
+		t.Fatal(err)
+	}
+	authTime := testNow.Add(-90 * time.Second)
+	p := schemas.Principal{Scopes: []string{"openid", "models:write"}, AMR: []string{"pwd"}, AuthTime: &authTime}
+	got := contextRecord(reqCtx, p, testNow)
+
+	want := cedar.NewRecord(cedar.RecordMap{
+		"environment":   cedar.String("staging"),
+		"epochs":        cedar.Long(12),
+		"negative":      cedar.Long(-3),
+		"learning_rate": cedar.String("0.001"),
+		"exponent":      cedar.String("1e3"),
+		"huge":          cedar.String("123456789012345678901234567890"),
+		"flag":          cedar.True,
+		"tags":          cedar.NewSet(cedar.String("a"), cedar.String("b"), cedar.String("2.5")),
+		"hyperparameters": cedar.NewRecord(cedar.RecordMap{
+			"layers":    cedar.Long(4),
+			"dropout":   cedar.String("0.1"),
+			"optimizer": cedar.NewRecord(cedar.RecordMap{"name": cedar.String("adam")}),
+		}),
+		// Trusted: the requester's values are gone.
+		"approvals":           cedar.NewSet(),
+		"mfa":                 cedar.False,
+		"scopes":              cedar.NewSet(cedar.String("openid"), cedar.String("models:write")),
+		"session_age_seconds": cedar.Long(90),
+	})
+	if !got.Equal(want) {
+		t.Errorf("context\n got %s\nwant %s", got, want)
+	}
+}
+
+func TestTrustedFields(t *testing.T) {
+	t.Parallel()
+	future := testNow.Add(time.Hour)
+	cases := []struct {
+		name string
+		p    schemas.Principal
+		mfa  bool
+		age  int64
+	}{
+		{name: "password only", p: schemas.Principal{AMR: []string{"pwd"}}},
+		{name: "mfa", p: schemas.Principal{AMR: []string{"pwd", "mfa"}}, mfa: true},
+		{name: "otp", p: schemas.Principal{AMR: []string{"otp"}}, mfa: true},
+		{name: "hardware key", p: schemas.Principal{AMR: []string{"hwk"}}, mfa: true},
+		{name: "auth_time ahead of our clock", p: schemas.Principal{AuthTime: &future}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			r := contextRecord(map[string]any{"mfa": !tc.mfa, "session_age_seconds": 99}, tc.p, testNow)
+			if got, _ := r.Get(CtxMFA); got != cedar.Boolean(tc.mfa) {
+				t.Errorf("mfa = %v, want %v", got, tc.mfa)
+			}
+			if got, _ := r.Get(CtxSessionAgeSeconds); got != cedar.Long(tc.age) {
+				t.Errorf("session_age_seconds = %v, want %d", got, tc.age)
+			}
+			if got, _ := r.Get(CtxScopes); !got.Equal(cedar.NewSet()) {
+				t.Errorf("scopes = %v, want empty", got)
+			}
+		})
+	}
+}
+
+func TestDeepContextBecomesText(t *testing.T) {
+	t.Parallel()
+	var v any = "leaf"
+	for range MaxContextDepth + 5 {
+		v = map[string]any{"x": v}
+	}
+	r := contextRecord(map[string]any{"deep": v, "rate": 0.25, "n": float64(7), "weird": struct{}{}}, schemas.Principal{}, testNow)
+	cur, _ := r.Get("deep")
+	for depth := 1; ; depth++ {
+		rec, ok := cur.(cedar.Record)
+		if !ok {
+			if _, isText := cur.(cedar.String); !isText || depth != MaxContextDepth+1 {
+				t.Fatalf("at depth %d got %T %v, want the JSON text past depth %d", depth, cur, cur, MaxContextDepth)
+			}
+			break
+		}
+		cur, _ = rec.Get("x")
+	}
+	if got, _ := r.Get("rate"); got != cedar.String("0.25") {
+		t.Errorf("float64 rate = %v", got)
+	}
+	if got, _ := r.Get("n"); got != cedar.Long(7) {
+		t.Errorf("integral float64 = %v", got)
+	}
+	if _, ok := r.Get("weird"); ok {
+		t.Error("a non-JSON Go value was kept")
+	}
+}
+
+func TestCompileRejects(t *testing.T) {
+	t.Parallel()
+	ents := File{Name: "entities.json", Data: []byte(`[]`)}
+	cases := []struct {
+		name  string
+		files []File
+		ents  File
+		want  []string
+	}{
+		{name: "missing id", files: []File{{Name: "a.cedar", Data: []byte("@id(\"ok\")\npermit(principal, action, resource);\n\npermit(principal, action, resource);")}},
+			ents: ents, want: []string{"a.cedar:4", "no @id"}},
+		{name: "empty id", files: []File{{Name: "a.cedar", Data: []byte(`@id("  ") permit(principal, action, resource);`)}},
+			ents: ents, want: []string{"a.cedar:1", "no @id"}},
+		{name: "duplicate id across files", files: []File{
+			{Name: "b.cedar", Data: []byte(`@id("same") permit(principal, action, resource);`)},
+			{Name: "a.cedar", Data: []byte("\n\n@id(\"same\") forbid(principal, action, resource);")},
+		}, ents: ents, want: []string{`b.cedar:1: duplicate @id "same", first used at a.cedar:3`}},
+		{name: "parse error", files: []File{{Name: "bad.cedar", Data: []byte(`@id("x") permit(principal, action, resource) when { principal.`)}},
+			ents: ents, want: []string{"bad.cedar"}},
+		{name: "bad entities", files: []File{{Name: "a.cedar", Data: []byte(`@id("x") permit(principal, action, resource);`)}},
+			ents: File{Name: "ents.json", Data: []byte(`[{"uid":{"type":"Model","id":"m"}}]`)}, want: []string{"ents.json"}},
+		{name: "all violations at once", files: []File{
+			{Name: "a.cedar", Data: []byte(`permit(principal, action, resource);`)},
+			{Name: "b.cedar", Data: []byte(`nonsense`)},
+		}, ents: File{Name: "e.json", Data: []byte(`{`)}, want: []string{"a.cedar:1", "b.cedar", "e.json"}},
+		{name: "no files", ents: ents, want: []string{"no policy files"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			set, err := Compile(tc.files, tc.ents)
+			if err == nil {
+				t.Fatalf("compiled %v, want an error", set.PolicyIDs())
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestLoadDirVersion(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	for _, name := range []string{"models.cedar", "datasets.cedar", "segmentation.cedar", "agents.cedar", "entities.json"} {
+		b, err := os.ReadFile(filepath.Join(policyDir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Non-policy files are not part of the set or its version.
+	if err := os.WriteFile(filepath.Join(dir, "README.md"), []byte("notes"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ents := filepath.Join(dir, "entities.json")
+	load := func() *Set {
+		t.Helper()
+		s, err := LoadDir(dir, ents)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	base := load()
+	if !strings.HasPrefix(base.Version(), "sha256:") || len(base.Version()) != len("sha256:")+64 {
+		t.Fatalf("version %q", base.Version())
+	}
+	sample := loadSample(t).Set()
+	if base.Version() != sample.Version() || !slices.Equal(base.PolicyIDs(), sample.PolicyIDs()) {
+		t.Fatalf("a copy of the same files has version %s, want %s", base.Version(), sample.Version())
+	}
+	if err := os.WriteFile(filepath.Join(dir, "README.md"), []byte("other notes"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if v := load().Version(); v != base.Version() {
+		t.Errorf("editing README changed the version")
+	}
+
+	appendTo := func(name, text string) {
+		t.Helper()
+		f, err := os.OpenFile(filepath.Join(dir, name), os.O_APPEND|os.O_WRONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.WriteString(text); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	appendTo("agents.cedar", "\n// a comment is a change too\n")
+	v2 := load().Version()
+	if v2 == base.Version() {
+		t.Error("version did not change when a policy file changed")
+	}
+	if err := os.WriteFile(ents, []byte(`[{"uid":{"type":"Model","id":"m"},"attrs":{},"parents":[]}]`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if v3 := load().Version(); v3 == v2 || v3 == base.Version() {
+		t.Error("version did not change when the entities file changed")
+	}
+	if err := os.Rename(filepath.Join(dir, "agents.cedar"), filepath.Join(dir, "zz-agents.cedar")); err != nil {
+		t.Fatal(err)
+	}
+	if load().Version() == v2 {
+		t.Error("version did not change when a file was renamed")
+	}
+}
+
+func TestLoadDirErrors(t *testing.T) {
+	t.Parallel()
+	empty := t.TempDir()
+	if _, err := LoadDir(empty, filepath.Join(empty, "entities.json")); err == nil || !strings.Contains(err.Error(), "no *.cedar files") {
+		t.Errorf("empty dir: %v", err)
+	}
+	if _, err := LoadDir(policyDir, filepath.Join(empty, "missing.json")); err == nil || !strings.Contains(err.Error(), "missing.json") {
+		t.Errorf("missing entities file: %v", err)
+	}
+}
+
+func BenchmarkDecide(b *testing.B) {
+	ev := loadSample(b)
+	v := verified(b, "carol", "model.retrain", "Model", "fraud-detector",
+		map[string]any{"environment": "staging", "epochs": json.Number("10"), "hyperparameters": map[string]any{"lr": json.Number("0.01")}})
+	b.ReportAllocs()
+	for b.Loop() {
+		if d := ev.Decide(v); !d.Allowed() {
+			b.Fatalf("got %s/%s", d.Decision, d.Code)
+		}
+	}
+}

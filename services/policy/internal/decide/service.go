@@ -1,0 +1,236 @@
+package decide
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+
+	"github.com/aigov/aigov/schemas"
+	"github.com/aigov/aigov/services/runtime"
+)
+
+// EventSource is the CloudEvents source of every decision this service
+// publishes.
+const EventSource = "aigov/policy"
+
+// maxReplySubject bounds a reply subject we are willing to publish to.
+const maxReplySubject = 256
+
+// Deps are what the policy service runs on.
+type Deps struct {
+	// NC sends replies with core NATS; JS publishes decisions.
+	NC *nats.Conn
+	JS jetstream.JetStream
+	// Topology names the subjects and the durable consumer.
+	Topology schemas.Topology
+	// Evaluator decides each request.
+	Evaluator *Evaluator
+	Log       zerolog.Logger
+	// Registry receives the service's and its runner's metrics.
+	Registry prometheus.Registerer
+	// Workers is how many messages are decided at once.
+	Workers int
+}
+
+// Service consumes verified requests and publishes a decision for each.
+type Service struct {
+	nc        *nats.Conn
+	js        jetstream.JetStream
+	topo      schemas.Topology
+	eval      *Evaluator
+	log       zerolog.Logger
+	runner    *runtime.Runner
+	decisions *prometheus.CounterVec
+	evalTime  prometheus.Histogram
+}
+
+// NewService checks the dependencies and registers the metrics.
+func NewService(d Deps) (*Service, error) {
+	switch {
+	case d.NC == nil:
+		return nil, errors.New("decide: nil NATS connection")
+	case d.JS == nil:
+		return nil, errors.New("decide: nil JetStream context")
+	case d.Evaluator == nil:
+		return nil, errors.New("decide: nil evaluator")
+	case d.Registry == nil:
+		return nil, errors.New("decide: nil metrics registry")
+	case d.Topology.Subjects.Prefix == "":
+		return nil, errors.New("decide: topology has no subject prefix")
+	}
+	s := &Service{
+		nc:   d.NC,
+		js:   d.JS,
+		topo: d.Topology,
+		eval: d.Evaluator,
+		log:  d.Log.With().Str("component", "decide").Logger(),
+		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "aigov_policy_decisions_total",
+			Help: "Decisions published by the policy service, by decision and deny code (none for an allow).",
+		}, []string{"decision", "code"}),
+		evalTime: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "aigov_policy_evaluation_seconds",
+			Help:    "Time to build the Cedar request and evaluate it.",
+			Buckets: prometheus.ExponentialBuckets(0.000002, 2, 16),
+		}),
+	}
+	for _, c := range []prometheus.Collector{s.decisions, s.evalTime} {
+		if err := d.Registry.Register(c); err != nil {
+			return nil, fmt.Errorf("register policy metrics: %w", err)
+		}
+	}
+	s.runner = runtime.NewRunner(schemas.ConsumerPolicy, d.Log, d.Registry, d.Workers)
+	return s, nil
+}
+
+// Run ensures the durable consumer and decides messages until ctx ends; it
+// is a runtime.Worker.
+func (s *Service) Run(ctx context.Context) error {
+	cons, err := s.topo.EnsureConsumer(ctx, s.js, schemas.ConsumerPolicy)
+	if err != nil {
+		return err
+	}
+	return s.runner.Run(ctx, cons, s.Handle)
+}
+
+// Handle decides one verified event. It returns nil only once the decision
+// is stored in the decisions stream; the reply is best effort after that,
+// since the stored decision is the record and the requester may retry.
+func (s *Service) Handle(ctx context.Context, m jetstream.Msg) error {
+	v, err := decodeVerified(m.Data())
+	if err != nil {
+		// authn wrote this event, so retrying cannot fix it: it is a bug to
+		// look at, and the runner logs it as terminated.
+		return runtime.Permanent(fmt.Errorf("decode verified event on %s: %w", m.Subject(), err))
+	}
+	subject, err := s.decisionSubject(v, m.Subject())
+	if err != nil {
+		return runtime.Permanent(err)
+	}
+
+	start := time.Now()
+	d := s.eval.Decide(v)
+	s.evalTime.Observe(time.Since(start).Seconds())
+
+	ev, err := schemas.NewEvent(schemas.DerivedID(v.RequestID, "decision"), EventSource, schemas.TypeDecision, d.Timings.DecidedAt, d)
+	if err != nil {
+		return runtime.Permanent(fmt.Errorf("build decision for request %s: %w", v.RequestID, err))
+	}
+	ev.Subject = d.Resource.String()
+	body, err := json.Marshal(ev)
+	if err != nil {
+		return runtime.Permanent(fmt.Errorf("encode decision for request %s: %w", v.RequestID, err))
+	}
+	msg := &nats.Msg{Subject: subject, Data: body}
+	if _, err := s.js.PublishMsg(ctx, msg, jetstream.WithMsgID(ev.ID)); err != nil {
+		return fmt.Errorf("publish decision %s for request %s: %w", ev.ID, v.RequestID, err)
+	}
+	s.reply(v, body)
+
+	code := string(d.Code)
+	if code == "" {
+		code = "none"
+	}
+	s.decisions.WithLabelValues(d.Decision, code).Inc()
+	log := s.log.Debug()
+	if d.Code == schemas.CodePolicyError {
+		// A policy that errors is an operator's problem, not a requester's.
+		log = s.log.Warn().Strs("policy_errors", d.PolicyErrors)
+	}
+	log.Str("request_id", v.RequestID).
+		Str("event_id", ev.ID).
+		Str("action", d.Action).
+		Str("resource", d.Resource.String()).
+		Str("principal_id", v.Principal.ID).
+		Str("token_fingerprint", v.TokenFingerprint).
+		Str("decision", d.Decision).
+		Str("code", string(d.Code)).
+		Strs("policy_ids", d.PolicyIDs).
+		Str("policy_version", d.PolicyVersion).
+		Msg("decision published")
+	return nil
+}
+
+// decisionSubject is the request's action's decision subject; for a request
+// whose action is malformed, the action token of the verified subject is
+// used, which the broker already accepted as a subject.
+func (s *Service) decisionSubject(v schemas.Verified, verifiedSubject string) (string, error) {
+	if v.Request.Validate() == nil {
+		return s.topo.Subjects.Decision(v.Request.Action), nil
+	}
+	action, err := s.topo.Subjects.ActionOf(schemas.KindVerified, verifiedSubject)
+	if err != nil {
+		return "", fmt.Errorf("no decision subject for request %s: %w", v.RequestID, err)
+	}
+	return s.topo.Subjects.Decision(action), nil
+}
+
+// reply sends the decision to the requester's inbox. Only _INBOX subjects
+// are answered: anything else could make the policy service publish on a
+// subject of the requester's choosing.
+func (s *Service) reply(v schemas.Verified, body []byte) {
+	to := v.ReplyTo
+	if to == "" {
+		return
+	}
+	if !validInbox(to) {
+		s.log.Warn().Str("request_id", v.RequestID).Str("reply_to", truncate(to, maxReplySubject)).Msg("reply subject ignored: not an _INBOX subject")
+		return
+	}
+	if err := s.nc.Publish(to, body); err != nil {
+		s.log.Warn().Err(err).Str("request_id", v.RequestID).Str("reply_to", to).Msg("reply failed")
+	}
+}
+
+// validInbox accepts a literal subject under _INBOX.: no wildcards, no
+// empty tokens, no whitespace.
+func validInbox(subject string) bool {
+	if !strings.HasPrefix(subject, "_INBOX.") || len(subject) > maxReplySubject {
+		return false
+	}
+	for tok := range strings.SplitSeq(subject, ".") {
+		if tok == "" || tok == "*" || tok == ">" || strings.ContainsAny(tok, " \t\r\n") {
+			return false
+		}
+	}
+	return true
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n]
+}
+
+// decodeVerified parses a verified event. Numbers are kept as json.Number
+// so that integers in the context convert to Cedar Longs exactly.
+func decodeVerified(b []byte) (schemas.Verified, error) {
+	ev, err := schemas.ParseEvent(b)
+	if err != nil {
+		return schemas.Verified{}, err
+	}
+	if ev.Type != schemas.TypeVerified {
+		return schemas.Verified{}, fmt.Errorf("%w: type %q, want %q", schemas.ErrInvalidEvent, ev.Type, schemas.TypeVerified)
+	}
+	dec := json.NewDecoder(bytes.NewReader(ev.Data))
+	dec.DisallowUnknownFields()
+	dec.UseNumber()
+	var v schemas.Verified
+	if err := dec.Decode(&v); err != nil {
+		return schemas.Verified{}, fmt.Errorf("%w: verified data: %v", schemas.ErrInvalidEvent, err)
+	}
+	if v.RequestID == "" || len(v.RequestID) > schemas.MaxIDLength {
+		return schemas.Verified{}, fmt.Errorf("%w: request_id must be 1 to %d characters", schemas.ErrInvalidEvent, schemas.MaxIDLength)
+	}
+	return v, nil
+}

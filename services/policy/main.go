@@ -1,0 +1,58 @@
+// Command policy decides every verified request with Cedar: it consumes
+// aigov.verified.>, evaluates the request against the policy set and the
+// trusted entity store, publishes the decision on aigov.decision.<action>
+// and sends it to the requester's inbox.
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/aigov/aigov/services/policy/internal/decide"
+	"github.com/aigov/aigov/services/runtime"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.LookupEnv); err != nil {
+		fmt.Fprintln(os.Stderr, "policy:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, lookup runtime.Lookup) error {
+	env := runtime.NewEnv(lookup)
+	common := runtime.LoadCommon(env, "policy", "127.0.0.1:8082")
+	cfg := decide.LoadConfig(env)
+	if err := env.Err(); err != nil {
+		return err
+	}
+	// Load before connecting: a broken policy set must stop the start.
+	set, err := decide.LoadDir(cfg.PolicyDir, cfg.EntitiesFile)
+	if err != nil {
+		return err
+	}
+	eval, err := decide.NewEvaluator(set, nil)
+	if err != nil {
+		return err
+	}
+	svc, err := runtime.Start(ctx, common)
+	if err != nil {
+		return err
+	}
+	svc.Log.Info().Str("policy_version", set.Version()).Int("policies", len(set.PolicyIDs())).
+		Int("entities", set.EntityCount()).Str("policy_dir", cfg.PolicyDir).Msg("policy set loaded")
+	d, err := decide.NewService(decide.Deps{
+		NC: svc.NC, JS: svc.JS, Topology: svc.Topology, Evaluator: eval,
+		Log: svc.Log, Registry: svc.HTTP.Registry, Workers: cfg.Workers,
+	})
+	if err != nil {
+		svc.NC.Close()
+		return err
+	}
+	return svc.Run(ctx, d.Run)
+}

@@ -1,0 +1,77 @@
+package runtime_test
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/aigov/aigov/services/runtime"
+)
+
+func TestEnvReportsEveryViolation(t *testing.T) {
+	t.Parallel()
+	e := runtime.NewEnv(runtime.MapLookup(map[string]string{
+		"A_DURATION": "soon",
+		"A_INT":      "-3",
+		"A_BOOL":     "maybe",
+	}))
+	e.Duration("A_DURATION", time.Second)
+	e.Int("A_INT", 1, 0)
+	e.Bool("A_BOOL", false)
+	e.Required("A_MISSING")
+	err := e.Err()
+	if err == nil {
+		t.Fatal("want an error")
+	}
+	for _, key := range []string{"A_DURATION", "A_INT", "A_BOOL", "A_MISSING"} {
+		if !strings.Contains(err.Error(), key) {
+			t.Errorf("error does not name %s: %v", key, err)
+		}
+	}
+}
+
+func TestEnvDefaultsAndValues(t *testing.T) {
+	t.Parallel()
+	e := runtime.NewEnv(runtime.MapLookup(map[string]string{
+		"D": "250ms", "I": "7", "B": "true", "L": " a, ,b ,c", "S": "  x  ", "EMPTY": "  ",
+	}))
+	if got := e.Duration("D", 0); got != 250*time.Millisecond {
+		t.Errorf("duration %v", got)
+	}
+	if got := e.Int("I", 0, 1); got != 7 {
+		t.Errorf("int %d", got)
+	}
+	if !e.Bool("B", false) {
+		t.Error("bool false")
+	}
+	if got := strings.Join(e.List("L", nil), "|"); got != "a|b|c" {
+		t.Errorf("list %q", got)
+	}
+	if got := e.String("S", "d"); got != "x" {
+		t.Errorf("string %q", got)
+	}
+	if got := e.String("EMPTY", "d"); got != "d" {
+		t.Errorf("blank value must mean unset, got %q", got)
+	}
+	if got := e.Duration("UNSET", time.Minute); got != time.Minute {
+		t.Errorf("default duration %v", got)
+	}
+	if err := e.Err(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestLoadCommon(t *testing.T) {
+	t.Parallel()
+	e := runtime.NewEnv(runtime.MapLookup(map[string]string{"AIGOV_NATS_URL": "nats://n:4222", "AIGOV_REPLICAS": "3"}))
+	c := runtime.LoadCommon(e, "authn", "127.0.0.1:8081")
+	if err := e.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if c.NATSURL != "nats://n:4222" || c.NATSUser != "authn" || c.HTTPAddr != "127.0.0.1:8081" || c.Replicas != 3 || c.Prefix != "aigov" {
+		t.Fatalf("unexpected config %+v", c)
+	}
+	if got := c.Topology().Replicas; got != 3 {
+		t.Fatalf("topology replicas %d", got)
+	}
+}
