@@ -51,6 +51,7 @@ func Scenarios() []Scenario {
 	staging := map[string]any{"environment": "staging"}
 	production := map[string]any{"environment": "production"}
 	fraud := schemas.Resource{Type: "Model", ID: "fraud-detector"}
+	churn := schemas.Resource{Type: "Model", ID: "churn-predictor"}
 	training := schemas.Resource{Type: "Dataset", ID: "transactions-training"}
 	return []Scenario{
 		{Name: "data scientist retrains a model in staging", Persona: "alice",
@@ -63,7 +64,7 @@ func Scenarios() []Scenario {
 			Request:  schemas.Request{Action: "dataset.update", Resource: training, Context: staging},
 			Decision: schemas.Allow},
 		{Name: "production deploy without approval", Persona: "erin",
-			Request:  schemas.Request{Action: "model.deploy", Resource: fraud, Context: production},
+			Request:  schemas.Request{Action: "model.deploy", Resource: churn, Context: production},
 			Decision: schemas.Deny, Code: schemas.CodePolicyDenied},
 		{Name: "weights overwrite by a non-owner", Persona: "alice",
 			Request:  schemas.Request{Action: "model.overwrite_weights", Resource: fraud, Context: staging},

@@ -1,0 +1,107 @@
+package sink
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/aigov/aigov/schemas"
+	"github.com/aigov/aigov/services/runtime"
+)
+
+// Audit is the audit service's logic on a started runtime.Service: the
+// ClickHouse pool, the writer and a batch runner per durable consumer.
+type Audit struct {
+	cfg    Config
+	conn   driver.Conn
+	writer *Writer
+	lanes  []lane
+}
+
+// lane is one consumer and the runner and handler that drain it.
+type lane struct {
+	consumer jetstream.Consumer
+	runner   *runtime.Runner
+	handle   runtime.BatchHandler
+}
+
+// Start connects to ClickHouse (waiting for it up to the startup timeout),
+// applies the migrations, ensures both audit consumers and registers the
+// ClickHouse readiness check and the writer's metrics on svc.
+func Start(ctx context.Context, cfg Config, svc *runtime.Service) (*Audit, error) {
+	if svc == nil || svc.JS == nil || svc.HTTP == nil {
+		return nil, errors.New("audit: nil or unstarted runtime service")
+	}
+	log := svc.Log.With().Str("component", "audit").Logger()
+	conn, err := Open(ctx, cfg.ClickHouse, log)
+	if err != nil {
+		return nil, err
+	}
+	a, err := start(ctx, cfg, svc, conn)
+	if err != nil {
+		_ = conn.Close()
+		return nil, err
+	}
+	log.Info().Strs("clickhouse_addrs", cfg.ClickHouse.Addrs).Str("database", cfg.ClickHouse.Database).
+		Int("batch_size", cfg.BatchSize).Dur("flush_interval", cfg.FlushInterval).Msg("audit writer ready")
+	return a, nil
+}
+
+func start(ctx context.Context, cfg Config, svc *runtime.Service, conn driver.Conn) (*Audit, error) {
+	w, err := NewWriter(conn, cfg.ClickHouse.Database, svc.HTTP.Registry, svc.Log)
+	if err != nil {
+		return nil, err
+	}
+	a := &Audit{cfg: cfg, conn: conn, writer: w}
+	for _, c := range []struct {
+		name   string
+		handle runtime.BatchHandler
+	}{
+		{schemas.ConsumerAuditDecisions, w.Decisions},
+		{schemas.ConsumerAuditSessions, w.Sessions},
+	} {
+		cons, err := svc.Topology.EnsureConsumer(ctx, svc.JS, c.name)
+		if err != nil {
+			return nil, err
+		}
+		r := runtime.NewRunner(c.name, svc.Log, svc.HTTP.Registry, 1)
+		r.HandlerTimeout = HandlerTimeout
+		// An outage of ClickHouse is retried in place; a short cap on the
+		// pause means the backlog starts moving soon after it returns.
+		r.Backoff = runtime.ExponentialBackoff(250*time.Millisecond, 5*time.Second)
+		a.lanes = append(a.lanes, lane{consumer: cons, runner: r, handle: c.handle})
+	}
+	svc.HTTP.AddCheck("clickhouse", func(ctx context.Context) error {
+		if err := conn.Ping(ctx); err != nil {
+			return fmt.Errorf("ping: %w", err)
+		}
+		return nil
+	})
+	return a, nil
+}
+
+// Workers returns one batch loop per consumer, for runtime.Service.Run.
+// Each flushes its last batch when its context ends.
+func (a *Audit) Workers() []runtime.Worker {
+	opts := runtime.BatchOptions{MaxMessages: a.cfg.BatchSize, MaxWait: a.cfg.FlushInterval}
+	out := make([]runtime.Worker, 0, len(a.lanes))
+	for _, l := range a.lanes {
+		out = append(out, func(ctx context.Context) error {
+			return l.runner.RunBatches(ctx, l.consumer, opts, l.handle)
+		})
+	}
+	return out
+}
+
+// Close closes the ClickHouse pool. Call it after the workers have
+// returned: their last flush still needs it.
+func (a *Audit) Close() error {
+	if err := a.conn.Close(); err != nil {
+		return fmt.Errorf("close clickhouse: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,94 @@
+package sink
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2"
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"github.com/rs/zerolog"
+
+	"github.com/aigov/aigov/schemas"
+	"github.com/aigov/aigov/services/audit/internal/migrate"
+)
+
+// dial opens a native-protocol connection pool to database db. The pool is
+// small: the writer runs one insert per table per consumer at a time.
+func dial(c ClickHouseConfig, db string) (driver.Conn, error) {
+	conn, err := clickhouse.Open(&clickhouse.Options{
+		Protocol: clickhouse.Native,
+		Addr:     c.Addrs,
+		Auth:     clickhouse.Auth{Database: db, Username: c.User, Password: c.Password},
+		ClientInfo: clickhouse.ClientInfo{
+			Products: []struct{ Name, Version string }{{Name: "aigov-audit", Version: "1"}},
+		},
+		DialTimeout:     5 * time.Second,
+		ReadTimeout:     HandlerTimeout,
+		MaxOpenConns:    4,
+		MaxIdleConns:    4,
+		ConnMaxLifetime: 10 * time.Minute,
+		Compression:     &clickhouse.Compression{Method: clickhouse.CompressionLZ4},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open clickhouse %v: %w", c.Addrs, err)
+	}
+	return conn, nil
+}
+
+// Open connects to ClickHouse, creates the database if needed and applies
+// the migrations, then returns a pool on the audit database. It retries
+// while ClickHouse is unreachable, up to c.StartupTimeout, because the
+// writer and the database often start together.
+func Open(ctx context.Context, c ClickHouseConfig, log zerolog.Logger) (driver.Conn, error) {
+	ms, err := migrate.Load(schemas.Migrations())
+	if err != nil {
+		return nil, fmt.Errorf("load migrations: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.StartupTimeout)
+	defer cancel()
+	delay := 250 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		conn, err := openOnce(ctx, c, ms, log)
+		if err == nil {
+			return conn, nil
+		}
+		if errors.Is(err, migrate.ErrChanged) {
+			return nil, err // no retry can fix an edited migration
+		}
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("clickhouse not ready within %s: %w", c.StartupTimeout, err)
+		}
+		log.Warn().Err(err).Int("attempt", attempt).Dur("retry_in", delay).Msg("clickhouse not ready")
+		select {
+		case <-time.After(delay):
+		case <-ctx.Done():
+			return nil, fmt.Errorf("clickhouse not ready within %s: %w", c.StartupTimeout, err)
+		}
+		delay = min(2*delay, 5*time.Second)
+	}
+}
+
+func openOnce(ctx context.Context, c ClickHouseConfig, ms []migrate.Migration, log zerolog.Logger) (driver.Conn, error) {
+	// The audit database may not exist yet, and a connection naming it
+	// would fail, so create it from "default" first.
+	boot, err := dial(c, "default")
+	if err != nil {
+		return nil, err
+	}
+	err = migrate.EnsureDatabase(ctx, boot, c.Database)
+	_ = boot.Close()
+	if err != nil {
+		return nil, err
+	}
+	conn, err := dial(c, c.Database)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := migrate.Apply(ctx, conn, c.Database, ms, log); err != nil {
+		_ = conn.Close()
+		return nil, fmt.Errorf("migrate %s: %w", c.Database, err)
+	}
+	return conn, nil
+}

@@ -1,0 +1,330 @@
+package sink
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/aigov/aigov/schemas"
+)
+
+// TypeInvalid is the events.type of a message that could not be decoded.
+// Such a message is kept, raw, so nothing consumed is ever lost.
+const TypeInvalid = "invalid"
+
+// meta is what the writer needs from a JetStream message besides its body.
+type meta struct {
+	Subject string
+	Stream  string
+	Seq     uint64
+	// Stored is when JetStream stored the message; stable across
+	// redeliveries, so it can date an invalid message idempotently.
+	Stored time.Time
+}
+
+// eventRow is one row of the events table.
+type eventRow struct {
+	EventID       string
+	Type          string
+	Source        string
+	Subject       string
+	Stream        string
+	Seq           uint64
+	Time          time.Time
+	TimeUS        uint64
+	Data          string
+	InvalidReason string
+}
+
+// decisionRow is one row of the decisions table.
+type decisionRow struct {
+	EventID          string
+	RequestID        string
+	Source           string
+	Time             time.Time
+	TimeUS           uint64
+	ReceivedAt       time.Time
+	Action           string
+	ResourceType     string
+	ResourceID       string
+	PrincipalID      string
+	PrincipalType    string
+	Issuer           string
+	Subject          string
+	Email            string
+	Groups           []string
+	Scopes           []string
+	Decision         string
+	Code             string
+	Reason           string
+	Stage            string
+	PolicyIDs        []string
+	PolicyErrors     []string
+	PolicyVersion    string
+	SessionKey       string
+	TokenFingerprint string
+	Context          string
+	AuthnUS          uint64
+	PolicyUS         uint64
+	TotalUS          uint64
+	NATSSubject      string
+	Seq              uint64
+}
+
+// sessionRow is one row of the session_events table.
+type sessionRow struct {
+	EventID          string
+	Type             string
+	SessionKey       string
+	Issuer           string
+	Subject          string
+	PrincipalID      string
+	SID              string
+	Reason           string
+	By               string
+	RequestID        string
+	TokenFingerprint string
+	AuthTime         *time.Time
+	FirstSeen        time.Time
+	LastSeen         time.Time
+	Time             time.Time
+	TimeUS           uint64
+	NATSSubject      string
+	Seq              uint64
+}
+
+// DateTime holds whole seconds from 1970 to 2105, and the driver wraps
+// values outside that range silently, so every time is checked.
+var (
+	minTime = time.Unix(0, 0).UTC()
+	maxTime = time.Date(2105, 12, 31, 23, 59, 59, 0, time.UTC)
+)
+
+func inRange(t time.Time) bool { return !t.Before(minTime) && !t.After(maxTime) }
+
+// orEpoch keeps a secondary time that ClickHouse can store, or the epoch
+// (ClickHouse's own "no value" for DateTime) when it cannot.
+func orEpoch(t time.Time) time.Time {
+	if inRange(t) {
+		return t.UTC()
+	}
+	return minTime
+}
+
+func micros(t time.Time) uint64 { return uint64(t.UnixMicro()) }
+
+func nonNegative(n int64) uint64 { return uint64(max(n, 0)) }
+
+// parseEnvelope decodes the CloudEvent and checks its time can be stored.
+func parseEnvelope(raw []byte) (schemas.Event, error) {
+	ev, err := schemas.ParseEvent(raw)
+	if err != nil {
+		return schemas.Event{}, err
+	}
+	if !inRange(ev.Time) {
+		return schemas.Event{}, fmt.Errorf("%w: time %s outside 1970..2105", schemas.ErrInvalidEvent, ev.Time.Format(time.RFC3339))
+	}
+	return ev, nil
+}
+
+// eventOf is the events row of a decoded envelope.
+func eventOf(ev schemas.Event, raw []byte, md meta) eventRow {
+	return eventRow{
+		EventID: ev.ID,
+		Type:    ev.Type,
+		Source:  ev.Source,
+		Subject: md.Subject,
+		Stream:  md.Stream,
+		Seq:     md.Seq,
+		Time:    ev.Time.UTC(),
+		TimeUS:  micros(ev.Time),
+		Data:    string(raw),
+	}
+}
+
+// invalidEvent records a message that could not be decoded. Its id derives
+// from its place in the stream, so a redelivery lands on the same row while
+// two bad messages stay two rows.
+func invalidEvent(raw []byte, md meta, reason error) eventRow {
+	parent := md.Stream + ":" + strconv.FormatUint(md.Seq, 10)
+	if md.Seq == 0 {
+		sum := sha256.Sum256(append([]byte(md.Subject+"\x00"), raw...))
+		parent = "sha256:" + hex.EncodeToString(sum[:])
+	}
+	at := md.Stored
+	if !inRange(at) {
+		at = minTime
+	}
+	return eventRow{
+		EventID:       schemas.DerivedID(parent, TypeInvalid),
+		Type:          TypeInvalid,
+		Subject:       md.Subject,
+		Stream:        md.Stream,
+		Seq:           md.Seq,
+		Time:          at.UTC(),
+		TimeUS:        micros(at),
+		Data:          string(raw),
+		InvalidReason: truncate(reason.Error(), 1000),
+	}
+}
+
+// decodeDecision turns a message of the decisions stream into its rows.
+// Decoding is lenient about unknown fields, so a newer producer's event is
+// still written, and strict about what the tables cannot hold.
+func decodeDecision(raw []byte, md meta) (decisionRow, eventRow, error) {
+	ev, err := parseEnvelope(raw)
+	if err != nil {
+		return decisionRow{}, eventRow{}, err
+	}
+	if ev.Type != schemas.TypeDecision {
+		return decisionRow{}, eventRow{}, fmt.Errorf("%w: type %q on the decisions stream, want %q", schemas.ErrInvalidEvent, ev.Type, schemas.TypeDecision)
+	}
+	var d schemas.Decision
+	var extra struct {
+		Context json.RawMessage `json:"context"`
+	}
+	if err := json.Unmarshal(ev.Data, &d); err != nil {
+		return decisionRow{}, eventRow{}, fmt.Errorf("%w: decision data: %v", schemas.ErrInvalidEvent, err)
+	}
+	if err := json.Unmarshal(ev.Data, &extra); err != nil {
+		return decisionRow{}, eventRow{}, fmt.Errorf("%w: decision data: %v", schemas.ErrInvalidEvent, err)
+	}
+	switch {
+	case d.RequestID == "" || len(d.RequestID) > schemas.MaxIDLength:
+		return decisionRow{}, eventRow{}, fmt.Errorf("%w: request_id must be 1 to %d characters", schemas.ErrInvalidEvent, schemas.MaxIDLength)
+	case d.Decision != schemas.Allow && d.Decision != schemas.Deny:
+		// The column is an Enum8: one bad value would fail the whole batch.
+		return decisionRow{}, eventRow{}, fmt.Errorf("%w: decision %q is neither allow nor deny", schemas.ErrInvalidEvent, d.Decision)
+	}
+	decided := d.Timings.DecidedAt
+	if !inRange(decided) {
+		decided = ev.Time // the envelope's time is when the decider emitted it
+	}
+	// The context is kept as the JSON text it arrived as (compacted), not
+	// re-encoded from a map, which would round large integers.
+	ctxJSON := "{}"
+	if c := bytes.TrimSpace(extra.Context); len(c) > 0 && string(c) != "null" {
+		var buf bytes.Buffer
+		if err := json.Compact(&buf, c); err == nil {
+			ctxJSON = buf.String()
+		}
+	}
+	row := decisionRow{
+		EventID:          ev.ID,
+		RequestID:        d.RequestID,
+		Source:           ev.Source,
+		Time:             decided.UTC(),
+		TimeUS:           micros(decided),
+		ReceivedAt:       orEpoch(d.Timings.ReceivedAt),
+		Action:           d.Action,
+		ResourceType:     d.Resource.Type,
+		ResourceID:       d.Resource.ID,
+		Decision:         d.Decision,
+		Code:             string(d.Code),
+		Reason:           d.Reason,
+		Stage:            d.Stage,
+		PolicyIDs:        nonNil(d.PolicyIDs),
+		PolicyErrors:     nonNil(d.PolicyErrors),
+		PolicyVersion:    d.PolicyVersion,
+		SessionKey:       d.SessionKey,
+		TokenFingerprint: d.TokenFingerprint,
+		Context:          ctxJSON,
+		AuthnUS:          nonNegative(d.Timings.AuthnMicros),
+		PolicyUS:         nonNegative(d.Timings.PolicyMicros),
+		TotalUS:          nonNegative(d.Timings.TotalMicros),
+		NATSSubject:      md.Subject,
+		Seq:              md.Seq,
+		Groups:           []string{},
+		Scopes:           []string{},
+	}
+	if row.Action == "" {
+		// A deny for a malformed request may not know the action from the
+		// data; the subject always carries it.
+		row.Action = actionFromSubject(md.Subject)
+	}
+	if p := d.Principal; p != nil {
+		row.PrincipalID = p.ID
+		row.PrincipalType = p.Type
+		row.Issuer = p.Issuer
+		row.Subject = p.Subject
+		row.Email = p.Email
+		row.Groups = nonNil(p.Groups)
+		row.Scopes = nonNil(p.Scopes)
+	}
+	return row, eventOf(ev, raw, md), nil
+}
+
+// decodeSession turns a message of the sessions stream into its rows. The
+// session event's kind is the subject's last token.
+func decodeSession(raw []byte, md meta) (sessionRow, eventRow, error) {
+	ev, err := parseEnvelope(raw)
+	if err != nil {
+		return sessionRow{}, eventRow{}, err
+	}
+	if !strings.HasPrefix(ev.Type, "dev.aigov.session.") {
+		return sessionRow{}, eventRow{}, fmt.Errorf("%w: type %q on the sessions stream is not a session event", schemas.ErrInvalidEvent, ev.Type)
+	}
+	kind := md.Subject[strings.LastIndexByte(md.Subject, '.')+1:]
+	if kind == "" {
+		return sessionRow{}, eventRow{}, fmt.Errorf("%w: subject %q names no session event", schemas.ErrInvalidEvent, md.Subject)
+	}
+	var s schemas.SessionEvent
+	if err := json.Unmarshal(ev.Data, &s); err != nil {
+		return sessionRow{}, eventRow{}, fmt.Errorf("%w: session data: %v", schemas.ErrInvalidEvent, err)
+	}
+	if s.SessionKey == "" {
+		return sessionRow{}, eventRow{}, fmt.Errorf("%w: session_key is missing", schemas.ErrInvalidEvent)
+	}
+	row := sessionRow{
+		EventID:          ev.ID,
+		Type:             kind,
+		SessionKey:       s.SessionKey,
+		Issuer:           s.Issuer,
+		Subject:          s.Subject,
+		PrincipalID:      s.PrincipalID,
+		SID:              s.SessionID,
+		Reason:           s.Reason,
+		By:               s.By,
+		RequestID:        s.RequestID,
+		TokenFingerprint: s.TokenFingerprint,
+		FirstSeen:        orEpoch(s.FirstSeen),
+		LastSeen:         orEpoch(s.LastSeen),
+		Time:             ev.Time.UTC(),
+		TimeUS:           micros(ev.Time),
+		NATSSubject:      md.Subject,
+		Seq:              md.Seq,
+	}
+	if s.AuthTime != nil && inRange(*s.AuthTime) {
+		t := s.AuthTime.UTC()
+		row.AuthTime = &t
+	}
+	return row, eventOf(ev, raw, md), nil
+}
+
+// actionFromSubject returns what follows <prefix>.decision. in a subject.
+func actionFromSubject(subject string) string {
+	_, rest, ok := strings.Cut(subject, "."+schemas.KindDecision+".")
+	if !ok {
+		return ""
+	}
+	return rest
+}
+
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n]
+}

@@ -1,0 +1,49 @@
+// Command audit is aigov's audit writer: it consumes every decision and
+// session event from JetStream and writes them, in batches, to ClickHouse,
+// where auditors query them with SQL. It applies the schema migrations at
+// start.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/aigov/aigov/services/audit/internal/sink"
+	"github.com/aigov/aigov/services/runtime"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	err := run(ctx, os.LookupEnv)
+	stop()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "audit: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+// run is main without the process: tests call it with a map of variables.
+func run(ctx context.Context, lookup runtime.Lookup) error {
+	env := runtime.NewEnv(lookup)
+	cfg := sink.LoadConfig(env)
+	if err := env.Err(); err != nil {
+		return err
+	}
+	svc, err := runtime.Start(ctx, cfg.Common)
+	if err != nil {
+		return err
+	}
+	a, err := sink.Start(ctx, cfg, svc)
+	if err != nil {
+		svc.NC.Close()
+		return err
+	}
+	// Run returns after the workers flushed their last batches; only then
+	// may the ClickHouse pool go.
+	runErr := svc.Run(ctx, a.Workers()...)
+	return errors.Join(runErr, a.Close())
+}
