@@ -36,6 +36,10 @@ import (
 // so nothing decided is waiting on it.
 var Services = []string{"audit", "reaper", "policy", "authn"}
 
+// httpOffset keeps each service on its default port (8081 authn … 8084
+// reaper) when the stack runs on fixed ports.
+var httpOffset = map[string]int{"authn": 1, "policy": 2, "audit": 3, "reaper": 4}
+
 // Options configure a stack. Zero ports pick free ones.
 type Options struct {
 	// Root is the repository root (holds policies/); found from the working
@@ -46,7 +50,7 @@ type Options struct {
 	// BinDir holds the service binaries; Build fills it.
 	BinDir string
 	// NATSPort, IdPPort, ClickHousePort, HTTPBasePort (services use
-	// HTTPBasePort+1..4) fix ports for a demo users can talk to.
+	// HTTPBasePort+1..4 as authn, policy, audit, reaper) fix ports for a demo users can talk to.
 	NATSPort, IdPPort, ClickHousePort, HTTPBasePort int
 	// SessionMaxAge and ReaperInterval configure the reaper.
 	SessionMaxAge, ReaperInterval time.Duration
@@ -186,10 +190,10 @@ func Start(ctx context.Context, opts Options) (st *Stack, err error) {
 		return st, err
 	}
 
-	for i, name := range Services {
+	for _, name := range Services {
 		port := 0
 		if opts.HTTPBasePort != 0 {
-			port = opts.HTTPBasePort + 1 + i
+			port = opts.HTTPBasePort + httpOffset[name]
 		}
 		if err := st.startService(ctx, name, port); err != nil {
 			return st, err

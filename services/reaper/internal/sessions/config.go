@@ -1,0 +1,85 @@
+package sessions
+
+import (
+	"errors"
+	"time"
+
+	"github.com/aigov/aigov/services/runtime"
+)
+
+// Defaults of the reaper's settings.
+const (
+	DefaultMaxAge      = 8 * time.Hour
+	DefaultIdleTimeout = time.Hour
+	DefaultInterval    = time.Second
+	DefaultMaxScan     = 100000
+	DefaultWorkers     = 4
+)
+
+// minInterval keeps a mistyped interval from turning the expiry loop into a
+// busy loop against the broker.
+const minInterval = 10 * time.Millisecond
+
+// Config is the reaper's whole configuration.
+type Config struct {
+	runtime.Common
+	// MaxAge bounds a session's life, measured from the token's auth_time,
+	// or from when the reaper first saw the session when the IdP sends no
+	// auth_time (AIGOV_SESSION_MAX_AGE).
+	MaxAge time.Duration
+	// IdleTimeout ends a session not seen for this long
+	// (AIGOV_SESSION_IDLE_TIMEOUT).
+	IdleTimeout time.Duration
+	// Interval is how often sessions are checked (AIGOV_REAPER_INTERVAL).
+	Interval time.Duration
+	// MaxScan bounds the sessions examined per check
+	// (AIGOV_REAPER_MAX_SCAN).
+	MaxScan int
+	// Workers handle verified events concurrently (AIGOV_REAPER_WORKERS).
+	Workers int
+}
+
+// LoadConfig reads the reaper's variables, recording every violation in e
+// so that the caller reports them all at once with e.Err().
+func LoadConfig(e *runtime.Env) Config {
+	c := Config{
+		Common:      runtime.LoadCommon(e, "reaper", "127.0.0.1:8084"),
+		MaxAge:      e.Duration("AIGOV_SESSION_MAX_AGE", DefaultMaxAge),
+		IdleTimeout: e.Duration("AIGOV_SESSION_IDLE_TIMEOUT", DefaultIdleTimeout),
+		Interval:    e.Duration("AIGOV_REAPER_INTERVAL", DefaultInterval),
+		MaxScan:     e.Int("AIGOV_REAPER_MAX_SCAN", DefaultMaxScan, 1),
+		Workers:     e.Int("AIGOV_REAPER_WORKERS", DefaultWorkers, 1),
+	}
+	if c.MaxAge <= 0 {
+		e.Fail("AIGOV_SESSION_MAX_AGE must be positive")
+	}
+	if c.IdleTimeout <= 0 {
+		e.Fail("AIGOV_SESSION_IDLE_TIMEOUT must be positive")
+	}
+	// The sessions bucket forgets a key not written for its retention; a
+	// longer idle timeout would let idle sessions vanish without being ended.
+	if retention := c.Topology().EventMaxAge; c.IdleTimeout >= retention {
+		e.Fail("AIGOV_SESSION_IDLE_TIMEOUT=%s must be shorter than the sessions bucket's retention %s", c.IdleTimeout, retention)
+	}
+	if c.Interval < minInterval {
+		e.Fail("AIGOV_REAPER_INTERVAL=%s must be at least %s", c.Interval, minInterval)
+	}
+	return c
+}
+
+func (c Config) validate() error {
+	var errs []error
+	if c.MaxAge <= 0 {
+		errs = append(errs, errors.New("max age must be positive"))
+	}
+	if c.IdleTimeout <= 0 {
+		errs = append(errs, errors.New("idle timeout must be positive"))
+	}
+	if c.Interval <= 0 {
+		errs = append(errs, errors.New("interval must be positive"))
+	}
+	if c.MaxScan < 1 {
+		errs = append(errs, errors.New("max scan must be at least 1"))
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,42 @@
+package sessions
+
+import (
+	"fmt"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/aigov/aigov/schemas"
+)
+
+type metrics struct {
+	started prometheus.Counter
+	expired *prometheus.CounterVec
+	tracked prometheus.Gauge
+}
+
+func newMetrics(reg prometheus.Registerer) (metrics, error) {
+	m := metrics{
+		started: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "aigov_reaper_sessions_started_total",
+			Help: "Sessions the reaper saw for the first time.",
+		}),
+		expired: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "aigov_reaper_sessions_expired_total",
+			Help: "Sessions the reaper ended, by reason: max_age or idle.",
+		}, []string{"reason"}),
+		tracked: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "aigov_reaper_sessions_tracked",
+			Help: "Live sessions found by the last expiry pass (a lower bound when the pass was truncated by AIGOV_REAPER_MAX_SCAN).",
+		}),
+	}
+	for _, c := range []prometheus.Collector{m.started, m.expired, m.tracked} {
+		if err := reg.Register(c); err != nil {
+			return metrics{}, fmt.Errorf("register reaper metrics: %w", err)
+		}
+	}
+	// Both reasons exist from the start so that rate() sees the first one.
+	for _, reason := range []string{schemas.ReasonMaxAge, schemas.ReasonIdle} {
+		m.expired.WithLabelValues(reason)
+	}
+	return m, nil
+}

@@ -1,0 +1,292 @@
+// Package sessions is the session reaper: it tracks every session seen on
+// the verified stream in the sessions bucket, and ends those past their
+// maximum age or idle timeout by revoking them, so that authn denies their
+// later requests, and announcing the end on aigov.session.expired.
+package sessions
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+
+	"github.com/aigov/aigov/schemas"
+	"github.com/aigov/aigov/services/runtime"
+)
+
+// Source is the CloudEvents source of the reaper's events. It is the same
+// for every replica: replicas are one logical producer.
+const Source = "aigov/reaper"
+
+// maxUpdateAttempts bounds compare-and-set retries on one session record;
+// past it the message is nak'ed and JetStream retries later.
+const maxUpdateAttempts = 8
+
+// passTimeout bounds one expiry pass, so a stuck broker call cannot stall
+// the loop forever.
+const passTimeout = time.Minute
+
+// watcherDrainTimeout bounds waiting for a stopped key watcher to close.
+const watcherDrainTimeout = 5 * time.Second
+
+// Deps are what a Reaper works with. Every field is required; pass
+// zerolog.Nop() to discard logs.
+type Deps struct {
+	// JS publishes session events and opens the KV buckets.
+	JS jetstream.JetStream
+	// Topology names the buckets and subjects.
+	Topology schemas.Topology
+	// Log receives the reaper's structured logs.
+	Log zerolog.Logger
+	// Registry receives the reaper's metrics.
+	Registry prometheus.Registerer
+	// Now is the clock; time.Now in production, a fake in tests.
+	Now func() time.Time
+}
+
+// Reaper tracks sessions and ends expired ones. Its methods are safe for
+// concurrent use, and several replicas may run against the same buckets:
+// every write is a compare-and-set or de-duplicated by event id.
+type Reaper struct {
+	cfg         Config
+	js          jetstream.JetStream
+	subjects    schemas.Subjects
+	sessions    jetstream.KeyValue
+	revocations jetstream.KeyValue
+	log         zerolog.Logger
+	now         func() time.Time
+	metrics     metrics
+}
+
+// New opens the sessions and revocation buckets, which must exist
+// (schemas.Topology.Ensure), and registers the reaper's metrics.
+func New(ctx context.Context, cfg Config, d Deps) (*Reaper, error) {
+	switch {
+	case d.JS == nil:
+		return nil, errors.New("sessions: nil jetstream")
+	case d.Registry == nil:
+		return nil, errors.New("sessions: nil metrics registry")
+	case d.Now == nil:
+		return nil, errors.New("sessions: nil clock")
+	}
+	if err := cfg.validate(); err != nil {
+		return nil, fmt.Errorf("sessions: %w", err)
+	}
+	sessions, err := d.JS.KeyValue(ctx, d.Topology.BucketSessions())
+	if err != nil {
+		return nil, fmt.Errorf("open bucket %s: %w", d.Topology.BucketSessions(), err)
+	}
+	revocations, err := d.JS.KeyValue(ctx, d.Topology.BucketRevocations())
+	if err != nil {
+		return nil, fmt.Errorf("open bucket %s: %w", d.Topology.BucketRevocations(), err)
+	}
+	m, err := newMetrics(d.Registry)
+	if err != nil {
+		return nil, err
+	}
+	return &Reaper{
+		cfg:         cfg,
+		js:          d.JS,
+		subjects:    d.Topology.Subjects,
+		sessions:    sessions,
+		revocations: revocations,
+		log:         d.Log.With().Str("component", "sessions").Logger(),
+		now:         d.Now,
+		metrics:     m,
+	}, nil
+}
+
+// Track is the runtime.Handler of the reaper's consumer on the verified
+// stream: it records the session of each verified request, announcing a
+// new one on aigov.session.started. A session that was ended is never
+// revived.
+func (r *Reaper) Track(ctx context.Context, m jetstream.Msg) error {
+	v, err := decodeVerified(m.Data())
+	if err != nil {
+		// Verified events come from our own authn: a bad one is a bug that
+		// no retry fixes.
+		return runtime.Permanent(err)
+	}
+	revoked, err := r.revoked(ctx, v.SessionKey)
+	if err != nil {
+		return err
+	}
+	if revoked {
+		r.log.Debug().Str("session_key", v.SessionKey).Str("request_id", v.RequestID).Msg("request of an ended session ignored")
+		return nil
+	}
+	for range maxUpdateAttempts {
+		entry, err := r.sessions.Get(ctx, v.SessionKey)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			created, err := r.start(ctx, v)
+			if err != nil || created {
+				return err
+			}
+			continue // another worker created it first: update theirs
+		}
+		if err != nil {
+			return fmt.Errorf("load session %s: %w", v.SessionKey, err)
+		}
+		updated, err := r.touch(ctx, entry, v)
+		if err != nil || updated {
+			return err
+		}
+	}
+	return fmt.Errorf("update session %s: still conflicting after %d attempts", v.SessionKey, maxUpdateAttempts)
+}
+
+// start records a new session. The started event is published before the
+// record is created: a crash between the two repeats the publish, which
+// JetStream de-duplicates, rather than losing the event. It reports false
+// when another writer created the record first.
+func (r *Reaper) start(ctx context.Context, v schemas.Verified) (bool, error) {
+	now := r.now().UTC()
+	rec := newRecord(v, now)
+	id := schemas.DerivedID(v.SessionKey, "started")
+	if err := r.publish(ctx, schemas.SessionStarted, schemas.TypeSessionStarted, id, rec.event("", v.RequestID), now); err != nil {
+		return false, err
+	}
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return false, fmt.Errorf("encode session %s: %w", v.SessionKey, err)
+	}
+	rev, err := r.sessions.Create(ctx, v.SessionKey, b)
+	if errors.Is(err, jetstream.ErrKeyExists) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("create session %s: %w", v.SessionKey, err)
+	}
+	// An expiry pass may have ended the session between the revocation
+	// check and the create. It writes the revocation before deleting the
+	// record, so checking again now closes that gap.
+	revoked, err := r.revoked(ctx, v.SessionKey)
+	if err != nil {
+		return false, err
+	}
+	if revoked {
+		if err := r.sessions.Delete(ctx, v.SessionKey, jetstream.LastRevision(rev)); err != nil && !errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+			return false, fmt.Errorf("drop revived session %s: %w", v.SessionKey, err)
+		}
+		return true, nil
+	}
+	r.metrics.started.Inc()
+	r.log.Info().Str("session_key", v.SessionKey).Str("principal_id", rec.PrincipalID).
+		Str("request_id", v.RequestID).Str("token_fingerprint", v.TokenFingerprint).Msg("session started")
+	return true, nil
+}
+
+// touch updates a known session with compare-and-set. It reports false on
+// a conflicting write, for the caller to reload and retry.
+func (r *Reaper) touch(ctx context.Context, entry jetstream.KeyValueEntry, v schemas.Verified) (bool, error) {
+	now := r.now().UTC()
+	rec, err := decodeRecord(v.SessionKey, entry.Value())
+	if err != nil {
+		// Only the reaper writes this bucket; rebuilding the record keeps
+		// the session bounded instead of failing its requests forever.
+		r.log.Error().Err(err).Str("session_key", v.SessionKey).Msg("corrupt session record replaced")
+		rec = newRecord(v, now)
+	} else if reason, expired := rec.Expired(now, r.cfg.MaxAge, r.cfg.IdleTimeout); expired {
+		// The session is over even if no pass has ended it yet: a late
+		// request must not stretch its idle time. The next pass ends it.
+		r.log.Debug().Str("session_key", v.SessionKey).Str("reason", reason).Msg("request of an expired session not counted")
+		return true, nil
+	} else if !rec.seen(v, now) {
+		return true, nil
+	}
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return false, fmt.Errorf("encode session %s: %w", v.SessionKey, err)
+	}
+	if _, err := r.sessions.Update(ctx, v.SessionKey, b, entry.Revision()); err != nil {
+		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+			return false, nil
+		}
+		return false, fmt.Errorf("update session %s: %w", v.SessionKey, err)
+	}
+	r.log.Debug().Str("session_key", v.SessionKey).Int64("token_count", rec.TokenCount).Msg("session seen")
+	return true, nil
+}
+
+// revoked reports whether the session has ended: its key is in the
+// revocation bucket.
+func (r *Reaper) revoked(ctx context.Context, key string) (bool, error) {
+	_, err := r.revocations.Get(ctx, key)
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, jetstream.ErrKeyNotFound):
+		return false, nil
+	default:
+		return false, fmt.Errorf("check revocation of session %s: %w", key, err)
+	}
+}
+
+// publish sends one session event and waits for JetStream's ack. The event
+// id is also the Nats-Msg-Id, so a repeat is stored once.
+func (r *Reaper) publish(ctx context.Context, name, typ, id string, data schemas.SessionEvent, at time.Time) error {
+	ev, err := schemas.NewEvent(id, Source, typ, at, data)
+	if err != nil {
+		return err
+	}
+	ev.Subject = data.SessionKey
+	b, err := json.Marshal(ev)
+	if err != nil {
+		return fmt.Errorf("encode session %s event: %w", name, err)
+	}
+	msg := &nats.Msg{Subject: r.subjects.Session(name), Data: b}
+	ack, err := r.js.PublishMsg(ctx, msg, jetstream.WithMsgID(id))
+	if err != nil {
+		return fmt.Errorf("publish session %s event %s: %w", name, id, err)
+	}
+	if ack.Duplicate {
+		r.log.Debug().Str("event_id", id).Str("subject", msg.Subject).Msg("session event was already published")
+	}
+	return nil
+}
+
+// decodeVerified parses a verified event and checks what the reaper relies
+// on; the error wraps schemas.ErrInvalidEvent.
+func decodeVerified(b []byte) (schemas.Verified, error) {
+	ev, err := schemas.ParseEvent(b)
+	if err != nil {
+		return schemas.Verified{}, fmt.Errorf("decode verified event: %w", err)
+	}
+	if ev.Type != schemas.TypeVerified {
+		return schemas.Verified{}, fmt.Errorf("decode verified event %s: %w: type %q, want %q", ev.ID, schemas.ErrInvalidEvent, ev.Type, schemas.TypeVerified)
+	}
+	var v schemas.Verified
+	if err := ev.DecodeData(&v); err != nil {
+		return schemas.Verified{}, fmt.Errorf("decode verified event %s: %w", ev.ID, err)
+	}
+	if !validKey(v.SessionKey) {
+		return schemas.Verified{}, fmt.Errorf("decode verified event %s: %w: session_key %q is not a valid key", ev.ID, schemas.ErrInvalidEvent, v.SessionKey)
+	}
+	if v.RequestID == "" {
+		return schemas.Verified{}, fmt.Errorf("decode verified event %s: %w: no request_id", ev.ID, schemas.ErrInvalidEvent)
+	}
+	return v, nil
+}
+
+// validKey mirrors JetStream's rule for KV keys, bounded in length.
+func validKey(k string) bool {
+	if k == "" || len(k) > schemas.MaxIDLength || strings.HasPrefix(k, ".") || strings.HasSuffix(k, ".") {
+		return false
+	}
+	for _, c := range k {
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		case strings.ContainsRune("-/_=.", c):
+		default:
+			return false
+		}
+	}
+	return true
+}
