@@ -35,6 +35,10 @@ const (
 	SessionExpired     = "expired"
 	SessionRevoked     = "revoked"
 	SessionTokenIssued = "token_issued"
+	// SessionLeaseStarted and SessionLeaseExpired announce a job lease
+	// granted and ended; platforms subscribe to the latter to stop the job.
+	SessionLeaseStarted = "lease_started"
+	SessionLeaseExpired = "lease_expired"
 )
 
 // Request is the subject a platform publishes an action's request on.
@@ -61,4 +65,31 @@ func (s Subjects) ActionOf(kind, subject string) (string, error) {
 		return "", fmt.Errorf("%w: subject %q is not under %s>", ErrInvalidEvent, subject, p)
 	}
 	return subject[len(p):], nil
+}
+
+// KindDeadLetter is the kind of aigov.dlq.<stream>.<consumer>: events a
+// consumer gave up on, and events the audit could not decode.
+const KindDeadLetter = "dlq"
+
+// DeadLetter is the subject of a dead letter from consumer on stream.
+func (s Subjects) DeadLetter(stream, consumer string) string {
+	return s.join(KindDeadLetter, stream+"."+consumer)
+}
+
+// MaxReplySubject bounds a reply subject taken from a request header.
+const MaxReplySubject = 256
+
+// ValidInbox reports whether a reply subject is a literal subject under
+// _INBOX. (no wildcards, empty tokens or white space): the only kind of
+// subject aigov answers.
+func ValidInbox(subject string) bool {
+	if !strings.HasPrefix(subject, "_INBOX.") || len(subject) > MaxReplySubject {
+		return false
+	}
+	for tok := range strings.SplitSeq(subject, ".") {
+		if tok == "" || tok == "*" || tok == ">" || strings.ContainsAny(tok, " \t\r\n") {
+			return false
+		}
+	}
+	return true
 }

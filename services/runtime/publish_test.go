@@ -1,0 +1,75 @@
+package runtime_test
+
+import (
+	"context"
+	"encoding/json"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/aigov/aigov/schemas"
+	"github.com/aigov/aigov/services/devenv/natsdev"
+	"github.com/aigov/aigov/services/runtime"
+)
+
+func TestPublisherDeduplicatesAndRepliesOnlyToInboxes(t *testing.T) {
+	t.Parallel()
+	srv, err := natsdev.Start(natsdev.Options{Dir: t.TempDir(), Open: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Shutdown)
+	nc, err := srv.Connect("test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, _ := jetstream.New(nc)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "E", Subjects: []string{"e.>"}, Duplicates: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := runtime.NewPublisher(nil, nc, "s", zerolog.Nop()); err == nil {
+		t.Fatal("nil jetstream accepted")
+	}
+	p, err := runtime.NewPublisher(js, nc, "aigov/test", zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := runtime.Outgoing{NATSSubject: "e.x", ID: "ev-1", Type: "t.v1", Subject: "about", Time: time.Now(), Data: map[string]int{"n": 1}}
+	body, err := p.Publish(ctx, out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Publish(ctx, out); err != nil {
+		t.Fatal(err)
+	}
+	info, _ := st.Info(ctx)
+	if info.State.Msgs != 1 {
+		t.Fatalf("stream holds %d messages after publishing one event twice, want 1", info.State.Msgs)
+	}
+	ev, err := schemas.ParseEvent(body)
+	if err != nil || ev.ID != "ev-1" || ev.Source != "aigov/test" || ev.Subject != "about" {
+		t.Fatalf("published event %+v (%v)", ev, err)
+	}
+
+	sub, _ := nc.SubscribeSync("_INBOX.t.reply")
+	bad, _ := nc.SubscribeSync("elsewhere.>")
+	p.Reply("r1", "elsewhere.x", body)
+	p.Reply("r1", "_INBOX.t.reply", body)
+	m, err := sub.NextMsg(2 * time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got schemas.Event
+	if err := json.Unmarshal(m.Data, &got); err != nil || got.ID != "ev-1" {
+		t.Fatalf("reply %s (%v)", m.Data, err)
+	}
+	if _, err := bad.NextMsg(200 * time.Millisecond); err == nil {
+		t.Fatal("a reply went to a non-inbox subject")
+	}
+}
