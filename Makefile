@@ -37,7 +37,13 @@ run: deps
 ## test: vet, then every test (unit, integration, end-to-end) against real servers
 test: deps vet
 	go test $(GOFLAGS_TEST) $(PKG)
+	$(MAKE) fuzz
 .PHONY: test
+
+## fuzz: a brief run of the fuzz targets (FUZZTIME=10s by default)
+fuzz:
+	go test -run '^$$' -fuzz FuzzParseToken -fuzztime $${FUZZTIME:-10s} ./services/authn/internal/verify/
+.PHONY: fuzz
 
 ## test-race: the suite with the race detector (slower)
 test-race: deps
@@ -55,6 +61,17 @@ bench: deps
 	go test -run '^$$' -bench . -benchmem -count=1 $(PKG)
 	go run ./services/devstack bench -n $${N:-20000} -rate $${RATE:-0}
 .PHONY: bench
+
+## images: build the container images with docker (deploy/Dockerfile); IMAGE_PREFIX=aigov IMAGE_TAG=dev by default
+images:
+	@prefix=$${IMAGE_PREFIX:-aigov}; tag=$${IMAGE_TAG:-dev}; \
+	for s in authn policy audit reaper aigov devstack; do \
+		echo "== $$prefix/$$s:$$tag"; \
+		docker build -f deploy/Dockerfile --target service --build-arg SERVICE=$$s -t $$prefix/$$s:$$tag . || exit 1; \
+	done; \
+	echo "== $$prefix/demo:$$tag"; \
+	docker build -f deploy/Dockerfile --target demo -t $$prefix/demo:$$tag .
+.PHONY: images
 
 ## tidy: go mod tidy in every module
 tidy:

@@ -6,37 +6,67 @@ type Code string
 
 // Deny codes. Each one's meaning is in Codes.
 const (
-	CodeMissingToken      Code = "missing_token"
-	CodeMalformedToken    Code = "malformed_token"
-	CodeBadSignature      Code = "bad_signature"
-	CodeTokenExpired      Code = "token_expired"
-	CodeTokenNotYetValid  Code = "token_not_yet_valid"
-	CodeUntrustedIssuer   Code = "untrusted_issuer"
-	CodeWrongAudience     Code = "wrong_audience"
-	CodeIssuerUnavailable Code = "issuer_unavailable"
-	CodeSessionRevoked    Code = "session_revoked"
-	CodeSessionExpired    Code = "session_expired"
-	CodeMalformedRequest  Code = "malformed_request"
-	CodePolicyDenied      Code = "policy_denied"
-	CodePolicyError       Code = "policy_error"
-	CodeUnknownResource   Code = "unknown_resource"
+	CodeMissingToken        Code = "missing_token"
+	CodeMalformedToken      Code = "malformed_token"
+	CodeBadSignature        Code = "bad_signature"
+	CodeTokenExpired        Code = "token_expired"
+	CodeTokenNotYetValid    Code = "token_not_yet_valid"
+	CodeUntrustedIssuer     Code = "untrusted_issuer"
+	CodeWrongAudience       Code = "wrong_audience"
+	CodeIssuerUnavailable   Code = "issuer_unavailable"
+	CodeSessionRevoked      Code = "session_revoked"
+	CodeSessionExpired      Code = "session_expired"
+	CodeMalformedRequest    Code = "malformed_request"
+	CodePolicyDenied        Code = "policy_denied"
+	CodePolicyError         Code = "policy_error"
+	CodeUnknownResource     Code = "unknown_resource"
+	CodeLeaseExpired        Code = "lease_expired"
+	CodeTokenTooLarge       Code = "token_too_large"
+	CodeDuplicateClaims     Code = "duplicate_claims"
+	CodeUnsupportedHeader   Code = "unsupported_header"
+	CodeDisallowedAlgorithm Code = "disallowed_algorithm"
+	CodeWrongTokenType      Code = "wrong_token_type"
+	CodeUnknownKey          Code = "unknown_key"
+	CodeJWKSUnavailable     Code = "jwks_unavailable"
+	CodeIATInFuture         Code = "iat_in_future"
+	CodeWrongAZP            Code = "wrong_azp"
+	CodeWrongTenant         Code = "wrong_tenant"
+	CodeWorkloadNotAllowed  Code = "workload_not_allowed"
+	CodeTokenReplayed       Code = "token_replayed"
+	// CodePolicyInvalid: a policy.update was allowed but its set failed to
+	// parse or validate; the previous set stays active.
+	CodePolicyInvalid Code = "policy_invalid"
 )
 
 // Codes documents every deny code. schemas/json/decision.json enumerates
 // the same set; a test keeps the two equal.
 var Codes = map[Code]string{
-	CodeMissingToken:      "the request had no Authorization: Bearer header",
-	CodeMalformedToken:    "the bearer value is not a well-formed signed JWT (bad base64, bad JSON, wrong number of parts, JWE)",
-	CodeBadSignature:      "the signature does not verify with any of the issuer's published keys, or uses an algorithm not allowed",
-	CodeTokenExpired:      "the token's exp has passed (or it has none)",
-	CodeTokenNotYetValid:  "the token's nbf is in the future",
-	CodeUntrustedIssuer:   "the token's iss is not one of the configured trusted issuers",
-	CodeWrongAudience:     "the token's aud does not contain the audience configured for its issuer",
-	CodeIssuerUnavailable: "the issuer's discovery document or keys could not be fetched; aigov fails closed",
-	CodeSessionRevoked:    "the token's session was revoked (kill switch or logout)",
-	CodeSessionExpired:    "the token's session passed its maximum age or idle timeout",
-	CodeMalformedRequest:  "the request event is not a valid CloudEvent or its data is not a valid request",
-	CodePolicyDenied:      "no Cedar policy permits the request, or a forbid policy matched",
-	CodePolicyError:       "a Cedar policy failed to evaluate; any evaluation error denies",
-	CodeUnknownResource:   "the resource is not in the trusted entity store",
+	CodeMissingToken:        "the request had no Authorization: Bearer header",
+	CodeMalformedToken:      "the bearer value is not a well-formed signed JWT (bad base64, bad JSON, wrong number of parts, JWE)",
+	CodeBadSignature:        "the signature does not verify with any of the issuer's published keys, or uses an algorithm not allowed",
+	CodeTokenExpired:        "the token's exp has passed (or it has none)",
+	CodeTokenNotYetValid:    "the token's nbf is in the future",
+	CodeUntrustedIssuer:     "the token's iss is not one of the configured trusted issuers",
+	CodeWrongAudience:       "the token's aud does not contain the audience configured for its issuer",
+	CodeIssuerUnavailable:   "the issuer's discovery document or keys could not be fetched; aigov fails closed",
+	CodeSessionRevoked:      "the token's session was revoked (kill switch or logout)",
+	CodeSessionExpired:      "the token's session passed its maximum age or idle timeout",
+	CodeMalformedRequest:    "the request event is not a valid CloudEvent or its data is not a valid request",
+	CodePolicyDenied:        "no Cedar policy permits the request, or a forbid policy matched",
+	CodePolicyError:         "a Cedar policy failed to evaluate; any evaluation error denies",
+	CodeUnknownResource:     "the resource is not in the trusted entity store",
+	CodeLeaseExpired:        "the job lease named by context.lease_id has ended (missed heartbeat, maximum duration, or revoked)",
+	CodeTokenTooLarge:       "the bearer token is larger than the configured maximum; refused before any parsing",
+	CodeDuplicateClaims:     "the token's header or payload repeats a name, exactly or differing only in case, so two readers could disagree about its value",
+	CodeUnsupportedHeader:   "the token's header has crit, or names keys by itself (jku, x5u, jwk, x5c); aigov takes keys only from the issuer's JWKS",
+	CodeDisallowedAlgorithm: "the token's alg is not allowed for its issuer (none, HS256 and every symmetric algorithm are never allowed)",
+	CodeWrongTokenType:      "the token is not an access credential for aigov: a logout token (typ logout+jwt or an events claim), or a typ the issuer's configuration does not accept (at+jwt only where configured)",
+	CodeUnknownKey:          "the token's kid is not among the issuer's published keys, even after a (rate-limited) refresh of its JWKS",
+	CodeJWKSUnavailable:     "the token needs a key aigov does not hold and the issuer's JWKS cannot be fetched; known keys keep working, everything else fails closed",
+	CodeIATInFuture:         "the token's iat is further in the future than the allowed clock skew",
+	CodeWrongAZP:            "the token has several audiences and its azp is missing or not an accepted client (or azp is not among the issuer's configured authorized parties)",
+	CodeWrongTenant:         "the token's tid is not the tenant its multi-tenant issuer is pinned to",
+	CodeWorkloadNotAllowed:  "a workload token's attributes (e.g. GitHub repository_owner_id, Kubernetes namespace) are not among the values its issuer is pinned to",
+	CodeTokenReplayed:       "the token's jti was already used by another request, and its issuer has replay protection on",
+	CodePolicyInvalid:       "a pushed policy set failed to parse or validate against the schema; it was rejected whole and the previous set stays active",
 }

@@ -1,6 +1,8 @@
 package schemas
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"regexp"
 	"time"
@@ -63,6 +65,18 @@ type Principal struct {
 	IssuedAt  time.Time  `json:"iat"`
 	ExpiresAt time.Time  `json:"exp"`
 	TokenID   string     `json:"jti,omitempty"`
+	// ACR is the token's acr claim (authentication context class), if any.
+	ACR string `json:"acr,omitempty"`
+	// MFA is true only when the token proves a second factor: its amr
+	// names one (mfa, otp, hwk) or its acr is one the issuer's
+	// configuration lists as multi-factor. Absent otherwise: not proven.
+	MFA bool `json:"mfa,omitempty"`
+	// Attributes are further verified facts about the principal that
+	// policies may use, mapped from claims by the issuer's configuration,
+	// e.g. a GitHub Actions token's repository, repository_owner_id,
+	// workflow, ref and environment, or a Kubernetes service account's
+	// namespace, serviceaccount and pod. Keys are snake_case.
+	Attributes map[string]string `json:"attributes,omitempty"`
 }
 
 // Principal types.
@@ -117,6 +131,15 @@ type Decision struct {
 	SessionKey       string         `json:"session_key,omitempty"`
 	TokenFingerprint string         `json:"token_fingerprint,omitempty"`
 	Timings          Timings        `json:"timings"`
+	// Lease is the job lease granted with an allowed job.start (LeaseFor);
+	// absent on every other decision.
+	Lease *Lease `json:"lease,omitempty"`
+	// Shadow is what the policy set's @shadow policies would have decided;
+	// recorded, never enforced. Absent when the set has none.
+	Shadow *ShadowOutcome `json:"shadow,omitempty"`
+	// Approvals are the approving teams that were in context.approvals
+	// (approvals of this exact request by others than the requester).
+	Approvals []string `json:"approvals,omitempty"`
 }
 
 // Allowed reports whether the decision is an allow.
@@ -137,6 +160,17 @@ type Timings struct {
 const (
 	ReasonMaxAge = "max_age"
 	ReasonIdle   = "idle"
+	// ReasonMissedHeartbeat and ReasonMaxDuration say why a job lease ended.
+	ReasonMissedHeartbeat = "missed_heartbeat"
+	ReasonMaxDuration     = "max_duration"
+	// ReasonSessionEnded ends a lease whose session was revoked.
+	ReasonSessionEnded = "session_ended"
+)
+
+// Who ended a session, in SessionEvent.By and Revocation.By.
+const (
+	ByReaper = "aigov/reaper"
+	ByLogout = "oidc-backchannel-logout"
 )
 
 // SessionEvent is the data of every aigov.session.* event.
@@ -153,6 +187,9 @@ type SessionEvent struct {
 	By               string     `json:"by,omitempty"`
 	RequestID        string     `json:"request_id,omitempty"`
 	TokenFingerprint string     `json:"token_fingerprint,omitempty"`
+	// LeaseID and LeaseDeadline are set on lease events only.
+	LeaseID       string     `json:"lease_id,omitempty"`
+	LeaseDeadline *time.Time `json:"lease_deadline,omitempty"`
 }
 
 // Revocation is the value stored under a session key in the revocation
@@ -162,4 +199,59 @@ type Revocation struct {
 	Code       Code      `json:"code"`
 	Reason     string    `json:"reason"`
 	At         time.Time `json:"at"`
+	// By says who ended it: ByReaper, ByLogout, or an operator's name.
+	By string `json:"by,omitempty"`
+}
+
+// Job lease actions and the context field that names a lease.
+const (
+	// ActionJobStart starts a long-running job; an allow carries a Lease.
+	ActionJobStart = "job.start"
+	// ActionJobHeartbeat extends the lease named in context.lease_id.
+	ActionJobHeartbeat = "job.heartbeat"
+	// ContextLeaseID is the request context field naming a job lease.
+	ContextLeaseID = "lease_id"
+)
+
+// DefaultLeaseTTL is the first deadline of a job lease, counted from the
+// job.start decision; each heartbeat moves it again (reaper config).
+const DefaultLeaseTTL = 5 * time.Minute
+
+// Lease is a job lease as the requester sees it in the job.start allow.
+type Lease struct {
+	// ID names the lease; send it as context.lease_id on the job's later
+	// requests and heartbeats.
+	ID string `json:"id"`
+	// Deadline is when the lease ends unless a heartbeat extends it.
+	Deadline time.Time `json:"deadline"`
+}
+
+// LeaseFor returns the lease an allowed request of action grants, or nil
+// when the action is not ActionJobStart. It is pure, so the policy service
+// (which puts it in the decision) and the reaper (which enforces it) agree
+// on the id without talking to each other: a redelivered decision yields the
+// same lease.
+func LeaseFor(action, requestID string, decidedAt time.Time, ttl time.Duration) *Lease {
+	if action != ActionJobStart || requestID == "" {
+		return nil
+	}
+	return &Lease{ID: DerivedID(requestID, "lease"), Deadline: decidedAt.Add(ttl).UTC()}
+}
+
+// LeaseRevocationKey is the key under which an ended lease's tombstone is
+// stored in the revocation bucket. It is hashed (in its own domain, so it
+// never equals a SessionKey) because the lease id comes from requesters.
+func LeaseRevocationKey(leaseID string) string {
+	sum := sha256.Sum256([]byte("lease\x00" + leaseID))
+	return hex.EncodeToString(sum[:16])
+}
+
+// LeaseIDOf returns the lease id a request context names, if it names one
+// as a non-empty string of at most MaxIDLength bytes.
+func LeaseIDOf(ctx map[string]any) (string, bool) {
+	id, ok := ctx[ContextLeaseID].(string)
+	if !ok || id == "" || len(id) > MaxIDLength {
+		return "", false
+	}
+	return id, true
 }

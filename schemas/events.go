@@ -30,6 +30,8 @@ const (
 	TypeSessionExpired   = "dev.aigov.session.expired.v1"
 	TypeSessionRevoked   = "dev.aigov.session.revoked.v1"
 	TypeSessionTokenSeen = "dev.aigov.session.token_issued.v1"
+	TypeLeaseStarted     = "dev.aigov.session.lease_started.v1"
+	TypeLeaseExpired     = "dev.aigov.session.lease_expired.v1"
 )
 
 // Header names carried on NATS messages next to the CloudEvent body.

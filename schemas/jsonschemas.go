@@ -55,8 +55,14 @@ func SchemaFor(eventType string) (string, error) {
 		return SchemaVerified, nil
 	case TypeDecision:
 		return SchemaDecision, nil
-	case TypeSessionStarted, TypeSessionExpired, TypeSessionRevoked, TypeSessionTokenSeen:
+	case TypeSessionStarted, TypeSessionExpired, TypeSessionRevoked, TypeSessionTokenSeen, TypeLeaseStarted, TypeLeaseExpired:
 		return SchemaSession, nil
+	case TypePolicyChanged, TypePolicyRejected:
+		return SchemaPolicy, nil
+	case TypeEntityChanged:
+		return SchemaEntity, nil
+	case TypeApprovalUsed:
+		return SchemaApproval, nil
 	default:
 		return "", fmt.Errorf("%w: %w %q: no JSON schema", ErrInvalidEvent, ErrUnknownEventType, eventType)
 	}

@@ -24,6 +24,7 @@ import (
 var allSchemaFiles = []string{
 	schemas.SchemaEvent, schemas.SchemaRequest, schemas.SchemaVerified,
 	schemas.SchemaDecision, schemas.SchemaSession, schemas.SchemaRevocation,
+	schemas.SchemaPolicy, schemas.SchemaEntity, schemas.SchemaApproval,
 }
 
 // allEventTypes is every CloudEvent type of the wire contract.
@@ -31,6 +32,8 @@ var allEventTypes = []string{
 	schemas.TypeRequest, schemas.TypeVerified, schemas.TypeDecision,
 	schemas.TypeSessionStarted, schemas.TypeSessionTokenSeen,
 	schemas.TypeSessionExpired, schemas.TypeSessionRevoked,
+	schemas.TypeLeaseStarted, schemas.TypeLeaseExpired,
+	schemas.TypePolicyChanged, schemas.TypePolicyRejected, schemas.TypeEntityChanged, schemas.TypeApprovalUsed,
 }
 
 // compileSchemas loads every embedded schema into one compiler, so relative
@@ -323,6 +326,34 @@ func minRevocation() schemas.Revocation {
 	return schemas.Revocation{SessionKey: sessionKey(), Code: schemas.CodeSessionExpired, At: at(0)}
 }
 
+func fullPolicyChange() schemas.PolicyChange {
+	return schemas.PolicyChange{
+		PolicyVersion: "sha256:2", PreviousVersion: "sha256:1", By: schemas.PrincipalID(issuer, "rita"), Email: "rita@example.com",
+		RequestID: "req-9", PolicyIDs: []string{"a", "b"}, ShadowIDs: []string{"c"}, At: at(0),
+	}
+}
+
+func rejectedPolicy() schemas.PolicyChange {
+	p := fullPolicyChange()
+	p.Errors = []string{"models.cedar:3: policy \"x\" does not validate"}
+	return p
+}
+
+func fullApprovalUse() schemas.ApprovalUse {
+	return schemas.ApprovalUse{
+		RequestID: "req-1", Digest: "sha256:ab", Action: "model.deploy", Resource: schemas.Resource{Type: "Model", ID: "m"},
+		PrincipalID: schemas.PrincipalID(issuer, "erin"), Approvers: []string{schemas.PrincipalID(issuer, "rita")},
+		Teams: []string{"risk-reviewers"}, PolicyIDs: []string{"p"}, PolicyVersion: "sha256:1", At: at(0),
+	}
+}
+
+func shadowAllow() schemas.Decision {
+	d := fullAllow()
+	d.Shadow = &schemas.ShadowOutcome{Decision: schemas.Deny, PolicyIDs: []string{"new-rule"}, Matched: []string{"new-rule"}}
+	d.Approvals = []string{"risk-reviewers"}
+	return d
+}
+
 func TestEverySchemaCompiles(t *testing.T) {
 	t.Parallel()
 	compiled := compileSchemas(t)
@@ -368,6 +399,13 @@ func TestGoValuesValidate(t *testing.T) {
 		{"session revoked full", schemas.TypeSessionRevoked, schemas.SchemaSession, fullSession()},
 		{"revocation full", "", schemas.SchemaRevocation, fullRevocation()},
 		{"revocation minimal", "", schemas.SchemaRevocation, minRevocation()},
+		{"policy changed full", schemas.TypePolicyChanged, schemas.SchemaPolicy, fullPolicyChange()},
+		{"policy seeded minimal", schemas.TypePolicyChanged, schemas.SchemaPolicy, schemas.PolicyChange{PolicyVersion: "sha256:1", By: "aigov/policy", At: at(0)}},
+		{"policy rejected", schemas.TypePolicyRejected, schemas.SchemaPolicy, rejectedPolicy()},
+		{"entity put", schemas.TypeEntityChanged, schemas.SchemaEntity, schemas.EntityChange{Op: "put", Entity: schemas.Resource{Type: "Model", ID: "m"}, Revision: 7, ValueSHA256: "ab", At: at(0)}},
+		{"entity delete", schemas.TypeEntityChanged, schemas.SchemaEntity, schemas.EntityChange{Op: "delete", Entity: schemas.Resource{Type: "Model", ID: "m"}, Revision: 8, At: at(0)}},
+		{"approval used", schemas.TypeApprovalUsed, schemas.SchemaApproval, fullApprovalUse()},
+		{"decision with shadow and approvals", schemas.TypeDecision, schemas.SchemaDecision, shadowAllow()},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -654,6 +692,11 @@ func TestSchemasMatchGoStructs(t *testing.T) {
 		{reflect.TypeOf(schemas.Timings{}), schemas.SchemaDecision, "#/$defs/timings", true},
 		{reflect.TypeOf(schemas.SessionEvent{}), schemas.SchemaSession, "#", true},
 		{reflect.TypeOf(schemas.Revocation{}), schemas.SchemaRevocation, "#", true},
+		{reflect.TypeOf(schemas.PolicyChange{}), schemas.SchemaPolicy, "#", true},
+		{reflect.TypeOf(schemas.EntityChange{}), schemas.SchemaEntity, "#", true},
+		{reflect.TypeOf(schemas.ApprovalUse{}), schemas.SchemaApproval, "#", true},
+		{reflect.TypeOf(schemas.Approval{}), schemas.SchemaApproval, "#/$defs/approval", true},
+		{reflect.TypeOf(schemas.ShadowOutcome{}), schemas.SchemaDecision, "#/$defs/shadow_outcome", true},
 	}
 	for _, tc := range cases {
 		t.Run(tc.goType.Name()+" in "+tc.file+tc.pointer, func(t *testing.T) {
@@ -728,6 +771,8 @@ func checkKind(t *testing.T, name string, typ reflect.Type, sch map[string]any) 
 		want = "string"
 	case typ.Kind() == reflect.Int64:
 		want = "integer"
+	case typ.Kind() == reflect.Bool:
+		want = "boolean"
 	case typ.Kind() == reflect.Slice:
 		want = "array"
 	default:

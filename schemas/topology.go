@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -18,6 +19,9 @@ const (
 	ConsumerReaper         = "reaper"
 	ConsumerAuditDecisions = "audit-decisions"
 	ConsumerAuditSessions  = "audit-sessions"
+	// ConsumerReaperLeases reads decisions: an allowed job.start grants a
+	// lease, an allowed job.heartbeat extends one.
+	ConsumerReaperLeases = "reaper-leases"
 )
 
 // Roles are the NATS identities of the dev stack, one per service plus the
@@ -28,6 +32,8 @@ const (
 	RoleAudit    = "audit"
 	RoleReaper   = "reaper"
 	RolePlatform = "platform"
+	// RoleOperator stages policy sets and edits the entity store (CLI).
+	RoleOperator = "operator"
 )
 
 // Topology is the whole JetStream layout: streams, KV buckets and durable
@@ -46,6 +52,9 @@ type Topology struct {
 	EventMaxAge time.Duration
 	// RevocationTTL is how long a revocation is kept.
 	RevocationTTL time.Duration
+	// MarkerTTL is how long a bucket with per-key TTLs keeps the marker a
+	// lapsed key leaves, so watchers (and a restarted reaper) see it.
+	MarkerTTL time.Duration
 }
 
 // NewTopology returns the default topology under prefix.
@@ -57,6 +66,7 @@ func NewTopology(prefix string) Topology {
 		RequestMaxAge:   24 * time.Hour,
 		EventMaxAge:     7 * 24 * time.Hour,
 		RevocationTTL:   7 * 24 * time.Hour,
+		MarkerTTL:       24 * time.Hour,
 	}
 }
 
@@ -66,9 +76,65 @@ func (t Topology) StreamVerified() string  { return t.name("VERIFIED") }
 func (t Topology) StreamDecisions() string { return t.name("DECISIONS") }
 func (t Topology) StreamSessions() string  { return t.name("SESSIONS") }
 
+// StreamDeadLetter holds dead-lettered events: messages a consumer gave up
+// on (max deliveries, terminated) and events the audit could not decode.
+// The audit consumes it like any other audited stream.
+func (t Topology) StreamDeadLetter() string { return t.name("DLQ") }
+
+// StreamAdvisories captures the server's max-deliveries and terminated
+// advisories for the other streams' consumers, so that none is lost while
+// the audit's dead-letter worker is down (a core NATS advisory has no
+// subscriber then).
+func (t Topology) StreamAdvisories() string { return t.name("ADVISORIES") }
+
 // Bucket names.
 func (t Topology) BucketSessions() string    { return strings.ToLower(t.name("sessions")) }
 func (t Topology) BucketRevocations() string { return strings.ToLower(t.name("revocations")) }
+
+// BucketAuditCheckpoints holds the audit's signed hash-chain checkpoints,
+// one key per audited stream, outside ClickHouse so that whoever can edit
+// the audit tables cannot also rewrite what they are checked against.
+func (t Topology) BucketAuditCheckpoints() string {
+	return strings.ToLower(t.name("audit_checkpoints"))
+}
+
+// BucketLeases holds live job leases; BucketLogoutJTIs remembers the jti of
+// every back-channel logout token until it expires, to refuse replays.
+func (t Topology) BucketLeases() string     { return strings.ToLower(t.name("leases")) }
+func (t Topology) BucketLogoutJTIs() string { return strings.ToLower(t.name("logout_jtis")) }
+
+// BucketTokenIDs names the bucket of token ids (jti) already used, for the
+// issuers with replay protection on. Each key lives until its token's exp.
+func (t Topology) BucketTokenIDs() string { return strings.ToLower(t.name("token_ids")) }
+
+// TokenIDMarkerTTL is how long the token id bucket keeps the marker of a
+// key whose per-key TTL lapsed (nats-server 2.11+).
+const TokenIDMarkerTTL = time.Minute
+
+// StreamGovernance holds the policy service's governance events: policy
+// sets activated or rejected, entity store changes, approvals used.
+func (t Topology) StreamGovernance() string { return t.name("GOVERNANCE") }
+
+// BucketPolicy holds the active policy set under PolicyActiveKey (history
+// kept for rollback and audit); BucketPolicyProposals holds pushed sets,
+// keyed by the hex of their hash, until a policy.update activates them.
+func (t Topology) BucketPolicy() string { return strings.ToLower(t.name("policy")) }
+func (t Topology) BucketPolicyProposals() string {
+	return strings.ToLower(t.name("policy_proposals"))
+}
+
+// BucketEntities is the trusted entity store, one key per entity.
+func (t Topology) BucketEntities() string { return strings.ToLower(t.name("entities")) }
+
+// BucketApprovals holds granted approvals, one key per (digest, approver),
+// each with its own TTL.
+func (t Topology) BucketApprovals() string { return strings.ToLower(t.name("approvals")) }
+
+// PolicyActiveKey is the key of the active set in BucketPolicy.
+const PolicyActiveKey = "active"
+
+// MaxPolicyBundleBytes bounds a stored policy set (JSON, files base64).
+const MaxPolicyBundleBytes = 1 << 20
 
 func (t Topology) name(s string) string { return strings.ToUpper(t.Subjects.Prefix) + "_" + s }
 
@@ -96,19 +162,101 @@ func (t Topology) Streams() []jetstream.StreamConfig {
 	}
 	req := base(t.StreamRequests(), s.All(KindRequest), t.RequestMaxAge)
 	req.Retention = jetstream.WorkQueuePolicy
-	return []jetstream.StreamConfig{
+	out := []jetstream.StreamConfig{
 		req,
 		base(t.StreamVerified(), s.All(KindVerified), t.EventMaxAge),
 		base(t.StreamDecisions(), s.All(KindDecision), t.EventMaxAge),
 		base(t.StreamSessions(), s.All(KindSession), t.EventMaxAge),
 	}
+	out = append(out, base(t.StreamDeadLetter(), s.All(KindDeadLetter), t.EventMaxAge))
+	gov := base(t.StreamGovernance(), s.All(KindPolicy), t.EventMaxAge)
+	gov.Subjects = append(gov.Subjects, s.All(KindEntity), s.All(KindApproval))
+	out = append(out, gov)
+	adv := base(t.StreamAdvisories(), "", t.EventMaxAge)
+	adv.Subjects = t.advisorySubjects(out)
+	return append(out, adv)
+}
+
+// advisorySubjects names the advisories of every consumer of the given
+// streams, except the dead-letter stream's own (a dead letter is final).
+// Naming each stream keeps two prefixes on one account from overlapping.
+func (t Topology) advisorySubjects(streams []jetstream.StreamConfig) []string {
+	var subs []string
+	for _, st := range streams {
+		if st.Name == t.StreamDeadLetter() {
+			continue
+		}
+		subs = append(subs,
+			AdvisoryMaxDeliveries+"."+st.Name+".*",
+			AdvisoryTerminated+"."+st.Name+".*")
+	}
+	return subs
+}
+
+// Advisory subject prefixes, followed by .<stream>.<consumer>.
+const (
+	AdvisoryMaxDeliveries = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"
+	AdvisoryTerminated    = "$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED"
+)
+
+// ConsumerDeadLetter is the audit's dead-letter worker: it reads the
+// advisories stream and turns each advisory into a dead-letter event.
+const ConsumerDeadLetter = "audit-dead-letter"
+
+// AuditConsumerPrefix starts the name of every audit consumer.
+const AuditConsumerPrefix = "audit-"
+
+// NotAudited names the streams the audit deliberately does not consume, and
+// why. Every other stream of Streams is audited: a stream added to the
+// topology is audited without anyone remembering to wire it.
+func (t Topology) NotAudited() map[string]string {
+	return map[string]string{
+		t.StreamRequests(): "requests carry the raw bearer token in a header and are consumed by a work queue; " +
+			"every request ends in a decision event, which is audited",
+		t.StreamVerified(): "a verified request is an internal step; it always ends in a decision event that " +
+			"carries the same request, principal and token fingerprint",
+		t.StreamAdvisories(): "server advisories are turned into dead-letter events by the audit's dead-letter worker; " +
+			"those are audited",
+	}
+}
+
+// AuditedStreams lists the streams the audit consumes, in topology order.
+func (t Topology) AuditedStreams() []string {
+	skip := t.NotAudited()
+	var out []string
+	for _, s := range t.Streams() {
+		if _, ok := skip[s.Name]; !ok {
+			out = append(out, s.Name)
+		}
+	}
+	return out
+}
+
+// AuditConsumer is the name of the audit's durable consumer on stream, e.g.
+// audit-decisions on AIGOV_DECISIONS.
+func (t Topology) AuditConsumer(stream string) string {
+	return AuditConsumerPrefix + strings.ToLower(strings.TrimPrefix(stream, t.name("")))
 }
 
 // Buckets returns every KV bucket's configuration.
 func (t Topology) Buckets() []jetstream.KeyValueConfig {
 	return []jetstream.KeyValueConfig{
-		{Bucket: t.BucketSessions(), Description: "live sessions seen by the reaper", History: 1, Storage: jetstream.FileStorage, Replicas: t.Replicas, TTL: t.EventMaxAge},
+		// Per-key TTLs (LimitMarkerTTL) bound each record by its own due
+		// time; the bucket TTL stays as the outer bound.
+		{Bucket: t.BucketSessions(), Description: "live sessions seen by the reaper", History: 1, Storage: jetstream.FileStorage, Replicas: t.Replicas, TTL: t.EventMaxAge, LimitMarkerTTL: t.MarkerTTL},
+		{Bucket: t.BucketLeases(), Description: "live job leases", History: 1, Storage: jetstream.FileStorage, Replicas: t.Replicas, TTL: t.EventMaxAge, LimitMarkerTTL: t.MarkerTTL},
+		{Bucket: t.BucketLogoutJTIs(), Description: "jti of accepted back-channel logout tokens, kept until they expire", History: 1, Storage: jetstream.FileStorage, Replicas: t.Replicas, TTL: t.EventMaxAge, LimitMarkerTTL: t.MarkerTTL},
 		{Bucket: t.BucketRevocations(), Description: "ended sessions; authn denies their requests", History: 1, Storage: jetstream.FileStorage, Replicas: t.Replicas, TTL: t.RevocationTTL},
+		// Per-key TTLs (set to each token's remaining life) keep the bucket
+		// as small as the set of live tokens; TTL bounds what is left over.
+		{Bucket: t.BucketTokenIDs(), Description: "used token ids (jti); authn denies a replay", History: 1, Storage: jetstream.FileStorage, Replicas: t.Replicas, TTL: t.RevocationTTL, LimitMarkerTTL: TokenIDMarkerTTL},
+		{Bucket: t.BucketPolicy(), Description: "the active Cedar policy set; every policy replica watches it", History: 16, Storage: jetstream.FileStorage, Replicas: t.Replicas, MaxValueSize: MaxPolicyBundleBytes},
+		{Bucket: t.BucketPolicyProposals(), Description: "pushed policy sets awaiting a policy.update decision", History: 1, Storage: jetstream.FileStorage, Replicas: t.Replicas, TTL: 24 * time.Hour, MaxValueSize: MaxPolicyBundleBytes},
+		{Bucket: t.BucketEntities(), Description: "the trusted entity store: resources and their attributes", History: 8, Storage: jetstream.FileStorage, Replicas: t.Replicas, MaxValueSize: MaxMessageBytes},
+		// Each approval carries its own TTL; the bucket TTL is the outer bound.
+		{Bucket: t.BucketApprovals(), Description: "granted approvals, one per approver and request digest", History: 1, Storage: jetstream.FileStorage, Replicas: t.Replicas, TTL: 7 * 24 * time.Hour, LimitMarkerTTL: t.MarkerTTL},
+		// No TTL: a checkpoint must outlive the rows it vouches for.
+		{Bucket: t.BucketAuditCheckpoints(), Description: "signed audit hash-chain checkpoints, one key per stream", History: 64, Storage: jetstream.FileStorage, Replicas: t.Replicas},
 	}
 }
 
@@ -147,14 +295,27 @@ func (t Topology) Consumer(name string) (ConsumerSpec, error) {
 		stream, c.FilterSubject = t.StreamVerified(), s.All(KindVerified)
 	case ConsumerReaper:
 		stream, c.FilterSubject = t.StreamVerified(), s.All(KindVerified)
-	case ConsumerAuditDecisions:
+	case ConsumerReaperLeases:
 		stream, c.FilterSubject = t.StreamDecisions(), s.All(KindDecision)
-		c.AckWait, c.MaxAckPending, c.MaxDeliver = time.Minute, 20000, -1
-	case ConsumerAuditSessions:
-		stream, c.FilterSubject = t.StreamSessions(), s.All(KindSession)
-		c.AckWait, c.MaxAckPending, c.MaxDeliver = time.Minute, 20000, -1
+	case ConsumerDeadLetter:
+		stream = t.StreamAdvisories()
+		c.AckWait, c.MaxDeliver = time.Minute, -1
 	default:
-		return ConsumerSpec{}, fmt.Errorf("%w %q", ErrUnknownConsumer, name)
+		// One audit consumer per audited stream (audit-decisions,
+		// audit-sessions, audit-dlq, and any stream added later).
+		for _, st := range t.Streams() {
+			if t.AuditConsumer(st.Name) != name || !slices.Contains(t.AuditedStreams(), st.Name) {
+				continue
+			}
+			stream = st.Name
+			if len(st.Subjects) == 1 {
+				c.FilterSubject = st.Subjects[0]
+			}
+			c.AckWait, c.MaxAckPending, c.MaxDeliver = time.Minute, 20000, -1
+		}
+		if stream == "" {
+			return ConsumerSpec{}, fmt.Errorf("%w %q", ErrUnknownConsumer, name)
+		}
 	}
 	c.Description = "aigov " + name
 	return ConsumerSpec{Stream: stream, Config: c}, nil
@@ -216,11 +377,29 @@ func (t Topology) Permissions(role string) (Permissions, error) {
 		// Replies go to the requester's inbox, whoever it is.
 		return service(s.All(KindVerified), s.All(KindDecision), "_INBOX.>"), nil
 	case RolePolicy:
-		return service(s.All(KindDecision), "_INBOX.>"), nil
+		return service(s.All(KindDecision), "_INBOX.>", s.All(KindPolicy), s.All(KindEntity), s.All(KindApproval)), nil
+	case RoleOperator:
+		// The operator CLI (aigov policy push, aigov entities): it stages
+		// policy sets and edits the entity store through the KV API of those
+		// two buckets, reads the active set, and sends governed requests.
+		kv := func(b string) []string {
+			return []string{
+				"$JS.API.STREAM.INFO.KV_" + b, "$JS.API.DIRECT.GET.KV_" + b + ".>", "$JS.API.STREAM.MSG.GET.KV_" + b,
+				"$JS.API.CONSUMER.CREATE.KV_" + b + ".>", "$JS.API.CONSUMER.CREATE.KV_" + b, "$JS.API.CONSUMER.DELETE.KV_" + b + ".>",
+			}
+		}
+		pub := []string{s.All(KindRequest), "$JS.API.INFO", "$JS.FC.>",
+			"$KV." + t.BucketPolicyProposals() + ".>", "$KV." + t.BucketEntities() + ".>"}
+		for _, b := range []string{t.BucketPolicy(), t.BucketPolicyProposals(), t.BucketEntities()} {
+			pub = append(pub, kv(b)...)
+		}
+		return Permissions{Publish: pub, Subscribe: []string{inbox}}, nil
 	case RoleReaper:
 		return service(s.All(KindSession)), nil
 	case RoleAudit:
-		return service(), nil
+		// Dead letters are published by the audit alone: for its own poison
+		// messages and for the other consumers' advisories.
+		return service(s.All(KindDeadLetter)), nil
 	case RolePlatform:
 		return Permissions{Publish: []string{s.All(KindRequest)}, Subscribe: []string{inbox}}, nil
 	default:
@@ -230,5 +409,5 @@ func (t Topology) Permissions(role string) (Permissions, error) {
 
 // Roles lists every role of the bus.
 func Roles() []string {
-	return []string{RoleAuthn, RolePolicy, RoleReaper, RoleAudit, RolePlatform}
+	return []string{RoleAuthn, RolePolicy, RoleReaper, RoleAudit, RolePlatform, RoleOperator}
 }

@@ -23,8 +23,9 @@ func TestTopologyNames(t *testing.T) {
 		t.Errorf("names = %v, want %v", got, want)
 	}
 	streams := topo.Streams()
-	if len(streams) != 4 {
-		t.Fatalf("%d streams, want 4", len(streams))
+	// requests, verified, decisions, sessions, dead letters, advisories, governance.
+	if len(streams) != 7 {
+		t.Fatalf("%d streams, want 7", len(streams))
 	}
 	for _, s := range streams {
 		wantRetention := jetstream.LimitsPolicy
@@ -115,7 +116,7 @@ func TestTopologyPermissions(t *testing.T) {
 			[]string{request, session},
 			[]string{"_INBOX.authn.x"}, []string{"_INBOX.platform.x", request, decision}},
 		{schemas.RolePolicy,
-			[]string{decision, platformInbox, jsAPI},
+			[]string{decision, platformInbox, jsAPI, "aigov.policy.changed", "aigov.entity.changed", "aigov.approval.used"},
 			[]string{request, verified, session},
 			[]string{"_INBOX.policy.x"}, []string{"_INBOX.authn.x", decision}},
 		{schemas.RoleReaper,
@@ -126,6 +127,12 @@ func TestTopologyPermissions(t *testing.T) {
 			[]string{jsAPI},
 			[]string{request, verified, decision, session, platformInbox},
 			[]string{"_INBOX.audit.x"}, []string{"_INBOX.platform.x", decision}},
+		// The operator stages policy sets and edits entities through those
+		// buckets' KV API only, and sends governed requests.
+		{schemas.RoleOperator,
+			[]string{request, "$KV.aigov_entities.Model.x", "$KV.aigov_policy_proposals.abc", "$JS.API.STREAM.INFO.KV_aigov_policy"},
+			[]string{verified, decision, session, jsAPI, kvPut, "$KV.aigov_policy.active", "$KV.aigov_approvals.x", "aigov.policy.changed", platformInbox},
+			[]string{"_INBOX.operator.x"}, []string{platformInbox, decision}},
 		// The platform publishes requests and reads its own inbox, nothing
 		// else: it can never forge a decision or touch the JetStream API.
 		{schemas.RolePlatform,

@@ -20,6 +20,35 @@ if ! command -v go >/dev/null 2>&1; then
 fi
 log "go: $(go version)"
 
+# docker-compose: the deploy checks in `make test`
+# (services/devstack/internal/deploycheck) validate docker-compose.yml with
+# `docker-compose config`, which needs no Docker engine. Debian's package
+# (v1.29) is enough; a docker-compose already on PATH is kept.
+if command -v docker-compose >/dev/null 2>&1; then
+	log "docker-compose: already installed ($(docker-compose version --short 2>/dev/null || echo unknown version)); nothing to do"
+elif ! command -v apt-get >/dev/null 2>&1; then
+	log "docker-compose is missing and apt-get is not available; install docker-compose" \
+		"(e.g. pip install docker-compose, or your distribution's package)" >&2
+	exit 1
+else
+	dc_sudo=()
+	if [[ "$(id -u)" -ne 0 ]]; then
+		if ! command -v sudo >/dev/null 2>&1; then
+			log "docker-compose is missing and installing it needs root: re-run as root or install sudo" >&2
+			exit 1
+		fi
+		dc_sudo=(sudo)
+	fi
+	log "docker-compose not found; installing Debian's docker-compose with apt-get"
+	"${dc_sudo[@]}" apt-get update
+	"${dc_sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y docker-compose
+	command -v docker-compose >/dev/null 2>&1 || {
+		log "apt-get install docker-compose finished but docker-compose is not on PATH" >&2
+		exit 1
+	}
+	log "docker-compose: installed ($(docker-compose version --short 2>/dev/null || echo unknown version))"
+fi
+
 # Same search order as services/devenv/clickhouse.Available.
 find_clickhouse() {
 	if [[ -n "${AIGOV_CLICKHOUSE_SERVER:-}" ]]; then

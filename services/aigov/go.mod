@@ -3,6 +3,8 @@ module github.com/aigov/aigov/services/aigov
 go 1.26.8
 
 require (
+	github.com/ClickHouse/clickhouse-go/v2 v2.51.0
+	github.com/aigov/aigov/services/audit v0.0.0
 	github.com/aigov/aigov/schemas v0.0.0
 	github.com/nats-io/nats.go v1.55.0
 )
@@ -16,3 +18,5 @@ require (
 )
 
 replace github.com/aigov/aigov/schemas => ../../schemas
+
+replace github.com/aigov/aigov/services/audit => ../audit

@@ -56,12 +56,14 @@ func TestRunWritesAndStops(t *testing.T) {
 	done := make(chan error, 1)
 	go func() {
 		done <- run(ctx, runtime.MapLookup(map[string]string{
-			"AIGOV_NATS_URL":            ns.URL(),
-			"AIGOV_NATS_PASSWORD":       ns.Password(schemas.RoleAudit),
-			"AIGOV_HTTP_ADDR":           "127.0.0.1:0",
-			"AIGOV_LOG_LEVEL":           "warn",
-			"AIGOV_CLICKHOUSE_ADDR":     server.Addr(),
-			"AIGOV_CLICKHOUSE_DATABASE": db,
+			"AIGOV_NATS_URL":                 ns.URL(),
+			"AIGOV_NATS_PASSWORD":            ns.Password(schemas.RoleAudit),
+			"AIGOV_HTTP_ADDR":                "127.0.0.1:0",
+			"AIGOV_LOG_LEVEL":                "warn",
+			"AIGOV_CLICKHOUSE_ADDR":          server.Addr(),
+			"AIGOV_CLICKHOUSE_DATABASE":      db,
+			"AIGOV_AUDIT_SIGNING_KEY":        t.TempDir() + "/k.pem",
+			"AIGOV_AUDIT_SIGNING_KEY_CREATE": "true",
 		}))
 	}()
 

@@ -11,6 +11,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/aigov/aigov/services/policy/engine"
 	"github.com/aigov/aigov/services/policy/internal/decide"
 	"github.com/aigov/aigov/services/runtime"
 )
@@ -31,23 +32,28 @@ func run(ctx context.Context, lookup runtime.Lookup) error {
 	if err := env.Err(); err != nil {
 		return err
 	}
-	// Load before connecting: a broken policy set must stop the start.
-	set, err := decide.LoadDir(cfg.PolicyDir, cfg.EntitiesFile)
+	// Load before connecting: a broken seed must stop the start, even
+	// though the bucket's active set (if any) is what will be enforced.
+	set, err := engine.LoadDir(cfg.PolicyDir)
 	if err != nil {
 		return err
 	}
-	eval, err := decide.NewEvaluator(set, nil)
+	store, err := engine.LoadStore(cfg.EntitiesFile)
 	if err != nil {
 		return err
+	}
+	if err := set.ValidateEntities(store.Entities()); err != nil {
+		return fmt.Errorf("%s: %w", cfg.EntitiesFile, err)
 	}
 	svc, err := runtime.Start(ctx, common)
 	if err != nil {
 		return err
 	}
-	svc.Log.Info().Str("policy_version", set.Version()).Int("policies", len(set.PolicyIDs())).
-		Int("entities", set.EntityCount()).Str("policy_dir", cfg.PolicyDir).Msg("policy set loaded")
+	svc.Log.Info().Str("seed_version", set.Version()).Int("policies", len(set.PolicyIDs())).
+		Int("entities", store.Len()).Str("policy_dir", cfg.PolicyDir).Msg("seed policy set loaded")
 	d, err := decide.NewService(decide.Deps{
-		NC: svc.NC, JS: svc.JS, Topology: svc.Topology, Evaluator: eval,
+		NC: svc.NC, JS: svc.JS, Topology: svc.Topology, Seed: set, SeedEntities: store.Entities(),
+		ApprovalTeams: cfg.ApprovalTeams, ApprovalTTL: cfg.ApprovalTTL,
 		Log: svc.Log, Registry: svc.HTTP.Registry, Workers: cfg.Workers,
 	})
 	if err != nil {

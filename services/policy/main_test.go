@@ -128,6 +128,13 @@ func TestRunRejectsBadStart(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(bad, "entities.json"), []byte("[]"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	schema, err := os.ReadFile("../../policies/schema.cedarschema")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(bad, "schema.cedarschema"), schema, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	cases := []struct {
 		name string
 		env  map[string]string

@@ -1,4 +1,4 @@
-package decide
+package engine
 
 import (
 	"encoding/json"
@@ -19,6 +19,8 @@ const (
 	CtxMFA               = "mfa"
 	CtxSessionAgeSeconds = "session_age_seconds"
 	CtxApprovals         = "approvals"
+	CtxHourUTC           = "hour_utc"
+	CtxWeekday           = "weekday"
 )
 
 // MaxContextDepth bounds how deeply nested objects and arrays are converted;
@@ -38,8 +40,8 @@ var mfaMethods = []string{"mfa", "otp", "hwk"}
 // passed as a String holding its JSON text: a policy comparing it with a
 // Long then errors, which denies, rather than silently seeing no value.
 // null is dropped, as Cedar has no null: `context has x` is false.
-func contextRecord(reqCtx map[string]any, p schemas.Principal, now time.Time) cedar.Record {
-	m := make(cedar.RecordMap, len(reqCtx)+4)
+func contextRecord(reqCtx map[string]any, p schemas.Principal, now time.Time, approvals []string) cedar.Record {
+	m := make(cedar.RecordMap, len(reqCtx)+6)
 	for k, v := range reqCtx {
 		if cv, ok := toValue(v, 1); ok {
 			m[cedar.String(k)] = cv
@@ -51,13 +53,22 @@ func contextRecord(reqCtx map[string]any, p schemas.Principal, now time.Time) ce
 		scopes = append(scopes, cedar.String(s))
 	}
 	m[CtxScopes] = cedar.NewSet(scopes...)
-	m[CtxMFA] = cedar.Boolean(slices.ContainsFunc(p.AMR, func(a string) bool { return slices.Contains(mfaMethods, a) }))
+	m[CtxMFA] = cedar.Boolean(p.MFA || slices.ContainsFunc(p.AMR, func(a string) bool { return slices.Contains(mfaMethods, a) }))
 	m[CtxSessionAgeSeconds] = cedar.Long(sessionAge(p.AuthTime, now))
-	// Approvals will come from a trusted store; requester-supplied ones are
-	// never believed, so until then the set is empty.
-	m[CtxApprovals] = cedar.NewSet()
+	utc := now.UTC()
+	m[CtxHourUTC] = cedar.Long(utc.Hour())
+	m[CtxWeekday] = cedar.String(weekdays[utc.Weekday()])
+	// Approvals come from the approvals store only, never the requester.
+	teams := make([]cedar.Value, 0, len(approvals))
+	for _, t := range approvals {
+		teams = append(teams, cedar.String(t))
+	}
+	m[CtxApprovals] = cedar.NewSet(teams...)
 	return cedar.NewRecord(m)
 }
+
+// weekdays are lower-case English day names, indexed by time.Weekday.
+var weekdays = [7]string{"sunday", "monday", "tuesday", "wednesday", "thursday", "friday", "saturday"}
 
 // sessionAge is whole seconds since the login; 0 without auth_time, and
 // never negative when the IdP's clock runs ahead of ours.

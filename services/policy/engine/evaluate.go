@@ -1,4 +1,4 @@
-package decide
+package engine
 
 import (
 	"errors"
@@ -21,27 +21,57 @@ const (
 	TypeAction   cedar.EntityType = "Action"
 )
 
-// Evaluator decides verified requests against one policy set. It is safe
-// for concurrent use.
+// Approvals returns the unexpired approvals of a request digest. The
+// evaluator drops those of the requester and counts each approver once.
+type Approvals func(digest string) []schemas.Approval
+
+// Evaluator decides verified requests against one policy set and one
+// snapshot of the entity store. It is immutable and safe for concurrent
+// use; a new set or store makes a new Evaluator.
 type Evaluator struct {
-	set   *Set
-	clock func() time.Time
+	set       *Set
+	store     *Store
+	approvals Approvals
+	clock     func() time.Time
 }
 
-// NewEvaluator decides with set; clock defaults to time.Now and exists so
-// tests can fix session ages.
-func NewEvaluator(set *Set, clock func() time.Time) (*Evaluator, error) {
-	if set == nil {
-		return nil, errors.New("decide: nil policy set")
+// Options are an evaluator's optional inputs.
+type Options struct {
+	// Approvals looks approvals up by digest; nil means none exist.
+	Approvals Approvals
+	// Clock defaults to time.Now; tests fix it to pin session ages.
+	Clock func() time.Time
+}
+
+// NewEvaluator decides with set and the resources in store.
+func NewEvaluator(set *Set, store *Store, opts Options) (*Evaluator, error) {
+	switch {
+	case set == nil:
+		return nil, errors.New("engine: nil policy set")
+	case store == nil:
+		return nil, errors.New("engine: nil entity store")
 	}
-	if clock == nil {
-		clock = time.Now
+	if opts.Clock == nil {
+		opts.Clock = time.Now
 	}
-	return &Evaluator{set: set, clock: clock}, nil
+	return &Evaluator{set: set, store: store, approvals: opts.Approvals, clock: opts.Clock}, nil
 }
 
 // Set is the policy set the evaluator decides with.
 func (e *Evaluator) Set() *Set { return e.set }
+
+// Store is the entity store snapshot the evaluator decides with.
+func (e *Evaluator) Store() *Store { return e.store }
+
+// Result is a decision with what the service needs to record about it.
+type Result struct {
+	Decision schemas.Decision
+	// Digest is the request's ApprovalDigest; empty when it was not computed.
+	Digest string
+	// Approvals are the approvals that were counted (one per approver,
+	// never the requester's), sorted by approver.
+	Approvals []schemas.Approval
+}
 
 // Decide turns a verified request into a decision. It never fails: input
 // it cannot decide on becomes a deny with a code.
@@ -50,12 +80,21 @@ func (e *Evaluator) Set() *Set { return e.set }
 // an allow, the matching forbids for a policy_denied (none when nothing
 // permitted), and the policies that failed to evaluate for a policy_error.
 func (e *Evaluator) Decide(v schemas.Verified) schemas.Decision {
-	d := e.decide(v, e.clock())
-	d.Timings = timings(v, e.clock())
-	return d
+	return e.Evaluate(v).Decision
 }
 
-func (e *Evaluator) decide(v schemas.Verified, now time.Time) schemas.Decision {
+// Evaluate is Decide with the approvals that were counted.
+func (e *Evaluator) Evaluate(v schemas.Verified) Result {
+	now := e.clock()
+	r := e.decide(v, now)
+	r.Decision.Timings = timings(v, e.clock())
+	if r.Decision.Allowed() { // an allowed job.start grants a lease, which the reaper enforces (issue 6)
+		r.Decision.Lease = schemas.LeaseFor(r.Decision.Action, r.Decision.RequestID, now, schemas.DefaultLeaseTTL)
+	}
+	return r
+}
+
+func (e *Evaluator) decide(v schemas.Verified, now time.Time) Result {
 	p := v.Principal
 	d := schemas.Decision{
 		RequestID:        v.RequestID,
@@ -69,17 +108,47 @@ func (e *Evaluator) decide(v schemas.Verified, now time.Time) schemas.Decision {
 		SessionKey:       v.SessionKey,
 		TokenFingerprint: v.TokenFingerprint,
 	}
-	req, entities, err := e.request(v, now)
+	req, entities, res, err := e.request(v, now)
 	switch {
 	case errors.Is(err, errUnknownResource):
 		d.Code, d.Reason = schemas.CodeUnknownResource, err.Error()
-		return d
+		res.Decision = d
+		return res
 	case err != nil:
 		d.Code, d.Reason = schemas.CodeMalformedRequest, err.Error()
-		return d
+		res.Decision = d
+		return res
 	}
+	d.Approvals = schemas.SortedTeams(res.Approvals)
+	outcome(&d, e.set.enforced, entities, req, v.Request)
+	if e.set.withShadow != nil {
+		d.Shadow = e.shadow(entities, req, v.Request)
+	}
+	res.Decision = d
+	return res
+}
 
-	decision, diag := cedar.Authorize(e.set.policies, entities, req)
+// shadow evaluates the set with its @shadow policies enforced.
+func (e *Evaluator) shadow(entities cedar.EntityMap, req cedar.Request, r schemas.Request) *schemas.ShadowOutcome {
+	var sd schemas.Decision
+	outcome(&sd, e.set.withShadow, entities, req, r)
+	out := &schemas.ShadowOutcome{Decision: sd.Decision, PolicyIDs: sd.PolicyIDs, Errors: sd.PolicyErrors}
+	if sd.Decision == "" {
+		out.Decision = schemas.Deny
+	}
+	for _, id := range sd.PolicyIDs {
+		if slices.Contains(e.set.shadowIDs, id) {
+			out.Matched = append(out.Matched, id)
+		}
+	}
+	slices.Sort(out.Matched)
+	return out
+}
+
+// outcome evaluates ps and fills the decision's outcome fields.
+func outcome(d *schemas.Decision, ps *cedar.PolicySet, entities cedar.EntityMap, req cedar.Request, r schemas.Request) {
+	d.Decision = schemas.Deny
+	decision, diag := cedar.Authorize(ps, entities, req)
 	switch {
 	case len(diag.Errors) > 0:
 		// Cedar skips a policy that errors, so an erroring forbid would not
@@ -101,10 +170,9 @@ func (e *Evaluator) decide(v schemas.Verified, now time.Time) schemas.Decision {
 		if len(d.PolicyIDs) > 0 {
 			d.Reason = "forbidden by " + strings.Join(d.PolicyIDs, ", ")
 		} else {
-			d.Reason = fmt.Sprintf("no policy permits %s on %s", v.Request.Action, v.Request.Resource)
+			d.Reason = fmt.Sprintf("no policy permits %s on %s", r.Action, r.Resource)
 		}
 	}
-	return d
 }
 
 var errUnknownResource = errors.New("resource is not in the trusted entity store")
@@ -112,10 +180,11 @@ var errUnknownResource = errors.New("resource is not in the trusted entity store
 // request builds the Cedar request and the entities it needs: the
 // principal (from the verified token, never the store), its groups, the
 // action and the resource with their stored ancestors.
-func (e *Evaluator) request(v schemas.Verified, now time.Time) (cedar.Request, cedar.EntityMap, error) {
+func (e *Evaluator) request(v schemas.Verified, now time.Time) (cedar.Request, cedar.EntityMap, Result, error) {
+	var res Result
 	r, p := v.Request, v.Principal
 	if err := r.Validate(); err != nil {
-		return cedar.Request{}, nil, fmt.Errorf("request: %w", err)
+		return cedar.Request{}, nil, res, fmt.Errorf("request: %w", err)
 	}
 	ptype := TypeUser
 	switch p.Type {
@@ -123,34 +192,44 @@ func (e *Evaluator) request(v schemas.Verified, now time.Time) (cedar.Request, c
 	case schemas.PrincipalWorkload:
 		ptype = TypeWorkload
 	default:
-		return cedar.Request{}, nil, fmt.Errorf("principal type %q is neither %s nor %s", p.Type, schemas.PrincipalUser, schemas.PrincipalWorkload)
+		return cedar.Request{}, nil, res, fmt.Errorf("principal type %q is neither %s nor %s", p.Type, schemas.PrincipalUser, schemas.PrincipalWorkload)
 	}
 	if p.ID == "" {
-		return cedar.Request{}, nil, errors.New("principal has no id")
+		return cedar.Request{}, nil, res, errors.New("principal has no id")
 	}
 
 	resource := cedar.NewEntityUID(cedar.EntityType(r.Resource.Type), cedar.String(r.Resource.ID))
-	if _, ok := e.set.entities[resource]; !ok {
-		return cedar.Request{}, nil, fmt.Errorf("%s: %w", r.Resource, errUnknownResource)
+	if !e.store.Has(resource) {
+		return cedar.Request{}, nil, res, fmt.Errorf("%s: %w", r.Resource, errUnknownResource)
 	}
 	action := cedar.NewEntityUID(TypeAction, cedar.String(r.Action))
 	principal := cedar.NewEntityUID(ptype, cedar.String(p.ID))
 
 	entities := make(cedar.EntityMap, 4+len(p.Groups))
-	e.set.addStored(entities, resource)
-	e.set.addStored(entities, action)
+	e.store.addStored(entities, resource)
+	e.store.addStored(entities, action)
 	groups := make([]cedar.EntityUID, 0, len(p.Groups))
 	for _, g := range p.Groups {
 		uid := cedar.NewEntityUID(TypeGroup, cedar.String(g))
 		groups = append(groups, uid)
-		if !e.set.addStored(entities, uid) {
+		if !e.store.addStored(entities, uid) {
 			if _, ok := entities[uid]; !ok {
 				entities[uid] = cedar.Entity{UID: uid}
 			}
 		}
 	}
 	// The principal goes in last: its identity and groups come from the
-	// token, whatever the store may say about the same uid.
+	// token, whatever the store may say about the same uid. The identity
+	// provider's extra attributes become tags (principal.hasTag("x")),
+	// since their names are not known to the schema.
+	var tags cedar.Record
+	if len(p.Attributes) > 0 {
+		tm := make(cedar.RecordMap, len(p.Attributes))
+		for k, val := range p.Attributes {
+			tm[cedar.String(k)] = cedar.String(val)
+		}
+		tags = cedar.NewRecord(tm)
+	}
 	entities[principal] = cedar.Entity{
 		UID:     principal,
 		Parents: cedar.NewEntityUIDSet(groups...),
@@ -160,13 +239,45 @@ func (e *Evaluator) request(v schemas.Verified, now time.Time) (cedar.Request, c
 			"issuer":  cedar.String(p.Issuer),
 			"name":    cedar.String(p.Name),
 		}),
+		Tags: tags,
+	}
+
+	var teams []string
+	if e.approvals != nil {
+		digest, err := schemas.ApprovalDigest(r.Action, r.Resource, r.Context)
+		if err != nil {
+			return cedar.Request{}, nil, res, err
+		}
+		res.Digest = digest
+		res.Approvals = countable(e.approvals(digest), digest, p.ID, now)
+		teams = schemas.SortedTeams(res.Approvals)
 	}
 	return cedar.Request{
 		Principal: principal,
 		Action:    action,
 		Resource:  resource,
-		Context:   contextRecord(r.Context, p, now),
-	}, entities, nil
+		Context:   contextRecord(r.Context, p, now, teams),
+	}, entities, res, nil
+}
+
+// countable keeps the approvals that count: of this digest, unexpired, not
+// by the requester, one per approver (the earliest grant).
+func countable(all []schemas.Approval, digest, requester string, now time.Time) []schemas.Approval {
+	out := make([]schemas.Approval, 0, len(all))
+	for _, a := range all {
+		if a.Digest != digest || a.ApproverID == "" || a.ApproverID == requester || !now.Before(a.ExpiresAt) {
+			continue
+		}
+		if i := slices.IndexFunc(out, func(b schemas.Approval) bool { return b.ApproverID == a.ApproverID }); i >= 0 {
+			if a.GrantedAt.Before(out[i].GrantedAt) {
+				out[i] = a
+			}
+			continue
+		}
+		out = append(out, a)
+	}
+	slices.SortFunc(out, func(a, b schemas.Approval) int { return strings.Compare(a.ApproverID, b.ApproverID) })
+	return out
 }
 
 func reasonIDs(diag cedar.Diagnostic) []string {

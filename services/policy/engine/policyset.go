@@ -1,10 +1,9 @@
-package decide
+package engine
 
 import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -14,64 +13,99 @@ import (
 	"strings"
 
 	"github.com/cedar-policy/cedar-go"
+	xast "github.com/cedar-policy/cedar-go/x/exp/ast"
+	"github.com/cedar-policy/cedar-go/x/exp/schema"
+	"github.com/cedar-policy/cedar-go/x/exp/schema/validate"
 )
 
-// MaxFileBytes bounds one policy or entities file, so that a wrong path (a
-// log file, a dataset) fails start-up instead of exhausting memory.
+// MaxFileBytes bounds one policy, schema or entities file, so that a wrong
+// path (a log file, a dataset) fails instead of exhausting memory.
 const MaxFileBytes = 16 << 20
+
+// MaxBundleBytes bounds a whole policy set: what a push may store in
+// JetStream and what a replica compiles.
+const MaxBundleBytes = 1 << 20
+
+// File name suffixes of a policy set's parts.
+const (
+	PolicySuffix = ".cedar"
+	SchemaSuffix = ".cedarschema"
+)
+
+// Annotations aigov reads.
+const (
+	// AnnotationID names a policy; decisions report it. Required and unique.
+	AnnotationID = "id"
+	// AnnotationShadow marks a policy that is evaluated and reported in
+	// Decision.Shadow but not enforced, so a rule can be watched on live
+	// traffic before it bites.
+	AnnotationShadow = "shadow"
+)
 
 // File is one input of a policy set: its base name and content.
 type File struct {
-	Name string
-	Data []byte
+	Name string `json:"name"`
+	Data []byte `json:"data"`
 }
 
-// Set is a loaded policy set with its trusted entity store. It is immutable
-// after Compile and safe for concurrent use.
+// Set is a compiled, validated policy set. It is immutable and safe for
+// concurrent use.
 type Set struct {
-	policies *cedar.PolicySet
-	ids      []string
-	entities cedar.EntityMap
-	// ancestors holds, per stored entity, every stored entity reachable
-	// through its parents, computed once so that a request copies only the
-	// few entities it needs instead of the whole store.
-	ancestors map[cedar.EntityUID][]cedar.EntityUID
-	version   string
+	// enforced decides; withShadow adds the shadow policies and is nil when
+	// there are none.
+	enforced   *cedar.PolicySet
+	withShadow *cedar.PolicySet
+	ids        []string
+	shadowIDs  []string
+	validator  *validate.Validator
+	files      []File
+	version    string
 }
 
-// LoadDir reads every *.cedar file in dir (sorted by name) and the entities
-// file, and compiles them.
-func LoadDir(dir, entitiesFile string) (*Set, error) {
-	paths, err := filepath.Glob(filepath.Join(dir, "*.cedar"))
-	if err != nil {
-		return nil, fmt.Errorf("list policies in %s: %w", dir, err)
-	}
-	var files []File
-	for _, p := range paths {
-		st, err := os.Stat(p)
-		if err != nil {
-			return nil, fmt.Errorf("stat policy file: %w", err)
-		}
-		if st.IsDir() {
-			continue
-		}
-		data, err := readBounded(p)
-		if err != nil {
-			return nil, err
-		}
-		files = append(files, File{Name: filepath.Base(p), Data: data})
-	}
-	if len(files) == 0 {
-		return nil, fmt.Errorf("load policy set: no *.cedar files in %s", dir)
-	}
-	data, err := readBounded(entitiesFile)
+// LoadDir reads a policy set from dir: every *.cedar file and exactly one
+// *.cedarschema file, sorted by name. Other files are not part of the set.
+func LoadDir(dir string) (*Set, error) {
+	files, err := ReadDir(dir)
 	if err != nil {
 		return nil, err
 	}
-	return Compile(files, File{Name: filepath.Base(entitiesFile), Data: data})
+	return Compile(files)
 }
 
-func readBounded(path string) ([]byte, error) {
+// ReadDir reads the files of the policy set in dir without compiling them.
+func ReadDir(dir string) ([]File, error) {
+	var files []File
+	for _, pattern := range []string{"*" + PolicySuffix, "*" + SchemaSuffix} {
+		paths, err := filepath.Glob(filepath.Join(dir, pattern))
+		if err != nil {
+			return nil, fmt.Errorf("list %s in %s: %w", pattern, dir, err)
+		}
+		for _, p := range paths {
+			st, err := os.Stat(p)
+			if err != nil {
+				return nil, fmt.Errorf("stat policy file: %w", err)
+			}
+			if st.IsDir() {
+				continue
+			}
+			data, err := ReadBounded(p)
+			if err != nil {
+				return nil, err
+			}
+			files = append(files, File{Name: filepath.Base(p), Data: data})
+		}
+	}
+	if !slices.ContainsFunc(files, func(f File) bool { return strings.HasSuffix(f.Name, PolicySuffix) }) {
+		return nil, fmt.Errorf("load policy set: no *%s files in %s", PolicySuffix, dir)
+	}
+	if !slices.ContainsFunc(files, func(f File) bool { return strings.HasSuffix(f.Name, SchemaSuffix) }) {
+		return nil, fmt.Errorf("load policy set: no *%s file in %s: every set is validated against a schema", SchemaSuffix, dir)
+	}
+	return files, nil
+}
+
+// ReadBounded reads a file of at most MaxFileBytes.
+func ReadBounded(path string) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", path, err)
@@ -87,20 +121,52 @@ func readBounded(path string) ([]byte, error) {
 	return data, nil
 }
 
-// Compile parses the policy files and the entity store. It rejects, naming
-// file and policy, a file that does not parse, a policy without @id and an
-// @id used twice; every violation is reported at once.
-func Compile(policyFiles []File, entities File) (*Set, error) {
-	files := slices.Clone(policyFiles)
+// Compile parses and validates a policy set. It rejects, naming file and
+// policy, a file that does not parse, a policy without @id, an @id used
+// twice, a schema that does not resolve and a policy the schema rejects;
+// every violation is reported at once and nothing of a rejected set is
+// usable. With no *.cedarschema file the policies are not validated: only
+// tests compile such sets, and the service refuses them (Validated).
+func Compile(files []File) (*Set, error) {
+	files = slices.Clone(files)
 	slices.SortFunc(files, func(a, b File) int { return strings.Compare(a.Name, b.Name) })
-	if len(files) == 0 {
-		return nil, errors.New("load policy set: no policy files")
+	var errs []error
+	var policyFiles, schemaFiles []File
+	size := 0
+	for _, f := range files {
+		size += len(f.Name) + len(f.Data)
+		switch {
+		case strings.HasSuffix(f.Name, PolicySuffix):
+			policyFiles = append(policyFiles, f)
+		case strings.HasSuffix(f.Name, SchemaSuffix):
+			schemaFiles = append(schemaFiles, f)
+		default:
+			errs = append(errs, fmt.Errorf("%s: neither *%s nor *%s", f.Name, PolicySuffix, SchemaSuffix))
+		}
+	}
+	if size > MaxBundleBytes {
+		errs = append(errs, fmt.Errorf("policy set is %d bytes, more than %d", size, MaxBundleBytes))
+	}
+	if len(policyFiles) == 0 {
+		errs = append(errs, errors.New("no policy files"))
+	}
+	if len(schemaFiles) > 1 {
+		errs = append(errs, fmt.Errorf("%d schema files, want one", len(schemaFiles)))
 	}
 
-	ps := cedar.NewPolicySet()
+	var validator *validate.Validator
+	if len(schemaFiles) == 1 {
+		v, err := compileSchema(schemaFiles[0])
+		if err != nil {
+			errs = append(errs, err)
+		}
+		validator = v
+	}
+
+	enforced, all := cedar.NewPolicySet(), cedar.NewPolicySet()
 	firstSeen := map[string]string{} // @id → file:line, for duplicate reports
-	var errs []error
-	for _, f := range files {
+	var ids, shadowIDs []string
+	for _, f := range policyFiles {
 		list, err := cedar.NewPolicyListFromBytes(f.Name, f.Data)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", f.Name, err))
@@ -108,76 +174,69 @@ func Compile(policyFiles []File, entities File) (*Set, error) {
 		}
 		for i, p := range list {
 			loc := fmt.Sprintf("%s:%d", f.Name, p.Position().Line)
-			id := strings.TrimSpace(string(p.Annotations()["id"]))
+			ann := p.Annotations()
+			id := strings.TrimSpace(string(ann[AnnotationID]))
 			switch prev, dup := firstSeen[id]; {
 			case id == "":
 				errs = append(errs, fmt.Errorf("%s: policy #%d has no @id annotation", loc, i+1))
+				continue
 			case dup:
 				errs = append(errs, fmt.Errorf("%s: duplicate @id %q, first used at %s", loc, id, prev))
-			default:
-				firstSeen[id] = loc
-				ps.Add(cedar.PolicyID(id), p)
+				continue
 			}
+			firstSeen[id] = loc
+			if validator != nil {
+				if err := validator.Policy(id, (*xast.Policy)(p.AST())); err != nil {
+					errs = append(errs, fmt.Errorf("%s: policy %q does not validate against the schema: %w", loc, id, err))
+				}
+			}
+			all.Add(cedar.PolicyID(id), p)
+			if _, shadow := ann[AnnotationShadow]; shadow {
+				shadowIDs = append(shadowIDs, id)
+				continue
+			}
+			enforced.Add(cedar.PolicyID(id), p)
+			ids = append(ids, id)
 		}
-	}
-
-	var store cedar.EntityMap
-	if err := json.Unmarshal(entities.Data, &store); err != nil {
-		errs = append(errs, fmt.Errorf("%s: entities: %w", entities.Name, err))
 	}
 	if len(errs) > 0 {
 		return nil, fmt.Errorf("load policy set: %w", errors.Join(errs...))
 	}
-
-	ids := make([]string, 0, len(firstSeen))
-	for id := range firstSeen {
-		ids = append(ids, id)
-	}
 	slices.Sort(ids)
-	return &Set{
-		policies:  ps,
+	slices.Sort(shadowIDs)
+	s := &Set{
+		enforced:  enforced,
 		ids:       ids,
-		entities:  store,
-		ancestors: ancestorsOf(store),
-		version:   versionOf(files, entities),
-	}, nil
-}
-
-// ancestorsOf walks each entity's parents through the store. The visited
-// set bounds the walk by the store's size and makes cycles harmless.
-func ancestorsOf(store cedar.EntityMap) map[cedar.EntityUID][]cedar.EntityUID {
-	out := make(map[cedar.EntityUID][]cedar.EntityUID, len(store))
-	for uid, e := range store {
-		seen := map[cedar.EntityUID]bool{uid: true}
-		queue := e.Parents.Slice()
-		var found []cedar.EntityUID
-		for len(queue) > 0 {
-			p := queue[0]
-			queue = queue[1:]
-			if seen[p] {
-				continue
-			}
-			seen[p] = true
-			pe, ok := store[p]
-			if !ok {
-				// A parent outside the store still counts for `in` through
-				// the child's own parent list; there is nothing to copy.
-				continue
-			}
-			found = append(found, p)
-			queue = append(queue, pe.Parents.Slice()...)
-		}
-		if len(found) > 0 {
-			out[uid] = found
-		}
+		shadowIDs: shadowIDs,
+		validator: validator,
+		files:     files,
+		version:   Version(files),
 	}
-	return out
+	if len(shadowIDs) > 0 {
+		s.withShadow = all
+	}
+	return s, nil
 }
 
-// versionOf hashes the (name, content) pairs: the policy files sorted by
-// name, then the entities file. Lengths are written before each part so that
-// moving bytes between a name and a content changes the hash.
-func versionOf(sortedPolicies []File, entities File) string {
+func compileSchema(f File) (*validate.Validator, error) {
+	var s schema.Schema
+	s.SetFilename(f.Name)
+	if err := s.UnmarshalCedar(f.Data); err != nil {
+		return nil, fmt.Errorf("%s: schema: %w", f.Name, err)
+	}
+	r, err := s.Resolve()
+	if err != nil {
+		return nil, fmt.Errorf("%s: schema: %w", f.Name, err)
+	}
+	return validate.New(r, validate.WithStrict()), nil
+}
+
+// Version hashes the (name, content) pairs of a set's files sorted by name:
+// "sha256:" and the hex digest. Lengths are written before each part so
+// that moving bytes between a name and a content changes the hash.
+func Version(files []File) string {
+	files = slices.Clone(files)
+	slices.SortFunc(files, func(a, b File) int { return strings.Compare(a.Name, b.Name) })
 	h := sha256.New()
 	var n [8]byte
 	write := func(b []byte) {
@@ -185,32 +244,45 @@ func versionOf(sortedPolicies []File, entities File) string {
 		h.Write(n[:])
 		h.Write(b)
 	}
-	for _, f := range append(slices.Clone(sortedPolicies), entities) {
+	for _, f := range files {
 		write([]byte(f.Name))
 		write(f.Data)
 	}
 	return "sha256:" + hex.EncodeToString(h.Sum(nil))
 }
 
-// Version is "sha256:" and the hex hash of the set's files; it changes
-// whenever a policy or the entity store does.
+// Version is "sha256:" and the hex hash of the set's files (policies and
+// schema); it changes whenever a policy or the schema does.
 func (s *Set) Version() string { return s.version }
 
-// PolicyIDs lists the @id of every policy, sorted.
+// PolicyIDs lists the @id of every enforced policy, sorted.
 func (s *Set) PolicyIDs() []string { return slices.Clone(s.ids) }
 
-// EntityCount is the number of entities in the trusted store.
-func (s *Set) EntityCount() int { return len(s.entities) }
+// ShadowIDs lists the @id of every shadow policy, sorted.
+func (s *Set) ShadowIDs() []string { return slices.Clone(s.shadowIDs) }
 
-// addStored copies a stored entity and its stored ancestors into m.
-func (s *Set) addStored(m cedar.EntityMap, uid cedar.EntityUID) bool {
-	e, ok := s.entities[uid]
-	if !ok {
-		return false
+// Files returns the set's files, sorted by name: what a push stores.
+func (s *Set) Files() []File { return slices.Clone(s.files) }
+
+// Validated reports whether the set was validated against a schema. The
+// service activates only validated sets.
+func (s *Set) Validated() bool { return s.validator != nil }
+
+// ValidateEntities checks entities against the set's schema; a set without
+// a schema accepts any.
+func (s *Set) ValidateEntities(m cedar.EntityMap) error {
+	if s.validator == nil {
+		return nil
 	}
-	m[uid] = e
-	for _, a := range s.ancestors[uid] {
-		m[a] = s.entities[a]
+	var msgs []string
+	for uid, e := range m {
+		if err := s.validator.Entity(e); err != nil {
+			msgs = append(msgs, fmt.Sprintf("%s: %v", uid, err))
+		}
 	}
-	return true
+	if len(msgs) == 0 {
+		return nil
+	}
+	slices.Sort(msgs)
+	return fmt.Errorf("entities do not conform to the schema: %s", strings.Join(msgs, "; "))
 }

@@ -31,6 +31,9 @@ const usage = `usage: aigov <command> [flags]
 
 commands:
   authorize   send one request and print the decision (exit 0 allow, 3 deny)
+  sessions    list live sessions, or revoke by --session, --subject or --issuer (kill switch)
+  leases      list live job leases
+  audit       audit verify: recompute the audit hash chain against its signed checkpoints
 
 Run 'aigov <command> -h' for the command's flags.
 `
@@ -44,6 +47,12 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer, lookup fu
 	switch args[0] {
 	case "authorize":
 		return authorize(ctx, args[1:], stdout, stderr, lookup)
+	case "sessions":
+		return sessionsCmd(ctx, args[1:], stdout, stderr, lookup)
+	case "leases":
+		return leasesCmd(ctx, args[1:], stdout, stderr, lookup)
+	case "audit":
+		return auditCmd(ctx, args[1:], stdout, stderr, lookup)
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return ExitAllow

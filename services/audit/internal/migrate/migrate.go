@@ -22,6 +22,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"text/template"
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2"
@@ -109,23 +110,36 @@ func Load(fsys fs.FS) ([]Migration, error) {
 	return out, nil
 }
 
-// Statements returns the migration's statements for database db, with
-// comments removed, split on the semicolons outside quotes: the native
-// protocol runs one statement per query.
+// Statements returns the migration's statements for database db on a
+// server with no optional features (ClickHouse 18.16).
 func (m Migration) Statements(db string) ([]string, error) {
+	return m.StatementsFor(db, Features{})
+}
+
+// StatementsFor returns the migration's statements for database db on a
+// server with features f, with comments removed, split on the semicolons
+// outside quotes: the native protocol runs one statement per query.
+//
+// A migration is a text/template: {{db}} is the database, and the functions
+// of Features.funcs ({{dt64}}, {{lc "String"}}, {{codec "ZSTD(3)"}},
+// {{ttl "event_time"}}) expand to a feature where the server has it and to
+// the portable form where it does not. The checksum is of the template, so
+// one file is one version whatever server it ran on.
+func (m Migration) StatementsFor(db string, f Features) ([]string, error) {
 	if err := ValidateDatabase(db); err != nil {
 		return nil, err
 	}
-	stmts, err := split(m.SQL)
+	tmpl, err := template.New(m.Name).Option("missingkey=error").Funcs(f.funcs(db)).Parse(m.SQL)
 	if err != nil {
 		return nil, fmt.Errorf("migration %s: %w", m.Name, err)
 	}
-	for i, s := range stmts {
-		s = strings.ReplaceAll(s, Placeholder, db)
-		if strings.Contains(s, "{{") {
-			return nil, fmt.Errorf("migration %s: statement %d has an unknown {{placeholder}}", m.Name, i+1)
-		}
-		stmts[i] = s
+	var buf strings.Builder
+	if err := tmpl.Execute(&buf, f); err != nil {
+		return nil, fmt.Errorf("migration %s: %w", m.Name, err)
+	}
+	stmts, err := split(buf.String())
+	if err != nil {
+		return nil, fmt.Errorf("migration %s: %w", m.Name, err)
 	}
 	if len(stmts) == 0 {
 		return nil, fmt.Errorf("migration %s has no statements", m.Name)
@@ -256,6 +270,19 @@ func Applied(ctx context.Context, conn driver.Conn, db string) ([]Record, error)
 // a version already recorded with a different checksum stops it with
 // ErrChanged before anything runs.
 func Apply(ctx context.Context, conn driver.Conn, db string, ms []Migration, log zerolog.Logger) ([]uint32, error) {
+	return ApplyWith(ctx, conn, db, ms, Options{}, log)
+}
+
+// Options tune how migrations are rendered.
+type Options struct {
+	// RetentionDays, when above 0, adds a TTL of that many days to the
+	// tables whose migration asks for one, on servers with TTL.
+	RetentionDays int
+}
+
+// ApplyWith is Apply with options. It reads the server's version first and
+// renders every migration for that version's features (FeaturesFor).
+func ApplyWith(ctx context.Context, conn driver.Conn, db string, ms []Migration, o Options, log zerolog.Logger) ([]uint32, error) {
 	if conn == nil {
 		return nil, errors.New("migrate: nil clickhouse conn")
 	}
@@ -269,6 +296,12 @@ func Apply(ctx context.Context, conn driver.Conn, db string, ms []Migration, log
 	if err != nil {
 		return nil, err
 	}
+	var version string
+	if err := conn.QueryRow(ctx, "SELECT version()").Scan(&version); err != nil {
+		return nil, fmt.Errorf("read server version: %w", err)
+	}
+	feats := FeaturesFor(version)
+	feats.RetentionDays = max(o.RetentionDays, 0)
 	done := make(map[uint32]Record, len(recs))
 	for _, r := range recs {
 		done[r.Version] = r
@@ -286,7 +319,7 @@ func Apply(ctx context.Context, conn driver.Conn, db string, ms []Migration, log
 		if _, ok := done[m.Version]; ok {
 			continue
 		}
-		stmts, err := m.Statements(db)
+		stmts, err := m.StatementsFor(db, feats)
 		if err != nil {
 			return applied, err
 		}
@@ -299,7 +332,7 @@ func Apply(ctx context.Context, conn driver.Conn, db string, ms []Migration, log
 			return applied, fmt.Errorf("record migration %s: %w", m.Name, err)
 		}
 		applied = append(applied, m.Version)
-		log.Info().Str("database", db).Uint32("version", m.Version).Str("migration", m.Name).Int("statements", len(stmts)).Msg("migration applied")
+		log.Info().Str("database", db).Uint32("version", m.Version).Str("migration", m.Name).Int("statements", len(stmts)).Str("server_version", version).Msg("migration applied")
 	}
 	return applied, nil
 }
@@ -333,6 +366,7 @@ func exec(ctx context.Context, conn driver.Conn, stmt string) error {
 // Server error codes meaning "the object you create is already there".
 const (
 	codeDuplicateColumn       = 15
+	codeIllegalColumn         = 44 // 18.16's ADD COLUMN of a column that exists
 	codeTableAlreadyExists    = 57
 	codeTableMetadataExists   = 58
 	codeDatabaseAlreadyExists = 82
@@ -342,6 +376,9 @@ func alreadyExists(err error) bool {
 	var ex *clickhouse.Exception
 	if !errors.As(err, &ex) {
 		return false
+	}
+	if ex.Code == codeIllegalColumn {
+		return strings.Contains(ex.Message, "already exists")
 	}
 	switch ex.Code {
 	case codeDuplicateColumn, codeTableAlreadyExists, codeTableMetadataExists, codeDatabaseAlreadyExists:

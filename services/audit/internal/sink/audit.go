@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aigov/aigov/schemas"
+	"github.com/aigov/aigov/services/audit/chain"
 	"github.com/aigov/aigov/services/runtime"
 )
 
@@ -20,6 +21,12 @@ type Audit struct {
 	conn   driver.Conn
 	writer *Writer
 	lanes  []lane
+	// dlqLane writes the dead-letter stream; dead turns advisories into
+	// dead letters.
+	dlqLane    *streamLane
+	dead       *deadLetters
+	deadCons   jetstream.Consumer
+	deadRunner *runtime.Runner
 }
 
 // lane is one consumer and the runner and handler that drain it.
@@ -27,6 +34,7 @@ type lane struct {
 	consumer jetstream.Consumer
 	runner   *runtime.Runner
 	handle   runtime.BatchHandler
+	stream   *streamLane
 }
 
 // Start connects to ClickHouse (waiting for it up to the startup timeout),
@@ -56,25 +64,52 @@ func start(ctx context.Context, cfg Config, svc *runtime.Service, conn driver.Co
 	if err != nil {
 		return nil, err
 	}
+	key, err := chain.LoadOrCreateKey(cfg.SigningKey, cfg.CreateSigningKey)
+	if err != nil {
+		return nil, err
+	}
+	mask, err := newMasker(cfg.MaskFields, cfg.MaskMode)
+	if err != nil {
+		return nil, err
+	}
+	kv, err := svc.JS.KeyValue(ctx, svc.Topology.BucketAuditCheckpoints())
+	if err != nil {
+		return nil, fmt.Errorf("checkpoint bucket: %w", err)
+	}
 	a := &Audit{cfg: cfg, conn: conn, writer: w}
-	for _, c := range []struct {
-		name   string
-		handle runtime.BatchHandler
-	}{
-		{schemas.ConsumerAuditDecisions, w.Decisions},
-		{schemas.ConsumerAuditSessions, w.Sessions},
-	} {
-		cons, err := svc.Topology.EnsureConsumer(ctx, svc.JS, c.name)
-		if err != nil {
-			return nil, err
-		}
-		r := runtime.NewRunner(c.name, svc.Log, svc.HTTP.Registry, 1)
+	newRunner := func(name string) *runtime.Runner {
+		r := runtime.NewRunner(name, svc.Log, svc.HTTP.Registry, 1)
 		r.HandlerTimeout = HandlerTimeout
 		// An outage of ClickHouse is retried in place; a short cap on the
 		// pause means the backlog starts moving soon after it returns.
 		r.Backoff = runtime.ExponentialBackoff(250*time.Millisecond, 5*time.Second)
-		a.lanes = append(a.lanes, lane{consumer: cons, runner: r, handle: c.handle})
+		return r
 	}
+	// One lane per audited stream: whatever stream the topology gains is
+	// audited without wiring here.
+	for _, stream := range svc.Topology.AuditedStreams() {
+		name := svc.Topology.AuditConsumer(stream)
+		cons, err := svc.Topology.EnsureConsumer(ctx, svc.JS, name)
+		if err != nil {
+			return nil, err
+		}
+		l := &streamLane{stream: stream, consumer: name, deadLtr: stream == svc.Topology.StreamDeadLetter(), w: w, js: svc.JS, kv: kv,
+			key: key, mask: mask, subjects: svc.Topology.Subjects, every: cfg.CheckpointInterval,
+			log: svc.Log.With().Str("component", "audit").Str("stream", stream).Logger()}
+		a.lanes = append(a.lanes, lane{consumer: cons, runner: newRunner(name), handle: l.Handle, stream: l})
+		if l.deadLtr {
+			a.dlqLane = l
+		}
+	}
+	if a.dlqLane == nil {
+		return nil, errors.New("audit: the topology has no audited dead-letter stream")
+	}
+	cons, err := svc.Topology.EnsureConsumer(ctx, svc.JS, schemas.ConsumerDeadLetter)
+	if err != nil {
+		return nil, err
+	}
+	a.dead = &deadLetters{js: svc.JS, lane: a.dlqLane, log: svc.Log.With().Str("component", "dead-letter").Logger()}
+	a.deadCons, a.deadRunner = cons, newRunner(schemas.ConsumerDeadLetter)
 	svc.HTTP.AddCheck("clickhouse", func(ctx context.Context) error {
 		if err := conn.Ping(ctx); err != nil {
 			return fmt.Errorf("ping: %w", err)
@@ -88,12 +123,21 @@ func start(ctx context.Context, cfg Config, svc *runtime.Service, conn driver.Co
 // Each flushes its last batch when its context ends.
 func (a *Audit) Workers() []runtime.Worker {
 	opts := runtime.BatchOptions{MaxMessages: a.cfg.BatchSize, MaxWait: a.cfg.FlushInterval}
-	out := make([]runtime.Worker, 0, len(a.lanes))
+	out := make([]runtime.Worker, 0, len(a.lanes)+1)
 	for _, l := range a.lanes {
 		out = append(out, func(ctx context.Context) error {
-			return l.runner.RunBatches(ctx, l.consumer, opts, l.handle)
+			err := l.runner.RunBatches(ctx, l.consumer, opts, l.handle)
+			// The last batch is flushed: sign where the chain stands, so a
+			// restart (or verify) finds the newest head.
+			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			l.stream.checkpoint(cctx)
+			cancel()
+			return err
 		})
 	}
+	out = append(out, func(ctx context.Context) error {
+		return a.deadRunner.Run(ctx, a.deadCons, a.dead.Handle)
+	})
 	return out
 }
 

@@ -86,7 +86,7 @@ func openOnce(ctx context.Context, c ClickHouseConfig, ms []migrate.Migration, l
 	if err != nil {
 		return nil, err
 	}
-	if _, err := migrate.Apply(ctx, conn, c.Database, ms, log); err != nil {
+	if _, err := migrate.ApplyWith(ctx, conn, c.Database, ms, migrate.Options{RetentionDays: c.RetentionDays}, log); err != nil {
 		_ = conn.Close()
 		return nil, fmt.Errorf("migrate %s: %w", c.Database, err)
 	}

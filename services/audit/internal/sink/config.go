@@ -6,7 +6,6 @@ package sink
 import (
 	"time"
 
-	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/services/audit/internal/migrate"
 	"github.com/aigov/aigov/services/runtime"
 )
@@ -29,6 +28,27 @@ type Config struct {
 	// message (AIGOV_AUDIT_FLUSH_INTERVAL), bounding how stale the audit
 	// tables are at low traffic.
 	FlushInterval time.Duration
+	// SigningKey is the PEM Ed25519 private key file that signs the hash
+	// chain's checkpoints (AIGOV_AUDIT_SIGNING_KEY, required).
+	SigningKey string
+	// CreateSigningKey generates SigningKey (and SigningKey.pub) when the
+	// file does not exist (AIGOV_AUDIT_SIGNING_KEY_CREATE, default false:
+	// for development only).
+	CreateSigningKey bool
+	// CheckpointInterval is the least time between two signed checkpoints
+	// of a stream (AIGOV_AUDIT_CHECKPOINT_INTERVAL); one is also signed at
+	// shutdown. Rows newer than the last checkpoint are covered by the
+	// chain alone.
+	CheckpointInterval time.Duration
+	// MaskFields are the request context fields replaced before anything
+	// is persisted (AIGOV_AUDIT_MASK_FIELDS, comma-separated, e.g.
+	// prompt,dataset_path); MaskMode says how (AIGOV_AUDIT_MASK_MODE: hash
+	// for "sha256:<hex>", redact for "***").
+	MaskFields []string
+	MaskMode   string
+	// RetentionDays adds a TTL to the tables created on servers with TTL
+	// (AIGOV_AUDIT_RETENTION_DAYS; 0, the default, keeps rows for ever).
+	RetentionDays int
 }
 
 // ClickHouseConfig is the connection to ClickHouse, over the native
@@ -44,6 +64,8 @@ type ClickHouseConfig struct {
 	// AIGOV_CLICKHOUSE_PASSWORD).
 	User     string
 	Password string
+	// RetentionDays is Config.RetentionDays, for the migrations.
+	RetentionDays int
 	// StartupTimeout is how long start-up waits for ClickHouse to accept
 	// the migrations before the service gives up
 	// (AIGOV_CLICKHOUSE_STARTUP_TIMEOUT).
@@ -61,9 +83,16 @@ func LoadConfig(env *runtime.Env) Config {
 			Password:       env.String("AIGOV_CLICKHOUSE_PASSWORD", ""),
 			StartupTimeout: env.Duration("AIGOV_CLICKHOUSE_STARTUP_TIMEOUT", time.Minute),
 		},
-		BatchSize:     env.Int("AIGOV_AUDIT_BATCH_SIZE", 5000, 1),
-		FlushInterval: env.Duration("AIGOV_AUDIT_FLUSH_INTERVAL", 500*time.Millisecond),
+		BatchSize:          env.Int("AIGOV_AUDIT_BATCH_SIZE", 5000, 1),
+		FlushInterval:      env.Duration("AIGOV_AUDIT_FLUSH_INTERVAL", 500*time.Millisecond),
+		SigningKey:         env.Required("AIGOV_AUDIT_SIGNING_KEY"),
+		CreateSigningKey:   env.Bool("AIGOV_AUDIT_SIGNING_KEY_CREATE", false),
+		CheckpointInterval: env.Duration("AIGOV_AUDIT_CHECKPOINT_INTERVAL", time.Second),
+		MaskFields:         env.List("AIGOV_AUDIT_MASK_FIELDS", nil),
+		MaskMode:           env.String("AIGOV_AUDIT_MASK_MODE", MaskHash),
+		RetentionDays:      env.Int("AIGOV_AUDIT_RETENTION_DAYS", 0, 0),
 	}
+	c.ClickHouse.RetentionDays = c.RetentionDays
 	c.validate(env)
 	return c
 }
@@ -75,12 +104,19 @@ func (c Config) validate(env *runtime.Env) {
 	if err := migrate.ValidateDatabase(c.ClickHouse.Database); err != nil {
 		env.Fail("AIGOV_CLICKHOUSE_DATABASE: %v", err)
 	}
+	if _, err := newMasker(c.MaskFields, c.MaskMode); err != nil {
+		env.Fail("AIGOV_AUDIT_MASK_MODE: %v", err)
+	}
+	if c.CheckpointInterval < 0 {
+		env.Fail("AIGOV_AUDIT_CHECKPOINT_INTERVAL must not be negative")
+	}
 	if c.ClickHouse.StartupTimeout <= 0 {
 		env.Fail("AIGOV_CLICKHOUSE_STARTUP_TIMEOUT must be positive")
 	}
 	ackWait, maxPending := time.Minute, 20000
-	for _, name := range []string{schemas.ConsumerAuditDecisions, schemas.ConsumerAuditSessions} {
-		if spec, err := c.Common.Topology().Consumer(name); err == nil {
+	topo := c.Common.Topology()
+	for _, stream := range topo.AuditedStreams() {
+		if spec, err := topo.Consumer(topo.AuditConsumer(stream)); err == nil {
 			ackWait = min(ackWait, spec.Config.AckWait)
 			maxPending = min(maxPending, spec.Config.MaxAckPending)
 		}

@@ -17,13 +17,17 @@ func TestLoadConfig(t *testing.T) {
 		check func(t *testing.T, c Config)
 		errs  []string
 	}{
-		{name: "defaults", env: map[string]string{}, check: func(t *testing.T, c Config) {
+		{name: "defaults", env: map[string]string{"AIGOV_AUDIT_SIGNING_KEY": "/k"}, check: func(t *testing.T, c Config) {
 			want := ClickHouseConfig{Addrs: []string{"127.0.0.1:9000"}, Database: "aigov", User: "default", StartupTimeout: time.Minute}
 			if !reflect.DeepEqual(c.ClickHouse, want) {
 				t.Errorf("ClickHouse = %+v, want %+v", c.ClickHouse, want)
 			}
 			if c.BatchSize != 5000 || c.FlushInterval != 500*time.Millisecond {
 				t.Errorf("batch %d flush %s, want 5000 and 500ms", c.BatchSize, c.FlushInterval)
+			}
+			if c.SigningKey != "/k" || c.CreateSigningKey || c.CheckpointInterval != time.Second || len(c.MaskFields) != 0 ||
+				c.MaskMode != MaskHash || c.RetentionDays != 0 {
+				t.Errorf("audit settings %+v", c)
 			}
 			if c.Common.Service != "audit" || c.Common.HTTPAddr != "127.0.0.1:8083" || c.Common.NATSUser != "audit" {
 				t.Errorf("Common = %+v", c.Common)
@@ -32,7 +36,7 @@ func TestLoadConfig(t *testing.T) {
 		{name: "everything set", env: map[string]string{
 			"AIGOV_CLICKHOUSE_ADDR": "ch1:9000, ch2:9000", "AIGOV_CLICKHOUSE_DATABASE": "audit_prod",
 			"AIGOV_CLICKHOUSE_USER": "writer", "AIGOV_CLICKHOUSE_PASSWORD": "pw", "AIGOV_CLICKHOUSE_STARTUP_TIMEOUT": "5s",
-			"AIGOV_AUDIT_BATCH_SIZE": "10000", "AIGOV_AUDIT_FLUSH_INTERVAL": "15s",
+			"AIGOV_AUDIT_BATCH_SIZE": "10000", "AIGOV_AUDIT_FLUSH_INTERVAL": "15s", "AIGOV_AUDIT_SIGNING_KEY": "/k",
 		}, check: func(t *testing.T, c Config) {
 			want := ClickHouseConfig{Addrs: []string{"ch1:9000", "ch2:9000"}, Database: "audit_prod", User: "writer", Password: "pw", StartupTimeout: 5 * time.Second}
 			if !reflect.DeepEqual(c.ClickHouse, want) || c.BatchSize != 10000 || c.FlushInterval != 15*time.Second {
@@ -48,6 +52,8 @@ func TestLoadConfig(t *testing.T) {
 			"AIGOV_CLICKHOUSE_DATABASE": "aigov; DROP", "AIGOV_CLICKHOUSE_STARTUP_TIMEOUT": "soon",
 		}, errs: []string{"AIGOV_AUDIT_FLUSH_INTERVAL=1m0s", "AIGOV_AUDIT_BATCH_SIZE=20000 must be at most 10000",
 			"AIGOV_CLICKHOUSE_DATABASE", "AIGOV_CLICKHOUSE_STARTUP_TIMEOUT"}},
+		{name: "signing key missing, bad mask mode", env: map[string]string{"AIGOV_AUDIT_MASK_MODE": "rot13"},
+			errs: []string{"AIGOV_AUDIT_SIGNING_KEY is required", "AIGOV_AUDIT_MASK_MODE"}},
 		{name: "batch size below one", env: map[string]string{"AIGOV_AUDIT_BATCH_SIZE": "0"}, errs: []string{"AIGOV_AUDIT_BATCH_SIZE"}},
 	}
 	for _, c := range cases {

@@ -36,11 +36,20 @@ type harness struct {
 	admin    jetstream.JetStream
 	svc      *runtime.Service
 	stop     func() // shuts the service down and waits for it
+	ns       *natsdev.Server
+	keyFile  string
 }
 
 type harnessOptions struct {
 	batchSize     int
 	flushInterval time.Duration
+	maskFields    string
+	// keyFile is the signing key; a new one in a temp dir when empty.
+	keyFile string
+	// ns reuses a NATS server (a restarted service); a new one when nil.
+	ns *natsdev.Server
+	// db reuses a database; a new one when empty.
+	db string
 }
 
 func startHarness(t *testing.T, o harnessOptions) *harness {
@@ -51,11 +60,17 @@ func startHarness(t *testing.T, o harnessOptions) *harness {
 	if o.flushInterval == 0 {
 		o.flushInterval = 100 * time.Millisecond
 	}
-	ns, err := natsdev.Start(natsdev.Options{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatalf("natsdev: %v", err)
+	if o.keyFile == "" {
+		o.keyFile = t.TempDir() + "/audit-signing.key"
 	}
-	t.Cleanup(ns.Shutdown)
+	ns := o.ns
+	if ns == nil {
+		var err error
+		if ns, err = natsdev.Start(natsdev.Options{Dir: t.TempDir()}); err != nil {
+			t.Fatalf("natsdev: %v", err)
+		}
+		t.Cleanup(ns.Shutdown)
+	}
 	adminNC, err := ns.Connect(natsdev.AdminUser)
 	if err != nil {
 		t.Fatal(err)
@@ -66,17 +81,24 @@ func startHarness(t *testing.T, o harnessOptions) *harness {
 		t.Fatal(err)
 	}
 
-	db := chtest.DatabaseName(t)
-	chtest.DropAtCleanup(t, server, db)
+	db := o.db
+	if db == "" {
+		db = chtest.DatabaseName(t)
+		chtest.DropAtCleanup(t, server, db)
+	}
 	env := runtime.NewEnv(runtime.MapLookup(map[string]string{
-		"AIGOV_NATS_URL":             ns.URL(),
-		"AIGOV_NATS_PASSWORD":        ns.Password(schemas.RoleAudit),
-		"AIGOV_HTTP_ADDR":            "127.0.0.1:0",
-		"AIGOV_LOG_LEVEL":            "warn",
-		"AIGOV_CLICKHOUSE_ADDR":      server.Addr(),
-		"AIGOV_CLICKHOUSE_DATABASE":  db,
-		"AIGOV_AUDIT_BATCH_SIZE":     itoa(o.batchSize),
-		"AIGOV_AUDIT_FLUSH_INTERVAL": o.flushInterval.String(),
+		"AIGOV_NATS_URL":                  ns.URL(),
+		"AIGOV_NATS_PASSWORD":             ns.Password(schemas.RoleAudit),
+		"AIGOV_HTTP_ADDR":                 "127.0.0.1:0",
+		"AIGOV_LOG_LEVEL":                 "warn",
+		"AIGOV_CLICKHOUSE_ADDR":           server.Addr(),
+		"AIGOV_CLICKHOUSE_DATABASE":       db,
+		"AIGOV_AUDIT_BATCH_SIZE":          itoa(o.batchSize),
+		"AIGOV_AUDIT_FLUSH_INTERVAL":      o.flushInterval.String(),
+		"AIGOV_AUDIT_SIGNING_KEY":         o.keyFile,
+		"AIGOV_AUDIT_SIGNING_KEY_CREATE":  "true",
+		"AIGOV_AUDIT_MASK_FIELDS":         o.maskFields,
+		"AIGOV_AUDIT_CHECKPOINT_INTERVAL": "100ms",
 	}))
 	cfg := LoadConfig(env)
 	if err := env.Err(); err != nil {
@@ -120,7 +142,7 @@ func startHarness(t *testing.T, o harnessOptions) *harness {
 	}
 	t.Cleanup(stop)
 	h := &harness{t: t, subjects: cfg.Common.Topology().Subjects, topo: cfg.Common.Topology(), db: db,
-		ch: chtest.Open(t, server, db), admin: admin, svc: svc, stop: stop}
+		ch: chtest.Open(t, server, db), admin: admin, svc: svc, stop: stop, ns: ns, keyFile: o.keyFile}
 	h.waitReady(true, 5*time.Second)
 	return h
 }

@@ -21,11 +21,12 @@ func (h *harness) readDecision(requestID string) (decisionRow, time.Time) {
 	h.t.Helper()
 	var r decisionRow
 	var inserted time.Time
+	var insertedUS uint64
 	err := h.ch.QueryRow(context.Background(), "SELECT "+decisionColumns+" FROM "+h.db+".decisions FINAL WHERE request_id = ?", requestID).Scan(
 		&r.EventID, &r.RequestID, &r.Source, &r.Time, &r.TimeUS, &r.ReceivedAt, &r.Action,
 		&r.ResourceType, &r.ResourceID, &r.PrincipalID, &r.PrincipalType, &r.Issuer, &r.Subject, &r.Email, &r.Groups, &r.Scopes,
 		&r.Decision, &r.Code, &r.Reason, &r.Stage, &r.PolicyIDs, &r.PolicyErrors, &r.PolicyVersion, &r.SessionKey,
-		&r.TokenFingerprint, &r.Context, &r.AuthnUS, &r.PolicyUS, &r.TotalUS, &r.NATSSubject, &r.Seq, &inserted)
+		&r.TokenFingerprint, &r.Context, &r.AuthnUS, &r.PolicyUS, &r.TotalUS, &r.NATSSubject, &r.Seq, &inserted, &insertedUS)
 	if err != nil {
 		h.t.Fatalf("read decision %s: %v", requestID, err)
 	}
@@ -99,7 +100,7 @@ func TestWritesEveryEvent(t *testing.T) {
 
 	h.waitCount(n, 20*time.Second, "SELECT count() FROM "+h.db+".decisions FINAL")
 	h.waitCount(uint64(len(kinds)), 10*time.Second, "SELECT count() FROM "+h.db+".session_events FINAL")
-	h.waitCount(n+uint64(len(kinds)), 10*time.Second, "SELECT count() FROM "+h.db+".events FINAL")
+	h.waitCount(n+uint64(len(kinds)), 10*time.Second, "SELECT count() FROM "+h.db+".event_log FINAL")
 	h.waitAcked(schemas.ConsumerAuditDecisions, 10*time.Second)
 	h.waitAcked(schemas.ConsumerAuditSessions, 10*time.Second)
 
@@ -133,7 +134,7 @@ func TestWritesEveryEvent(t *testing.T) {
 	}
 
 	// The raw log keeps every CloudEvent byte for byte.
-	rows, err := h.ch.Query(context.Background(), "SELECT event_id, data FROM "+h.db+".events FINAL WHERE type = ?", schemas.TypeDecision)
+	rows, err := h.ch.Query(context.Background(), "SELECT event_id, data FROM "+h.db+".event_log FINAL WHERE type = ?", schemas.TypeDecision)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -212,12 +213,16 @@ func TestRedeliveredEventKeepsOneRow(t *testing.T) {
 		"SELECT count() FROM " + h.db + ".decisions FINAL",
 		"SELECT count() FROM " + h.db + ".decisions_final",
 		"SELECT count() FROM " + h.db + ".session_events FINAL",
-		"SELECT count() FROM " + h.db + ".events FINAL WHERE type = '" + schemas.TypeDecision + "'",
-		"SELECT count() FROM " + h.db + ".events FINAL WHERE type = '" + schemas.TypeSessionExpired + "'",
+		"SELECT uniqExact(event_id) FROM " + h.db + ".event_log FINAL WHERE type = '" + schemas.TypeDecision + "'",
+		"SELECT uniqExact(event_id) FROM " + h.db + ".event_log FINAL WHERE type = '" + schemas.TypeSessionExpired + "'",
 	} {
 		if got := h.count(q); got != 1 {
 			t.Errorf("%s = %d, want 1", q, got)
 		}
+	}
+	// The raw log is one row per stream position: the chain covers both.
+	if got := h.count("SELECT count() FROM " + h.db + ".event_log FINAL WHERE type = '" + schemas.TypeDecision + "'"); got != 2 {
+		t.Errorf("event_log holds %d positions of the republished decision, want 2", got)
 	}
 	// Both copies reached ClickHouse; FINAL is what made them one.
 	t.Logf("raw decision rows before merge: %d", h.count("SELECT count() FROM "+h.db+".decisions"))
@@ -251,7 +256,7 @@ func TestUndecodableMessagesAreKeptAndDoNotBlock(t *testing.T) {
 	} {
 		var data, subject, reason string
 		var seq uint64
-		err := h.ch.QueryRow(context.Background(), "SELECT data, nats_subject, stream_seq, invalid_reason FROM "+h.db+".events FINAL WHERE type = 'invalid' AND stream = ?", c.stream).
+		err := h.ch.QueryRow(context.Background(), "SELECT data, nats_subject, stream_seq, invalid_reason FROM "+h.db+".event_log FINAL WHERE type = 'invalid' AND stream = ?", c.stream).
 			Scan(&data, &subject, &seq, &reason)
 		if err != nil {
 			t.Fatalf("invalid event of %s: %v", c.stream, err)
@@ -260,6 +265,12 @@ func TestUndecodableMessagesAreKeptAndDoNotBlock(t *testing.T) {
 			t.Errorf("invalid event of %s: data %q subject %s seq %d reason %q", c.stream, data, subject, seq, reason)
 		}
 	}
+	// Each poison message went to the dead-letter stream with its reason,
+	// and from there into anomalies.
+	h.waitCount(2, 10*time.Second, "SELECT count() FROM "+h.db+".anomalies FINAL WHERE kind = 'poison' AND reason != '' AND stream_seq = 1")
+	h.waitCount(1, 10*time.Second, "SELECT count() FROM "+h.db+".anomalies FINAL WHERE stream = ? AND consumer = ? AND data = ?",
+		h.topo.StreamSessions(), schemas.ConsumerAuditSessions, string(sessionGarbage))
+	h.waitAcked(h.topo.AuditConsumer(h.topo.StreamDeadLetter()), 10*time.Second)
 }
 
 func TestShutdownFlushesLastBatch(t *testing.T) {

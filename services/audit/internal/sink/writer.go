@@ -20,9 +20,15 @@ const (
 	decisionColumns = "event_id, request_id, source, event_time, event_time_us, received_at, action, " +
 		"resource_type, resource_id, principal_id, principal_type, issuer, subject, email, groups, scopes, " +
 		"decision, code, reason, stage, policy_ids, policy_errors, policy_version, session_key, " +
-		"token_fingerprint, context, authn_us, policy_us, total_us, nats_subject, stream_seq, inserted_at"
-	eventColumns = "event_id, type, source, nats_subject, stream, stream_seq, event_time, event_time_us, " +
-		"data, invalid_reason, inserted_at"
+		"token_fingerprint, context, authn_us, policy_us, total_us, nats_subject, stream_seq, inserted_at, inserted_us"
+	logColumns = "stream, stream_seq, prev_seq, event_id, type, source, nats_subject, event_time, event_time_us, " +
+		"data, invalid_reason, row_hash, chain_hash, inserted_at, inserted_us"
+	approvalColumns = "event_id, type, approval_id, status, request_id, action, resource_type, resource_id, approver, " +
+		"requester, reason, expires_at_us, event_time, event_time_us, data, nats_subject, stream, stream_seq, inserted_at"
+	changeColumns = "event_id, type, kind, version, previous, changed_by, entity_type, entity_id, summary, event_time, " +
+		"event_time_us, data, nats_subject, stream, stream_seq, inserted_at"
+	anomalyColumns = "event_id, kind, stream, consumer, stream_seq, subject, reason, deliveries, data, event_time, " +
+		"event_time_us, dlq_seq, inserted_at"
 	sessionColumns = "event_id, type, session_key, issuer, subject, principal_id, sid, reason, `by`, " +
 		"request_id, token_fingerprint, auth_time, first_seen, last_seen, event_time, event_time_us, " +
 		"nats_subject, stream_seq, inserted_at"
@@ -31,8 +37,11 @@ const (
 // Table names, also the values of the rows metric's table label.
 const (
 	TableDecisions     = "decisions"
-	TableEvents        = "events"
+	TableEventLog      = "event_log"
 	TableSessionEvents = "session_events"
+	TableApprovals     = "approvals"
+	TableChanges       = "policy_changes"
+	TableAnomalies     = "anomalies"
 )
 
 // Writer turns batches of JetStream messages into ClickHouse rows. Its
@@ -91,79 +100,6 @@ func metaOf(m jetstream.Msg) meta {
 	return md
 }
 
-// Decisions is the batch handler of the decisions stream.
-func (w *Writer) Decisions(ctx context.Context, msgs []jetstream.Msg) error {
-	decisions := make([]decisionRow, 0, len(msgs))
-	events := make([]eventRow, 0, len(msgs))
-	var bad []rejected
-	for _, m := range msgs {
-		md := metaOf(m)
-		d, ev, err := decodeDecision(m.Data(), md)
-		if err != nil {
-			bad = append(bad, rejected{md: md, err: err, bytes: len(m.Data())})
-			events = append(events, invalidEvent(m.Data(), md, err))
-			continue
-		}
-		decisions = append(decisions, d)
-		events = append(events, ev)
-	}
-	if err := w.insertDecisions(ctx, decisions); err != nil {
-		return err
-	}
-	if err := w.insertEvents(ctx, events); err != nil {
-		return err
-	}
-	w.report(bad)
-	w.log.Debug().Int("decisions", len(decisions)).Int("events", len(events)).Int("invalid", len(bad)).Msg("batch written")
-	return nil
-}
-
-// Sessions is the batch handler of the sessions stream.
-func (w *Writer) Sessions(ctx context.Context, msgs []jetstream.Msg) error {
-	sessions := make([]sessionRow, 0, len(msgs))
-	events := make([]eventRow, 0, len(msgs))
-	var bad []rejected
-	for _, m := range msgs {
-		md := metaOf(m)
-		s, ev, err := decodeSession(m.Data(), md)
-		if err != nil {
-			bad = append(bad, rejected{md: md, err: err, bytes: len(m.Data())})
-			events = append(events, invalidEvent(m.Data(), md, err))
-			continue
-		}
-		sessions = append(sessions, s)
-		events = append(events, ev)
-	}
-	if err := w.insertSessions(ctx, sessions); err != nil {
-		return err
-	}
-	if err := w.insertEvents(ctx, events); err != nil {
-		return err
-	}
-	w.report(bad)
-	w.log.Debug().Int("session_events", len(sessions)).Int("events", len(events)).Int("invalid", len(bad)).Msg("batch written")
-	return nil
-}
-
-// rejected is a message kept as an invalid event instead of its rows:
-// blocking the consumer on it would stop the audit log, dropping it would
-// lose it.
-type rejected struct {
-	md    meta
-	err   error
-	bytes int
-}
-
-// report logs and counts invalid messages once they are stored, so a batch
-// retried through an outage reports each of them once.
-func (w *Writer) report(bad []rejected) {
-	for _, r := range bad {
-		w.invalid.Inc()
-		w.log.Warn().Err(r.err).Str("subject", r.md.Subject).Str("stream", r.md.Stream).Uint64("stream_seq", r.md.Seq).
-			Int("bytes", r.bytes).Msg("undecodable message recorded as invalid event")
-	}
-}
-
 // insert sends one batch to table. Rows of a failed batch may be partly
 // stored; the retry writes them again and the ReplacingMergeTree keeps one.
 func (w *Writer) insert(ctx context.Context, table, columns string, n int, appendRow func(driver.Batch, int) error) error {
@@ -189,24 +125,96 @@ func (w *Writer) insert(ctx context.Context, table, columns string, n int, appen
 
 func now() time.Time { return time.Now().UTC().Truncate(time.Second) }
 
+func nowUS() uint64 { return uint64(time.Now().UnixMicro()) }
+
 func (w *Writer) insertDecisions(ctx context.Context, rows []decisionRow) error {
-	at := now()
+	at, us := now(), nowUS()
 	return w.insert(ctx, TableDecisions, decisionColumns, len(rows), func(b driver.Batch, i int) error {
 		r := &rows[i]
 		return b.Append(r.EventID, r.RequestID, r.Source, r.Time, r.TimeUS, r.ReceivedAt, r.Action,
 			r.ResourceType, r.ResourceID, r.PrincipalID, r.PrincipalType, r.Issuer, r.Subject, r.Email, r.Groups, r.Scopes,
 			r.Decision, r.Code, r.Reason, r.Stage, r.PolicyIDs, r.PolicyErrors, r.PolicyVersion, r.SessionKey,
-			r.TokenFingerprint, r.Context, r.AuthnUS, r.PolicyUS, r.TotalUS, r.NATSSubject, r.Seq, at)
+			r.TokenFingerprint, r.Context, r.AuthnUS, r.PolicyUS, r.TotalUS, r.NATSSubject, r.Seq, at, us)
 	})
 }
 
-func (w *Writer) insertEvents(ctx context.Context, rows []eventRow) error {
-	at := now()
-	return w.insert(ctx, TableEvents, eventColumns, len(rows), func(b driver.Batch, i int) error {
+func (w *Writer) insertLog(ctx context.Context, rows []logRow) error {
+	at, us := now(), nowUS()
+	return w.insert(ctx, TableEventLog, logColumns, len(rows), func(b driver.Batch, i int) error {
 		r := &rows[i]
-		return b.Append(r.EventID, r.Type, r.Source, r.Subject, r.Stream, r.Seq, r.Time, r.TimeUS,
-			r.Data, r.InvalidReason, at)
+		return b.Append(r.Stream, r.Seq, r.PrevSeq, r.EventID, r.Type, r.Source, r.Subject, r.Time, r.TimeUS,
+			r.Data, r.InvalidReason, r.RowHash, r.ChainHash, at, us)
 	})
+}
+
+func (w *Writer) insertApprovals(ctx context.Context, rows []approvalRow) error {
+	at := now()
+	return w.insert(ctx, TableApprovals, approvalColumns, len(rows), func(b driver.Batch, i int) error {
+		r := &rows[i]
+		return b.Append(r.EventID, r.Type, r.ApprovalID, r.Status, r.RequestID, r.Action, r.ResourceType, r.ResourceID,
+			r.Approver, r.Requester, r.Reason, r.ExpiresUS, r.Time, r.TimeUS, r.Data, r.Subject, r.Stream, r.Seq, at)
+	})
+}
+
+func (w *Writer) insertChanges(ctx context.Context, rows []changeRow) error {
+	at := now()
+	return w.insert(ctx, TableChanges, changeColumns, len(rows), func(b driver.Batch, i int) error {
+		r := &rows[i]
+		return b.Append(r.EventID, r.Type, r.Kind, r.Version, r.Previous, r.ChangedBy, r.EntityType, r.EntityID,
+			r.Summary, r.Time, r.TimeUS, r.Data, r.Subject, r.Stream, r.Seq, at)
+	})
+}
+
+func (w *Writer) insertAnomalies(ctx context.Context, rows []anomalyRow) error {
+	at := now()
+	return w.insert(ctx, TableAnomalies, anomalyColumns, len(rows), func(b driver.Batch, i int) error {
+		r := &rows[i]
+		return b.Append(r.EventID, r.Kind, r.Stream, r.Consumer, r.Seq, r.Subject, r.Reason, r.Deliveries, r.Data,
+			r.Time, r.TimeUS, r.DLQSeq, at)
+	})
+}
+
+// write inserts every row of a batch, typed tables first and event_log
+// last: a reader who sees a position in event_log sees its typed row.
+func (w *Writer) write(ctx context.Context, rows []decoded) error {
+	var (
+		ds []decisionRow
+		ss []sessionRow
+		as []approvalRow
+		cs []changeRow
+		ns []anomalyRow
+		ls = make([]logRow, 0, len(rows))
+	)
+	for i := range rows {
+		r := &rows[i]
+		switch {
+		case r.decision != nil:
+			ds = append(ds, *r.decision)
+		case r.session != nil:
+			ss = append(ss, *r.session)
+		case r.approval != nil:
+			as = append(as, *r.approval)
+		case r.change != nil:
+			cs = append(cs, *r.change)
+		}
+		if r.anomaly != nil {
+			ns = append(ns, *r.anomaly)
+		}
+		ls = append(ls, r.log)
+	}
+	for _, f := range []func() error{
+		func() error { return w.insertDecisions(ctx, ds) },
+		func() error { return w.insertSessions(ctx, ss) },
+		func() error { return w.insertApprovals(ctx, as) },
+		func() error { return w.insertChanges(ctx, cs) },
+		func() error { return w.insertAnomalies(ctx, ns) },
+		func() error { return w.insertLog(ctx, ls) },
+	} {
+		if err := f(); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (w *Writer) insertSessions(ctx context.Context, rows []sessionRow) error {

@@ -4,31 +4,44 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"slices"
+	"strings"
 	"time"
 
+	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/services/runtime"
 )
 
 // Config is the authn service's configuration.
 type Config struct {
-	// Issuers are the trusted OIDC issuers. Today they come from
-	// AIGOV_OIDC_ISSUERS with one shared audience; a config file can later
-	// give each its own audience and claim names without touching the
-	// verification code, which only ever reads this list.
+	// Issuers are the trusted OIDC issuers, from AIGOV_OIDC_CONFIG (a file)
+	// or, in the simple form, AIGOV_OIDC_ISSUERS with AIGOV_OIDC_AUDIENCE.
 	Issuers []Issuer
 	// Workers is how many requests are verified at once (AIGOV_AUTHN_WORKERS).
 	Workers int
 	// HTTPTimeout bounds each discovery and JWKS request
 	// (AIGOV_OIDC_HTTP_TIMEOUT).
 	HTTPTimeout time.Duration
-	// DiscoveryRetry is the least time between two discovery or JWKS
-	// attempts for one issuer, so a down IdP is not hammered by every
-	// request (and by every forged kid). Zero means DefaultDiscoveryRetry.
+	// DiscoveryRetry is the least time between two discovery attempts, and
+	// between two JWKS refreshes forced by unknown kids, for one issuer,
+	// so a down IdP or a flood of forged kids is not a flood of fetches.
+	// Zero means DefaultDiscoveryRetry.
 	DiscoveryRetry time.Duration
-	// KeysMaxAge is how long fetched signing keys are trusted before they
-	// are refetched, so a key the IdP withdrew stops verifying. Zero means
-	// DefaultKeysMaxAge.
-	KeysMaxAge time.Duration
+	// KeysRefresh is how often every issuer's JWKS is refetched, so a key
+	// the IdP removed stops being trusted within this time, cached tokens
+	// included (AIGOV_OIDC_KEYS_REFRESH). Zero means DefaultKeysRefresh.
+	KeysRefresh time.Duration
+	// ClockSkew is how far nbf and iat may be ahead of this clock
+	// (AIGOV_OIDC_CLOCK_SKEW). exp gets no leeway. Zero means
+	// DefaultClockSkew.
+	ClockSkew time.Duration
+	// CacheSize bounds the verified-token cache in entries
+	// (AIGOV_AUTHN_CACHE_SIZE); 0 means DefaultCacheSize, negative turns
+	// the cache off.
+	CacheSize int
+	// MaxTokenBytes bounds a bearer token (AIGOV_OIDC_MAX_TOKEN_BYTES).
+	// Zero means DefaultMaxTokenBytes.
+	MaxTokenBytes int
 }
 
 // Issuer is one trusted OIDC issuer and how its tokens are read.
@@ -37,21 +50,64 @@ type Issuer struct {
 	// iss and with the discovery document's issuer (a trailing slash
 	// differs).
 	URL string
-	// Audience must be among the token's aud.
-	Audience string
-	// Claims names the claims that carry identity attributes.
-	Claims ClaimNames
+	// Audiences are the accepted aud values: a token must name one.
+	Audiences []string
+	// AuthorizedParties, when set, are the only azp values accepted. With
+	// none set, azp is checked only on a token with several audiences,
+	// which must then carry an azp among Audiences (OIDC Core 3.1.3.7).
+	AuthorizedParties []string
+	// Algorithms are the allowed signing algorithms; empty means the
+	// asymmetric ones the discovery document advertises (RS256 if none).
+	// Symmetric algorithms and none are never allowed.
+	Algorithms []string
+	// PrincipalType is schemas.PrincipalUser or schemas.PrincipalWorkload.
+	PrincipalType string
+	// Claims maps claims to the principal's fields.
+	Claims ClaimMapping
+	// Tenant, when set, must equal the token's tid claim (multi-tenant
+	// issuers such as Entra ID).
+	Tenant string
+	// TokenTypes are the accepted JOSE typ values, compared without case
+	// and without an application/ prefix. A token without typ is always
+	// accepted; empty means just "JWT". logout+jwt is never accepted.
+	TokenTypes []string
+	// Require pins attributes: each listed attribute must be present and
+	// equal one of its values, e.g. repository_owner_id: ["123456"].
+	Require map[string][]string
+	// MFAACRValues are acr values that prove a second factor.
+	MFAACRValues []string
+	// ReplayProtection makes every jti single-use until the token's exp:
+	// a second request with the same token is token_replayed. Tokens
+	// without jti are then refused.
+	ReplayProtection bool
+	// Preset is the workload preset the mapping came from ("" if none),
+	// for logs and for the preset's own checks.
+	Preset string
+
+	tmpl template // Claims.PrincipalID parsed, set by NewAuthenticator
 }
 
-// ClaimNames maps identity attributes to claim names, because IdPs
-// disagree (Entra sends roles, Okta groups, Keycloak realm_access...).
-// Empty fields take the DefaultClaimNames value.
-type ClaimNames struct {
-	// Groups is an array of strings (a single string is taken as one group).
+// ClaimMapping says where the principal's fields come from. A path is a
+// claim name, or names joined by dots to reach into objects
+// (realm_access.roles); a name that itself holds dots or colons
+// (kubernetes.io, cognito:groups) is matched whole first. Empty fields
+// take DefaultClaims' values.
+type ClaimMapping struct {
+	// Groups is the path of the groups: an array of strings, or one string.
 	Groups string
-	// Email and Name are strings.
+	// Scopes are paths of scopes; each may be a space-separated string
+	// (scope) or an array (scp). Default: scope and scp.
+	Scopes []string
+	// Email and Name are paths of strings.
 	Email string
 	Name  string
+	// PrincipalID forms the principal's id within its issuer: a template
+	// of {path} placeholders, default "{sub}". The id is always scoped by
+	// the issuer (schemas.PrincipalID), never a bare claim.
+	PrincipalID string
+	// Attributes maps attribute names to claim paths; values must be
+	// strings, numbers or booleans and become strings.
+	Attributes map[string]string
 }
 
 // Defaults for Config.
@@ -60,22 +116,31 @@ const (
 	DefaultWorkers        = 32
 	DefaultHTTPTimeout    = 5 * time.Second
 	DefaultDiscoveryRetry = 5 * time.Second
-	DefaultKeysMaxAge     = time.Hour
+	DefaultKeysRefresh    = 10 * time.Minute
+	DefaultClockSkew      = 30 * time.Second
+	DefaultCacheSize      = 10000
+	DefaultMaxTokenBytes  = 16 << 10
 )
 
-// DefaultClaimNames are the standard OIDC claim names plus "groups".
-var DefaultClaimNames = ClaimNames{Groups: "groups", Email: "email", Name: "name"}
+// DefaultClaims are the standard OIDC claim names plus groups.
+var DefaultClaims = ClaimMapping{Groups: "groups", Scopes: []string{"scope", "scp"}, Email: "email", Name: "name", PrincipalID: "{sub}"}
 
-// withDefaults fills empty claim names.
-func (c ClaimNames) withDefaults() ClaimNames {
+// withDefaults fills empty mapping fields.
+func (c ClaimMapping) withDefaults() ClaimMapping {
 	if c.Groups == "" {
-		c.Groups = DefaultClaimNames.Groups
+		c.Groups = DefaultClaims.Groups
+	}
+	if len(c.Scopes) == 0 {
+		c.Scopes = DefaultClaims.Scopes
 	}
 	if c.Email == "" {
-		c.Email = DefaultClaimNames.Email
+		c.Email = DefaultClaims.Email
 	}
 	if c.Name == "" {
-		c.Name = DefaultClaimNames.Name
+		c.Name = DefaultClaims.Name
+	}
+	if c.PrincipalID == "" {
+		c.PrincipalID = DefaultClaims.PrincipalID
 	}
 	return c
 }
@@ -83,27 +148,46 @@ func (c ClaimNames) withDefaults() ClaimNames {
 // LoadConfig reads the authn variables; violations are recorded in e so
 // that they are reported together with the common ones.
 func LoadConfig(e *runtime.Env) Config {
-	urls := e.List("AIGOV_OIDC_ISSUERS", nil)
-	if len(urls) == 0 {
-		e.Fail("AIGOV_OIDC_ISSUERS is required: a comma-separated list of trusted issuer URLs")
-	}
-	aud := e.String("AIGOV_OIDC_AUDIENCE", DefaultAudience)
 	cfg := Config{
-		Workers:     e.Int("AIGOV_AUTHN_WORKERS", DefaultWorkers, 1),
-		HTTPTimeout: e.Duration("AIGOV_OIDC_HTTP_TIMEOUT", DefaultHTTPTimeout),
+		Workers:       e.Int("AIGOV_AUTHN_WORKERS", DefaultWorkers, 1),
+		HTTPTimeout:   e.Duration("AIGOV_OIDC_HTTP_TIMEOUT", DefaultHTTPTimeout),
+		KeysRefresh:   e.Duration("AIGOV_OIDC_KEYS_REFRESH", DefaultKeysRefresh),
+		ClockSkew:     e.Duration("AIGOV_OIDC_CLOCK_SKEW", DefaultClockSkew),
+		CacheSize:     e.Int("AIGOV_AUTHN_CACHE_SIZE", DefaultCacheSize, -1),
+		MaxTokenBytes: e.Int("AIGOV_OIDC_MAX_TOKEN_BYTES", DefaultMaxTokenBytes, 1024),
 	}
-	for _, u := range urls {
-		cfg.Issuers = append(cfg.Issuers, Issuer{URL: u, Audience: aud})
-	}
-	if cfg.HTTPTimeout == 0 {
-		e.Fail("AIGOV_OIDC_HTTP_TIMEOUT must be above zero")
-	}
-	// Issuer problems are reported here, with the variable's name, rather
-	// than later by New.
-	if len(urls) > 0 {
+	file := e.String("AIGOV_OIDC_CONFIG", "")
+	urls := e.List("AIGOV_OIDC_ISSUERS", nil)
+	switch {
+	case file != "" && len(urls) > 0:
+		e.Fail("set AIGOV_OIDC_CONFIG or AIGOV_OIDC_ISSUERS, not both")
+	case file != "":
+		issuers, err := LoadIssuersFile(file)
+		if err != nil {
+			e.Fail("AIGOV_OIDC_CONFIG: %w", err)
+		}
+		cfg.Issuers = issuers
+	case len(urls) == 0:
+		e.Fail("AIGOV_OIDC_ISSUERS is required (a comma-separated list of trusted issuer URLs), or AIGOV_OIDC_CONFIG (a file)")
+	default:
+		aud := e.String("AIGOV_OIDC_AUDIENCE", DefaultAudience)
+		for _, u := range urls {
+			cfg.Issuers = append(cfg.Issuers, Issuer{URL: u, Audiences: []string{aud}})
+		}
+		// Issuer problems are reported here, with the variable's name,
+		// rather than later by New.
 		if err := validateIssuers(cfg.Issuers); err != nil {
 			e.Fail("AIGOV_OIDC_ISSUERS: %w", err)
 		}
+	}
+	if cfg.HTTPTimeout <= 0 {
+		e.Fail("AIGOV_OIDC_HTTP_TIMEOUT must be above zero")
+	}
+	if cfg.KeysRefresh <= 0 {
+		e.Fail("AIGOV_OIDC_KEYS_REFRESH must be above zero")
+	}
+	if cfg.ClockSkew < 0 || cfg.ClockSkew > 5*time.Minute {
+		e.Fail("AIGOV_OIDC_CLOCK_SKEW must be between 0 and 5m")
 	}
 	return cfg
 }
@@ -123,8 +207,8 @@ func (c Config) Validate() error {
 	if c.HTTPTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("http timeout %s must be above zero", c.HTTPTimeout))
 	}
-	if c.DiscoveryRetry < 0 || c.KeysMaxAge < 0 {
-		errs = append(errs, errors.New("discovery retry and keys max age must not be negative"))
+	if c.DiscoveryRetry < 0 || c.KeysRefresh < 0 || c.ClockSkew < 0 || c.MaxTokenBytes < 0 {
+		errs = append(errs, errors.New("discovery retry, keys refresh, clock skew and max token bytes must not be negative"))
 	}
 	return errors.Join(errs...)
 }
@@ -144,19 +228,59 @@ func validateIssuers(issuers []Issuer) error {
 			errs = append(errs, fmt.Errorf("issuer %q is listed twice", is.URL))
 		}
 		seen[is.URL] = true
-		if is.Audience == "" {
-			errs = append(errs, fmt.Errorf("issuer %q has no audience", is.URL))
+		if len(is.Audiences) == 0 || slices.Contains(is.Audiences, "") {
+			errs = append(errs, fmt.Errorf("issuer %q needs at least one audience, none empty", is.URL))
+		}
+		if is.PrincipalType != "" && is.PrincipalType != schemas.PrincipalUser && is.PrincipalType != schemas.PrincipalWorkload {
+			errs = append(errs, fmt.Errorf("issuer %q: principal type %q is neither %s nor %s", is.URL, is.PrincipalType, schemas.PrincipalUser, schemas.PrincipalWorkload))
+		}
+		for _, a := range is.Algorithms {
+			if !asymmetricAlgs[a] {
+				errs = append(errs, fmt.Errorf("issuer %q: algorithm %q is not an allowed asymmetric JWS algorithm", is.URL, a))
+			}
+		}
+		for _, t := range is.TokenTypes {
+			if normalizeTyp(t) == "logout+jwt" {
+				errs = append(errs, fmt.Errorf("issuer %q: token type logout+jwt can never be a credential", is.URL))
+			}
+		}
+		if _, err := parseTemplate(is.Claims.withDefaults().PrincipalID); err != nil {
+			errs = append(errs, fmt.Errorf("issuer %q: principal id: %w", is.URL, err))
+		}
+		for k, vals := range is.Require {
+			if len(vals) == 0 {
+				errs = append(errs, fmt.Errorf("issuer %q: require %q lists no values", is.URL, k))
+			}
+			if _, ok := is.Claims.Attributes[k]; !ok {
+				errs = append(errs, fmt.Errorf("issuer %q: require names %q, which is not a mapped attribute", is.URL, k))
+			}
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// normalizeTyp compares typ values as RFC 7515 4.1.9 asks: without case,
+// and with application/ implied.
+func normalizeTyp(t string) string {
+	t = strings.ToLower(t)
+	return strings.TrimPrefix(t, "application/")
 }
 
 func (c Config) withDefaults() Config {
 	if c.DiscoveryRetry == 0 {
 		c.DiscoveryRetry = DefaultDiscoveryRetry
 	}
-	if c.KeysMaxAge == 0 {
-		c.KeysMaxAge = DefaultKeysMaxAge
+	if c.KeysRefresh == 0 {
+		c.KeysRefresh = DefaultKeysRefresh
+	}
+	if c.ClockSkew == 0 {
+		c.ClockSkew = DefaultClockSkew
+	}
+	if c.CacheSize == 0 {
+		c.CacheSize = DefaultCacheSize
+	}
+	if c.MaxTokenBytes == 0 {
+		c.MaxTokenBytes = DefaultMaxTokenBytes
 	}
 	return c
 }

@@ -25,8 +25,8 @@ func TestLoadConfig(t *testing.T) {
 					t.Fatalf("issuers: %+v", c.Issuers)
 				}
 				for _, is := range c.Issuers {
-					if is.Audience != "aigov" {
-						t.Fatalf("audience %q", is.Audience)
+					if len(is.Audiences) != 1 || is.Audiences[0] != "aigov" {
+						t.Fatalf("audiences %q", is.Audiences)
 					}
 				}
 				if c.Workers != 32 || c.HTTPTimeout != 5*time.Second {
@@ -41,7 +41,7 @@ func TestLoadConfig(t *testing.T) {
 				"AIGOV_AUTHN_WORKERS": "4", "AIGOV_OIDC_HTTP_TIMEOUT": "750ms",
 			},
 			check: func(t *testing.T, c verify.Config) {
-				if c.Issuers[0].URL != "https://a.example/" || c.Issuers[0].Audience != "api://aigov" || c.Workers != 4 || c.HTTPTimeout != 750*time.Millisecond {
+				if c.Issuers[0].URL != "https://a.example/" || c.Issuers[0].Audiences[0] != "api://aigov" || c.Workers != 4 || c.HTTPTimeout != 750*time.Millisecond {
 					t.Fatalf("config: %+v", c)
 				}
 			},

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
@@ -16,102 +17,84 @@ import (
 // maxJWKSBytes bounds a JWKS response; real ones are a few KB.
 const maxJWKSBytes = 1 << 20
 
-// errKeysUnavailable means the issuer's keys could not be fetched, so the
-// token can be neither accepted nor called forged.
-var errKeysUnavailable = errors.New("signing keys unavailable")
+// maxUnknownKids bounds the negative cache of kids the JWKS lacked.
+const maxUnknownKids = 4096
 
-// errNoKey means no published key verifies the signature.
-var errNoKey = errors.New("no published key verifies the signature")
+// unknownKidTTL is how long a kid the freshly fetched JWKS lacked is
+// answered unknown_key without another fetch.
+const unknownKidTTL = time.Minute
 
-// keySet is an oidc.KeySet over an issuer's JWKS. It replaces go-oidc's
-// RemoteKeySet, which refetches on every signature failure (so each forged
-// token would cost the IdP a request) and never expires keys. Here:
-//   - a known kid whose signature fails is a bad signature, with no fetch;
-//   - an unknown kid triggers a refetch at most once per minRefresh;
-//   - keys older than maxAge are refetched, and kept if that fails, so an
-//     IdP outage does not fail requests signed with keys already known.
+// keySnapshot is an immutable view of an issuer's keys, swapped whole on
+// refresh so that readers (every cache hit) take no lock.
+type keySnapshot struct {
+	keys []jose.JSONWebKey
+	kids map[string]bool
+}
+
+// keySet is an issuer's JWKS. Unlike go-oidc's RemoteKeySet it
+//   - refetches on an unknown kid at most once per minRefresh, and answers
+//     a kid the fresh JWKS lacked from a bounded negative cache, so a flood
+//     of random kids is not a flood of fetches;
+//   - is refreshed on a schedule (Authenticator.Run), so a key the IdP
+//     removed stops verifying, cached tokens included;
+//   - keeps its keys when a fetch fails, so an IdP outage does not fail
+//     tokens signed with keys already known.
 type keySet struct {
 	url        string
 	client     *http.Client
-	algs       []jose.SignatureAlgorithm
 	minRefresh time.Duration
-	maxAge     time.Duration
 	now        func() time.Time
 
-	mu        sync.Mutex
-	keys      []jose.JSONWebKey
-	fetchedAt time.Time     // last successful fetch
-	triedAt   time.Time     // last attempt, successful or not
-	lastErr   error         // outcome of the last attempt
-	inflight  chan struct{} // closed when the running fetch ends
+	snap atomic.Pointer[keySnapshot]
+
+	mu       sync.Mutex
+	triedAt  time.Time            // last attempt, successful or not
+	lastErr  error                // outcome of the last attempt
+	inflight chan struct{}        // closed when the running fetch ends
+	unknown  map[string]time.Time // kid -> when a fresh JWKS lacked it
 }
 
-// sigResultKey carries a *sigResult through go-oidc's Verify, which
-// flattens KeySet errors into strings; the typed error comes back this way.
-type sigResultKey struct{}
-
-type sigResult struct{ err error }
-
-// VerifySignature implements oidc.KeySet.
-func (k *keySet) VerifySignature(ctx context.Context, raw string) ([]byte, error) {
-	payload, err := k.verify(ctx, raw)
-	if res, ok := ctx.Value(sigResultKey{}).(*sigResult); ok {
-		res.err = err
-	}
-	return payload, err
+// has reports whether kid is among the keys currently published. A token
+// verified with a key that is no longer published is no longer trusted.
+func (k *keySet) has(kid string) bool {
+	s := k.snap.Load()
+	return s != nil && s.kids[kid]
 }
 
-func (k *keySet) verify(ctx context.Context, raw string) ([]byte, error) {
-	// go-oidc has parsed the token with the same algorithm list already;
-	// its parsed copy is not reachable from here, so parse again. The
-	// compact parser skips ParseSigned's rune-by-rune whitespace strip
-	// (bearer tokens hold no whitespace), which is most of a parse's cost.
-	jws, err := jose.ParseSignedCompact(raw, k.algs)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %v", errNoKey, err)
+// candidates returns the keys that may have signed a token with kid,
+// fetching the JWKS first when there are none or kid is unknown, within
+// the rate limit. fetchErr is the error of a fetch that was needed and
+// failed (or of the last one, inside the rate limit).
+func (k *keySet) candidates(ctx context.Context, kid string) (keys []jose.JSONWebKey, fetchErr error) {
+	if s := k.snap.Load(); s != nil && (kid == "" || s.kids[kid]) {
+		return match(s, kid), nil
 	}
-	if len(jws.Signatures) != 1 {
-		return nil, fmt.Errorf("%w: want exactly one signature", errNoKey)
-	}
-	kid := jws.Signatures[0].Header.KeyID
-	keys, fetchErr := k.keysFor(ctx, kid)
-	for i := range keys {
-		if kid != "" && keys[i].KeyID != kid {
-			continue
-		}
-		if payload, err := jws.Verify(&keys[i]); err == nil {
-			return payload, nil
-		}
-	}
-	if fetchErr != nil {
-		return nil, fmt.Errorf("%w: %w", errKeysUnavailable, fetchErr)
-	}
-	return nil, errNoKey
-}
-
-// keysFor returns the keys to try for kid, refreshing first when there are
-// none, they are stale, or kid is unknown, within the refresh rate limit.
-// The error is that of the fetch, if one was needed and failed.
-func (k *keySet) keysFor(ctx context.Context, kid string) ([]jose.JSONWebKey, error) {
 	k.mu.Lock()
-	for {
-		now := k.now()
-		need := len(k.keys) == 0 || now.Sub(k.fetchedAt) > k.maxAge || (kid != "" && !hasKid(k.keys, kid))
-		if !need {
-			keys := k.keys
+	for attempt := 0; ; attempt++ {
+		s := k.snap.Load()
+		if s != nil && (kid == "" || s.kids[kid]) {
 			k.mu.Unlock()
-			return keys, nil
+			return match(s, kid), nil
 		}
-		if k.inflight != nil {
-			if usable(k.keys, kid) {
-				// A refresh of stale keys is running; the keys at hand
-				// still serve this kid, so do not queue behind the fetch.
-				keys := k.keys
-				k.mu.Unlock()
-				return keys, nil
+		now := k.now()
+		if at, ok := k.unknown[kid]; ok && s != nil && now.Sub(at) < unknownKidTTL {
+			k.mu.Unlock()
+			return nil, nil
+		}
+		if attempt > 0 {
+			// A fetch ended (ours or another's) and the kid is still
+			// missing: remember it if the fetch succeeded.
+			err := k.lastErr
+			if err == nil && kid != "" {
+				if k.unknown == nil || len(k.unknown) >= maxUnknownKids {
+					k.unknown = make(map[string]time.Time)
+				}
+				k.unknown[kid] = now
 			}
-			// Someone is fetching: wait for it rather than fetch twice.
-			done := k.inflight
+			k.mu.Unlock()
+			return nil, err
+		}
+		if done := k.inflight; done != nil {
 			k.mu.Unlock()
 			select {
 			case <-done:
@@ -119,48 +102,68 @@ func (k *keySet) keysFor(ctx context.Context, kid string) ([]jose.JSONWebKey, er
 				return nil, ctx.Err()
 			}
 			k.mu.Lock()
-			keys, err := k.keys, k.lastErr
-			k.mu.Unlock()
-			return keys, err
+			continue
 		}
 		if !k.triedAt.IsZero() && now.Sub(k.triedAt) < k.minRefresh {
-			keys, err := k.keys, k.lastErr
+			err := k.lastErr
 			k.mu.Unlock()
-			return keys, err
+			return nil, err
 		}
-		k.inflight = make(chan struct{})
-		k.triedAt = now
 		k.mu.Unlock()
-
-		keys, err := k.fetch(ctx)
-
+		k.refresh(ctx)
 		k.mu.Lock()
-		k.lastErr = err
-		if err == nil {
-			k.keys, k.fetchedAt = keys, k.now()
-		}
-		close(k.inflight)
-		k.inflight = nil
-		// Loop once more: with fresh keys (or the rate limit now in force)
-		// the checks above answer without another fetch.
 	}
 }
 
-// usable reports whether keys hold a candidate for kid.
-func usable(keys []jose.JSONWebKey, kid string) bool {
+// match returns the keys to try for kid; without a kid, every key.
+func match(s *keySnapshot, kid string) []jose.JSONWebKey {
 	if kid == "" {
-		return len(keys) > 0
+		return s.keys
 	}
-	return hasKid(keys, kid)
-}
-
-func hasKid(keys []jose.JSONWebKey, kid string) bool {
-	for i := range keys {
-		if keys[i].KeyID == kid {
-			return true
+	for i := range s.keys {
+		if s.keys[i].KeyID == kid {
+			return s.keys[i : i+1]
 		}
 	}
-	return false
+	return nil
+}
+
+// refresh fetches the JWKS once, or waits for the fetch already running,
+// and installs the keys on success. It returns the fetch's error.
+func (k *keySet) refresh(ctx context.Context) error {
+	k.mu.Lock()
+	if done := k.inflight; done != nil {
+		k.mu.Unlock()
+		select {
+		case <-done:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		k.mu.Lock()
+		defer k.mu.Unlock()
+		return k.lastErr
+	}
+	done := make(chan struct{})
+	k.inflight = done
+	k.triedAt = k.now()
+	k.mu.Unlock()
+
+	keys, err := k.fetch(ctx)
+
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.lastErr = err
+	if err == nil {
+		s := &keySnapshot{keys: keys, kids: make(map[string]bool, len(keys))}
+		for _, key := range keys {
+			s.kids[key.KeyID] = true
+		}
+		k.snap.Store(s)
+		clear(k.unknown)
+	}
+	close(done)
+	k.inflight = nil
+	return err
 }
 
 // fetch downloads the JWKS. It runs detached from the caller's context
@@ -196,6 +199,10 @@ func (k *keySet) fetch(ctx context.Context) ([]jose.JSONWebKey, error) {
 	return keys, nil
 }
 
+// maxJWKSKeys bounds how many keys of one JWKS are kept (and tried for a
+// token without kid).
+const maxJWKSKeys = 32
+
 // parseJWKS keeps the public signing keys go-jose understands and skips
 // the rest, as RFC 7517 §5 asks, instead of failing the whole set.
 func parseJWKS(body []byte) ([]jose.JSONWebKey, error) {
@@ -215,6 +222,9 @@ func parseJWKS(body []byte) ([]jose.JSONWebKey, error) {
 			continue
 		}
 		keys = append(keys, jwk)
+		if len(keys) == maxJWKSKeys {
+			break
+		}
 	}
 	return keys, nil
 }

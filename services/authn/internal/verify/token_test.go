@@ -24,12 +24,12 @@ func TestBearer(t *testing.T) {
 		{"empty credential", []string{"Bearer   "}, "", schemas.CodeMissingToken},
 		{"two headers", []string{"Bearer a", "Bearer b"}, "", schemas.CodeMalformedToken},
 		{"inner space", []string{"Bearer a b"}, "", schemas.CodeMalformedToken},
-		{"oversized", []string{"Bearer " + strings.Repeat("a", MaxTokenBytes+1)}, "", schemas.CodeMalformedToken},
+		{"oversized", []string{"Bearer " + strings.Repeat("a", DefaultMaxTokenBytes+1)}, "", schemas.CodeTokenTooLarge},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			tok, d := bearer(tc.values)
+			tok, d := bearer(tc.values, DefaultMaxTokenBytes)
 			var code schemas.Code
 			if d != nil {
 				code = d.Code

@@ -57,8 +57,9 @@ type Verifier struct {
 	outcomes *prometheus.CounterVec
 	now      func() time.Time
 
-	kvMu sync.Mutex
-	kv   jetstream.KeyValue // revocation bucket, opened on first use
+	kvMu    sync.Mutex
+	kv      jetstream.KeyValue // revocation bucket, opened on first use
+	usedIDs jetstream.KeyValue // token id bucket, opened on first use
 }
 
 // New builds a verifier; it does no I/O.
@@ -104,13 +105,13 @@ func (v *Verifier) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	warmed := make(chan struct{})
+	refresher := make(chan struct{})
 	go func() {
-		defer close(warmed)
-		v.auth.Warm(ctx)
+		defer close(refresher)
+		v.auth.Run(ctx)
 	}()
 	err = v.runner.Run(ctx, cons, v.Handle)
-	<-warmed // bounded by the HTTP timeout
+	<-refresher // ends with ctx; a fetch in flight is bounded by the HTTP timeout
 	return err
 }
 
@@ -140,7 +141,7 @@ func (v *Verifier) Handle(ctx context.Context, m jetstream.Msg) error {
 	r.replyTo = h.Get(schemas.HeaderReplyTo)
 
 	malformed := v.parse(m, seq, &r)
-	token, d := bearer(h.Values(schemas.HeaderAuthorization))
+	token, d := bearer(h.Values(schemas.HeaderAuthorization), v.auth.maxBytes)
 	if token != "" {
 		// Even a malformed request's deny names the token it carried, so
 		// audit can tie it to the token's other uses.
@@ -164,6 +165,18 @@ func (v *Verifier) Handle(ctx context.Context, m jetstream.Msg) error {
 		return err
 	} else if d != nil {
 		return v.deny(ctx, r, d)
+	}
+	if d, err := v.leaseEnded(ctx, r.data.Context); err != nil {
+		return err
+	} else if d != nil {
+		return v.deny(ctx, r, d)
+	}
+	if id.ReplayKey != "" {
+		if d, err := v.replayed(ctx, id, r.id); err != nil {
+			return err
+		} else if d != nil {
+			return v.deny(ctx, r, d)
+		}
 	}
 	return v.pass(ctx, r)
 }
@@ -259,6 +272,53 @@ func (v *Verifier) revoked(ctx context.Context, sessionKey string) (*Denial, err
 		reason = "the session was ended"
 	}
 	return &Denial{Code: code, Reason: reason}, nil
+}
+
+// replayed records the token's jti as used by this request, until the
+// token expires. A jti already recorded for another request is a replay;
+// recorded for this same request, it is a redelivery (a publish that
+// failed after the record), which must pass again.
+func (v *Verifier) replayed(ctx context.Context, id Identity, requestID string) (*Denial, error) {
+	kv, err := v.tokenIDs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	// KeyTTL has a one-second floor; the token expired at least skew ago
+	// when its key lapses, so the record outlives the token.
+	ttl := max(time.Second, time.Until(id.Principal.ExpiresAt)+time.Second)
+	_, err = kv.Create(ctx, id.ReplayKey, []byte(requestID), jetstream.KeyTTL(ttl))
+	if err == nil {
+		return nil, nil
+	}
+	if !errors.Is(err, jetstream.ErrKeyExists) {
+		return nil, fmt.Errorf("record token id of request %s: %w", requestID, err)
+	}
+	e, err := kv.Get(ctx, id.ReplayKey)
+	switch {
+	case errors.Is(err, jetstream.ErrKeyNotFound):
+		// Lapsed between Create and Get: the token has expired meanwhile.
+		return deny(schemas.CodeTokenReplayed, "the token's jti was already used"), nil
+	case err != nil:
+		return nil, fmt.Errorf("look up token id of request %s: %w", requestID, err)
+	case string(e.Value()) == requestID:
+		return nil, nil
+	}
+	return deny(schemas.CodeTokenReplayed, "the token's jti was already used by another request"), nil
+}
+
+// tokenIDs opens the token id bucket once; a failure is retried by the
+// next request.
+func (v *Verifier) tokenIDs(ctx context.Context) (jetstream.KeyValue, error) {
+	v.kvMu.Lock()
+	defer v.kvMu.Unlock()
+	if v.usedIDs == nil {
+		kv, err := v.js.KeyValue(ctx, v.topo.BucketTokenIDs())
+		if err != nil {
+			return nil, fmt.Errorf("open token id bucket %s: %w", v.topo.BucketTokenIDs(), err)
+		}
+		v.usedIDs = kv
+	}
+	return v.usedIDs, nil
 }
 
 // revocations opens the revocation bucket once; a failure is retried by

@@ -41,6 +41,7 @@ type env struct {
 	otherAud  *idp.Provider // trusted, but issues tokens for audience "other"
 	untrusted *idp.Provider // not in the trusted list
 	downURL   string        // trusted; nothing listens there
+	replay    *idp.Provider // trusted, with jti replay protection on
 
 	mu     sync.Mutex
 	tokens []string // every raw token the test sent
@@ -86,6 +87,7 @@ func startEnv(t *testing.T) *env {
 	e.good = startIDP(t, idp.Options{})
 	e.otherAud = startIDP(t, idp.Options{ClientID: "other"})
 	e.untrusted = startIDP(t, idp.Options{})
+	e.replay = startIDP(t, idp.Options{})
 	down := startIDP(t, idp.Options{})
 	e.downURL = down.Issuer()
 	if err := down.Close(); err != nil {
@@ -122,9 +124,10 @@ func startEnv(t *testing.T) *env {
 		Workers:     8,
 		HTTPTimeout: 2 * time.Second,
 		Issuers: []verify.Issuer{
-			{URL: e.good.Issuer(), Audience: "aigov"},
-			{URL: e.otherAud.Issuer(), Audience: "aigov"},
-			{URL: e.downURL, Audience: "aigov"},
+			{URL: e.good.Issuer(), Audiences: []string{"aigov"}},
+			{URL: e.otherAud.Issuer(), Audiences: []string{"aigov"}},
+			{URL: e.downURL, Audiences: []string{"aigov"}},
+			{URL: e.replay.Issuer(), Audiences: []string{"aigov"}, ReplayProtection: true},
 		},
 	}
 	v, err := verify.New(cfg, verify.Deps{
@@ -373,11 +376,8 @@ func TestVerifierEndToEnd(t *testing.T) {
 			}
 			return f
 		})},
-		// go-oidc refuses alg none while parsing, before any key is looked
-		// at, as an algorithm outside the issuer's allowed list; that is a
-		// signature that does not verify (bad_signature), not a malformed
-		// JWT, since the token is a well-formed JWS.
-		{"alg none", withToken(schemas.CodeBadSignature, func(t *testing.T) string {
+		// alg none is refused by its alg, before any key is looked at.
+		{"alg none", withToken(schemas.CodeDisallowedAlgorithm, func(t *testing.T) string {
 			return algNone(t, e.token(t, e.good, "alice"))
 		})},
 		{"untrusted issuer", withToken(schemas.CodeUntrustedIssuer, func(t *testing.T) string {
@@ -796,4 +796,78 @@ func (e *env) nakked(t *testing.T) bool {
 		}
 	}
 	return false
+}
+
+// TestReplayProtection: with replay protection on for its issuer, a token
+// serves one request; another request with it is token_replayed, while a
+// redelivery of the first request still passes. Tokens of other issuers
+// may be reused.
+func TestReplayProtection(t *testing.T) {
+	t.Parallel()
+	e := startEnv(t)
+	ctx := context.Background()
+	send := func(id, tok string) output {
+		t.Helper()
+		m := requestMsg(t, id, tok, "")
+		m.Header.Del(schemas.HeaderMsgID) // let a deliberate resend through
+		if _, err := e.platJS.PublishMsg(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+		return e.out.await(t, id)
+	}
+	tok := e.token(t, e.replay, "alice")
+	first := schemas.NewID()
+	if o := send(first, tok); o.event.Type != schemas.TypeVerified {
+		t.Fatalf("first use: %s", o.raw)
+	}
+	second := schemas.NewID()
+	o := send(second, tok)
+	var d schemas.Decision
+	if err := o.event.DecodeData(&d); err != nil || d.Code != schemas.CodeTokenReplayed {
+		t.Fatalf("second use: %s (%v)", o.raw, err)
+	}
+	// The same request again (a redelivery): not a replay.
+	if err := func() error {
+		m := requestMsg(t, first, tok, "")
+		m.Header.Del(schemas.HeaderMsgID)
+		_, err := e.platJS.PublishMsg(ctx, m)
+		return err
+	}(); err != nil {
+		t.Fatal(err)
+	}
+	// Wait for that copy to be handled: the request stream empties.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		st, err := e.adminJS.Stream(ctx, e.topo.StreamRequests())
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := st.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.State.Msgs == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the resent request was not handled")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	e.out.mu.Lock()
+	outs := append([]output(nil), e.out.byReq[first]...)
+	e.out.mu.Unlock()
+	for _, o := range outs {
+		if o.event.Type != schemas.TypeVerified {
+			t.Fatalf("a redelivered request was denied: %s", o.raw)
+		}
+	}
+	e.assertCounter(t, string(schemas.CodeTokenReplayed), 1)
+	// Without replay protection the same token serves many requests.
+	reuse := e.token(t, e.good, "carol")
+	for range 2 {
+		if o := send(schemas.NewID(), reuse); o.event.Type != schemas.TypeVerified {
+			t.Fatalf("reuse without replay protection: %s", o.raw)
+		}
+	}
 }

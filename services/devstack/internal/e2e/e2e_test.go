@@ -6,6 +6,10 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -88,6 +92,8 @@ func TestPipelineEndToEnd(t *testing.T) {
 		}
 	}
 
+	cliResults := checkCLI(ctx, t, st, bin)
+
 	// Bad input gets an audited deny, not a drop.
 	bad := malformedRequest(ctx, t, st)
 	if bad.Decision != schemas.Deny || bad.Code != schemas.CodeMalformedRequest {
@@ -96,7 +102,7 @@ func TestPipelineEndToEnd(t *testing.T) {
 
 	byID := map[string]schemas.Decision{bad.RequestID: bad}
 	ids := []string{bad.RequestID}
-	for _, r := range results {
+	for _, r := range append(results, cliResults...) {
 		byID[r.Decision.RequestID] = r.Decision
 		ids = append(ids, r.Decision.RequestID)
 	}
@@ -104,14 +110,60 @@ func TestPipelineEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkDecisionRows(ctx, t, st, byID)
-	checkNoTokens(ctx, t, st, results)
-	checkSessionRows(ctx, t, st, results)
+	all := append(results, cliResults...)
+	checkNoTokens(ctx, t, st, all)
+	checkSessionRows(ctx, t, st, all)
 
 	// Every service shuts down cleanly on SIGTERM (exit status 0).
 	stopped = true
 	if errs := st.Stop(); len(errs) > 0 {
 		t.Fatalf("unclean shutdown: %v", errs)
 	}
+}
+
+// checkCLI runs the aigov binary as a user would: exit 0 on allow, 3 on
+// deny, the decision as JSON on stdout.
+func checkCLI(ctx context.Context, t *testing.T, st *stack.Stack, bin string) []demo.Result {
+	t.Helper()
+	var out []demo.Result
+	for _, tc := range []struct {
+		persona  string
+		wantExit int
+		want     string
+	}{
+		{"carol", 0, schemas.Allow},
+		{"alice", 3, schemas.Deny},
+	} {
+		token, err := st.IdP.Token(ctx, tc.persona)
+		if err != nil {
+			t.Fatal(err)
+		}
+		file := filepath.Join(t.TempDir(), tc.persona+".jwt")
+		if err := os.WriteFile(file, []byte(token), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.CommandContext(ctx, filepath.Join(bin, "aigov"), "authorize", "--json",
+			"--nats", st.NATS.URL(), "--user", schemas.RolePlatform, "--password", st.NATS.Password(schemas.RolePlatform),
+			"--token-file", file, "--action", "dataset.update", "--resource", "Dataset:transactions-training",
+			"--context", `{"environment":"staging"}`)
+		stdout, err := cmd.Output()
+		exit := 0
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			exit = ee.ExitCode()
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		var d schemas.Decision
+		if jerr := json.Unmarshal(stdout, &d); jerr != nil {
+			t.Fatalf("aigov authorize as %s: exit %d, output %q: %v", tc.persona, exit, stdout, jerr)
+		}
+		if exit != tc.wantExit || d.Decision != tc.want || d.Principal == nil || d.Principal.Subject != tc.persona {
+			t.Fatalf("aigov authorize as %s: exit %d decision %s (%s), want exit %d %s", tc.persona, exit, d.Decision, d.Code, tc.wantExit, tc.want)
+		}
+		out = append(out, demo.Result{Token: token, Decision: d})
+	}
+	return out
 }
 
 func malformedRequest(ctx context.Context, t *testing.T, st *stack.Stack) schemas.Decision {
@@ -210,7 +262,7 @@ func checkNoTokens(ctx context.Context, t *testing.T, st *stack.Stack, results [
 		}
 		sig := r.Token[strings.LastIndexByte(r.Token, '.')+1:]
 		for _, q := range []string{
-			`SELECT count() FROM aigov.events WHERE position(data, ?) > 0`,
+			`SELECT count() FROM aigov.event_log WHERE position(data, ?) > 0`,
 			`SELECT count() FROM aigov.decisions WHERE position(context, ?) > 0 OR position(reason, ?) > 0`,
 		} {
 			args := []any{sig}

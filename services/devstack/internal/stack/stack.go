@@ -233,7 +233,10 @@ func (st *Stack) env(name, httpAddr string) []string {
 	case "policy":
 		e = append(e, "AIGOV_POLICY_DIR="+filepath.Join(st.Root, "policies"))
 	case "audit":
-		e = append(e, "AIGOV_CLICKHOUSE_ADDR="+st.ClickHouse.Addr(), "AIGOV_CLICKHOUSE_DATABASE="+Database)
+		e = append(e, "AIGOV_CLICKHOUSE_ADDR="+st.ClickHouse.Addr(), "AIGOV_CLICKHOUSE_DATABASE="+Database,
+			// A dev signing key for the audit's checkpoints, made on first start;
+			// `aigov audit verify` reads its .pub next to it.
+			"AIGOV_AUDIT_SIGNING_KEY="+st.AuditKeyPath(), "AIGOV_AUDIT_SIGNING_KEY_CREATE=true")
 	case "reaper":
 		e = append(e, "AIGOV_SESSION_MAX_AGE="+st.opts.SessionMaxAge.String(), "AIGOV_REAPER_INTERVAL="+st.opts.ReaperInterval.String())
 	}
@@ -319,6 +322,10 @@ func (st *Stack) HTTPAddr(name string) string {
 	}
 	return ""
 }
+
+// AuditKeyPath is the audit's checkpoint signing key; the public key is
+// next to it with a .pub suffix.
+func (st *Stack) AuditKeyPath() string { return filepath.Join(st.Dir, "audit-signing.key") }
 
 // LogPath is the log file of a service.
 func (st *Stack) LogPath(name string) string { return filepath.Join(st.Dir, "logs", name+".log") }

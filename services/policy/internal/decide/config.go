@@ -5,19 +5,27 @@ package decide
 
 import (
 	"path/filepath"
+	"time"
 
 	"github.com/aigov/aigov/services/runtime"
 )
 
 // Config is the policy service's own configuration, next to runtime.Common.
 type Config struct {
-	// PolicyDir holds the *.cedar files (AIGOV_POLICY_DIR).
+	// PolicyDir holds the *.cedar files and the schema (AIGOV_POLICY_DIR);
+	// they seed the policy bucket when it has no active set.
 	PolicyDir string
 	// EntitiesFile is the trusted entity store in Cedar's entity JSON format
-	// (AIGOV_ENTITIES_FILE, default <PolicyDir>/entities.json).
+	// (AIGOV_ENTITIES_FILE, default <PolicyDir>/entities.json); it seeds the
+	// entity bucket when it is empty.
 	EntitiesFile string
 	// Workers is how many messages are decided at once (AIGOV_POLICY_WORKERS).
 	Workers int
+	// ApprovalTeams are the groups whose members' approvals count as teams
+	// in context.approvals (AIGOV_APPROVAL_TEAMS, comma-separated).
+	ApprovalTeams []string
+	// ApprovalTTL is how long a granted approval counts (AIGOV_APPROVAL_TTL).
+	ApprovalTTL time.Duration
 }
 
 // LoadConfig reads the policy service's variables; violations are recorded
@@ -25,8 +33,10 @@ type Config struct {
 func LoadConfig(e *runtime.Env) Config {
 	dir := e.String("AIGOV_POLICY_DIR", "policies")
 	return Config{
-		PolicyDir:    dir,
-		EntitiesFile: e.String("AIGOV_ENTITIES_FILE", filepath.Join(dir, "entities.json")),
-		Workers:      e.Int("AIGOV_POLICY_WORKERS", 32, 1),
+		PolicyDir:     dir,
+		EntitiesFile:  e.String("AIGOV_ENTITIES_FILE", filepath.Join(dir, "entities.json")),
+		Workers:       e.Int("AIGOV_POLICY_WORKERS", 32, 1),
+		ApprovalTeams: e.List("AIGOV_APPROVAL_TEAMS", []string{"risk-reviewers", "security"}),
+		ApprovalTTL:   e.Duration("AIGOV_APPROVAL_TTL", 24*time.Hour),
 	}
 }

@@ -7,14 +7,17 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
+	"github.com/cedar-policy/cedar-go"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
 	"github.com/aigov/aigov/schemas"
+	"github.com/aigov/aigov/services/policy/engine"
 	"github.com/aigov/aigov/services/runtime"
 )
 
@@ -32,9 +35,19 @@ type Deps struct {
 	JS jetstream.JetStream
 	// Topology names the subjects and the durable consumer.
 	Topology schemas.Topology
-	// Evaluator decides each request.
-	Evaluator *Evaluator
-	Log       zerolog.Logger
+	// Seed is the policy set stored as the active one when the policy bucket
+	// has none (first start); nil seeds nothing and waits for a push.
+	Seed *engine.Set
+	// SeedEntities are stored when the entity bucket is empty.
+	SeedEntities cedar.EntityMap
+	// ApprovalTeams are the groups whose members' approvals count, as
+	// teams, in context.approvals.
+	ApprovalTeams []string
+	// ApprovalTTL is how long an approval counts.
+	ApprovalTTL time.Duration
+	// Clock defaults to time.Now.
+	Clock func() time.Time
+	Log   zerolog.Logger
 	// Registry receives the service's and its runner's metrics.
 	Registry prometheus.Registerer
 	// Workers is how many messages are decided at once.
@@ -46,7 +59,13 @@ type Service struct {
 	nc        *nats.Conn
 	js        jetstream.JetStream
 	topo      schemas.Topology
-	eval      *Evaluator
+	state     *state
+	seed      *engine.Set
+	seedEnts  cedar.EntityMap
+	teams     []string
+	ttl       time.Duration
+	clock     func() time.Time
+	kv        buckets
 	log       zerolog.Logger
 	runner    *runtime.Runner
 	decisions *prometheus.CounterVec
@@ -60,19 +79,23 @@ func NewService(d Deps) (*Service, error) {
 		return nil, errors.New("decide: nil NATS connection")
 	case d.JS == nil:
 		return nil, errors.New("decide: nil JetStream context")
-	case d.Evaluator == nil:
-		return nil, errors.New("decide: nil evaluator")
+	case d.ApprovalTTL <= 0:
+		return nil, errors.New("decide: approval TTL must be positive")
 	case d.Registry == nil:
 		return nil, errors.New("decide: nil metrics registry")
 	case d.Topology.Subjects.Prefix == "":
 		return nil, errors.New("decide: topology has no subject prefix")
 	}
 	s := &Service{
-		nc:   d.NC,
-		js:   d.JS,
-		topo: d.Topology,
-		eval: d.Evaluator,
-		log:  d.Log.With().Str("component", "decide").Logger(),
+		nc:       d.NC,
+		js:       d.JS,
+		topo:     d.Topology,
+		seed:     d.Seed,
+		seedEnts: d.SeedEntities,
+		teams:    d.ApprovalTeams,
+		ttl:      d.ApprovalTTL,
+		clock:    d.Clock,
+		log:      d.Log.With().Str("component", "decide").Logger(),
 		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "aigov_policy_decisions_total",
 			Help: "Decisions published by the policy service, by decision and deny code (none for an allow).",
@@ -88,18 +111,78 @@ func NewService(d Deps) (*Service, error) {
 			return nil, fmt.Errorf("register policy metrics: %w", err)
 		}
 	}
+	if s.clock == nil {
+		s.clock = time.Now
+	}
+	s.state = newState(s.log, s.clock)
 	s.runner = runtime.NewRunner(schemas.ConsumerPolicy, d.Log, d.Registry, d.Workers)
 	return s, nil
 }
 
 // Run ensures the durable consumer and decides messages until ctx ends; it
 // is a runtime.Worker.
+//
+// Before consuming it seeds the policy and entity buckets when they are
+// empty, starts the watchers that keep this replica's policy set, entity
+// store and approvals current, and waits until the set and store loaded.
 func (s *Service) Run(ctx context.Context) error {
+	b, err := openBuckets(ctx, s.js, s.topo)
+	if err != nil {
+		return err
+	}
+	s.kv = b
+	if seeded, err := seedPolicy(ctx, b.policy, s.seed); err != nil {
+		return err
+	} else if seeded {
+		s.log.Info().Str("policy_version", s.seed.Version()).Msg("policy bucket seeded")
+		ch := schemas.PolicyChange{PolicyVersion: s.seed.Version(), By: EventSource, PolicyIDs: s.seed.PolicyIDs(), ShadowIDs: s.seed.ShadowIDs(), At: s.clock().UTC()}
+		if err := s.publishEvent(ctx, s.topo.Subjects.Governance(schemas.KindPolicy, schemas.PolicyChanged),
+			schemas.DerivedID("seed-"+engine.HexOf(s.seed.Version()), "policy.changed"), schemas.TypePolicyChanged, ch); err != nil {
+			return err
+		}
+	}
+	if n, err := seedEntities(ctx, b.entities, s.seedEnts); err != nil {
+		return err
+	} else if n > 0 {
+		s.log.Info().Int("entities", n).Msg("entity bucket seeded")
+	}
+
+	wctx, stop := context.WithCancel(ctx)
+	defer stop()
+	policyReady, entitiesReady := make(chan struct{}), make(chan struct{})
+	var wg sync.WaitGroup
+	errs := make(chan error, 3)
+	wg.Go(func() { errs <- s.watchPolicy(wctx, policyReady) })
+	wg.Go(func() { errs <- s.watchEntities(wctx, entitiesReady) })
+	wg.Go(func() { errs <- s.watchApprovals(wctx) })
+	defer wg.Wait()
+
+	for _, ready := range []chan struct{}{policyReady, entitiesReady} {
+		select {
+		case <-ready:
+		case err := <-errs:
+			return err
+		case <-ctx.Done():
+			return nil
+		}
+	}
+	if s.state.snapshot() == nil {
+		return errors.New("decide: no active policy set: the policy bucket is empty and no seed was given")
+	}
 	cons, err := s.topo.EnsureConsumer(ctx, s.js, schemas.ConsumerPolicy)
 	if err != nil {
 		return err
 	}
-	return s.runner.Run(ctx, cons, s.Handle)
+	runErr := make(chan error, 1)
+	go func() { runErr <- s.runner.Run(wctx, cons, s.Handle) }()
+	select {
+	case err := <-runErr:
+		return err
+	case err := <-errs:
+		stop()
+		<-runErr
+		return err
+	}
 }
 
 // Handle decides one verified event. It returns nil only once the decision
@@ -117,9 +200,19 @@ func (s *Service) Handle(ctx context.Context, m jetstream.Msg) error {
 		return runtime.Permanent(err)
 	}
 
+	snap := s.state.snapshot()
+	if snap == nil {
+		return errors.New("no policy set loaded yet")
+	}
 	start := time.Now()
-	d := s.eval.Decide(v)
+	res := snap.eval.Evaluate(v)
 	s.evalTime.Observe(time.Since(start).Seconds())
+	d := res.Decision
+	if d.Allowed() {
+		if err := s.effects(ctx, v, &d, res, snap); err != nil {
+			return err
+		}
+	}
 
 	ev, err := schemas.NewEvent(schemas.DerivedID(v.RequestID, "decision"), EventSource, schemas.TypeDecision, d.Timings.DecidedAt, d)
 	if err != nil {

@@ -63,7 +63,8 @@ func startHarness(t *testing.T, workers int) *harness {
 		t.Fatal(err)
 	}
 	svc, err := NewService(Deps{
-		NC: nc, JS: pjs, Topology: topo, Evaluator: loadSample(t),
+		NC: nc, JS: pjs, Topology: topo, Seed: seedSet(t), SeedEntities: sampleStore(t).Entities(),
+		ApprovalTeams: []string{"risk-reviewers"}, ApprovalTTL: time.Hour,
 		Log: zerolog.New(zerolog.NewTestWriter(t)), Registry: prometheus.NewRegistry(), Workers: workers,
 	})
 	if err != nil {
@@ -209,7 +210,7 @@ func TestServiceDecidesAndReplies(t *testing.T) {
 	if !d.Allowed() || !slices.Equal(d.PolicyIDs, []string{"data-scientists-retrain-staging"}) || d.RequestID != v.RequestID {
 		t.Errorf("decision %s/%s %q for %s", d.Decision, d.Code, d.PolicyIDs, d.RequestID)
 	}
-	if d.Stage != schemas.StagePolicy || d.PolicyVersion != h.svc.eval.Set().Version() || d.TokenFingerprint != v.TokenFingerprint {
+	if d.Stage != schemas.StagePolicy || d.PolicyVersion != seedSet(t).Version() || d.TokenFingerprint != v.TokenFingerprint {
 		t.Errorf("stage %q version %q fingerprint %q", d.Stage, d.PolicyVersion, d.TokenFingerprint)
 	}
 	if d.Timings.DecidedAt.IsZero() || d.Timings.VerifiedAt == nil || d.Context["epochs"] != float64(3) {
@@ -366,7 +367,6 @@ func TestServiceIgnoresForeignReplySubjects(t *testing.T) {
 
 func TestNewServiceRejectsMissingDeps(t *testing.T) {
 	t.Parallel()
-	ev := loadSample(t)
 	srv, err := natsdev.Start(natsdev.Options{Dir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
@@ -381,13 +381,13 @@ func TestNewServiceRejectsMissingDeps(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	full := Deps{NC: nc, JS: js, Topology: schemas.NewTopology(""), Evaluator: ev, Registry: prometheus.NewRegistry(), Workers: 1}
+	full := Deps{NC: nc, JS: js, Topology: schemas.NewTopology(""), ApprovalTTL: time.Hour, Registry: prometheus.NewRegistry(), Workers: 1}
 	for name, edit := range map[string]func(*Deps){
-		"nc":        func(d *Deps) { d.NC = nil },
-		"js":        func(d *Deps) { d.JS = nil },
-		"evaluator": func(d *Deps) { d.Evaluator = nil },
-		"registry":  func(d *Deps) { d.Registry = nil },
-		"topology":  func(d *Deps) { d.Topology = schemas.Topology{} },
+		"nc":       func(d *Deps) { d.NC = nil },
+		"js":       func(d *Deps) { d.JS = nil },
+		"ttl":      func(d *Deps) { d.ApprovalTTL = 0 },
+		"registry": func(d *Deps) { d.Registry = nil },
+		"topology": func(d *Deps) { d.Topology = schemas.Topology{} },
 	} {
 		d := full
 		edit(&d)
@@ -397,9 +397,6 @@ func TestNewServiceRejectsMissingDeps(t *testing.T) {
 	}
 	if _, err := NewService(full); err != nil {
 		t.Fatalf("complete deps rejected: %v", err)
-	}
-	if _, err := NewEvaluator(nil, nil); err == nil {
-		t.Error("nil policy set accepted")
 	}
 }
 

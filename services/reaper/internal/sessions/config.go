@@ -14,6 +14,7 @@ const (
 	DefaultInterval    = time.Second
 	DefaultMaxScan     = 100000
 	DefaultWorkers     = 4
+	DefaultTTLGrace    = 24 * time.Hour
 )
 
 // minInterval keeps a mistyped interval from turning the expiry loop into a
@@ -37,6 +38,13 @@ type Config struct {
 	MaxScan int
 	// Workers handle verified events concurrently (AIGOV_REAPER_WORKERS).
 	Workers int
+	// Limits override MaxAge and IdleTimeout per issuer, principal type and
+	// group, read from the JSON file AIGOV_REAPER_CONFIG names.
+	Limits []Limit
+	// TTLGrace is added to a session record's due time to form its per-key
+	// TTL (AIGOV_REAPER_TTL_GRACE): the expiry pass ends sessions; the TTL
+	// only clears a record left behind by an outage longer than the grace.
+	TTLGrace time.Duration
 }
 
 // LoadConfig reads the reaper's variables, recording every violation in e
@@ -49,6 +57,17 @@ func LoadConfig(e *runtime.Env) Config {
 		Interval:    e.Duration("AIGOV_REAPER_INTERVAL", DefaultInterval),
 		MaxScan:     e.Int("AIGOV_REAPER_MAX_SCAN", DefaultMaxScan, 1),
 		Workers:     e.Int("AIGOV_REAPER_WORKERS", DefaultWorkers, 1),
+		TTLGrace:    e.Duration("AIGOV_REAPER_TTL_GRACE", DefaultTTLGrace),
+	}
+	if path := e.String("AIGOV_REAPER_CONFIG", ""); path != "" {
+		limits, err := LoadLimits(path)
+		if err != nil {
+			e.Fail("AIGOV_REAPER_CONFIG: %v", err)
+		}
+		c.Limits = limits
+	}
+	if c.TTLGrace < time.Minute {
+		e.Fail("AIGOV_REAPER_TTL_GRACE=%s must be at least 1m", c.TTLGrace)
 	}
 	if c.MaxAge <= 0 {
 		e.Fail("AIGOV_SESSION_MAX_AGE must be positive")
@@ -77,6 +96,9 @@ func (c Config) validate() error {
 	}
 	if c.Interval <= 0 {
 		errs = append(errs, errors.New("interval must be positive"))
+	}
+	if c.TTLGrace < time.Second {
+		errs = append(errs, errors.New("ttl grace must be at least 1s"))
 	}
 	if c.MaxScan < 1 {
 		errs = append(errs, errors.New("max scan must be at least 1"))

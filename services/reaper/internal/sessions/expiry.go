@@ -117,7 +117,7 @@ func (r *Reaper) scan(ctx context.Context, now time.Time) ([]candidate, SweepRes
 				r.log.Error().Err(err).Str("session_key", e.Key()).Msg("corrupt session record skipped")
 				continue
 			}
-			if reason, expired := rec.Expired(now, r.cfg.MaxAge, r.cfg.IdleTimeout); expired {
+			if reason, _, _, expired := r.cfg.expired(rec, now); expired {
 				found = append(found, candidate{key: e.Key(), reason: reason})
 			}
 		}
@@ -158,11 +158,11 @@ func (r *Reaper) end(ctx context.Context, key string, now time.Time) (bool, erro
 	if err != nil {
 		return false, err
 	}
-	reason, expired := rec.Expired(now, r.cfg.MaxAge, r.cfg.IdleTimeout)
+	reason, maxAge, idle, expired := r.cfg.expired(rec, now)
 	if !expired {
 		return false, nil // seen again since it was listed
 	}
-	mine, err := r.revoke(ctx, key, reason, now)
+	mine, err := r.revoke(ctx, key, reason, maxAge, idle, now)
 	if err != nil {
 		return false, err
 	}
@@ -196,12 +196,12 @@ func (r *Reaper) end(ctx context.Context, key string, now time.Time) (bool, erro
 // counts as this one, so the pass carries on where that one stopped. An
 // existing revocation is never overwritten: its code says why the session
 // really ended.
-func (r *Reaper) revoke(ctx context.Context, key, reason string, now time.Time) (bool, error) {
-	text := fmt.Sprintf("session exceeded max age %s", r.cfg.MaxAge)
+func (r *Reaper) revoke(ctx context.Context, key, reason string, maxAge, idle time.Duration, now time.Time) (bool, error) {
+	text := fmt.Sprintf("session exceeded max age %s", maxAge)
 	if reason == schemas.ReasonIdle {
-		text = fmt.Sprintf("session exceeded idle timeout %s", r.cfg.IdleTimeout)
+		text = fmt.Sprintf("session exceeded idle timeout %s", idle)
 	}
-	b, err := json.Marshal(schemas.Revocation{SessionKey: key, Code: schemas.CodeSessionExpired, Reason: text, At: now})
+	b, err := json.Marshal(schemas.Revocation{SessionKey: key, Code: schemas.CodeSessionExpired, Reason: text, At: now, By: schemas.ByReaper})
 	if err != nil {
 		return false, fmt.Errorf("encode revocation of session %s: %w", key, err)
 	}

@@ -55,6 +55,7 @@ func testConfig() sessions.Config {
 		Interval:    time.Second,
 		MaxScan:     1000,
 		Workers:     4,
+		TTLGrace:    time.Hour,
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 
 type metrics struct {
 	started prometheus.Counter
+	tokens  prometheus.Counter
 	expired *prometheus.CounterVec
 	tracked prometheus.Gauge
 }
@@ -20,6 +21,10 @@ func newMetrics(reg prometheus.Registerer) (metrics, error) {
 			Name: "aigov_reaper_sessions_started_total",
 			Help: "Sessions the reaper saw for the first time.",
 		}),
+		tokens: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "aigov_reaper_tokens_issued_total",
+			Help: "New tokens (issuances or refreshes) seen in known sessions.",
+		}),
 		expired: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "aigov_reaper_sessions_expired_total",
 			Help: "Sessions the reaper ended, by reason: max_age or idle.",
@@ -29,7 +34,7 @@ func newMetrics(reg prometheus.Registerer) (metrics, error) {
 			Help: "Live sessions found by the last expiry pass (a lower bound when the pass was truncated by AIGOV_REAPER_MAX_SCAN).",
 		}),
 	}
-	for _, c := range []prometheus.Collector{m.started, m.expired, m.tracked} {
+	for _, c := range []prometheus.Collector{m.started, m.tokens, m.expired, m.tracked} {
 		if err := reg.Register(c); err != nil {
 			return metrics{}, fmt.Errorf("register reaper metrics: %w", err)
 		}

@@ -18,6 +18,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/aigov/aigov/schemas"
+	"github.com/aigov/aigov/services/reaper/internal/kvttl"
 	"github.com/aigov/aigov/services/runtime"
 )
 
@@ -157,7 +158,7 @@ func (r *Reaper) start(ctx context.Context, v schemas.Verified) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("encode session %s: %w", v.SessionKey, err)
 	}
-	rev, err := r.sessions.Create(ctx, v.SessionKey, b)
+	rev, err := r.sessions.Create(ctx, v.SessionKey, b, jetstream.KeyTTL(kvttl.Clamp(r.cfg.recordTTL(rec, now))))
 	if errors.Is(err, jetstream.ErrKeyExists) {
 		return false, nil
 	}
@@ -193,19 +194,30 @@ func (r *Reaper) touch(ctx context.Context, entry jetstream.KeyValueEntry, v sch
 		// the session bounded instead of failing its requests forever.
 		r.log.Error().Err(err).Str("session_key", v.SessionKey).Msg("corrupt session record replaced")
 		rec = newRecord(v, now)
-	} else if reason, expired := rec.Expired(now, r.cfg.MaxAge, r.cfg.IdleTimeout); expired {
+	} else if reason, _, _, expired := r.cfg.expired(rec, now); expired {
 		// The session is over even if no pass has ended it yet: a late
 		// request must not stretch its idle time. The next pass ends it.
 		r.log.Debug().Str("session_key", v.SessionKey).Str("reason", reason).Msg("request of an expired session not counted")
 		return true, nil
-	} else if !rec.seen(v, now) {
+	} else if fresh := rec.newToken(v.TokenFingerprint); !rec.seen(v, now) {
 		return true, nil
+	} else if fresh {
+		// A new token in a known session: the footprint of an issuance or
+		// refresh. Published before the write; a retry after a conflict
+		// publishes the same id, which JetStream stores once.
+		id := schemas.DerivedID(v.SessionKey+"\x00"+v.TokenFingerprint, "token_issued")
+		if err := r.publish(ctx, schemas.SessionTokenIssued, schemas.TypeSessionTokenSeen, id, rec.event("", v.RequestID), now); err != nil {
+			return false, err
+		}
+		r.metrics.tokens.Inc()
+		r.log.Info().Str("session_key", v.SessionKey).Str("request_id", v.RequestID).
+			Str("token_fingerprint", v.TokenFingerprint).Msg("new token seen in session")
 	}
 	b, err := json.Marshal(rec)
 	if err != nil {
 		return false, fmt.Errorf("encode session %s: %w", v.SessionKey, err)
 	}
-	if _, err := r.sessions.Update(ctx, v.SessionKey, b, entry.Revision()); err != nil {
+	if _, err := kvttl.Update(ctx, r.js, r.sessions, v.SessionKey, b, entry.Revision(), r.cfg.recordTTL(rec, now)); err != nil {
 		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
 			return false, nil
 		}

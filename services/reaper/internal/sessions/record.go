@@ -3,6 +3,7 @@ package sessions
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/aigov/aigov/schemas"
@@ -18,6 +19,9 @@ type Record struct {
 	Subject string `json:"subject"`
 	// PrincipalID is the issuer-scoped principal id (schemas.PrincipalID).
 	PrincipalID string `json:"principal_id"`
+	// PrincipalType and Groups select the session's limits (Config.Limits).
+	PrincipalType string   `json:"principal_type,omitempty"`
+	Groups        []string `json:"groups,omitempty"`
 	// SessionID is the IdP's `sid`, when it sends one.
 	SessionID string `json:"sid,omitempty"`
 	// AuthTime is the token's auth_time, when it has one; max age is
@@ -39,6 +43,17 @@ type Record struct {
 	// first delivery directly (LastRequestID), which covers a crash between
 	// the write and the ack.
 	TokenCount int64 `json:"token_count"`
+	// TokenFingerprints are the distinct tokens seen, newest last, at most
+	// maxTokens: the session's issuance and refresh footprint.
+	TokenFingerprints []string `json:"token_fingerprints,omitempty"`
+}
+
+// maxTokens bounds the token fingerprints a record keeps.
+const maxTokens = 32
+
+// newToken reports whether fp is a token not seen in the session yet.
+func (r Record) newToken(fp string) bool {
+	return fp != "" && fp != r.LastTokenFingerprint && !slices.Contains(r.TokenFingerprints, fp)
 }
 
 // newRecord starts the record of a session first seen at now.
@@ -49,6 +64,9 @@ func newRecord(v schemas.Verified, now time.Time) Record {
 		Issuer:               p.Issuer,
 		Subject:              p.Subject,
 		PrincipalID:          p.ID,
+		PrincipalType:        p.Type,
+		Groups:               p.Groups,
+		TokenFingerprints:    fps(v.TokenFingerprint),
 		SessionID:            p.SessionID,
 		AuthTime:             authTime(p.AuthTime),
 		FirstSeen:            now,
@@ -82,6 +100,12 @@ func (r *Record) seen(v schemas.Verified, now time.Time) bool {
 	// extend it.
 	if r.AuthTime == nil {
 		r.AuthTime = authTime(v.Principal.AuthTime)
+	}
+	if r.newToken(v.TokenFingerprint) {
+		r.TokenFingerprints = append(r.TokenFingerprints, v.TokenFingerprint)
+		if len(r.TokenFingerprints) > maxTokens {
+			r.TokenFingerprints = slices.Clone(r.TokenFingerprints[len(r.TokenFingerprints)-maxTokens:])
+		}
 	}
 	r.LastTokenFingerprint = v.TokenFingerprint
 	r.LastRequestID = v.RequestID
@@ -132,4 +156,11 @@ func decodeRecord(key string, b []byte) (Record, error) {
 		return Record{}, fmt.Errorf("decode session record %s: it names session %q", key, r.SessionKey)
 	}
 	return r, nil
+}
+
+func fps(fp string) []string {
+	if fp == "" {
+		return nil
+	}
+	return []string{fp}
 }

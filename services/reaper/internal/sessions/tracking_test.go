@@ -57,9 +57,13 @@ func TestNewSessionStartedOnceThenUpdated(t *testing.T) {
 		t.Fatal("no session record after the first request")
 	}
 	want := sessions.Record{
-		SessionKey: key, Issuer: issuer, Subject: "alice", PrincipalID: p.ID, SessionID: "sid-alice-1",
+		SessionKey: key, Issuer: issuer, Subject: "alice", PrincipalID: p.ID, PrincipalType: schemas.PrincipalUser,
+		Groups: []string{"data-scientists"}, SessionID: "sid-alice-1",
 		AuthTime: &auth, FirstSeen: t0, LastSeen: t0, LastTokenFingerprint: schemas.Fingerprint("token-1"),
-		LastRequestID: "req-1", TokenCount: 1,
+		LastRequestID: "req-1", TokenCount: 1, TokenFingerprints: []string{schemas.Fingerprint("token-1")},
+	}
+	if n := len(h.sessionEvents(schemas.TypeSessionTokenSeen)); n != 0 {
+		t.Errorf("token_issued events after the first request: got %d, want 0 (started covers it)", n)
 	}
 	if diff := diffRecord(want, rec); diff != "" {
 		t.Errorf("record after the first request: %s", diff)
@@ -76,8 +80,23 @@ func TestNewSessionStartedOnceThenUpdated(t *testing.T) {
 		t.Fatal("no session record after the second request")
 	}
 	want.LastSeen, want.LastTokenFingerprint, want.LastRequestID, want.TokenCount = t0.Add(5*time.Minute), schemas.Fingerprint("token-2"), "req-2", 2
+	want.TokenFingerprints = append(want.TokenFingerprints, schemas.Fingerprint("token-2"))
 	if diff := diffRecord(want, rec); diff != "" {
 		t.Errorf("record after the second request: %s", diff)
+	}
+	// The refreshed token is the session's issuance footprint: one
+	// token_issued event, and none for a token seen before.
+	issued := h.sessionEvents(schemas.TypeSessionTokenSeen)
+	if len(issued) != 1 {
+		t.Fatalf("token_issued events after a new token: got %d, want 1", len(issued))
+	}
+	if d := decodeSessionEvent(t, issued[0]); d.TokenFingerprint != schemas.Fingerprint("token-2") || d.RequestID != "req-2" || d.SessionKey != key {
+		t.Errorf("token_issued data: %+v", d)
+	}
+	h.track(verified("req-3", "token-1", p))
+	h.track(verified("req-4", "token-2", p))
+	if n := len(h.sessionEvents(schemas.TypeSessionTokenSeen)); n != 1 {
+		t.Errorf("token_issued events after reusing known tokens: got %d, want 1", n)
 	}
 	if got := metric(t, h.reg, "aigov_reaper_sessions_started_total"); got != 1 {
 		t.Errorf("aigov_reaper_sessions_started_total = %v, want 1", got)

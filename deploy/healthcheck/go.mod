@@ -1,0 +1,3 @@
+module github.com/aigov/aigov/deploy/healthcheck
+
+go 1.26.8

@@ -1,0 +1,133 @@
+package cli
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	ch "github.com/ClickHouse/clickhouse-go/v2"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/aigov/aigov/schemas"
+	"github.com/aigov/aigov/services/audit/chain"
+)
+
+// auditCmd is `aigov audit verify`: it recomputes the hash chain of every
+// audited stream from ClickHouse and checks it against the signed
+// checkpoints in JetStream KV. Exit 0 when every chain holds, 3 when one is
+// broken (the first broken link is printed), 1 when it cannot check.
+func auditCmd(ctx context.Context, args []string, stdout, stderr io.Writer, lookup func(string) (string, bool)) int {
+	if len(args) == 0 || args[0] != "verify" {
+		fmt.Fprint(stderr, "usage: aigov audit verify --public-key FILE [--stream NAME] [flags]\n")
+		return ExitUsage
+	}
+	fs := flag.NewFlagSet("aigov audit verify", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var (
+		natsURL  = fs.String("nats", env(lookup, "AIGOV_NATS_URL", "nats://127.0.0.1:4222"), "NATS server URL ($AIGOV_NATS_URL)")
+		user     = fs.String("user", env(lookup, "AIGOV_NATS_USER", schemas.RoleAudit), "NATS user that may read the checkpoint bucket ($AIGOV_NATS_USER)")
+		password = fs.String("password", env(lookup, "AIGOV_NATS_PASSWORD", ""), "NATS password ($AIGOV_NATS_PASSWORD)")
+		prefix   = fs.String("prefix", env(lookup, "AIGOV_SUBJECT_PREFIX", schemas.DefaultPrefix), "subject prefix")
+		chAddr   = fs.String("clickhouse", env(lookup, "AIGOV_CLICKHOUSE_ADDR", "127.0.0.1:9000"), "ClickHouse native address ($AIGOV_CLICKHOUSE_ADDR)")
+		db       = fs.String("database", env(lookup, "AIGOV_CLICKHOUSE_DATABASE", "aigov"), "audit database ($AIGOV_CLICKHOUSE_DATABASE)")
+		chUser   = fs.String("clickhouse-user", env(lookup, "AIGOV_CLICKHOUSE_USER", "default"), "ClickHouse user ($AIGOV_CLICKHOUSE_USER)")
+		chPass   = fs.String("clickhouse-password", env(lookup, "AIGOV_CLICKHOUSE_PASSWORD", ""), "ClickHouse password ($AIGOV_CLICKHOUSE_PASSWORD)")
+		chTLS    = fs.Bool("clickhouse-tls", false, "connect to ClickHouse over TLS")
+		pubPath  = fs.String("public-key", env(lookup, "AIGOV_AUDIT_PUBLIC_KEY", ""), "PEM Ed25519 public key of the audit's signing key ($AIGOV_AUDIT_PUBLIC_KEY)")
+		stream   = fs.String("stream", "", "verify this stream only (default: every stream with checkpoints)")
+		timeout  = fs.Duration("timeout", 10*time.Minute, "how long the command may take")
+		asJSON   = fs.Bool("json", false, "print JSON")
+	)
+	if err := fs.Parse(args[1:]); err != nil {
+		return ExitUsage
+	}
+	if *pubPath == "" {
+		fmt.Fprintln(stderr, "aigov audit verify: --public-key is required")
+		return ExitUsage
+	}
+	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+	pub, err := chain.LoadPublicKey(*pubPath)
+	if err != nil {
+		fmt.Fprintf(stderr, "aigov audit verify: %v\n", err)
+		return ExitError
+	}
+	opts := []nats.Option{nats.Name("aigov-cli"), nats.CustomInboxPrefix(schemas.InboxPrefix(*user))}
+	if *password != "" {
+		opts = append(opts, nats.UserInfo(*user, *password))
+	}
+	nc, err := nats.Connect(*natsURL, opts...)
+	if err != nil {
+		fmt.Fprintf(stderr, "aigov audit verify: connect to %s: %v\n", *natsURL, err)
+		return ExitError
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		fmt.Fprintf(stderr, "aigov audit verify: %v\n", err)
+		return ExitError
+	}
+	kv, err := js.KeyValue(ctx, schemas.NewTopology(*prefix).BucketAuditCheckpoints())
+	if err != nil {
+		fmt.Fprintf(stderr, "aigov audit verify: checkpoint bucket: %v\n", err)
+		return ExitError
+	}
+	chOpts := &ch.Options{Addr: strings.Split(*chAddr, ","), Auth: ch.Auth{Database: *db, Username: *chUser, Password: *chPass},
+		DialTimeout: 5 * time.Second, ReadTimeout: *timeout}
+	if *chTLS {
+		chOpts.TLS = &tls.Config{MinVersion: tls.VersionTLS12}
+	}
+	conn, err := ch.Open(chOpts)
+	if err != nil {
+		fmt.Fprintf(stderr, "aigov audit verify: clickhouse: %v\n", err)
+		return ExitError
+	}
+	defer conn.Close()
+	streams := []string{*stream}
+	if *stream == "" {
+		if streams, err = chain.Streams(ctx, kv); err != nil {
+			fmt.Fprintf(stderr, "aigov audit verify: %v\n", err)
+			return ExitError
+		}
+		if len(streams) == 0 {
+			fmt.Fprintln(stderr, "aigov audit verify: no checkpoints yet; nothing to verify against")
+			return ExitError
+		}
+	}
+	code := ExitAllow
+	var reports []chain.Report
+	for _, s := range streams {
+		cps, err := chain.Checkpoints(ctx, kv, s)
+		if err != nil {
+			fmt.Fprintf(stderr, "aigov audit verify: %v\n", err)
+			return ExitError
+		}
+		rep, err := chain.VerifyStream(ctx, conn, *db, s, cps, pub)
+		if err != nil {
+			fmt.Fprintf(stderr, "aigov audit verify: %v\n", err)
+			return ExitError
+		}
+		reports = append(reports, rep)
+		if !rep.OK() {
+			code = ExitDeny
+		}
+		if !*asJSON {
+			if rep.OK() {
+				fmt.Fprintf(stdout, "%-22s ok      rows %d (seq %d..%d), %d checkpoints matched, signed up to seq %d\n",
+					s, rep.Rows, rep.Start+1, rep.LastSeq, rep.Checkpoints, rep.Signed)
+			} else {
+				fmt.Fprintf(stdout, "%-22s BROKEN  first broken link at seq %d: %s\n", s, rep.Broken.Seq, rep.Broken.Reason)
+			}
+		}
+	}
+	if *asJSON {
+		_ = json.NewEncoder(stdout).Encode(reports)
+	}
+	return code
+}

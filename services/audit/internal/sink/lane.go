@@ -1,0 +1,272 @@
+package sink
+
+import (
+	"context"
+	"crypto/ed25519"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/aigov/aigov/schemas"
+	"github.com/aigov/aigov/services/audit/chain"
+)
+
+// MaxGapFill bounds how many stream positions one batch fetches directly
+// from the stream to close a gap in front of it (messages still pending
+// redelivery after a crash, or taken by another replica).
+const MaxGapFill = 20000
+
+// streamLane writes one audited stream. It is driven by one RunBatches
+// loop, so its chain head needs no lock: one writer per stream per
+// process. Across replicas the chain stays single because it is a pure
+// function of the stream: see package chain.
+type streamLane struct {
+	stream   string
+	consumer string
+	deadLtr  bool // the lane reads the dead-letter stream itself
+	w        *Writer
+	js       jetstream.JetStream
+	kv       jetstream.KeyValue
+	key      ed25519.PrivateKey
+	mask     masker
+	subjects schemas.Subjects
+	every    time.Duration
+	log      zerolog.Logger
+
+	head      chain.Head
+	haveHead  bool
+	signedSeq uint64
+	signedAt  time.Time
+}
+
+// item is one stream position to write.
+type item struct {
+	md  meta
+	raw []byte
+	gap uint64 // > 0: positions gap..md.Seq are gone from the stream
+}
+
+// Handle is the lane's runtime.BatchHandler: it writes every position of
+// the batch, and any position missing in front of it, in stream order,
+// linking each to its predecessor. It returns nil only once every row is
+// committed and every dead letter published.
+func (l *streamLane) Handle(ctx context.Context, msgs []jetstream.Msg) error {
+	if !l.haveHead {
+		if err := l.loadHead(ctx); err != nil {
+			return err
+		}
+	}
+	items := make([]item, 0, len(msgs))
+	seen := make(map[uint64]bool, len(msgs))
+	for _, m := range msgs {
+		md := metaOf(m)
+		if md.Seq <= l.head.Seq || seen[md.Seq] {
+			continue // committed before (a redelivery), or twice in the batch
+		}
+		seen[md.Seq] = true
+		items = append(items, item{md: md, raw: m.Data()})
+	}
+	if len(items) == 0 {
+		return nil
+	}
+	sort.Slice(items, func(i, j int) bool { return items[i].md.Seq < items[j].md.Seq })
+	if items[0].md.Seq > l.head.Seq+1 {
+		l.refreshHead(ctx, items[0].md.Seq)
+	}
+	items, err := l.fillGaps(ctx, items)
+	if err != nil {
+		return err
+	}
+	rows := make([]decoded, 0, len(items))
+	var dead []schemas.DeadLetter
+	head := l.head
+	for _, it := range items {
+		var d decoded
+		if it.gap > 0 {
+			d.log = logRow{Row: chain.Row{Stream: l.stream, Seq: it.md.Seq, EventID: "gap:" + l.stream + ":" + strconv.FormatUint(it.md.Seq, 10),
+				Type: chain.TypeGap, InvalidReason: fmt.Sprintf("stream positions %d..%d were gone before the audit read them", it.gap, it.md.Seq)}, Time: minTime}
+			d.anomaly = &anomalyRow{EventID: d.log.EventID, Kind: chain.TypeGap, Stream: l.stream, Consumer: l.consumer, Seq: it.md.Seq,
+				Reason: d.log.InvalidReason, Time: minTime}
+		} else {
+			d = decode(l.mask.event(it.raw), it.md, l.consumer, l.deadLtr)
+		}
+		head = head.Extend(&d.log.Row)
+		if d.dead != nil {
+			dead = append(dead, *d.dead)
+		}
+		rows = append(rows, d)
+	}
+	// Dead letters first: once published, the poison is safe in the DLQ
+	// stream even if the insert below fails and is retried.
+	for _, dl := range dead {
+		if err := l.publishDeadLetter(ctx, dl); err != nil {
+			return err
+		}
+	}
+	if err := l.w.write(ctx, rows); err != nil {
+		return err
+	}
+	if len(dead) > 0 {
+		l.w.invalid.Add(float64(len(dead)))
+		for _, dl := range dead {
+			l.log.Warn().Str("stream", dl.Stream).Uint64("stream_seq", dl.StreamSeq).Str("subject", dl.Subject).
+				Str("reason", dl.Reason).Msg("poison message dead-lettered")
+		}
+	}
+	l.head = head
+	if time.Since(l.signedAt) >= l.every {
+		l.checkpoint(ctx)
+	}
+	return nil
+}
+
+// fillGaps inserts, in front of each item, the positions between the chain
+// head and it: read from the stream, or a gap item for those gone.
+func (l *streamLane) fillGaps(ctx context.Context, items []item) ([]item, error) {
+	if items[0].md.Seq == l.head.Seq+1 && items[len(items)-1].md.Seq == l.head.Seq+uint64(len(items)) {
+		return items, nil // contiguous: the common case
+	}
+	if missing := items[len(items)-1].md.Seq - l.head.Seq - uint64(len(items)); missing > MaxGapFill {
+		return nil, fmt.Errorf("stream %s: %d positions missing between seq %d and %d; waiting for redelivery", l.stream, missing, l.head.Seq, items[len(items)-1].md.Seq)
+	}
+	st, err := l.js.Stream(ctx, l.stream)
+	if err != nil {
+		return nil, fmt.Errorf("stream %s: %w", l.stream, err)
+	}
+	out := make([]item, 0, len(items))
+	expect := l.head.Seq + 1
+	for _, it := range items {
+		var gapFrom uint64
+		for ; expect < it.md.Seq; expect++ {
+			m, err := st.GetMsg(ctx, expect)
+			if errors.Is(err, jetstream.ErrMsgNotFound) {
+				if gapFrom == 0 {
+					gapFrom = expect
+				}
+				continue
+			}
+			if err != nil {
+				return nil, fmt.Errorf("fetch %s seq %d: %w", l.stream, expect, err)
+			}
+			if gapFrom > 0 {
+				out = append(out, item{md: meta{Stream: l.stream, Seq: expect - 1}, gap: gapFrom})
+				gapFrom = 0
+			}
+			out = append(out, item{md: meta{Subject: m.Subject, Stream: l.stream, Seq: m.Sequence, Stored: m.Time}, raw: m.Data})
+		}
+		if gapFrom > 0 {
+			out = append(out, item{md: meta{Stream: l.stream, Seq: expect - 1}, gap: gapFrom})
+		}
+		out = append(out, it)
+		expect = it.md.Seq + 1
+	}
+	return out, nil
+}
+
+func (l *streamLane) publishDeadLetter(ctx context.Context, dl schemas.DeadLetter) error {
+	id := schemas.DerivedID(dl.Stream+":"+strconv.FormatUint(dl.StreamSeq, 10)+":"+dl.Kind, "deadletter")
+	ev, err := schemas.NewEvent(id, "aigov/audit", schemas.TypeDeadLetter, time.Now(), dl)
+	if err != nil {
+		return err
+	}
+	raw, err := json.Marshal(ev)
+	if err != nil {
+		return fmt.Errorf("encode dead letter: %w", err)
+	}
+	m := nats.NewMsg(l.subjects.DeadLetter(dl.Stream, dl.Consumer))
+	m.Data = raw
+	m.Header.Set(schemas.HeaderMsgID, id)
+	if _, err := l.js.PublishMsg(ctx, m); err != nil {
+		return fmt.Errorf("publish dead letter of %s seq %d: %w", dl.Stream, dl.StreamSeq, err)
+	}
+	return nil
+}
+
+// loadHead finds where the chain of the stream stands: the newest signed
+// checkpoint; else chained rows already in ClickHouse (the checkpoints were
+// lost: logged loudly); else a new chain starting after what the consumer
+// had already acknowledged.
+func (l *streamLane) loadHead(ctx context.Context) error {
+	if h, ok, err := l.kvHead(ctx); err != nil {
+		return err
+	} else if ok {
+		l.head, l.haveHead, l.signedSeq = h, true, h.Seq
+		return nil
+	}
+	var (
+		seq, start uint64
+		hash       string
+	)
+	err := l.w.conn.QueryRow(ctx, "SELECT max(stream_seq), argMax(chain_hash, stream_seq), min(prev_seq) FROM "+l.w.db+
+		".event_log WHERE stream = ? AND chain_hash != ''", l.stream).Scan(&seq, &hash, &start)
+	if err != nil {
+		return fmt.Errorf("read chain head of %s: %w", l.stream, err)
+	}
+	if seq > 0 {
+		l.log.Error().Str("stream", l.stream).Uint64("seq", seq).Msg("no checkpoint found; continuing the chain from clickhouse")
+		l.head, l.haveHead = chain.Head{Stream: l.stream, Start: start, Seq: seq, Hash: hash}, true
+		return nil
+	}
+	c, err := l.js.Consumer(ctx, l.stream, l.consumer)
+	if err != nil {
+		return fmt.Errorf("consumer %s: %w", l.consumer, err)
+	}
+	info, err := c.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("consumer %s: %w", l.consumer, err)
+	}
+	l.head, l.haveHead = chain.NewHead(l.stream, info.AckFloor.Stream), true
+	l.log.Info().Str("stream", l.stream).Uint64("start_seq", l.head.Start).Msg("hash chain started")
+	l.checkpoint(ctx)
+	return nil
+}
+
+func (l *streamLane) kvHead(ctx context.Context) (chain.Head, bool, error) {
+	e, err := l.kv.Get(ctx, l.stream)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return chain.Head{}, false, nil
+	}
+	if err != nil {
+		return chain.Head{}, false, fmt.Errorf("read checkpoint of %s: %w", l.stream, err)
+	}
+	c, err := chain.ParseCheckpoint(e.Value())
+	if err != nil {
+		return chain.Head{}, false, err
+	}
+	return c.Head, true, nil
+}
+
+// refreshHead adopts a newer checkpoint another replica signed, when it
+// closes (part of) the gap in front of the batch.
+func (l *streamLane) refreshHead(ctx context.Context, next uint64) {
+	h, ok, err := l.kvHead(ctx)
+	if err == nil && ok && h.Seq > l.head.Seq && h.Seq < next {
+		l.head = h
+	}
+}
+
+// checkpoint signs the head and stores it in KV. A failure is logged, not
+// returned: the rows are committed and the chain intact; the next batch
+// (or shutdown) signs again.
+func (l *streamLane) checkpoint(ctx context.Context) {
+	if !l.haveHead || (l.head.Seq == l.signedSeq && !l.signedAt.IsZero()) {
+		return
+	}
+	c := chain.Sign(l.head, time.Now(), l.key)
+	b, err := c.Marshal()
+	if err == nil {
+		_, err = l.kv.Put(ctx, l.stream, b)
+	}
+	if err != nil {
+		l.log.Warn().Err(err).Str("stream", l.stream).Uint64("seq", l.head.Seq).Msg("checkpoint not stored")
+		return
+	}
+	l.signedSeq, l.signedAt = l.head.Seq, time.Now()
+}

@@ -1,0 +1,120 @@
+package sink
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"strings"
+)
+
+// Masking modes (AIGOV_AUDIT_MASK_MODE).
+const (
+	// MaskHash replaces a value with "sha256:<hex>" of its JSON text, so
+	// equal values still compare equal in SQL without being readable.
+	MaskHash = "hash"
+	// MaskRedact replaces a value with "***".
+	MaskRedact = "redact"
+)
+
+// masker hides configured context fields of an event before anything is
+// persisted: the row hash, the raw log and the typed tables all see the
+// masked event only.
+type masker struct {
+	fields map[string]bool
+	mode   string
+}
+
+func newMasker(fields []string, mode string) (masker, error) {
+	if mode != MaskHash && mode != MaskRedact {
+		return masker{}, fmt.Errorf("mask mode %q must be %s or %s", mode, MaskHash, MaskRedact)
+	}
+	m := masker{fields: map[string]bool{}, mode: mode}
+	for _, f := range fields {
+		if f = strings.TrimSpace(f); f != "" {
+			m.fields[f] = true
+		}
+	}
+	return m, nil
+}
+
+func (m masker) value(raw json.RawMessage) json.RawMessage {
+	if m.mode == MaskRedact {
+		return json.RawMessage(`"***"`)
+	}
+	var buf bytes.Buffer
+	if err := json.Compact(&buf, raw); err != nil {
+		buf.Reset()
+		buf.Write(raw)
+	}
+	sum := sha256.Sum256(buf.Bytes())
+	return json.RawMessage(`"sha256:` + hex.EncodeToString(sum[:]) + `"`)
+}
+
+// event masks the fields of data.context in a CloudEvent, and of the
+// original event a dead letter carries. It returns raw unchanged when
+// nothing is masked or raw is not a JSON object.
+func (m masker) event(raw []byte) []byte {
+	if len(m.fields) == 0 || !bytes.Contains(raw, []byte(`"context"`)) {
+		return raw
+	}
+	var ev map[string]json.RawMessage
+	if json.Unmarshal(raw, &ev) != nil {
+		return raw
+	}
+	var data map[string]json.RawMessage
+	if json.Unmarshal(ev["data"], &data) != nil {
+		return raw
+	}
+	changed := false
+	if c, ok := data["context"]; ok {
+		if masked, ok := m.context(c); ok {
+			data["context"], changed = masked, true
+		}
+	}
+	// A dead letter's original body is an event too.
+	if orig, ok := data["data"]; ok {
+		var s string
+		if json.Unmarshal(orig, &s) == nil {
+			if masked := m.event([]byte(s)); !bytes.Equal(masked, []byte(s)) {
+				b, _ := json.Marshal(string(masked))
+				data["data"], changed = b, true
+			}
+		}
+	}
+	if !changed {
+		return raw
+	}
+	d, err := json.Marshal(data)
+	if err != nil {
+		return raw
+	}
+	ev["data"] = d
+	out, err := json.Marshal(ev)
+	if err != nil {
+		return raw
+	}
+	return out
+}
+
+func (m masker) context(raw json.RawMessage) (json.RawMessage, bool) {
+	var c map[string]json.RawMessage
+	if json.Unmarshal(raw, &c) != nil {
+		return nil, false
+	}
+	changed := false
+	for k, v := range c {
+		if m.fields[k] {
+			c[k], changed = m.value(v), true
+		}
+	}
+	if !changed {
+		return nil, false
+	}
+	out, err := json.Marshal(c)
+	if err != nil {
+		return nil, false
+	}
+	return out, true
+}

@@ -1,0 +1,174 @@
+package deploycheck
+
+import (
+	"fmt"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/aigov/aigov/schemas"
+)
+
+// pipelineServices are the four services and their NATS roles.
+var pipelineServices = map[string]string{
+	"authn":  schemas.RoleAuthn,
+	"policy": schemas.RolePolicy,
+	"audit":  schemas.RoleAudit,
+	"reaper": schemas.RoleReaper,
+}
+
+// TestComposeFileIsValid runs docker-compose's own validation: unknown keys,
+// wrong types and depends_on to undefined services fail it.
+func TestComposeFileIsValid(t *testing.T) {
+	dockerCompose(t, "config", "-q")
+}
+
+func TestComposeEnvVarsAreReadByTheServices(t *testing.T) {
+	c := compose(t)
+	for _, name := range sortedKeys(c.Services) {
+		checkEnvNames(t, "docker-compose.yml service "+name, sortedKeys(c.Services[name].Environment))
+	}
+	// The Dockerfile's ENV lines count too.
+	var vars []string
+	for _, m := range regexp.MustCompile(`(?m)^ENV\s+(.*)$`).FindAllStringSubmatch(string(readFile(t, "deploy/Dockerfile")), -1) {
+		for _, kv := range strings.Fields(m[1]) {
+			vars = append(vars, strings.SplitN(kv, "=", 2)[0])
+		}
+	}
+	if len(vars) == 0 {
+		t.Error("deploy/Dockerfile sets no ENV; the services need AIGOV_HTTP_ADDR on a non-loopback address in a container")
+	}
+	checkEnvNames(t, "deploy/Dockerfile", vars)
+}
+
+// The four services: built from the one Dockerfile, health-checked on the
+// port their AIGOV_HTTP_ADDR listens on, each with its own NATS user and the
+// password the NATS server gives that user.
+func TestComposePipelineServices(t *testing.T) {
+	c := compose(t)
+	natsEnv := c.service(t, "nats").Environment
+	_, natsPort := natsClientPort(t)
+	for svc, role := range pipelineServices {
+		t.Run(svc, func(t *testing.T) {
+			s := c.service(t, svc)
+			if s.Build == nil || s.Build.Dockerfile != "deploy/Dockerfile" || s.Build.Target != "service" || s.Build.Args["SERVICE"] != svc {
+				t.Errorf("build: got %+v, want deploy/Dockerfile target service with SERVICE=%s", s.Build, svc)
+			}
+			if s.Image != "aigov/"+svc+":dev" {
+				t.Errorf("image %q, want aigov/%s:dev (the name `make images` builds)", s.Image, svc)
+			}
+			env := s.Environment
+			host, port := hostPort(t, env["AIGOV_HTTP_ADDR"])
+			if host != "0.0.0.0" {
+				t.Errorf("AIGOV_HTTP_ADDR=%q: must listen on 0.0.0.0 in a container", env["AIGOV_HTTP_ADDR"])
+			}
+			if !s.containerPorts()[port] {
+				t.Errorf("ports %v do not publish the HTTP port %d", s.Ports, port)
+			}
+			want := []string{"CMD", "/healthcheck", fmt.Sprintf("http://127.0.0.1:%d/readyz", port)}
+			if s.Healthcheck == nil || strings.Join(s.Healthcheck.Test, " ") != strings.Join(want, " ") {
+				t.Errorf("healthcheck %+v, want test %q", s.Healthcheck, want)
+			}
+			if env["AIGOV_NATS_USER"] != role {
+				t.Errorf("AIGOV_NATS_USER=%q, want %q", env["AIGOV_NATS_USER"], role)
+			}
+			pw := natsEnv[natsPasswordVar(role)]
+			if pw == "" || env["AIGOV_NATS_PASSWORD"] != pw {
+				t.Errorf("AIGOV_NATS_PASSWORD=%q, but the nats service gives %s=%q", env["AIGOV_NATS_PASSWORD"], natsPasswordVar(role), pw)
+			}
+			if h, p := hostPort(t, env["AIGOV_NATS_URL"]); h != "nats" || p != natsPort {
+				t.Errorf("AIGOV_NATS_URL=%q, want nats://nats:%d", env["AIGOV_NATS_URL"], natsPort)
+			}
+			if d := s.DependsOn["nats"]; d.Condition != "service_healthy" {
+				t.Errorf("depends_on nats: %q, want service_healthy", d.Condition)
+			}
+			if !s.ReadOnly {
+				t.Error("read_only is off: the services write nothing, so their root file system should be read-only")
+			}
+		})
+	}
+
+	audit := c.service(t, "audit").Environment
+	ch := c.service(t, "clickhouse").Environment
+	if h, p := hostPort(t, audit["AIGOV_CLICKHOUSE_ADDR"]); h != "clickhouse" || p != 9000 || !c.service(t, "clickhouse").containerPorts()[9000] {
+		t.Errorf("audit AIGOV_CLICKHOUSE_ADDR=%q, want clickhouse:9000 (the native port)", audit["AIGOV_CLICKHOUSE_ADDR"])
+	}
+	if audit["AIGOV_CLICKHOUSE_USER"] != ch["CLICKHOUSE_USER"] || audit["AIGOV_CLICKHOUSE_PASSWORD"] != ch["CLICKHOUSE_PASSWORD"] || ch["CLICKHOUSE_PASSWORD"] == "" {
+		t.Errorf("audit ClickHouse credentials %q/%q differ from the clickhouse service's CLICKHOUSE_USER/PASSWORD %q/%q",
+			audit["AIGOV_CLICKHOUSE_USER"], audit["AIGOV_CLICKHOUSE_PASSWORD"], ch["CLICKHOUSE_USER"], ch["CLICKHOUSE_PASSWORD"])
+	}
+	if d := c.service(t, "audit").DependsOn["clickhouse"]; d.Condition != "service_healthy" {
+		t.Errorf("audit depends_on clickhouse: %q, want service_healthy", d.Condition)
+	}
+	if d := c.service(t, "authn").DependsOn["dex"]; d.Condition != "service_healthy" {
+		t.Errorf("authn depends_on dex: %q, want service_healthy", d.Condition)
+	}
+	policy := c.service(t, "policy")
+	if dir := policy.Environment["AIGOV_POLICY_DIR"]; policy.mounts()[dir] != repoPath(t, "policies") {
+		t.Errorf("policy AIGOV_POLICY_DIR=%q is not where ./policies is mounted (%v)", dir, policy.Volumes)
+	}
+	reaper := c.service(t, "reaper").Environment
+	if reaper["AIGOV_SESSION_MAX_AGE"] == "" {
+		t.Error("reaper has no AIGOV_SESSION_MAX_AGE; the demo's session scenario depends on it")
+	}
+}
+
+// Every service something waits on with service_healthy has a health check,
+// and the one-shot demo starts only after all four services are healthy.
+func TestComposeStartOrder(t *testing.T) {
+	c := compose(t)
+	for _, name := range sortedKeys(c.Services) {
+		for dep, d := range c.Services[name].DependsOn {
+			switch d.Condition {
+			case "service_healthy":
+				if c.Services[dep].Healthcheck == nil || len(c.Services[dep].Healthcheck.Test) == 0 {
+					t.Errorf("%s waits for %s to be healthy, but %s has no healthcheck", name, dep, dep)
+				}
+			case "service_completed_successfully", "service_started":
+			default:
+				t.Errorf("%s depends_on %s with condition %q", name, dep, d.Condition)
+			}
+		}
+	}
+	demo := c.service(t, "demo")
+	for svc := range pipelineServices {
+		if demo.DependsOn[svc].Condition != "service_healthy" {
+			t.Errorf("demo must wait for %s to be healthy", svc)
+		}
+	}
+	if demo.Restart != "no" {
+		t.Errorf("demo restart %q: a one-shot publisher must not be restarted", demo.Restart)
+	}
+	if g := c.service(t, "grafana"); g.DependsOn["clickhouse"].Condition != "service_healthy" {
+		t.Error("grafana must wait for a healthy clickhouse")
+	}
+}
+
+// NATS and ClickHouse keep their data in named volumes; every third-party
+// image is pinned to an exact version.
+func TestComposeVolumesAndImages(t *testing.T) {
+	c := compose(t)
+	for svc, path := range map[string]string{"nats": "/data", "clickhouse": "/var/lib/clickhouse", "grafana": "/var/lib/grafana"} {
+		src := c.service(t, svc).mounts()[path]
+		if _, named := c.Volumes[src]; !named {
+			t.Errorf("%s: %s is mounted from %q, want a named volume", svc, path, src)
+		}
+	}
+	exact := regexp.MustCompile(`^[a-z0-9./-]+:v?[0-9]+\.[0-9]+\.[0-9]+(\.[0-9]+)?(-[a-z0-9.]+)?$`)
+	for _, name := range sortedKeys(c.Services) {
+		s := c.Services[name]
+		if s.Build != nil {
+			continue
+		}
+		if !exact.MatchString(s.Image) {
+			t.Errorf("%s: image %q is not pinned to an exact version tag", name, s.Image)
+		}
+	}
+	if img := c.service(t, "clickhouse").Image; !strings.HasPrefix(img, "clickhouse/clickhouse-server:") {
+		t.Errorf("clickhouse image %q", img)
+	}
+}
+
+// natsPasswordVar is the nats service's environment variable holding a
+// role's password (deploy/nats/auth.conf reads it).
+func natsPasswordVar(role string) string { return "NATS_" + strings.ToUpper(role) + "_PASSWORD" }

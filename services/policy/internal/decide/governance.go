@@ -1,0 +1,301 @@
+package decide
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/cedar-policy/cedar-go"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/aigov/aigov/schemas"
+	"github.com/aigov/aigov/services/policy/engine"
+)
+
+// publishEvent stores one governance event; the id is its Nats-Msg-Id, so
+// replicas and redeliveries that publish the same event store it once.
+func (s *Service) publishEvent(ctx context.Context, subject, id, typ string, data any) error {
+	ev, err := schemas.NewEvent(id, EventSource, typ, s.clock(), data)
+	if err != nil {
+		return runtimePermanent(err)
+	}
+	body, err := json.Marshal(ev)
+	if err != nil {
+		return runtimePermanent(err)
+	}
+	if _, err := s.js.PublishMsg(ctx, &nats.Msg{Subject: subject, Data: body}, jetstream.WithMsgID(id)); err != nil {
+		return fmt.Errorf("publish %s event %s: %w", typ, id, err)
+	}
+	return nil
+}
+
+// effects carries out what an allowed governance request asks for, before
+// its decision is published: activating a pushed policy set, recording an
+// approval, and recording that approvals were used. It may turn the
+// decision into a deny (a set that does not validate). An error leaves
+// the message to be redelivered, and every effect is idempotent.
+func (s *Service) effects(ctx context.Context, v schemas.Verified, d *schemas.Decision, res engine.Result, snap *snapshot) error {
+	switch v.Request.Action {
+	case schemas.ActionPolicyUpdate:
+		if err := s.activate(ctx, v, d, snap); err != nil {
+			return err
+		}
+	case schemas.ActionApprovalGrant:
+		if err := s.grant(ctx, v, d); err != nil {
+			return err
+		}
+	}
+	if d.Allowed() && len(res.Approvals) > 0 {
+		use := schemas.ApprovalUse{
+			RequestID: v.RequestID, Digest: res.Digest, Action: d.Action, Resource: d.Resource,
+			PrincipalID: v.Principal.ID, Teams: schemas.SortedTeams(res.Approvals),
+			PolicyIDs: d.PolicyIDs, PolicyVersion: d.PolicyVersion, At: d.Timings.DecidedAt,
+		}
+		for _, a := range res.Approvals {
+			use.Approvers = append(use.Approvers, a.ApproverID)
+		}
+		return s.publishEvent(ctx, s.topo.Subjects.Governance(schemas.KindApproval, schemas.ApprovalUsed),
+			schemas.DerivedID(v.RequestID, "approval.used"), schemas.TypeApprovalUsed, use)
+	}
+	return nil
+}
+
+// activate makes the staged set named by context.policy_hash the active
+// one, only if the set that allowed the push is still the active one
+// (compare-and-set on the policy bucket's revision): a push decided under
+// an outdated set is retried, and so re-decided, once this replica has
+// caught up. A redelivered push finds its set already active and only
+// re-publishes its (de-duplicated) event.
+func (s *Service) activate(ctx context.Context, v schemas.Verified, d *schemas.Decision, snap *snapshot) error {
+	hash, _ := v.Request.Context[schemas.ContextPolicyHash].(string)
+	current := snap.eval.Set()
+	change := schemas.PolicyChange{PolicyVersion: hash, PreviousVersion: current.Version(), By: v.Principal.ID, Email: v.Principal.Email, RequestID: v.RequestID, At: s.clock().UTC()}
+	reject := func(errs ...string) error {
+		change.Errors = errs
+		d.Decision, d.Code = schemas.Deny, schemas.CodePolicyInvalid
+		d.Reason = "policy set rejected, the active set is unchanged: " + strings.Join(errs, "; ")
+		s.log.Warn().Str("request_id", v.RequestID).Str("principal_id", v.Principal.ID).Str("policy_version", hash).
+			Strs("errors", errs).Msg("policy set rejected")
+		return s.publishEvent(ctx, s.topo.Subjects.Governance(schemas.KindPolicy, schemas.PolicyRejected),
+			schemas.DerivedID(v.RequestID, "policy.rejected"), schemas.TypePolicyRejected, change)
+	}
+	if !strings.HasPrefix(hash, "sha256:") || len(hash) != len("sha256:")+64 {
+		return reject("context.policy_hash must be the sha256: hash of a staged policy set")
+	}
+	changed := func(set *engine.Set) error {
+		change.PolicyIDs, change.ShadowIDs = set.PolicyIDs(), set.ShadowIDs()
+		d.Reason += "; activated policy set " + hash
+		return s.publishEvent(ctx, s.topo.Subjects.Governance(schemas.KindPolicy, schemas.PolicyChanged),
+			schemas.DerivedID(v.RequestID, "policy.changed"), schemas.TypePolicyChanged, change)
+	}
+	if hash == current.Version() {
+		// Already active: this push's own redelivery, or a no-op push.
+		change.PreviousVersion = ""
+		return changed(current)
+	}
+	entry, err := s.kv.proposals.Get(ctx, engine.HexOf(hash))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return reject("no staged policy set " + hash + " (push it to the proposals bucket first; staged sets expire)")
+	}
+	if err != nil {
+		return fmt.Errorf("read staged policy set %s: %w", hash, err)
+	}
+	set, err := engine.CompileBundle(entry.Value())
+	if err != nil {
+		return reject(err.Error())
+	}
+	if set.Version() != hash {
+		return reject(fmt.Sprintf("staged set hashes to %s, not %s", set.Version(), hash))
+	}
+	if _, err := s.kv.policy.Update(ctx, schemas.PolicyActiveKey, entry.Value(), snap.setRev); err != nil {
+		// Someone activated another set since this replica's view: retry,
+		// so that the push is decided again under the set now in force.
+		return fmt.Errorf("activate policy set %s over revision %d: %w", hash, snap.setRev, err)
+	}
+	s.log.Info().Str("request_id", v.RequestID).Str("principal_id", v.Principal.ID).Str("policy_version", hash).
+		Str("previous_version", current.Version()).Msg("policy set activated")
+	return changed(set)
+}
+
+// grant records an approval.grant: the approval of the request made of
+// context.approved_action on the same resource with the same digest fields,
+// by this principal, for the approval TTL. Create fails when this approver
+// already approved that digest: an approval counts once per approver.
+func (s *Service) grant(ctx context.Context, v schemas.Verified, d *schemas.Decision) error {
+	action, _ := v.Request.Context[schemas.ContextApprovedAction].(string)
+	if err := (schemas.Request{Action: action, Resource: v.Request.Resource}).Validate(); err != nil {
+		d.Decision, d.Code = schemas.Deny, schemas.CodeMalformedRequest
+		d.Reason = "approval.grant needs context.approved_action naming a valid action: " + err.Error()
+		return nil
+	}
+	digest, err := schemas.ApprovalDigest(action, v.Request.Resource, v.Request.Context)
+	if err != nil {
+		return runtimePermanent(err)
+	}
+	var teams []string
+	for _, g := range v.Principal.Groups {
+		if slices.Contains(s.teams, g) {
+			teams = append(teams, g)
+		}
+	}
+	slices.Sort(teams)
+	teams = slices.Compact(teams)
+	if teams == nil {
+		teams = []string{}
+	}
+	now := s.clock().UTC()
+	a := schemas.Approval{
+		Digest: digest, Action: action, Resource: v.Request.Resource, ApproverID: v.Principal.ID,
+		Teams: teams, RequestID: v.RequestID, GrantedAt: now, ExpiresAt: now.Add(s.ttl),
+	}
+	b, err := json.Marshal(a)
+	if err != nil {
+		return runtimePermanent(err)
+	}
+	key := schemas.ApprovalKey(digest, v.Principal.ID)
+	if _, err := s.kv.approvals.Create(ctx, key, b, jetstream.KeyTTL(s.ttl)); err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
+		return fmt.Errorf("record approval %s: %w", key, err)
+	}
+	d.Reason += fmt.Sprintf("; approval of %s on %s recorded as %s for teams [%s] until %s",
+		action, v.Request.Resource, digest, strings.Join(teams, ","), a.ExpiresAt.Format("2006-01-02T15:04:05Z"))
+	return nil
+}
+
+// watchPolicy keeps the replica's policy set equal to the bucket's active
+// set. A stored set that does not compile is rejected (logged and
+// audited) and the previous set stays in force.
+func (s *Service) watchPolicy(ctx context.Context, ready chan<- struct{}) error {
+	w, err := s.kv.policy.Watch(ctx, schemas.PolicyActiveKey)
+	if err != nil {
+		return fmt.Errorf("watch policy set: %w", err)
+	}
+	defer w.Stop()
+	initial := true
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case e, ok := <-w.Updates():
+			if !ok {
+				return errors.New("policy watcher closed")
+			}
+			if e == nil {
+				if initial {
+					initial = false
+					close(ready)
+				}
+				continue
+			}
+			if e.Operation() != jetstream.KeyValuePut {
+				s.log.Error().Uint64("revision", e.Revision()).Msg("active policy set deleted; the previous set stays in force")
+				continue
+			}
+			set, err := engine.CompileBundle(e.Value())
+			if err != nil {
+				s.log.Error().Err(err).Uint64("revision", e.Revision()).Msg("stored policy set rejected; the previous set stays in force")
+				ch := schemas.PolicyChange{PolicyVersion: "revision-" + strconv.FormatUint(e.Revision(), 10), By: EventSource, Errors: []string{err.Error()}, At: s.clock().UTC()}
+				if snap := s.state.snapshot(); snap != nil {
+					ch.PreviousVersion = snap.eval.Set().Version()
+				}
+				if err := s.publishEvent(ctx, s.topo.Subjects.Governance(schemas.KindPolicy, schemas.PolicyRejected),
+					schemas.DerivedID("policy-rev-"+strconv.FormatUint(e.Revision(), 10), "policy.rejected"), schemas.TypePolicyRejected, ch); err != nil {
+					s.log.Warn().Err(err).Msg("rejection event not published")
+				}
+				continue
+			}
+			s.state.setPolicy(set, e.Revision())
+			s.log.Info().Str("policy_version", set.Version()).Uint64("revision", e.Revision()).
+				Int("policies", len(set.PolicyIDs())).Int("shadow_policies", len(set.ShadowIDs())).Msg("policy set in force")
+		}
+	}
+}
+
+// watchEntities keeps the replica's entity store equal to the bucket, and
+// publishes an entity.changed event for every change after the initial
+// load (its id is derived from the revision, so replicas store it once).
+func (s *Service) watchEntities(ctx context.Context, ready chan<- struct{}) error {
+	w, err := s.kv.entities.WatchAll(ctx)
+	if err != nil {
+		return fmt.Errorf("watch entities: %w", err)
+	}
+	defer w.Stop()
+	initial := true
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case e, ok := <-w.Updates():
+			if !ok {
+				return errors.New("entity watcher closed")
+			}
+			if e == nil {
+				if initial {
+					initial = false
+					s.state.publishStore()
+					close(ready)
+				}
+				continue
+			}
+			typ, id, _ := strings.Cut(e.Key(), ".")
+			ch := schemas.EntityChange{Op: "delete", Entity: schemas.Resource{Type: typ, ID: id}, Revision: int64(e.Revision()), At: s.clock().UTC()}
+			if e.Operation() == jetstream.KeyValuePut {
+				var ent cedar.Entity
+				if err := json.Unmarshal(e.Value(), &ent); err != nil || engine.EntityKey(ent.UID) != e.Key() {
+					s.log.Error().Err(err).Str("key", e.Key()).Msg("stored entity ignored: not a Cedar entity under its own key")
+					s.state.deleteEntity(e.Key())
+				} else if !s.state.putEntity(e.Key(), ent) {
+					s.log.Error().Str("key", e.Key()).Int("max", MaxEntities).Msg("entity ignored: store full")
+				}
+				ch.Op, ch.ValueSHA256 = "put", sha256Hex(e.Value())
+				ch.Entity = schemas.Resource{Type: string(ent.UID.Type), ID: string(ent.UID.ID)}
+			} else {
+				s.state.deleteEntity(e.Key())
+			}
+			if initial {
+				continue
+			}
+			s.state.publishStore()
+			s.log.Info().Str("op", ch.Op).Str("entity", ch.Entity.String()).Uint64("revision", e.Revision()).Msg("entity store changed")
+			if err := s.publishEvent(ctx, s.topo.Subjects.Governance(schemas.KindEntity, schemas.EntityChanged),
+				schemas.DerivedID("entity-rev-"+strconv.FormatUint(e.Revision(), 10), "entity.changed"), schemas.TypeEntityChanged, ch); err != nil {
+				s.log.Warn().Err(err).Msg("entity change event not published")
+			}
+		}
+	}
+}
+
+// watchApprovals keeps the in-memory approvals equal to the bucket; a key
+// whose TTL lapsed arrives as a purge and is dropped.
+func (s *Service) watchApprovals(ctx context.Context) error {
+	w, err := s.kv.approvals.WatchAll(ctx)
+	if err != nil {
+		return fmt.Errorf("watch approvals: %w", err)
+	}
+	defer w.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case e, ok := <-w.Updates():
+			if !ok {
+				return errors.New("approval watcher closed")
+			}
+			if e == nil {
+				continue
+			}
+			if e.Operation() != jetstream.KeyValuePut {
+				s.state.deleteApproval(e.Key())
+				continue
+			}
+			var a schemas.Approval
+			if err := json.Unmarshal(e.Value(), &a); err != nil || !s.state.putApproval(e.Key(), a) {
+				s.log.Error().Err(err).Str("key", e.Key()).Msg("approval ignored")
+			}
+		}
+	}
+}
