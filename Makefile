@@ -37,8 +37,15 @@ run: deps
 ## test: vet, then every test (unit, integration, end-to-end) against real servers
 test: deps vet
 	go test $(GOFLAGS_TEST) $(PKG)
+	go run ./services/aigov policy test policies/tests
+	$(MAKE) test-chdb
 	$(MAKE) fuzz
 .PHONY: test
+
+## test-chdb: the audit migrations, views and documented queries on the current ClickHouse engine (chdb, installed into .cache/chdb)
+test-chdb:
+	CHDB_LIB_PATH=$$(bash scripts/install-chdb.sh) go test -count=1 -tags chdb -run OnCurrentEngine ./services/audit/internal/migrate/
+.PHONY: test-chdb
 
 ## fuzz: a brief run of the fuzz targets (FUZZTIME=10s by default)
 fuzz:

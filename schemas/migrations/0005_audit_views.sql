@@ -57,7 +57,8 @@ FROM {{db}}.decisions FINAL;
 
 -- Decisions and denies per hour, action and deny code, with the deny rate
 -- of that code among all of the action's decisions in the hour. Allows
--- appear with code ''.
+-- appear with code ''. The subqueries are aliased: current releases refuse
+-- an unaliased joined subquery (joined_subquery_requires_alias).
 CREATE VIEW IF NOT EXISTS {{db}}.deny_rate_hourly AS
 SELECT
     hour,
@@ -71,13 +72,13 @@ FROM
     SELECT toStartOfHour(event_time) AS hour, action, code, countIf(decision = 'deny') AS denies
     FROM {{db}}.decisions FINAL
     GROUP BY hour, action, code
-)
+) AS per_code
 ANY LEFT JOIN
 (
     SELECT toStartOfHour(event_time) AS hour, action, count() AS decisions
     FROM {{db}}.decisions FINAL
     GROUP BY hour, action
-) USING (hour, action);
+) AS per_action USING (hour, action);
 
 -- Approvals given (and any later status such as revoked or used).
 CREATE VIEW IF NOT EXISTS {{db}}.approvals_final AS

@@ -47,5 +47,8 @@ func run(ctx context.Context, lookup runtime.Lookup) error {
 		svc.NC.Close()
 		return err
 	}
+	// Not ready until the revocation set is loaded; Run takes no request
+	// before either.
+	svc.HTTP.AddCheck("revocations", v.Ready)
 	return svc.Run(ctx, v.Run)
 }

@@ -21,6 +21,10 @@ import (
 	"github.com/aigov/aigov/services/runtime"
 )
 
+// defaultLeaseGrace is added to a lease's maximum for its record's TTL
+// when AIGOV_REAPER_TTL_GRACE is unset.
+const defaultLeaseGrace = 24 * time.Hour
+
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	err := run(ctx, os.LookupEnv)
@@ -34,7 +38,13 @@ func main() {
 func run(ctx context.Context, lookup runtime.Lookup) error {
 	env := runtime.NewEnv(lookup)
 	cfg := sessions.LoadConfig(env)
-	leaseCfg := leases.LoadConfig(env, cfg.Interval, cfg.TTLGrace, cfg.MaxScan)
+	// A lease record's TTL is its maximum plus a grace; sessions' default
+	// grace of 0 (the bucket's retention) has no meaning for it.
+	leaseGrace := cfg.TTLGrace
+	if leaseGrace == 0 {
+		leaseGrace = defaultLeaseGrace
+	}
+	leaseCfg := leases.LoadConfig(env, cfg.Interval, leaseGrace, cfg.MaxScan)
 	logoutAddr, logoutCfg := logout.LoadConfig(env)
 	if err := env.Err(); err != nil {
 		return err

@@ -13,9 +13,24 @@ import (
 )
 
 // BenchmarkDecideLarge is the target: the sample library plus 50
-// generated policies and 100 more entities, with entity assembly, the
-// approval digest and lookup, and the shadow evaluation included.
-func BenchmarkDecideLarge(b *testing.B) {
+// generated policies and 100 more entities, with entity assembly and the
+// shadow evaluation included, configured as the service is (Pending says
+// whether approvals exist for the request's action and resource; here
+// none do, the common case, so no digest is computed).
+func BenchmarkDecideLarge(b *testing.B) { benchLarge(b, Options{}) }
+
+// BenchmarkDecideLargePendingApprovals is BenchmarkDecideLarge when some
+// approval exists for the request's action and resource: the approval
+// digest is computed and looked up on every decision.
+func BenchmarkDecideLargePendingApprovals(b *testing.B) {
+	benchLarge(b, Options{Pending: func(string, schemas.Resource) bool { return true }})
+}
+
+// BenchmarkDecideLargeReference is BenchmarkDecideLarge on the plain path
+// (every policy, a map of entities): what the index saves.
+func BenchmarkDecideLargeReference(b *testing.B) { benchLarge(b, Options{Reference: true}) }
+
+func benchLarge(b *testing.B, opts Options) {
 	files, err := ReadDir(policyDir)
 	if err != nil {
 		b.Fatal(err)
@@ -44,10 +59,12 @@ func BenchmarkDecideLarge(b *testing.B) {
 			"owner_team": cedar.NewEntityUID("Group", cedar.String(fmt.Sprintf("team-%d", i%50))),
 		})}
 	}
-	ev, err := NewEvaluator(set, NewStore(m), Options{
-		Clock:     func() time.Time { return testNow },
-		Approvals: func(string) []schemas.Approval { return nil },
-	})
+	opts.Clock = func() time.Time { return testNow }
+	opts.Approvals = func(string) []schemas.Approval { return nil }
+	if opts.Pending == nil {
+		opts.Pending = func(string, schemas.Resource) bool { return false }
+	}
+	ev, err := NewEvaluator(set, NewStore(m), opts)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -32,15 +32,25 @@ type Evaluator struct {
 	set       *Set
 	store     *Store
 	approvals Approvals
+	pending   func(string, schemas.Resource) bool
 	clock     func() time.Time
+	reference bool
 }
 
 // Options are an evaluator's optional inputs.
 type Options struct {
 	// Approvals looks approvals up by digest; nil means none exist.
 	Approvals Approvals
+	// Pending reports whether any approval may exist for action on r; when
+	// it says no, the request has no approvals and their digest is not
+	// computed. nil means maybe.
+	Pending func(action string, r schemas.Resource) bool
 	// Clock defaults to time.Now; tests fix it to pin session ages.
 	Clock func() time.Time
+	// Reference evaluates every policy of the set with Cedar over a map of
+	// the request's entities, without the per-action index and the scope
+	// filter: the plain path the fast one is tested against.
+	Reference bool
 }
 
 // NewEvaluator decides with set and the resources in store.
@@ -54,7 +64,7 @@ func NewEvaluator(set *Set, store *Store, opts Options) (*Evaluator, error) {
 	if opts.Clock == nil {
 		opts.Clock = time.Now
 	}
-	return &Evaluator{set: set, store: store, approvals: opts.Approvals, clock: opts.Clock}, nil
+	return &Evaluator{set: set, store: store, approvals: opts.Approvals, pending: opts.Pending, clock: opts.Clock, reference: opts.Reference}, nil
 }
 
 // Set is the policy set the evaluator decides with.
@@ -120,18 +130,45 @@ func (e *Evaluator) decide(v schemas.Verified, now time.Time) Result {
 		return res
 	}
 	d.Approvals = schemas.SortedTeams(res.Approvals)
-	outcome(&d, e.set.enforced, entities, req, v.Request)
-	if e.set.withShadow != nil {
-		d.Shadow = e.shadow(entities, req, v.Request)
+	if e.reference {
+		m := entities.toMap()
+		outcome(&d, e.set.enforced, m, req, v.Request)
+		if e.set.withShadow != nil {
+			d.Shadow = e.shadow(e.set.withShadow, m, req, v.Request)
+		}
+		res.Decision = d
+		return res
+	}
+	// Only the policies whose scope can match are evaluated: those of the
+	// request's action (unless the store puts it in an action group), and
+	// of those only the ones whose principal and resource scopes hold.
+	act, _ := entities.Get(req.Action)
+	list := policyList{
+		list: e.set.index.candidates(req.Action, act.Parents.Len() > 0),
+		filter: &scopeFilter{
+			principal: req.Principal, principalAncestors: entities.ancestors(req.Principal),
+			resource: req.Resource, resourceAncestors: entities.ancestors(req.Resource),
+		},
+	}
+	outcome(&d, list, entities, req, v.Request)
+	if e.set.index.hasShadow {
+		if list.anyShadow() {
+			list.withShadow = true
+			d.Shadow = e.shadow(list, entities, req, v.Request)
+		} else {
+			// No shadow policy can match: with them enforced the outcome
+			// is the enforced one, so it is not evaluated twice.
+			d.Shadow = &schemas.ShadowOutcome{Decision: d.Decision, PolicyIDs: slices.Clone(d.PolicyIDs), Errors: slices.Clone(d.PolicyErrors)}
+		}
 	}
 	res.Decision = d
 	return res
 }
 
-// shadow evaluates the set with its @shadow policies enforced.
-func (e *Evaluator) shadow(entities cedar.EntityMap, req cedar.Request, r schemas.Request) *schemas.ShadowOutcome {
+// shadow evaluates ps, the set with its @shadow policies enforced.
+func (e *Evaluator) shadow(ps cedar.PolicyIterator, entities cedar.EntityGetter, req cedar.Request, r schemas.Request) *schemas.ShadowOutcome {
 	var sd schemas.Decision
-	outcome(&sd, e.set.withShadow, entities, req, r)
+	outcome(&sd, ps, entities, req, r)
 	out := &schemas.ShadowOutcome{Decision: sd.Decision, PolicyIDs: sd.PolicyIDs, Errors: sd.PolicyErrors}
 	if sd.Decision == "" {
 		out.Decision = schemas.Deny
@@ -146,7 +183,7 @@ func (e *Evaluator) shadow(entities cedar.EntityMap, req cedar.Request, r schema
 }
 
 // outcome evaluates ps and fills the decision's outcome fields.
-func outcome(d *schemas.Decision, ps *cedar.PolicySet, entities cedar.EntityMap, req cedar.Request, r schemas.Request) {
+func outcome(d *schemas.Decision, ps cedar.PolicyIterator, entities cedar.EntityGetter, req cedar.Request, r schemas.Request) {
 	d.Decision = schemas.Deny
 	decision, diag := cedar.Authorize(ps, entities, req)
 	switch {
@@ -180,7 +217,7 @@ var errUnknownResource = errors.New("resource is not in the trusted entity store
 // request builds the Cedar request and the entities it needs: the
 // principal (from the verified token, never the store), its groups, the
 // action and the resource with their stored ancestors.
-func (e *Evaluator) request(v schemas.Verified, now time.Time) (cedar.Request, cedar.EntityMap, Result, error) {
+func (e *Evaluator) request(v schemas.Verified, now time.Time) (cedar.Request, *smallEntities, Result, error) {
 	var res Result
 	r, p := v.Request, v.Principal
 	if err := r.Validate(); err != nil {
@@ -205,17 +242,15 @@ func (e *Evaluator) request(v schemas.Verified, now time.Time) (cedar.Request, c
 	action := cedar.NewEntityUID(TypeAction, cedar.String(r.Action))
 	principal := cedar.NewEntityUID(ptype, cedar.String(p.ID))
 
-	entities := make(cedar.EntityMap, 4+len(p.Groups))
+	entities := &smallEntities{list: make([]cedar.Entity, 0, 4+len(p.Groups))}
 	e.store.addStored(entities, resource)
 	e.store.addStored(entities, action)
 	groups := make([]cedar.EntityUID, 0, len(p.Groups))
 	for _, g := range p.Groups {
 		uid := cedar.NewEntityUID(TypeGroup, cedar.String(g))
 		groups = append(groups, uid)
-		if !e.store.addStored(entities, uid) {
-			if _, ok := entities[uid]; !ok {
-				entities[uid] = cedar.Entity{UID: uid}
-			}
+		if !e.store.addStored(entities, uid) && !entities.has(uid) {
+			entities.put(cedar.Entity{UID: uid})
 		}
 	}
 	// The principal goes in last: its identity and groups come from the
@@ -230,7 +265,7 @@ func (e *Evaluator) request(v schemas.Verified, now time.Time) (cedar.Request, c
 		}
 		tags = cedar.NewRecord(tm)
 	}
-	entities[principal] = cedar.Entity{
+	entities.put(cedar.Entity{
 		UID:     principal,
 		Parents: cedar.NewEntityUIDSet(groups...),
 		Attributes: cedar.NewRecord(cedar.RecordMap{
@@ -240,10 +275,10 @@ func (e *Evaluator) request(v schemas.Verified, now time.Time) (cedar.Request, c
 			"name":    cedar.String(p.Name),
 		}),
 		Tags: tags,
-	}
+	})
 
 	var teams []string
-	if e.approvals != nil {
+	if e.approvals != nil && (e.pending == nil || e.pending(r.Action, r.Resource)) {
 		digest, err := schemas.ApprovalDigest(r.Action, r.Resource, r.Context)
 		if err != nil {
 			return cedar.Request{}, nil, res, err

@@ -57,9 +57,12 @@ type Set struct {
 	withShadow *cedar.PolicySet
 	ids        []string
 	shadowIDs  []string
-	validator  *validate.Validator
-	files      []File
-	version    string
+	// index splits the policies by action for the evaluator's fast path;
+	// enforced and withShadow are the reference it is tested against.
+	index     index
+	validator *validate.Validator
+	files     []File
+	version   string
 }
 
 // LoadDir reads a policy set from dir: every *.cedar file and exactly one
@@ -166,6 +169,7 @@ func Compile(files []File) (*Set, error) {
 	enforced, all := cedar.NewPolicySet(), cedar.NewPolicySet()
 	firstSeen := map[string]string{} // @id → file:line, for duplicate reports
 	var ids, shadowIDs []string
+	var entries []scoped
 	for _, f := range policyFiles {
 		list, err := cedar.NewPolicyListFromBytes(f.Name, f.Data)
 		if err != nil {
@@ -191,7 +195,10 @@ func Compile(files []File) (*Set, error) {
 				}
 			}
 			all.Add(cedar.PolicyID(id), p)
-			if _, shadow := ann[AnnotationShadow]; shadow {
+			_, shadow := ann[AnnotationShadow]
+			ast := p.AST()
+			entries = append(entries, scoped{id: cedar.PolicyID(id), policy: p, shadow: shadow, principal: ast.Principal, resource: ast.Resource})
+			if shadow {
 				shadowIDs = append(shadowIDs, id)
 				continue
 			}
@@ -208,6 +215,7 @@ func Compile(files []File) (*Set, error) {
 		enforced:  enforced,
 		ids:       ids,
 		shadowIDs: shadowIDs,
+		index:     newIndex(entries),
 		validator: validator,
 		files:     files,
 		version:   Version(files),

@@ -61,14 +61,14 @@ func (s *Store) Has(uid cedar.EntityUID) bool {
 }
 
 // addStored copies a stored entity and its stored ancestors into m.
-func (s *Store) addStored(m cedar.EntityMap, uid cedar.EntityUID) bool {
+func (s *Store) addStored(m *smallEntities, uid cedar.EntityUID) bool {
 	e, ok := s.entities[uid]
 	if !ok {
 		return false
 	}
-	m[uid] = e
+	m.put(e)
 	for _, a := range s.ancestors[uid] {
-		m[a] = s.entities[a]
+		m.put(s.entities[a])
 	}
 	return true
 }

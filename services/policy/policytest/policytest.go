@@ -123,9 +123,18 @@ func CaseFiles(paths []string) ([]string, error) {
 	return slices.Compact(out), nil
 }
 
+// Options adjust how cases are decided.
+type Options struct {
+	// Reference decides on the evaluator's plain path (engine.Options.Reference).
+	Reference bool
+}
+
 // RunFile runs every case of one file against the policies it names; an
 // error means the file or its policies could not be loaded.
-func RunFile(path string) ([]Result, error) {
+func RunFile(path string) ([]Result, error) { return RunFileWith(path, Options{}) }
+
+// RunFileWith is RunFile with options.
+func RunFileWith(path string, opts Options) ([]Result, error) {
 	data, err := engine.ReadBounded(path)
 	if err != nil {
 		return nil, err
@@ -170,7 +179,7 @@ func RunFile(path string) ([]Result, error) {
 	for i, c := range s.Cases {
 		name := cmpOr(c.Name, fmt.Sprintf("case #%d", i+1))
 		r := Result{File: path, Case: name}
-		got, err := run(set, ents, c)
+		got, err := run(set, ents, c, opts)
 		if err != nil {
 			r.Diff = []string{"cannot run: " + err.Error()}
 		} else {
@@ -189,7 +198,7 @@ func cmpOr(s, def string) string {
 	return s
 }
 
-func run(set *engine.Set, base cedar.EntityMap, c Case) (schemas.Decision, error) {
+func run(set *engine.Set, base cedar.EntityMap, c Case, opts Options) (schemas.Decision, error) {
 	ents := base
 	if len(c.Entities) > 0 {
 		extra, err := engine.ParseEntities(engine.File{Name: "case entities", Data: c.Entities})
@@ -244,6 +253,7 @@ func run(set *engine.Set, base cedar.EntityMap, c Case) (schemas.Decision, error
 	ev, err := engine.NewEvaluator(set, engine.NewStore(ents), engine.Options{
 		Clock:     func() time.Time { return now },
 		Approvals: func(string) []schemas.Approval { return approvals },
+		Reference: opts.Reference,
 	})
 	if err != nil {
 		return schemas.Decision{}, err

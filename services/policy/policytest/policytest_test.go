@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -39,5 +40,36 @@ func TestFailureDiff(t *testing.T) {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("output lacks %q:\n%s", want, out.String())
 		}
+	}
+}
+
+// The evaluator's per-action index and scope filter decide every case
+// exactly as the plain path (all policies, Cedar alone) does: the same
+// decision, codes, policy ids, errors, shadow outcome and reason.
+func TestIndexedEqualsReference(t *testing.T) {
+	t.Parallel()
+	files, err := CaseFiles([]string{"../../../policies/tests"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, f := range files {
+		fast, err := RunFileWith(f, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ref, err := RunFileWith(f, Options{Reference: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range fast {
+			n++
+			if !reflect.DeepEqual(fast[i].Got, ref[i].Got) {
+				t.Errorf("%s: %s: indexed %+v, reference %+v", f, fast[i].Case, fast[i].Got, ref[i].Got)
+			}
+		}
+	}
+	if n < 20 {
+		t.Fatalf("only %d cases compared", n)
 	}
 }

@@ -34,6 +34,9 @@ commands:
   sessions    list live sessions, or revoke by --session, --subject or --issuer (kill switch)
   leases      list live job leases
   audit       audit verify: recompute the audit hash chain against its signed checkpoints
+  policy      policy test|validate|push: run case files, validate a set, push it (governed by policy.update)
+  entities    entities put|get|list|delete: edit the trusted entity store (as the operator user)
+  approve     approve one exact request (approval.grant) with your token
 
 Run 'aigov <command> -h' for the command's flags.
 `
@@ -53,6 +56,12 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer, lookup fu
 		return leasesCmd(ctx, args[1:], stdout, stderr, lookup)
 	case "audit":
 		return auditCmd(ctx, args[1:], stdout, stderr, lookup)
+	case "policy":
+		return policyCmd(ctx, args[1:], stdout, stderr, lookup)
+	case "entities":
+		return entitiesCmd(ctx, args[1:], stdout, stderr, lookup)
+	case "approve":
+		return approveCmd(ctx, args[1:], stdout, stderr, lookup)
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return ExitAllow

@@ -6,8 +6,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	goruntime "runtime"
 	"sort"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -84,25 +86,7 @@ func (l *streamLane) Handle(ctx context.Context, msgs []jetstream.Msg) error {
 	if err != nil {
 		return err
 	}
-	rows := make([]decoded, 0, len(items))
-	var dead []schemas.DeadLetter
-	head := l.head
-	for _, it := range items {
-		var d decoded
-		if it.gap > 0 {
-			d.log = logRow{Row: chain.Row{Stream: l.stream, Seq: it.md.Seq, EventID: "gap:" + l.stream + ":" + strconv.FormatUint(it.md.Seq, 10),
-				Type: chain.TypeGap, InvalidReason: fmt.Sprintf("stream positions %d..%d were gone before the audit read them", it.gap, it.md.Seq)}, Time: minTime}
-			d.anomaly = &anomalyRow{EventID: d.log.EventID, Kind: chain.TypeGap, Stream: l.stream, Consumer: l.consumer, Seq: it.md.Seq,
-				Reason: d.log.InvalidReason, Time: minTime}
-		} else {
-			d = decode(l.mask.event(it.raw), it.md, l.consumer, l.deadLtr)
-		}
-		head = head.Extend(&d.log.Row)
-		if d.dead != nil {
-			dead = append(dead, *d.dead)
-		}
-		rows = append(rows, d)
-	}
+	rows, dead, head := l.rowsOf(items, l.head)
 	// Dead letters first: once published, the poison is safe in the DLQ
 	// stream even if the insert below fails and is retried.
 	for _, dl := range dead {
@@ -125,6 +109,53 @@ func (l *streamLane) Handle(ctx context.Context, msgs []jetstream.Msg) error {
 		l.checkpoint(ctx)
 	}
 	return nil
+}
+
+// rowsOf decodes the items, links each to its predecessor from head on,
+// and returns the rows, the dead letters to publish and the new head.
+func (l *streamLane) rowsOf(items []item, head chain.Head) ([]decoded, []schemas.DeadLetter, chain.Head) {
+	rows := make([]decoded, len(items))
+	// Decoding is most of the writer's CPU and each item is independent:
+	// it runs on every core, in at most GOMAXPROCS goroutines that end
+	// before rowsOf returns. Only the chain must go in stream order.
+	workers := min(goruntime.GOMAXPROCS(0), max(1, len(items)/minDecodeChunk))
+	chunk := (len(items) + workers - 1) / workers
+	var wg sync.WaitGroup
+	for from := 0; from < len(items); from += chunk {
+		to := min(from+chunk, len(items))
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := from; i < to; i++ {
+				rows[i] = l.decodeItem(items[i])
+			}
+		}()
+	}
+	wg.Wait()
+	var dead []schemas.DeadLetter
+	for i := range rows {
+		head = head.Extend(&rows[i].log.Row)
+		if rows[i].dead != nil {
+			dead = append(dead, *rows[i].dead)
+		}
+	}
+	return rows, dead, head
+}
+
+// minDecodeChunk is the fewest items worth a goroutine of their own.
+const minDecodeChunk = 256
+
+// decodeItem is what one stream position becomes, before chaining.
+func (l *streamLane) decodeItem(it item) decoded {
+	if it.gap == 0 {
+		return decode(l.mask.event(it.raw), it.md, l.consumer, l.deadLtr)
+	}
+	var d decoded
+	d.log = logRow{Row: chain.Row{Stream: l.stream, Seq: it.md.Seq, EventID: "gap:" + l.stream + ":" + strconv.FormatUint(it.md.Seq, 10),
+		Type: chain.TypeGap, InvalidReason: fmt.Sprintf("stream positions %d..%d were gone before the audit read them", it.gap, it.md.Seq)}, Time: minTime}
+	d.anomaly = &anomalyRow{EventID: d.log.EventID, Kind: chain.TypeGap, Stream: l.stream, Consumer: l.consumer, Seq: it.md.Seq,
+		Reason: d.log.InvalidReason, Time: minTime}
+	return d
 }
 
 // fillGaps inserts, in front of each item, the positions between the chain

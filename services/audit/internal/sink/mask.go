@@ -56,7 +56,7 @@ func (m masker) value(raw json.RawMessage) json.RawMessage {
 // original event a dead letter carries. It returns raw unchanged when
 // nothing is masked or raw is not a JSON object.
 func (m masker) event(raw []byte) []byte {
-	if len(m.fields) == 0 || !bytes.Contains(raw, []byte(`"context"`)) {
+	if len(m.fields) == 0 || !bytes.Contains(raw, []byte(`"context"`)) || !m.mayHold(raw) {
 		return raw
 	}
 	var ev map[string]json.RawMessage
@@ -96,6 +96,17 @@ func (m masker) event(raw []byte) []byte {
 		return raw
 	}
 	return out
+}
+
+// mayHold reports whether raw may hold a masked field: it must name one,
+// escaped or not. Most events name none, and this saves parsing them.
+func (m masker) mayHold(raw []byte) bool {
+	for f := range m.fields {
+		if bytes.Contains(raw, []byte(f)) {
+			return true
+		}
+	}
+	return false
 }
 
 func (m masker) context(raw json.RawMessage) (json.RawMessage, bool) {

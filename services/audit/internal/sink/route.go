@@ -50,10 +50,12 @@ type decoded struct {
 	log      logRow
 	decision *decisionRow
 	session  *sessionRow
-	approval *approvalRow
-	change   *changeRow
-	anomaly  *anomalyRow
-	dead     *schemas.DeadLetter
+	// approvals: an approval.used event has one row per approver, and an
+	// allowed approval.grant decision one row as well.
+	approvals []approvalRow
+	change    *changeRow
+	anomaly   *anomalyRow
+	dead      *schemas.DeadLetter
 }
 
 // logRow is one row of event_log.
@@ -113,11 +115,14 @@ func (out *decoded) typed(ev schemas.Event, raw []byte, md meta) error {
 	t := ev.Type
 	switch {
 	case t == schemas.TypeDecision:
-		d, _, err := decodeDecision(raw, md)
+		d, err := decisionOf(ev, md)
 		if err != nil {
 			return err
 		}
 		out.decision = &d
+		if a, ok := approvalGrantRow(d, ev, raw, md); ok {
+			out.approvals = []approvalRow{a}
+		}
 	case strings.HasPrefix(t, "dev.aigov.session."):
 		s, _, err := decodeSession(raw, md)
 		if err != nil {
@@ -136,116 +141,24 @@ func (out *decoded) typed(ev schemas.Event, raw []byte, md meta) error {
 		out.anomaly = &anomalyRow{EventID: ev.ID, Kind: d.Kind, Stream: d.Stream, Consumer: d.Consumer, Seq: d.StreamSeq,
 			Subject: d.Subject, Reason: d.Reason, Deliveries: d.Deliveries, Data: body, Time: ev.Time.UTC(),
 			TimeUS: micros(ev.Time), DLQSeq: md.Seq}
-	case strings.Contains(t, "approval"):
-		f, err := fieldsOf(ev.Data)
+	case t == schemas.TypeApprovalUsed:
+		rows, err := approvalUseRows(ev, raw, md)
 		if err != nil {
 			return err
 		}
-		status := f.str("status", "decision", "state")
-		if status == "" {
-			status = eventVerb(t)
-		}
-		res := f.obj("resource")
-		out.approval = &approvalRow{EventID: ev.ID, Type: t, ApprovalID: f.str("approval_id", "id"), Status: status,
-			RequestID: f.str("request_id"), Action: f.str("action"), ResourceType: firstOf(res.str("type"), f.str("resource_type")),
-			ResourceID: firstOf(res.str("id"), f.str("resource_id")), Approver: f.who("approver", "approved_by", "by"),
-			Requester: f.who("requester", "requested_by", "principal_id", "principal"), Reason: f.str("reason", "comment"),
-			ExpiresUS: f.timeUS("expires_at", "not_after"), Time: ev.Time.UTC(), TimeUS: micros(ev.Time), Data: string(raw),
-			Subject: md.Subject, Stream: md.Stream, Seq: md.Seq}
-		if out.approval.ApprovalID == "" {
-			out.approval.ApprovalID = ev.ID
-		}
-	case strings.Contains(t, ".policy") || strings.Contains(t, ".entit"):
-		f, err := fieldsOf(ev.Data)
+		out.approvals = rows
+	case t == schemas.TypePolicyChanged || t == schemas.TypePolicyRejected:
+		c, err := policyChangeRow(ev, raw, md)
 		if err != nil {
 			return err
 		}
-		kind := "policy"
-		if strings.Contains(t, ".entit") {
-			kind = "entity"
+		out.change = &c
+	case t == schemas.TypeEntityChanged:
+		c, err := entityChangeRow(ev, raw, md)
+		if err != nil {
+			return err
 		}
-		ent := f.obj("entity")
-		if len(ent) == 0 {
-			ent = f.obj("uid")
-		}
-		out.change = &changeRow{EventID: ev.ID, Type: t, Kind: kind,
-			Version:  f.str("version", "policy_version", "new_version", "entities_version"),
-			Previous: f.str("previous", "previous_version", "old_version"), ChangedBy: f.who("changed_by", "by", "author", "actor"),
-			EntityType: firstOf(ent.str("type"), f.str("entity_type")), EntityID: firstOf(ent.str("id"), f.str("entity_id")),
-			Summary: f.str("summary", "reason", "message", "change"), Time: ev.Time.UTC(), TimeUS: micros(ev.Time),
-			Data: string(raw), Subject: md.Subject, Stream: md.Stream, Seq: md.Seq}
+		out.change = &c
 	}
 	return nil
-}
-
-// fields reads loosely shaped event data: producers of approvals and
-// change events name a field in one of a few ways.
-type fields map[string]json.RawMessage
-
-func fieldsOf(data json.RawMessage) (fields, error) {
-	var f fields
-	if err := json.Unmarshal(data, &f); err != nil {
-		return nil, fmt.Errorf("%w: data is not a JSON object: %v", schemas.ErrInvalidEvent, err)
-	}
-	return f, nil
-}
-
-func (f fields) str(names ...string) string {
-	for _, n := range names {
-		var s string
-		if v, ok := f[n]; ok && json.Unmarshal(v, &s) == nil && s != "" {
-			return s
-		}
-	}
-	return ""
-}
-
-func (f fields) obj(name string) fields {
-	var o fields
-	_ = json.Unmarshal(f[name], &o)
-	return o
-}
-
-// who reads a principal given as a string or as an object with an id or
-// email.
-func (f fields) who(names ...string) string {
-	if s := f.str(names...); s != "" {
-		return s
-	}
-	for _, n := range names {
-		if o := f.obj(n); len(o) > 0 {
-			if s := o.str("id", "email", "subject"); s != "" {
-				return s
-			}
-		}
-	}
-	return ""
-}
-
-func (f fields) timeUS(names ...string) uint64 {
-	for _, n := range names {
-		var t time.Time
-		if v, ok := f[n]; ok && json.Unmarshal(v, &t) == nil && inRange(t) {
-			return micros(t)
-		}
-	}
-	return 0
-}
-
-func firstOf(s ...string) string {
-	for _, x := range s {
-		if x != "" {
-			return x
-		}
-	}
-	return ""
-}
-
-// eventVerb is "granted" of dev.aigov.approval.granted.v1.
-func eventVerb(t string) string {
-	parts := strings.Split(t, ".")
-	if len(parts) >= 2 && strings.HasPrefix(parts[len(parts)-1], "v") {
-		return parts[len(parts)-2]
-	}
-	return parts[len(parts)-1]
 }

@@ -181,25 +181,36 @@ func decodeDecision(raw []byte, md meta) (decisionRow, eventRow, error) {
 	if err != nil {
 		return decisionRow{}, eventRow{}, err
 	}
-	if ev.Type != schemas.TypeDecision {
-		return decisionRow{}, eventRow{}, fmt.Errorf("%w: type %q on the decisions stream, want %q", schemas.ErrInvalidEvent, ev.Type, schemas.TypeDecision)
+	row, err := decisionOf(ev, md)
+	if err != nil {
+		return decisionRow{}, eventRow{}, err
 	}
-	var d schemas.Decision
-	var extra struct {
+	return row, eventOf(ev, raw, md), nil
+}
+
+// decisionOf is the decisions row of a parsed envelope. The data is
+// decoded once, its context kept raw: decoding it into a map only to
+// re-encode it is most of the cost of the writer's path.
+func decisionOf(ev schemas.Event, md meta) (decisionRow, error) {
+	if ev.Type != schemas.TypeDecision {
+		return decisionRow{}, fmt.Errorf("%w: type %q on the decisions stream, want %q", schemas.ErrInvalidEvent, ev.Type, schemas.TypeDecision)
+	}
+	// The outer Context shadows Decision.Context (a shallower field wins
+	// in encoding/json), so the context stays raw JSON.
+	var body struct {
+		schemas.Decision
 		Context json.RawMessage `json:"context"`
 	}
-	if err := json.Unmarshal(ev.Data, &d); err != nil {
-		return decisionRow{}, eventRow{}, fmt.Errorf("%w: decision data: %v", schemas.ErrInvalidEvent, err)
+	if err := json.Unmarshal(ev.Data, &body); err != nil {
+		return decisionRow{}, fmt.Errorf("%w: decision data: %v", schemas.ErrInvalidEvent, err)
 	}
-	if err := json.Unmarshal(ev.Data, &extra); err != nil {
-		return decisionRow{}, eventRow{}, fmt.Errorf("%w: decision data: %v", schemas.ErrInvalidEvent, err)
-	}
+	d := &body.Decision
 	switch {
 	case d.RequestID == "" || len(d.RequestID) > schemas.MaxIDLength:
-		return decisionRow{}, eventRow{}, fmt.Errorf("%w: request_id must be 1 to %d characters", schemas.ErrInvalidEvent, schemas.MaxIDLength)
+		return decisionRow{}, fmt.Errorf("%w: request_id must be 1 to %d characters", schemas.ErrInvalidEvent, schemas.MaxIDLength)
 	case d.Decision != schemas.Allow && d.Decision != schemas.Deny:
 		// The column is an Enum8: one bad value would fail the whole batch.
-		return decisionRow{}, eventRow{}, fmt.Errorf("%w: decision %q is neither allow nor deny", schemas.ErrInvalidEvent, d.Decision)
+		return decisionRow{}, fmt.Errorf("%w: decision %q is neither allow nor deny", schemas.ErrInvalidEvent, d.Decision)
 	}
 	decided := d.Timings.DecidedAt
 	if !inRange(decided) {
@@ -208,7 +219,7 @@ func decodeDecision(raw []byte, md meta) (decisionRow, eventRow, error) {
 	// The context is kept as the JSON text it arrived as (compacted), not
 	// re-encoded from a map, which would round large integers.
 	ctxJSON := "{}"
-	if c := bytes.TrimSpace(extra.Context); len(c) > 0 && string(c) != "null" {
+	if c := bytes.TrimSpace(body.Context); len(c) > 0 && string(c) != "null" {
 		var buf bytes.Buffer
 		if err := json.Compact(&buf, c); err == nil {
 			ctxJSON = buf.String()
@@ -256,7 +267,7 @@ func decodeDecision(raw []byte, md meta) (decisionRow, eventRow, error) {
 		row.Groups = nonNil(p.Groups)
 		row.Scopes = nonNil(p.Scopes)
 	}
-	return row, eventOf(ev, raw, md), nil
+	return row, nil
 }
 
 // decodeSession turns a message of the sessions stream into its rows. The

@@ -192,11 +192,10 @@ func (w *Writer) write(ctx context.Context, rows []decoded) error {
 			ds = append(ds, *r.decision)
 		case r.session != nil:
 			ss = append(ss, *r.session)
-		case r.approval != nil:
-			as = append(as, *r.approval)
 		case r.change != nil:
 			cs = append(cs, *r.change)
 		}
+		as = append(as, r.approvals...)
 		if r.anomaly != nil {
 			ns = append(ns, *r.anomaly)
 		}

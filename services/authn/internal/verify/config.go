@@ -42,6 +42,12 @@ type Config struct {
 	// MaxTokenBytes bounds a bearer token (AIGOV_OIDC_MAX_TOKEN_BYTES).
 	// Zero means DefaultMaxTokenBytes.
 	MaxTokenBytes int
+	// RevocationsMax bounds the in-memory revocation set in keys (session
+	// revocations plus lease tombstones, each a few hundred bytes at most)
+	// (AIGOV_AUTHN_REVOCATIONS_MAX). Zero means DefaultRevocationsMax.
+	// When the bucket holds more, the set is dropped and every request
+	// reads the bucket instead (slower, never less strict).
+	RevocationsMax int
 }
 
 // Issuer is one trusted OIDC issuer and how its tokens are read.
@@ -120,6 +126,7 @@ const (
 	DefaultClockSkew      = 30 * time.Second
 	DefaultCacheSize      = 10000
 	DefaultMaxTokenBytes  = 16 << 10
+	DefaultRevocationsMax = 500000
 )
 
 // DefaultClaims are the standard OIDC claim names plus groups.
@@ -149,12 +156,13 @@ func (c ClaimMapping) withDefaults() ClaimMapping {
 // that they are reported together with the common ones.
 func LoadConfig(e *runtime.Env) Config {
 	cfg := Config{
-		Workers:       e.Int("AIGOV_AUTHN_WORKERS", DefaultWorkers, 1),
-		HTTPTimeout:   e.Duration("AIGOV_OIDC_HTTP_TIMEOUT", DefaultHTTPTimeout),
-		KeysRefresh:   e.Duration("AIGOV_OIDC_KEYS_REFRESH", DefaultKeysRefresh),
-		ClockSkew:     e.Duration("AIGOV_OIDC_CLOCK_SKEW", DefaultClockSkew),
-		CacheSize:     e.Int("AIGOV_AUTHN_CACHE_SIZE", DefaultCacheSize, -1),
-		MaxTokenBytes: e.Int("AIGOV_OIDC_MAX_TOKEN_BYTES", DefaultMaxTokenBytes, 1024),
+		Workers:        e.Int("AIGOV_AUTHN_WORKERS", DefaultWorkers, 1),
+		HTTPTimeout:    e.Duration("AIGOV_OIDC_HTTP_TIMEOUT", DefaultHTTPTimeout),
+		KeysRefresh:    e.Duration("AIGOV_OIDC_KEYS_REFRESH", DefaultKeysRefresh),
+		ClockSkew:      e.Duration("AIGOV_OIDC_CLOCK_SKEW", DefaultClockSkew),
+		CacheSize:      e.Int("AIGOV_AUTHN_CACHE_SIZE", DefaultCacheSize, -1),
+		MaxTokenBytes:  e.Int("AIGOV_OIDC_MAX_TOKEN_BYTES", DefaultMaxTokenBytes, 1024),
+		RevocationsMax: e.Int("AIGOV_AUTHN_REVOCATIONS_MAX", DefaultRevocationsMax, 1),
 	}
 	file := e.String("AIGOV_OIDC_CONFIG", "")
 	urls := e.List("AIGOV_OIDC_ISSUERS", nil)
@@ -207,8 +215,8 @@ func (c Config) Validate() error {
 	if c.HTTPTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("http timeout %s must be above zero", c.HTTPTimeout))
 	}
-	if c.DiscoveryRetry < 0 || c.KeysRefresh < 0 || c.ClockSkew < 0 || c.MaxTokenBytes < 0 {
-		errs = append(errs, errors.New("discovery retry, keys refresh, clock skew and max token bytes must not be negative"))
+	if c.DiscoveryRetry < 0 || c.KeysRefresh < 0 || c.ClockSkew < 0 || c.MaxTokenBytes < 0 || c.RevocationsMax < 0 {
+		errs = append(errs, errors.New("discovery retry, keys refresh, clock skew, max token bytes and revocations max must not be negative"))
 	}
 	return errors.Join(errs...)
 }

@@ -1,10 +1,14 @@
 package verify_test
 
 import (
+	"context"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/rs/zerolog"
+
+	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/services/authn/internal/verify"
 	"github.com/aigov/aigov/services/runtime"
 )
@@ -80,5 +84,49 @@ func TestLoadConfig(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestMaxTokenBytesFromEnv: AIGOV_OIDC_MAX_TOKEN_BYTES is read and then
+// enforced by the authenticator built from the loaded config; values under
+// its floor are refused. AIGOV_AUTHN_REVOCATIONS_MAX is read too.
+func TestMaxTokenBytesFromEnv(t *testing.T) {
+	t.Parallel()
+	env := runtime.NewEnv(runtime.MapLookup(map[string]string{
+		"AIGOV_OIDC_ISSUERS":          "https://a.example",
+		"AIGOV_OIDC_MAX_TOKEN_BYTES":  "2048",
+		"AIGOV_AUTHN_REVOCATIONS_MAX": "1234",
+	}))
+	cfg := verify.LoadConfig(env)
+	if err := env.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.MaxTokenBytes != 2048 || cfg.RevocationsMax != 1234 {
+		t.Fatalf("max token bytes %d, revocations max %d", cfg.MaxTokenBytes, cfg.RevocationsMax)
+	}
+	a, err := verify.NewAuthenticator(cfg, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	code := func(tok string) schemas.Code {
+		_, err := a.Verify(context.Background(), tok)
+		d, ok := verify.IsDenial(err)
+		if !ok {
+			t.Fatalf("not a denial: %v", err)
+		}
+		return d.Code
+	}
+	// Well under the default 16 KiB, over the configured 2 KiB.
+	if c := code(strings.Repeat("a", 2049)); c != schemas.CodeTokenTooLarge {
+		t.Fatalf("2049 bytes: %s", c)
+	}
+	// At the limit the token is parsed (and refused for what it is).
+	if c := code(strings.Repeat("a", 2048)); c != schemas.CodeMalformedToken {
+		t.Fatalf("2048 bytes: %s", c)
+	}
+	env = runtime.NewEnv(runtime.MapLookup(map[string]string{"AIGOV_OIDC_ISSUERS": "https://a.example", "AIGOV_OIDC_MAX_TOKEN_BYTES": "100"}))
+	verify.LoadConfig(env)
+	if err := env.Err(); err == nil || !strings.Contains(err.Error(), "AIGOV_OIDC_MAX_TOKEN_BYTES") {
+		t.Fatalf("a max under 1024 bytes: %v", err)
 	}
 }

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/coreos/go-oidc/v3/oidc"
-	"github.com/go-jose/go-jose/v4"
 	"github.com/rs/zerolog"
 
 	"github.com/aigov/aigov/schemas"
@@ -219,16 +218,12 @@ func (is *issuer) verifySignature(ctx context.Context, t *token, d *discovered) 
 		}
 		return "", deny(schemas.CodeUnknownKey, "kid %s is not among the issuer's published keys", quoteTrunc(kid, 80))
 	}
-	jws, err := jose.ParseSignedCompact(t.raw, []jose.SignatureAlgorithm{jose.SignatureAlgorithm(alg)})
-	if err != nil || len(jws.Signatures) != 1 {
-		return "", deny(schemas.CodeMalformedToken, "the token is not a well-formed compact JWS")
-	}
 	for i := range keys {
 		k := &keys[i]
 		if k.Algorithm != "" && k.Algorithm != alg {
 			continue
 		}
-		if _, err := jws.Verify(k); err == nil {
+		if verifyJWS(alg, k.Key, t.signingInput, t.sig) {
 			return k.KeyID, nil
 		}
 	}

@@ -84,6 +84,10 @@ type token struct {
 	claims  map[string]json.RawMessage
 	payload []byte
 	iss     string
+	// signingInput is the JWS signing input (header.payload) and sig the
+	// decoded signature, so the signature check parses nothing again.
+	signingInput string
+	sig          []byte
 }
 
 // parseToken decodes a compact JWS's header and claims without verifying
@@ -129,9 +133,10 @@ func parseToken(raw string) (*token, *Denial) {
 	if d := checkJSON(t.payload, "payload"); d != nil {
 		return nil, d
 	}
-	if _, err := base64.RawURLEncoding.DecodeString(sig); err != nil {
+	if t.sig, err = base64.RawURLEncoding.DecodeString(sig); err != nil {
 		return nil, deny(schemas.CodeMalformedToken, "token signature is not base64url")
 	}
+	t.signingInput = raw[:len(h)+1+len(p)]
 	c := claimReader{raw: t.claims}
 	t.iss = c.str("iss")
 	if c.err != nil || t.iss == "" {

@@ -57,8 +57,9 @@ type Verifier struct {
 	outcomes *prometheus.CounterVec
 	now      func() time.Time
 
+	revs *revocations
+
 	kvMu    sync.Mutex
-	kv      jetstream.KeyValue // revocation bucket, opened on first use
 	usedIDs jetstream.KeyValue // token id bucket, opened on first use
 }
 
@@ -92,6 +93,20 @@ func New(cfg Config, deps Deps) (*Verifier, error) {
 	if err := deps.Registry.Register(v.outcomes); err != nil {
 		return nil, fmt.Errorf("authn: register metrics: %w", err)
 	}
+	cacheEntries := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "aigov_authn_cache_entries",
+		Help: "Verified tokens held by the verification cache.",
+	}, func() float64 { return float64(auth.cache.len()) })
+	if err := deps.Registry.Register(cacheEntries); err != nil {
+		return nil, fmt.Errorf("authn: register metrics: %w", err)
+	}
+	revsMax := cfg.RevocationsMax
+	if revsMax == 0 {
+		revsMax = DefaultRevocationsMax
+	}
+	if v.revs, err = newRevocations(deps.JS, deps.NC, deps.Topology.BucketRevocations(), revsMax, deps.Log, deps.Registry); err != nil {
+		return nil, err
+	}
 	v.runner = runtime.NewRunner(schemas.ConsumerAuthn, deps.Log, deps.Registry, cfg.Workers)
 	return v, nil
 }
@@ -110,9 +125,32 @@ func (v *Verifier) Run(ctx context.Context) error {
 		defer close(refresher)
 		v.auth.Run(ctx)
 	}()
-	err = v.runner.Run(ctx, cons, v.Handle)
+	watcher := make(chan struct{})
+	go func() {
+		defer close(watcher)
+		v.revs.Run(ctx)
+	}()
+	// No request is taken before the revocation set is loaded: a request
+	// of a revoked session must never pass because the set was partial.
+	select {
+	case <-v.revs.Loaded():
+		err = v.runner.Run(ctx, cons, v.Handle)
+	case <-ctx.Done():
+	}
 	<-refresher // ends with ctx; a fetch in flight is bounded by the HTTP timeout
+	<-watcher
 	return err
+}
+
+// Ready is a readiness check: not ready until the revocation set has been
+// loaded (Run takes no request before).
+func (v *Verifier) Ready(context.Context) error {
+	select {
+	case <-v.revs.Loaded():
+		return nil
+	default:
+		return errors.New("revocation set not loaded yet")
+	}
 }
 
 // request is what Handle learned about one request message.
@@ -161,15 +199,22 @@ func (v *Verifier) Handle(ctx context.Context, m jetstream.Msg) error {
 		return fmt.Errorf("verify token of request %s: %w", r.id, err)
 	}
 	r.identity = &id
-	if d, err := v.revoked(ctx, id.SessionKey); err != nil {
-		return err
-	} else if d != nil {
-		return v.deny(ctx, r, d)
+	// One lookup for the session and the job lease the request names: the
+	// set's freshness barrier is paid once.
+	leaseKey := ""
+	if lease, ok := schemas.LeaseIDOf(r.data.Context); ok {
+		leaseKey = schemas.LeaseRevocationKey(lease)
 	}
-	if d, err := v.leaseEnded(ctx, r.data.Context); err != nil {
-		return err
-	} else if d != nil {
-		return v.deny(ctx, r, d)
+	recs, err := v.revs.lookup(ctx, id.SessionKey, leaseKey)
+	if err != nil {
+		// Never "not revoked": the runner redelivers.
+		return fmt.Errorf("revocation lookup of request %s: %w", r.id, err)
+	}
+	if recs[0] != nil {
+		return v.deny(ctx, r, revocationDenial(recs[0]))
+	}
+	if recs[1] != nil {
+		return v.deny(ctx, r, leaseDenial(recs[1]))
 	}
 	if id.ReplayKey != "" {
 		if d, err := v.replayed(ctx, id, r.id); err != nil {
@@ -242,36 +287,22 @@ func validAction(a string) bool {
 	return schemas.Request{Action: a, Resource: schemas.Resource{Type: "Resource", ID: "-"}}.Validate() == nil
 }
 
-// revoked looks the session up in the revocation bucket. A lookup failure
-// is returned as an error (transient, redelivered), never treated as "not
-// revoked".
-func (v *Verifier) revoked(ctx context.Context, sessionKey string) (*Denial, error) {
-	kv, err := v.revocations(ctx)
-	if err != nil {
-		return nil, err
-	}
-	e, err := kv.Get(ctx, sessionKey)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("look up revocation of session %s: %w", sessionKey, err)
-	}
-	var rev schemas.Revocation
-	if err := json.Unmarshal(e.Value(), &rev); err != nil {
+// revocationDenial returns the deny for a session key's revocation record.
+func revocationDenial(rec *revRecord) *Denial {
+	if !rec.readable {
 		// Someone meant to end this session; an unreadable record must not
 		// reopen it.
-		return deny(schemas.CodeSessionRevoked, "the session is revoked (unreadable revocation record)"), nil
+		return deny(schemas.CodeSessionRevoked, "the session is revoked (unreadable revocation record)")
 	}
-	code := rev.Code
+	code := rec.code
 	if code != schemas.CodeSessionExpired {
 		code = schemas.CodeSessionRevoked
 	}
-	reason := rev.Reason
+	reason := rec.reason
 	if reason == "" {
 		reason = "the session was ended"
 	}
-	return &Denial{Code: code, Reason: reason}, nil
+	return &Denial{Code: code, Reason: reason}
 }
 
 // replayed records the token's jti as used by this request, until the
@@ -319,21 +350,6 @@ func (v *Verifier) tokenIDs(ctx context.Context) (jetstream.KeyValue, error) {
 		v.usedIDs = kv
 	}
 	return v.usedIDs, nil
-}
-
-// revocations opens the revocation bucket once; a failure is retried by
-// the next request.
-func (v *Verifier) revocations(ctx context.Context) (jetstream.KeyValue, error) {
-	v.kvMu.Lock()
-	defer v.kvMu.Unlock()
-	if v.kv == nil {
-		kv, err := v.js.KeyValue(ctx, v.topo.BucketRevocations())
-		if err != nil {
-			return nil, fmt.Errorf("open revocation bucket %s: %w", v.topo.BucketRevocations(), err)
-		}
-		v.kv = kv
-	}
-	return v.kv, nil
 }
 
 // pass publishes the verified event.

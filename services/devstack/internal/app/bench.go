@@ -117,6 +117,14 @@ func Bench(ctx context.Context, args []string, out io.Writer) error {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+	// End-of-pipe lag: from the decision (event_time_us, when the policy
+	// or authn service decided) to the commit of its row (inserted_us,
+	// taken by the writer just before the insert), per row.
+	var lag []float64
+	var lagMax int64
+	if err := st.DB.QueryRow(ctx, "SELECT quantiles(0.5, 0.99)(toInt64(inserted_us) - toInt64(event_time_us)), max(toInt64(inserted_us) - toInt64(event_time_us)) FROM aigov.decisions FINAL").Scan(&lag, &lagMax); err != nil {
+		return fmt.Errorf("bench: audit lag: %w", err)
+	}
 	slices.Sort(latencies)
 	fmt.Fprintf(out, "\nmachine      %s, %d cores, %s\n", cpuModel(), runtime.NumCPU(), runtime.Version())
 	fmt.Fprintf(out, "nats         embedded, file store, default fsync (every 2 min): figures are not for sync_interval always\n")
@@ -126,6 +134,10 @@ func Bench(ctx context.Context, args []string, out io.Writer) error {
 		pct(latencies, 0.50), pct(latencies, 0.99), pct(latencies, 0.999), latencies[len(latencies)-1].Round(time.Microsecond))
 	fmt.Fprintf(out, "audit        %d rows for %d decisions (%s), complete %s after the last decision\n",
 		rows, decided, completeness(rows, decided), time.Since(auditStart).Round(time.Millisecond))
+	if len(lag) == 2 {
+		fmt.Fprintf(out, "audit lag    p50 %s  p99 %s  max %s (decided → row inserted in ClickHouse)\n",
+			time.Duration(lag[0])*time.Microsecond, time.Duration(lag[1])*time.Microsecond, time.Duration(lagMax)*time.Microsecond)
+	}
 	if failures.Load() > 0 || rows != uint64(decided) {
 		return fmt.Errorf("bench: %d requests without a decision, %d audit rows for %d decisions", failures.Load(), rows, decided)
 	}

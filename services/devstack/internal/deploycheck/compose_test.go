@@ -1,8 +1,15 @@
 package deploycheck
 
 import (
+	"errors"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
@@ -172,3 +179,109 @@ func TestComposeVolumesAndImages(t *testing.T) {
 // natsPasswordVar is the nats service's environment variable holding a
 // role's password (deploy/nats/auth.conf reads it).
 func natsPasswordVar(role string) string { return "NATS_" + strings.ToUpper(role) + "_PASSWORD" }
+
+// The probe the compose health checks run in the distroless images: built
+// as deploy/Dockerfile builds it (its own module, outside the workspace),
+// it exits 0 only for a 200.
+func TestHealthcheckProbe(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "healthcheck")
+	build := exec.Command("go", "build", "-o", bin, ".")
+	build.Dir = repoPath(t, "deploy/healthcheck")
+	build.Env = append(os.Environ(), "GOWORK=off", "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build deploy/healthcheck: %v\n%s", err, out)
+	}
+	status := http.StatusOK
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/readyz" {
+			http.NotFound(w, r)
+			return
+		}
+		w.WriteHeader(status)
+	}))
+	defer srv.Close()
+	run := func() int {
+		err := exec.Command(bin, srv.URL+"/readyz").Run()
+		var exit *exec.ExitError
+		switch {
+		case err == nil:
+			return 0
+		case errors.As(err, &exit):
+			return exit.ExitCode()
+		default:
+			t.Fatal(err)
+			return -1
+		}
+	}
+	if code := run(); code != 0 {
+		t.Errorf("probe of a ready service exited %d", code)
+	}
+	status = http.StatusServiceUnavailable
+	if code := run(); code != 1 {
+		t.Errorf("probe of an unready service exited %d, want 1", code)
+	}
+	srv.Close()
+	if code := run(); code != 1 {
+		t.Errorf("probe of a stopped service exited %d, want 1", code)
+	}
+}
+
+// `make images` builds every image from deploy/Dockerfile with the names
+// docker-compose.yml uses. A stand-in docker on PATH records each call, so
+// no engine is needed.
+func TestMakeImages(t *testing.T) {
+	dir := t.TempDir()
+	log := filepath.Join(dir, "calls")
+	fake := "#!/bin/sh\nprintf '%s\\n' \"$*\" >> " + log + "\n"
+	if err := os.WriteFile(filepath.Join(dir, "docker"), []byte(fake), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("make", "--no-print-directory", "images")
+	cmd.Dir = repoRoot(t)
+	cmd.Env = append(os.Environ(), "PATH="+dir+string(filepath.ListSeparator)+os.Getenv("PATH"), "IMAGE_PREFIX=", "IMAGE_TAG=")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("make images: %v\n%s", err, out)
+	}
+	b, err := os.ReadFile(log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	calls := strings.Split(strings.TrimSpace(string(b)), "\n")
+	want := map[string]string{} // tag -> the build's distinguishing args
+	for _, s := range []string{"authn", "policy", "audit", "reaper", "aigov", "devstack"} {
+		want["aigov/"+s+":dev"] = "--target service --build-arg SERVICE=" + s
+	}
+	want["aigov/demo:dev"] = "--target demo"
+	for _, call := range calls {
+		f := strings.Fields(call)
+		i := slices.Index(f, "-t")
+		if len(f) < 2 || f[0] != "build" || i < 0 || i+1 >= len(f) || f[len(f)-1] != "." || !strings.Contains(call, "-f deploy/Dockerfile") {
+			t.Errorf("unexpected docker call %q", call)
+			continue
+		}
+		tag := f[i+1]
+		if args, ok := want[tag]; !ok || !strings.Contains(call, args) {
+			t.Errorf("docker %q: tag %s is not built with %q", call, tag, args)
+		}
+		delete(want, tag)
+	}
+	for tag := range want {
+		t.Errorf("make images does not build %s", tag)
+	}
+	// Compose runs the images make builds.
+	c := compose(t)
+	for _, name := range sortedKeys(c.Services) {
+		s := c.Services[name]
+		if s.Build == nil {
+			continue
+		}
+		target := s.Build.Target
+		svc := s.Build.Args["SERVICE"]
+		if target == "demo" {
+			svc = "demo"
+		}
+		if s.Image != "aigov/"+svc+":dev" {
+			t.Errorf("compose %s: image %q, built as target %s SERVICE=%s", name, s.Image, target, s.Build.Args["SERVICE"])
+		}
+	}
+}

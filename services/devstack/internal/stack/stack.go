@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -36,6 +37,10 @@ import (
 // so nothing decided is waiting on it.
 var Services = []string{"audit", "reaper", "policy", "authn"}
 
+// logoutOffset puts the reaper's back-channel logout endpoint on
+// HTTPBasePort+5 when the stack runs on fixed ports.
+const logoutOffset = 5
+
 // httpOffset keeps each service on its default port (8081 authn … 8084
 // reaper) when the stack runs on fixed ports.
 var httpOffset = map[string]int{"authn": 1, "policy": 2, "audit": 3, "reaper": 4}
@@ -54,6 +59,9 @@ type Options struct {
 	NATSPort, IdPPort, ClickHousePort, HTTPBasePort int
 	// SessionMaxAge and ReaperInterval configure the reaper.
 	SessionMaxAge, ReaperInterval time.Duration
+	// LeaseHeartbeatTTL is how long a job lease lives without a heartbeat
+	// (the reaper's AIGOV_LEASE_HEARTBEAT_TTL); zero keeps its default.
+	LeaseHeartbeatTTL time.Duration
 	// Personas adds principals to the dev IdP (load tests).
 	Personas map[string]idp.Persona
 	// Progress receives one line per start-up step; nil discards.
@@ -81,7 +89,12 @@ type Stack struct {
 
 	mu    sync.Mutex
 	procs map[string]*process
+	// addrs remembers each service's HTTP address, so StartService brings
+	// a stopped or killed service back on the same port.
+	addrs map[string]string
 	opts  Options
+	// logoutAddr is where the reaper serves OIDC back-channel logout.
+	logoutAddr string
 }
 
 // Database is the audit database the stack's audit service writes.
@@ -146,7 +159,7 @@ func Start(ctx context.Context, opts Options) (st *Stack, err error) {
 	if opts.Progress == nil {
 		opts.Progress = io.Discard
 	}
-	st = &Stack{Root: opts.Root, Dir: opts.Dir, procs: map[string]*process{}, opts: opts}
+	st = &Stack{Root: opts.Root, Dir: opts.Dir, procs: map[string]*process{}, addrs: map[string]string{}, opts: opts}
 	defer func() {
 		if err != nil {
 			st.Stop()
@@ -189,6 +202,14 @@ func Start(ctx context.Context, opts Options) (st *Stack, err error) {
 	if err := schemas.NewTopology("").Ensure(ctx, st.AdminJS); err != nil {
 		return st, err
 	}
+
+	logoutPort := 0
+	if opts.HTTPBasePort != 0 {
+		logoutPort = opts.HTTPBasePort + logoutOffset
+	} else if logoutPort, err = freePort(); err != nil {
+		return st, err
+	}
+	st.logoutAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(logoutPort))
 
 	for _, name := range Services {
 		port := 0
@@ -238,7 +259,12 @@ func (st *Stack) env(name, httpAddr string) []string {
 			// `aigov audit verify` reads its .pub next to it.
 			"AIGOV_AUDIT_SIGNING_KEY="+st.AuditKeyPath(), "AIGOV_AUDIT_SIGNING_KEY_CREATE=true")
 	case "reaper":
-		e = append(e, "AIGOV_SESSION_MAX_AGE="+st.opts.SessionMaxAge.String(), "AIGOV_REAPER_INTERVAL="+st.opts.ReaperInterval.String())
+		e = append(e, "AIGOV_SESSION_MAX_AGE="+st.opts.SessionMaxAge.String(), "AIGOV_REAPER_INTERVAL="+st.opts.ReaperInterval.String(),
+			// Back-channel logout for the dev IdP's sessions.
+			"AIGOV_LOGOUT_ADDR="+st.logoutAddr, "AIGOV_OIDC_ISSUERS="+st.IdP.Issuer(), "AIGOV_OIDC_AUDIENCE="+st.IdP.ClientID())
+		if st.opts.LeaseHeartbeatTTL > 0 {
+			e = append(e, "AIGOV_LEASE_HEARTBEAT_TTL="+st.opts.LeaseHeartbeatTTL.String())
+		}
 	}
 	return e
 }
@@ -254,6 +280,30 @@ type process struct {
 }
 
 func (st *Stack) startService(ctx context.Context, name string, port int) error {
+	return st.startProcess(ctx, name, name, port)
+}
+
+// StartReplica starts one more process of service (e.g. a second authn)
+// under the name replica, with the same environment, and waits until it
+// is ready. StopService(replica) and Stop end it.
+func (st *Stack) StartReplica(ctx context.Context, service, replica string) error {
+	st.mu.Lock()
+	_, taken := st.procs[replica]
+	st.mu.Unlock()
+	if taken || slices.Contains(Services, replica) {
+		return fmt.Errorf("stack: a process named %s is already running", replica)
+	}
+	if !slices.Contains(Services, service) {
+		return fmt.Errorf("stack: unknown service %q", service)
+	}
+	return st.startProcess(ctx, replica, service, 0)
+}
+
+// LogoutURL is the reaper's OIDC back-channel logout endpoint.
+func (st *Stack) LogoutURL() string { return "http://" + st.logoutAddr + "/backchannel-logout" }
+
+// startProcess runs binary bin as the process called name.
+func (st *Stack) startProcess(ctx context.Context, name, bin string, port int) error {
 	if port == 0 {
 		var err error
 		if port, err = freePort(); err != nil {
@@ -266,8 +316,8 @@ func (st *Stack) startService(ctx context.Context, name string, port int) error 
 	if err != nil {
 		return fmt.Errorf("stack: %w", err)
 	}
-	cmd := exec.Command(filepath.Join(st.opts.BinDir, name))
-	cmd.Env = st.env(name, addr)
+	cmd := exec.Command(filepath.Join(st.opts.BinDir, bin))
+	cmd.Env = st.env(bin, addr)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	// The services must not outlive the stack, even if it is killed.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -283,6 +333,7 @@ func (st *Stack) startService(ctx context.Context, name string, port int) error 
 	}()
 	st.mu.Lock()
 	st.procs[name] = p
+	st.addrs[name] = addr
 	st.mu.Unlock()
 	if err := waitReady(ctx, p, 60*time.Second); err != nil {
 		return err
@@ -351,6 +402,40 @@ func (st *Stack) StopService(name string) error {
 	}
 }
 
+// KillService SIGKILLs a service, as a crash would, and waits until it is
+// gone. StartService brings it back.
+func (st *Stack) KillService(name string) error {
+	st.mu.Lock()
+	p, ok := st.procs[name]
+	delete(st.procs, name)
+	st.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("stack: %s is not running", name)
+	}
+	if err := p.cmd.Process.Kill(); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		return fmt.Errorf("stack: kill %s: %w", name, err)
+	}
+	<-p.done
+	return nil
+}
+
+// StartService starts a stopped or killed service again with the same
+// environment and HTTP address, and waits until it is ready.
+func (st *Stack) StartService(ctx context.Context, name string) error {
+	st.mu.Lock()
+	_, running := st.procs[name]
+	addr := st.addrs[name]
+	st.mu.Unlock()
+	if running {
+		return fmt.Errorf("stack: %s is already running", name)
+	}
+	port := 0
+	if _, p, err := net.SplitHostPort(addr); err == nil {
+		port, _ = strconv.Atoi(p)
+	}
+	return st.startService(ctx, name, port)
+}
+
 // Stop shuts everything down: services first (so they drain and flush),
 // then ClickHouse, the IdP and NATS.
 func (st *Stack) Stop() []error {
@@ -360,6 +445,20 @@ func (st *Stack) Stop() []error {
 	}
 	if st.Platform != nil {
 		st.Platform.Close()
+	}
+	// Replicas (StartReplica) first, then the services in reverse order.
+	st.mu.Lock()
+	var replicas []string
+	for name := range st.procs {
+		if !slices.Contains(Services, name) {
+			replicas = append(replicas, name)
+		}
+	}
+	st.mu.Unlock()
+	for _, name := range replicas {
+		if err := st.StopService(name); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", name, err))
+		}
 	}
 	for i := len(Services) - 1; i >= 0; i-- {
 		if err := st.StopService(Services[i]); err != nil {

@@ -43,7 +43,10 @@ type state struct {
 	store     *engine.Store
 	approvals map[string]map[string]schemas.Approval // digest hex → key → approval
 	nApproval int
-	amu       sync.RWMutex
+	// pending counts approvals per action and resource, so a request with
+	// none skips computing its approval digest.
+	pending map[string]int
+	amu     sync.RWMutex
 }
 
 // snapshot is one consistent view: the evaluator and the revision of the
@@ -54,7 +57,7 @@ type snapshot struct {
 }
 
 func newState(log zerolog.Logger, clock func() time.Time) *state {
-	return &state{log: log, clock: clock, entities: map[string]cedar.Entity{}, approvals: map[string]map[string]schemas.Approval{}}
+	return &state{log: log, clock: clock, entities: map[string]cedar.Entity{}, approvals: map[string]map[string]schemas.Approval{}, pending: map[string]int{}}
 }
 
 // snapshot returns the current view; nil until the set and store loaded.
@@ -65,7 +68,7 @@ func (s *state) rebuild() {
 	if s.set == nil || s.store == nil {
 		return
 	}
-	ev, err := engine.NewEvaluator(s.set, s.store, engine.Options{Approvals: s.lookupApprovals, Clock: s.clock})
+	ev, err := engine.NewEvaluator(s.set, s.store, engine.Options{Approvals: s.lookupApprovals, Pending: s.hasPending, Clock: s.clock})
 	if err != nil {
 		// Both inputs are non-nil here; NewEvaluator fails only without them.
 		s.log.Error().Err(err).Msg("evaluator not rebuilt")
@@ -123,6 +126,18 @@ func (s *state) lookupApprovals(digest string) []schemas.Approval {
 	return out
 }
 
+// pendingKey is the pending count key of an approval's action and resource.
+func pendingKey(action string, r schemas.Resource) string {
+	return action + "\x00" + r.Type + "\x00" + r.ID
+}
+
+// hasPending reports whether any approval is held for action on r.
+func (s *state) hasPending(action string, r schemas.Resource) bool {
+	s.amu.RLock()
+	defer s.amu.RUnlock()
+	return s.pending[pendingKey(action, r)] > 0
+}
+
 func (s *state) putApproval(key string, a schemas.Approval) bool {
 	s.amu.Lock()
 	defer s.amu.Unlock()
@@ -131,12 +146,15 @@ func (s *state) putApproval(key string, a schemas.Approval) bool {
 		return false // a value that does not match its key is not believed
 	}
 	byKey := s.approvals[h]
-	if _, ok := byKey[key]; !ok {
+	if prev, ok := byKey[key]; !ok {
 		if s.nApproval >= MaxApprovals {
 			return false
 		}
 		s.nApproval++
+	} else {
+		s.unpend(prev)
 	}
+	s.pending[pendingKey(a.Action, a.Resource)]++
 	if byKey == nil {
 		byKey = map[string]schemas.Approval{}
 		s.approvals[h] = byKey
@@ -149,15 +167,26 @@ func (s *state) deleteApproval(key string) {
 	s.amu.Lock()
 	defer s.amu.Unlock()
 	for h, byKey := range s.approvals {
-		if _, ok := byKey[key]; ok {
+		if prev, ok := byKey[key]; ok {
 			delete(byKey, key)
 			s.nApproval--
+			s.unpend(prev)
 			if len(byKey) == 0 {
 				delete(s.approvals, h)
 			}
 			return
 		}
 	}
+}
+
+// unpend drops one approval from the pending counts; s.amu held.
+func (s *state) unpend(a schemas.Approval) {
+	k := pendingKey(a.Action, a.Resource)
+	if s.pending[k] <= 1 {
+		delete(s.pending, k)
+		return
+	}
+	s.pending[k]--
 }
 
 // buckets are the KV buckets the service works with.

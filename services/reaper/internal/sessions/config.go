@@ -2,6 +2,7 @@ package sessions
 
 import (
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/aigov/aigov/services/runtime"
@@ -14,8 +15,17 @@ const (
 	DefaultInterval    = time.Second
 	DefaultMaxScan     = 100000
 	DefaultWorkers     = 4
-	DefaultTTLGrace    = 24 * time.Hour
+	// DefaultTTLGrace of zero gives session records no per-key bound of
+	// their own beyond the bucket's retention (see Config.TTLGrace).
+	DefaultTTLGrace = 0
+	// DefaultTouchGranularity is how stale a record's last_seen may get
+	// before a request of a known token rewrites it.
+	DefaultTouchGranularity = time.Second
 )
+
+// touchGranularityDivisor keeps the coalescing granularity well below the
+// idle timeout: an idle expiry may come early by up to the granularity.
+const touchGranularityDivisor = 10
 
 // minInterval keeps a mistyped interval from turning the expiry loop into a
 // busy loop against the broker.
@@ -44,7 +54,19 @@ type Config struct {
 	// TTLGrace is added to a session record's due time to form its per-key
 	// TTL (AIGOV_REAPER_TTL_GRACE): the expiry pass ends sessions; the TTL
 	// only clears a record left behind by an outage longer than the grace.
+	// Zero (the default) sets each record's TTL to the bucket's retention,
+	// which always exceeds the idle timeout: a record then outlives its
+	// session's due time by at least retention minus idle timeout, so a
+	// reaper outage shorter than that loses no expiry. A record that lapses
+	// anyway (a longer outage, or a short grace) leaves a purge marker the
+	// expiry pass turns into a session_expired revocation (see Sweep).
 	TTLGrace time.Duration
+	// TouchGranularity coalesces writes (AIGOV_REAPER_TOUCH_GRANULARITY):
+	// a request presenting a token the session already knows does not
+	// rewrite the record when its last_seen is younger than this. Idle
+	// expiry may then come up to this much early, never late. Zero writes
+	// every request. It must be at most a tenth of every idle timeout.
+	TouchGranularity time.Duration
 }
 
 // LoadConfig reads the reaper's variables, recording every violation in e
@@ -58,6 +80,8 @@ func LoadConfig(e *runtime.Env) Config {
 		MaxScan:     e.Int("AIGOV_REAPER_MAX_SCAN", DefaultMaxScan, 1),
 		Workers:     e.Int("AIGOV_REAPER_WORKERS", DefaultWorkers, 1),
 		TTLGrace:    e.Duration("AIGOV_REAPER_TTL_GRACE", DefaultTTLGrace),
+
+		TouchGranularity: e.Duration("AIGOV_REAPER_TOUCH_GRANULARITY", -1),
 	}
 	if path := e.String("AIGOV_REAPER_CONFIG", ""); path != "" {
 		limits, err := LoadLimits(path)
@@ -66,8 +90,19 @@ func LoadConfig(e *runtime.Env) Config {
 		}
 		c.Limits = limits
 	}
-	if c.TTLGrace < time.Minute {
-		e.Fail("AIGOV_REAPER_TTL_GRACE=%s must be at least 1m", c.TTLGrace)
+	if c.TTLGrace != 0 && c.TTLGrace < time.Minute {
+		e.Fail("AIGOV_REAPER_TTL_GRACE=%s must be 0 (the bucket's retention) or at least 1m", c.TTLGrace)
+	}
+	if c.TouchGranularity == -1 {
+		// Unset: the default, shrunk to a tenth of the shortest idle
+		// timeout so that short test and demo timeouts stay valid.
+		c.TouchGranularity = DefaultTouchGranularity
+		for _, d := range c.idleTimeouts() {
+			c.TouchGranularity = min(c.TouchGranularity, d/touchGranularityDivisor)
+		}
+	}
+	if err := c.checkGranularity(); err != nil {
+		e.Fail("AIGOV_REAPER_TOUCH_GRANULARITY: %v", err)
 	}
 	if c.MaxAge <= 0 {
 		e.Fail("AIGOV_SESSION_MAX_AGE must be positive")
@@ -97,11 +132,45 @@ func (c Config) validate() error {
 	if c.Interval <= 0 {
 		errs = append(errs, errors.New("interval must be positive"))
 	}
-	if c.TTLGrace < time.Second {
-		errs = append(errs, errors.New("ttl grace must be at least 1s"))
+	if c.TTLGrace != 0 && c.TTLGrace < time.Second {
+		errs = append(errs, errors.New("ttl grace must be 0 or at least 1s"))
+	}
+	if err := c.checkGranularity(); err != nil {
+		errs = append(errs, err)
 	}
 	if c.MaxScan < 1 {
 		errs = append(errs, errors.New("max scan must be at least 1"))
 	}
 	return errors.Join(errs...)
+}
+
+// checkGranularity keeps the write-coalescing granularity at most a tenth
+// of the default idle timeout and of every rule's.
+func (c Config) checkGranularity() error {
+	if c.TouchGranularity < 0 {
+		return fmt.Errorf("touch granularity %s is negative", c.TouchGranularity)
+	}
+	if c.TouchGranularity == 0 {
+		return nil
+	}
+	for _, d := range c.idleTimeouts() {
+		if c.TouchGranularity*touchGranularityDivisor > d {
+			return fmt.Errorf("touch granularity %s must be at most a tenth of the idle timeout %s", c.TouchGranularity, d)
+		}
+	}
+	return nil
+}
+
+// idleTimeouts are the positive idle timeouts: the default and each rule's.
+func (c Config) idleTimeouts() []time.Duration {
+	var out []time.Duration
+	if c.IdleTimeout > 0 {
+		out = append(out, c.IdleTimeout)
+	}
+	for _, l := range c.Limits {
+		if l.IdleTimeout > 0 {
+			out = append(out, time.Duration(l.IdleTimeout))
+		}
+	}
+	return out
 }

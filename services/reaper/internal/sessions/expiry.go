@@ -24,6 +24,9 @@ type SweepResult struct {
 	// Truncated means there were more than MaxScan sessions; the rest wait
 	// for a later pass.
 	Truncated bool
+	// Lapsed is how many sessions whose record had lapsed by TTL (a reaper
+	// outage) this pass revoked from their purge marker.
+	Lapsed int
 }
 
 // RunExpiry is the reaper's expiry worker (a runtime.Worker): one pass at
@@ -39,8 +42,8 @@ func (r *Reaper) RunExpiry(ctx context.Context) error {
 		switch {
 		case err != nil && ctx.Err() == nil:
 			r.log.Error().Err(err).Int("scanned", res.Scanned).Msg("expiry pass failed")
-		case res.Expired > 0 || res.Failed > 0:
-			r.log.Info().Int("scanned", res.Scanned).Int("expired", res.Expired).Int("failed", res.Failed).Msg("expiry pass done")
+		case res.Expired > 0 || res.Failed > 0 || res.Lapsed > 0:
+			r.log.Info().Int("scanned", res.Scanned).Int("expired", res.Expired).Int("lapsed", res.Lapsed).Int("failed", res.Failed).Msg("expiry pass done")
 		}
 		if res.Truncated {
 			r.log.Warn().Int("max_scan", r.cfg.MaxScan).Msg("expiry pass truncated; raise AIGOV_REAPER_MAX_SCAN or add replicas")
@@ -53,10 +56,13 @@ func (r *Reaper) RunExpiry(ctx context.Context) error {
 	}
 }
 
-// candidate is a session that looked expired when listed.
+// candidate is a session that looked expired when listed; lapsed ones
+// are a lapse marker at revision rev.
 type candidate struct {
 	key    string
 	reason string
+	lapsed bool
+	rev    uint64
 }
 
 // Sweep runs one expiry pass: it lists up to MaxScan live sessions and ends
@@ -71,6 +77,15 @@ func (r *Reaper) Sweep(ctx context.Context) (SweepResult, error) {
 	for _, c := range found {
 		if ctx.Err() != nil {
 			return res, fmt.Errorf("expiry pass interrupted: %w", ctx.Err())
+		}
+		if c.lapsed {
+			if err := r.endLapsed(ctx, c.key, c.rev, now); err != nil {
+				res.Failed++
+				r.log.Error().Err(err).Str("session_key", c.key).Msg("lapsed session not ended; retrying next pass")
+			} else {
+				res.Lapsed++
+			}
+			continue
 		}
 		ended, err := r.end(ctx, c.key, now)
 		switch {
@@ -90,7 +105,9 @@ func (r *Reaper) Sweep(ctx context.Context) (SweepResult, error) {
 // scan is truncated it is the longest-idle sessions that are examined.
 func (r *Reaper) scan(ctx context.Context, now time.Time) ([]candidate, SweepResult, error) {
 	var res SweepResult
-	w, err := r.sessions.WatchAll(ctx, jetstream.IgnoreDeletes())
+	// Deletes are included: a purge marker is a record that lapsed by TTL
+	// before a pass ended it, and must still be ended (endLapsed).
+	w, err := r.sessions.WatchAll(ctx)
 	if err != nil {
 		return nil, res, fmt.Errorf("list sessions: %w", err)
 	}
@@ -106,6 +123,13 @@ func (r *Reaper) scan(ctx context.Context, now time.Time) ([]candidate, SweepRes
 			}
 			if e == nil { // every current key delivered
 				return found, res, nil
+			}
+			switch e.Operation() {
+			case jetstream.KeyValueDelete:
+				continue // ended and deleted by a pass or the kill switch
+			case jetstream.KeyValuePurge:
+				found = append(found, candidate{key: e.Key(), lapsed: true, rev: e.Revision()})
+				continue
 			}
 			if res.Scanned >= r.cfg.MaxScan {
 				res.Truncated = true

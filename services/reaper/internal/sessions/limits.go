@@ -115,12 +115,16 @@ func (c Config) expired(r Record, now time.Time) (reason string, maxAge, idle ti
 
 // recordTTL is the per-key TTL of a session record written at now: until
 // the session is due to end, plus TTLGrace so that the expiry pass, not the
-// TTL, ends it even across a reaper outage shorter than the grace.
+// TTL, ends it even across a reaper outage shorter than the grace; with no
+// grace, the bucket's retention.
 func (c Config) recordTTL(r Record, now time.Time) time.Duration {
 	maxAge, idle := c.limitsFor(r)
 	start := r.FirstSeen
 	if r.AuthTime != nil {
 		start = *r.AuthTime
+	}
+	if c.TTLGrace == 0 {
+		return c.Topology().EventMaxAge
 	}
 	left := min(start.Add(maxAge).Sub(now), r.LastSeen.Add(idle).Sub(now))
 	return max(left, 0) + c.TTLGrace

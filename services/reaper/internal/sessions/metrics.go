@@ -13,6 +13,11 @@ type metrics struct {
 	tokens  prometheus.Counter
 	expired *prometheus.CounterVec
 	tracked prometheus.Gauge
+	// coalesced counts requests whose record write was skipped.
+	coalesced prometheus.Counter
+	// lapsed counts session records whose TTL lapsed before an expiry
+	// pass ended them (a reaper outage), ended from their purge marker.
+	lapsed prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (metrics, error) {
@@ -33,8 +38,16 @@ func newMetrics(reg prometheus.Registerer) (metrics, error) {
 			Name: "aigov_reaper_sessions_tracked",
 			Help: "Live sessions found by the last expiry pass (a lower bound when the pass was truncated by AIGOV_REAPER_MAX_SCAN).",
 		}),
+		coalesced: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "aigov_reaper_touches_coalesced_total",
+			Help: "Requests of a known token whose session record was not rewritten (last_seen younger than AIGOV_REAPER_TOUCH_GRANULARITY).",
+		}),
+		lapsed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "aigov_reaper_sessions_lapsed_total",
+			Help: "Session records whose TTL lapsed before an expiry pass ended them (reaper outage); each was revoked as expired from its purge marker.",
+		}),
 	}
-	for _, c := range []prometheus.Collector{m.started, m.tokens, m.expired, m.tracked} {
+	for _, c := range []prometheus.Collector{m.started, m.tokens, m.expired, m.tracked, m.coalesced, m.lapsed} {
 		if err := reg.Register(c); err != nil {
 			return metrics{}, fmt.Errorf("register reaper metrics: %w", err)
 		}

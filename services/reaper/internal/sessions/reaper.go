@@ -56,14 +56,17 @@ type Deps struct {
 // concurrent use, and several replicas may run against the same buckets:
 // every write is a compare-and-set or de-duplicated by event id.
 type Reaper struct {
-	cfg         Config
-	js          jetstream.JetStream
-	subjects    schemas.Subjects
-	sessions    jetstream.KeyValue
-	revocations jetstream.KeyValue
-	log         zerolog.Logger
-	now         func() time.Time
-	metrics     metrics
+	cfg      Config
+	js       jetstream.JetStream
+	subjects schemas.Subjects
+	sessions jetstream.KeyValue
+	// sessionStream is the sessions bucket's stream, read for the marker
+	// a lapsed record leaves (kv.Get hides it).
+	sessionStream jetstream.Stream
+	revocations   jetstream.KeyValue
+	log           zerolog.Logger
+	now           func() time.Time
+	metrics       metrics
 }
 
 // New opens the sessions and revocation buckets, which must exist
@@ -84,6 +87,10 @@ func New(ctx context.Context, cfg Config, d Deps) (*Reaper, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open bucket %s: %w", d.Topology.BucketSessions(), err)
 	}
+	sessionStream, err := d.JS.Stream(ctx, kvStream(d.Topology.BucketSessions()))
+	if err != nil {
+		return nil, fmt.Errorf("open stream of bucket %s: %w", d.Topology.BucketSessions(), err)
+	}
 	revocations, err := d.JS.KeyValue(ctx, d.Topology.BucketRevocations())
 	if err != nil {
 		return nil, fmt.Errorf("open bucket %s: %w", d.Topology.BucketRevocations(), err)
@@ -93,14 +100,16 @@ func New(ctx context.Context, cfg Config, d Deps) (*Reaper, error) {
 		return nil, err
 	}
 	return &Reaper{
-		cfg:         cfg,
-		js:          d.JS,
-		subjects:    d.Topology.Subjects,
-		sessions:    sessions,
-		revocations: revocations,
-		log:         d.Log.With().Str("component", "sessions").Logger(),
-		now:         d.Now,
-		metrics:     m,
+		cfg:      cfg,
+		js:       d.JS,
+		subjects: d.Topology.Subjects,
+		sessions: sessions,
+
+		sessionStream: sessionStream,
+		revocations:   revocations,
+		log:           d.Log.With().Str("component", "sessions").Logger(),
+		now:           d.Now,
+		metrics:       m,
 	}, nil
 }
 
@@ -126,6 +135,11 @@ func (r *Reaper) Track(ctx context.Context, m jetstream.Msg) error {
 	for range maxUpdateAttempts {
 		entry, err := r.sessions.Get(ctx, v.SessionKey)
 		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			// A record that lapsed while the reaper was down is a session
+			// that ended unseen: end it now instead of starting it anew.
+			if lapsed, err := r.endIfLapsed(ctx, v.SessionKey); err != nil || lapsed {
+				return err
+			}
 			created, err := r.start(ctx, v)
 			if err != nil || created {
 				return err
@@ -199,6 +213,13 @@ func (r *Reaper) touch(ctx context.Context, entry jetstream.KeyValueEntry, v sch
 		// request must not stretch its idle time. The next pass ends it.
 		r.log.Debug().Str("session_key", v.SessionKey).Str("reason", reason).Msg("request of an expired session not counted")
 		return true, nil
+	} else if r.coalesce(rec, v, now) {
+		// A known token, and the record was written less than the
+		// granularity ago: skip the write. Its last_seen lags by less
+		// than the granularity, so idle expiry can come that much early,
+		// never late; the revocation check above still ran.
+		r.metrics.coalesced.Inc()
+		return true, nil
 	} else if fresh := rec.newToken(v.TokenFingerprint); !rec.seen(v, now) {
 		return true, nil
 	} else if fresh {
@@ -225,6 +246,14 @@ func (r *Reaper) touch(ctx context.Context, entry jetstream.KeyValueEntry, v sch
 	}
 	r.log.Debug().Str("session_key", v.SessionKey).Int64("token_count", rec.TokenCount).Msg("session seen")
 	return true, nil
+}
+
+// coalesce reports whether a request can leave the record as it is: its
+// token is one the session already knows, and the record's last_seen is
+// younger than the touch granularity.
+func (r *Reaper) coalesce(rec Record, v schemas.Verified, now time.Time) bool {
+	g := r.cfg.TouchGranularity
+	return g > 0 && !rec.newToken(v.TokenFingerprint) && now.Sub(rec.LastSeen) < g
 }
 
 // revoked reports whether the session has ended: its key is in the

@@ -1,0 +1,137 @@
+package sink
+
+import (
+	"context"
+	"reflect"
+	"testing"
+	"time"
+
+	"github.com/aigov/aigov/schemas"
+)
+
+// TestGovernanceEventsMapExactly publishes the events the policy service
+// publishes, built from the schemas types themselves, and checks every
+// column of their approvals and policy_changes rows.
+func TestGovernanceEventsMapExactly(t *testing.T) {
+	t.Parallel()
+	h := startHarness(t, harnessOptions{batchSize: 64})
+	at := time.Date(2026, 11, 25, 10, 0, 0, 123456000, time.UTC)
+	model := schemas.Resource{Type: "Model", ID: "fraud-detector"}
+	deployCtx := map[string]any{"environment": "production", "model_version": "7"}
+
+	// An approval given: an allowed approval.grant decision.
+	grantCtx := map[string]any{"environment": "production", "model_version": "7", schemas.ContextApprovedAction: "model.deploy"}
+	grant := schemas.Decision{RequestID: "req-grant", Action: schemas.ActionApprovalGrant, Resource: model, Context: grantCtx,
+		Principal: &schemas.Principal{ID: "https://idp.example#rita", Subject: "rita", Email: "rita@aigov.example"},
+		Decision:  schemas.Allow, Stage: schemas.StagePolicy, PolicyVersion: "sha256:aa",
+		Timings: schemas.Timings{DecidedAt: at}}
+	grantID := h.publishDecision(grant)
+	digest, err := schemas.ApprovalDigest("model.deploy", model, deployCtx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d2, _ := schemas.ApprovalDigest("model.deploy", model, grantCtx); d2 != digest {
+		t.Fatal("approved_action must not be part of the digest")
+	}
+	// ...and a denied grant gives no approval row.
+	denied := grant
+	denied.RequestID, denied.Decision, denied.Code = "req-grant-denied", schemas.Deny, schemas.CodePolicyDenied
+	h.publishDecision(denied)
+
+	// An approval used by two approvers.
+	use := schemas.ApprovalUse{RequestID: "req-deploy", Digest: digest, Action: "model.deploy", Resource: model,
+		PrincipalID: "https://idp.example#carol", Approvers: []string{"https://idp.example#rita", "https://idp.example#sam"},
+		Teams: []string{"ml-leads", "risk"}, PolicyIDs: []string{"deploy-needs-approvals"}, PolicyVersion: "sha256:aa", At: at}
+	useID := schemas.DerivedID(use.RequestID, "approval.used")
+	useSubject := h.subjects.Governance(schemas.KindApproval, schemas.ApprovalUsed)
+	h.publish(useSubject, encode(t, useID, schemas.TypeApprovalUsed, at, use), useID)
+
+	// A policy set activated, one rejected, an entity put and deleted.
+	changed := schemas.PolicyChange{PolicyVersion: "sha256:bb", PreviousVersion: "sha256:aa", By: "https://idp.example#pat",
+		Email: "pat@aigov.example", RequestID: "req-push", PolicyIDs: []string{"p1", "p2"}, ShadowIDs: []string{"s1"}, At: at}
+	rejected := schemas.PolicyChange{PolicyVersion: "sha256:cc", PreviousVersion: "sha256:bb", By: "https://idp.example#pat",
+		RequestID: "req-push-2", Errors: []string{"line 3: unknown entity type"}, At: at}
+	put := schemas.EntityChange{Op: "put", Entity: schemas.Resource{Type: "Dataset", ID: "transactions"}, Revision: 42, ValueSHA256: "ab12", At: at}
+	del := schemas.EntityChange{Op: "delete", Entity: schemas.Resource{Type: "Dataset", ID: "old"}, Revision: 43, At: at}
+	pub := []struct {
+		subject, id, typ string
+		data             any
+	}{
+		{h.subjects.Governance(schemas.KindPolicy, schemas.PolicyChanged), "ev-changed", schemas.TypePolicyChanged, changed},
+		{h.subjects.Governance(schemas.KindPolicy, schemas.PolicyRejected), "ev-rejected", schemas.TypePolicyRejected, rejected},
+		{h.subjects.Governance(schemas.KindEntity, schemas.EntityChanged), "ev-put", schemas.TypeEntityChanged, put},
+		{h.subjects.Governance(schemas.KindEntity, schemas.EntityChanged), "ev-del", schemas.TypeEntityChanged, del},
+	}
+	for _, p := range pub {
+		h.publish(p.subject, encode(t, p.id, p.typ, at, p.data), p.id)
+	}
+
+	h.waitCount(3, 20*time.Second, "SELECT count() FROM "+h.db+".approvals FINAL")
+	h.waitCount(4, 20*time.Second, "SELECT count() FROM "+h.db+".policy_changes FINAL")
+
+	type appr struct{ EventID, ApprovalID, Status, RequestID, Action, RType, RID, Approver, Requester, Reason string }
+	rows, err := h.ch.Query(context.Background(), "SELECT event_id, approval_id, status, request_id, action, resource_type, resource_id, "+
+		"approver, requester, reason FROM "+h.db+".approvals FINAL ORDER BY status, approver")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []appr
+	for rows.Next() {
+		var a appr
+		if err := rows.Scan(&a.EventID, &a.ApprovalID, &a.Status, &a.RequestID, &a.Action, &a.RType, &a.RID, &a.Approver, &a.Requester, &a.Reason); err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, a)
+	}
+	rows.Close()
+	rita, sam := "https://idp.example#rita", "https://idp.example#sam"
+	want := []appr{
+		{grantID, schemas.ApprovalKey(digest, rita), ApprovalGranted, "req-grant", "model.deploy", "Model", "fraud-detector", rita, "", ""},
+		{useID, schemas.ApprovalKey(digest, rita), ApprovalUsed, "req-deploy", "model.deploy", "Model", "fraud-detector", rita, "https://idp.example#carol", "teams ml-leads,risk"},
+		{useID, schemas.ApprovalKey(digest, sam), ApprovalUsed, "req-deploy", "model.deploy", "Model", "fraud-detector", sam, "https://idp.example#carol", "teams ml-leads,risk"},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("approvals rows:\n got %+v\nwant %+v", got, want)
+	}
+	// Given and used join on approval_id.
+	if n := h.count("SELECT count() FROM (SELECT approval_id FROM " + h.db + ".approvals_final WHERE status = 'granted') " +
+		"ANY INNER JOIN (SELECT approval_id, request_id FROM " + h.db + ".approvals_final WHERE status = 'used') USING approval_id"); n != 1 {
+		t.Fatalf("%d granted approvals joined to their use, want 1", n)
+	}
+
+	type chg struct{ EventID, Type, Kind, Version, Previous, ChangedBy, EType, EID, Summary string }
+	rows, err = h.ch.Query(context.Background(), "SELECT event_id, type, kind, version, previous, changed_by, entity_type, entity_id, summary FROM "+
+		h.db+".policy_changes_final ORDER BY kind, version")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var gotC []chg
+	for rows.Next() {
+		var c chg
+		if err := rows.Scan(&c.EventID, &c.Type, &c.Kind, &c.Version, &c.Previous, &c.ChangedBy, &c.EType, &c.EID, &c.Summary); err != nil {
+			t.Fatal(err)
+		}
+		gotC = append(gotC, c)
+	}
+	rows.Close()
+	wantC := []chg{
+		{"ev-put", schemas.TypeEntityChanged, ChangeEntity, "42", "", "", "Dataset", "transactions", "put sha256:ab12"},
+		{"ev-del", schemas.TypeEntityChanged, ChangeEntity, "43", "", "", "Dataset", "old", "delete"},
+		{"ev-changed", schemas.TypePolicyChanged, ChangePolicy, "sha256:bb", "sha256:aa", "https://idp.example#pat <pat@aigov.example>", "", "",
+			"activated; policies p1,p2; shadow s1; request req-push"},
+		{"ev-rejected", schemas.TypePolicyRejected, ChangePolicy, "sha256:cc", "sha256:bb", "https://idp.example#pat", "", "",
+			"rejected: line 3: unknown entity type; request req-push-2"},
+	}
+	if !reflect.DeepEqual(gotC, wantC) {
+		t.Fatalf("policy_changes rows:\n got %+v\nwant %+v", gotC, wantC)
+	}
+
+	// A governance event that does not match its type is poison, not a
+	// row with empty columns.
+	h.publish(h.subjects.Governance(schemas.KindEntity, schemas.EntityChanged),
+		encode(t, "ev-bad", schemas.TypeEntityChanged, at, map[string]any{"op": "rename"}), "ev-bad")
+	h.waitCount(1, 20*time.Second, "SELECT count() FROM "+h.db+".anomalies_final WHERE kind = 'poison'")
+	if n := h.count("SELECT count() FROM " + h.db + ".policy_changes FINAL"); n != 4 {
+		t.Fatalf("%d policy_changes rows after a poison entity change, want 4", n)
+	}
+}

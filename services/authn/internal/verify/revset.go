@@ -1,0 +1,494 @@
+package verify
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+
+	"github.com/aigov/aigov/schemas"
+)
+
+// revRecord is one key of the revocation bucket, as authn needs it.
+type revRecord struct {
+	// code and reason are from the schemas.Revocation stored; readable is
+	// false when the value did not decode (it still revokes).
+	code     schemas.Code
+	reason   string
+	readable bool
+	created  time.Time
+}
+
+// maxRevReason bounds a reason kept in memory; the set's size is bounded
+// in entries, so each entry must be bounded too.
+const maxRevReason = 300
+
+// revRecordOf decodes a bucket value.
+func revRecordOf(value []byte, created time.Time) revRecord {
+	var rev schemas.Revocation
+	if json.Unmarshal(value, &rev) != nil {
+		return revRecord{created: created}
+	}
+	if len(rev.Reason) > maxRevReason {
+		rev.Reason = rev.Reason[:maxRevReason] + "…"
+	}
+	return revRecord{code: rev.Code, reason: rev.Reason, readable: true, created: created}
+}
+
+// Tuning of the revocation set.
+const (
+	// barrierTimeout bounds one freshness check (a round trip, then the
+	// wait for the watcher to apply what it found).
+	barrierTimeout = 2 * time.Second
+	// barrierRounds bounds the checks of one barrier while revocations
+	// keep arriving; past it the request falls back to KV reads.
+	barrierRounds = 4
+	// revSweepEvery is how often entries the bucket has expired (MaxAge,
+	// which tells no watcher) are dropped from memory.
+	revSweepEvery = time.Minute
+	// revRetryMax caps the back-off between two watch attempts.
+	revRetryMax = 5 * time.Second
+)
+
+// errRevOverflow ends a watch whose bucket holds more keys than the set
+// may keep.
+var errRevOverflow = errors.New("revocation bucket holds more keys than AIGOV_AUTHN_REVOCATIONS_MAX")
+
+// errRevResync ends a watch that a failed freshness check distrusts.
+var errRevResync = errors.New("freshness check failed; reloading the revocation set")
+
+// revocations is an in-memory copy of the revocation bucket (session
+// revocations and lease tombstones), kept current by a KV watcher, so a
+// request costs a map read instead of a KV round trip.
+//
+// Freshness: a revocation stored before a request was taken must deny it,
+// and the watcher's push lags the write by a few milliseconds. So before
+// answering, a lookup waits on a barrier: one direct-get round trip asking
+// the bucket's stream for a message after the last revision the set has
+// applied; if there is one, the barrier waits until the watcher has applied
+// it, and asks again. Requests arriving while a barrier is in flight share
+// the next one, so under load the round trip is paid once per batch, not
+// per request.
+//
+// Fail closed: until the initial values are loaded the service is not ready
+// and takes no request; when the watch breaks, a barrier fails, or the
+// bucket holds more than max keys (the set then frees its map), every
+// lookup reads the bucket (KV Get) as before, and a failed read is an error
+// (redelivery), never "not revoked". The watch is then reloaded, after
+// resync when it overflowed.
+type revocations struct {
+	js          jetstream.JetStream
+	nc          *nats.Conn
+	bucket      string
+	stream      string
+	max         int
+	resync      time.Duration
+	log         zerolog.Logger
+	lookupsSet  prometheus.Counter
+	lookupsKV   prometheus.Counter
+	overflowsCt prometheus.Counter
+
+	mu       sync.RWMutex
+	m        map[string]revRecord
+	complete bool
+	lastRev  uint64
+	advanced chan struct{} // closed (and replaced) when lastRev moves or the set changes state
+	ttl      time.Duration // bucket MaxAge, for the sweep
+
+	loadOnce sync.Once
+	loaded   chan struct{} // closed when the first load ended (complete, or overflowed)
+
+	resyncReq chan struct{} // capacity 1: asks the watch to restart
+
+	kvMu sync.Mutex
+	kv   jetstream.KeyValue
+
+	bmu      sync.Mutex
+	inflight *barrierCall
+	next     *barrierCall
+}
+
+// barrierCall is one freshness check shared by the lookups that wait on it.
+type barrierCall struct {
+	done chan struct{}
+	err  error
+}
+
+func newRevocations(js jetstream.JetStream, nc *nats.Conn, bucket string, max int, log zerolog.Logger, reg prometheus.Registerer) (*revocations, error) {
+	r := &revocations{
+		js: js, nc: nc, bucket: bucket, stream: "KV_" + bucket, max: max, resync: time.Minute, log: log,
+		advanced:  make(chan struct{}),
+		loaded:    make(chan struct{}),
+		resyncReq: make(chan struct{}, 1),
+	}
+	lookups := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "aigov_authn_revocation_lookups_total",
+		Help: "Revocation lookups, by how they were answered: set (in memory, after a freshness barrier) or kv (a bucket read, while the set is incomplete).",
+	}, []string{"via"})
+	r.lookupsSet, r.lookupsKV = lookups.WithLabelValues("set"), lookups.WithLabelValues("kv")
+	r.overflowsCt = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "aigov_authn_revocation_overflows_total",
+		Help: "Times the revocation bucket held more keys than AIGOV_AUTHN_REVOCATIONS_MAX; lookups then read the bucket.",
+	})
+	entries := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "aigov_authn_revocation_entries",
+		Help: "Keys (session revocations and lease tombstones) held by the in-memory revocation set.",
+	}, func() float64 { return float64(r.len()) })
+	for _, c := range []prometheus.Collector{lookups, r.overflowsCt, entries} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("authn: register metrics: %w", err)
+		}
+	}
+	return r, nil
+}
+
+// len reports the entries held.
+func (r *revocations) len() int {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return len(r.m)
+}
+
+// Loaded is closed once the first load has ended: the set is complete, or
+// the bucket overflowed it and lookups read the bucket.
+func (r *revocations) Loaded() <-chan struct{} { return r.loaded }
+
+// lastRevision reports the last bucket revision the set has applied, and
+// whether the set is complete.
+func (r *revocations) lastRevision() (uint64, bool) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.lastRev, r.complete
+}
+
+// lookup returns the records of keys ("" is skipped), nil where a key is
+// not in the bucket, as of a moment after the call began.
+func (r *revocations) lookup(ctx context.Context, keys ...string) ([]*revRecord, error) {
+	out := make([]*revRecord, len(keys))
+	if _, complete := r.lastRevision(); complete {
+		err := r.barrier(ctx)
+		if err == nil {
+			r.mu.RLock()
+			if r.complete {
+				for i, k := range keys {
+					if rec, ok := r.m[k]; ok && k != "" {
+						out[i] = &rec
+					}
+				}
+				r.mu.RUnlock()
+				r.lookupsSet.Inc()
+				return out, nil
+			}
+			r.mu.RUnlock()
+		} else if ctx.Err() != nil {
+			return nil, err
+		}
+	}
+	// The set cannot answer: read the bucket.
+	r.lookupsKV.Inc()
+	kv, err := r.handle(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for i, k := range keys {
+		if k == "" {
+			continue
+		}
+		e, err := kv.Get(ctx, k)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("look up revocation key %s: %w", k, err)
+		}
+		rec := revRecordOf(e.Value(), e.Created())
+		out[i] = &rec
+	}
+	return out, nil
+}
+
+// handle opens the bucket once; a failure is retried by the next call.
+func (r *revocations) handle(ctx context.Context) (jetstream.KeyValue, error) {
+	r.kvMu.Lock()
+	defer r.kvMu.Unlock()
+	if r.kv == nil {
+		kv, err := r.js.KeyValue(ctx, r.bucket)
+		if err != nil {
+			return nil, fmt.Errorf("open revocation bucket %s: %w", r.bucket, err)
+		}
+		r.kv = kv
+	}
+	return r.kv, nil
+}
+
+// barrier returns once the set has applied every revision stored before
+// the call began. Callers share checks: one that started before this call
+// cannot vouch for it, so the caller joins (or queues) the next one.
+func (r *revocations) barrier(ctx context.Context) error {
+	r.bmu.Lock()
+	c := r.next
+	if c == nil {
+		c = &barrierCall{done: make(chan struct{})}
+		if r.inflight == nil {
+			r.inflight = c
+			go r.runBarriers(c)
+		} else {
+			r.next = c
+		}
+	}
+	r.bmu.Unlock()
+	select {
+	case <-c.done:
+		return c.err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// runBarriers runs c, then each check queued meanwhile. At most one runs
+// at a time and at most one waits, each bounded by barrierTimeout.
+func (r *revocations) runBarriers(c *barrierCall) {
+	for c != nil {
+		c.err = r.check()
+		if c.err != nil {
+			r.requestResync()
+		}
+		close(c.done)
+		r.bmu.Lock()
+		r.inflight, r.next = r.next, nil
+		c = r.inflight
+		r.bmu.Unlock()
+	}
+}
+
+// check asks the bucket's stream for a message after the set's last
+// revision and waits for the watcher to apply it, until none is left.
+func (r *revocations) check() error {
+	ctx, cancel := context.WithTimeout(context.Background(), barrierTimeout)
+	defer cancel()
+	for range barrierRounds {
+		after, complete := r.lastRevision()
+		if !complete {
+			return errors.New("revocation set is incomplete")
+		}
+		seq, err := r.nextRevision(ctx, after)
+		if err != nil {
+			return err
+		}
+		if seq == 0 {
+			return nil
+		}
+		if err := r.waitFor(ctx, seq); err != nil {
+			return err
+		}
+	}
+	return fmt.Errorf("revocation set still behind after %d checks", barrierRounds)
+}
+
+// nextRevision returns the sequence of the bucket's first message after
+// rev, or 0 when there is none: a direct get, answered from the stream's
+// index without a consumer.
+func (r *revocations) nextRevision(ctx context.Context, rev uint64) (uint64, error) {
+	body := strconv.AppendUint([]byte(`{"next_by_subj":">","seq":`), rev+1, 10)
+	body = append(body, '}')
+	msg, err := r.nc.RequestWithContext(ctx, "$JS.API.DIRECT.GET."+r.stream, body)
+	if err != nil {
+		return 0, fmt.Errorf("check revocation bucket %s for news: %w", r.bucket, err)
+	}
+	switch status := msg.Header.Get("Status"); status {
+	case "":
+		seq, err := strconv.ParseUint(msg.Header.Get(jetstream.SequenceHeader), 10, 64)
+		if err != nil || seq <= rev {
+			return 0, fmt.Errorf("check revocation bucket %s for news: bad sequence %q", r.bucket, msg.Header.Get(jetstream.SequenceHeader))
+		}
+		return seq, nil
+	case "404":
+		return 0, nil
+	default:
+		return 0, fmt.Errorf("check revocation bucket %s for news: status %s %s", r.bucket, status, msg.Header.Get("Description"))
+	}
+}
+
+// waitFor returns once the set has applied revision seq.
+func (r *revocations) waitFor(ctx context.Context, seq uint64) error {
+	for {
+		r.mu.RLock()
+		last, complete, ch := r.lastRev, r.complete, r.advanced
+		r.mu.RUnlock()
+		switch {
+		case !complete:
+			return errors.New("revocation set became incomplete")
+		case last >= seq:
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("revocation watcher has not applied revision %d: %w", seq, ctx.Err())
+		}
+	}
+}
+
+// requestResync asks the watch to restart, without blocking.
+func (r *revocations) requestResync() {
+	select {
+	case r.resyncReq <- struct{}{}:
+	default:
+	}
+}
+
+// Run keeps the set current until ctx ends, rewatching after a failure
+// with back-off (resync after an overflow).
+func (r *revocations) Run(ctx context.Context) {
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		began := time.Now()
+		err := r.watch(ctx)
+		r.setIncomplete()
+		if ctx.Err() != nil {
+			return
+		}
+		wait := backoff
+		if errors.Is(err, errRevOverflow) {
+			wait = r.resync
+			r.overflowsCt.Inc()
+			r.loadOnce.Do(func() { close(r.loaded) })
+			r.log.Error().Err(err).Int("max", r.max).Dur("retry_after", wait).Msg("revocation set overflowed; every request reads the revocation bucket")
+		} else {
+			r.log.Warn().Err(err).Dur("retry_after", wait).Msg("revocation watch ended; requests read the revocation bucket until it is reloaded")
+		}
+		if time.Since(began) > time.Minute {
+			backoff = 100 * time.Millisecond
+		} else {
+			backoff = min(2*backoff, revRetryMax)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+	}
+}
+
+// setIncomplete hands lookups to the bucket and frees the map.
+func (r *revocations) setIncomplete() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.complete, r.m = false, nil
+	close(r.advanced)
+	r.advanced = make(chan struct{})
+}
+
+// watch loads the bucket, installs the set and applies updates until the
+// watch fails, a resync is asked for or ctx ends.
+func (r *revocations) watch(ctx context.Context) error {
+	select {
+	case <-r.resyncReq: // a request older than this watch is moot
+	default:
+	}
+	kv, err := r.js.KeyValue(ctx, r.bucket)
+	if err != nil {
+		return fmt.Errorf("open revocation bucket %s: %w", r.bucket, err)
+	}
+	r.kvMu.Lock()
+	r.kv = kv
+	r.kvMu.Unlock()
+	st, err := kv.Status(ctx)
+	if err != nil {
+		return fmt.Errorf("status of revocation bucket %s: %w", r.bucket, err)
+	}
+	w, err := kv.WatchAll(ctx)
+	if err != nil {
+		return fmt.Errorf("watch revocation bucket %s: %w", r.bucket, err)
+	}
+	defer func() { _ = w.Stop() }()
+	sweep := time.NewTicker(revSweepEvery)
+	defer sweep.Stop()
+	initial := make(map[string]revRecord)
+	var initialRev uint64
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-r.resyncReq:
+			return errRevResync
+		case <-sweep.C:
+			r.sweep(st.TTL())
+		case e, ok := <-w.Updates():
+			switch {
+			case !ok:
+				return errors.New("revocation watch closed")
+			case e == nil && initial != nil:
+				r.install(initial, initialRev, st.TTL())
+				initial = nil
+			case e == nil:
+			case initial != nil:
+				initialRev = max(initialRev, e.Revision())
+				if e.Operation() != jetstream.KeyValuePut {
+					delete(initial, e.Key())
+				} else if len(initial) >= r.max {
+					return errRevOverflow
+				} else {
+					initial[e.Key()] = revRecordOf(e.Value(), e.Created())
+				}
+			default:
+				if err := r.apply(e); err != nil {
+					return err
+				}
+			}
+		}
+	}
+}
+
+// install makes a loaded set current.
+func (r *revocations) install(m map[string]revRecord, rev uint64, ttl time.Duration) {
+	r.mu.Lock()
+	r.m, r.lastRev, r.complete, r.ttl = m, rev, true, ttl
+	close(r.advanced)
+	r.advanced = make(chan struct{})
+	r.mu.Unlock()
+	r.loadOnce.Do(func() { close(r.loaded) })
+	r.log.Info().Int("entries", len(m)).Uint64("revision", rev).Msg("revocation set loaded")
+}
+
+// apply applies one update; deletes and purges remove the key.
+func (r *revocations) apply(e jetstream.KeyValueEntry) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if e.Operation() == jetstream.KeyValuePut {
+		if _, ok := r.m[e.Key()]; !ok && len(r.m) >= r.max {
+			return errRevOverflow
+		}
+		r.m[e.Key()] = revRecordOf(e.Value(), e.Created())
+	} else {
+		delete(r.m, e.Key())
+	}
+	r.lastRev = max(r.lastRev, e.Revision())
+	close(r.advanced)
+	r.advanced = make(chan struct{})
+	return nil
+}
+
+// sweep drops entries the bucket has expired: MaxAge removes messages
+// without telling watchers. A minute of grace errs towards denying.
+func (r *revocations) sweep(ttl time.Duration) {
+	if ttl <= 0 {
+		return
+	}
+	cutoff := time.Now().Add(-ttl - revSweepEvery)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for k, rec := range r.m {
+		if rec.created.Before(cutoff) {
+			delete(r.m, k)
+		}
+	}
+}
