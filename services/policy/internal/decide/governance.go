@@ -10,28 +10,18 @@ import (
 	"strings"
 
 	"github.com/cedar-policy/cedar-go"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/services/policy/engine"
+	"github.com/aigov/aigov/services/runtime"
 )
 
 // publishEvent stores one governance event; the id is its Nats-Msg-Id, so
 // replicas and redeliveries that publish the same event store it once.
 func (s *Service) publishEvent(ctx context.Context, subject, id, typ string, data any) error {
-	ev, err := schemas.NewEvent(id, EventSource, typ, s.clock(), data)
-	if err != nil {
-		return runtimePermanent(err)
-	}
-	body, err := json.Marshal(ev)
-	if err != nil {
-		return runtimePermanent(err)
-	}
-	if _, err := s.js.PublishMsg(ctx, &nats.Msg{Subject: subject, Data: body}, jetstream.WithMsgID(id)); err != nil {
-		return fmt.Errorf("publish %s event %s: %w", typ, id, err)
-	}
-	return nil
+	_, err := s.pub.Publish(ctx, runtime.Outgoing{NATSSubject: subject, ID: id, Type: typ, Time: s.clock(), Data: data})
+	return err
 }
 
 // effects carries out what an allowed governance request asks for, before

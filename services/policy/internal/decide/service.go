@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"time"
 
@@ -24,9 +23,6 @@ import (
 // EventSource is the CloudEvents source of every decision this service
 // publishes.
 const EventSource = "aigov/policy"
-
-// maxReplySubject bounds a reply subject we are willing to publish to.
-const maxReplySubject = 256
 
 // Deps are what the policy service runs on.
 type Deps struct {
@@ -56,8 +52,8 @@ type Deps struct {
 
 // Service consumes verified requests and publishes a decision for each.
 type Service struct {
-	nc        *nats.Conn
 	js        jetstream.JetStream
+	pub       *runtime.Publisher
 	topo      schemas.Topology
 	state     *state
 	seed      *engine.Set
@@ -86,9 +82,13 @@ func NewService(d Deps) (*Service, error) {
 	case d.Topology.Subjects.Prefix == "":
 		return nil, errors.New("decide: topology has no subject prefix")
 	}
+	pub, err := runtime.NewPublisher(d.JS, d.NC, EventSource, d.Log)
+	if err != nil {
+		return nil, fmt.Errorf("decide: %w", err)
+	}
 	s := &Service{
-		nc:       d.NC,
 		js:       d.JS,
+		pub:      pub,
 		topo:     d.Topology,
 		seed:     d.Seed,
 		seedEnts: d.SeedEntities,
@@ -214,20 +214,15 @@ func (s *Service) Handle(ctx context.Context, m jetstream.Msg) error {
 		}
 	}
 
-	ev, err := schemas.NewEvent(schemas.DerivedID(v.RequestID, "decision"), EventSource, schemas.TypeDecision, d.Timings.DecidedAt, d)
+	eventID := schemas.DerivedID(v.RequestID, "decision")
+	body, err := s.pub.Publish(ctx, runtime.Outgoing{
+		NATSSubject: subject, ID: eventID, Type: schemas.TypeDecision,
+		Subject: d.Resource.String(), Time: d.Timings.DecidedAt, Data: d,
+	})
 	if err != nil {
-		return runtime.Permanent(fmt.Errorf("build decision for request %s: %w", v.RequestID, err))
+		return fmt.Errorf("decision for request %s: %w", v.RequestID, err)
 	}
-	ev.Subject = d.Resource.String()
-	body, err := json.Marshal(ev)
-	if err != nil {
-		return runtime.Permanent(fmt.Errorf("encode decision for request %s: %w", v.RequestID, err))
-	}
-	msg := &nats.Msg{Subject: subject, Data: body}
-	if _, err := s.js.PublishMsg(ctx, msg, jetstream.WithMsgID(ev.ID)); err != nil {
-		return fmt.Errorf("publish decision %s for request %s: %w", ev.ID, v.RequestID, err)
-	}
-	s.reply(v, body)
+	s.pub.Reply(v.RequestID, v.ReplyTo, body)
 
 	code := string(d.Code)
 	if code == "" {
@@ -240,7 +235,7 @@ func (s *Service) Handle(ctx context.Context, m jetstream.Msg) error {
 		log = s.log.Warn().Strs("policy_errors", d.PolicyErrors)
 	}
 	log.Str("request_id", v.RequestID).
-		Str("event_id", ev.ID).
+		Str("event_id", eventID).
 		Str("action", d.Action).
 		Str("resource", d.Resource.String()).
 		Str("principal_id", v.Principal.ID).
@@ -265,44 +260,6 @@ func (s *Service) decisionSubject(v schemas.Verified, verifiedSubject string) (s
 		return "", fmt.Errorf("no decision subject for request %s: %w", v.RequestID, err)
 	}
 	return s.topo.Subjects.Decision(action), nil
-}
-
-// reply sends the decision to the requester's inbox. Only _INBOX subjects
-// are answered: anything else could make the policy service publish on a
-// subject of the requester's choosing.
-func (s *Service) reply(v schemas.Verified, body []byte) {
-	to := v.ReplyTo
-	if to == "" {
-		return
-	}
-	if !validInbox(to) {
-		s.log.Warn().Str("request_id", v.RequestID).Str("reply_to", truncate(to, maxReplySubject)).Msg("reply subject ignored: not an _INBOX subject")
-		return
-	}
-	if err := s.nc.Publish(to, body); err != nil {
-		s.log.Warn().Err(err).Str("request_id", v.RequestID).Str("reply_to", to).Msg("reply failed")
-	}
-}
-
-// validInbox accepts a literal subject under _INBOX.: no wildcards, no
-// empty tokens, no whitespace.
-func validInbox(subject string) bool {
-	if !strings.HasPrefix(subject, "_INBOX.") || len(subject) > maxReplySubject {
-		return false
-	}
-	for tok := range strings.SplitSeq(subject, ".") {
-		if tok == "" || tok == "*" || tok == ">" || strings.ContainsAny(tok, " \t\r\n") {
-			return false
-		}
-	}
-	return true
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n]
 }
 
 // decodeVerified parses a verified event. Numbers are kept as json.Number
