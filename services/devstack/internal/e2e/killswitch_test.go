@@ -308,4 +308,3 @@ func waitUntil(ctx context.Context, t *testing.T, timeout time.Duration, what st
 		time.Sleep(50 * time.Millisecond)
 	}
 }
-

@@ -38,8 +38,9 @@ type Record struct {
 	// LastRequestID is the latest request counted, so that a redelivered
 	// verified event is not counted twice.
 	LastRequestID string `json:"last_request_id"`
-	// TokenCount is how many verified requests presented a token of this
-	// session. A redelivered event is not counted again when it follows its
+	// TokenCount is how many verified requests of this session were
+	// written; requests coalesced by Config.TouchGranularity are not
+	// counted. A redelivered event is not counted again when it follows its
 	// first delivery directly (LastRequestID), which covers a crash between
 	// the write and the ack.
 	TokenCount int64 `json:"token_count"`
