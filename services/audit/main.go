@@ -7,24 +7,12 @@ package main
 import (
 	"context"
 	"errors"
-	"fmt"
-	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/aigov/aigov/services/audit/internal/sink"
 	"github.com/aigov/aigov/services/runtime"
 )
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	err := run(ctx, os.LookupEnv)
-	stop()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "audit: %v\n", err)
-		os.Exit(1)
-	}
-}
+func main() { runtime.Main("audit", run) }
 
 // run is main without the process: tests call it with a map of variables.
 func run(ctx context.Context, lookup runtime.Lookup) error {

@@ -7,23 +7,13 @@ package main
 import (
 	"context"
 	"fmt"
-	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/aigov/aigov/services/policy/engine"
 	"github.com/aigov/aigov/services/policy/internal/decide"
 	"github.com/aigov/aigov/services/runtime"
 )
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx, os.LookupEnv); err != nil {
-		fmt.Fprintln(os.Stderr, "policy:", err)
-		os.Exit(1)
-	}
-}
+func main() { runtime.Main("policy", run) }
 
 func run(ctx context.Context, lookup runtime.Lookup) error {
 	env := runtime.NewEnv(lookup)

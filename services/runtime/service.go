@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"os/signal"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -102,4 +105,17 @@ func (s *Service) Run(ctx context.Context, workers ...Worker) error {
 	}
 	s.Log.Info().Msg("stopped")
 	return errors.Join(errs...)
+}
+
+// Main runs a service's run function with a context that ends on SIGINT or
+// SIGTERM, and exits non-zero with the error if it fails. It is all a
+// service's main function needs to do.
+func Main(name string, run func(ctx context.Context, lookup Lookup) error) {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	err := run(ctx, os.LookupEnv)
+	stop()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
+		os.Exit(1)
+	}
 }
