@@ -16,7 +16,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aigov/aigov/schemas"
@@ -379,12 +378,6 @@ func Publish(ctx context.Context, js jetstream.JetStream, subjects schemas.Subje
 		return err
 	}
 	ev.Subject = data.SessionKey
-	b, err := json.Marshal(ev)
-	if err != nil {
-		return fmt.Errorf("encode session %s event: %w", name, err)
-	}
-	if _, err := js.PublishMsg(ctx, &nats.Msg{Subject: subjects.Session(name), Data: b}, jetstream.WithMsgID(id)); err != nil {
-		return fmt.Errorf("publish session %s event %s: %w", name, id, err)
-	}
-	return nil
+	_, _, err = schemas.PublishEvent(ctx, js, subjects.Session(name), ev)
+	return err
 }

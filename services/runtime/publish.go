@@ -2,7 +2,6 @@ package runtime
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"strings"
 	"time"
@@ -56,13 +55,9 @@ func (p *Publisher) Publish(ctx context.Context, o Outgoing) ([]byte, error) {
 		return nil, err
 	}
 	ev.Subject = o.Subject
-	body, err := json.Marshal(ev)
+	body, ack, err := schemas.PublishEvent(ctx, p.js, o.NATSSubject, ev)
 	if err != nil {
-		return nil, fmt.Errorf("encode %s event: %w", o.Type, err)
-	}
-	ack, err := p.js.PublishMsg(ctx, &nats.Msg{Subject: o.NATSSubject, Data: body}, jetstream.WithMsgID(o.ID))
-	if err != nil {
-		return nil, fmt.Errorf("publish %s event %s on %s: %w", o.Type, o.ID, o.NATSSubject, err)
+		return nil, err
 	}
 	if ack.Duplicate {
 		p.log.Debug().Str("event_id", o.ID).Str("subject", o.NATSSubject).Msg("event was already published")

@@ -47,7 +47,7 @@ CREATE VIEW IF NOT EXISTS aigov.decisions_final ON CLUSTER '{cluster}' AS SELECT
 
 CREATE VIEW IF NOT EXISTS aigov.denies_by_code_hourly ON CLUSTER '{cluster}' AS SELECT toStartOfHour(event_time) AS hour, stage, code, count() AS denies, uniqExact(principal_id) AS principals FROM aigov.decisions FINAL WHERE decision = 'deny' GROUP BY hour, stage, code;
 
-CREATE VIEW IF NOT EXISTS aigov.deny_rate_hourly ON CLUSTER '{cluster}' AS SELECT hour, action, code, denies, decisions, denies / decisions AS deny_rate FROM (SELECT toStartOfHour(event_time) AS hour, action, code, countIf(decision = 'deny') AS denies FROM aigov.decisions FINAL GROUP BY hour, action, code) ANY LEFT JOIN (SELECT toStartOfHour(event_time) AS hour, action, count() AS decisions FROM aigov.decisions FINAL GROUP BY hour, action) USING (hour, action);
+CREATE VIEW IF NOT EXISTS aigov.deny_rate_hourly ON CLUSTER '{cluster}' AS SELECT hour, action, code, denies, decisions, denies / decisions AS deny_rate FROM (SELECT toStartOfHour(event_time) AS hour, action, code, countIf(decision = 'deny') AS denies FROM aigov.decisions FINAL GROUP BY hour, action, code) AS per_code ANY LEFT JOIN (SELECT toStartOfHour(event_time) AS hour, action, count() AS decisions FROM aigov.decisions FINAL GROUP BY hour, action) AS per_action USING (hour, action);
 
 CREATE VIEW IF NOT EXISTS aigov.event_log_final ON CLUSTER '{cluster}' AS SELECT * FROM aigov.event_log FINAL;
 

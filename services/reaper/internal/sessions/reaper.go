@@ -12,12 +12,12 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
 	"github.com/aigov/aigov/schemas"
+	"github.com/aigov/aigov/schemas/killswitch"
 	"github.com/aigov/aigov/services/reaper/internal/kvttl"
 	"github.com/aigov/aigov/services/runtime"
 )
@@ -270,27 +270,10 @@ func (r *Reaper) revoked(ctx context.Context, key string) (bool, error) {
 	}
 }
 
-// publish sends one session event and waits for JetStream's ack. The event
-// id is also the Nats-Msg-Id, so a repeat is stored once.
+// publish sends one session event; the event id is also the Nats-Msg-Id,
+// so a repeat is stored once.
 func (r *Reaper) publish(ctx context.Context, name, typ, id string, data schemas.SessionEvent, at time.Time) error {
-	ev, err := schemas.NewEvent(id, Source, typ, at, data)
-	if err != nil {
-		return err
-	}
-	ev.Subject = data.SessionKey
-	b, err := json.Marshal(ev)
-	if err != nil {
-		return fmt.Errorf("encode session %s event: %w", name, err)
-	}
-	msg := &nats.Msg{Subject: r.subjects.Session(name), Data: b}
-	ack, err := r.js.PublishMsg(ctx, msg, jetstream.WithMsgID(id))
-	if err != nil {
-		return fmt.Errorf("publish session %s event %s: %w", name, id, err)
-	}
-	if ack.Duplicate {
-		r.log.Debug().Str("event_id", id).Str("subject", msg.Subject).Msg("session event was already published")
-	}
-	return nil
+	return killswitch.Publish(ctx, r.js, r.subjects, name, typ, id, data, at)
 }
 
 // decodeVerified parses a verified event and checks what the reaper relies
