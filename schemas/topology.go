@@ -374,8 +374,10 @@ func (t Topology) Permissions(role string) (Permissions, error) {
 	}
 	switch role {
 	case RoleAuthn:
-		// Replies go to the requester's inbox, whoever it is.
-		return service(s.All(KindVerified), s.All(KindDecision), "_INBOX.>"), nil
+		// Replies go to the requester's inbox, whoever it is. $JS.FC.>
+		// answers the flow control of its revocation bucket watcher, which
+		// otherwise stalls on a large bucket.
+		return service(s.All(KindVerified), s.All(KindDecision), "_INBOX.>", "$JS.FC.>"), nil
 	case RolePolicy:
 		return service(s.All(KindDecision), "_INBOX.>", s.All(KindPolicy), s.All(KindEntity), s.All(KindApproval)), nil
 	case RoleOperator:

@@ -112,6 +112,7 @@ type revocations struct {
 	kv   jetstream.KeyValue
 
 	bmu      sync.Mutex
+	base     context.Context // Run's context: barriers end with it
 	inflight *barrierCall
 	next     *barrierCall
 }
@@ -127,6 +128,7 @@ func newRevocations(js jetstream.JetStream, nc *nats.Conn, bucket string, max in
 		js: js, nc: nc, bucket: bucket, stream: "KV_" + bucket, max: max, resync: time.Minute, log: log,
 		advanced:  make(chan struct{}),
 		loaded:    make(chan struct{}),
+		base:      context.Background(),
 		resyncReq: make(chan struct{}, 1),
 	}
 	lookups := prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -256,8 +258,11 @@ func (r *revocations) barrier(ctx context.Context) error {
 // runBarriers runs c, then each check queued meanwhile. At most one runs
 // at a time and at most one waits, each bounded by barrierTimeout.
 func (r *revocations) runBarriers(c *barrierCall) {
+	r.bmu.Lock()
+	base := r.base
+	r.bmu.Unlock()
 	for c != nil {
-		c.err = r.check()
+		c.err = r.check(base)
 		if c.err != nil {
 			r.requestResync()
 		}
@@ -271,8 +276,8 @@ func (r *revocations) runBarriers(c *barrierCall) {
 
 // check asks the bucket's stream for a message after the set's last
 // revision and waits for the watcher to apply it, until none is left.
-func (r *revocations) check() error {
-	ctx, cancel := context.WithTimeout(context.Background(), barrierTimeout)
+func (r *revocations) check(base context.Context) error {
+	ctx, cancel := context.WithTimeout(base, barrierTimeout)
 	defer cancel()
 	for range barrierRounds {
 		after, complete := r.lastRevision()
@@ -348,6 +353,9 @@ func (r *revocations) requestResync() {
 // Run keeps the set current until ctx ends, rewatching after a failure
 // with back-off (resync after an overflow).
 func (r *revocations) Run(ctx context.Context) {
+	r.bmu.Lock()
+	r.base = ctx
+	r.bmu.Unlock()
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
 		began := time.Now()
