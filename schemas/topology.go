@@ -368,16 +368,16 @@ func (t Topology) Permissions(role string) (Permissions, error) {
 	inbox := InboxPrefix(role) + ".>"
 	service := func(publish ...string) Permissions {
 		return Permissions{
-			Publish:   append([]string{"$JS.API.>", "$JS.ACK.>", "$KV.>"}, publish...),
+			// $JS.FC.> answers the flow control of KV watchers and ordered
+			// consumers, which otherwise stall on a large bucket or stream.
+			Publish:   append([]string{"$JS.API.>", "$JS.ACK.>", "$KV.>", "$JS.FC.>"}, publish...),
 			Subscribe: []string{inbox},
 		}
 	}
 	switch role {
 	case RoleAuthn:
-		// Replies go to the requester's inbox, whoever it is. $JS.FC.>
-		// answers the flow control of its revocation bucket watcher, which
-		// otherwise stalls on a large bucket.
-		return service(s.All(KindVerified), s.All(KindDecision), "_INBOX.>", "$JS.FC.>"), nil
+		// Replies go to the requester's inbox, whoever it is.
+		return service(s.All(KindVerified), s.All(KindDecision), "_INBOX.>"), nil
 	case RolePolicy:
 		return service(s.All(KindDecision), "_INBOX.>", s.All(KindPolicy), s.All(KindEntity), s.All(KindApproval)), nil
 	case RoleOperator:
