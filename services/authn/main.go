@@ -6,24 +6,12 @@ package main
 
 import (
 	"context"
-	"fmt"
-	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/aigov/aigov/services/authn/internal/verify"
 	"github.com/aigov/aigov/services/runtime"
 )
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	err := run(ctx, os.LookupEnv)
-	stop()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "authn:", err)
-		os.Exit(1)
-	}
-}
+func main() { runtime.Main("authn", run) }
 
 func run(ctx context.Context, lookup runtime.Lookup) error {
 	env := runtime.NewEnv(lookup)

@@ -40,23 +40,3 @@ func TestBearer(t *testing.T) {
 		})
 	}
 }
-
-func TestValidInbox(t *testing.T) {
-	t.Parallel()
-	for s, want := range map[string]bool{
-		"_INBOX.platform.abc":    true,
-		"_INBOX.abc":             true,
-		"_INBOX.":                false,
-		"_INBOX.platform.*":      false,
-		"_INBOX.>":               false,
-		"_INBOX.a..b":            false,
-		"_INBOX.a b":             false,
-		"aigov.decision.x":       false,
-		"_inbox.platform.abc":    false,
-		"_INBOX" + ".x" + "\r\n": false,
-	} {
-		if got := validInbox(s); got != want {
-			t.Errorf("validInbox(%q) = %v, want %v", s, got, want)
-		}
-	}
-}

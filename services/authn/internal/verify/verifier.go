@@ -8,11 +8,9 @@ package verify
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -49,8 +47,8 @@ type Deps struct {
 type Verifier struct {
 	auth     *Authenticator
 	log      zerolog.Logger
-	nc       *nats.Conn
 	js       jetstream.JetStream
+	pub      *runtime.Publisher
 	topo     schemas.Topology
 	subjects schemas.Subjects
 	runner   *runtime.Runner
@@ -77,11 +75,15 @@ func New(cfg Config, deps Deps) (*Verifier, error) {
 	if err != nil {
 		return nil, err
 	}
+	pub, err := runtime.NewPublisher(deps.JS, deps.NC, Source, deps.Log)
+	if err != nil {
+		return nil, fmt.Errorf("authn: %w", err)
+	}
 	v := &Verifier{
 		auth:     auth,
 		log:      deps.Log,
-		nc:       deps.NC,
 		js:       deps.JS,
+		pub:      pub,
 		topo:     deps.Topology,
 		subjects: deps.Topology.Subjects,
 		outcomes: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -415,48 +417,9 @@ func (v *Verifier) deny(ctx context.Context, r request, d *Denial) error {
 // publish sends one event to JetStream and waits for its ack. The msg id
 // makes a redelivered request's event a duplicate the stream drops.
 func (v *Verifier) publish(ctx context.Context, subject, id, typ string, at time.Time, data any) ([]byte, error) {
-	ev, err := schemas.NewEvent(id, Source, typ, at, data)
-	if err != nil {
-		return nil, err
-	}
-	body, err := json.Marshal(ev)
-	if err != nil {
-		return nil, fmt.Errorf("encode %s event: %w", typ, err)
-	}
-	if _, err := v.js.PublishMsg(ctx, &nats.Msg{Subject: subject, Data: body}, jetstream.WithMsgID(id)); err != nil {
-		return nil, fmt.Errorf("publish %s event %s on %s: %w", typ, id, subject, err)
-	}
-	return body, nil
+	return v.pub.Publish(ctx, runtime.Outgoing{NATSSubject: subject, ID: id, Type: typ, Time: at, Data: data})
 }
 
-// reply sends a decision to the requester's inbox. It is best effort, like
-// any core NATS message: the decision itself is already durable.
-func (v *Verifier) reply(r request, body []byte) {
-	switch {
-	case r.replyTo == "":
-		return
-	case !validInbox(r.replyTo):
-		v.log.Warn().Str("request_id", r.id).Str("reply_to", quoteTrunc(r.replyTo, 100)).Msg("reply subject ignored: not an _INBOX. subject")
-		return
-	}
-	if err := v.nc.Publish(r.replyTo, body); err != nil {
-		v.log.Warn().Err(err).Str("request_id", r.id).Msg("reply failed")
-	}
-}
-
-// maxReplySubject bounds a reply subject taken from a header.
-const maxReplySubject = 256
-
-// validInbox accepts only a literal subject under _INBOX., so a requester
-// cannot make authn publish its decisions anywhere else.
-func validInbox(s string) bool {
-	if !strings.HasPrefix(s, "_INBOX.") || len(s) > maxReplySubject {
-		return false
-	}
-	for _, tok := range strings.Split(s, ".") {
-		if tok == "" || tok == "*" || tok == ">" || strings.ContainsAny(tok, " \t\r\n") {
-			return false
-		}
-	}
-	return true
-}
+// reply sends a decision to the requester's inbox, best effort: the
+// decision itself is already durable.
+func (v *Verifier) reply(r request, body []byte) { v.pub.Reply(r.id, r.replyTo, body) }
