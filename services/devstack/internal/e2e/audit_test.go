@@ -27,14 +27,7 @@ import (
 func TestAuditNeverDrops(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	root, err := stack.FindRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	bin := t.TempDir()
-	if err := stack.Build(ctx, root, bin); err != nil {
-		t.Fatal(err)
-	}
+	root, bin := built.root, built.bin
 	personas := map[string]idp.Persona{}
 	for i := range 6 {
 		name := fmt.Sprintf("loader-%d", i)

@@ -25,14 +25,7 @@ import (
 func TestPipelineEndToEnd(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	root, err := stack.FindRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	bin := t.TempDir()
-	if err := stack.Build(ctx, root, bin); err != nil {
-		t.Fatal(err)
-	}
+	root, bin := built.root, built.bin
 	const maxAge = 3 * time.Second
 	st, err := stack.Start(ctx, stack.Options{
 		Root: root, Dir: t.TempDir(), BinDir: bin,

@@ -28,14 +28,7 @@ import (
 func TestGovernanceEndToEnd(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	root, err := stack.FindRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	bin := t.TempDir()
-	if err := stack.Build(ctx, root, bin); err != nil {
-		t.Fatal(err)
-	}
+	root, bin := built.root, built.bin
 	st, err := stack.Start(ctx, stack.Options{
 		Root: root, Dir: t.TempDir(), BinDir: bin,
 		Personas: map[string]idp.Persona{"paula": {Subject: "paula", Email: "paula@aigov.example", Name: "Paula Park", Groups: []string{"policy-admins"}}},

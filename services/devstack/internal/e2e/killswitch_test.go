@@ -39,14 +39,7 @@ var retrain = schemas.Request{Action: "model.retrain", Resource: schemas.Resourc
 func TestKillSwitchEndToEnd(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	root, err := stack.FindRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	bin := t.TempDir()
-	if err := stack.Build(ctx, root, bin); err != nil {
-		t.Fatal(err)
-	}
+	root, bin := built.root, built.bin
 	const heartbeatTTL = 2 * time.Second
 	st, err := stack.Start(ctx, stack.Options{
 		Root: root, Dir: t.TempDir(), BinDir: bin,
