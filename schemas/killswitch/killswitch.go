@@ -148,7 +148,7 @@ func list(ctx context.Context, kv jetstream.KeyValue, limit int, fn func(key str
 	if err != nil {
 		return fmt.Errorf("list %s: %w", kv.Bucket(), err)
 	}
-	defer stop(w)
+	defer StopWatcher(w)
 	for n := 0; n < limit; {
 		select {
 		case <-ctx.Done():
@@ -167,8 +167,9 @@ func list(ctx context.Context, kv jetstream.KeyValue, limit int, fn func(key str
 	return nil
 }
 
-// stop stops a watcher and drains it so its goroutine can end.
-func stop(w jetstream.KeyWatcher) {
+// StopWatcher stops a KV watcher and drains it (for at most watchTimeout),
+// so its delivery goroutine, which blocks on a full channel, can end.
+func StopWatcher(w jetstream.KeyWatcher) {
 	_ = w.Stop()
 	t := time.NewTimer(watchTimeout)
 	defer t.Stop()

@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aigov/aigov/schemas"
+	"github.com/aigov/aigov/schemas/killswitch"
 )
 
 // SweepResult summarises one expiry pass.
@@ -111,7 +112,7 @@ func (r *Reaper) scan(ctx context.Context, now time.Time) ([]candidate, SweepRes
 	if err != nil {
 		return nil, res, fmt.Errorf("list sessions: %w", err)
 	}
-	defer stopWatcher(w)
+	defer killswitch.StopWatcher(w)
 	var found []candidate
 	for {
 		select {
@@ -148,23 +149,6 @@ func (r *Reaper) scan(ctx context.Context, now time.Time) ([]candidate, SweepRes
 	}
 }
 
-// stopWatcher stops a watch and drains it, so its delivery goroutine, which
-// blocks on a full channel, can finish.
-func stopWatcher(w jetstream.KeyWatcher) {
-	_ = w.Stop()
-	timeout := time.NewTimer(watcherDrainTimeout)
-	defer timeout.Stop()
-	for {
-		select {
-		case _, ok := <-w.Updates():
-			if !ok {
-				return
-			}
-		case <-timeout.C:
-			return
-		}
-	}
-}
 
 // end ends one session if it is still expired when reloaded, in an order
 // where a crash at any step is repaired by the next pass: revocation first,

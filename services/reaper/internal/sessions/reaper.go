@@ -34,8 +34,6 @@ const maxUpdateAttempts = 8
 // the loop forever.
 const passTimeout = time.Minute
 
-// watcherDrainTimeout bounds waiting for a stopped key watcher to close.
-const watcherDrainTimeout = 5 * time.Second
 
 // Deps are what a Reaper works with. Every field is required; pass
 // zerolog.Nop() to discard logs.
