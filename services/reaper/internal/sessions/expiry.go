@@ -149,7 +149,6 @@ func (r *Reaper) scan(ctx context.Context, now time.Time) ([]candidate, SweepRes
 	}
 }
 
-
 // end ends one session if it is still expired when reloaded, in an order
 // where a crash at any step is repaired by the next pass: revocation first,
 // so authn denies as soon as possible; then the expired event; then the

@@ -34,7 +34,6 @@ const maxUpdateAttempts = 8
 // the loop forever.
 const passTimeout = time.Minute
 
-
 // Deps are what a Reaper works with. Every field is required; pass
 // zerolog.Nop() to discard logs.
 type Deps struct {
