@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aigov/aigov/schemas"
+	"github.com/aigov/aigov/schemas/killswitch"
 	"github.com/aigov/aigov/services/policy/engine"
 	"github.com/aigov/aigov/services/runtime"
 )
@@ -156,6 +157,33 @@ func (s *Service) grant(ctx context.Context, v schemas.Verified, d *schemas.Deci
 	return nil
 }
 
+// follow applies every entry of a KV watch until ctx ends. loaded runs
+// once, after the initial values; apply is told whether an entry is one of
+// them. The three watches of a replica (policy set, entities, approvals)
+// share this loop.
+func follow(ctx context.Context, w jetstream.KeyWatcher, what string, loaded func(), apply func(e jetstream.KeyValueEntry, initial bool)) error {
+	defer killswitch.StopWatcher(w)
+	initial := true
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case e, ok := <-w.Updates():
+			if !ok {
+				return fmt.Errorf("%s watcher closed", what)
+			}
+			if e == nil {
+				if initial {
+					initial = false
+					loaded()
+				}
+				continue
+			}
+			apply(e, initial)
+		}
+	}
+}
+
 // watchPolicy keeps the replica's policy set equal to the bucket's active
 // set. A stored set that does not compile is rejected (logged and
 // audited) and the previous set stays in force.
@@ -164,45 +192,28 @@ func (s *Service) watchPolicy(ctx context.Context, ready chan<- struct{}) error 
 	if err != nil {
 		return fmt.Errorf("watch policy set: %w", err)
 	}
-	defer w.Stop()
-	initial := true
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case e, ok := <-w.Updates():
-			if !ok {
-				return errors.New("policy watcher closed")
-			}
-			if e == nil {
-				if initial {
-					initial = false
-					close(ready)
-				}
-				continue
-			}
-			if e.Operation() != jetstream.KeyValuePut {
-				s.log.Error().Uint64("revision", e.Revision()).Msg("active policy set deleted; the previous set stays in force")
-				continue
-			}
-			set, err := engine.CompileBundle(e.Value())
-			if err != nil {
-				s.log.Error().Err(err).Uint64("revision", e.Revision()).Msg("stored policy set rejected; the previous set stays in force")
-				ch := schemas.PolicyChange{PolicyVersion: "revision-" + strconv.FormatUint(e.Revision(), 10), By: EventSource, Errors: []string{err.Error()}, At: s.clock().UTC()}
-				if snap := s.state.snapshot(); snap != nil {
-					ch.PreviousVersion = snap.eval.Set().Version()
-				}
-				if err := s.publishEvent(ctx, s.topo.Subjects.Governance(schemas.KindPolicy, schemas.PolicyRejected),
-					schemas.DerivedID("policy-rev-"+strconv.FormatUint(e.Revision(), 10), "policy.rejected"), schemas.TypePolicyRejected, ch); err != nil {
-					s.log.Warn().Err(err).Msg("rejection event not published")
-				}
-				continue
-			}
-			s.state.setPolicy(set, e.Revision())
-			s.log.Info().Str("policy_version", set.Version()).Uint64("revision", e.Revision()).
-				Int("policies", len(set.PolicyIDs())).Int("shadow_policies", len(set.ShadowIDs())).Msg("policy set in force")
+	return follow(ctx, w, "policy", func() { close(ready) }, func(e jetstream.KeyValueEntry, _ bool) {
+		if e.Operation() != jetstream.KeyValuePut {
+			s.log.Error().Uint64("revision", e.Revision()).Msg("active policy set deleted; the previous set stays in force")
+			return
 		}
-	}
+		set, err := engine.CompileBundle(e.Value())
+		if err != nil {
+			s.log.Error().Err(err).Uint64("revision", e.Revision()).Msg("stored policy set rejected; the previous set stays in force")
+			ch := schemas.PolicyChange{PolicyVersion: "revision-" + strconv.FormatUint(e.Revision(), 10), By: EventSource, Errors: []string{err.Error()}, At: s.clock().UTC()}
+			if snap := s.state.snapshot(); snap != nil {
+				ch.PreviousVersion = snap.eval.Set().Version()
+			}
+			if err := s.publishEvent(ctx, s.topo.Subjects.Governance(schemas.KindPolicy, schemas.PolicyRejected),
+				schemas.DerivedID("policy-rev-"+strconv.FormatUint(e.Revision(), 10), "policy.rejected"), schemas.TypePolicyRejected, ch); err != nil {
+				s.log.Warn().Err(err).Msg("rejection event not published")
+			}
+			return
+		}
+		s.state.setPolicy(set, e.Revision())
+		s.log.Info().Str("policy_version", set.Version()).Uint64("revision", e.Revision()).
+			Int("policies", len(set.PolicyIDs())).Int("shadow_policies", len(set.ShadowIDs())).Msg("policy set in force")
+	})
 }
 
 // watchEntities keeps the replica's entity store equal to the bucket, and
@@ -213,50 +224,36 @@ func (s *Service) watchEntities(ctx context.Context, ready chan<- struct{}) erro
 	if err != nil {
 		return fmt.Errorf("watch entities: %w", err)
 	}
-	defer w.Stop()
-	initial := true
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case e, ok := <-w.Updates():
-			if !ok {
-				return errors.New("entity watcher closed")
-			}
-			if e == nil {
-				if initial {
-					initial = false
-					s.state.publishStore()
-					close(ready)
-				}
-				continue
-			}
-			typ, id, _ := strings.Cut(e.Key(), ".")
-			ch := schemas.EntityChange{Op: "delete", Entity: schemas.Resource{Type: typ, ID: id}, Revision: int64(e.Revision()), At: s.clock().UTC()}
-			if e.Operation() == jetstream.KeyValuePut {
-				var ent cedar.Entity
-				if err := json.Unmarshal(e.Value(), &ent); err != nil || engine.EntityKey(ent.UID) != e.Key() {
-					s.log.Error().Err(err).Str("key", e.Key()).Msg("stored entity ignored: not a Cedar entity under its own key")
-					s.state.deleteEntity(e.Key())
-				} else if !s.state.putEntity(e.Key(), ent) {
-					s.log.Error().Str("key", e.Key()).Int("max", MaxEntities).Msg("entity ignored: store full")
-				}
-				ch.Op, ch.ValueSHA256 = "put", sha256Hex(e.Value())
-				ch.Entity = schemas.Resource{Type: string(ent.UID.Type), ID: string(ent.UID.ID)}
-			} else {
-				s.state.deleteEntity(e.Key())
-			}
-			if initial {
-				continue
-			}
-			s.state.publishStore()
-			s.log.Info().Str("op", ch.Op).Str("entity", ch.Entity.String()).Uint64("revision", e.Revision()).Msg("entity store changed")
-			if err := s.publishEvent(ctx, s.topo.Subjects.Governance(schemas.KindEntity, schemas.EntityChanged),
-				schemas.DerivedID("entity-rev-"+strconv.FormatUint(e.Revision(), 10), "entity.changed"), schemas.TypeEntityChanged, ch); err != nil {
-				s.log.Warn().Err(err).Msg("entity change event not published")
-			}
-		}
+	loaded := func() {
+		s.state.publishStore()
+		close(ready)
 	}
+	return follow(ctx, w, "entity", loaded, func(e jetstream.KeyValueEntry, initial bool) {
+		typ, id, _ := strings.Cut(e.Key(), ".")
+		ch := schemas.EntityChange{Op: "delete", Entity: schemas.Resource{Type: typ, ID: id}, Revision: int64(e.Revision()), At: s.clock().UTC()}
+		if e.Operation() == jetstream.KeyValuePut {
+			var ent cedar.Entity
+			if err := json.Unmarshal(e.Value(), &ent); err != nil || engine.EntityKey(ent.UID) != e.Key() {
+				s.log.Error().Err(err).Str("key", e.Key()).Msg("stored entity ignored: not a Cedar entity under its own key")
+				s.state.deleteEntity(e.Key())
+			} else if !s.state.putEntity(e.Key(), ent) {
+				s.log.Error().Str("key", e.Key()).Int("max", MaxEntities).Msg("entity ignored: store full")
+			}
+			ch.Op, ch.ValueSHA256 = "put", sha256Hex(e.Value())
+			ch.Entity = schemas.Resource{Type: string(ent.UID.Type), ID: string(ent.UID.ID)}
+		} else {
+			s.state.deleteEntity(e.Key())
+		}
+		if initial {
+			return
+		}
+		s.state.publishStore()
+		s.log.Info().Str("op", ch.Op).Str("entity", ch.Entity.String()).Uint64("revision", e.Revision()).Msg("entity store changed")
+		if err := s.publishEvent(ctx, s.topo.Subjects.Governance(schemas.KindEntity, schemas.EntityChanged),
+			schemas.DerivedID("entity-rev-"+strconv.FormatUint(e.Revision(), 10), "entity.changed"), schemas.TypeEntityChanged, ch); err != nil {
+			s.log.Warn().Err(err).Msg("entity change event not published")
+		}
+	})
 }
 
 // watchApprovals keeps the in-memory approvals equal to the bucket; a key
@@ -266,26 +263,14 @@ func (s *Service) watchApprovals(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("watch approvals: %w", err)
 	}
-	defer w.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case e, ok := <-w.Updates():
-			if !ok {
-				return errors.New("approval watcher closed")
-			}
-			if e == nil {
-				continue
-			}
-			if e.Operation() != jetstream.KeyValuePut {
-				s.state.deleteApproval(e.Key())
-				continue
-			}
-			var a schemas.Approval
-			if err := json.Unmarshal(e.Value(), &a); err != nil || !s.state.putApproval(e.Key(), a) {
-				s.log.Error().Err(err).Str("key", e.Key()).Msg("approval ignored")
-			}
+	return follow(ctx, w, "approval", func() {}, func(e jetstream.KeyValueEntry, _ bool) {
+		if e.Operation() != jetstream.KeyValuePut {
+			s.state.deleteApproval(e.Key())
+			return
 		}
-	}
+		var a schemas.Approval
+		if err := json.Unmarshal(e.Value(), &a); err != nil || !s.state.putApproval(e.Key(), a) {
+			s.log.Error().Err(err).Str("key", e.Key()).Msg("approval ignored")
+		}
+	})
 }
