@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/services/devenv/idp"
 	"github.com/aigov/aigov/services/devstack/internal/demo"
 	"github.com/aigov/aigov/services/devstack/internal/stack"
@@ -92,6 +93,22 @@ func Demo(ctx context.Context, args []string, out io.Writer) error {
 	return serve(ctx, st, work, out)
 }
 
+// writeEnvFiles writes one file per NATS role with the variables the aigov
+// CLI reads, so a user can act as the operator or the reaper against the dev
+// stack. The passwords are the dev stack's own, generated at start.
+func writeEnvFiles(st *stack.Stack, dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	for _, role := range schemas.Roles() {
+		env := fmt.Sprintf("AIGOV_NATS_URL=%s\nAIGOV_NATS_USER=%s\nAIGOV_NATS_PASSWORD=%s\n", st.NATS.URL(), role, st.NATS.Password(role))
+		if err := os.WriteFile(filepath.Join(dir, role+".env"), []byte(env), 0o600); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // serve keeps fresh persona tokens on disk and prints how to send a request.
 func serve(ctx context.Context, st *stack.Stack, work string, out io.Writer) error {
 	tokens := filepath.Join(work, "tokens")
@@ -113,6 +130,9 @@ func serve(ctx context.Context, st *stack.Stack, work string, out io.Writer) err
 	if err := write(); err != nil {
 		return fmt.Errorf("write tokens: %w", err)
 	}
+	if err := writeEnvFiles(st, filepath.Join(work, "env")); err != nil {
+		return fmt.Errorf("write env files: %w", err)
+	}
 	rel, _ := filepath.Rel(st.Root, work)
 	fmt.Fprintf(out, `
 == aigov is serving (Ctrl-C to stop)
@@ -129,6 +149,10 @@ or with the nats CLI (user platform):
       pub aigov.request.model.retrain -H "Authorization:Bearer $(cat %[1]s/tokens/alice.jwt)" \
       -H "Nats-Msg-Id:my-request-1" \
       '{"specversion":"1.0","id":"my-request-1","source":"cli","type":"dev.aigov.request.v1","time":"2026-01-01T00:00:00Z","data":{"action":"model.retrain","resource":{"type":"Model","id":"fraud-detector"},"context":{"environment":"staging"}}}'
+
+The CLI reads its NATS user from the environment: %[1]s/env/<role>.env holds
+the URL, user and dev password of each role (platform, operator, reaper, audit, ...),
+e.g.  (set -a; . %[1]s/env/operator.env; %[1]s/bin/aigov entities list)
 
 Audit:  clickhouse-client --port %[4]d --query "SELECT * FROM aigov.decisions FINAL ORDER BY event_time_us DESC LIMIT 5 FORMAT Vertical"
 Logs:   %[1]s/logs/
