@@ -49,7 +49,25 @@ type Client struct {
 
 	mu      sync.Mutex
 	closed  bool
-	pending map[string]chan schemas.Decision
+	pending map[string]pendingCall
+}
+
+// pendingCall is a call waiting for its decision, with what a decision
+// must match to be its own: authn and policy answer any _INBOX. subject a
+// request names, so another request with the same id (chosen by its
+// sender) could have its decision sent here.
+type pendingCall struct {
+	ch       chan schemas.Decision
+	action   string
+	resource schemas.Resource
+	tokenFP  string
+}
+
+// owns reports whether d can be the decision of p: the same action and
+// resource and, when both name one, the same token.
+func (p pendingCall) owns(d schemas.Decision) bool {
+	return d.Action == p.action && d.Resource == p.resource &&
+		(d.TokenFingerprint == "" || p.tokenFP == "" || d.TokenFingerprint == p.tokenFP)
 }
 
 // New subscribes to the connection's reply inbox. The connection's user must
@@ -75,7 +93,7 @@ func New(nc *nats.Conn, opts Options) (*Client, error) {
 		source:   opts.Source,
 		timeout:  opts.Timeout,
 		inbox:    nc.NewRespInbox(),
-		pending:  make(map[string]chan schemas.Decision),
+		pending:  make(map[string]pendingCall),
 	}
 	// NewRespInbox ends in a unique token; replace it with a wildcard so one
 	// subscription catches every reply, keyed by request id.
@@ -97,11 +115,16 @@ func (c *Client) route(m *nats.Msg) {
 		return
 	}
 	c.mu.Lock()
-	ch, ok := c.pending[d.RequestID]
-	delete(c.pending, d.RequestID)
+	p, ok := c.pending[d.RequestID]
+	if ok && !p.owns(d) {
+		ok = false // another request's decision under the same id
+	}
+	if ok {
+		delete(c.pending, d.RequestID)
+	}
 	c.mu.Unlock()
 	if ok {
-		ch <- d // buffered: never blocks
+		p.ch <- d // buffered: never blocks
 	}
 }
 
@@ -131,7 +154,11 @@ func (c *Client) Authorize(ctx context.Context, call Call) (schemas.Decision, er
 		c.mu.Unlock()
 		return schemas.Decision{}, ErrClosed
 	}
-	c.pending[call.ID] = ch
+	p := pendingCall{ch: ch, action: call.Request.Action, resource: call.Request.Resource}
+	if call.Token != "" {
+		p.tokenFP = schemas.Fingerprint(call.Token)
+	}
+	c.pending[call.ID] = p
 	c.mu.Unlock()
 	defer func() {
 		c.mu.Lock()

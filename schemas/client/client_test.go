@@ -484,3 +484,62 @@ func TestNewRejectsNilConn(t *testing.T) {
 		t.Fatal("New(nil) succeeded")
 	}
 }
+
+// TestAuthorizeIgnoresAnotherRequestsDecision: authn and policy reply to
+// whatever _INBOX. subject a request names, so anyone who may publish
+// requests can have a genuine decision of its own request (same request id,
+// which the caller may choose predictably, its own token and action) sent
+// to another caller's reply subject. The client must take only a decision
+// about its own call: same action and resource, and its token.
+func TestAuthorizeIgnoresAnotherRequestsDecision(t *testing.T) {
+	t.Parallel()
+	b := startBus(t)
+	c := b.newClient(t, client.Options{Source: "ml-platform/test", Timeout: 10 * time.Second})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	call := client.Call{ID: "job-42", Token: "victim-token",
+		Request: schemas.Request{Action: "model.deploy", Resource: schemas.Resource{Type: "Model", ID: "m-1"}}}
+
+	nc := b.connect(t, schemas.RoleAuthn)
+	cons, err := b.topo.EnsureConsumer(ctx, b.js(t, nc), schemas.ConsumerAuthn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		batch, err := cons.Fetch(1, jetstream.FetchMaxWait(10*time.Second))
+		if err != nil {
+			return
+		}
+		for m := range batch.Messages() {
+			_ = m.Ack()
+			replyTo := m.Headers().Get(schemas.HeaderReplyTo)
+			ev, err := schemas.ParseEvent(m.Data())
+			if err != nil {
+				return
+			}
+			send := func(d schemas.Decision) {
+				out, _ := schemas.NewEvent(schemas.NewID(), "aigov/policy", schemas.TypeDecision, time.Now(), d)
+				body, _ := json.Marshal(out)
+				_ = nc.Publish(replyTo, body)
+			}
+			// First: the allow of another caller's request under the same
+			// id (its own token; once for another action, once for this one).
+			other := schemas.Decision{RequestID: ev.ID, Action: "model.retrain", Resource: call.Request.Resource,
+				Decision: schemas.Allow, Stage: schemas.StagePolicy, TokenFingerprint: schemas.Fingerprint("attacker-token")}
+			send(other)
+			other.Action = call.Request.Action
+			send(other)
+			// Then the call's own decision.
+			send(schemas.Decision{RequestID: ev.ID, Action: call.Request.Action, Resource: call.Request.Resource,
+				Decision: schemas.Deny, Code: schemas.CodePolicyDenied, Stage: schemas.StagePolicy,
+				TokenFingerprint: schemas.Fingerprint(call.Token)})
+		}
+	}()
+	d, err := c.Authorize(ctx, call)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.Allowed() || d.Code != schemas.CodePolicyDenied {
+		t.Fatalf("the client took another request's decision: %s %s on %s (token %s)", d.Decision, d.Action, d.Resource, d.TokenFingerprint)
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -219,7 +220,7 @@ func (v *Verifier) Handle(ctx context.Context, m jetstream.Msg) error {
 		return v.deny(ctx, r, leaseDenial(recs[1]))
 	}
 	if id.ReplayKey != "" {
-		if d, err := v.replayed(ctx, id, r.id); err != nil {
+		if d, err := v.replayed(ctx, id, r.id, seq); err != nil {
 			return err
 		} else if d != nil {
 			return v.deny(ctx, r, d)
@@ -310,8 +311,14 @@ func revocationDenial(rec *revRecord) *Denial {
 // replayed records the token's jti as used by this request, until the
 // token expires. A jti already recorded for another request is a replay;
 // recorded for this same request, it is a redelivery (a publish that
-// failed after the record), which must pass again.
-func (v *Verifier) replayed(ctx context.Context, id Identity, requestID string) (*Denial, error) {
+// failed after the record), which must pass again. "This same request" is
+// the same stream message (its sequence), or the same request id within
+// the duplicate window, where the verified event's id (derived from the
+// request id) makes any second copy a duplicate the stream drops. Past the
+// window a copy under the same id would be stored and decided again, so
+// the request id alone, which the requester chooses, must not let a used
+// jti pass.
+func (v *Verifier) replayed(ctx context.Context, id Identity, requestID string, seq uint64) (*Denial, error) {
 	kv, err := v.tokenIDs(ctx)
 	if err != nil {
 		return nil, err
@@ -319,7 +326,8 @@ func (v *Verifier) replayed(ctx context.Context, id Identity, requestID string) 
 	// KeyTTL has a one-second floor; the token expired at least skew ago
 	// when its key lapses, so the record outlives the token.
 	ttl := max(time.Second, time.Until(id.Principal.ExpiresAt)+time.Second)
-	_, err = kv.Create(ctx, id.ReplayKey, []byte(requestID), jetstream.KeyTTL(ttl))
+	seqText := strconv.FormatUint(seq, 10)
+	_, err = kv.Create(ctx, id.ReplayKey, []byte(requestID+"\x00"+seqText), jetstream.KeyTTL(ttl))
 	if err == nil {
 		return nil, nil
 	}
@@ -333,7 +341,9 @@ func (v *Verifier) replayed(ctx context.Context, id Identity, requestID string) 
 		return deny(schemas.CodeTokenReplayed, "the token's jti was already used"), nil
 	case err != nil:
 		return nil, fmt.Errorf("look up token id of request %s: %w", requestID, err)
-	case string(e.Value()) == requestID:
+	}
+	storedID, storedSeq, _ := strings.Cut(string(e.Value()), "\x00")
+	if storedID == requestID && ((seq != 0 && storedSeq == seqText) || v.now().Sub(e.Created()) < v.topo.DuplicateWindow) {
 		return nil, nil
 	}
 	return deny(schemas.CodeTokenReplayed, "the token's jti was already used by another request"), nil

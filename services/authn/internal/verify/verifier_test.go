@@ -76,13 +76,19 @@ func startIDP(t *testing.T, opts idp.Options) *idp.Provider {
 
 func startEnv(t *testing.T) *env {
 	t.Helper()
+	return startEnvTopo(t, schemas.NewTopology(""))
+}
+
+// startEnvTopo is startEnv with a topology of the test's choosing.
+func startEnvTopo(t *testing.T, topo schemas.Topology) *env {
+	t.Helper()
 	ctx := context.Background()
 	srv, err := natsdev.Start(natsdev.Options{Dir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(srv.Shutdown)
-	e := &env{topo: schemas.NewTopology(""), registry: prometheus.NewRegistry(), logs: &syncBuffer{}}
+	e := &env{topo: topo, registry: prometheus.NewRegistry(), logs: &syncBuffer{}}
 
 	e.good = startIDP(t, idp.Options{})
 	e.otherAud = startIDP(t, idp.Options{ClientID: "other"})
@@ -869,5 +875,56 @@ func TestReplayProtection(t *testing.T) {
 		if o := send(schemas.NewID(), reuse); o.event.Type != schemas.TypeVerified {
 			t.Fatalf("reuse without replay protection: %s", o.raw)
 		}
+	}
+}
+
+// TestReplayWithReusedRequestIDAfterDuplicateWindow: a token with replay
+// protection, replayed under the request id of its first use, must not pass
+// again once JetStream has forgotten that id (the duplicate window): the
+// verified event would then be stored anew and decided again, so the one
+// token would serve two operations (here the second is another action).
+func TestReplayWithReusedRequestIDAfterDuplicateWindow(t *testing.T) {
+	t.Parallel()
+	topo := schemas.NewTopology("")
+	topo.DuplicateWindow = time.Second
+	e := startEnvTopo(t, topo)
+	ctx := context.Background()
+	tok := e.token(t, e.replay, "alice")
+	id := schemas.NewID()
+	if _, err := e.platJS.PublishMsg(ctx, requestMsg(t, id, tok, "")); err != nil {
+		t.Fatal(err)
+	}
+	if o := e.out.await(t, id); o.event.Type != schemas.TypeVerified {
+		t.Fatalf("first use: %s", o.raw)
+	}
+	time.Sleep(1500 * time.Millisecond) // past the duplicate window
+
+	// The captured token and request id, replayed for another action.
+	req := testRequest
+	req.Action = "model.deploy"
+	m, err := client.NewRequestMessage(schemas.NewSubjects(""), "attacker", client.Call{ID: id, Token: tok, Request: req}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Header.Del(schemas.HeaderMsgID)
+	if _, err := e.platJS.PublishMsg(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		e.out.mu.Lock()
+		outs := append([]output(nil), e.out.byReq[id]...)
+		e.out.mu.Unlock()
+		if len(outs) >= 2 {
+			var d schemas.Decision
+			if outs[1].event.Type != schemas.TypeDecision || outs[1].event.DecodeData(&d) != nil || d.Code != schemas.CodeTokenReplayed {
+				t.Fatalf("replayed token passed again under its first request id: %s %s", outs[1].subject, outs[1].raw)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("nothing published for the replay within 15s")
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

@@ -24,6 +24,11 @@ import (
 // publishes.
 const EventSource = "aigov/policy"
 
+// PolicyDecisionKind derives a policy decision's event id from its request
+// id (schemas.DerivedID); it differs from authn's deny kind, so the two
+// never share a de-duplication id.
+const PolicyDecisionKind = "policy.decision"
+
 // Deps are what the policy service runs on.
 type Deps struct {
 	// NC sends replies with core NATS; JS publishes decisions.
@@ -214,7 +219,12 @@ func (s *Service) Handle(ctx context.Context, m jetstream.Msg) error {
 		}
 	}
 
-	eventID := schemas.DerivedID(v.RequestID, "decision")
+	// Not DerivedID(RequestID, "decision"): authn stores its denies under
+	// that id, and the requester chooses the request id, so a request denied
+	// by authn and a later one with the same id that policy allows would
+	// share it, and the stream would drop the allow as a duplicate while
+	// the reply still carried it: an allow with no audit record.
+	eventID := schemas.DerivedID(v.RequestID, PolicyDecisionKind)
 	body, err := s.pub.Publish(ctx, runtime.Outgoing{
 		NATSSubject: subject, ID: eventID, Type: schemas.TypeDecision,
 		Subject: d.Resource.String(), Time: d.Timings.DecidedAt, Data: d,

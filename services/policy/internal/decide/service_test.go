@@ -203,7 +203,7 @@ func TestServiceDecidesAndReplies(t *testing.T) {
 		t.Fatalf("no reply on %s: %v", inbox, err)
 	}
 	ev, d := decodeDecision(t, reply.Data)
-	wantID := schemas.DerivedID(v.RequestID, "decision")
+	wantID := schemas.DerivedID(v.RequestID, PolicyDecisionKind)
 	if ev.Type != schemas.TypeDecision || ev.ID != wantID || ev.Source != EventSource || ev.Subject != `Model::"fraud-detector"` {
 		t.Errorf("envelope %+v", ev)
 	}
@@ -425,5 +425,62 @@ func TestDecodeVerified(t *testing.T) {
 		if _, err := decodeVerified(body); !errors.Is(err, schemas.ErrInvalidEvent) {
 			t.Errorf("%s: err %v, want ErrInvalidEvent", name, err)
 		}
+	}
+}
+
+// TestAllowIsStoredAfterAuthnDenyOfSameRequestID: a requester chooses the
+// request id. authn stores a deny under the request id's decision id (for
+// a first request with no token, say); a second request with the same id
+// and a valid token is verified and allowed. That allow must be stored in
+// the decisions stream (the audit record) before it is replied: were its
+// id the authn deny's, the stream would drop it as a duplicate and the
+// requester would act on an allow that no audit ever sees.
+func TestAllowIsStoredAfterAuthnDenyOfSameRequestID(t *testing.T) {
+	t.Parallel()
+	h := startHarness(t, 2)
+	platform, err := h.srv.Connect(schemas.RolePlatform)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer platform.Close()
+	inbox := schemas.InboxPrefix(schemas.RolePlatform) + ".collide"
+	sub, err := platform.SubscribeSync(inbox)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := platform.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	v := verified(t, "alice", "model.retrain", "Model", "fraud-detector", map[string]any{"environment": "staging"})
+	v.ReplyTo = inbox
+
+	// What authn (verify.Verifier.deny) stores for a request with this id
+	// and no token.
+	deny := schemas.Decision{RequestID: v.RequestID, Action: v.Request.Action, Resource: v.Request.Resource,
+		Decision: schemas.Deny, Code: schemas.CodeMissingToken, Reason: "no Authorization header", Stage: schemas.StageAuthn,
+		Timings: schemas.Timings{ReceivedAt: time.Now().UTC(), DecidedAt: time.Now().UTC()}}
+	ev, err := schemas.NewEvent(schemas.DerivedID(v.RequestID, schemas.KindDecision), "aigov/authn", schemas.TypeDecision, time.Now(), deny)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := json.Marshal(ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.publishRaw(t, h.topo.Subjects.Decision(v.Request.Action), body, ev.ID)
+
+	h.publishVerified(t, v, "verified-collide")
+	reply, err := sub.NextMsg(10 * time.Second)
+	if err != nil {
+		t.Fatalf("no reply: %v", err)
+	}
+	if _, d := decodeDecision(t, reply.Data); !d.Allowed() {
+		t.Fatalf("the verified request was not allowed: %s", reply.Data)
+	}
+	h.waitSettled(t, 1)
+	stored := h.lastDecision(t, v.Request.Action)
+	if string(stored.Data) != string(reply.Data) {
+		_, d := decodeDecision(t, stored.Data)
+		t.Fatalf("the allow replied to the requester is not in the decisions stream; it holds %s/%s (stage %s)", d.Decision, d.Code, d.Stage)
 	}
 }
