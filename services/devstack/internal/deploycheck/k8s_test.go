@@ -76,7 +76,12 @@ func loadManifests(t testing.TB) []manifest {
 		}
 		for _, c := range k.ConfigMapGenerator {
 			for _, f := range c.Files {
-				data[filepath.Join(filepath.Dir(p), f)] = true
+				data[filepath.Join(filepath.Dir(p), generatorFile(f))] = true
+			}
+		}
+		for _, s := range k.SecretGenerator {
+			for _, f := range s.Files {
+				data[filepath.Join(filepath.Dir(p), generatorFile(f))] = true
 			}
 		}
 		// Patches are partial objects; TestK8sAuditWaitsForSchema reads the
@@ -157,6 +162,10 @@ type (
 				Name string `yaml:"name"`
 				Key  string `yaml:"key"`
 			} `yaml:"secretKeyRef"`
+			ConfigMapKeyRef *struct {
+				Name string `yaml:"name"`
+				Key  string `yaml:"key"`
+			} `yaml:"configMapKeyRef"`
 			FieldRef *struct {
 				FieldPath string `yaml:"fieldPath"`
 			} `yaml:"fieldRef"`
@@ -204,11 +213,17 @@ type (
 			Requests map[string]string `yaml:"requests"`
 			Limits   map[string]string `yaml:"limits"`
 		} `yaml:"resources"`
-		SecurityContext *secCtx `yaml:"securityContext"`
-		VolumeMounts    []struct {
-			Name      string `yaml:"name"`
-			MountPath string `yaml:"mountPath"`
-		} `yaml:"volumeMounts"`
+		SecurityContext *secCtx       `yaml:"securityContext"`
+		VolumeMounts    []volumeMount `yaml:"volumeMounts"`
+	}
+	volumeMount struct {
+		Name      string `yaml:"name"`
+		MountPath string `yaml:"mountPath"`
+		ReadOnly  bool   `yaml:"readOnly"`
+	}
+	keyToPath struct {
+		Key  string `yaml:"key"`
+		Path string `yaml:"path"`
 	}
 	podSpec struct {
 		SecurityContext *secCtx     `yaml:"securityContext"`
@@ -216,8 +231,13 @@ type (
 		Volumes         []struct {
 			Name      string `yaml:"name"`
 			ConfigMap *struct {
-				Name string `yaml:"name"`
+				Name  string      `yaml:"name"`
+				Items []keyToPath `yaml:"items"`
 			} `yaml:"configMap"`
+			Secret *struct {
+				SecretName string      `yaml:"secretName"`
+				Items      []keyToPath `yaml:"items"`
+			} `yaml:"secret"`
 		} `yaml:"volumes"`
 	}
 	workload struct {
@@ -246,6 +266,7 @@ type (
 		SecretGenerator []struct {
 			Name     string   `yaml:"name"`
 			Literals []string `yaml:"literals"`
+			Files    []string `yaml:"files"`
 		} `yaml:"secretGenerator"`
 		Patches []struct {
 			Path string `yaml:"path"`
@@ -254,15 +275,32 @@ type (
 )
 
 // generated collects what the kustomizations generate: ConfigMap literals
-// and files, and Secret literals, by name.
+// and files, and Secret literals and files, by name.
 type generated struct {
-	configMaps map[string]map[string]string // name -> key -> value ("" for files)
-	secrets    map[string]map[string]string
+	configMaps  map[string]map[string]string // name -> key -> value ("" for files)
+	secrets     map[string]map[string]string
+	secretFiles map[string]map[string]string // name -> key -> file, relative to the repository root
+}
+
+// generatorKey and generatorFile split a generator's files entry, "file"
+// or "key=file".
+func generatorKey(entry string) string {
+	if k, _, ok := strings.Cut(entry, "="); ok {
+		return k
+	}
+	return path.Base(entry)
+}
+
+func generatorFile(entry string) string {
+	if _, f, ok := strings.Cut(entry, "="); ok {
+		return f
+	}
+	return entry
 }
 
 func loadGenerated(t testing.TB, ms []manifest) generated {
 	t.Helper()
-	g := generated{configMaps: map[string]map[string]string{}, secrets: map[string]map[string]string{}}
+	g := generated{configMaps: map[string]map[string]string{}, secrets: map[string]map[string]string{}, secretFiles: map[string]map[string]string{}}
 	lit := func(dst map[string]string, l string) {
 		k, v, ok := strings.Cut(l, "=")
 		if !ok {
@@ -281,15 +319,20 @@ func loadGenerated(t testing.TB, ms []manifest) generated {
 				lit(g.configMaps[c.Name], l)
 			}
 			for _, f := range c.Files {
-				g.configMaps[c.Name][path.Base(f)] = ""
+				g.configMaps[c.Name][generatorKey(f)] = ""
 			}
 		}
 		for _, s := range k.SecretGenerator {
 			if g.secrets[s.Name] == nil {
 				g.secrets[s.Name] = map[string]string{}
+				g.secretFiles[s.Name] = map[string]string{}
 			}
 			for _, l := range s.Literals {
 				lit(g.secrets[s.Name], l)
+			}
+			for _, f := range s.Files {
+				g.secrets[s.Name][generatorKey(f)] = ""
+				g.secretFiles[s.Name][generatorKey(f)] = path.Join(path.Dir(m.file), generatorFile(f))
 			}
 		}
 	}
@@ -339,9 +382,16 @@ func TestK8sManifestsParse(t *testing.T) {
 				listed[p] = true
 			}
 		}
+		for _, s := range k.SecretGenerator {
+			for _, f := range s.Files {
+				if _, err := os.Stat(repoPath(t, path.Join(dir, generatorFile(f)))); err != nil {
+					t.Errorf("%s: secretGenerator %s file %s: %v", m.file, s.Name, f, err)
+				}
+			}
+		}
 		for _, c := range k.ConfigMapGenerator {
 			for _, f := range c.Files {
-				if _, err := os.Stat(repoPath(t, path.Join(dir, f))); err != nil {
+				if _, err := os.Stat(repoPath(t, path.Join(dir, generatorFile(f)))); err != nil {
 					t.Errorf("%s: configMapGenerator %s file %s: %v", m.file, c.Name, f, err)
 				}
 			}
@@ -435,6 +485,11 @@ func TestK8sWorkloads(t *testing.T) {
 				volumes[v.Name] = v.ConfigMap.Name
 				if _, ok := g.configMaps[v.ConfigMap.Name]; !ok {
 					t.Errorf("%s: volume %s reads ConfigMap %s, which nothing generates", where, v.Name, v.ConfigMap.Name)
+				}
+			}
+			if v.Secret != nil {
+				if _, ok := g.secrets[v.Secret.SecretName]; !ok {
+					t.Errorf("%s: volume %s reads Secret %s, which no secretGenerator makes", where, v.Name, v.Secret.SecretName)
 				}
 			}
 		}
@@ -690,10 +745,7 @@ func TestK8sNATSCluster(t *testing.T) {
 		!strings.HasPrefix(c.ReadinessProbe.HTTPGet.Path, "/healthz") {
 		t.Errorf("readiness probe %+v does not ask /healthz on the monitoring port", c.ReadinessProbe)
 	}
-	if !strings.HasPrefix(opts.StoreDir, "/data") || !slices.ContainsFunc(c.VolumeMounts, func(v struct {
-		Name      string `yaml:"name"`
-		MountPath string `yaml:"mountPath"`
-	}) bool {
+	if !strings.HasPrefix(opts.StoreDir, "/data") || !slices.ContainsFunc(c.VolumeMounts, func(v volumeMount) bool {
 		return v.Name == "data" && v.MountPath == "/data"
 	}) {
 		t.Errorf("store_dir %q is not on the data volume", opts.StoreDir)
