@@ -43,6 +43,7 @@ require (
 	github.com/aigov/aigov/services/devenv v0.0.0
 	github.com/aigov/aigov/services/runtime v0.0.0
 	github.com/chdb-io/chdb-go v1.11.0
+	github.com/goccy/go-json v0.12.0
 	github.com/nats-io/nats.go v1.55.0
 	github.com/prometheus/client_golang v1.25.0
 	github.com/rs/zerolog v1.35.1

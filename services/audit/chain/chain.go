@@ -49,21 +49,31 @@ type Row struct {
 	ChainHash string
 }
 
-// Hash returns the row's row_hash.
+// Hash returns the row's row_hash. The encoded row is built in one
+// buffer and hashed at once: the writer hashes every audited event, and
+// writing each field to a hash.Hash copied and allocated it again.
 func (r Row) Hash() string {
-	h := sha256.New()
-	field(h, "aigov-row-v1")
-	field(h, r.Stream)
-	u64(h, r.Seq)
-	u64(h, r.PrevSeq)
-	field(h, r.EventID)
-	field(h, r.Type)
-	field(h, r.Source)
-	field(h, r.Subject)
-	u64(h, r.TimeUS)
-	field(h, r.Data)
-	field(h, r.InvalidReason)
-	return hex.EncodeToString(h.Sum(nil))
+	const tag = "aigov-row-v1"
+	n := 8*11 + len(tag) + len(r.Stream) + len(r.EventID) + len(r.Type) + len(r.Source) + len(r.Subject) +
+		len(r.Data) + len(r.InvalidReason)
+	b := make([]byte, 0, n)
+	b = appendField(b, tag)
+	b = appendField(b, r.Stream)
+	b = binary.BigEndian.AppendUint64(b, r.Seq)
+	b = binary.BigEndian.AppendUint64(b, r.PrevSeq)
+	b = appendField(b, r.EventID)
+	b = appendField(b, r.Type)
+	b = appendField(b, r.Source)
+	b = appendField(b, r.Subject)
+	b = binary.BigEndian.AppendUint64(b, r.TimeUS)
+	b = appendField(b, r.Data)
+	b = appendField(b, r.InvalidReason)
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
+}
+
+func appendField(b []byte, s string) []byte {
+	return append(binary.BigEndian.AppendUint64(b, uint64(len(s))), s...)
 }
 
 // Genesis is the link before a stream's first chained row.
@@ -118,6 +128,18 @@ type Head struct {
 // NewHead starts a chain on stream after sequence start.
 func NewHead(stream string, start uint64) Head {
 	return Head{Stream: stream, Start: start, Seq: start, Hash: Genesis(stream)}
+}
+
+// ExtendHashed links r after h like Extend, reusing r.RowHash when r
+// was hashed beforehand (Hash is the costly part, and independent per row,
+// so the writer computes it on every core) with r.PrevSeq = h.Seq.
+// Otherwise it is Extend.
+func (h Head) ExtendHashed(r *Row) Head {
+	if r.RowHash == "" || r.PrevSeq != h.Seq {
+		return h.Extend(r)
+	}
+	r.ChainHash = Link(h.Hash, r.RowHash)
+	return Head{Stream: h.Stream, Start: h.Start, Seq: r.Seq, Hash: r.ChainHash}
 }
 
 // Extend links r after h: it sets r's PrevSeq, RowHash and ChainHash and

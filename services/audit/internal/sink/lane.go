@@ -115,9 +115,10 @@ func (l *streamLane) Handle(ctx context.Context, msgs []jetstream.Msg) error {
 // and returns the rows, the dead letters to publish and the new head.
 func (l *streamLane) rowsOf(items []item, head chain.Head) ([]decoded, []schemas.DeadLetter, chain.Head) {
 	rows := make([]decoded, len(items))
-	// Decoding is most of the writer's CPU and each item is independent:
-	// it runs on every core, in at most GOMAXPROCS goroutines that end
-	// before rowsOf returns. Only the chain must go in stream order.
+	// Decoding and row hashing are most of the writer's CPU and each item
+	// is independent: they run on every core, in at most GOMAXPROCS
+	// goroutines that end before rowsOf returns. Only the links must go in
+	// stream order.
 	workers := min(goruntime.GOMAXPROCS(0), max(1, len(items)/minDecodeChunk))
 	chunk := (len(items) + workers - 1) / workers
 	var wg sync.WaitGroup
@@ -128,13 +129,21 @@ func (l *streamLane) rowsOf(items []item, head chain.Head) ([]decoded, []schemas
 			defer wg.Done()
 			for i := from; i < to; i++ {
 				rows[i] = l.decodeItem(items[i])
+				// The row hash covers the row and its predecessor's
+				// position, both known now: only the link is serial.
+				r := &rows[i].log.Row
+				r.PrevSeq = head.Seq
+				if i > 0 {
+					r.PrevSeq = items[i-1].md.Seq
+				}
+				r.RowHash = r.Hash()
 			}
 		}()
 	}
 	wg.Wait()
 	var dead []schemas.DeadLetter
 	for i := range rows {
-		head = head.Extend(&rows[i].log.Row)
+		head = head.ExtendHashed(&rows[i].log.Row)
 		if rows[i].dead != nil {
 			dead = append(dead, *rows[i].dead)
 		}
