@@ -255,3 +255,17 @@ func LeaseIDOf(ctx map[string]any) (string, bool) {
 	}
 	return id, true
 }
+
+// AMRProvesMFA reports whether authentication method references (RFC 8176)
+// include a second factor: "mfa", "otp" or "hwk". authn derives
+// Principal.MFA with it; policy applies it again to principals that only
+// carry amr.
+func AMRProvesMFA(amr []string) bool {
+	for _, a := range amr {
+		switch a {
+		case "mfa", "otp", "hwk":
+			return true
+		}
+	}
+	return false
+}

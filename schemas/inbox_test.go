@@ -27,3 +27,22 @@ func TestValidInbox(t *testing.T) {
 		}
 	}
 }
+
+func TestAMRProvesMFA(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		amr  []string
+		want bool
+	}{
+		{nil, false},
+		{[]string{"pwd"}, false},
+		{[]string{"pwd", "otp"}, true},
+		{[]string{"hwk"}, true},
+		{[]string{"mfa"}, true},
+		{[]string{"MFA"}, false},
+	} {
+		if got := schemas.AMRProvesMFA(tc.amr); got != tc.want {
+			t.Errorf("AMRProvesMFA(%q) = %v, want %v", tc.amr, got, tc.want)
+		}
+	}
+}

@@ -3,7 +3,6 @@ package engine
 import (
 	"encoding/json"
 	"math"
-	"slices"
 	"strconv"
 	"time"
 
@@ -28,9 +27,6 @@ const (
 // cannot make conversion expensive and still cannot pass for a record.
 const MaxContextDepth = 16
 
-// mfaMethods are the RFC 8176 amr values that prove a second factor.
-var mfaMethods = []string{"mfa", "otp", "hwk"}
-
 // contextRecord converts the requester's context to a Cedar record and sets
 // the trusted fields over it.
 //
@@ -53,7 +49,7 @@ func contextRecord(reqCtx map[string]any, p schemas.Principal, now time.Time, ap
 		scopes = append(scopes, cedar.String(s))
 	}
 	m[CtxScopes] = cedar.NewSet(scopes...)
-	m[CtxMFA] = cedar.Boolean(p.MFA || slices.ContainsFunc(p.AMR, func(a string) bool { return slices.Contains(mfaMethods, a) }))
+	m[CtxMFA] = cedar.Boolean(p.MFA || schemas.AMRProvesMFA(p.AMR))
 	m[CtxSessionAgeSeconds] = cedar.Long(sessionAge(p.AuthTime, now))
 	utc := now.UTC()
 	m[CtxHourUTC] = cedar.Long(utc.Hour())

@@ -14,9 +14,6 @@ import (
 	"github.com/aigov/aigov/schemas"
 )
 
-// mfaMethods are the RFC 8176 amr values that prove a second factor.
-var mfaMethods = []string{"mfa", "otp", "hwk"}
-
 // principal maps verified claims to the principal. Claims are read by
 // exact name from a map, never decoded into a struct, because
 // encoding/json matches struct fields without case (and parseToken has
@@ -63,7 +60,7 @@ func principal(t *token, cfg *Issuer) (schemas.Principal, error) {
 			p.Scopes = append(p.Scopes, strings.Fields(s)...)
 		}
 	}
-	p.MFA = slices.ContainsFunc(p.AMR, func(a string) bool { return slices.Contains(mfaMethods, a) }) ||
+	p.MFA = schemas.AMRProvesMFA(p.AMR) ||
 		(p.ACR != "" && slices.Contains(cfg.MFAACRValues, p.ACR))
 	if len(m.Attributes) > 0 {
 		p.Attributes = make(map[string]string, len(m.Attributes))
