@@ -34,21 +34,79 @@ const watchTimeout = 5 * time.Second
 // ErrNoSelector is returned by Revoke when the selector names nothing.
 var ErrNoSelector = errors.New("killswitch: revoke needs a session key, a subject or an issuer")
 
-// Session is a live session as the reaper records it (the fields of its
-// record that operators need).
+// Session is a live session as the reaper keeps it: JSON under its session
+// key in the sessions bucket, written by the reaper, read by the kill switch.
+// It is deleted when the session ends.
 type Session struct {
-	SessionKey  string     `json:"session_key"`
-	Issuer      string     `json:"issuer"`
-	Subject     string     `json:"subject"`
-	PrincipalID string     `json:"principal_id"`
-	SessionID   string     `json:"sid,omitempty"`
-	AuthTime    *time.Time `json:"auth_time,omitempty"`
-	FirstSeen   time.Time  `json:"first_seen"`
-	LastSeen    time.Time  `json:"last_seen"`
-	// LastTokenFingerprint is the fingerprint of the latest token seen.
-	LastTokenFingerprint string `json:"last_token_fingerprint,omitempty"`
-	// TokenCount is how many verified requests the session made.
+	// SessionKey is schemas.SessionKey of the session, also the KV key.
+	SessionKey string `json:"session_key"`
+	// Issuer and Subject identify the principal at its IdP.
+	Issuer  string `json:"issuer"`
+	Subject string `json:"subject"`
+	// PrincipalID is the issuer-scoped principal id (schemas.PrincipalID).
+	PrincipalID string `json:"principal_id"`
+	// PrincipalType and Groups select the session's limits (the reaper's limits).
+	PrincipalType string   `json:"principal_type,omitempty"`
+	Groups        []string `json:"groups,omitempty"`
+	// SessionID is the IdP's `sid`, when it sends one.
+	SessionID string `json:"sid,omitempty"`
+	// AuthTime is the token's auth_time, when it has one; max age is
+	// measured from it.
+	AuthTime *time.Time `json:"auth_time,omitempty"`
+	// FirstSeen is when the reaper first saw the session; max age is
+	// measured from it when there is no auth_time.
+	FirstSeen time.Time `json:"first_seen"`
+	// LastSeen is when the reaper last saw a request of the session; the
+	// idle timeout is measured from it.
+	LastSeen time.Time `json:"last_seen"`
+	// LastTokenFingerprint is schemas.Fingerprint of the latest token.
+	LastTokenFingerprint string `json:"last_token_fingerprint"`
+	// LastRequestID is the latest request counted, so that a redelivered
+	// verified event is not counted twice.
+	LastRequestID string `json:"last_request_id"`
+	// TokenCount is how many verified requests of this session were
+	// written; requests coalesced by the reaper's touch granularity are not
+	// counted. A redelivered event is not counted again when it follows its
+	// first delivery directly (LastRequestID), which covers a crash between
+	// the write and the ack.
 	TokenCount int64 `json:"token_count"`
+	// TokenFingerprints are the distinct tokens seen, newest last, at most
+	// maxTokens: the session's issuance and refresh footprint.
+	TokenFingerprints []string `json:"token_fingerprints,omitempty"`
+}
+
+// Expired reports whether the session is over at now, and why: max age
+// (schemas.ReasonMaxAge) wins over the idle timeout (schemas.ReasonIdle).
+func (r Session) Expired(now time.Time, maxAge, idle time.Duration) (string, bool) {
+	start := r.FirstSeen
+	if r.AuthTime != nil {
+		start = *r.AuthTime
+	}
+	switch {
+	case now.Sub(start) >= maxAge:
+		return schemas.ReasonMaxAge, true
+	case now.Sub(r.LastSeen) >= idle:
+		return schemas.ReasonIdle, true
+	default:
+		return "", false
+	}
+}
+
+// Event is the session event describing the session.
+func (r Session) Event(reason, requestID string) schemas.SessionEvent {
+	return schemas.SessionEvent{
+		SessionKey:       r.SessionKey,
+		Issuer:           r.Issuer,
+		Subject:          r.Subject,
+		PrincipalID:      r.PrincipalID,
+		SessionID:        r.SessionID,
+		AuthTime:         r.AuthTime,
+		FirstSeen:        r.FirstSeen,
+		LastSeen:         r.LastSeen,
+		Reason:           reason,
+		RequestID:        requestID,
+		TokenFingerprint: r.LastTokenFingerprint,
+	}
 }
 
 // Lease is a live job lease: the JSON value under its id in the leases
@@ -319,11 +377,8 @@ func (s *Switch) revokeOne(ctx context.Context, t target, by, reason string) (bo
 		// record); both steps are idempotent.
 	}
 	if t.rec != nil {
-		ev := schemas.SessionEvent{
-			SessionKey: t.key, Issuer: t.rec.Issuer, Subject: t.rec.Subject, PrincipalID: t.rec.PrincipalID,
-			SessionID: t.rec.SessionID, AuthTime: t.rec.AuthTime, FirstSeen: t.rec.FirstSeen, LastSeen: t.rec.LastSeen,
-			Reason: reason, By: by, TokenFingerprint: t.rec.LastTokenFingerprint,
-		}
+		ev := t.rec.Event(reason, "")
+		ev.SessionKey, ev.By = t.key, by
 		if err := Publish(ctx, s.js, s.subjects, schemas.SessionRevoked, schemas.TypeSessionRevoked, schemas.DerivedID(t.key, "revoked"), ev, now); err != nil {
 			return false, err
 		}

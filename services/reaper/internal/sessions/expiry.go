@@ -175,7 +175,7 @@ func (r *Reaper) end(ctx context.Context, key string, now time.Time) (bool, erro
 	}
 	if mine {
 		id := schemas.DerivedID(key, "expired")
-		if err := r.publish(ctx, schemas.SessionExpired, schemas.TypeSessionExpired, id, rec.event(reason, ""), now); err != nil {
+		if err := r.publish(ctx, schemas.SessionExpired, schemas.TypeSessionExpired, id, rec.Event(reason, ""), now); err != nil {
 			return false, err
 		}
 	}

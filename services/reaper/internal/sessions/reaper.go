@@ -162,7 +162,7 @@ func (r *Reaper) start(ctx context.Context, v schemas.Verified) (bool, error) {
 	now := r.now().UTC()
 	rec := newRecord(v, now)
 	id := schemas.DerivedID(v.SessionKey, "started")
-	if err := r.publish(ctx, schemas.SessionStarted, schemas.TypeSessionStarted, id, rec.event("", v.RequestID), now); err != nil {
+	if err := r.publish(ctx, schemas.SessionStarted, schemas.TypeSessionStarted, id, rec.Event("", v.RequestID), now); err != nil {
 		return false, err
 	}
 	b, err := json.Marshal(rec)
@@ -217,14 +217,14 @@ func (r *Reaper) touch(ctx context.Context, entry jetstream.KeyValueEntry, v sch
 		// never late; the revocation check above still ran.
 		r.metrics.coalesced.Inc()
 		return true, nil
-	} else if fresh := rec.newToken(v.TokenFingerprint); !rec.seen(v, now) {
+	} else if fresh := newToken(rec, v.TokenFingerprint); !seen(&rec, v, now) {
 		return true, nil
 	} else if fresh {
 		// A new token in a known session: the footprint of an issuance or
 		// refresh. Published before the write; a retry after a conflict
 		// publishes the same id, which JetStream stores once.
 		id := schemas.DerivedID(v.SessionKey+"\x00"+v.TokenFingerprint, "token_issued")
-		if err := r.publish(ctx, schemas.SessionTokenIssued, schemas.TypeSessionTokenSeen, id, rec.event("", v.RequestID), now); err != nil {
+		if err := r.publish(ctx, schemas.SessionTokenIssued, schemas.TypeSessionTokenSeen, id, rec.Event("", v.RequestID), now); err != nil {
 			return false, err
 		}
 		r.metrics.tokens.Inc()
@@ -250,7 +250,7 @@ func (r *Reaper) touch(ctx context.Context, entry jetstream.KeyValueEntry, v sch
 // younger than the touch granularity.
 func (r *Reaper) coalesce(rec Record, v schemas.Verified, now time.Time) bool {
 	g := r.cfg.TouchGranularity
-	return g > 0 && !rec.newToken(v.TokenFingerprint) && now.Sub(rec.LastSeen) < g
+	return g > 0 && !newToken(rec, v.TokenFingerprint) && now.Sub(rec.LastSeen) < g
 }
 
 // revoked reports whether the session has ended: its key is in the
