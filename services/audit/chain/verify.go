@@ -143,7 +143,18 @@ func VerifyStream(ctx context.Context, conn driver.Conn, db, stream string, cps 
 func Checkpoints(ctx context.Context, kv jetstream.KeyValue, stream string) ([]Checkpoint, error) {
 	entries, err := kv.History(ctx, stream)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return nil, nil
+		// History reads through a fresh watcher, which on a loaded server
+		// can report its initial values done before delivering any; the
+		// latest value is read directly before concluding there is none.
+		e, gerr := kv.Get(ctx, stream)
+		if errors.Is(gerr, jetstream.ErrKeyNotFound) {
+			return nil, nil
+		}
+		if gerr != nil {
+			return nil, fmt.Errorf("read checkpoints of %s: %w", stream, gerr)
+		}
+		entries = []jetstream.KeyValueEntry{e}
+		err = nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("read checkpoints of %s: %w", stream, err)
