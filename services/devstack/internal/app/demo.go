@@ -153,6 +153,8 @@ or with the nats CLI (user platform):
 The CLI reads its NATS user from the environment: %[1]s/env/<role>.env holds
 the URL, user and dev password of each role (platform, operator, reaper, audit, ...),
 e.g.  (set -a; . %[1]s/env/operator.env; %[1]s/bin/aigov entities list)
+Verify the audit's hash chain against its signed checkpoints:
+      (set -a; . %[1]s/env/audit.env; %[1]s/bin/aigov audit verify --clickhouse 127.0.0.1:%[4]d --public-key %[1]s/audit-signing.key.pub)
 
 Audit:  clickhouse-client --port %[4]d --query "SELECT * FROM aigov.decisions FINAL ORDER BY event_time_us DESC LIMIT 5 FORMAT Vertical"
 Logs:   %[1]s/logs/
