@@ -83,18 +83,11 @@ func (b *killBus) run(t *testing.T, args ...string) (int, string, string) {
 
 func (b *killBus) revocation(t *testing.T, key string) (schemas.Revocation, bool) {
 	t.Helper()
-	e, err := b.revs.Get(context.Background(), key)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return schemas.Revocation{}, false
-	}
+	r, ok, err := natsdev.GetJSON[schemas.Revocation](context.Background(), b.revs, key)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var r schemas.Revocation
-	if err := json.Unmarshal(e.Value(), &r); err != nil {
-		t.Fatal(err)
-	}
-	return r, true
+	return r, ok
 }
 
 // `aigov sessions list` prints the live sessions as a table or JSON.

@@ -3,7 +3,6 @@ package leases_test
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"sync"
 	"testing"
 	"time"
@@ -145,33 +144,21 @@ func (h *harness) decide(requestID, action string, p schemas.Principal, ctx map[
 func (h *harness) lease(id string) (killswitch.Lease, bool) {
 	h.t.Helper()
 	kv, _ := h.admin.KeyValue(h.ctx, h.topo.BucketLeases())
-	e, err := kv.Get(h.ctx, schemas.LeaseRevocationKey(id))
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return killswitch.Lease{}, false
-	}
+	l, ok, err := natsdev.GetJSON[killswitch.Lease](h.ctx, kv, schemas.LeaseRevocationKey(id))
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	var l killswitch.Lease
-	if err := json.Unmarshal(e.Value(), &l); err != nil {
-		h.t.Fatal(err)
-	}
-	return l, true
+	return l, ok
 }
 
 func (h *harness) tombstone(id string) (schemas.Revocation, bool) {
 	h.t.Helper()
 	kv, _ := h.admin.KeyValue(h.ctx, h.topo.BucketRevocations())
-	e, err := kv.Get(h.ctx, schemas.LeaseRevocationKey(id))
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return schemas.Revocation{}, false
-	}
+	r, ok, err := natsdev.GetJSON[schemas.Revocation](h.ctx, kv, schemas.LeaseRevocationKey(id))
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	var r schemas.Revocation
-	_ = json.Unmarshal(e.Value(), &r)
-	return r, true
+	return r, ok
 }
 
 // events returns the session stream's events of type typ.

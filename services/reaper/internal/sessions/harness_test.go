@@ -272,35 +272,21 @@ func (h *harness) bucket(name string) jetstream.KeyValue {
 // record loads a session record; ok is false when there is none.
 func (h *harness) record(key string) (sessions.Record, bool) {
 	h.t.Helper()
-	e, err := h.bucket(h.topo.BucketSessions()).Get(h.ctx, key)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return sessions.Record{}, false
-	}
+	r, ok, err := natsdev.GetJSON[sessions.Record](h.ctx, h.bucket(h.topo.BucketSessions()), key)
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	var r sessions.Record
-	if err := json.Unmarshal(e.Value(), &r); err != nil {
-		h.t.Fatal(err)
-	}
-	return r, true
+	return r, ok
 }
 
 // revocation loads a revocation; ok is false when there is none.
 func (h *harness) revocation(key string) (schemas.Revocation, bool) {
 	h.t.Helper()
-	e, err := h.bucket(h.topo.BucketRevocations()).Get(h.ctx, key)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return schemas.Revocation{}, false
-	}
+	r, ok, err := natsdev.GetJSON[schemas.Revocation](h.ctx, h.bucket(h.topo.BucketRevocations()), key)
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	var r schemas.Revocation
-	if err := json.Unmarshal(e.Value(), &r); err != nil {
-		h.t.Fatal(err)
-	}
-	return r, true
+	return r, ok
 }
 
 func (h *harness) sweep(r *sessions.Reaper) sessions.SweepResult {
