@@ -268,6 +268,20 @@ func (s *Server) Version() string {
 // files (Dir/log) after a failure.
 func (s *Server) Dir() string { return s.lay.root }
 
+// CPUTime is the user plus system CPU time the running server process has
+// used since it started. Benchmarks read it before and after a run to
+// report the database's share of the cost, which a client's own profile
+// cannot see.
+func (s *Server) CPUTime() (time.Duration, error) {
+	s.mu.Lock()
+	p := s.proc
+	s.mu.Unlock()
+	if p == nil || p.exited() {
+		return 0, errors.New("clickhouse server is not running")
+	}
+	return cpuTime(p.cmd.Process.Pid)
+}
+
 // Stop shuts the server down cleanly: SIGTERM, up to 10s to exit, then
 // SIGKILL. It is idempotent and returns nil if the server is already gone,
 // so it can sit in t.Cleanup next to explicit Stop or Kill calls.

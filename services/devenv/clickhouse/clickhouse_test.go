@@ -509,3 +509,30 @@ func alive(pid int) bool {
 	i := strings.LastIndexByte(s, ')')
 	return i < 0 || i+2 >= len(s) || s[i+2] != 'Z'
 }
+
+func TestCPUTime(t *testing.T) {
+	s := startServer(t, clickhouse.Options{})
+	before, err := s.CPUTime()
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn := openNative(t, s)
+	// Enough work for the server to use measurable CPU (ticks are 10 ms).
+	var n uint64
+	if err := conn.QueryRow(context.Background(), "SELECT count() FROM numbers(200000000) WHERE sipHash64(number) % 7 = 1").Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	after, err := s.CPUTime()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after <= before {
+		t.Fatalf("server cpu time did not grow across a query: %s then %s", before, after)
+	}
+	if err := s.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.CPUTime(); err == nil {
+		t.Fatal("CPUTime of a stopped server returned no error")
+	}
+}

@@ -90,7 +90,7 @@ func TestTamperIsDetected(t *testing.T) {
 			if err != nil {
 				h.t.Fatal(err)
 			}
-			if err := w.insertLog(context.Background(), []logRow{r}); err != nil {
+			if err := w.insertLog(context.Background(), []*logRow{&r}); err != nil {
 				h.t.Fatal(err)
 			}
 		}, 30, "two different rows"},

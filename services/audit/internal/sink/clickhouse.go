@@ -14,9 +14,34 @@ import (
 	"github.com/aigov/aigov/services/audit/internal/migrate"
 )
 
-// dial opens a native-protocol connection pool to database db. The pool is
-// small: the writer runs one insert per table per consumer at a time.
+// Native protocol block compressions, the values of
+// AIGOV_CLICKHOUSE_COMPRESSION.
+const (
+	CompressionLZ4  = "lz4"
+	CompressionZSTD = "zstd"
+	CompressionNone = "none"
+)
+
+func compressionOf(name string) (*clickhouse.Compression, error) {
+	switch name {
+	case CompressionLZ4:
+		return &clickhouse.Compression{Method: clickhouse.CompressionLZ4}, nil
+	case CompressionZSTD:
+		return &clickhouse.Compression{Method: clickhouse.CompressionZSTD}, nil
+	case CompressionNone:
+		return &clickhouse.Compression{Method: clickhouse.CompressionNone}, nil
+	}
+	return nil, fmt.Errorf("unknown compression %q (want %s, %s or %s)", name, CompressionLZ4, CompressionZSTD, CompressionNone)
+}
+
+// dial opens a native-protocol connection pool to database db, of
+// c.Conns connections (at least two).
 func dial(c ClickHouseConfig, db string) (driver.Conn, error) {
+	comp, err := compressionOf(c.Compression)
+	if err != nil {
+		return nil, err
+	}
+	conns := max(c.Conns, 2)
 	conn, err := clickhouse.Open(&clickhouse.Options{
 		Protocol: clickhouse.Native,
 		Addr:     c.Addrs,
@@ -26,10 +51,10 @@ func dial(c ClickHouseConfig, db string) (driver.Conn, error) {
 		},
 		DialTimeout:     5 * time.Second,
 		ReadTimeout:     HandlerTimeout,
-		MaxOpenConns:    4,
-		MaxIdleConns:    4,
+		MaxOpenConns:    conns,
+		MaxIdleConns:    conns,
 		ConnMaxLifetime: 10 * time.Minute,
-		Compression:     &clickhouse.Compression{Method: clickhouse.CompressionLZ4},
+		Compression:     comp,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("open clickhouse %v: %w", c.Addrs, err)

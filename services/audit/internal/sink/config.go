@@ -66,6 +66,13 @@ type ClickHouseConfig struct {
 	Password string
 	// RetentionDays is Config.RetentionDays, for the migrations.
 	RetentionDays int
+	// Compression is the native protocol's block compression
+	// (AIGOV_CLICKHOUSE_COMPRESSION): lz4 (the default), zstd or none.
+	// Compression saves network but costs CPU on both ends; with ClickHouse
+	// on the same host or a fast local network, none is the fastest.
+	Compression string
+	// Conns is the pool size: each lane inserts into two tables at once.
+	Conns int
 	// StartupTimeout is how long start-up waits for ClickHouse to accept
 	// the migrations before the service gives up
 	// (AIGOV_CLICKHOUSE_STARTUP_TIMEOUT).
@@ -81,6 +88,7 @@ func LoadConfig(env *runtime.Env) Config {
 			Database:       env.String("AIGOV_CLICKHOUSE_DATABASE", "aigov"),
 			User:           env.String("AIGOV_CLICKHOUSE_USER", "default"),
 			Password:       env.String("AIGOV_CLICKHOUSE_PASSWORD", ""),
+			Compression:    env.String("AIGOV_CLICKHOUSE_COMPRESSION", CompressionLZ4),
 			StartupTimeout: env.Duration("AIGOV_CLICKHOUSE_STARTUP_TIMEOUT", time.Minute),
 		},
 		BatchSize:          env.Int("AIGOV_AUDIT_BATCH_SIZE", 5000, 1),
@@ -93,6 +101,9 @@ func LoadConfig(env *runtime.Env) Config {
 		RetentionDays:      env.Int("AIGOV_AUDIT_RETENTION_DAYS", 0, 0),
 	}
 	c.ClickHouse.RetentionDays = c.RetentionDays
+	// Two inserts at a time per lane, plus the readiness ping and the
+	// chain-head reads.
+	c.ClickHouse.Conns = 2*len(c.Common.Topology().AuditedStreams()) + 2
 	c.validate(env)
 	return c
 }
@@ -109,6 +120,9 @@ func (c Config) validate(env *runtime.Env) {
 	}
 	if c.CheckpointInterval < 0 {
 		env.Fail("AIGOV_AUDIT_CHECKPOINT_INTERVAL must not be negative")
+	}
+	if _, err := compressionOf(c.ClickHouse.Compression); err != nil {
+		env.Fail("AIGOV_CLICKHOUSE_COMPRESSION: %v", err)
 	}
 	if c.ClickHouse.StartupTimeout <= 0 {
 		env.Fail("AIGOV_CLICKHOUSE_STARTUP_TIMEOUT must be positive")

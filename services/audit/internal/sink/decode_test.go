@@ -64,3 +64,65 @@ func TestDecisionBodyMatches(t *testing.T) {
 		}
 	}
 }
+
+// TestQuickDecisionAgrees: the one-pass decode of a decision gives the row
+// the two-pass path gives, and declines whatever that path rejects, so the
+// fast path never changes what is written.
+func TestQuickDecisionAgrees(t *testing.T) {
+	t.Parallel()
+	typ := `"type":"` + schemas.TypeDecision + `"`
+	env := `{"specversion":"1.0","id":"e1","source":"s",` + typ + `,"time":"2026-11-25T10:15:30.25Z",`
+	full := fixtureDecision("req-q")
+	docs := []string{
+		string(encode(t, "ev-1", schemas.TypeDecision, decidedAt, full)),
+		string(encode(t, "ev-2", schemas.TypeDecision, decidedAt, decisionN(4))),
+		env + `"data":{"request_id":"r","decision":"deny","stage":"authn","code":"token_expired"}}`,
+		env + `"data":{"request_id":"r","decision":"allow","stage":"policy","context":{"big":12345678901234567890, "s" : [1, 2]}}}`,
+		env + `"Data":{"Request_ID":"r","DECISION":"allow","stage":"policy"}}`,
+		env + `"data":{"request_id":"r","decision":"allow","future":{"x":1}},"extension":"x"}`,
+		// Rejected by the two-pass path, so declined by the quick one.
+		env + `"data":{"request_id":"r","decision":"maybe"}}`,
+		env + `"data":{"request_id":"","decision":"allow"}}`,
+		env + `"data":{"request_id":"r","decision":"allow","policy_ids":"x"}}`,
+		env + `"data":null}`,
+		env + `"data":"text"}`,
+		`{"specversion":"1.0","id":"e1","source":"s",` + typ + `,"time":"1969-01-01T00:00:00Z","data":{"request_id":"r","decision":"allow"}}`,
+		`{"specversion":"0.3","id":"e1","source":"s",` + typ + `,"time":"2026-11-25T10:15:30Z","data":{"request_id":"r","decision":"allow"}}`,
+		`{"specversion":"1.0","id":"","source":"s",` + typ + `,"time":"2026-11-25T10:15:30Z","data":{"request_id":"r","decision":"allow"}}`,
+		`{"specversion":"1.0","id":"e1","source":"s","type":"dev.aigov.request","time":"2026-11-25T10:15:30Z","data":{"request_id":"r","decision":"allow"}}`,
+		env + `"data":{"request_id":"r","decision":"allow"}} trailing`,
+		env + `"data":{"request_id":"r","decision":"allow"}`,
+		`not json`, ``,
+	}
+	md := meta{Subject: "aigov.decision.model.retrain", Stream: "AIGOV_DECISIONS", Seq: 3}
+	accepted := 0
+	for _, doc := range docs {
+		var want decisionRow
+		ev, err := parseEnvelope([]byte(doc))
+		if err == nil {
+			want, err = decisionOf(ev, md)
+		}
+		got, gotEv, ok := quickDecision([]byte(doc), md)
+		if err != nil {
+			if ok {
+				t.Errorf("%s: quick path accepted what the two-pass path rejects (%v)", doc, err)
+			}
+			continue
+		}
+		if !ok {
+			t.Errorf("%s: quick path declined a valid decision", doc)
+			continue
+		}
+		accepted++
+		if !reflect.DeepEqual(normalize(got), normalize(want)) {
+			t.Errorf("%s:\nquick row    %+v\ntwo-pass row %+v", doc, got, want)
+		}
+		ev.Data = nil
+		if !reflect.DeepEqual(gotEv, ev) {
+			t.Errorf("%s: quick envelope %+v, two-pass %+v", doc, gotEv, ev)
+		}
+	}
+	if accepted != 6 {
+		t.Errorf("%d documents accepted, want the 6 valid ones", accepted)
+	}
+}

@@ -64,17 +64,17 @@ func approvalGrantRow(d decisionRow, ev schemas.Event, raw []byte, md meta) (app
 	if d.Action != schemas.ActionApprovalGrant || d.Decision != schemas.Allow {
 		return approvalRow{}, false
 	}
-	var body struct {
-		Context map[string]any `json:"context"`
-	}
-	if err := json.Unmarshal(ev.Data, &body); err != nil {
+	// The row's context is the decision's, compacted and masked as the
+	// stored event is.
+	var context map[string]any
+	if err := json.Unmarshal([]byte(d.Context), &context); err != nil {
 		return approvalRow{}, false
 	}
-	action, _ := body.Context[schemas.ContextApprovedAction].(string)
+	action, _ := context[schemas.ContextApprovedAction].(string)
 	if action == "" {
 		return approvalRow{}, false
 	}
-	digest, err := schemas.ApprovalDigest(action, schemas.Resource{Type: d.ResourceType, ID: d.ResourceID}, body.Context)
+	digest, err := schemas.ApprovalDigest(action, schemas.Resource{Type: d.ResourceType, ID: d.ResourceID}, context)
 	if err != nil {
 		return approvalRow{}, false
 	}

@@ -127,6 +127,7 @@ func (l *streamLane) rowsOf(items []item, head chain.Head) ([]decoded, []schemas
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			var scratch []byte
 			for i := from; i < to; i++ {
 				rows[i] = l.decodeItem(items[i])
 				// The row hash covers the row and its predecessor's
@@ -136,7 +137,7 @@ func (l *streamLane) rowsOf(items []item, head chain.Head) ([]decoded, []schemas
 				if i > 0 {
 					r.PrevSeq = items[i-1].md.Seq
 				}
-				r.RowHash = r.Hash()
+				r.RowHash = r.HashWith(&scratch)
 			}
 		}()
 	}

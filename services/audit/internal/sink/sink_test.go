@@ -8,12 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/rs/zerolog"
-
 	"github.com/aigov/aigov/schemas"
-	"github.com/aigov/aigov/services/audit/internal/chtest"
-	"github.com/aigov/aigov/services/audit/internal/migrate"
 )
 
 // readDecision reads one decision back with every column the writer sets.
@@ -356,55 +351,4 @@ func TestClickHouseOutage(t *testing.T) {
 	} else {
 		t.Logf("outage and recovery took %s", took.Round(time.Millisecond))
 	}
-}
-
-// BenchmarkInsert measures the writer's insert path: batches of 5000
-// decision rows into the real server through PrepareBatch.
-func BenchmarkInsert(b *testing.B) {
-	const batch = 5000
-	db := chtest.DatabaseName(b)
-	chtest.DropAtCleanup(b, server, db)
-	ctx := context.Background()
-	if err := migrate.EnsureDatabase(ctx, chtest.Open(b, server, "default"), db); err != nil {
-		b.Fatal(err)
-	}
-	conn, err := dial(ClickHouseConfig{Addrs: []string{server.Addr()}, User: "default"}, db)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer conn.Close()
-	ms, err := migrate.Load(schemas.Migrations())
-	if err != nil {
-		b.Fatal(err)
-	}
-	if _, err := migrate.Apply(ctx, conn, db, ms, zerolog.Nop()); err != nil {
-		b.Fatal(err)
-	}
-	w, err := NewWriter(conn, db, prometheus.NewRegistry(), zerolog.Nop())
-	if err != nil {
-		b.Fatal(err)
-	}
-	rows := make([]decisionRow, batch)
-	for i := range rows {
-		d := decisionN(i)
-		raw := encode(b, schemas.DerivedID(d.RequestID, "decision"), schemas.TypeDecision, d.Timings.DecidedAt, d)
-		if rows[i], _, err = decodeDecision(raw, meta{Subject: "aigov.decision." + d.Action, Stream: "AIGOV_DECISIONS", Seq: uint64(i + 1)}); err != nil {
-			b.Fatal(err)
-		}
-	}
-	iter := 0
-	for b.Loop() {
-		b.StopTimer()
-		// Fresh ids each round, so every row is a distinct decision.
-		for i := range rows {
-			rows[i].RequestID = fmt.Sprintf("bench-%d-%d", iter, i)
-			rows[i].EventID = schemas.DerivedID(rows[i].RequestID, "decision")
-		}
-		iter++
-		b.StartTimer()
-		if err := w.insertDecisions(ctx, rows); err != nil {
-			b.Fatal(err)
-		}
-	}
-	b.ReportMetric(float64(iter*batch)/b.Elapsed().Seconds(), "rows/s")
 }
