@@ -311,7 +311,9 @@ func (t Topology) Consumer(name string) (ConsumerSpec, error) {
 			if len(st.Subjects) == 1 {
 				c.FilterSubject = st.Subjects[0]
 			}
-			c.AckWait, c.MaxAckPending, c.MaxDeliver = time.Minute, 20000, -1
+			// MaxAckPending holds the writer's two batches in flight at
+			// its default batch size of 50,000 (see services/audit).
+			c.AckWait, c.MaxAckPending, c.MaxDeliver = time.Minute, 100000, -1
 		}
 		if stream == "" {
 			return ConsumerSpec{}, fmt.Errorf("%w %q", ErrUnknownConsumer, name)

@@ -1,7 +1,11 @@
 package sink
 
 import (
+	"bytes"
 	"context"
+	"fmt"
+	"os"
+	"runtime/debug"
 	"syscall"
 	"testing"
 	"time"
@@ -21,7 +25,7 @@ import (
 // ClickHouse server. JetStream's own cost (fetch and ack) is not in it.
 // The rows/s metric is audited events per second.
 func BenchmarkWriterPath(b *testing.B) {
-	for _, batch := range []int{10000, 50000} {
+	for _, batch := range []int{10000, 25000, 50000} {
 		for _, comp := range []string{CompressionLZ4, CompressionNone} {
 			b.Run("batch="+itoa(batch)+"/compression="+comp, func(b *testing.B) { benchWriterPath(b, batch, comp) })
 		}
@@ -29,32 +33,44 @@ func BenchmarkWriterPath(b *testing.B) {
 }
 
 func benchWriterPath(b *testing.B, batch int, compression string) {
-	w, l, all := benchSetup(b, batch, compression)
+	w, l, items, next := benchSetup(b, batch, compression)
 	ctx := context.Background()
 	head := chain.NewHead(l.stream, 0)
-	n := 0
 	b.ReportAllocs()
 	cpu := startCPU(b)
-	for b.Loop() {
-		items := all[n%len(all)]
-		// Later rounds repeat ids: harmless, the table collapses them
-		// and the insert costs the same.
+	for iter := 0; b.Loop(); iter++ {
+		cpu.pause()
+		next(iter)
+		cpu.resume()
 		rows, _, h := l.rowsOf(items, head)
 		head = h
 		if err := w.write(ctx, rows); err != nil {
 			b.Fatal(err)
 		}
-		n++
 	}
-	cpu.report(n * batch)
+	cpu.report(b.N * batch)
 }
 
 // benchSetup migrates a fresh database and returns a writer on it, a
-// decisions lane and eight rounds of distinct encoded decisions.
-func benchSetup(b *testing.B, batch int, compression string) (*Writer, *streamLane, [][]item) {
+// decisions lane, a batch of encoded decisions and next, which turns the
+// batch into the iter-th batch of a stream: new event and request ids, new
+// stream positions. Every row is a distinct event, as in production,
+// where ClickHouse's merges have nothing to collapse. Encoding is done up
+// front and next patches bytes in place: the producer's cost is not the
+// writer's.
+func benchSetup(b *testing.B, batch int, compression string) (*Writer, *streamLane, []item, func(iter int)) {
 	b.Helper()
+	// The service's garbage-collection target, as its main sets it.
+	if _, set := os.LookupEnv("GOGC"); !set {
+		old := debug.SetGCPercent(GCPercent)
+		b.Cleanup(func() { debug.SetGCPercent(old) })
+	}
+	// The database is not dropped when the benchmark ends: deleting
+	// thousands of part files makes every file created in the next minute
+	// slower on ext4 (it avoids reusing recently freed inodes), which would
+	// charge one benchmark's cleanup to the next. The server's directory
+	// goes when the test binary exits.
 	db := chtest.DatabaseName(b)
-	chtest.DropAtCleanup(b, server, db)
 	ctx := context.Background()
 	if err := migrate.EnsureDatabase(ctx, chtest.Open(b, server, "default"), db); err != nil {
 		b.Fatal(err)
@@ -81,21 +97,38 @@ func benchSetup(b *testing.B, batch int, compression string) (*Writer, *streamLa
 	}
 	const stream = "AIGOV_DECISIONS"
 	l := &streamLane{stream: stream, consumer: schemas.ConsumerAuditDecisions, w: w, mask: mask}
-	// Distinct decisions for many rounds, encoded up front: the producer's
-	// cost is not the writer's.
-	const rounds = 8
-	all := make([][]item, rounds)
-	seq := uint64(0)
-	for r := range all {
-		all[r] = make([]item, batch)
-		for i := range all[r] {
-			d := decisionN(r*batch + i)
-			seq++
-			raw := encode(b, schemas.DerivedID(d.RequestID, "decision"), schemas.TypeDecision, d.Timings.DecidedAt, d)
-			all[r][i] = item{md: meta{Subject: "aigov.decision." + d.Action, Stream: stream, Seq: seq}, raw: raw}
+	// The iteration number is written in hex over the marker, in both the
+	// event id and the request id.
+	const marker = "ITERATIO"
+	items := make([]item, batch)
+	at := make([][]int, batch)
+	for i := range items {
+		d := decisionN(i)
+		d.RequestID = fmt.Sprintf("req-%s-%06d", marker, i)
+		raw := encode(b, fmt.Sprintf("ev-%s-%06d", marker, i), schemas.TypeDecision, d.Timings.DecidedAt, d)
+		for off := 0; ; {
+			j := bytes.Index(raw[off:], []byte(marker))
+			if j < 0 {
+				break
+			}
+			at[i] = append(at[i], off+j)
+			off += j + len(marker)
+		}
+		if len(at[i]) != 2 {
+			b.Fatalf("event %d holds the id marker %d times, want 2", i, len(at[i]))
+		}
+		items[i] = item{md: meta{Subject: "aigov.decision." + d.Action, Stream: stream}, raw: raw}
+	}
+	next := func(iter int) {
+		hex := fmt.Sprintf("%08x", iter)
+		for i := range items {
+			for _, off := range at[i] {
+				copy(items[i].raw[off:], hex)
+			}
+			items[i].md.Seq = uint64(iter*batch + i + 1)
 		}
 	}
-	return w, l, all
+	return w, l, items, next
 }
 
 // BenchmarkWriterInsert measures only the inserts of BenchmarkWriterPath:
@@ -110,55 +143,73 @@ func BenchmarkWriterInsert(b *testing.B) {
 }
 
 func benchWriterInsert(b *testing.B, batch int, compression string) {
-	w, l, all := benchSetup(b, batch, compression)
+	w, l, items, next := benchSetup(b, batch, compression)
 	ctx := context.Background()
-	rows := make([][]decoded, len(all))
 	head := chain.NewHead(l.stream, 0)
-	for r := range all {
-		rows[r], _, head = l.rowsOf(all[r], head)
-	}
-	n := 0
 	b.ReportAllocs()
 	cpu := startCPU(b)
-	for b.Loop() {
-		if err := w.write(ctx, rows[n%len(rows)]); err != nil {
+	for iter := 0; b.Loop(); iter++ {
+		cpu.pause()
+		next(iter)
+		var rows []decoded
+		rows, _, head = l.rowsOf(items, head)
+		cpu.resume()
+		if err := w.write(ctx, rows); err != nil {
 			b.Fatal(err)
 		}
-		n++
 	}
-	cpu.report(n * batch)
+	cpu.report(b.N * batch)
 }
 
 // cpuMeter reads the CPU time of this process (the writer) and of the
-// ClickHouse server around a benchmark loop. On two shared cores the
-// events/s figure is bound by their sum, and only this split says which
-// side to work on.
+// ClickHouse server around a benchmark loop, pausing with its timer. On
+// two shared cores the events/s figure is bound by their sum, and only
+// this split says which side to work on.
 type cpuMeter struct {
-	b           *testing.B
-	self, chCPU time.Duration
+	b                 *testing.B
+	self, chCPU       time.Duration // at the last start
+	selfSum, chCPUSum time.Duration // over the timed parts
 }
 
-func startCPU(b *testing.B) cpuMeter {
+func startCPU(b *testing.B) *cpuMeter {
 	b.Helper()
-	m := cpuMeter{b: b, self: processCPU(b)}
-	var err error
-	if m.chCPU, err = server.CPUTime(); err != nil {
-		b.Fatal(err)
-	}
+	m := &cpuMeter{b: b}
+	m.start()
 	return m
 }
 
-// report adds events/s and each side's CPU microseconds per event.
-func (m cpuMeter) report(events int) {
+func (m *cpuMeter) start() {
+	m.b.Helper()
+	var err error
+	m.self = processCPU(m.b)
+	if m.chCPU, err = server.CPUTime(); err != nil {
+		m.b.Fatal(err)
+	}
+}
+
+func (m *cpuMeter) stop() {
 	m.b.Helper()
 	chCPU, err := server.CPUTime()
 	if err != nil {
 		m.b.Fatal(err)
 	}
+	m.selfSum += processCPU(m.b) - m.self
+	m.chCPUSum += chCPU - m.chCPU
+}
+
+// pause stops the benchmark's timer and the meter together; resume starts
+// both again.
+func (m *cpuMeter) pause()  { m.b.StopTimer(); m.stop() }
+func (m *cpuMeter) resume() { m.start(); m.b.StartTimer() }
+
+// report adds events/s and each side's CPU microseconds per event.
+func (m *cpuMeter) report(events int) {
+	m.b.Helper()
+	m.stop()
 	perEvent := func(d time.Duration) float64 { return float64(d.Microseconds()) / float64(events) }
 	m.b.ReportMetric(float64(events)/m.b.Elapsed().Seconds(), "events/s")
-	m.b.ReportMetric(perEvent(processCPU(m.b)-m.self), "writer-cpu-us/event")
-	m.b.ReportMetric(perEvent(chCPU-m.chCPU), "clickhouse-cpu-us/event")
+	m.b.ReportMetric(perEvent(m.selfSum), "writer-cpu-us/event")
+	m.b.ReportMetric(perEvent(m.chCPUSum), "clickhouse-cpu-us/event")
 }
 
 func processCPU(b *testing.B) time.Duration {

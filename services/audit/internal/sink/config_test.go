@@ -23,8 +23,8 @@ func TestLoadConfig(t *testing.T) {
 			if !reflect.DeepEqual(c.ClickHouse, want) {
 				t.Errorf("ClickHouse = %+v, want %+v", c.ClickHouse, want)
 			}
-			if c.BatchSize != 5000 || c.FlushInterval != 500*time.Millisecond {
-				t.Errorf("batch %d flush %s, want 5000 and 500ms", c.BatchSize, c.FlushInterval)
+			if c.BatchSize != 50000 || c.FlushInterval != 500*time.Millisecond {
+				t.Errorf("batch %d flush %s, want 50000 and 500ms", c.BatchSize, c.FlushInterval)
 			}
 			if c.SigningKey != "/k" || c.CreateSigningKey || c.CheckpointInterval != time.Second || len(c.MaskFields) != 0 ||
 				c.MaskMode != MaskHash || c.RetentionDays != 0 {
@@ -51,10 +51,10 @@ func TestLoadConfig(t *testing.T) {
 		{name: "flush interval zero", env: map[string]string{"AIGOV_AUDIT_FLUSH_INTERVAL": "0s"},
 			errs: []string{"AIGOV_AUDIT_FLUSH_INTERVAL=0s"}},
 		{name: "every violation at once", env: map[string]string{
-			"AIGOV_AUDIT_FLUSH_INTERVAL": "1m", "AIGOV_AUDIT_BATCH_SIZE": "20000",
+			"AIGOV_AUDIT_FLUSH_INTERVAL": "1m", "AIGOV_AUDIT_BATCH_SIZE": "50001",
 			"AIGOV_CLICKHOUSE_DATABASE": "aigov; DROP", "AIGOV_CLICKHOUSE_STARTUP_TIMEOUT": "soon",
 			"AIGOV_CLICKHOUSE_COMPRESSION": "gzip",
-		}, errs: []string{`AIGOV_CLICKHOUSE_COMPRESSION: unknown compression "gzip" (want lz4, zstd or none)`, "AIGOV_AUDIT_FLUSH_INTERVAL=1m0s", "AIGOV_AUDIT_BATCH_SIZE=20000 must be at most 10000",
+		}, errs: []string{`AIGOV_CLICKHOUSE_COMPRESSION: unknown compression "gzip" (want lz4, zstd or none)`, "AIGOV_AUDIT_FLUSH_INTERVAL=1m0s", "AIGOV_AUDIT_BATCH_SIZE=50001 must be at most 50000",
 			"AIGOV_CLICKHOUSE_DATABASE", "AIGOV_CLICKHOUSE_STARTUP_TIMEOUT"}},
 		{name: "signing key missing, bad mask mode", env: map[string]string{"AIGOV_AUDIT_MASK_MODE": "rot13"},
 			errs: []string{"AIGOV_AUDIT_SIGNING_KEY is required", "AIGOV_AUDIT_MASK_MODE"}},
