@@ -49,10 +49,14 @@ func dial(c ClickHouseConfig, db string) (driver.Conn, error) {
 		ClientInfo: clickhouse.ClientInfo{
 			Products: []struct{ Name, Version string }{{Name: "aigov-audit", Version: "1"}},
 		},
-		DialTimeout:     5 * time.Second,
-		ReadTimeout:     HandlerTimeout,
-		MaxOpenConns:    conns,
-		MaxIdleConns:    conns,
+		DialTimeout:  5 * time.Second,
+		ReadTimeout:  HandlerTimeout,
+		MaxOpenConns: conns,
+		// Each connection keeps the buffer of the largest block it sent
+		// (tens of MB for a batch of event_log rows). Keeping only the
+		// two connections of the busiest lane's two inserts, and two
+		// more, warm bounds that memory; others are closed after use.
+		MaxIdleConns:    min(conns, 4),
 		ConnMaxLifetime: 10 * time.Minute,
 		Compression:     comp,
 	})

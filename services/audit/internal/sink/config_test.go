@@ -18,7 +18,7 @@ func TestLoadConfig(t *testing.T) {
 		errs  []string
 	}{
 		{name: "defaults", env: map[string]string{"AIGOV_AUDIT_SIGNING_KEY": "/k"}, check: func(t *testing.T, c Config) {
-			want := ClickHouseConfig{Addrs: []string{"127.0.0.1:9000"}, Database: "aigov", User: "default", Compression: CompressionLZ4,
+			want := ClickHouseConfig{Addrs: []string{"127.0.0.1:9000"}, Database: "aigov", User: "default", Compression: CompressionNone,
 				Conns: 2*len(c.Common.Topology().AuditedStreams()) + 2, StartupTimeout: time.Minute}
 			if !reflect.DeepEqual(c.ClickHouse, want) {
 				t.Errorf("ClickHouse = %+v, want %+v", c.ClickHouse, want)
@@ -37,10 +37,10 @@ func TestLoadConfig(t *testing.T) {
 		{name: "everything set", env: map[string]string{
 			"AIGOV_CLICKHOUSE_ADDR": "ch1:9000, ch2:9000", "AIGOV_CLICKHOUSE_DATABASE": "audit_prod",
 			"AIGOV_CLICKHOUSE_USER": "writer", "AIGOV_CLICKHOUSE_PASSWORD": "pw", "AIGOV_CLICKHOUSE_STARTUP_TIMEOUT": "5s",
-			"AIGOV_CLICKHOUSE_COMPRESSION": "none",
+			"AIGOV_CLICKHOUSE_COMPRESSION": "lz4",
 			"AIGOV_AUDIT_BATCH_SIZE":       "10000", "AIGOV_AUDIT_FLUSH_INTERVAL": "15s", "AIGOV_AUDIT_SIGNING_KEY": "/k",
 		}, check: func(t *testing.T, c Config) {
-			want := ClickHouseConfig{Addrs: []string{"ch1:9000", "ch2:9000"}, Database: "audit_prod", User: "writer", Password: "pw", Compression: CompressionNone,
+			want := ClickHouseConfig{Addrs: []string{"ch1:9000", "ch2:9000"}, Database: "audit_prod", User: "writer", Password: "pw", Compression: CompressionLZ4,
 				Conns: 2*len(c.Common.Topology().AuditedStreams()) + 2, StartupTimeout: 5 * time.Second}
 			if !reflect.DeepEqual(c.ClickHouse, want) || c.BatchSize != 10000 || c.FlushInterval != 15*time.Second {
 				t.Errorf("got %+v batch %d flush %s", c.ClickHouse, c.BatchSize, c.FlushInterval)
