@@ -173,16 +173,13 @@ func checkEnvelope(ev schemas.Event, hasData bool) error {
 
 // decisionEvent is a decision's whole CloudEvent, decoded in one pass:
 // decoding the envelope with its data kept raw and then the data again was
-// half of the writer's decoding time.
+// half of the writer's decoding time. Data, at the outer level, hides the
+// envelope's own raw data field under JSON's rules for embedded structs,
+// so the envelope's fields are decoded into the embedded Event and its
+// Data stays empty.
 type decisionEvent struct {
-	SpecVersion     string        `json:"specversion"`
-	ID              string        `json:"id"`
-	Source          string        `json:"source"`
-	Type            string        `json:"type"`
-	Time            time.Time     `json:"time"`
-	Subject         string        `json:"subject,omitempty"`
-	DataContentType string        `json:"datacontenttype,omitempty"`
-	Data            *decisionBody `json:"data"`
+	schemas.Event
+	Data *decisionBody `json:"data"`
 }
 
 // quickDecision decodes a well-formed decision event in one pass. It
@@ -194,8 +191,7 @@ func quickDecision(raw []byte, md meta) (decisionRow, schemas.Event, bool) {
 	if gojson.Unmarshal(raw, &de) != nil || de.Type != schemas.TypeDecision || de.Data == nil {
 		return decisionRow{}, schemas.Event{}, false
 	}
-	ev := schemas.Event{SpecVersion: de.SpecVersion, ID: de.ID, Source: de.Source, Type: de.Type, Time: de.Time,
-		Subject: de.Subject, DataContentType: de.DataContentType}
+	ev := de.Event
 	if checkEnvelope(ev, true) != nil {
 		return decisionRow{}, schemas.Event{}, false
 	}
