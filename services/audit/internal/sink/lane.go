@@ -158,7 +158,7 @@ const minDecodeChunk = 256
 // decodeItem is what one stream position becomes, before chaining.
 func (l *streamLane) decodeItem(it item) decoded {
 	if it.gap == 0 {
-		return decode(l.mask.event(it.raw), it.md, l.consumer, l.deadLtr)
+		return decodeMasked(it.raw, it.md, l.consumer, l.deadLtr, l.mask)
 	}
 	var d decoded
 	d.log = logRow{Row: chain.Row{Stream: l.stream, Seq: it.md.Seq, EventID: "gap:" + l.stream + ":" + strconv.FormatUint(it.md.Seq, 10),

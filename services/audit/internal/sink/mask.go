@@ -7,6 +7,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
+
+	"github.com/aigov/aigov/schemas"
 )
 
 // Masking modes (AIGOV_AUDIT_MASK_MODE).
@@ -54,34 +56,38 @@ func (m masker) value(raw json.RawMessage) json.RawMessage {
 
 // event masks the fields of data.context in a CloudEvent, and of the
 // original event a dead letter carries. It returns raw unchanged when
-// nothing is masked or raw is not a JSON object.
+// nothing is masked or raw is not a JSON object. Keys are found as the
+// decoders find them, ignoring case, so "Data" or "Context" cannot carry a
+// field past the mask.
 func (m masker) event(raw []byte) []byte {
-	// The masked field names are rarer than "context", so they are looked
-	// for first: most events are passed over after one scan.
-	if len(m.fields) == 0 || !m.mayHold(raw) || !bytes.Contains(raw, []byte(`"context"`)) {
+	if len(m.fields) == 0 || !m.mayHold(raw) {
 		return raw
 	}
 	var ev map[string]json.RawMessage
 	if json.Unmarshal(raw, &ev) != nil {
 		return raw
 	}
+	dataKey, ok := keyOf(ev, "data")
+	if !ok {
+		return raw
+	}
 	var data map[string]json.RawMessage
-	if json.Unmarshal(ev["data"], &data) != nil {
+	if json.Unmarshal(ev[dataKey], &data) != nil {
 		return raw
 	}
 	changed := false
-	if c, ok := data["context"]; ok {
-		if masked, ok := m.context(c); ok {
-			data["context"], changed = masked, true
+	if k, ok := keyOf(data, "context"); ok {
+		if masked, ok := m.context(data[k]); ok {
+			data[k], changed = masked, true
 		}
 	}
 	// A dead letter's original body is an event too.
-	if orig, ok := data["data"]; ok {
+	if k, ok := keyOf(data, "data"); ok && isDeadLetter(ev) {
 		var s string
-		if json.Unmarshal(orig, &s) == nil {
+		if json.Unmarshal(data[k], &s) == nil {
 			if masked := m.event([]byte(s)); !bytes.Equal(masked, []byte(s)) {
 				b, _ := json.Marshal(string(masked))
-				data["data"], changed = b, true
+				data[k], changed = b, true
 			}
 		}
 	}
@@ -92,7 +98,7 @@ func (m masker) event(raw []byte) []byte {
 	if err != nil {
 		return raw
 	}
-	ev["data"] = d
+	ev[dataKey] = d
 	out, err := json.Marshal(ev)
 	if err != nil {
 		return raw
@@ -100,15 +106,39 @@ func (m masker) event(raw []byte) []byte {
 	return out
 }
 
-// mayHold reports whether raw may hold a masked field: it must name one,
-// escaped or not. Most events name none, and this saves parsing them.
+// keyOf finds the key of obj that a decoder would read as field name:
+// the exact name if present, else one equal to it ignoring case.
+func keyOf(obj map[string]json.RawMessage, name string) (string, bool) {
+	if _, ok := obj[name]; ok {
+		return name, true
+	}
+	for k := range obj {
+		if strings.EqualFold(k, name) {
+			return k, true
+		}
+	}
+	return "", false
+}
+
+func isDeadLetter(ev map[string]json.RawMessage) bool {
+	k, ok := keyOf(ev, "type")
+	if !ok {
+		return false
+	}
+	var t string
+	return json.Unmarshal(ev[k], &t) == nil && t == schemas.TypeDeadLetter
+}
+
+// mayHold reports whether raw may hold a masked field: it names one, or
+// holds a \u escape, which could spell one. Most events do neither, and
+// this saves parsing them.
 func (m masker) mayHold(raw []byte) bool {
 	for f := range m.fields {
 		if bytes.Contains(raw, []byte(f)) {
 			return true
 		}
 	}
-	return false
+	return len(m.fields) > 0 && bytes.Contains(raw, []byte(`\u`))
 }
 
 func (m masker) context(raw json.RawMessage) (json.RawMessage, bool) {

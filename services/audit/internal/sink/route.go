@@ -85,15 +85,10 @@ func invalidLog(raw []byte, md meta, reason error) logRow {
 // is poison: it is kept raw in event_log as type invalid and dead-lettered
 // (or, on the dead-letter stream itself, recorded as an anomaly directly).
 func decode(raw []byte, md meta, consumer string, deadLetterStream bool) decoded {
-	var out decoded
 	if d, ev, ok := quickDecision(raw, md); ok {
-		out.decision = &d
-		if a, ok := approvalGrantRow(d, ev, raw, md); ok {
-			out.approvals = []approvalRow{a}
-		}
-		out.log = logOf(ev, raw, md)
-		return out
+		return decisionDecoded(d, ev, raw, md)
 	}
+	var out decoded
 	ev, err := parseEnvelope(raw)
 	if err == nil {
 		err = out.typed(ev, raw, md)
@@ -112,6 +107,26 @@ func decode(raw []byte, md meta, consumer string, deadLetterStream bool) decoded
 	out.dead = &schemas.DeadLetter{Kind: schemas.DeadLetterPoison, Stream: md.Stream, Consumer: consumer, StreamSeq: md.Seq,
 		Subject: md.Subject, Reason: out.log.InvalidReason}
 	setBody(out.dead, raw)
+	return out
+}
+
+// decodeMasked is decode of the message as m masks it. A decision whose
+// context names no masked field is one masking leaves unchanged, so it is
+// decoded as it came: the masker's scan of the whole event for the field
+// names was a twentieth of the writer's CPU, and a scan of the context is
+// a few dozen bytes.
+func decodeMasked(raw []byte, md meta, consumer string, deadLetterStream bool, m masker) decoded {
+	if d, ev, ok := quickDecision(raw, md); ok && !m.mayHold([]byte(d.Context)) {
+		return decisionDecoded(d, ev, raw, md)
+	}
+	return decode(m.event(raw), md, consumer, deadLetterStream)
+}
+
+func decisionDecoded(d decisionRow, ev schemas.Event, raw []byte, md meta) decoded {
+	out := decoded{decision: &d, log: logOf(ev, raw, md)}
+	if a, ok := approvalGrantRow(d, ev, raw, md); ok {
+		out.approvals = []approvalRow{a}
+	}
 	return out
 }
 
