@@ -92,6 +92,10 @@ func TestQuickDecisionAgrees(t *testing.T) {
 		`{"specversion":"1.0","id":"e1","source":"s","type":"dev.aigov.request","time":"2026-11-25T10:15:30Z","data":{"request_id":"r","decision":"allow"}}`,
 		env + `"data":{"request_id":"r","decision":"allow"}} trailing`,
 		env + `"data":{"request_id":"r","decision":"allow"}`,
+		// A repeated data key: the last one counts, in both paths.
+		env + `"data":{"request_id":"r","decision":"allow"},"data":{"decision":"deny"}}`,
+		env + `"data":{"request_id":"r","decision":"allow","policy_ids":["p"]},"Data":{"request_id":"r2","decision":"deny"}}`,
+		env + `"data":{"request_id":"r","decision":"allow"},"data":null}`,
 		`not json`, ``,
 	}
 	md := meta{Subject: "aigov.decision.model.retrain", Stream: "AIGOV_DECISIONS", Seq: 3}
@@ -122,7 +126,7 @@ func TestQuickDecisionAgrees(t *testing.T) {
 			t.Errorf("%s: quick envelope %+v, two-pass %+v", doc, gotEv, ev)
 		}
 	}
-	if accepted != 6 {
-		t.Errorf("%d documents accepted, want the 6 valid ones", accepted)
+	if accepted != 7 {
+		t.Errorf("%d documents accepted, want the 7 valid ones", accepted)
 	}
 }

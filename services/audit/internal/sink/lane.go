@@ -66,17 +66,30 @@ func (l *streamLane) Handle(ctx context.Context, msgs []jetstream.Msg) error {
 		}
 	}
 	items := make([]item, 0, len(msgs))
+	var again []item
 	seen := make(map[uint64]bool, len(msgs))
 	for _, m := range msgs {
 		md := metaOf(m)
-		if md.Seq <= l.head.Seq || seen[md.Seq] {
-			continue // committed before (a redelivery), or twice in the batch
+		if seen[md.Seq] {
+			continue // twice in the batch
 		}
 		seen[md.Seq] = true
+		if md.Seq <= l.head.Seq {
+			again = append(again, item{md: md, raw: m.Data()})
+			continue
+		}
 		items = append(items, item{md: md, raw: m.Data()})
 	}
-	if len(items) == 0 {
+	if len(items) == 0 && len(again) == 0 {
 		return nil
+	}
+	// A redelivered position is in the chain already, but its typed row
+	// may not be: the two tables are written at once, and after a lost
+	// checkpoint the head is read back from event_log. Its typed rows are
+	// written again (they collapse with any copy) and its log row is not.
+	rewrites := l.typedRowsOf(again)
+	if len(items) == 0 {
+		return l.w.write(ctx, rewrites)
 	}
 	sort.Slice(items, func(i, j int) bool { return items[i].md.Seq < items[j].md.Seq })
 	if items[0].md.Seq > l.head.Seq+1 {
@@ -94,7 +107,7 @@ func (l *streamLane) Handle(ctx context.Context, msgs []jetstream.Msg) error {
 			return err
 		}
 	}
-	if err := l.w.write(ctx, rows); err != nil {
+	if err := l.w.write(ctx, append(rows, rewrites...)); err != nil {
 		return err
 	}
 	if len(dead) > 0 {
@@ -152,13 +165,26 @@ func (l *streamLane) rowsOf(items []item, head chain.Head) ([]decoded, []schemas
 	return rows, dead, head
 }
 
+// typedRowsOf decodes positions the chain already holds for their typed
+// rows alone: no log row, and no dead letter (one was published when the
+// position was first written).
+func (l *streamLane) typedRowsOf(items []item) []decoded {
+	out := make([]decoded, 0, len(items))
+	for _, it := range items {
+		d := l.decodeItem(it)
+		d.dead, d.logged = nil, true
+		out = append(out, d)
+	}
+	return out
+}
+
 // minDecodeChunk is the fewest items worth a goroutine of their own.
 const minDecodeChunk = 256
 
 // decodeItem is what one stream position becomes, before chaining.
 func (l *streamLane) decodeItem(it item) decoded {
 	if it.gap == 0 {
-		return decodeMasked(it.raw, it.md, l.consumer, l.deadLtr, l.mask)
+		return decode(l.mask.event(it.raw), it.md, l.consumer, l.deadLtr)
 	}
 	var d decoded
 	d.log = logRow{Row: chain.Row{Stream: l.stream, Seq: it.md.Seq, EventID: "gap:" + l.stream + ":" + strconv.FormatUint(it.md.Seq, 10),

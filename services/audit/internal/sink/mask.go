@@ -24,7 +24,8 @@ const (
 // persisted: the row hash, the raw log and the typed tables all see the
 // masked event only.
 type masker struct {
-	fields map[string]bool
+	fields map[string]bool // lower case
+	lower  []string        // the same names, for scanning
 	mode   string
 }
 
@@ -34,8 +35,9 @@ func newMasker(fields []string, mode string) (masker, error) {
 	}
 	m := masker{fields: map[string]bool{}, mode: mode}
 	for _, f := range fields {
-		if f = strings.TrimSpace(f); f != "" {
+		if f = asciiLower(strings.TrimSpace(f)); f != "" && !m.fields[f] {
 			m.fields[f] = true
+			m.lower = append(m.lower, f)
 		}
 	}
 	return m, nil
@@ -55,10 +57,13 @@ func (m masker) value(raw json.RawMessage) json.RawMessage {
 }
 
 // event masks the fields of data.context in a CloudEvent, and of the
-// original event a dead letter carries. It returns raw unchanged when
-// nothing is masked or raw is not a JSON object. Keys are found as the
-// decoders find them, ignoring case, so "Data" or "Context" cannot carry a
-// field past the mask.
+// original event a dead letter carries. The decoders match keys ignoring
+// case and take the last of repeated keys, so every key that is "data" or
+// "context" ignoring case is masked, whichever one a reader takes; and an
+// event that may hold a masked field is always re-encoded, which keeps one
+// copy of a repeated key, so no shadowed copy stays in the stored bytes.
+// It returns raw unchanged when no field can be masked or raw is not a JSON
+// object.
 func (m masker) event(raw []byte) []byte {
 	if len(m.fields) == 0 || !m.mayHold(raw) {
 		return raw
@@ -67,38 +72,35 @@ func (m masker) event(raw []byte) []byte {
 	if json.Unmarshal(raw, &ev) != nil {
 		return raw
 	}
-	dataKey, ok := keyOf(ev, "data")
-	if !ok {
-		return raw
-	}
-	var data map[string]json.RawMessage
-	if json.Unmarshal(ev[dataKey], &data) != nil {
-		return raw
-	}
-	changed := false
-	if k, ok := keyOf(data, "context"); ok {
-		if masked, ok := m.context(data[k]); ok {
-			data[k], changed = masked, true
+	deadLetter := isDeadLetter(ev)
+	for dk, dv := range ev {
+		if !strings.EqualFold(dk, "data") {
+			continue
 		}
-	}
-	// A dead letter's original body is an event too.
-	if k, ok := keyOf(data, "data"); ok && isDeadLetter(ev) {
-		var s string
-		if json.Unmarshal(data[k], &s) == nil {
-			if masked := m.event([]byte(s)); !bytes.Equal(masked, []byte(s)) {
-				b, _ := json.Marshal(string(masked))
-				data[k], changed = b, true
+		var data map[string]json.RawMessage
+		if json.Unmarshal(dv, &data) != nil {
+			continue
+		}
+		for k, v := range data {
+			switch {
+			case strings.EqualFold(k, "context"):
+				if masked, ok := m.context(v); ok {
+					data[k] = masked
+				}
+			case deadLetter && strings.EqualFold(k, "data"):
+				// A dead letter's original body is an event too.
+				var s string
+				if json.Unmarshal(v, &s) == nil {
+					if b, err := json.Marshal(string(m.event([]byte(s)))); err == nil {
+						data[k] = b
+					}
+				}
 			}
 		}
+		if d, err := json.Marshal(data); err == nil {
+			ev[dk] = d
+		}
 	}
-	if !changed {
-		return raw
-	}
-	d, err := json.Marshal(data)
-	if err != nil {
-		return raw
-	}
-	ev[dataKey] = d
 	out, err := json.Marshal(ev)
 	if err != nil {
 		return raw
@@ -106,39 +108,97 @@ func (m masker) event(raw []byte) []byte {
 	return out
 }
 
-// keyOf finds the key of obj that a decoder would read as field name:
-// the exact name if present, else one equal to it ignoring case.
-func keyOf(obj map[string]json.RawMessage, name string) (string, bool) {
-	if _, ok := obj[name]; ok {
-		return name, true
-	}
-	for k := range obj {
-		if strings.EqualFold(k, name) {
-			return k, true
-		}
-	}
-	return "", false
-}
-
+// isDeadLetter reports whether any key that is "type" ignoring case names
+// the dead-letter type.
 func isDeadLetter(ev map[string]json.RawMessage) bool {
-	k, ok := keyOf(ev, "type")
-	if !ok {
-		return false
-	}
-	var t string
-	return json.Unmarshal(ev[k], &t) == nil && t == schemas.TypeDeadLetter
-}
-
-// mayHold reports whether raw may hold a masked field: it names one, or
-// holds a \u escape, which could spell one. Most events do neither, and
-// this saves parsing them.
-func (m masker) mayHold(raw []byte) bool {
-	for f := range m.fields {
-		if bytes.Contains(raw, []byte(f)) {
+	for k, v := range ev {
+		var t string
+		if strings.EqualFold(k, "type") && json.Unmarshal(v, &t) == nil && t == schemas.TypeDeadLetter {
 			return true
 		}
 	}
-	return len(m.fields) > 0 && bytes.Contains(raw, []byte(`\u`))
+	return false
+}
+
+// mayHold reports whether raw may hold a masked field: it names one in
+// any case, or holds a \u escape, which could spell one. Most events do
+// neither, and this saves parsing them.
+func (m masker) mayHold(raw []byte) bool {
+	if len(m.fields) == 0 {
+		return false
+	}
+	for _, f := range m.lower {
+		if containsFold(raw, f) {
+			return true
+		}
+	}
+	return bytes.Contains(raw, []byte(`\u`))
+}
+
+// asciiLower lower-cases the ASCII letters of s. Field names match context
+// keys ignoring ASCII case only: the same rule mayHold scans with.
+func asciiLower(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if c >= 'A' && c <= 'Z' {
+			b[i] = c + 'a' - 'A'
+		}
+	}
+	return string(b)
+}
+
+// containsFold reports whether s contains the ASCII-lower-case word w
+// ignoring ASCII case.
+func containsFold(s []byte, w string) bool {
+	n := len(w)
+	if n == 0 {
+		return true
+	}
+	lo, up := w[0], w[0]
+	if lo >= 'a' && lo <= 'z' {
+		up = lo - 'a' + 'A'
+	}
+	nextUp := -1 // the next upper-case first letter at or after i; -2: none left
+	for i := 0; i+n <= len(s); i++ {
+		j := bytes.IndexByte(s[i:], lo)
+		if j >= 0 {
+			j += i
+		}
+		if up != lo && nextUp != -2 {
+			if nextUp < i {
+				if k := bytes.IndexByte(s[i:], up); k < 0 {
+					nextUp = -2
+				} else {
+					nextUp = i + k
+				}
+			}
+			if nextUp >= 0 && (j < 0 || nextUp < j) {
+				j = nextUp
+			}
+		}
+		if j < 0 || j+n > len(s) {
+			return false
+		}
+		i = j
+		if equalFoldASCII(s[i:i+n], w) {
+			return true
+		}
+	}
+	return false
+}
+
+// equalFoldASCII reports whether b is the ASCII-lower-case w in any case.
+func equalFoldASCII(b []byte, w string) bool {
+	for k := range b {
+		c := b[k]
+		if c >= 'A' && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		if c != w[k] {
+			return false
+		}
+	}
+	return true
 }
 
 func (m masker) context(raw json.RawMessage) (json.RawMessage, bool) {
@@ -148,7 +208,7 @@ func (m masker) context(raw json.RawMessage) (json.RawMessage, bool) {
 	}
 	changed := false
 	for k, v := range c {
-		if m.fields[k] {
+		if m.fields[asciiLower(k)] {
 			c[k], changed = m.value(v), true
 		}
 	}

@@ -57,6 +57,9 @@ type decoded struct {
 	change    *changeRow
 	anomaly   *anomalyRow
 	dead      *schemas.DeadLetter
+	// logged: the position's event_log row is written already; only its
+	// typed rows are written (again).
+	logged bool
 }
 
 // logRow is one row of event_log.
@@ -85,8 +88,12 @@ func invalidLog(raw []byte, md meta, reason error) logRow {
 // is poison: it is kept raw in event_log as type invalid and dead-lettered
 // (or, on the dead-letter stream itself, recorded as an anomaly directly).
 func decode(raw []byte, md meta, consumer string, deadLetterStream bool) decoded {
-	if d, ev, ok := quickDecision(raw, md); ok {
-		return decisionDecoded(d, ev, raw, md)
+	// Only what came on a decision subject is tried as a decision in one
+	// pass: on anything else that decode would be thrown away.
+	if actionFromSubject(md.Subject) != "" {
+		if d, ev, ok := quickDecision(raw, md); ok {
+			return decisionDecoded(d, ev, raw, md)
+		}
 	}
 	var out decoded
 	ev, err := parseEnvelope(raw)
@@ -108,18 +115,6 @@ func decode(raw []byte, md meta, consumer string, deadLetterStream bool) decoded
 		Subject: md.Subject, Reason: out.log.InvalidReason}
 	setBody(out.dead, raw)
 	return out
-}
-
-// decodeMasked is decode of the message as m masks it. A decision whose
-// context names no masked field is one masking leaves unchanged, so it is
-// decoded as it came: the masker's scan of the whole event for the field
-// names was a twentieth of the writer's CPU, and a scan of the context is
-// a few dozen bytes.
-func decodeMasked(raw []byte, md meta, consumer string, deadLetterStream bool, m masker) decoded {
-	if d, ev, ok := quickDecision(raw, md); ok && !m.mayHold([]byte(d.Context)) {
-		return decisionDecoded(d, ev, raw, md)
-	}
-	return decode(m.event(raw), md, consumer, deadLetterStream)
 }
 
 func decisionDecoded(d decisionRow, ev schemas.Event, raw []byte, md meta) decoded {

@@ -179,7 +179,25 @@ func checkEnvelope(ev schemas.Event, hasData bool) error {
 // Data stays empty.
 type decisionEvent struct {
 	schemas.Event
-	Data *decisionBody `json:"data"`
+	Data lastDecision `json:"data"`
+}
+
+// lastDecision holds the decision data of the last "data" key, as
+// json.RawMessage does in the two-pass path: decoding a repeated key into
+// one *decisionBody would merge the objects instead.
+type lastDecision struct{ body *decisionBody }
+
+func (d *lastDecision) UnmarshalJSON(b []byte) error {
+	d.body = nil
+	if string(b) == "null" {
+		return nil
+	}
+	var body decisionBody
+	if err := gojson.Unmarshal(b, &body); err != nil {
+		return err
+	}
+	d.body = &body
+	return nil
 }
 
 // quickDecision decodes a well-formed decision event in one pass. It
@@ -188,14 +206,14 @@ type decisionEvent struct {
 // which says precisely what is wrong (TestQuickDecisionAgrees).
 func quickDecision(raw []byte, md meta) (decisionRow, schemas.Event, bool) {
 	var de decisionEvent
-	if gojson.Unmarshal(raw, &de) != nil || de.Type != schemas.TypeDecision || de.Data == nil {
+	if gojson.Unmarshal(raw, &de) != nil || de.Type != schemas.TypeDecision || de.Data.body == nil {
 		return decisionRow{}, schemas.Event{}, false
 	}
 	ev := de.Event
 	if checkEnvelope(ev, true) != nil {
 		return decisionRow{}, schemas.Event{}, false
 	}
-	row, err := decisionRowOf(ev, de.Data, md)
+	row, err := decisionRowOf(ev, de.Data.body, md)
 	if err != nil {
 		return decisionRow{}, schemas.Event{}, false
 	}

@@ -325,7 +325,9 @@ func (w *Writer) insertAnomalies(ctx context.Context, rows []anomalyRow) error {
 // client's encoding and the server's insert of one table overlap the
 // other's. A reader may see an event_log row a moment before its typed row
 // (or the reverse); the batch is acked only after both are committed, and a
-// failed half is written again whole, collapsing into the same rows.
+// failed half is written again whole, collapsing into the same rows. A
+// position whose log row is written already (decoded.logged) has only its
+// typed rows written.
 func (w *Writer) write(ctx context.Context, rows []decoded) error {
 	var (
 		ds = make([]*decisionRow, 0, len(rows))
@@ -349,10 +351,27 @@ func (w *Writer) write(ctx context.Context, rows []decoded) error {
 		if r.anomaly != nil {
 			ns = append(ns, *r.anomaly)
 		}
-		ls = append(ls, &r.log)
+		if !r.logged {
+			ls = append(ls, &r.log)
+		}
 	}
+	// When one half fails the batch is retried whole: the other half
+	// need not finish.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	logDone := make(chan error, 1)
-	go func() { logDone <- w.insertLog(ctx, ls) }()
+	go func() {
+		defer func() {
+			if p := recover(); p != nil {
+				logDone <- fmt.Errorf("insert into %s: panic: %v", TableEventLog, p)
+			}
+		}()
+		err := w.insertLog(ctx, ls)
+		if err != nil {
+			cancel()
+		}
+		logDone <- err
+	}()
 	var typedErr error
 	for _, f := range []func() error{
 		func() error { return w.insertDecisions(ctx, ds) },
@@ -362,6 +381,7 @@ func (w *Writer) write(ctx context.Context, rows []decoded) error {
 		func() error { return w.insertAnomalies(ctx, ns) },
 	} {
 		if typedErr = f(); typedErr != nil {
+			cancel()
 			break
 		}
 	}
