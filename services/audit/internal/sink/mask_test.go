@@ -81,3 +81,32 @@ func TestContainsFold(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkDecodeMasked is the writer's decoding of one decision with
+// masking configured: an event whose context holds a masked field (parsed,
+// masked and re-encoded), and one that names none (scanned only).
+func BenchmarkDecodeMasked(b *testing.B) {
+	m, err := newMasker([]string{"prompt"}, MaskHash)
+	if err != nil {
+		b.Fatal(err)
+	}
+	withPrompt := decisionN(4)
+	withPrompt.Context = map[string]any{"prompt": "summarise the quarterly plan", "epochs": 3}
+	md := meta{Subject: "aigov.decision.model.retrain", Stream: "AIGOV_DECISIONS", Seq: 9}
+	for _, c := range []struct {
+		name string
+		raw  []byte
+	}{
+		{"field present", encode(b, "e1", schemas.TypeDecision, decidedAt, withPrompt)},
+		{"field absent", encode(b, "e2", schemas.TypeDecision, decidedAt, decisionN(5))},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if d := decode(m.event(c.raw), md, "audit-decisions", false); d.decision == nil {
+					b.Fatal("not a decision")
+				}
+			}
+		})
+	}
+}
