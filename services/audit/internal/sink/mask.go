@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"strings"
 
+	gojson "github.com/goccy/go-json"
+
 	"github.com/aigov/aigov/schemas"
 )
 
@@ -69,7 +71,7 @@ func (m masker) event(raw []byte) []byte {
 		return raw
 	}
 	var ev map[string]json.RawMessage
-	if json.Unmarshal(raw, &ev) != nil {
+	if gojson.Unmarshal(raw, &ev) != nil {
 		return raw
 	}
 	deadLetter := isDeadLetter(ev)
@@ -78,7 +80,7 @@ func (m masker) event(raw []byte) []byte {
 			continue
 		}
 		var data map[string]json.RawMessage
-		if json.Unmarshal(dv, &data) != nil {
+		if gojson.Unmarshal(dv, &data) != nil {
 			continue
 		}
 		for k, v := range data {
@@ -90,18 +92,18 @@ func (m masker) event(raw []byte) []byte {
 			case deadLetter && strings.EqualFold(k, "data"):
 				// A dead letter's original body is an event too.
 				var s string
-				if json.Unmarshal(v, &s) == nil {
-					if b, err := json.Marshal(string(m.event([]byte(s)))); err == nil {
+				if gojson.Unmarshal(v, &s) == nil {
+					if b, err := gojson.Marshal(string(m.event([]byte(s)))); err == nil {
 						data[k] = b
 					}
 				}
 			}
 		}
-		if d, err := json.Marshal(data); err == nil {
+		if d, err := gojson.Marshal(data); err == nil {
 			ev[dk] = d
 		}
 	}
-	out, err := json.Marshal(ev)
+	out, err := gojson.Marshal(ev)
 	if err != nil {
 		return raw
 	}
@@ -113,7 +115,7 @@ func (m masker) event(raw []byte) []byte {
 func isDeadLetter(ev map[string]json.RawMessage) bool {
 	for k, v := range ev {
 		var t string
-		if strings.EqualFold(k, "type") && json.Unmarshal(v, &t) == nil && t == schemas.TypeDeadLetter {
+		if strings.EqualFold(k, "type") && gojson.Unmarshal(v, &t) == nil && t == schemas.TypeDeadLetter {
 			return true
 		}
 	}
@@ -203,7 +205,7 @@ func equalFoldASCII(b []byte, w string) bool {
 
 func (m masker) context(raw json.RawMessage) (json.RawMessage, bool) {
 	var c map[string]json.RawMessage
-	if json.Unmarshal(raw, &c) != nil {
+	if gojson.Unmarshal(raw, &c) != nil {
 		return nil, false
 	}
 	changed := false
@@ -215,7 +217,7 @@ func (m masker) context(raw json.RawMessage) (json.RawMessage, bool) {
 	if !changed {
 		return nil, false
 	}
-	out, err := json.Marshal(c)
+	out, err := gojson.Marshal(c)
 	if err != nil {
 		return nil, false
 	}
