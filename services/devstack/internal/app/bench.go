@@ -31,8 +31,12 @@ func Bench(ctx context.Context, args []string, out io.Writer) error {
 	dir := fs.String("dir", ".run-bench", "working directory (wiped at start)")
 	auditOnly := fs.Bool("audit-only", false, "publish decision events straight onto the decisions stream at -rate for -duration and measure only the audit end of the pipe")
 	duration := fs.Duration("duration", 20*time.Second, "how long -audit-only publishes")
+	drain := fs.Int("audit-drain", 0, "publish this many decision events with the audit stopped, then time how fast it writes them all")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *drain > 0 {
+		return benchDrain(ctx, *dir, *drain, out)
 	}
 	if *auditOnly {
 		if *rate < 1 || *duration <= 0 {

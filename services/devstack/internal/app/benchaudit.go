@@ -110,32 +110,12 @@ func (p *rowPoller) lags(at []time.Time) []time.Duration {
 // ClickHouse shows. The authn→policy pipeline caps below 10k req/s on two
 // cores; this drives the audit writer at the rate its target names.
 func benchAudit(ctx context.Context, dir string, rate int, duration time.Duration, out io.Writer) error {
-	root, err := stack.FindRoot()
-	if err != nil {
-		return err
-	}
-	work, _ := filepath.Abs(dir)
-	_ = os.RemoveAll(work)
-	bin := filepath.Join(work, "bin")
-	if err := stack.Build(ctx, root, bin); err != nil {
-		return err
-	}
-	st, err := stack.Start(ctx, stack.Options{Root: root, Dir: work, BinDir: bin, LogLevel: "warn", Progress: out})
+	st, js, err := startAuditBench(ctx, dir, out)
 	if err != nil {
 		return err
 	}
 	defer st.Stop()
-	// The policy service's own NATS user: the bench publishes exactly what
-	// it may publish.
-	nc, err := st.NATS.Connect(schemas.RolePolicy)
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096))
-	if err != nil {
-		return err
-	}
+	defer js.Conn().Close()
 	subjects := schemas.NewSubjects("")
 	n := int(int64(rate) * int64(duration) / int64(time.Second))
 	sent := make([]time.Time, n)
@@ -202,6 +182,107 @@ func benchAudit(ctx context.Context, dir string, rate int, duration time.Duratio
 			time.Duration(lag[0])*time.Microsecond, time.Duration(lag[1])*time.Microsecond)
 	}
 	if rows != uint64(n) || len(visible) != n {
+		return fmt.Errorf("bench: %d audit rows for %d events", rows, n)
+	}
+	return nil
+}
+
+// startAuditBench builds and starts a fresh stack in dir and connects as
+// the policy service's NATS user: the benches publish exactly what it may
+// publish. The caller stops the stack.
+func startAuditBench(ctx context.Context, dir string, out io.Writer) (*stack.Stack, jetstream.JetStream, error) {
+	root, err := stack.FindRoot()
+	if err != nil {
+		return nil, nil, err
+	}
+	work, _ := filepath.Abs(dir)
+	_ = os.RemoveAll(work)
+	bin := filepath.Join(work, "bin")
+	if err := stack.Build(ctx, root, bin); err != nil {
+		return nil, nil, err
+	}
+	st, err := stack.Start(ctx, stack.Options{Root: root, Dir: work, BinDir: bin, LogLevel: "warn", Progress: out})
+	if err != nil {
+		return nil, nil, err
+	}
+	nc, err := st.NATS.Connect(schemas.RolePolicy)
+	if err != nil {
+		st.Stop()
+		return nil, nil, err
+	}
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096))
+	if err != nil {
+		nc.Close()
+		st.Stop()
+		return nil, nil, err
+	}
+	return st, js, nil
+}
+
+// benchDrain measures the audit writer's sustained rate through JetStream:
+// with the audit stopped (and the reaper, which also reads the decisions
+// stream), it publishes n decision events, then starts the audit and times
+// until ClickHouse holds them all. JetStream's fetch, the per-message copy
+// and the acks are in this figure, on the same cores as ClickHouse and
+// NATS; the publisher is not.
+func benchDrain(ctx context.Context, dir string, n int, out io.Writer) error {
+	st, js, err := startAuditBench(ctx, dir, out)
+	if err != nil {
+		return err
+	}
+	defer st.Stop()
+	defer js.Conn().Close()
+	for _, name := range []string{"audit", "reaper"} {
+		if err := st.StopService(name); err != nil {
+			return fmt.Errorf("bench: stop %s: %w", name, err)
+		}
+	}
+	subjects := schemas.NewSubjects("")
+	fmt.Fprintf(out, "\n== publishing %d decision events with the audit stopped\n", n)
+	for i := 0; i < n && ctx.Err() == nil; i++ {
+		m, err := auditBenchEvent(subjects, i, time.Now())
+		if err != nil {
+			return err
+		}
+		if _, err := js.PublishMsgAsync(m); err != nil {
+			return fmt.Errorf("publish event %d: %w", i, err)
+		}
+	}
+	select {
+	case <-js.PublishAsyncComplete():
+	case <-time.After(2 * time.Minute):
+		return fmt.Errorf("bench: %d publishes not acknowledged after 2m", js.PublishAsyncPending())
+	}
+	fmt.Fprintf(out, "== starting the audit on the backlog\n")
+	start := time.Now()
+	poll := startRowPoller(ctx, st.DB, uint64(n))
+	defer poll.stop()
+	if err := st.StartService(ctx, "audit"); err != nil {
+		return err
+	}
+	ready := time.Since(start)
+	peak := st.PeakRSS("audit")
+	if err := poll.wait(10 * time.Minute); err != nil {
+		return err
+	}
+	var rows uint64
+	if err := st.DB.QueryRow(ctx, "SELECT count() FROM "+stack.Database+".decisions FINAL").Scan(&rows); err != nil {
+		return fmt.Errorf("bench: count rows: %w", err)
+	}
+	last := poll.samples[len(poll.samples)-1]
+	took := last.at.Sub(start)
+	if p := st.PeakRSS("audit"); p > peak {
+		peak = p
+	}
+	fmt.Fprintf(out, "\nmachine      %s, %d cores, %s\n", cpuModel(), runtime.NumCPU(), runtime.Version())
+	fmt.Fprintf(out, "nats         embedded, file store, default fsync (every 2 min): figures are not for sync_interval always\n")
+	fmt.Fprintf(out, "drained      %d events in %s from the audit's start (ready after %s): %.0f events/s\n",
+		n, took.Round(time.Millisecond), ready.Round(time.Millisecond), float64(n)/took.Seconds())
+	if peak > 0 {
+		fmt.Fprintf(out, "audit RSS    peak %d MiB\n", peak>>20)
+	}
+	fmt.Fprintf(out, "audit        %d rows for %d events (%s)\n", rows, n, completeness(rows, int64(n)))
+	if rows != uint64(n) {
 		return fmt.Errorf("bench: %d audit rows for %d events", rows, n)
 	}
 	return nil

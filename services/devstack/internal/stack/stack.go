@@ -378,6 +378,31 @@ func (st *Stack) HTTPAddr(name string) string {
 // next to it with a .pub suffix.
 func (st *Stack) AuditKeyPath() string { return filepath.Join(st.Dir, "audit-signing.key") }
 
+// PeakRSS is the most memory a running service's process has held (its
+// VmHWM), in bytes; 0 when it is not running or the system does not say
+// (only Linux does).
+func (st *Stack) PeakRSS(name string) int64 {
+	st.mu.Lock()
+	p, ok := st.procs[name]
+	st.mu.Unlock()
+	if !ok {
+		return 0
+	}
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(p.cmd.Process.Pid) + "/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			if err == nil {
+				return kb << 10
+			}
+		}
+	}
+	return 0
+}
+
 // LogPath is the log file of a service.
 func (st *Stack) LogPath(name string) string { return filepath.Join(st.Dir, "logs", name+".log") }
 
