@@ -190,6 +190,13 @@ type BatchOptions struct {
 	MaxMessages int
 	// MaxWait flushes a non-empty batch this long after its first message.
 	MaxWait time.Duration
+	// BacklogWait, when above MaxWait, lets a batch wait up to this long
+	// after its first message while the stream still holds enough
+	// undelivered messages to fill it. Cutting a batch on MaxWait only
+	// bounds latency when messages trickle in; on a backlog it makes many
+	// small inserts instead of a few full ones, and the backlog drains
+	// slower. Zero: MaxWait always decides.
+	BacklogWait time.Duration
 }
 
 // RunBatches collects messages into batches and hands each to h. A failed
@@ -201,11 +208,20 @@ func (r *Runner) RunBatches(ctx context.Context, cons jetstream.Consumer, opts B
 	if opts.MaxMessages < 1 || opts.MaxWait <= 0 {
 		return errors.New("batch options need MaxMessages >= 1 and MaxWait > 0")
 	}
+	// A batch larger than the consumer's MaxAckPending can never fill:
+	// waiting for it would only stall every batch for BacklogWait.
+	if info := cons.CachedInfo(); opts.BacklogWait > 0 && info != nil && info.Config.MaxAckPending > 0 &&
+		info.Config.MaxAckPending < opts.MaxMessages {
+		r.log.Warn().Int("max_ack_pending", info.Config.MaxAckPending).Int("batch", opts.MaxMessages).
+			Msg("batches cannot fill on a backlog: MaxAckPending is below the batch size")
+		opts.BacklogWait = 0
+	}
 	msgs := make(chan jetstream.Msg, opts.MaxMessages)
 	if err := r.pump(ctx, cons, 2*opts.MaxMessages, msgs); err != nil {
 		return err
 	}
 	batch := make([]jetstream.Msg, 0, opts.MaxMessages)
+	var started time.Time // when the batch got its first message
 	timer := time.NewTimer(opts.MaxWait)
 	timer.Stop()
 	flush := func() {
@@ -223,6 +239,7 @@ func (r *Runner) RunBatches(ctx context.Context, cons jetstream.Consumer, opts B
 				return nil
 			}
 			if len(batch) == 0 {
+				started = time.Now()
 				timer.Reset(opts.MaxWait)
 			}
 			batch = append(batch, m)
@@ -230,9 +247,25 @@ func (r *Runner) RunBatches(ctx context.Context, cons jetstream.Consumer, opts B
 				flush()
 			}
 		case <-timer.C:
+			if left := opts.BacklogWait - time.Since(started); left > 0 && backlogFills(batch, opts.MaxMessages) {
+				timer.Reset(min(left, opts.MaxWait))
+				continue
+			}
 			flush()
 		}
 	}
+}
+
+// backlogFills reports whether the stream still holds, undelivered to the
+// consumer, at least the messages the batch lacks. Every message says how
+// many were pending when it was delivered; the newest one is the latest
+// word.
+func backlogFills(batch []jetstream.Msg, max int) bool {
+	if len(batch) == 0 || len(batch) >= max {
+		return false
+	}
+	md, err := batch[len(batch)-1].Metadata()
+	return err == nil && md.NumPending >= uint64(max-len(batch))
 }
 
 func (r *Runner) flush(ctx context.Context, batch []jetstream.Msg, h BatchHandler) {

@@ -260,3 +260,59 @@ func TestExponentialBackoff(t *testing.T) {
 		}
 	}
 }
+
+// On a backlog, BacklogWait lets batches fill instead of being cut by
+// MaxWait; without it the same backlog is cut into many small batches.
+func TestRunBatchesFillOnABacklog(t *testing.T) {
+	t.Parallel()
+	const n, max = 20000, 5000
+	run := func(backlogWait time.Duration, maxAckPending int) []int {
+		b := newBus(t, 30*time.Second)
+		cons, err := b.js.CreateOrUpdateConsumer(context.Background(), "T", jetstream.ConsumerConfig{Durable: "c",
+			AckPolicy: jetstream.AckExplicitPolicy, AckWait: 30 * time.Second, MaxDeliver: 5, MaxAckPending: maxAckPending})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.cons = cons
+		b.publish(t, n)
+		var (
+			mu      sync.Mutex
+			sizes   []int
+			written int
+		)
+		h := func(_ context.Context, msgs []jetstream.Msg) error {
+			mu.Lock()
+			defer mu.Unlock()
+			sizes = append(sizes, len(msgs))
+			written += len(msgs)
+			return nil
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		errc := make(chan error, 1)
+		go func() {
+			errc <- newRunner(1).RunBatches(ctx, b.cons, runtime.BatchOptions{MaxMessages: max, MaxWait: time.Millisecond, BacklogWait: backlogWait}, h)
+		}()
+		waitFor(t, "every message written", func() bool { mu.Lock(); defer mu.Unlock(); return written == n })
+		cancel()
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		return sizes
+	}
+	filled := run(10*time.Second, 2*max)
+	if len(filled) < 3 || filled[0] != max || filled[1] != max || filled[2] != max {
+		t.Errorf("batch sizes with BacklogWait %v: the first three should be full (%d)", filled, max)
+	}
+	if cut := run(0, 2*max); len(cut) <= len(filled) {
+		t.Errorf("without BacklogWait the backlog made %d batches, with it %d: the 1ms MaxWait should cut it finer", len(cut), len(filled))
+	}
+	// MaxAckPending below the batch size: batches can never fill, so the
+	// runner must not wait for them (waitFor gives up after 10s).
+	start := time.Now()
+	run(10*time.Second, max/5)
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("with MaxAckPending below the batch the backlog took %s: batches waited for a fill that cannot come", took)
+	}
+}

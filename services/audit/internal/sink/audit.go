@@ -122,7 +122,7 @@ func start(ctx context.Context, cfg Config, svc *runtime.Service, conn driver.Co
 // Workers returns one batch loop per consumer, for runtime.Service.Run.
 // Each flushes its last batch when its context ends.
 func (a *Audit) Workers() []runtime.Worker {
-	opts := runtime.BatchOptions{MaxMessages: a.cfg.BatchSize, MaxWait: a.cfg.FlushInterval}
+	opts := runtime.BatchOptions{MaxMessages: a.cfg.BatchSize, MaxWait: a.cfg.FlushInterval, BacklogWait: a.cfg.BacklogWait()}
 	out := make([]runtime.Worker, 0, len(a.lanes)+1)
 	for _, l := range a.lanes {
 		out = append(out, func(ctx context.Context) error {

@@ -23,8 +23,8 @@ func TestLoadConfig(t *testing.T) {
 			if !reflect.DeepEqual(c.ClickHouse, want) {
 				t.Errorf("ClickHouse = %+v, want %+v", c.ClickHouse, want)
 			}
-			if c.BatchSize != 50000 || c.FlushInterval != 500*time.Millisecond {
-				t.Errorf("batch %d flush %s, want 50000 and 500ms", c.BatchSize, c.FlushInterval)
+			if c.BatchSize != 50000 || c.FlushInterval != 500*time.Millisecond || c.BacklogWait() != 2*time.Second {
+				t.Errorf("batch %d flush %s backlog wait %s, want 50000, 500ms and 2s", c.BatchSize, c.FlushInterval, c.BacklogWait())
 			}
 			if c.SigningKey != "/k" || c.CreateSigningKey || c.CheckpointInterval != time.Second || len(c.MaskFields) != 0 ||
 				c.MaskMode != MaskHash || c.RetentionDays != 0 {
@@ -42,7 +42,9 @@ func TestLoadConfig(t *testing.T) {
 		}, check: func(t *testing.T, c Config) {
 			want := ClickHouseConfig{Addrs: []string{"ch1:9000", "ch2:9000"}, Database: "audit_prod", User: "writer", Password: "pw", Compression: CompressionLZ4,
 				Conns: 2*len(c.Common.Topology().AuditedStreams()) + 2, StartupTimeout: 5 * time.Second}
-			if !reflect.DeepEqual(c.ClickHouse, want) || c.BatchSize != 10000 || c.FlushInterval != 15*time.Second {
+			// Four flush intervals would pass AckWait: the limit holds.
+			if !reflect.DeepEqual(c.ClickHouse, want) || c.BatchSize != 10000 || c.FlushInterval != 15*time.Second ||
+				c.BacklogWait() != 15*time.Second {
 				t.Errorf("got %+v batch %d flush %s", c.ClickHouse, c.BatchSize, c.FlushInterval)
 			}
 		}},
