@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime/debug"
 	"strings"
 	"time"
 
@@ -363,7 +364,8 @@ func (w *Writer) write(ctx context.Context, rows []decoded) error {
 	go func() {
 		defer func() {
 			if p := recover(); p != nil {
-				logDone <- fmt.Errorf("insert into %s: panic: %v", TableEventLog, p)
+				cancel()
+				logDone <- fmt.Errorf("insert into %s: panic: %v\n%s", TableEventLog, p, debug.Stack())
 			}
 		}()
 		err := w.insertLog(ctx, ls)
