@@ -28,30 +28,40 @@ import (
 // sort; the events name no masked field, so masking is the scan alone.
 // The rows/s metric is audited events per second.
 func BenchmarkWriterPath(b *testing.B) {
-	for _, batch := range []int{10000, 25000, 50000} {
-		for _, comp := range []string{CompressionLZ4, CompressionNone} {
-			b.Run("batch="+itoa(batch)+"/compression="+comp, func(b *testing.B) { benchWriterPath(b, batch, comp) })
-		}
-	}
+	benchWriter(b, []int{10000, 25000, 50000}, true)
 }
 
-func benchWriterPath(b *testing.B, batch int, compression string) {
-	w, l, items, next := benchSetup(b, batch, compression)
-	ctx := context.Background()
-	head := chain.NewHead(l.stream, 0)
-	b.ReportAllocs()
-	cpu := startCPU(b)
-	for iter := 0; b.Loop(); iter++ {
-		cpu.pause()
-		next(iter)
-		cpu.resume()
-		rows, _, h := l.rowsOf(items, head)
-		head = h
-		if err := w.write(ctx, rows); err != nil {
-			b.Fatal(err)
+// benchWriter runs one sub-benchmark per batch size and wire compression;
+// timeDecode says whether decoding and chaining are on the clock (the
+// writer's path) or done while it is paused (the inserts alone).
+func benchWriter(b *testing.B, batches []int, timeDecode bool) {
+	for _, batch := range batches {
+		for _, comp := range []string{CompressionLZ4, CompressionNone} {
+			b.Run("batch="+itoa(batch)+"/compression="+comp, func(b *testing.B) {
+				w, l, items, next := benchSetup(b, batch, comp)
+				ctx := context.Background()
+				head := chain.NewHead(l.stream, 0)
+				b.ReportAllocs()
+				cpu := startCPU(b)
+				for iter := 0; b.Loop(); iter++ {
+					cpu.pause()
+					next(iter)
+					if timeDecode {
+						cpu.resume()
+					}
+					var rows []decoded
+					rows, _, head = l.rowsOf(items, head)
+					if !timeDecode {
+						cpu.resume()
+					}
+					if err := w.write(ctx, rows); err != nil {
+						b.Fatal(err)
+					}
+				}
+				cpu.report(b.N * batch)
+			})
 		}
 	}
-	cpu.report(b.N * batch)
 }
 
 // benchSetup migrates a fresh database and returns a writer on it, a
@@ -164,30 +174,7 @@ func waitMerges(b *testing.B, conn driver.Conn) {
 // the rows are decoded and chained before the timer starts. It is the
 // ceiling the decode path is measured against.
 func BenchmarkWriterInsert(b *testing.B) {
-	for _, batch := range []int{50000} {
-		for _, comp := range []string{CompressionLZ4, CompressionNone} {
-			b.Run("batch="+itoa(batch)+"/compression="+comp, func(b *testing.B) { benchWriterInsert(b, batch, comp) })
-		}
-	}
-}
-
-func benchWriterInsert(b *testing.B, batch int, compression string) {
-	w, l, items, next := benchSetup(b, batch, compression)
-	ctx := context.Background()
-	head := chain.NewHead(l.stream, 0)
-	b.ReportAllocs()
-	cpu := startCPU(b)
-	for iter := 0; b.Loop(); iter++ {
-		cpu.pause()
-		next(iter)
-		var rows []decoded
-		rows, _, head = l.rowsOf(items, head)
-		cpu.resume()
-		if err := w.write(ctx, rows); err != nil {
-			b.Fatal(err)
-		}
-	}
-	cpu.report(b.N * batch)
+	benchWriter(b, []int{50000}, false)
 }
 
 // cpuMeter reads the CPU time of this process (the writer) and of the
