@@ -43,11 +43,7 @@ func TestRunRejectsBadConfig(t *testing.T) {
 // context (SIGTERM) stops it cleanly.
 func TestRunWritesAndStops(t *testing.T) {
 	t.Parallel()
-	ns, err := natsdev.Start(natsdev.Options{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(ns.Shutdown)
+	ns := natsdev.StartT(t, natsdev.Options{})
 	db := chtest.DatabaseName(t)
 	chtest.DropAtCleanup(t, server, db)
 

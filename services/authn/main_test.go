@@ -19,11 +19,7 @@ import (
 // that run returns cleanly on shutdown.
 func TestRun(t *testing.T) {
 	t.Parallel()
-	srv, err := natsdev.Start(natsdev.Options{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Shutdown)
+	srv := natsdev.StartT(t, natsdev.Options{})
 	p, err := idp.Start(context.Background(), idp.Options{})
 	if err != nil {
 		t.Fatal(err)

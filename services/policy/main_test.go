@@ -21,11 +21,7 @@ import (
 // user, the sample policies; one verified request gets its decision back.
 func TestRun(t *testing.T) {
 	t.Parallel()
-	srv, err := natsdev.Start(natsdev.Options{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Shutdown()
+	srv := natsdev.StartT(t, natsdev.Options{})
 	admin, err := srv.Connect(natsdev.AdminUser)
 	if err != nil {
 		t.Fatal(err)

@@ -20,11 +20,7 @@ import (
 // third instance emits none again.
 func TestRestartDuringPendingExpiries(t *testing.T) {
 	t.Parallel()
-	srv, err := natsdev.Start(natsdev.Options{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Shutdown)
+	srv := natsdev.StartT(t, natsdev.Options{})
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	env := func(interval string) runtime.Lookup {

@@ -16,11 +16,7 @@ import (
 
 func TestPublisherDeduplicatesAndRepliesOnlyToInboxes(t *testing.T) {
 	t.Parallel()
-	srv, err := natsdev.Start(natsdev.Options{Dir: t.TempDir(), Open: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Shutdown)
+	srv := natsdev.StartT(t, natsdev.Options{Open: true})
 	nc, err := srv.Connect("test")
 	if err != nil {
 		t.Fatal(err)

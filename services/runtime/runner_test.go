@@ -25,11 +25,7 @@ type bus struct {
 
 func newBus(t *testing.T, ackWait time.Duration) bus {
 	t.Helper()
-	srv, err := natsdev.Start(natsdev.Options{Dir: t.TempDir(), Open: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Shutdown)
+	srv := natsdev.StartT(t, natsdev.Options{Open: true})
 	nc, err := srv.Connect("test")
 	if err != nil {
 		t.Fatal(err)

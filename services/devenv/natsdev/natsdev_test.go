@@ -19,11 +19,7 @@ import (
 // never reaches a stream.
 func TestPlatformCannotPublishPipelineSubjects(t *testing.T) {
 	t.Parallel()
-	srv, err := natsdev.Start(natsdev.Options{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Shutdown)
+	srv := natsdev.StartT(t, natsdev.Options{})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 
@@ -102,12 +98,8 @@ func TestStartNeedsDir(t *testing.T) {
 
 func TestWrongPasswordRefused(t *testing.T) {
 	t.Parallel()
-	srv, err := natsdev.Start(natsdev.Options{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Shutdown)
-	_, err = nats.Connect(srv.URL(), nats.UserInfo(schemas.RoleAuthn, "wrong"))
+	srv := natsdev.StartT(t, natsdev.Options{})
+	_, err := nats.Connect(srv.URL(), nats.UserInfo(schemas.RoleAuthn, "wrong"))
 	if !errors.Is(err, nats.ErrAuthorization) {
 		t.Fatalf("want authorization error, got %v", err)
 	}

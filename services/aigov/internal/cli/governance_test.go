@@ -121,11 +121,7 @@ permit (principal, action == Action::"model.retrain", resource);
 // entities put/get/list/delete edit the entity bucket as the operator user.
 func TestEntities(t *testing.T) {
 	t.Parallel()
-	srv, err := natsdev.Start(natsdev.Options{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Shutdown)
+	srv := natsdev.StartT(t, natsdev.Options{})
 	admin, err := srv.Connect(natsdev.AdminUser)
 	if err != nil {
 		t.Fatal(err)

@@ -33,11 +33,7 @@ type killBus struct {
 
 func newKillBus(t *testing.T) *killBus {
 	t.Helper()
-	srv, err := natsdev.Start(natsdev.Options{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Shutdown)
+	srv := natsdev.StartT(t, natsdev.Options{})
 	nc, err := srv.Connect(natsdev.AdminUser)
 	if err != nil {
 		t.Fatal(err)

@@ -65,11 +65,7 @@ func startHarness(t *testing.T, o harnessOptions) *harness {
 	}
 	ns := o.ns
 	if ns == nil {
-		var err error
-		if ns, err = natsdev.Start(natsdev.Options{Dir: t.TempDir()}); err != nil {
-			t.Fatalf("natsdev: %v", err)
-		}
-		t.Cleanup(ns.Shutdown)
+		ns = natsdev.StartT(t, natsdev.Options{})
 	}
 	adminNC, err := ns.Connect(natsdev.AdminUser)
 	if err != nil {

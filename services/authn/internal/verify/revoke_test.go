@@ -96,11 +96,7 @@ func TestRevokeThenRequestIsDenied(t *testing.T) {
 // revocation set is not ready.
 func TestNotReadyUntilRevocationsLoad(t *testing.T) {
 	t.Parallel()
-	srv, err := natsdev.Start(natsdev.Options{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Shutdown)
+	srv := natsdev.StartT(t, natsdev.Options{})
 	nc, err := srv.Connect(schemas.RoleAuthn)
 	if err != nil {
 		t.Fatal(err)

@@ -33,11 +33,7 @@ func startRevocations(t *testing.T, max int, preload ...string) *revEnv {
 func startRevocationsB(t testing.TB, max int, preload ...string) *revEnv {
 	t.Helper()
 	ctx := context.Background()
-	srv, err := natsdev.Start(natsdev.Options{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Shutdown)
+	srv := natsdev.StartT(t, natsdev.Options{})
 	topo := schemas.NewTopology("")
 	nc, err := srv.Connect(schemas.RoleAuthn)
 	if err != nil {

@@ -83,11 +83,7 @@ func startEnv(t *testing.T) *env {
 func startEnvTopo(t *testing.T, topo schemas.Topology) *env {
 	t.Helper()
 	ctx := context.Background()
-	srv, err := natsdev.Start(natsdev.Options{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Shutdown)
+	srv := natsdev.StartT(t, natsdev.Options{})
 	e := &env{topo: topo, registry: prometheus.NewRegistry(), logs: &syncBuffer{}}
 
 	e.good = startIDP(t, idp.Options{})

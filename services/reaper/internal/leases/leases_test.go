@@ -45,11 +45,7 @@ type harness struct {
 
 func newHarness(t *testing.T) *harness {
 	t.Helper()
-	srv, err := natsdev.Start(natsdev.Options{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Shutdown)
+	srv := natsdev.StartT(t, natsdev.Options{})
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	t.Cleanup(cancel)
 	h := &harness{t: t, ctx: ctx, srv: srv, topo: schemas.NewTopology(""), clock: &clock{now: t0},
@@ -59,6 +55,7 @@ func newHarness(t *testing.T) *harness {
 	if err := h.topo.Ensure(ctx, rjs); err != nil {
 		t.Fatal(err)
 	}
+	var err error
 	if h.cons, err = h.topo.EnsureConsumer(ctx, rjs, schemas.ConsumerReaperLeases); err != nil {
 		t.Fatal(err)
 	}

@@ -76,11 +76,7 @@ type harness struct {
 
 func newHarness(t *testing.T, cfg sessions.Config) *harness {
 	t.Helper()
-	srv, err := natsdev.Start(natsdev.Options{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Shutdown)
+	srv := natsdev.StartT(t, natsdev.Options{})
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	t.Cleanup(cancel)
 

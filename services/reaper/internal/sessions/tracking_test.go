@@ -288,11 +288,7 @@ func TestBadVerifiedEventsAreTerminated(t *testing.T) {
 
 func TestNewRejectsMissingDeps(t *testing.T) {
 	t.Parallel()
-	srv, err := natsdev.Start(natsdev.Options{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Shutdown)
+	srv := natsdev.StartT(t, natsdev.Options{})
 	nc, err := srv.Connect(schemas.RoleReaper)
 	if err != nil {
 		t.Fatal(err)
