@@ -130,7 +130,14 @@ func NewService(d Deps) (*Service, error) {
 // Before consuming it seeds the policy and entity buckets when they are
 // empty, starts the watchers that keep this replica's policy set, entity
 // store and approvals current, and waits until the set and store loaded.
-func (s *Service) Run(ctx context.Context) error {
+// Stopped while still starting, it returns nil like any runtime.Worker
+// whose ctx ended: the start-up calls' cancellation is not a failure.
+func (s *Service) Run(ctx context.Context) (err error) {
+	defer func() {
+		if err != nil && ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+			err = nil
+		}
+	}()
 	b, err := openBuckets(ctx, s.js, s.topo)
 	if err != nil {
 		return err

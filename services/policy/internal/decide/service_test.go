@@ -32,11 +32,7 @@ type harness struct {
 
 func startHarness(t *testing.T, workers int) *harness {
 	t.Helper()
-	srv, err := natsdev.Start(natsdev.Options{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Shutdown)
+	srv := natsdev.StartT(t, natsdev.Options{})
 	admin, err := srv.Connect(natsdev.AdminUser)
 	if err != nil {
 		t.Fatal(err)
@@ -367,11 +363,7 @@ func TestServiceIgnoresForeignReplySubjects(t *testing.T) {
 
 func TestNewServiceRejectsMissingDeps(t *testing.T) {
 	t.Parallel()
-	srv, err := natsdev.Start(natsdev.Options{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Shutdown()
+	srv := natsdev.StartT(t, natsdev.Options{})
 	nc, err := srv.Connect(schemas.RolePolicy)
 	if err != nil {
 		t.Fatal(err)
@@ -395,8 +387,15 @@ func TestNewServiceRejectsMissingDeps(t *testing.T) {
 			t.Errorf("missing %s accepted", name)
 		}
 	}
-	if _, err := NewService(full); err != nil {
+	svc, err := NewService(full)
+	if err != nil {
 		t.Fatalf("complete deps rejected: %v", err)
+	}
+	// Stopped before it finished starting, Run is a clean stop.
+	canceled, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := svc.Run(canceled); err != nil {
+		t.Errorf("Run stopped while starting: %v, want nil", err)
 	}
 }
 
