@@ -99,7 +99,7 @@ func TestStartNeedsDir(t *testing.T) {
 func TestWrongPasswordRefused(t *testing.T) {
 	t.Parallel()
 	srv := natsdev.StartT(t, natsdev.Options{})
-	_, err := nats.Connect(srv.URL(), nats.UserInfo(schemas.RoleAuthn, "wrong"))
+	_, err := nats.Connect(srv.URL(), append(srv.TLSOptions(schemas.RoleAuthn), nats.UserInfo(schemas.RoleAuthn, "wrong"))...)
 	if !errors.Is(err, nats.ErrAuthorization) {
 		t.Fatalf("want authorization error, got %v", err)
 	}
