@@ -31,6 +31,7 @@ func TestRun(t *testing.T) {
 	go func() {
 		done <- run(ctx, runtime.MapLookup(map[string]string{
 			"AIGOV_NATS_URL":      srv.URL(),
+			"AIGOV_NATS_TLS_CA":   srv.CAFile(),
 			"AIGOV_NATS_PASSWORD": srv.Password(schemas.RoleAuthn),
 			"AIGOV_HTTP_ADDR":     "127.0.0.1:0",
 			"AIGOV_OIDC_ISSUERS":  p.Issuer(),

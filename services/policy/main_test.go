@@ -57,6 +57,7 @@ func TestRun(t *testing.T) {
 	go func() {
 		done <- run(runCtx, runtime.MapLookup(map[string]string{
 			"AIGOV_NATS_URL":       srv.URL(),
+			"AIGOV_NATS_TLS_CA":    srv.CAFile(),
 			"AIGOV_NATS_PASSWORD":  srv.Password(schemas.RolePolicy),
 			"AIGOV_HTTP_ADDR":      "127.0.0.1:0",
 			"AIGOV_POLICY_DIR":     "../../policies",

@@ -30,6 +30,7 @@ func TestRunTracksAndExpiresThenStops(t *testing.T) {
 	go func() {
 		done <- run(runCtx, runtime.MapLookup(map[string]string{
 			"AIGOV_NATS_URL":        srv.URL(),
+			"AIGOV_NATS_TLS_CA":     srv.CAFile(),
 			"AIGOV_NATS_PASSWORD":   srv.Password(schemas.RoleReaper),
 			"AIGOV_HTTP_ADDR":       addr,
 			"AIGOV_LOG_LEVEL":       "warn",

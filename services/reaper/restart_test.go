@@ -26,6 +26,7 @@ func TestRestartDuringPendingExpiries(t *testing.T) {
 	env := func(interval string) runtime.Lookup {
 		return runtime.MapLookup(map[string]string{
 			"AIGOV_NATS_URL":        srv.URL(),
+			"AIGOV_NATS_TLS_CA":     srv.CAFile(),
 			"AIGOV_NATS_PASSWORD":   srv.Password(schemas.RoleReaper),
 			"AIGOV_HTTP_ADDR":       freeAddr(t),
 			"AIGOV_LOG_LEVEL":       "warn",

@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/aigov/aigov/services/runtime/natsconn"
 )
 
 // Lookup reads one configuration variable; os.LookupEnv in production, a map
@@ -132,6 +134,15 @@ type Common struct {
 	NATSPassword string
 	// NATSCreds is a .creds file, used instead of user/password when set.
 	NATSCreds string
+	// NATSNKey is a file holding an nkey seed, used instead of the
+	// password when set (AIGOV_NATS_NKEY).
+	NATSNKey string
+	// NATSTLSCA is the PEM CA bundle the NATS server's certificate must
+	// chain to (AIGOV_NATS_TLS_CA); set, the connection is TLS or nothing.
+	NATSTLSCA string
+	// NATSTLSCert and NATSTLSKey are a client certificate for mutual TLS
+	// (AIGOV_NATS_TLS_CERT, AIGOV_NATS_TLS_KEY).
+	NATSTLSCert, NATSTLSKey string
 	// Prefix is the first token of every subject (AIGOV_SUBJECT_PREFIX).
 	Prefix string
 	// Replicas of streams and buckets the service ensures (AIGOV_REPLICAS).
@@ -149,17 +160,33 @@ type Common struct {
 // LoadCommon reads the shared variables. defaultHTTP differs per service so
 // that a whole stack runs on one host without clashes.
 func LoadCommon(e *Env, service, defaultHTTP string) Common {
-	return Common{
+	c := Common{
 		Service:         service,
 		NATSURL:         e.String("AIGOV_NATS_URL", "nats://127.0.0.1:4222"),
 		NATSUser:        e.String("AIGOV_NATS_USER", service),
 		NATSPassword:    e.String("AIGOV_NATS_PASSWORD", ""),
 		NATSCreds:       e.String("AIGOV_NATS_CREDS", ""),
+		NATSNKey:        e.String("AIGOV_NATS_NKEY", ""),
+		NATSTLSCA:       e.String("AIGOV_NATS_TLS_CA", ""),
+		NATSTLSCert:     e.String("AIGOV_NATS_TLS_CERT", ""),
+		NATSTLSKey:      e.String("AIGOV_NATS_TLS_KEY", ""),
 		Prefix:          e.String("AIGOV_SUBJECT_PREFIX", "aigov"),
 		Replicas:        e.Int("AIGOV_REPLICAS", 1, 1),
 		HTTPAddr:        e.String("AIGOV_HTTP_ADDR", defaultHTTP),
 		LogLevel:        e.String("AIGOV_LOG_LEVEL", "info"),
 		LogFormat:       e.String("AIGOV_LOG_FORMAT", "json"),
 		ShutdownTimeout: e.Duration("AIGOV_SHUTDOWN_TIMEOUT", 20*time.Second),
+	}
+	if err := c.NATS().Validate(); err != nil {
+		e.Fail("AIGOV_NATS_*: %w", err)
+	}
+	return c
+}
+
+// NATS is how this service reaches the bus, for natsconn.
+func (c Common) NATS() natsconn.Config {
+	return natsconn.Config{
+		URL: c.NATSURL, User: c.NATSUser, Password: c.NATSPassword, Creds: c.NATSCreds, NKeySeed: c.NATSNKey,
+		TLSCA: c.NATSTLSCA, TLSCert: c.NATSTLSCert, TLSKey: c.NATSTLSKey, Name: "aigov-" + c.Service,
 	}
 }

@@ -75,3 +75,25 @@ func TestLoadCommon(t *testing.T) {
 		t.Fatalf("topology replicas %d", got)
 	}
 }
+
+// The NATS TLS and identity settings are read, and a half-given client
+// certificate is a configuration error, not a silent plain connection.
+func TestLoadCommonNATSSecurity(t *testing.T) {
+	t.Parallel()
+	e := runtime.NewEnv(runtime.MapLookup(map[string]string{
+		"AIGOV_NATS_TLS_CA": "/ca.pem", "AIGOV_NATS_TLS_CERT": "/c.pem", "AIGOV_NATS_TLS_KEY": "/k.pem", "AIGOV_NATS_NKEY": "/s.nk",
+	}))
+	c := runtime.LoadCommon(e, "authn", ":0")
+	if err := e.Err(); err != nil {
+		t.Fatal(err)
+	}
+	n := c.NATS()
+	if n.TLSCA != "/ca.pem" || n.TLSCert != "/c.pem" || n.TLSKey != "/k.pem" || n.NKeySeed != "/s.nk" || n.User != "authn" {
+		t.Fatalf("settings not carried: %+v", n)
+	}
+	e = runtime.NewEnv(runtime.MapLookup(map[string]string{"AIGOV_NATS_TLS_CERT": "/c.pem"}))
+	runtime.LoadCommon(e, "authn", ":0")
+	if err := e.Err(); err == nil || !strings.Contains(err.Error(), "AIGOV_NATS_") {
+		t.Fatalf("want an error for a certificate without its key, got %v", err)
+	}
+}

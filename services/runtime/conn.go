@@ -11,6 +11,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/aigov/aigov/schemas"
+	"github.com/aigov/aigov/services/runtime/natsconn"
 )
 
 // NewLogger builds the service's logger: JSON lines on stderr by default.
@@ -31,12 +32,10 @@ func NewLogger(c Common) (zerolog.Logger, error) {
 // reason to exit. Its inbox prefix is the user's own, as the bus
 // permissions require.
 func Connect(ctx context.Context, c Common, log zerolog.Logger) (*nats.Conn, jetstream.JetStream, error) {
-	opts := []nats.Option{
-		nats.Name("aigov-" + c.Service),
-		nats.CustomInboxPrefix(schemas.InboxPrefix(c.NATSUser)),
+	nc, err := natsconn.Dial(c.NATS(),
 		nats.MaxReconnects(-1),
-		nats.ReconnectWait(500 * time.Millisecond),
-		nats.Timeout(5 * time.Second),
+		nats.ReconnectWait(500*time.Millisecond),
+		nats.Timeout(5*time.Second),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			log.Warn().Err(err).Msg("nats disconnected")
 		}),
@@ -50,16 +49,9 @@ func Connect(ctx context.Context, c Common, log zerolog.Logger) (*nats.Conn, jet
 			}
 			ev.Msg("nats async error")
 		}),
-	}
-	switch {
-	case c.NATSCreds != "":
-		opts = append(opts, nats.UserCredentials(c.NATSCreds))
-	case c.NATSPassword != "":
-		opts = append(opts, nats.UserInfo(c.NATSUser, c.NATSPassword))
-	}
-	nc, err := nats.Connect(c.NATSURL, opts...)
+	)
 	if err != nil {
-		return nil, nil, fmt.Errorf("connect to nats %s: %w", c.NATSURL, err)
+		return nil, nil, err
 	}
 	js, err := jetstream.New(nc)
 	if err != nil {

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"encoding/json"
@@ -11,7 +12,6 @@ import (
 	"time"
 
 	ch "github.com/ClickHouse/clickhouse-go/v2"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aigov/aigov/schemas"
@@ -29,20 +29,18 @@ func auditCmd(ctx context.Context, args []string, stdout, stderr io.Writer, look
 	}
 	fs := flag.NewFlagSet("aigov audit verify", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	// The audit's NATS user may read the checkpoint bucket.
+	bus := addConnFlags(fs, lookup, schemas.RoleAudit)
 	var (
-		natsURL  = fs.String("nats", env(lookup, "AIGOV_NATS_URL", "nats://127.0.0.1:4222"), "NATS server URL ($AIGOV_NATS_URL)")
-		user     = fs.String("user", env(lookup, "AIGOV_NATS_USER", schemas.RoleAudit), "NATS user that may read the checkpoint bucket ($AIGOV_NATS_USER)")
-		password = fs.String("password", env(lookup, "AIGOV_NATS_PASSWORD", ""), "NATS password ($AIGOV_NATS_PASSWORD)")
-		prefix   = fs.String("prefix", env(lookup, "AIGOV_SUBJECT_PREFIX", schemas.DefaultPrefix), "subject prefix")
-		chAddr   = fs.String("clickhouse", env(lookup, "AIGOV_CLICKHOUSE_ADDR", "127.0.0.1:9000"), "ClickHouse native address ($AIGOV_CLICKHOUSE_ADDR)")
-		db       = fs.String("database", env(lookup, "AIGOV_CLICKHOUSE_DATABASE", "aigov"), "audit database ($AIGOV_CLICKHOUSE_DATABASE)")
-		chUser   = fs.String("clickhouse-user", env(lookup, "AIGOV_CLICKHOUSE_USER", "default"), "ClickHouse user ($AIGOV_CLICKHOUSE_USER)")
-		chPass   = fs.String("clickhouse-password", env(lookup, "AIGOV_CLICKHOUSE_PASSWORD", ""), "ClickHouse password ($AIGOV_CLICKHOUSE_PASSWORD)")
-		chTLS    = fs.Bool("clickhouse-tls", false, "connect to ClickHouse over TLS")
-		pubPath  = fs.String("public-key", env(lookup, "AIGOV_AUDIT_PUBLIC_KEY", ""), "PEM Ed25519 public key of the audit's signing key ($AIGOV_AUDIT_PUBLIC_KEY)")
-		stream   = fs.String("stream", "", "verify this stream only (default: every stream with checkpoints)")
-		timeout  = fs.Duration("timeout", 10*time.Minute, "how long the command may take")
-		asJSON   = fs.Bool("json", false, "print JSON")
+		chAddr  = fs.String("clickhouse", env(lookup, "AIGOV_CLICKHOUSE_ADDR", "127.0.0.1:9000"), "ClickHouse native address ($AIGOV_CLICKHOUSE_ADDR)")
+		db      = fs.String("database", env(lookup, "AIGOV_CLICKHOUSE_DATABASE", "aigov"), "audit database ($AIGOV_CLICKHOUSE_DATABASE)")
+		chUser  = fs.String("clickhouse-user", env(lookup, "AIGOV_CLICKHOUSE_USER", "default"), "ClickHouse user ($AIGOV_CLICKHOUSE_USER)")
+		chPass  = fs.String("clickhouse-password", "", "ClickHouse password (default $AIGOV_CLICKHOUSE_PASSWORD, which is never shown)")
+		chTLS   = fs.Bool("clickhouse-tls", false, "connect to ClickHouse over TLS")
+		pubPath = fs.String("public-key", env(lookup, "AIGOV_AUDIT_PUBLIC_KEY", ""), "PEM Ed25519 public key of the audit's signing key ($AIGOV_AUDIT_PUBLIC_KEY)")
+		stream  = fs.String("stream", "", "verify this stream only (default: every stream with checkpoints)")
+		timeout = fs.Duration("timeout", 10*time.Minute, "how long the command may take")
+		asJSON  = fs.Bool("json", false, "print JSON")
 	)
 	if err := fs.Parse(args[1:]); err != nil {
 		return ExitUsage
@@ -58,13 +56,9 @@ func auditCmd(ctx context.Context, args []string, stdout, stderr io.Writer, look
 		fmt.Fprintf(stderr, "aigov audit verify: %v\n", err)
 		return ExitError
 	}
-	opts := []nats.Option{nats.Name("aigov-cli"), nats.CustomInboxPrefix(schemas.InboxPrefix(*user))}
-	if *password != "" {
-		opts = append(opts, nats.UserInfo(*user, *password))
-	}
-	nc, err := nats.Connect(*natsURL, opts...)
+	nc, err := bus.dial(10 * time.Second)
 	if err != nil {
-		fmt.Fprintf(stderr, "aigov audit verify: connect to %s: %v\n", *natsURL, err)
+		fmt.Fprintf(stderr, "aigov audit verify: %v\n", err)
 		return ExitError
 	}
 	defer nc.Close()
@@ -73,12 +67,12 @@ func auditCmd(ctx context.Context, args []string, stdout, stderr io.Writer, look
 		fmt.Fprintf(stderr, "aigov audit verify: %v\n", err)
 		return ExitError
 	}
-	kv, err := js.KeyValue(ctx, schemas.NewTopology(*prefix).BucketAuditCheckpoints())
+	kv, err := js.KeyValue(ctx, schemas.NewTopology(bus.prefix).BucketAuditCheckpoints())
 	if err != nil {
 		fmt.Fprintf(stderr, "aigov audit verify: checkpoint bucket: %v\n", err)
 		return ExitError
 	}
-	chOpts := &ch.Options{Addr: strings.Split(*chAddr, ","), Auth: ch.Auth{Database: *db, Username: *chUser, Password: *chPass},
+	chOpts := &ch.Options{Addr: strings.Split(*chAddr, ","), Auth: ch.Auth{Database: *db, Username: *chUser, Password: cmp.Or(*chPass, env(lookup, "AIGOV_CLICKHOUSE_PASSWORD", ""))},
 		DialTimeout: 5 * time.Second, ReadTimeout: *timeout}
 	if *chTLS {
 		chOpts.TLS = &tls.Config{MinVersion: tls.VersionTLS12}

@@ -13,8 +13,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nats-io/nats.go"
-
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/schemas/client"
 )
@@ -81,11 +79,8 @@ func env(lookup func(string) (string, bool), key, def string) string {
 func authorize(ctx context.Context, args []string, stdout, stderr io.Writer, lookup func(string) (string, bool)) int {
 	fs := flag.NewFlagSet("aigov authorize", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	bus := addConnFlags(fs, lookup, schemas.RolePlatform)
 	var (
-		url       = fs.String("nats", env(lookup, "AIGOV_NATS_URL", "nats://127.0.0.1:4222"), "NATS server URL ($AIGOV_NATS_URL)")
-		user      = fs.String("user", env(lookup, "AIGOV_NATS_USER", schemas.RolePlatform), "NATS user ($AIGOV_NATS_USER)")
-		password  = fs.String("password", env(lookup, "AIGOV_NATS_PASSWORD", ""), "NATS password ($AIGOV_NATS_PASSWORD)")
-		prefix    = fs.String("prefix", env(lookup, "AIGOV_SUBJECT_PREFIX", schemas.DefaultPrefix), "subject prefix")
 		token     = fs.String("token", "", "bearer token (prefer --token-file or $AIGOV_TOKEN: flags show in ps)")
 		tokenFile = fs.String("token-file", "", "file holding the bearer token")
 		action    = fs.String("action", "", "action, e.g. model.retrain (required)")
@@ -108,17 +103,13 @@ func authorize(ctx context.Context, args []string, stdout, stderr io.Writer, loo
 		return ExitUsage
 	}
 
-	opts := []nats.Option{nats.Name("aigov-cli"), nats.CustomInboxPrefix(schemas.InboxPrefix(*user)), nats.Timeout(*timeout)}
-	if *password != "" {
-		opts = append(opts, nats.UserInfo(*user, *password))
-	}
-	nc, err := nats.Connect(*url, opts...)
+	nc, err := bus.dial(*timeout)
 	if err != nil {
-		fmt.Fprintf(stderr, "aigov authorize: connect to %s: %v\n", *url, err)
+		fmt.Fprintf(stderr, "aigov authorize: %v\n", err)
 		return ExitError
 	}
 	defer nc.Close()
-	c, err := client.New(nc, client.Options{Prefix: *prefix, Source: *source, Timeout: *timeout})
+	c, err := client.New(nc, client.Options{Prefix: bus.prefix, Source: *source, Timeout: *timeout})
 	if err != nil {
 		fmt.Fprintf(stderr, "aigov authorize: %v\n", err)
 		return ExitError

@@ -136,7 +136,7 @@ func entitiesCmd(ctx context.Context, args []string, stdout, stderr io.Writer, l
 	defer nc.Close()
 	cctx, cancel := context.WithTimeout(ctx, *of.timeout)
 	defer cancel()
-	kv, err := js.KeyValue(cctx, schemas.NewTopology(*of.prefix).BucketEntities())
+	kv, err := js.KeyValue(cctx, schemas.NewTopology(of.conn.prefix).BucketEntities())
 	if err != nil {
 		return fail(ExitError, fmt.Errorf("open entity bucket: %w", err))
 	}

@@ -20,29 +20,22 @@ import (
 // by default: it may stage policy sets, edit the entity store and send
 // governed requests, and nothing else.
 type operatorFlags struct {
-	url, user, password, prefix *string
-	timeout                     *time.Duration
+	conn    *connFlags
+	timeout *time.Duration
 }
 
 func addOperatorFlags(fs *flag.FlagSet, lookup func(string) (string, bool)) operatorFlags {
 	return operatorFlags{
-		url:      fs.String("nats", env(lookup, "AIGOV_NATS_URL", "nats://127.0.0.1:4222"), "NATS server URL ($AIGOV_NATS_URL)"),
-		user:     fs.String("user", env(lookup, "AIGOV_NATS_USER", schemas.RoleOperator), "NATS user ($AIGOV_NATS_USER)"),
-		password: fs.String("password", env(lookup, "AIGOV_NATS_PASSWORD", ""), "NATS password ($AIGOV_NATS_PASSWORD)"),
-		prefix:   fs.String("prefix", env(lookup, "AIGOV_SUBJECT_PREFIX", schemas.DefaultPrefix), "subject prefix"),
-		timeout:  fs.Duration("timeout", 10*time.Second, "how long the command may take"),
+		conn:    addConnFlags(fs, lookup, schemas.RoleOperator),
+		timeout: fs.Duration("timeout", 10*time.Second, "how long the command may take"),
 	}
 }
 
 // connect opens the operator connection; close drains it.
 func (o operatorFlags) connect() (*nats.Conn, jetstream.JetStream, error) {
-	opts := []nats.Option{nats.Name("aigov-cli"), nats.CustomInboxPrefix(schemas.InboxPrefix(*o.user)), nats.Timeout(*o.timeout)}
-	if *o.password != "" {
-		opts = append(opts, nats.UserInfo(*o.user, *o.password))
-	}
-	nc, err := nats.Connect(*o.url, opts...)
+	nc, err := o.conn.dial(*o.timeout)
 	if err != nil {
-		return nil, nil, fmt.Errorf("connect to %s: %w", *o.url, err)
+		return nil, nil, err
 	}
 	js, err := jetstream.New(nc)
 	if err != nil {
@@ -55,7 +48,7 @@ func (o operatorFlags) connect() (*nats.Conn, jetstream.JetStream, error) {
 // governed sends one request with the caller's token on nc and waits for
 // its decision.
 func (o operatorFlags) governed(ctx context.Context, nc *nats.Conn, token string, req schemas.Request) (schemas.Decision, error) {
-	c, err := client.New(nc, client.Options{Prefix: *o.prefix, Source: "aigov-cli", Timeout: *o.timeout})
+	c, err := client.New(nc, client.Options{Prefix: o.conn.prefix, Source: "aigov-cli", Timeout: *o.timeout})
 	if err != nil {
 		return schemas.Decision{}, err
 	}

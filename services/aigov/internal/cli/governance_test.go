@@ -136,7 +136,7 @@ func TestEntities(t *testing.T) {
 	if err := schemas.NewTopology("").Ensure(ctx, js); err != nil {
 		t.Fatal(err)
 	}
-	bus := []string{"--nats", srv.URL(), "--password", srv.Password(schemas.RoleOperator)}
+	bus := []string{"--nats", srv.URL(), "--tls-ca", srv.CAFile(), "--password", srv.Password(schemas.RoleOperator)}
 	file := filepath.Join(t.TempDir(), "e.json")
 	body := `[{"uid": {"type": "Model", "id": "new model/1"}, "attrs": {"environment": "staging", "stage": "candidate", "owner_team": {"__entity": {"type": "Group", "id": "ml-platform"}}}, "parents": []},
 	{"uid": {"type": "Dataset", "id": "d"}, "attrs": {"stage": "training", "owner_team": {"__entity": {"type": "Group", "id": "ml-platform"}}}, "parents": []}]`
@@ -164,7 +164,7 @@ func TestEntities(t *testing.T) {
 		t.Fatalf("get after delete: exit %d %s", code, errOut)
 	}
 	// The operator user may not touch other buckets: the platform's user may not even edit entities.
-	plat := []string{"--nats", srv.URL(), "--user", schemas.RolePlatform, "--password", srv.Password(schemas.RolePlatform), "--timeout", "2s"}
+	plat := []string{"--nats", srv.URL(), "--tls-ca", srv.CAFile(), "--user", schemas.RolePlatform, "--password", srv.Password(schemas.RolePlatform), "--timeout", "2s"}
 	if code, _, _ = run(t, append(append([]string{"entities", "put"}, plat...), file)...); code != cli.ExitError {
 		t.Fatalf("put as platform: exit %d, want an error", code)
 	}

@@ -183,7 +183,7 @@ func policyPush(ctx context.Context, args []string, stdout, stderr io.Writer, lo
 		return ExitError
 	}
 	defer nc.Close()
-	if err := stage(ctx, js, schemas.NewTopology(*of.prefix).BucketPolicyProposals(), engine.HexOf(hash), bundle); err != nil {
+	if err := stage(ctx, js, schemas.NewTopology(of.conn.prefix).BucketPolicyProposals(), engine.HexOf(hash), bundle); err != nil {
 		fmt.Fprintf(stderr, "aigov policy push: %v\n", err)
 		return ExitError
 	}

@@ -9,7 +9,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aigov/aigov/schemas"
@@ -20,38 +19,31 @@ import (
 // connect as the reaper's NATS user by default: it may write the
 // revocation bucket and publish session events.
 type busFlags struct {
-	url, user, password, prefix *string
-	timeout                     *time.Duration
-	asJSON                      *bool
+	conn    *connFlags
+	timeout *time.Duration
+	asJSON  *bool
 }
 
 func addBusFlags(fs *flag.FlagSet, lookup func(string) (string, bool)) busFlags {
 	return busFlags{
-		url:      fs.String("nats", env(lookup, "AIGOV_NATS_URL", "nats://127.0.0.1:4222"), "NATS server URL ($AIGOV_NATS_URL)"),
-		user:     fs.String("user", env(lookup, "AIGOV_NATS_USER", schemas.RoleReaper), "NATS user ($AIGOV_NATS_USER)"),
-		password: fs.String("password", env(lookup, "AIGOV_NATS_PASSWORD", ""), "NATS password ($AIGOV_NATS_PASSWORD)"),
-		prefix:   fs.String("prefix", env(lookup, "AIGOV_SUBJECT_PREFIX", schemas.DefaultPrefix), "subject prefix"),
-		timeout:  fs.Duration("timeout", 10*time.Second, "how long the command may take"),
-		asJSON:   fs.Bool("json", false, "print JSON"),
+		conn:    addConnFlags(fs, lookup, schemas.RoleReaper),
+		timeout: fs.Duration("timeout", 10*time.Second, "how long the command may take"),
+		asJSON:  fs.Bool("json", false, "print JSON"),
 	}
 }
 
 // open connects and builds the kill switch; close releases the connection.
 func (b busFlags) open(ctx context.Context) (*killswitch.Switch, func(), error) {
-	opts := []nats.Option{nats.Name("aigov-cli"), nats.CustomInboxPrefix(schemas.InboxPrefix(*b.user)), nats.Timeout(*b.timeout)}
-	if *b.password != "" {
-		opts = append(opts, nats.UserInfo(*b.user, *b.password))
-	}
-	nc, err := nats.Connect(*b.url, opts...)
+	nc, err := b.conn.dial(*b.timeout)
 	if err != nil {
-		return nil, nil, fmt.Errorf("connect to %s: %w", *b.url, err)
+		return nil, nil, err
 	}
 	js, err := jetstream.New(nc)
 	if err != nil {
 		nc.Close()
 		return nil, nil, fmt.Errorf("jetstream: %w", err)
 	}
-	sw, err := killswitch.New(ctx, js, schemas.NewTopology(*b.prefix), time.Now)
+	sw, err := killswitch.New(ctx, js, schemas.NewTopology(b.conn.prefix), time.Now)
 	if err != nil {
 		nc.Close()
 		return nil, nil, err

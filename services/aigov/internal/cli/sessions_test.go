@@ -66,7 +66,7 @@ func newKillBus(t *testing.T) *killBus {
 		t.Fatal(err)
 	}
 	// The commands connect as the reaper's user, as operators run them.
-	b.flags = []string{"--nats", srv.URL(), "--user", schemas.RoleReaper, "--password", srv.Password(schemas.RoleReaper), "--timeout", "10s"}
+	b.flags = []string{"--nats", srv.URL(), "--tls-ca", srv.CAFile(), "--user", schemas.RoleReaper, "--password", srv.Password(schemas.RoleReaper), "--timeout", "10s"}
 	return b
 }
 
@@ -179,7 +179,7 @@ func TestSessionsRevoke(t *testing.T) {
 	}
 	// A bad password is an error exit, not a usage one.
 	var outBuf, errBuf bytes.Buffer
-	if code := cli.Run(ctx, []string{"sessions", "list", "--nats", b.srv.URL(), "--user", schemas.RoleReaper, "--password", "wrong", "--timeout", "2s"},
+	if code := cli.Run(ctx, []string{"sessions", "list", "--nats", b.srv.URL(), "--tls-ca", b.srv.CAFile(), "--user", schemas.RoleReaper, "--password", "wrong", "--timeout", "2s"},
 		&outBuf, &errBuf, func(string) (string, bool) { return "", false }); code != cli.ExitError {
 		t.Errorf("wrong password: exit %d (%s)", code, errBuf.String())
 	}

@@ -84,6 +84,7 @@ func startHarness(t *testing.T, o harnessOptions) *harness {
 	}
 	env := runtime.NewEnv(runtime.MapLookup(map[string]string{
 		"AIGOV_NATS_URL":                  ns.URL(),
+		"AIGOV_NATS_TLS_CA":               ns.CAFile(),
 		"AIGOV_NATS_PASSWORD":             ns.Password(schemas.RoleAudit),
 		"AIGOV_HTTP_ADDR":                 "127.0.0.1:0",
 		"AIGOV_LOG_LEVEL":                 "warn",
