@@ -33,6 +33,8 @@ import (
 	"time"
 
 	ch "github.com/ClickHouse/clickhouse-go/v2"
+
+	"github.com/aigov/aigov/services/devenv/devcerts"
 )
 
 // EnvServerBinary names the environment variable that overrides which
@@ -82,6 +84,11 @@ type Options struct {
 	TCPPort int
 	// HTTPPort is the HTTP interface port; 0 picks a free one.
 	HTTPPort int
+	// TLS adds the native protocol over TLS (tcp_port_secure) on a free
+	// port, with a server certificate for 127.0.0.1 from a dev CA made in
+	// Dir/tls (see SecureAddr and CAFile). The plain port stays, for the
+	// readiness check and clients that are not under test.
+	TLS bool
 	// StartTimeout bounds how long Start (and Restart) wait for the server
 	// to answer queries; 0 means 60s, generous for a cold CI machine.
 	StartTimeout time.Duration
@@ -100,6 +107,8 @@ type Server struct {
 	binArgs      []string // "server" for the single clickhouse binary
 	tcpPort      int
 	httpPort     int
+	securePort   int              // 0 without Options.TLS
+	certs        *devcerts.Bundle // nil without Options.TLS
 	startTimeout time.Duration
 	log          io.Writer
 
@@ -194,11 +203,23 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 		s.startTimeout = defaultStartTimeout
 	}
 
+	if opts.TLS {
+		if s.certs, err = devcerts.Ensure(filepath.Join(dir, "tls"), "127.0.0.1", "localhost"); err != nil {
+			return nil, fmt.Errorf("clickhouse: %w", err)
+		}
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for attempt := 1; ; attempt++ {
 		if s.tcpPort, s.httpPort, err = pickPorts(opts.TCPPort, opts.HTTPPort); err != nil {
 			return nil, err
+		}
+		if opts.TLS {
+			for s.securePort == 0 || s.securePort == s.tcpPort || s.securePort == s.httpPort {
+				if s.securePort, err = freePort(); err != nil {
+					return nil, err
+				}
+			}
 		}
 		err = s.startLocked(ctx)
 		if err == nil {
@@ -248,6 +269,24 @@ func (s *Server) Addr() string { return net.JoinHostPort("127.0.0.1", strconv.It
 // 18.16, so Go clients should use Addr or DSN.
 func (s *Server) HTTPAddr() string {
 	return net.JoinHostPort("127.0.0.1", strconv.Itoa(s.httpPort))
+}
+
+// SecureAddr is the native protocol over TLS, "127.0.0.1:<port>", or ""
+// without Options.TLS.
+func (s *Server) SecureAddr() string {
+	if s.securePort == 0 {
+		return ""
+	}
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(s.securePort))
+}
+
+// CAFile is the PEM CA that signed the secure port's certificate, or ""
+// without Options.TLS.
+func (s *Server) CAFile() string {
+	if s.certs == nil {
+		return ""
+	}
+	return s.certs.CA
 }
 
 // DSN is a native-protocol DSN for the default database and passwordless
@@ -342,7 +381,11 @@ func (s *Server) Restart(ctx context.Context) error {
 // startLocked writes the config, launches the process and waits until it
 // answers queries. The caller holds s.mu.
 func (s *Server) startLocked(ctx context.Context) error {
-	if err := s.lay.write(s.tcpPort, s.httpPort); err != nil {
+	var tls *tlsListener
+	if s.certs != nil {
+		tls = &tlsListener{port: s.securePort, cert: s.certs.ServerCert, key: s.certs.ServerKey}
+	}
+	if err := s.lay.write(s.tcpPort, s.httpPort, tls); err != nil {
 		return err
 	}
 	p, err := s.spawn()

@@ -44,13 +44,20 @@ func (l layout) errorLog() string  { return filepath.Join(l.logDir, "clickhouse-
 // write creates the directories and (re)writes both config files. It runs
 // on every start because ports can change between starts on the same Dir
 // (a fresh Start with port 0 after a Kill).
-func (l layout) write(tcpPort, httpPort int) error {
+// tlsListener is the native protocol over TLS: its port and the server's
+// PEM certificate and key.
+type tlsListener struct {
+	port      int
+	cert, key string
+}
+
+func (l layout) write(tcpPort, httpPort int, tls *tlsListener) error {
 	for _, d := range []string{l.etc, l.data, l.tmp, l.userFiles, l.formatSchm, l.logDir} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return fmt.Errorf("clickhouse: create %s: %w", d, err)
 		}
 	}
-	if err := os.WriteFile(l.configFile(), l.configXML(tcpPort, httpPort), 0o644); err != nil {
+	if err := os.WriteFile(l.configFile(), l.configXML(tcpPort, httpPort, tls), 0o644); err != nil {
 		return fmt.Errorf("clickhouse: write config: %w", err)
 	}
 	if err := os.WriteFile(l.usersFile(), []byte(usersXML), 0o644); err != nil {
@@ -83,7 +90,10 @@ func (l layout) write(tcpPort, httpPort int) error {
 //     idle native connection only every poll_interval (default 10s) and on
 //     an idle HTTP keep-alive one after keep_alive_timeout (default 3s).
 //     With the defaults, Stop with a pooled client still open took 10s.
-func (l layout) configXML(tcpPort, httpPort int) []byte {
+//   - With TLS, tcp_port_secure and an openSSL server section with the dev
+//     certificate: no dhParamsFile (ECDHE needs none) and no client
+//     verification; TLS 1.0 and 1.1 are refused.
+func (l layout) configXML(tcpPort, httpPort int, tls *tlsListener) []byte {
 	var b bytes.Buffer
 	p := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
 	p("<?xml version=\"1.0\"?>\n")
@@ -100,6 +110,18 @@ func (l layout) configXML(tcpPort, httpPort int) []byte {
 	p("  <listen_host>127.0.0.1</listen_host>\n")
 	p("  <tcp_port>%d</tcp_port>\n", tcpPort)
 	p("  <http_port>%d</http_port>\n", httpPort)
+	if tls != nil {
+		p("  <tcp_port_secure>%d</tcp_port_secure>\n", tls.port)
+		p("  <openSSL>\n    <server>\n")
+		p("      <certificateFile>%s</certificateFile>\n", esc(tls.cert))
+		p("      <privateKeyFile>%s</privateKeyFile>\n", esc(tls.key))
+		p("      <verificationMode>none</verificationMode>\n")
+		p("      <loadDefaultCAFile>false</loadDefaultCAFile>\n")
+		p("      <cacheSessions>true</cacheSessions>\n")
+		p("      <disableProtocols>sslv2,sslv3,tlsv1,tlsv1_1</disableProtocols>\n")
+		p("      <preferServerCiphers>true</preferServerCiphers>\n")
+		p("    </server>\n  </openSSL>\n")
+	}
 	p("  <path>%s/</path>\n", esc(l.data))
 	p("  <tmp_path>%s/</tmp_path>\n", esc(l.tmp))
 	p("  <user_files_path>%s/</user_files_path>\n", esc(l.userFiles))
