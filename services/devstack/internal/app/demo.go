@@ -10,10 +10,12 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/services/devenv/idp"
+	"github.com/aigov/aigov/services/devenv/natsdev"
 	"github.com/aigov/aigov/services/devstack/internal/demo"
 	"github.com/aigov/aigov/services/devstack/internal/stack"
 )
@@ -93,20 +95,37 @@ func Demo(ctx context.Context, args []string, out io.Writer) error {
 	return serve(ctx, st, work, out)
 }
 
-// writeEnvFiles writes one file per NATS role with the variables the aigov
-// CLI reads, so a user can act as the operator or the reaper against the dev
-// stack. The passwords are the dev stack's own, generated at start.
+// writeEnvFiles writes one file per NATS role with everything a client
+// needs to act as that role against the dev stack, for the aigov CLI (which
+// reads these variables) and the plain nats CLI (--tlsca "$AIGOV_NATS_TLS_CA"):
+// the URL, the user and its dev password (generated at start), and the dev
+// CA the server's certificate chains to.
 func writeEnvFiles(st *stack.Stack, dir string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
 	for _, role := range schemas.Roles() {
-		env := fmt.Sprintf("AIGOV_NATS_URL=%s\nAIGOV_NATS_USER=%s\nAIGOV_NATS_PASSWORD=%s\n", st.NATS.URL(), role, st.NATS.Password(role))
-		if err := os.WriteFile(filepath.Join(dir, role+".env"), []byte(env), 0o600); err != nil {
+		if err := os.WriteFile(filepath.Join(dir, role+".env"), []byte(EnvFile(st.NATS, role)), 0o600); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// EnvFile is the content of .run/env/<role>.env: AIGOV_NATS_URL, then the
+// role's credentials (user and password, or its client certificate when
+// the server maps users from certificates), then AIGOV_NATS_TLS_CA.
+func EnvFile(ns *natsdev.Server, role string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "AIGOV_NATS_URL=%s\nAIGOV_NATS_USER=%s\n", ns.URL(), role)
+	if pw := ns.Password(role); pw != "" {
+		fmt.Fprintf(&b, "AIGOV_NATS_PASSWORD=%s\n", pw)
+	}
+	if cert, key := ns.ClientCert(role); cert != "" {
+		fmt.Fprintf(&b, "AIGOV_NATS_TLS_CERT=%s\nAIGOV_NATS_TLS_KEY=%s\n", cert, key)
+	}
+	fmt.Fprintf(&b, "AIGOV_NATS_TLS_CA=%s\n", ns.CAFile())
+	return b.String()
 }
 
 // serve keeps fresh persona tokens on disk and prints how to send a request.
@@ -134,31 +153,7 @@ func serve(ctx context.Context, st *stack.Stack, work string, out io.Writer) err
 		return fmt.Errorf("write env files: %w", err)
 	}
 	rel, _ := filepath.Rel(st.Root, work)
-	fmt.Fprintf(out, `
-== aigov is serving (Ctrl-C to stop)
-Fresh tokens for alice, carol, erin, rita and oscar are rewritten every 5s in %[1]s/tokens/.
-Send your own request:
-
-  %[1]s/bin/aigov authorize --password %[2]s \
-      --token-file %[1]s/tokens/carol.jwt --action dataset.update \
-      --resource Dataset:transactions-training --context '{"environment":"staging"}'
-
-or with the nats CLI (user platform):
-
-  nats --server %[3]s --user platform --password %[2]s --inbox-prefix _INBOX.platform \
-      pub aigov.request.model.retrain -H "Authorization:Bearer $(cat %[1]s/tokens/alice.jwt)" \
-      -H "Nats-Msg-Id:my-request-1" \
-      '{"specversion":"1.0","id":"my-request-1","source":"cli","type":"dev.aigov.request.v1","time":"2026-01-01T00:00:00Z","data":{"action":"model.retrain","resource":{"type":"Model","id":"fraud-detector"},"context":{"environment":"staging"}}}'
-
-The CLI reads its NATS user from the environment: %[1]s/env/<role>.env holds
-the URL, user and dev password of each role (platform, operator, reaper, audit, ...),
-e.g.  (set -a; . %[1]s/env/operator.env; %[1]s/bin/aigov entities list)
-Verify the audit's hash chain against its signed checkpoints:
-      (set -a; . %[1]s/env/audit.env; %[1]s/bin/aigov audit verify --clickhouse 127.0.0.1:%[4]d --public-key %[1]s/audit-signing.key.pub)
-
-Audit:  clickhouse-client --port %[4]d --query "SELECT * FROM aigov.decisions FINAL ORDER BY event_time_us DESC LIMIT 5 FORMAT Vertical"
-Logs:   %[1]s/logs/
-`, rel, st.NATS.Password("platform"), st.NATS.URL(), 19000)
+	fmt.Fprint(out, Banner(rel, 19000))
 	tick := time.NewTicker(5 * time.Second)
 	defer tick.Stop()
 	for {
@@ -171,4 +166,45 @@ Logs:   %[1]s/logs/
 			}
 		}
 	}
+}
+
+// Banner is what `make run` prints once the stack serves: how to send a
+// request with the aigov CLI and with the plain nats CLI (subscribe on the
+// platform's inbox, publish with Aigov-Reply-To naming it), all over TLS
+// with the dev CA, credentials taken from the role's env file so that no
+// password is printed. run is the working directory relative to the
+// repository root.
+func Banner(run string, clickhousePort int) string {
+	return fmt.Sprintf(`
+== aigov is serving (Ctrl-C to stop)
+Fresh tokens for alice, carol, erin, rita and oscar are rewritten every 5s in %[1]s/tokens/.
+%[1]s/env/<role>.env holds what a client needs to act as each NATS role (platform,
+operator, reaper, audit, ...): AIGOV_NATS_URL, AIGOV_NATS_USER, AIGOV_NATS_PASSWORD and
+AIGOV_NATS_TLS_CA (NATS speaks only TLS; its dev CA is in %[1]s/nats/tls/).
+
+Send your own request (the CLI reads the env file):
+
+  (set -a; . %[1]s/env/platform.env; %[1]s/bin/aigov authorize \
+      --token-file %[1]s/tokens/carol.jwt --action dataset.update \
+      --resource Dataset:transactions-training --context '{"environment":"staging"}')
+
+or with the nats CLI as the platform: decisions arrive on its inbox.
+
+  set -a; . %[1]s/env/platform.env; set +a
+  nats --server "$AIGOV_NATS_URL" --tlsca "$AIGOV_NATS_TLS_CA" --user "$AIGOV_NATS_USER" --password "$AIGOV_NATS_PASSWORD" \
+      --inbox-prefix _INBOX.platform sub _INBOX.platform.mine &
+  nats --server "$AIGOV_NATS_URL" --tlsca "$AIGOV_NATS_TLS_CA" --user "$AIGOV_NATS_USER" --password "$AIGOV_NATS_PASSWORD" \
+      --inbox-prefix _INBOX.platform pub aigov.request.model.retrain \
+      -H "Authorization:Bearer $(cat %[1]s/tokens/alice.jwt)" -H "Nats-Msg-Id:my-request-1" \
+      -H "%[3]s:_INBOX.platform.mine" \
+      '{"specversion":"1.0","id":"my-request-1","source":"cli","type":"dev.aigov.request.v1","time":"2026-01-01T00:00:00Z","data":{"action":"model.retrain","resource":{"type":"Model","id":"fraud-detector"},"context":{"environment":"staging"}}}'
+
+Act as another role the same way, e.g.
+      (set -a; . %[1]s/env/operator.env; %[1]s/bin/aigov entities list)
+Verify the audit's hash chain against its signed checkpoints:
+      (set -a; . %[1]s/env/audit.env; %[1]s/bin/aigov audit verify --clickhouse 127.0.0.1:%[2]d --public-key %[1]s/audit-signing.key.pub)
+
+Audit:  clickhouse-client --port %[2]d --query "SELECT * FROM aigov.decisions FINAL ORDER BY event_time_us DESC LIMIT 5 FORMAT Vertical"
+Logs:   %[1]s/logs/
+`, run, clickhousePort, schemas.HeaderReplyTo)
 }

@@ -175,7 +175,7 @@ func Start(ctx context.Context, opts Options) (st *Stack, err error) {
 	if err != nil {
 		return st, err
 	}
-	fmt.Fprintf(opts.Progress, "nats        %s (JetStream, one user per service)\n", st.NATS.URL())
+	fmt.Fprintf(opts.Progress, "nats        %s (JetStream, TLS with dev CA %s, one user per service)\n", st.NATS.URL(), st.NATS.CAFile())
 
 	idpAddr := "127.0.0.1:0"
 	if opts.IdPPort != 0 {
@@ -245,6 +245,8 @@ func (st *Stack) env(name, httpAddr string) []string {
 		"AIGOV_NATS_URL=" + st.NATS.URL(),
 		"AIGOV_NATS_USER=" + name,
 		"AIGOV_NATS_PASSWORD=" + st.NATS.Password(name),
+		// The services verify the server against the dev CA: TLS or nothing.
+		"AIGOV_NATS_TLS_CA=" + st.NATS.CAFile(),
 		"AIGOV_HTTP_ADDR=" + httpAddr,
 		"AIGOV_LOG_LEVEL=" + st.opts.LogLevel,
 	}
