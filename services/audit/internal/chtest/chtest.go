@@ -29,7 +29,8 @@ func Main(m *testing.M, srv **clickhouse.Server) int {
 	}
 	defer os.RemoveAll(dir)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	s, err := clickhouse.Start(ctx, clickhouse.Options{Dir: dir})
+	// TLS adds the secure native port, for the tests of the audit over TLS.
+	s, err := clickhouse.Start(ctx, clickhouse.Options{Dir: dir, TLS: true})
 	cancel()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "chtest: ClickHouse is required for these tests and did not start: %v\n", err)

@@ -2,8 +2,11 @@ package sink
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
+	"os"
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2"
@@ -41,8 +44,13 @@ func dial(c ClickHouseConfig, db string) (driver.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
+	tlsCfg, err := c.tlsConfig()
+	if err != nil {
+		return nil, err
+	}
 	conns := max(c.Conns, 2)
 	conn, err := clickhouse.Open(&clickhouse.Options{
+		TLS:      tlsCfg,
 		Protocol: clickhouse.Native,
 		Addr:     c.Addrs,
 		Auth:     clickhouse.Auth{Database: db, Username: c.User, Password: c.Password},
@@ -64,6 +72,26 @@ func dial(c ClickHouseConfig, db string) (driver.Conn, error) {
 		return nil, fmt.Errorf("open clickhouse %v: %w", c.Addrs, err)
 	}
 	return conn, nil
+}
+
+// tlsConfig is nil for a plain connection; otherwise TLS 1.2 or later,
+// verifying the server against TLSCA or the system roots.
+func (c ClickHouseConfig) tlsConfig() (*tls.Config, error) {
+	if !c.Secure {
+		return nil, nil
+	}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if c.TLSCA != "" {
+		pem, err := os.ReadFile(c.TLSCA)
+		if err != nil {
+			return nil, fmt.Errorf("AIGOV_CLICKHOUSE_TLS_CA: %w", err)
+		}
+		cfg.RootCAs = x509.NewCertPool()
+		if !cfg.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("AIGOV_CLICKHOUSE_TLS_CA: %s holds no PEM certificate", c.TLSCA)
+		}
+	}
+	return cfg, nil
 }
 
 // Open connects to ClickHouse, creates the database if needed and applies

@@ -81,6 +81,13 @@ type ClickHouseConfig struct {
 	// AIGOV_CLICKHOUSE_PASSWORD).
 	User     string
 	Password string
+	// Secure speaks the native protocol over TLS (AIGOV_CLICKHOUSE_SECURE):
+	// point Addrs at the server's tcp_port_secure (9440 by default).
+	Secure bool
+	// TLSCA is a PEM bundle the server's certificate must chain to
+	// (AIGOV_CLICKHOUSE_TLS_CA); empty trusts the system roots. Only with
+	// Secure.
+	TLSCA string
 	// RetentionDays is Config.RetentionDays, for the migrations.
 	RetentionDays int
 	// Compression is the native protocol's block compression
@@ -107,6 +114,8 @@ func LoadConfig(env *runtime.Env) Config {
 			Database:       env.String("AIGOV_CLICKHOUSE_DATABASE", "aigov"),
 			User:           env.String("AIGOV_CLICKHOUSE_USER", "default"),
 			Password:       env.String("AIGOV_CLICKHOUSE_PASSWORD", ""),
+			Secure:         env.Bool("AIGOV_CLICKHOUSE_SECURE", false),
+			TLSCA:          env.String("AIGOV_CLICKHOUSE_TLS_CA", ""),
 			Compression:    env.String("AIGOV_CLICKHOUSE_COMPRESSION", CompressionNone),
 			StartupTimeout: env.Duration("AIGOV_CLICKHOUSE_STARTUP_TIMEOUT", time.Minute),
 		},
@@ -167,6 +176,10 @@ func (c Config) validate(env *runtime.Env) {
 	}
 	if c.CheckpointInterval < 0 {
 		env.Fail("AIGOV_AUDIT_CHECKPOINT_INTERVAL must not be negative")
+	}
+	if c.ClickHouse.TLSCA != "" && !c.ClickHouse.Secure {
+		// A CA without TLS would look secure and send everything in clear.
+		env.Fail("AIGOV_CLICKHOUSE_TLS_CA is set but AIGOV_CLICKHOUSE_SECURE is not true")
 	}
 	if _, err := compressionOf(c.ClickHouse.Compression); err != nil {
 		env.Fail("AIGOV_CLICKHOUSE_COMPRESSION: %v", err)

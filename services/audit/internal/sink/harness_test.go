@@ -50,6 +50,9 @@ type harnessOptions struct {
 	ns *natsdev.Server
 	// db reuses a database; a new one when empty.
 	db string
+	// secureCH writes over ClickHouse's secure native port, verifying it
+	// against the dev CA.
+	secureCH bool
 }
 
 func startHarness(t *testing.T, o harnessOptions) *harness {
@@ -82,7 +85,7 @@ func startHarness(t *testing.T, o harnessOptions) *harness {
 		db = chtest.DatabaseName(t)
 		chtest.DropAtCleanup(t, server, db)
 	}
-	env := runtime.NewEnv(runtime.MapLookup(map[string]string{
+	vars := map[string]string{
 		"AIGOV_NATS_URL":                  ns.URL(),
 		"AIGOV_NATS_TLS_CA":               ns.CAFile(),
 		"AIGOV_NATS_PASSWORD":             ns.Password(schemas.RoleAudit),
@@ -96,7 +99,13 @@ func startHarness(t *testing.T, o harnessOptions) *harness {
 		"AIGOV_AUDIT_SIGNING_KEY_CREATE":  "true",
 		"AIGOV_AUDIT_MASK_FIELDS":         o.maskFields,
 		"AIGOV_AUDIT_CHECKPOINT_INTERVAL": "100ms",
-	}))
+	}
+	if o.secureCH {
+		vars["AIGOV_CLICKHOUSE_ADDR"] = server.SecureAddr()
+		vars["AIGOV_CLICKHOUSE_SECURE"] = "true"
+		vars["AIGOV_CLICKHOUSE_TLS_CA"] = server.CAFile()
+	}
+	env := runtime.NewEnv(runtime.MapLookup(vars))
 	cfg := LoadConfig(env)
 	if err := env.Err(); err != nil {
 		t.Fatalf("config: %v", err)
