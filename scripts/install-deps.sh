@@ -49,6 +49,19 @@ else
 	log "docker-compose: installed ($(docker-compose version --short 2>/dev/null || echo unknown version))"
 fi
 
+# natscli: the test that the plain nats CLI can act as any role from its
+# .run/env/<role>.env file (services/devstack/internal/app). go install puts
+# it in $(go env GOPATH)/bin, where the test also looks; about a minute.
+nats_cli="$(go env GOPATH)/bin/nats"
+if command -v nats >/dev/null 2>&1 || [[ -x "$nats_cli" ]]; then
+	log "nats CLI: already installed; nothing to do"
+elif go install github.com/nats-io/natscli/nats@v0.5.0; then
+	log "nats CLI: installed $nats_cli"
+else
+	# Optional: only that one test needs it, and it says so when skipped.
+	log "nats CLI: go install failed; the nats CLI test will be skipped" >&2
+fi
+
 # Same search order as services/devenv/clickhouse.Available.
 find_clickhouse() {
 	if [[ -n "${AIGOV_CLICKHOUSE_SERVER:-}" ]]; then

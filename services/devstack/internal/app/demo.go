@@ -100,12 +100,12 @@ func Demo(ctx context.Context, args []string, out io.Writer) error {
 // reads these variables) and the plain nats CLI (--tlsca "$AIGOV_NATS_TLS_CA"):
 // the URL, the user and its dev password (generated at start), and the dev
 // CA the server's certificate chains to.
-func writeEnvFiles(st *stack.Stack, dir string) error {
+func writeEnvFiles(ns *natsdev.Server, dir string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
 	for _, role := range schemas.Roles() {
-		if err := os.WriteFile(filepath.Join(dir, role+".env"), []byte(EnvFile(st.NATS, role)), 0o600); err != nil {
+		if err := os.WriteFile(filepath.Join(dir, role+".env"), []byte(EnvFile(ns, role)), 0o600); err != nil {
 			return err
 		}
 	}
@@ -149,7 +149,7 @@ func serve(ctx context.Context, st *stack.Stack, work string, out io.Writer) err
 	if err := write(); err != nil {
 		return fmt.Errorf("write tokens: %w", err)
 	}
-	if err := writeEnvFiles(st, filepath.Join(work, "env")); err != nil {
+	if err := writeEnvFiles(st.NATS, filepath.Join(work, "env")); err != nil {
 		return fmt.Errorf("write env files: %w", err)
 	}
 	rel, _ := filepath.Rel(st.Root, work)
