@@ -4,10 +4,12 @@ import (
 	"cmp"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"time"
 
@@ -36,7 +38,8 @@ func auditCmd(ctx context.Context, args []string, stdout, stderr io.Writer, look
 		db      = fs.String("database", env(lookup, "AIGOV_CLICKHOUSE_DATABASE", "aigov"), "audit database ($AIGOV_CLICKHOUSE_DATABASE)")
 		chUser  = fs.String("clickhouse-user", env(lookup, "AIGOV_CLICKHOUSE_USER", "default"), "ClickHouse user ($AIGOV_CLICKHOUSE_USER)")
 		chPass  = fs.String("clickhouse-password", "", "ClickHouse password (default $AIGOV_CLICKHOUSE_PASSWORD, which is never shown)")
-		chTLS   = fs.Bool("clickhouse-tls", false, "connect to ClickHouse over TLS")
+		chTLS   = fs.Bool("clickhouse-tls", env(lookup, "AIGOV_CLICKHOUSE_SECURE", "") == "true", "connect to ClickHouse's secure native port over TLS ($AIGOV_CLICKHOUSE_SECURE)")
+		chTLSCA = fs.String("clickhouse-tls-ca", env(lookup, "AIGOV_CLICKHOUSE_TLS_CA", ""), "PEM CA ClickHouse's certificate must chain to; default the system roots ($AIGOV_CLICKHOUSE_TLS_CA)")
 		pubPath = fs.String("public-key", env(lookup, "AIGOV_AUDIT_PUBLIC_KEY", ""), "PEM Ed25519 public key of the audit's signing key ($AIGOV_AUDIT_PUBLIC_KEY)")
 		stream  = fs.String("stream", "", "verify this stream only (default: every stream with checkpoints)")
 		timeout = fs.Duration("timeout", 10*time.Minute, "how long the command may take")
@@ -76,6 +79,18 @@ func auditCmd(ctx context.Context, args []string, stdout, stderr io.Writer, look
 		DialTimeout: 5 * time.Second, ReadTimeout: *timeout}
 	if *chTLS {
 		chOpts.TLS = &tls.Config{MinVersion: tls.VersionTLS12}
+		if *chTLSCA != "" {
+			pem, err := os.ReadFile(*chTLSCA)
+			if err != nil {
+				fmt.Fprintf(stderr, "aigov audit verify: %v\n", err)
+				return ExitError
+			}
+			chOpts.TLS.RootCAs = x509.NewCertPool()
+			if !chOpts.TLS.RootCAs.AppendCertsFromPEM(pem) {
+				fmt.Fprintf(stderr, "aigov audit verify: %s holds no PEM certificate\n", *chTLSCA)
+				return ExitError
+			}
+		}
 	}
 	conn, err := ch.Open(chOpts)
 	if err != nil {

@@ -35,6 +35,7 @@ commands:
   policy      policy test|validate|push: run case files, validate a set, push it (governed by policy.update)
   entities    entities put|get|list|delete: edit the trusted entity store (as the operator user)
   approve     approve one exact request (approval.grant) with your token
+  dev-certs   make a dev CA and a server certificate (compose, k8s demos; not a production PKI)
 
 Run 'aigov <command> -h' for the command's flags.
 `
@@ -60,6 +61,8 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer, lookup fu
 		return entitiesCmd(ctx, args[1:], stdout, stderr, lookup)
 	case "approve":
 		return approveCmd(ctx, args[1:], stdout, stderr, lookup)
+	case "dev-certs":
+		return devCertsCmd(args[1:], stdout, stderr)
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return ExitAllow

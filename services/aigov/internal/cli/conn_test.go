@@ -3,6 +3,10 @@ package cli_test
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -144,4 +148,46 @@ func ensureTopology(admin *nats.Conn) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	return schemas.NewTopology("").Ensure(ctx, js)
+}
+
+// `aigov dev-certs` makes a CA and a server certificate valid for the
+// compose service name, and a rerun keeps the CA.
+func TestDevCerts(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	run := func() {
+		var out, errOut bytes.Buffer
+		if code := cli.Run(context.Background(), []string{"dev-certs", "--dir", dir, "--hosts", "nats,localhost,127.0.0.1", "--share"},
+			&out, &errOut, runtime.MapLookup(nil)); code != cli.ExitAllow {
+			t.Fatalf("exit %d: %s", code, errOut.String())
+		}
+	}
+	run()
+	ca1, err := os.ReadFile(filepath.Join(dir, "ca.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	run()
+	ca2, _ := os.ReadFile(filepath.Join(dir, "ca.pem"))
+	if !bytes.Equal(ca1, ca2) {
+		t.Fatal("a rerun replaced the CA")
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(ca2)
+	pair, err := tls.LoadX509KeyPair(filepath.Join(dir, "server.pem"), filepath.Join(dir, "server-key.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := x509.ParseCertificate(pair.Certificate[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, host := range []string{"nats", "127.0.0.1"} {
+		if _, err := leaf.Verify(x509.VerifyOptions{Roots: pool, DNSName: host}); err != nil {
+			t.Errorf("server certificate for %s: %v", host, err)
+		}
+	}
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: pool, DNSName: "clickhouse"}); err == nil {
+		t.Error("server certificate valid for a host it was not made for")
+	}
 }
