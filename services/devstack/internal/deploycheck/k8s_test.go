@@ -32,6 +32,7 @@ var knownKinds = map[string][]string{
 	"kustomize.config.k8s.io/v1beta1":   {"Kustomization"},
 	"clickhouse.altinity.com/v1":        {"ClickHouseInstallation"},
 	"clickhouse-keeper.altinity.com/v1": {"ClickHouseKeeperInstallation"},
+	"cert-manager.io/v1":                {"Issuer", "Certificate"},
 }
 
 // manifest is one YAML document under deploy/k8s.
@@ -335,6 +336,16 @@ func loadGenerated(t testing.TB, ms []manifest) generated {
 				g.secretFiles[s.Name][generatorKey(f)] = path.Join(path.Dir(m.file), generatorFile(f))
 			}
 		}
+	}
+	// cert-manager makes each Certificate's Secret, with these keys.
+	for _, m := range byKind(ms, "Certificate") {
+		var c struct {
+			Spec struct {
+				SecretName string `yaml:"secretName"`
+			} `yaml:"spec"`
+		}
+		m.decode(t, &c)
+		g.secrets[c.Spec.SecretName] = map[string]string{"tls.crt": "", "tls.key": "", "ca.crt": ""}
 	}
 	for _, m := range byKind(ms, "ConfigMap") {
 		var cm struct {
@@ -750,7 +761,7 @@ func TestK8sNATSCluster(t *testing.T) {
 	}) {
 		t.Errorf("store_dir %q is not on the data volume", opts.StoreDir)
 	}
-	if !slices.Equal(c.Args, []string{"nats-server", "--config", "/etc/nats/nats.conf"}) {
+	if !slices.Equal(c.Args, []string{"nats-server", "--config", "/etc/nats/nats.conf", "--tls", "--tlscert", "/etc/nats-tls/tls.crt", "--tlskey", "/etc/nats-tls/tls.key"}) {
 		t.Errorf("args %q", c.Args)
 	}
 	cm := g.configMaps["nats-config"]

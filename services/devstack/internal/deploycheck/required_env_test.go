@@ -219,6 +219,11 @@ func TestRequiredEnvIsSet(t *testing.T) {
 // read-only and the images hold no such file.
 var fileVars = []struct{ svc, name, create string }{
 	{"audit", "AIGOV_AUDIT_SIGNING_KEY", "AIGOV_AUDIT_SIGNING_KEY_CREATE"},
+	// The CA each service verifies NATS against.
+	{"audit", "AIGOV_NATS_TLS_CA", ""},
+	{"authn", "AIGOV_NATS_TLS_CA", ""},
+	{"policy", "AIGOV_NATS_TLS_CA", ""},
+	{"reaper", "AIGOV_NATS_TLS_CA", ""},
 }
 
 // under reports whether p lies under directory dir.

@@ -185,3 +185,56 @@ func configureNATS(t *testing.T, args []string, env map[string]string) *server.O
 	}
 	return opts
 }
+
+// On Kubernetes NATS serves cert-manager's certificate, valid for the
+// host the services dial over tls://; the services' CA is that
+// certificate's ca.crt (TestK8sFileVarsAreMounted checks the mount).
+func TestK8sNATSTLS(t *testing.T) {
+	ms := loadManifests(t)
+	g := loadGenerated(t, ms)
+	var sts workload
+	find(t, ms, "StatefulSet", "nats").decode(t, &sts)
+	pod := sts.Spec.Template.Spec
+	args := pod.Containers[0].Args
+	if !slices.Contains(args, "--tls") {
+		t.Fatalf("nats args %q do not require TLS", args)
+	}
+	var cert struct {
+		Spec struct {
+			SecretName string   `yaml:"secretName"`
+			DNSNames   []string `yaml:"dnsNames"`
+			Usages     []string `yaml:"usages"`
+		} `yaml:"spec"`
+	}
+	find(t, ms, "Certificate", "aigov-nats-tls").decode(t, &cert)
+	for _, flagName := range []string{"--tlscert", "--tlskey"} {
+		p, found := flagValue(args, flagName), false
+		for _, vm := range pod.Containers[0].VolumeMounts {
+			for _, v := range pod.Volumes {
+				if v.Name == vm.Name && v.Secret != nil && v.Secret.SecretName == cert.Spec.SecretName && under(p, vm.MountPath) {
+					found = true
+				}
+			}
+		}
+		if !found {
+			t.Errorf("nats %s %q is not on a mount of Secret %s", flagName, p, cert.Spec.SecretName)
+		}
+	}
+	u, err := url.Parse(g.configMaps["aigov-common"]["AIGOV_NATS_URL"])
+	if err != nil || u.Scheme != "tls" {
+		t.Fatalf("AIGOV_NATS_URL=%q, want tls://", g.configMaps["aigov-common"]["AIGOV_NATS_URL"])
+	}
+	if !slices.Contains(cert.Spec.DNSNames, u.Hostname()) {
+		t.Errorf("the certificate's dnsNames %q do not cover %s, the host the services dial", cert.Spec.DNSNames, u.Hostname())
+	}
+	if !slices.Equal(cert.Spec.Usages, []string{"server auth"}) {
+		t.Errorf("certificate usages %q, want server auth only", cert.Spec.Usages)
+	}
+	for svc := range pipelineServices {
+		_, c := serviceContainer(t, ms, svc)
+		env, _ := k8sEnv(g, c)
+		if env["AIGOV_NATS_TLS_CA"] == "" {
+			t.Errorf("aigov-%s has no AIGOV_NATS_TLS_CA", svc)
+		}
+	}
+}
