@@ -241,7 +241,7 @@ func checkNoVisibleDuplicates(ctx context.Context, t *testing.T, st *stack.Stack
 func auditVerify(ctx context.Context, t *testing.T, st *stack.Stack, bin string) (string, int) {
 	t.Helper()
 	cmd := exec.CommandContext(ctx, filepath.Join(bin, "aigov"), "audit", "verify",
-		"--nats", st.NATS.URL(), "--user", schemas.RoleAudit, "--password", st.NATS.Password(schemas.RoleAudit),
+		"--nats", st.NATS.URL(), "--tls-ca", st.NATS.CAFile(), "--user", schemas.RoleAudit, "--password", st.NATS.Password(schemas.RoleAudit),
 		"--clickhouse", st.ClickHouse.Addr(), "--database", stack.Database, "--public-key", st.AuditKeyPath()+".pub")
 	out, err := cmd.CombinedOutput()
 	var ee *exec.ExitError

@@ -136,7 +136,7 @@ func checkCLI(ctx context.Context, t *testing.T, st *stack.Stack, bin string) []
 			t.Fatal(err)
 		}
 		cmd := exec.CommandContext(ctx, filepath.Join(bin, "aigov"), "authorize", "--json",
-			"--nats", st.NATS.URL(), "--user", schemas.RolePlatform, "--password", st.NATS.Password(schemas.RolePlatform),
+			"--nats", st.NATS.URL(), "--tls-ca", st.NATS.CAFile(), "--user", schemas.RolePlatform, "--password", st.NATS.Password(schemas.RolePlatform),
 			"--token-file", file, "--action", "dataset.update", "--resource", "Dataset:transactions-training",
 			"--context", `{"environment":"staging"}`)
 		stdout, err := cmd.Output()

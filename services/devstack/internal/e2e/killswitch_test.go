@@ -85,7 +85,7 @@ func TestKillSwitchEndToEnd(t *testing.T) {
 	// The operator lists and revokes it with the CLI binary.
 	aigov := func(args ...string) string {
 		t.Helper()
-		cmd := exec.CommandContext(ctx, filepath.Join(bin, "aigov"), append(args, "--nats", st.NATS.URL(),
+		cmd := exec.CommandContext(ctx, filepath.Join(bin, "aigov"), append(args, "--nats", st.NATS.URL(), "--tls-ca", st.NATS.CAFile(),
 			"--user", schemas.RoleReaper, "--password", st.NATS.Password(schemas.RoleReaper))...)
 		out, err := cmd.CombinedOutput()
 		if err != nil {
