@@ -30,7 +30,8 @@ func NewLogger(c Common) (zerolog.Logger, error) {
 // Connect opens the service's NATS connection and JetStream context. It
 // reconnects forever: a broker restart is an outage to ride out, not a
 // reason to exit. Its inbox prefix is the user's own, as the bus
-// permissions require.
+// permissions require. Credentials and TLS come from natsconn, which the
+// CLI uses too; a failed connect's error shows the URL redacted.
 func Connect(ctx context.Context, c Common, log zerolog.Logger) (*nats.Conn, jetstream.JetStream, error) {
 	nc, err := natsconn.Dial(c.NATS(),
 		nats.MaxReconnects(-1),
