@@ -1,11 +1,16 @@
 package natsconn_test
 
 import (
+	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nkeys"
 
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/services/devenv/natsdev"
@@ -106,5 +111,50 @@ func TestValidate(t *testing.T) {
 	}
 	if err := (natsconn.Config{URL: "tls://h:4222"}).Validate(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// An nkey seed file is the identity: the server (an nkey user, signed
+// nonce) lets in the holder of the seed and nobody with another one.
+func TestDialNKeySeed(t *testing.T) {
+	t.Parallel()
+	user, err := nkeys.CreateUser()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, _ := user.PublicKey()
+	seed, _ := user.Seed()
+	srv, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true,
+		Nkeys: []*server.NkeyUser{{Nkey: pub}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Start()
+	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
+	if !srv.ReadyForConnections(10 * time.Second) {
+		t.Fatal("server not ready")
+	}
+	dir := t.TempDir()
+	file := filepath.Join(dir, "user.nk")
+	if err := os.WriteFile(file, seed, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	nc, err := natsconn.Dial(natsconn.Config{URL: srv.ClientURL(), User: "platform", NKeySeed: file})
+	if err != nil {
+		t.Fatalf("connect with the seed: %v", err)
+	}
+	nc.Close()
+
+	other, _ := nkeys.CreateUser()
+	otherSeed, _ := other.Seed()
+	if err := os.WriteFile(file, otherSeed, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err = natsconn.Dial(natsconn.Config{URL: srv.ClientURL(), User: "platform", NKeySeed: file}, nats.Timeout(5*time.Second))
+	if !errors.Is(err, nats.ErrAuthorization) {
+		t.Fatalf("connect with another seed: want an authorization error, got %v", err)
+	}
+	if strings.Contains(err.Error(), string(otherSeed)) {
+		t.Fatal("the error shows the seed")
 	}
 }

@@ -17,7 +17,6 @@ import (
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/services/aigov/internal/cli"
 	"github.com/aigov/aigov/services/devenv/natsdev"
-	"github.com/aigov/aigov/services/runtime"
 )
 
 // `aigov <cmd> -h` with passwords in the environment (and one in the URL)
@@ -25,7 +24,7 @@ import (
 // connection flags.
 func TestHelpNeverShowsPassword(t *testing.T) {
 	t.Parallel()
-	lookup := runtime.MapLookup(map[string]string{
+	lookup := mapLookup(map[string]string{
 		"AIGOV_NATS_PASSWORD":       "s3cret-nats",
 		"AIGOV_NATS_URL":            "nats://platform:s3cret-url@127.0.0.1:4222",
 		"AIGOV_CLICKHOUSE_PASSWORD": "s3cret-ch",
@@ -71,7 +70,7 @@ func TestConnectErrorHidesPassword(t *testing.T) {
 			t.Parallel()
 			var out, errOut bytes.Buffer
 			args := append([]string{"authorize", "--timeout", "500ms", "--action", "model.retrain", "--resource", "Model:m"}, tc.args...)
-			code := cli.Run(context.Background(), args, &out, &errOut, runtime.MapLookup(tc.env))
+			code := cli.Run(context.Background(), args, &out, &errOut, mapLookup(tc.env))
 			if code != cli.ExitError || !strings.Contains(errOut.String(), "connect to nats://") {
 				t.Fatalf("exit %d stderr %q", code, errOut.String())
 			}
@@ -103,13 +102,13 @@ func TestConnectionFromEnvironment(t *testing.T) {
 		t.Fatal(err)
 	}
 	var out, errOut bytes.Buffer
-	if code := cli.Run(context.Background(), []string{"sessions", "list", "--timeout", "10s"}, &out, &errOut, runtime.MapLookup(env)); code != cli.ExitAllow {
+	if code := cli.Run(context.Background(), []string{"sessions", "list", "--timeout", "10s"}, &out, &errOut, mapLookup(env)); code != cli.ExitAllow {
 		t.Fatalf("exit %d: %s", code, errOut.String())
 	}
 	// Without the CA the client does not trust the server.
 	delete(env, "AIGOV_NATS_TLS_CA")
 	errOut.Reset()
-	if code := cli.Run(context.Background(), []string{"sessions", "list", "--timeout", "5s"}, &out, &errOut, runtime.MapLookup(env)); code != cli.ExitError ||
+	if code := cli.Run(context.Background(), []string{"sessions", "list", "--timeout", "5s"}, &out, &errOut, mapLookup(env)); code != cli.ExitError ||
 		!strings.Contains(errOut.String(), "certificate") {
 		t.Fatalf("without the CA: exit %d: %s", code, errOut.String())
 	}
@@ -130,11 +129,11 @@ func TestClientCertificateFlags(t *testing.T) {
 	cert, key := srv.ClientCert(schemas.RoleReaper)
 	var out, errOut bytes.Buffer
 	args := []string{"leases", "list", "--nats-url", srv.URL(), "--tls-ca", srv.CAFile(), "--tls-cert", cert, "--tls-key", key, "--timeout", "10s"}
-	if code := cli.Run(context.Background(), args, &out, &errOut, runtime.MapLookup(nil)); code != cli.ExitAllow {
+	if code := cli.Run(context.Background(), args, &out, &errOut, mapLookup(nil)); code != cli.ExitAllow {
 		t.Fatalf("exit %d: %s", code, errOut.String())
 	}
 	errOut.Reset()
-	if code := cli.Run(context.Background(), args[:6], &out, &errOut, runtime.MapLookup(nil)); code != cli.ExitError {
+	if code := cli.Run(context.Background(), args[:6], &out, &errOut, mapLookup(nil)); code != cli.ExitError {
 		t.Fatalf("without the client certificate: exit %d: %s", code, errOut.String())
 	}
 }
@@ -158,7 +157,7 @@ func TestDevCerts(t *testing.T) {
 	run := func() {
 		var out, errOut bytes.Buffer
 		if code := cli.Run(context.Background(), []string{"dev-certs", "--dir", dir, "--hosts", "nats,localhost,127.0.0.1", "--share"},
-			&out, &errOut, runtime.MapLookup(nil)); code != cli.ExitAllow {
+			&out, &errOut, mapLookup(nil)); code != cli.ExitAllow {
 			t.Fatalf("exit %d: %s", code, errOut.String())
 		}
 	}
@@ -190,4 +189,9 @@ func TestDevCerts(t *testing.T) {
 	if _, err := leaf.Verify(x509.VerifyOptions{Roots: pool, DNSName: "clickhouse"}); err == nil {
 		t.Error("server certificate valid for a host it was not made for")
 	}
+}
+
+// mapLookup serves variables from m, as os.LookupEnv would.
+func mapLookup(m map[string]string) func(string) (string, bool) {
+	return func(k string) (string, bool) { v, ok := m[k]; return v, ok }
 }
