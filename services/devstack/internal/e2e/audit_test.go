@@ -242,7 +242,8 @@ func auditVerify(ctx context.Context, t *testing.T, st *stack.Stack, bin string)
 	t.Helper()
 	cmd := exec.CommandContext(ctx, filepath.Join(bin, "aigov"), "audit", "verify",
 		"--nats", st.NATS.URL(), "--tls-ca", st.NATS.CAFile(), "--user", schemas.RoleAudit, "--password", st.NATS.Password(schemas.RoleAudit),
-		"--clickhouse", st.ClickHouse.Addr(), "--database", stack.Database, "--public-key", st.AuditKeyPath()+".pub")
+		"--clickhouse", st.ClickHouse.SecureAddr(), "--clickhouse-tls", "--clickhouse-tls-ca", st.ClickHouse.CAFile(),
+		"--database", stack.Database, "--public-key", st.AuditKeyPath()+".pub")
 	out, err := cmd.CombinedOutput()
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {

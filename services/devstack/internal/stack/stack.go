@@ -187,11 +187,13 @@ func Start(ctx context.Context, opts Options) (st *Stack, err error) {
 	}
 	fmt.Fprintf(opts.Progress, "oidc issuer %s\n", st.IdP.Issuer())
 
-	st.ClickHouse, err = clickhouse.Start(ctx, clickhouse.Options{Dir: filepath.Join(opts.Dir, "clickhouse"), TCPPort: opts.ClickHousePort})
+	// TLS adds the secure native port the audit service writes to; the
+	// plain port stays for the stack's own reads and clickhouse-client.
+	st.ClickHouse, err = clickhouse.Start(ctx, clickhouse.Options{Dir: filepath.Join(opts.Dir, "clickhouse"), TCPPort: opts.ClickHousePort, TLS: true})
 	if err != nil {
 		return st, err
 	}
-	fmt.Fprintf(opts.Progress, "clickhouse  %s (version %s)\n", st.ClickHouse.Addr(), st.ClickHouse.Version())
+	fmt.Fprintf(opts.Progress, "clickhouse  %s, TLS %s (version %s)\n", st.ClickHouse.Addr(), st.ClickHouse.SecureAddr(), st.ClickHouse.Version())
 
 	if st.Admin, err = st.NATS.Connect(natsdev.AdminUser); err != nil {
 		return st, err
@@ -256,7 +258,9 @@ func (st *Stack) env(name, httpAddr string) []string {
 	case "policy":
 		e = append(e, "AIGOV_POLICY_DIR="+filepath.Join(st.Root, "policies"))
 	case "audit":
-		e = append(e, "AIGOV_CLICKHOUSE_ADDR="+st.ClickHouse.Addr(), "AIGOV_CLICKHOUSE_DATABASE="+Database,
+		// The audit writes over TLS, verifying ClickHouse against its dev CA.
+		e = append(e, "AIGOV_CLICKHOUSE_ADDR="+st.ClickHouse.SecureAddr(), "AIGOV_CLICKHOUSE_SECURE=true",
+			"AIGOV_CLICKHOUSE_TLS_CA="+st.ClickHouse.CAFile(), "AIGOV_CLICKHOUSE_DATABASE="+Database,
 			// A dev signing key for the audit's checkpoints, made on first start;
 			// `aigov audit verify` reads its .pub next to it.
 			"AIGOV_AUDIT_SIGNING_KEY="+st.AuditKeyPath(), "AIGOV_AUDIT_SIGNING_KEY_CREATE=true")
