@@ -45,7 +45,7 @@ func auditCmd(ctx context.Context, args []string, stdout, stderr io.Writer, look
 		timeout = fs.Duration("timeout", 10*time.Minute, "how long the command may take")
 		asJSON  = fs.Bool("json", false, "print JSON")
 	)
-	if err := fs.Parse(args[1:]); err != nil {
+	if err := parseArgs(fs, args[1:]); err != nil {
 		return ExitUsage
 	}
 	if *pubPath == "" {

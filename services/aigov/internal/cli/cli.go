@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -94,7 +95,7 @@ func authorize(ctx context.Context, args []string, stdout, stderr io.Writer, loo
 		timeout   = fs.Duration("timeout", 5*time.Second, "how long to wait for the decision")
 		asJSON    = fs.Bool("json", false, "print the whole decision as JSON")
 	)
-	if err := fs.Parse(args); err != nil {
+	if err := parseArgs(fs, args); err != nil {
 		return ExitUsage
 	}
 	call, err := buildCall(*action, *resource, *rawCtx, *id)
@@ -139,11 +140,14 @@ func authorize(ctx context.Context, args []string, stdout, stderr io.Writer, loo
 }
 
 func buildCall(action, resource, rawCtx, id string) (client.Call, error) {
-	typ, rid, ok := strings.Cut(resource, ":")
-	if action == "" || !ok {
+	if action == "" || resource == "" {
 		return client.Call{}, errors.New("--action and --resource Type:id are required")
 	}
-	req := schemas.Request{Action: action, Resource: schemas.Resource{Type: typ, ID: rid}}
+	res, err := parseResource(resource)
+	if err != nil {
+		return client.Call{}, err
+	}
+	req := schemas.Request{Action: action, Resource: res}
 	if rawCtx != "" {
 		if err := json.Unmarshal([]byte(rawCtx), &req.Context); err != nil {
 			return client.Call{}, fmt.Errorf("--context must be a JSON object: %w", err)
@@ -153,6 +157,24 @@ func buildCall(action, resource, rawCtx, id string) (client.Call, error) {
 		return client.Call{}, err
 	}
 	return client.Call{ID: id, Request: req}, nil
+}
+
+// parseResource reads a resource as Type:id, or as Cedar writes it,
+// Type::"id" — and Type::id, which is what a shell leaves of an unquoted
+// Type::"id".
+func parseResource(s string) (schemas.Resource, error) {
+	typ, id, ok := strings.Cut(s, "::")
+	if ok {
+		if unq, err := strconv.Unquote(id); err == nil {
+			id = unq
+		}
+	} else {
+		typ, id, ok = strings.Cut(s, ":")
+	}
+	if !ok || typ == "" || id == "" {
+		return schemas.Resource{}, fmt.Errorf("--resource %q is malformed: want --resource Type:id, e.g. Model:fraud-detector (or Cedar's Model::\"fraud-detector\")", s)
+	}
+	return schemas.Resource{Type: typ, ID: id}, nil
 }
 
 func readToken(flagToken, file string, lookup func(string) (string, bool)) (string, error) {

@@ -22,7 +22,7 @@ func TestUsageErrors(t *testing.T) {
 		{"no command", nil, "usage: aigov"},
 		{"unknown command", []string{"frobnicate"}, `unknown command "frobnicate"`},
 		{"missing action", []string{"authorize", "--resource", "Model:m"}, "--action and --resource"},
-		{"resource without type", []string{"authorize", "--action", "model.retrain", "--resource", "m"}, "--action and --resource"},
+		{"resource without type", []string{"authorize", "--action", "model.retrain", "--resource", "m"}, `--resource "m" is malformed`},
 		{"bad action", []string{"authorize", "--action", "Retrain", "--resource", "Model:m"}, "action"},
 		{"bad context", []string{"authorize", "--action", "model.retrain", "--resource", "Model:m", "--context", "[1]"}, "--context must be a JSON object"},
 		{"missing token file", []string{"authorize", "--action", "model.retrain", "--resource", "Model:m", "--token-file", filepath.Join(dir, "none")}, "read token"},

@@ -22,7 +22,7 @@ func devCertsCmd(args []string, stdout, stderr io.Writer) int {
 		clients = fs.String("clients", "", "comma-separated NATS roles to issue client certificates for (mutual TLS)")
 		share   = fs.Bool("share", false, "make every file readable by other users (a volume shared by containers running as other uids)")
 	)
-	if err := fs.Parse(args); err != nil {
+	if err := parseArgs(fs, args); err != nil {
 		return ExitUsage
 	}
 	var names []string

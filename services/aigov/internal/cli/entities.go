@@ -38,7 +38,7 @@ func entitiesCmd(ctx context.Context, args []string, stdout, stderr io.Writer, l
 	fs := flag.NewFlagSet("aigov entities "+sub, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	of := addOperatorFlags(fs, lookup)
-	if err := fs.Parse(args[1:]); err != nil {
+	if err := parseArgs(fs, args[1:]); err != nil {
 		return ExitUsage
 	}
 	fail := func(code int, err error) int {

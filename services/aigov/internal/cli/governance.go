@@ -89,7 +89,7 @@ func approveCmd(ctx context.Context, args []string, stdout, stderr io.Writer, lo
 		tokenFile = fs.String("token-file", "", "file holding the approver's bearer token")
 		asJSON    = fs.Bool("json", false, "print the whole decision as JSON")
 	)
-	if err := fs.Parse(args); err != nil {
+	if err := parseArgs(fs, args); err != nil {
 		return ExitUsage
 	}
 	call, err := buildCall(*action, *resource, *rawCtx, "")

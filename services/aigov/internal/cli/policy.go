@@ -46,7 +46,7 @@ func policyTest(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("aigov policy test", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	verbose := fs.Bool("v", false, "list passing cases too")
-	if err := fs.Parse(args); err != nil {
+	if err := parseArgs(fs, args); err != nil {
 		return ExitUsage
 	}
 	if fs.NArg() == 0 {
@@ -93,7 +93,7 @@ func policyValidate(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("aigov policy validate", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	entities := fs.String("entities", "", "entities file to validate too (default <dir>/entities.json when present)")
-	if err := fs.Parse(args); err != nil {
+	if err := parseArgs(fs, args); err != nil {
 		return ExitUsage
 	}
 	dir := "policies"
@@ -146,7 +146,7 @@ func policyPush(ctx context.Context, args []string, stdout, stderr io.Writer, lo
 		tokenFile = fs.String("token-file", "", "file holding your bearer token")
 		asJSON    = fs.Bool("json", false, "print the whole decision as JSON")
 	)
-	if err := fs.Parse(args); err != nil {
+	if err := parseArgs(fs, args); err != nil {
 		return ExitUsage
 	}
 	dir := "policies"
@@ -197,8 +197,8 @@ func policyPush(ctx context.Context, args []string, stdout, stderr io.Writer, lo
 	}
 	code := printDecision(stdout, d, *asJSON)
 	if code != ExitAllow && d.Code == schemas.CodePolicyDenied {
-		fmt.Fprintf(stderr, "not activated; an approver can approve exactly this set with:\n  aigov approve --action %s --resource %s --context '{\"%s\":\"%s\"}' --token-file <approver token>\nthen push again.\n",
-			schemas.ActionPolicyUpdate, res, schemas.ContextPolicyHash, hash)
+		fmt.Fprintf(stderr, "not activated; an approver can approve exactly this set with:\n  aigov approve --action %s --resource '%s:%s' --context '{\"%s\":\"%s\"}' --token-file <approver token>\nthen push again.\n",
+			schemas.ActionPolicyUpdate, res.Type, res.ID, schemas.ContextPolicyHash, hash)
 	}
 	return code
 }

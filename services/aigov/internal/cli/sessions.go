@@ -68,7 +68,7 @@ func sessionsCmd(ctx context.Context, args []string, stdout, stderr io.Writer, l
 		by      = fs.String("by", env(lookup, "USER", "operator"), "revoke: who (audited)")
 		limit   = fs.Int("limit", 1000, "list: at most this many")
 	)
-	if err := fs.Parse(args[1:]); err != nil {
+	if err := parseArgs(fs, args[1:]); err != nil {
 		return ExitUsage
 	}
 	ctx, cancel := context.WithTimeout(ctx, *bus.timeout)
@@ -126,7 +126,7 @@ func leasesCmd(ctx context.Context, args []string, stdout, stderr io.Writer, loo
 	fs.SetOutput(stderr)
 	bus := addBusFlags(fs, lookup)
 	limit := fs.Int("limit", 1000, "at most this many")
-	if err := fs.Parse(args[1:]); err != nil {
+	if err := parseArgs(fs, args[1:]); err != nil {
 		return ExitUsage
 	}
 	ctx, cancel := context.WithTimeout(ctx, *bus.timeout)
