@@ -6,20 +6,23 @@ type Code string
 
 // Deny codes. Each one's meaning is in Codes.
 const (
-	CodeMissingToken        Code = "missing_token"
-	CodeMalformedToken      Code = "malformed_token"
-	CodeBadSignature        Code = "bad_signature"
-	CodeTokenExpired        Code = "token_expired"
-	CodeTokenNotYetValid    Code = "token_not_yet_valid"
-	CodeUntrustedIssuer     Code = "untrusted_issuer"
-	CodeWrongAudience       Code = "wrong_audience"
-	CodeIssuerUnavailable   Code = "issuer_unavailable"
-	CodeSessionRevoked      Code = "session_revoked"
-	CodeSessionExpired      Code = "session_expired"
-	CodeMalformedRequest    Code = "malformed_request"
-	CodePolicyDenied        Code = "policy_denied"
-	CodePolicyError         Code = "policy_error"
-	CodeUnknownResource     Code = "unknown_resource"
+	CodeMissingToken      Code = "missing_token"
+	CodeMalformedToken    Code = "malformed_token"
+	CodeBadSignature      Code = "bad_signature"
+	CodeTokenExpired      Code = "token_expired"
+	CodeTokenNotYetValid  Code = "token_not_yet_valid"
+	CodeUntrustedIssuer   Code = "untrusted_issuer"
+	CodeWrongAudience     Code = "wrong_audience"
+	CodeIssuerUnavailable Code = "issuer_unavailable"
+	CodeSessionRevoked    Code = "session_revoked"
+	CodeSessionExpired    Code = "session_expired"
+	CodeMalformedRequest  Code = "malformed_request"
+	CodePolicyDenied      Code = "policy_denied"
+	CodePolicyError       Code = "policy_error"
+	CodeUnknownResource   Code = "unknown_resource"
+	// CodeUnknownAction: the action is not declared in the active set's
+	// Cedar schema, e.g. a misspelt model.retrian.
+	CodeUnknownAction       Code = "unknown_action"
 	CodeLeaseExpired        Code = "lease_expired"
 	CodeTokenTooLarge       Code = "token_too_large"
 	CodeDuplicateClaims     Code = "duplicate_claims"
@@ -55,6 +58,7 @@ var Codes = map[Code]string{
 	CodePolicyDenied:        "no Cedar policy permits the request, or a forbid policy matched",
 	CodePolicyError:         "a Cedar policy failed to evaluate; any evaluation error denies",
 	CodeUnknownResource:     "the resource is not in the trusted entity store",
+	CodeUnknownAction:       "the action is not declared in the active policy set's Cedar schema (a misspelt action name, or one no policy set knows yet)",
 	CodeLeaseExpired:        "the job lease named by context.lease_id has ended (missed heartbeat, maximum duration, or revoked)",
 	CodeTokenTooLarge:       "the bearer token is larger than the configured maximum; refused before any parsing",
 	CodeDuplicateClaims:     "the token's header or payload repeats a name, exactly or differing only in case, so two readers could disagree about its value",

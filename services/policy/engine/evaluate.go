@@ -128,6 +128,10 @@ func (e *Evaluator) decide(v schemas.Verified, now time.Time) Result {
 		d.Code, d.Reason = schemas.CodeMalformedRequest, err.Error()
 		res.Decision = d
 		return res
+	case !e.set.DeclaresAction(v.Request.Action):
+		d.Code, d.Reason = schemas.CodeUnknownAction, fmt.Sprintf("action %q is not declared in the policy set's schema", v.Request.Action)
+		res.Decision = d
+		return res
 	}
 	d.Approvals = schemas.SortedTeams(res.Approvals)
 	if e.reference {

@@ -167,6 +167,8 @@ func TestSamplePolicies(t *testing.T) {
 			decision: schemas.Deny, code: schemas.CodeMalformedRequest},
 		{name: "malformed action", v: verified(t, "erin", "Deploy It", "Model", "fraud-detector", nil),
 			decision: schemas.Deny, code: schemas.CodeMalformedRequest},
+		{name: "misspelt action", v: verified(t, "alice", "model.retrian", "Model", "fraud-detector", env("staging")),
+			decision: schemas.Deny, code: schemas.CodeUnknownAction},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -61,8 +61,10 @@ type Set struct {
 	// enforced and withShadow are the reference it is tested against.
 	index     index
 	validator *validate.Validator
-	files     []File
-	version   string
+	// actions are the action names the schema declares; nil without one.
+	actions map[string]bool
+	files   []File
+	version string
 }
 
 // LoadDir reads a policy set from dir: every *.cedar file and exactly one
@@ -157,13 +159,16 @@ func Compile(files []File) (*Set, error) {
 		errs = append(errs, fmt.Errorf("%d schema files, want one", len(schemaFiles)))
 	}
 
-	var validator *validate.Validator
+	var (
+		validator *validate.Validator
+		actions   map[string]bool
+	)
 	if len(schemaFiles) == 1 {
-		v, err := compileSchema(schemaFiles[0])
+		v, acts, err := compileSchema(schemaFiles[0])
 		if err != nil {
 			errs = append(errs, err)
 		}
-		validator = v
+		validator, actions = v, acts
 	}
 
 	enforced, all := cedar.NewPolicySet(), cedar.NewPolicySet()
@@ -217,6 +222,7 @@ func Compile(files []File) (*Set, error) {
 		shadowIDs: shadowIDs,
 		index:     newIndex(entries),
 		validator: validator,
+		actions:   actions,
 		files:     files,
 		version:   Version(files),
 	}
@@ -226,17 +232,29 @@ func Compile(files []File) (*Set, error) {
 	return s, nil
 }
 
-func compileSchema(f File) (*validate.Validator, error) {
+func compileSchema(f File) (*validate.Validator, map[string]bool, error) {
 	var s schema.Schema
 	s.SetFilename(f.Name)
 	if err := s.UnmarshalCedar(f.Data); err != nil {
-		return nil, fmt.Errorf("%s: schema: %w", f.Name, err)
+		return nil, nil, fmt.Errorf("%s: schema: %w", f.Name, err)
 	}
 	r, err := s.Resolve()
 	if err != nil {
-		return nil, fmt.Errorf("%s: schema: %w", f.Name, err)
+		return nil, nil, fmt.Errorf("%s: schema: %w", f.Name, err)
 	}
-	return validate.New(r, validate.WithStrict()), nil
+	actions := make(map[string]bool, len(r.Actions))
+	for uid := range r.Actions {
+		if uid.Type == TypeAction {
+			actions[string(uid.ID)] = true
+		}
+	}
+	return validate.New(r, validate.WithStrict()), actions, nil
+}
+
+// DeclaresAction reports whether the set's schema declares the action; a
+// set without a schema declares every action.
+func (s *Set) DeclaresAction(action string) bool {
+	return s.actions == nil || s.actions[action]
 }
 
 // Version hashes the (name, content) pairs of a set's files sorted by name:
