@@ -339,3 +339,52 @@ func TestRevocationRightBeforeTheDecisionDenies(t *testing.T) {
 		t.Errorf("the in-memory set answered %v lookups, want at least %d", n, 2*rounds)
 	}
 }
+
+// TestNoDecisionUntilTheRevocationSetLoads: policy fails closed like
+// authn. With the revocation bucket gone its set cannot load, so the
+// service is not ready and decides nothing (the queued request waits, it
+// is not allowed unchecked); once the bucket is back, holding the
+// session's revocation, the request is denied session_revoked.
+func TestNoDecisionUntilTheRevocationSetLoads(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, 2)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := h.js.DeleteKeyValue(ctx, h.topo.BucketRevocations()); err != nil {
+		t.Fatal(err)
+	}
+	v := allowedRequest(t, "while-unloaded", "sk-unloaded")
+	h.publishVerified(t, v, v.RequestID)
+	if h.svc.Ready(ctx) == nil {
+		t.Fatal("ready before the revocation set was loaded")
+	}
+	h.start(t)
+	time.Sleep(time.Second)
+	if h.svc.Ready(ctx) == nil {
+		t.Fatal("ready without a revocation bucket")
+	}
+	if n := h.decisionCount(t); n != 0 {
+		t.Fatalf("%d decisions made without a revocation set", n)
+	}
+	var cfg jetstream.KeyValueConfig
+	for _, b := range h.topo.Buckets() {
+		if b.Bucket == h.topo.BucketRevocations() {
+			cfg = b
+		}
+	}
+	kv, err := h.js.CreateKeyValue(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := json.Marshal(schemas.Revocation{SessionKey: "sk-unloaded", Code: schemas.CodeSessionRevoked, Reason: "revoked while policy could not check", At: time.Now()})
+	if _, err := kv.Create(ctx, "sk-unloaded", b); err != nil {
+		t.Fatal(err)
+	}
+	h.waitSettled(t, 1)
+	if err := h.svc.Ready(ctx); err != nil {
+		t.Fatalf("not ready once the bucket is back: %v", err)
+	}
+	if d := h.decisionsByRequest(t)[v.RequestID]; d.Decision != schemas.Deny || d.Code != schemas.CodeSessionRevoked {
+		t.Fatalf("got %s/%s, want deny/session_revoked", d.Decision, d.Code)
+	}
+}
