@@ -44,11 +44,12 @@ func run(ctx context.Context, lookup runtime.Lookup) error {
 	d, err := decide.NewService(decide.Deps{
 		NC: svc.NC, JS: svc.JS, Topology: svc.Topology, Seed: set, SeedEntities: store.Entities(),
 		ApprovalTeams: cfg.ApprovalTeams, ApprovalTTL: cfg.ApprovalTTL,
-		Log: svc.Log, Registry: svc.HTTP.Registry, Workers: cfg.Workers,
+		Log: svc.Log, Registry: svc.HTTP.Registry, Workers: cfg.Workers, RevocationsMax: cfg.RevocationsMax,
 	})
 	if err != nil {
 		svc.NC.Close()
 		return err
 	}
+	svc.HTTP.AddCheck("revocations", d.Ready)
 	return svc.Run(ctx, d.Run)
 }

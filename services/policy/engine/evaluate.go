@@ -332,6 +332,11 @@ func sortedUnique(s []string) []string {
 	return slices.Compact(s)
 }
 
+// Timings are the timings of a decision on v made at decidedAt, as every
+// decision of the policy stage records them; for a deny the service makes
+// before evaluating (a recheck).
+func Timings(v schemas.Verified, decidedAt time.Time) schemas.Timings { return timings(v, decidedAt) }
+
 // timings derives the micros from the timestamps, clamped at zero so that
 // clock skew between hosts cannot produce negative durations.
 func timings(v schemas.Verified, decidedAt time.Time) schemas.Timings {

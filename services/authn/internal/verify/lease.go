@@ -1,16 +1,13 @@
 package verify
 
-import "github.com/aigov/aigov/schemas"
+import "github.com/aigov/aigov/services/runtime/revocation"
 
 // leaseDenial denies a request whose context names a job lease the reaper
 // has ended (context.lease_id; tombstone under schemas.LeaseRevocationKey
 // in the revocation bucket), so a job keeps no access past its lease. The
 // tombstone is found by the same revocation lookup as the session's (see
-// revocations), so it has the same freshness and fail-closed rules.
-func leaseDenial(rec *revRecord) *Denial {
-	reason := "the job lease has ended"
-	if rec.readable && rec.reason != "" {
-		reason = rec.reason
-	}
-	return &Denial{Code: schemas.CodeLeaseExpired, Reason: reason}
+// revocation.Set), so it has the same freshness and fail-closed rules.
+func leaseDenial(rec *revocation.Record) *Denial {
+	code, reason := rec.LeaseDenial()
+	return &Denial{Code: code, Reason: reason}
 }

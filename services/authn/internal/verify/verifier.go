@@ -22,6 +22,7 @@ import (
 
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/services/runtime"
+	"github.com/aigov/aigov/services/runtime/revocation"
 )
 
 // Source is the CloudEvents source of everything authn publishes.
@@ -56,7 +57,7 @@ type Verifier struct {
 	outcomes *prometheus.CounterVec
 	now      func() time.Time
 
-	revs *revocations
+	revs *revocation.Set
 
 	kvMu    sync.Mutex
 	usedIDs jetstream.KeyValue // token id bucket, opened on first use
@@ -107,8 +108,11 @@ func New(cfg Config, deps Deps) (*Verifier, error) {
 	if revsMax == 0 {
 		revsMax = DefaultRevocationsMax
 	}
-	if v.revs, err = newRevocations(deps.JS, deps.NC, deps.Topology.BucketRevocations(), revsMax, deps.Log, deps.Registry); err != nil {
-		return nil, err
+	if v.revs, err = revocation.New(revocation.Options{
+		JS: deps.JS, NC: deps.NC, Bucket: deps.Topology.BucketRevocations(), Max: revsMax,
+		MaxSetting: "AIGOV_AUTHN_REVOCATIONS_MAX", MetricPrefix: "aigov_authn", Log: deps.Log, Registry: deps.Registry,
+	}); err != nil {
+		return nil, fmt.Errorf("authn: %w", err)
 	}
 	v.runner = runtime.NewRunner(schemas.ConsumerAuthn, deps.Log, deps.Registry, cfg.Workers)
 	return v, nil
@@ -208,7 +212,7 @@ func (v *Verifier) Handle(ctx context.Context, m jetstream.Msg) error {
 	if lease, ok := schemas.LeaseIDOf(r.data.Context); ok {
 		leaseKey = schemas.LeaseRevocationKey(lease)
 	}
-	recs, err := v.revs.lookup(ctx, id.SessionKey, leaseKey)
+	recs, err := v.revs.Lookup(ctx, id.SessionKey, leaseKey)
 	if err != nil {
 		// Never "not revoked": the runner redelivers.
 		return fmt.Errorf("revocation lookup of request %s: %w", r.id, err)
@@ -291,20 +295,8 @@ func validAction(a string) bool {
 }
 
 // revocationDenial returns the deny for a session key's revocation record.
-func revocationDenial(rec *revRecord) *Denial {
-	if !rec.readable {
-		// Someone meant to end this session; an unreadable record must not
-		// reopen it.
-		return deny(schemas.CodeSessionRevoked, "the session is revoked (unreadable revocation record)")
-	}
-	code := rec.code
-	if code != schemas.CodeSessionExpired {
-		code = schemas.CodeSessionRevoked
-	}
-	reason := rec.reason
-	if reason == "" {
-		reason = "the session was ended"
-	}
+func revocationDenial(rec *revocation.Record) *Denial {
+	code, reason := rec.SessionDenial()
 	return &Denial{Code: code, Reason: reason}
 }
 

@@ -26,6 +26,10 @@ type Config struct {
 	ApprovalTeams []string
 	// ApprovalTTL is how long a granted approval counts (AIGOV_APPROVAL_TTL).
 	ApprovalTTL time.Duration
+	// RevocationsMax bounds the revocation keys held in memory for the
+	// decision-time recheck (AIGOV_POLICY_REVOCATIONS_MAX); above it every
+	// request reads the revocation bucket.
+	RevocationsMax int
 }
 
 // LoadConfig reads the policy service's variables; violations are recorded
@@ -33,10 +37,11 @@ type Config struct {
 func LoadConfig(e *runtime.Env) Config {
 	dir := e.String("AIGOV_POLICY_DIR", "policies")
 	return Config{
-		PolicyDir:     dir,
-		EntitiesFile:  e.String("AIGOV_ENTITIES_FILE", filepath.Join(dir, "entities.json")),
-		Workers:       e.Int("AIGOV_POLICY_WORKERS", 32, 1),
-		ApprovalTeams: e.List("AIGOV_APPROVAL_TEAMS", []string{"risk-reviewers", "security"}),
-		ApprovalTTL:   e.Duration("AIGOV_APPROVAL_TTL", 24*time.Hour),
+		PolicyDir:      dir,
+		EntitiesFile:   e.String("AIGOV_ENTITIES_FILE", filepath.Join(dir, "entities.json")),
+		Workers:        e.Int("AIGOV_POLICY_WORKERS", 32, 1),
+		ApprovalTeams:  e.List("AIGOV_APPROVAL_TEAMS", []string{"risk-reviewers", "security"}),
+		ApprovalTTL:    e.Duration("AIGOV_APPROVAL_TTL", 24*time.Hour),
+		RevocationsMax: e.Int("AIGOV_POLICY_REVOCATIONS_MAX", DefaultRevocationsMax, 1),
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/services/policy/engine"
 	"github.com/aigov/aigov/services/runtime"
+	"github.com/aigov/aigov/services/runtime/revocation"
 )
 
 // EventSource is the CloudEvents source of every decision this service
@@ -53,6 +54,9 @@ type Deps struct {
 	Registry prometheus.Registerer
 	// Workers is how many messages are decided at once.
 	Workers int
+	// RevocationsMax bounds the revocation keys held in memory for the
+	// decision-time recheck; zero means DefaultRevocationsMax.
+	RevocationsMax int
 }
 
 // Service consumes verified requests and publishes a decision for each.
@@ -69,6 +73,7 @@ type Service struct {
 	kv        buckets
 	log       zerolog.Logger
 	runner    *runtime.Runner
+	revs      *revocation.Set
 	decisions *prometheus.CounterVec
 	evalTime  prometheus.Histogram
 }
@@ -120,6 +125,16 @@ func NewService(d Deps) (*Service, error) {
 		s.clock = time.Now
 	}
 	s.state = newState(s.log, s.clock)
+	revsMax := d.RevocationsMax
+	if revsMax == 0 {
+		revsMax = DefaultRevocationsMax
+	}
+	if s.revs, err = revocation.New(revocation.Options{
+		JS: d.JS, NC: d.NC, Bucket: d.Topology.BucketRevocations(), Max: revsMax,
+		MaxSetting: "AIGOV_POLICY_REVOCATIONS_MAX", MetricPrefix: "aigov_policy", Log: s.log, Registry: d.Registry,
+	}); err != nil {
+		return nil, fmt.Errorf("decide: %w", err)
+	}
 	s.runner = runtime.NewRunner(schemas.ConsumerPolicy, d.Log, d.Registry, d.Workers)
 	return s, nil
 }
@@ -167,9 +182,14 @@ func (s *Service) Run(ctx context.Context) (err error) {
 	wg.Go(func() { errs <- s.watchPolicy(wctx, policyReady) })
 	wg.Go(func() { errs <- s.watchEntities(wctx, entitiesReady) })
 	wg.Go(func() { errs <- s.watchApprovals(wctx) })
-	defer wg.Wait()
+	wg.Go(func() { s.revs.Run(wctx) }) // rewatches by itself; lookups fail closed meanwhile
+	// Stop before waiting: the watchers run until wctx ends, also when Run
+	// returns early with an error.
+	defer func() { stop(); wg.Wait() }()
 
-	for _, ready := range []chan struct{}{policyReady, entitiesReady} {
+	// No request is taken before the revocation set is loaded either: the
+	// recheck must never pass a request because the set was partial.
+	for _, ready := range []<-chan struct{}{policyReady, entitiesReady, s.revs.Loaded()} {
 		select {
 		case <-ready:
 		case err := <-errs:
@@ -197,6 +217,17 @@ func (s *Service) Run(ctx context.Context) (err error) {
 	}
 }
 
+// Ready is a readiness check: not ready until the revocation set used by
+// the decision-time recheck has loaded (Run takes no request before).
+func (s *Service) Ready(context.Context) error {
+	select {
+	case <-s.revs.Loaded():
+		return nil
+	default:
+		return errors.New("revocation set not loaded yet")
+	}
+}
+
 // Handle decides one verified event. It returns nil only once the decision
 // is stored in the decisions stream; the reply is best effort after that,
 // since the stored decision is the record and the requester may retry.
@@ -216,13 +247,20 @@ func (s *Service) Handle(ctx context.Context, m jetstream.Msg) error {
 	if snap == nil {
 		return errors.New("no policy set loaded yet")
 	}
-	start := time.Now()
-	res := snap.eval.Evaluate(v)
-	s.evalTime.Observe(time.Since(start).Seconds())
-	d := res.Decision
-	if d.Allowed() {
-		if err := s.effects(ctx, v, &d, res, snap); err != nil {
-			return err
+	var d schemas.Decision
+	if denied, err := s.recheck(ctx, v, snap); err != nil {
+		return err
+	} else if denied != nil {
+		d = *denied
+	} else {
+		start := time.Now()
+		res := snap.eval.Evaluate(v)
+		s.evalTime.Observe(time.Since(start).Seconds())
+		d = res.Decision
+		if d.Allowed() {
+			if err := s.effects(ctx, v, &d, res, snap); err != nil {
+				return err
+			}
 		}
 	}
 

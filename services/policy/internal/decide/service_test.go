@@ -26,11 +26,21 @@ type harness struct {
 	js    jetstream.JetStream
 	topo  schemas.Topology
 	svc   *Service
+	reg   *prometheus.Registry
 	stop  context.CancelFunc
 	done  chan error
 }
 
 func startHarness(t *testing.T, workers int) *harness {
+	t.Helper()
+	h := newHarness(t, workers)
+	h.start(t)
+	return h
+}
+
+// newHarness is startHarness without starting the service, so a test can
+// queue verified events while policy is down (h.start starts it).
+func newHarness(t *testing.T, workers int) *harness {
 	t.Helper()
 	srv := natsdev.StartT(t, natsdev.Options{})
 	admin, err := srv.Connect(natsdev.AdminUser)
@@ -58,18 +68,24 @@ func startHarness(t *testing.T, workers int) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
+	reg := prometheus.NewRegistry()
 	svc, err := NewService(Deps{
 		NC: nc, JS: pjs, Topology: topo, Seed: seedSet(t), SeedEntities: sampleStore(t).Entities(),
 		ApprovalTeams: []string{"risk-reviewers"}, ApprovalTTL: time.Hour,
-		Log: zerolog.New(zerolog.NewTestWriter(t)), Registry: prometheus.NewRegistry(), Workers: workers,
+		Log: zerolog.New(zerolog.NewTestWriter(t)), Registry: reg, Workers: workers,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &harness{srv: srv, admin: admin, js: js, topo: topo, svc: svc, done: make(chan error, 1)}
+	return &harness{srv: srv, admin: admin, js: js, topo: topo, svc: svc, reg: reg, done: make(chan error, 1)}
+}
+
+// start runs the service until the test ends.
+func (h *harness) start(t *testing.T) {
+	t.Helper()
 	runCtx, stop := context.WithCancel(context.Background())
 	h.stop = stop
-	go func() { h.done <- svc.Run(runCtx) }()
+	go func() { h.done <- h.svc.Run(runCtx) }()
 	t.Cleanup(func() {
 		stop()
 		select {
@@ -81,7 +97,6 @@ func startHarness(t *testing.T, workers int) *harness {
 			t.Error("service did not stop within 10s")
 		}
 	})
-	return h
 }
 
 // publishVerified plays authn: the verified event goes on the verified stream.

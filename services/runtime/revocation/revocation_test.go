@@ -1,4 +1,4 @@
-package verify
+package revocation
 
 import (
 	"context"
@@ -21,7 +21,7 @@ import (
 // revEnv is an embedded JetStream with the topology, a revocation set on
 // it as the authn user, and the bucket opened as admin to write to.
 type revEnv struct {
-	set *revocations
+	set *Set
 	kv  jetstream.KeyValue
 	reg *prometheus.Registry
 }
@@ -58,7 +58,8 @@ func startRevocationsB(t testing.TB, max int, preload ...string) *revEnv {
 	for _, k := range preload {
 		e.put(t, k, "preloaded")
 	}
-	if e.set, err = newRevocations(js, nc, topo.BucketRevocations(), max, zerolog.Nop(), e.reg); err != nil {
+	if e.set, err = New(Options{JS: js, NC: nc, Bucket: topo.BucketRevocations(), Max: max, MaxSetting: "AIGOV_TEST_REVOCATIONS_MAX",
+		MetricPrefix: "aigov_test", Log: zerolog.Nop(), Registry: e.reg}); err != nil {
 		t.Fatal(err)
 	}
 	select {
@@ -91,14 +92,14 @@ func (e *revEnv) put(t testing.TB, key, reason string) uint64 {
 // revoked looks key up and reports its reason, "" when not revoked.
 func (e *revEnv) revoked(t *testing.T, key string) string {
 	t.Helper()
-	recs, err := e.set.lookup(context.Background(), key)
+	recs, err := e.set.Lookup(context.Background(), key)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if recs[0] == nil {
 		return ""
 	}
-	return recs[0].reason
+	return recs[0].Reason
 }
 
 // TestRevocationSetFollowsTheBucket: initial values, puts, deletes and
@@ -119,7 +120,7 @@ func TestRevocationSetFollowsTheBucket(t *testing.T) {
 		if got := e.revoked(t, key); got != "r" {
 			t.Fatalf("iteration %d: a revocation put just before the lookup was missed", i)
 		}
-		if last, _ := e.set.lastRevision(); last < rev {
+		if last, _ := e.set.LastRevision(); last < rev {
 			t.Fatalf("lookup answered before the set applied revision %d (at %d)", rev, last)
 		}
 		switch i % 2 {
@@ -143,7 +144,7 @@ func TestRevocationSetFollowsTheBucket(t *testing.T) {
 	if n := testutil.ToFloat64(e.set.lookupsSet); n < 600 {
 		t.Fatalf("set answered %v lookups", n)
 	}
-	if n := e.set.len(); n != 2 {
+	if n := e.set.Len(); n != 2 {
 		t.Fatalf("set holds %d entries; want the 2 preloaded", n)
 	}
 }
@@ -158,8 +159,8 @@ func TestRevocationSetOverflowFailsClosed(t *testing.T) {
 	if got := e.revoked(t, "c"); got != "preloaded" {
 		t.Fatalf("over the limit at load: %q", got)
 	}
-	if testutil.ToFloat64(e.set.overflowsCt) < 1 || testutil.ToFloat64(e.set.lookupsKV) < 1 || e.set.len() != 0 {
-		t.Fatalf("overflows %v, kv lookups %v, entries %d", testutil.ToFloat64(e.set.overflowsCt), testutil.ToFloat64(e.set.lookupsKV), e.set.len())
+	if testutil.ToFloat64(e.set.overflowsCt) < 1 || testutil.ToFloat64(e.set.lookupsKV) < 1 || e.set.Len() != 0 {
+		t.Fatalf("overflows %v, kv lookups %v, entries %d", testutil.ToFloat64(e.set.overflowsCt), testutil.ToFloat64(e.set.lookupsKV), e.set.Len())
 	}
 	// Under the limit at load, over it by an update.
 	e = startRevocations(t, 2, "a")
@@ -176,6 +177,13 @@ func TestRevocationSetOverflowFailsClosed(t *testing.T) {
 	}
 }
 
+// The benchmark's set is sized and loaded as authn's and policy's are by
+// default (AIGOV_AUTHN_REVOCATIONS_MAX, AIGOV_AUTHN_WORKERS).
+const (
+	benchMax     = 500000
+	benchWorkers = 32
+)
+
 // BenchmarkRevocationLookup measures the revocation check authn does on
 // every request, cache hit or miss, on embedded JetStream (file storage),
 // for a session that is not revoked, with 1,000 other keys in the bucket:
@@ -189,7 +197,7 @@ func BenchmarkRevocationLookup(b *testing.B) {
 	for i := range keys {
 		keys[i] = schemas.SessionKey("https://idp.example", "sid-"+strconv.Itoa(i), "alice", nil)
 	}
-	e := startRevocationsB(b, DefaultRevocationsMax, keys...)
+	e := startRevocationsB(b, benchMax, keys...)
 	ctx := context.Background()
 	key := schemas.SessionKey("https://idp.example", "not-revoked", "alice", nil)
 	b.Run("kv-get", func(b *testing.B) {
@@ -201,7 +209,7 @@ func BenchmarkRevocationLookup(b *testing.B) {
 		}
 	})
 	lookup := func(b *testing.B) {
-		recs, err := e.set.lookup(ctx, key, "")
+		recs, err := e.set.Lookup(ctx, key, "")
 		if err != nil || recs[0] != nil {
 			b.Fatal(err, recs[0])
 		}
@@ -214,7 +222,7 @@ func BenchmarkRevocationLookup(b *testing.B) {
 	})
 	b.Run("set-parallel", func(b *testing.B) {
 		b.ReportAllocs()
-		b.SetParallelism(DefaultWorkers / runtime.GOMAXPROCS(0))
+		b.SetParallelism(benchWorkers / runtime.GOMAXPROCS(0))
 		b.RunParallel(func(pb *testing.PB) {
 			for pb.Next() {
 				lookup(b)

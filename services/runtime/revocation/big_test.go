@@ -1,4 +1,4 @@
-package verify
+package revocation
 
 import (
 	"context"
@@ -19,7 +19,7 @@ func TestRevocationSetLoadsALargeBucket(t *testing.T) {
 		keys[i] = "pre-" + strconv.Itoa(i)
 	}
 	e := startRevocationsB(t, 100000, keys...)
-	if got := e.set.len(); got != n {
+	if got := e.set.Len(); got != n {
 		t.Fatalf("loaded %d of %d keys", got, n)
 	}
 	reason := strings.Repeat("r", 250)
@@ -30,9 +30,9 @@ func TestRevocationSetLoadsALargeBucket(t *testing.T) {
 		}
 	}
 	deadline := time.Now().Add(20 * time.Second)
-	for e.set.len() != 2*n {
+	for e.set.Len() != 2*n {
 		if time.Now().After(deadline) {
-			t.Fatalf("set holds %d of %d keys 20s after the burst", e.set.len(), 2*n)
+			t.Fatalf("set holds %d of %d keys 20s after the burst", e.set.Len(), 2*n)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

@@ -1,4 +1,10 @@
-package verify
+// Package revocation is an in-memory view of the revocation bucket
+// (session revocations and lease tombstones), kept current by a KV watcher
+// and guarded by a freshness barrier, so a service can check every message
+// against the bucket at the cost of a map read. authn checks it before a
+// request is verified; policy checks it again at decision time, so a
+// request queued before a revocation is never allowed after it.
+package revocation
 
 import (
 	"context"
@@ -17,30 +23,61 @@ import (
 	"github.com/aigov/aigov/schemas"
 )
 
-// revRecord is one key of the revocation bucket, as authn needs it.
-type revRecord struct {
-	// code and reason are from the schemas.Revocation stored; readable is
+// Record is one key of the revocation bucket, as a lookup returns it.
+type Record struct {
+	// Code and Reason are from the schemas.Revocation stored; Readable is
 	// false when the value did not decode (it still revokes).
-	code     schemas.Code
-	reason   string
-	readable bool
-	created  time.Time
+	Code     schemas.Code
+	Reason   string
+	Readable bool
+	// Created is when the key was written.
+	Created time.Time
+}
+
+// SessionDenial is the deny code and reason of a request whose session key
+// has rec: session_expired when the reaper ended it on its max age or idle
+// timeout, session_revoked otherwise (kill switch, logout, or an
+// unreadable record: someone meant to end the session, and an unreadable
+// value must not reopen it).
+func (rec *Record) SessionDenial() (schemas.Code, string) {
+	if !rec.Readable {
+		return schemas.CodeSessionRevoked, "the session is revoked (unreadable revocation record)"
+	}
+	code := rec.Code
+	if code != schemas.CodeSessionExpired {
+		code = schemas.CodeSessionRevoked
+	}
+	reason := rec.Reason
+	if reason == "" {
+		reason = "the session was ended"
+	}
+	return code, reason
+}
+
+// LeaseDenial is the deny code and reason of a request naming a job lease
+// whose tombstone (schemas.LeaseRevocationKey) is rec.
+func (rec *Record) LeaseDenial() (schemas.Code, string) {
+	reason := "the job lease has ended"
+	if rec.Readable && rec.Reason != "" {
+		reason = rec.Reason
+	}
+	return schemas.CodeLeaseExpired, reason
 }
 
 // maxRevReason bounds a reason kept in memory; the set's size is bounded
 // in entries, so each entry must be bounded too.
 const maxRevReason = 300
 
-// revRecordOf decodes a bucket value.
-func revRecordOf(value []byte, created time.Time) revRecord {
+// recordOf decodes a bucket value.
+func recordOf(value []byte, created time.Time) Record {
 	var rev schemas.Revocation
 	if json.Unmarshal(value, &rev) != nil {
-		return revRecord{created: created}
+		return Record{Created: created}
 	}
 	if len(rev.Reason) > maxRevReason {
 		rev.Reason = rev.Reason[:maxRevReason] + "…"
 	}
-	return revRecord{code: rev.Code, reason: rev.Reason, readable: true, created: created}
+	return Record{Code: rev.Code, Reason: rev.Reason, Readable: true, Created: created}
 }
 
 // Tuning of the revocation set.
@@ -59,13 +96,13 @@ const (
 )
 
 // errRevOverflow ends a watch whose bucket holds more keys than the set
-// may keep.
-var errRevOverflow = errors.New("revocation bucket holds more keys than AIGOV_AUTHN_REVOCATIONS_MAX")
+// may keep (Options.Max).
+var errRevOverflow = errors.New("revocation bucket holds more keys than the set may keep")
 
 // errRevResync ends a watch that a failed freshness check distrusts.
 var errRevResync = errors.New("freshness check failed; reloading the revocation set")
 
-// revocations is an in-memory copy of the revocation bucket (session
+// Set is an in-memory copy of the revocation bucket (session
 // revocations and lease tombstones), kept current by a KV watcher, so a
 // request costs a map read instead of a KV round trip.
 //
@@ -84,20 +121,21 @@ var errRevResync = errors.New("freshness check failed; reloading the revocation 
 // lookup reads the bucket (KV Get) as before, and a failed read is an error
 // (redelivery), never "not revoked". The watch is then reloaded, after
 // resync when it overflowed.
-type revocations struct {
+type Set struct {
 	js          jetstream.JetStream
 	nc          *nats.Conn
 	bucket      string
 	stream      string
 	max         int
 	resync      time.Duration
+	maxSetting  string
 	log         zerolog.Logger
 	lookupsSet  prometheus.Counter
 	lookupsKV   prometheus.Counter
 	overflowsCt prometheus.Counter
 
 	mu       sync.RWMutex
-	m        map[string]revRecord
+	m        map[string]Record
 	complete bool
 	lastRev  uint64
 	advanced chan struct{} // closed (and replaced) when lastRev moves or the set changes state
@@ -123,37 +161,71 @@ type barrierCall struct {
 	err  error
 }
 
-func newRevocations(js jetstream.JetStream, nc *nats.Conn, bucket string, max int, log zerolog.Logger, reg prometheus.Registerer) (*revocations, error) {
-	r := &revocations{
-		js: js, nc: nc, bucket: bucket, stream: "KV_" + bucket, max: max, resync: time.Minute, log: log,
+// Options configure a Set.
+type Options struct {
+	// JS opens the bucket; NC sends the freshness checks (direct gets on
+	// the bucket's stream). The user needs read and watch on the bucket.
+	JS jetstream.JetStream
+	NC *nats.Conn
+	// Bucket is the revocation bucket's name (Topology.BucketRevocations).
+	Bucket string
+	// Max bounds the keys held in memory; past it lookups read the bucket.
+	Max int
+	// MaxSetting names the variable that sets Max, for logs and metric help.
+	MaxSetting string
+	// MetricPrefix starts the metric names, e.g. aigov_authn gives
+	// aigov_authn_revocation_lookups_total; each service has its own.
+	MetricPrefix string
+	Log          zerolog.Logger
+	// Registry receives the set's metrics.
+	Registry prometheus.Registerer
+}
+
+// New builds a set; it does no I/O. Run loads and follows the bucket.
+func New(o Options) (*Set, error) {
+	switch {
+	case o.JS == nil || o.NC == nil:
+		return nil, errors.New("revocation: nil NATS connection or JetStream context")
+	case o.Bucket == "":
+		return nil, errors.New("revocation: no bucket name")
+	case o.Max <= 0:
+		return nil, errors.New("revocation: max must be positive")
+	case o.MetricPrefix == "":
+		return nil, errors.New("revocation: no metric prefix")
+	case o.Registry == nil:
+		return nil, errors.New("revocation: nil metrics registry")
+	}
+	r := &Set{
+		js: o.JS, nc: o.NC, bucket: o.Bucket, stream: "KV_" + o.Bucket, max: o.Max, resync: time.Minute,
+		maxSetting: o.MaxSetting, log: o.Log,
 		advanced:  make(chan struct{}),
 		loaded:    make(chan struct{}),
 		base:      context.Background(),
 		resyncReq: make(chan struct{}, 1),
 	}
 	lookups := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "aigov_authn_revocation_lookups_total",
+		Name: o.MetricPrefix + "_revocation_lookups_total",
 		Help: "Revocation lookups, by how they were answered: set (in memory, after a freshness barrier) or kv (a bucket read, while the set is incomplete).",
 	}, []string{"via"})
 	r.lookupsSet, r.lookupsKV = lookups.WithLabelValues("set"), lookups.WithLabelValues("kv")
 	r.overflowsCt = prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "aigov_authn_revocation_overflows_total",
-		Help: "Times the revocation bucket held more keys than AIGOV_AUTHN_REVOCATIONS_MAX; lookups then read the bucket.",
+		Name: o.MetricPrefix + "_revocation_overflows_total",
+		Help: "Times the revocation bucket held more keys than " + o.MaxSetting + "; lookups then read the bucket.",
 	})
 	entries := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "aigov_authn_revocation_entries",
+		Name: o.MetricPrefix + "_revocation_entries",
 		Help: "Keys (session revocations and lease tombstones) held by the in-memory revocation set.",
-	}, func() float64 { return float64(r.len()) })
+	}, func() float64 { return float64(r.Len()) })
 	for _, c := range []prometheus.Collector{lookups, r.overflowsCt, entries} {
-		if err := reg.Register(c); err != nil {
-			return nil, fmt.Errorf("authn: register metrics: %w", err)
+		if err := o.Registry.Register(c); err != nil {
+			return nil, fmt.Errorf("revocation: register metrics: %w", err)
 		}
 	}
 	return r, nil
 }
 
-// len reports the entries held.
-func (r *revocations) len() int {
+// Len reports the entries held.
+func (r *Set) Len() int {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	return len(r.m)
@@ -161,21 +233,23 @@ func (r *revocations) len() int {
 
 // Loaded is closed once the first load has ended: the set is complete, or
 // the bucket overflowed it and lookups read the bucket.
-func (r *revocations) Loaded() <-chan struct{} { return r.loaded }
+func (r *Set) Loaded() <-chan struct{} { return r.loaded }
 
-// lastRevision reports the last bucket revision the set has applied, and
+// LastRevision reports the last bucket revision the set has applied, and
 // whether the set is complete.
-func (r *revocations) lastRevision() (uint64, bool) {
+func (r *Set) LastRevision() (uint64, bool) {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	return r.lastRev, r.complete
 }
 
-// lookup returns the records of keys ("" is skipped), nil where a key is
-// not in the bucket, as of a moment after the call began.
-func (r *revocations) lookup(ctx context.Context, keys ...string) ([]*revRecord, error) {
-	out := make([]*revRecord, len(keys))
-	if _, complete := r.lastRevision(); complete {
+// Lookup returns the records of keys ("" is skipped), nil where a key is
+// not in the bucket, as of a moment after the call began: every revision
+// stored before the call is reflected. An error means the answer is
+// unknown, never "not revoked".
+func (r *Set) Lookup(ctx context.Context, keys ...string) ([]*Record, error) {
+	out := make([]*Record, len(keys))
+	if _, complete := r.LastRevision(); complete {
 		err := r.barrier(ctx)
 		if err == nil {
 			r.mu.RLock()
@@ -211,14 +285,14 @@ func (r *revocations) lookup(ctx context.Context, keys ...string) ([]*revRecord,
 		if err != nil {
 			return nil, fmt.Errorf("look up revocation key %s: %w", k, err)
 		}
-		rec := revRecordOf(e.Value(), e.Created())
+		rec := recordOf(e.Value(), e.Created())
 		out[i] = &rec
 	}
 	return out, nil
 }
 
 // handle opens the bucket once; a failure is retried by the next call.
-func (r *revocations) handle(ctx context.Context) (jetstream.KeyValue, error) {
+func (r *Set) handle(ctx context.Context) (jetstream.KeyValue, error) {
 	r.kvMu.Lock()
 	defer r.kvMu.Unlock()
 	if r.kv == nil {
@@ -234,7 +308,7 @@ func (r *revocations) handle(ctx context.Context) (jetstream.KeyValue, error) {
 // barrier returns once the set has applied every revision stored before
 // the call began. Callers share checks: one that started before this call
 // cannot vouch for it, so the caller joins (or queues) the next one.
-func (r *revocations) barrier(ctx context.Context) error {
+func (r *Set) barrier(ctx context.Context) error {
 	r.bmu.Lock()
 	c := r.next
 	if c == nil {
@@ -257,7 +331,7 @@ func (r *revocations) barrier(ctx context.Context) error {
 
 // runBarriers runs c, then each check queued meanwhile. At most one runs
 // at a time and at most one waits, each bounded by barrierTimeout.
-func (r *revocations) runBarriers(c *barrierCall) {
+func (r *Set) runBarriers(c *barrierCall) {
 	r.bmu.Lock()
 	base := r.base
 	r.bmu.Unlock()
@@ -276,11 +350,11 @@ func (r *revocations) runBarriers(c *barrierCall) {
 
 // check asks the bucket's stream for a message after the set's last
 // revision and waits for the watcher to apply it, until none is left.
-func (r *revocations) check(base context.Context) error {
+func (r *Set) check(base context.Context) error {
 	ctx, cancel := context.WithTimeout(base, barrierTimeout)
 	defer cancel()
 	for range barrierRounds {
-		after, complete := r.lastRevision()
+		after, complete := r.LastRevision()
 		if !complete {
 			return errors.New("revocation set is incomplete")
 		}
@@ -301,7 +375,7 @@ func (r *revocations) check(base context.Context) error {
 // nextRevision returns the sequence of the bucket's first message after
 // rev, or 0 when there is none: a direct get, answered from the stream's
 // index without a consumer.
-func (r *revocations) nextRevision(ctx context.Context, rev uint64) (uint64, error) {
+func (r *Set) nextRevision(ctx context.Context, rev uint64) (uint64, error) {
 	body := strconv.AppendUint([]byte(`{"next_by_subj":">","seq":`), rev+1, 10)
 	body = append(body, '}')
 	msg, err := r.nc.RequestWithContext(ctx, "$JS.API.DIRECT.GET."+r.stream, body)
@@ -323,7 +397,7 @@ func (r *revocations) nextRevision(ctx context.Context, rev uint64) (uint64, err
 }
 
 // waitFor returns once the set has applied revision seq.
-func (r *revocations) waitFor(ctx context.Context, seq uint64) error {
+func (r *Set) waitFor(ctx context.Context, seq uint64) error {
 	for {
 		r.mu.RLock()
 		last, complete, ch := r.lastRev, r.complete, r.advanced
@@ -343,7 +417,7 @@ func (r *revocations) waitFor(ctx context.Context, seq uint64) error {
 }
 
 // requestResync asks the watch to restart, without blocking.
-func (r *revocations) requestResync() {
+func (r *Set) requestResync() {
 	select {
 	case r.resyncReq <- struct{}{}:
 	default:
@@ -352,7 +426,7 @@ func (r *revocations) requestResync() {
 
 // Run keeps the set current until ctx ends, rewatching after a failure
 // with back-off (resync after an overflow).
-func (r *revocations) Run(ctx context.Context) {
+func (r *Set) Run(ctx context.Context) {
 	r.bmu.Lock()
 	r.base = ctx
 	r.bmu.Unlock()
@@ -369,7 +443,7 @@ func (r *revocations) Run(ctx context.Context) {
 			wait = r.resync
 			r.overflowsCt.Inc()
 			r.loadOnce.Do(func() { close(r.loaded) })
-			r.log.Error().Err(err).Int("max", r.max).Dur("retry_after", wait).Msg("revocation set overflowed; every request reads the revocation bucket")
+			r.log.Error().Err(err).Int("max", r.max).Str("max_setting", r.maxSetting).Dur("retry_after", wait).Msg("revocation set overflowed; every request reads the revocation bucket")
 		} else {
 			r.log.Warn().Err(err).Dur("retry_after", wait).Msg("revocation watch ended; requests read the revocation bucket until it is reloaded")
 		}
@@ -387,7 +461,7 @@ func (r *revocations) Run(ctx context.Context) {
 }
 
 // setIncomplete hands lookups to the bucket and frees the map.
-func (r *revocations) setIncomplete() {
+func (r *Set) setIncomplete() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.complete, r.m = false, nil
@@ -397,7 +471,7 @@ func (r *revocations) setIncomplete() {
 
 // watch loads the bucket, installs the set and applies updates until the
 // watch fails, a resync is asked for or ctx ends.
-func (r *revocations) watch(ctx context.Context) error {
+func (r *Set) watch(ctx context.Context) error {
 	select {
 	case <-r.resyncReq: // a request older than this watch is moot
 	default:
@@ -420,7 +494,7 @@ func (r *revocations) watch(ctx context.Context) error {
 	defer func() { _ = w.Stop() }()
 	sweep := time.NewTicker(revSweepEvery)
 	defer sweep.Stop()
-	initial := make(map[string]revRecord)
+	initial := make(map[string]Record)
 	var initialRev uint64
 	for {
 		select {
@@ -445,7 +519,7 @@ func (r *revocations) watch(ctx context.Context) error {
 				} else if len(initial) >= r.max {
 					return errRevOverflow
 				} else {
-					initial[e.Key()] = revRecordOf(e.Value(), e.Created())
+					initial[e.Key()] = recordOf(e.Value(), e.Created())
 				}
 			default:
 				if err := r.apply(e); err != nil {
@@ -457,7 +531,7 @@ func (r *revocations) watch(ctx context.Context) error {
 }
 
 // install makes a loaded set current.
-func (r *revocations) install(m map[string]revRecord, rev uint64, ttl time.Duration) {
+func (r *Set) install(m map[string]Record, rev uint64, ttl time.Duration) {
 	r.mu.Lock()
 	r.m, r.lastRev, r.complete, r.ttl = m, rev, true, ttl
 	close(r.advanced)
@@ -468,14 +542,14 @@ func (r *revocations) install(m map[string]revRecord, rev uint64, ttl time.Durat
 }
 
 // apply applies one update; deletes and purges remove the key.
-func (r *revocations) apply(e jetstream.KeyValueEntry) error {
+func (r *Set) apply(e jetstream.KeyValueEntry) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if e.Operation() == jetstream.KeyValuePut {
 		if _, ok := r.m[e.Key()]; !ok && len(r.m) >= r.max {
 			return errRevOverflow
 		}
-		r.m[e.Key()] = revRecordOf(e.Value(), e.Created())
+		r.m[e.Key()] = recordOf(e.Value(), e.Created())
 	} else {
 		delete(r.m, e.Key())
 	}
@@ -487,7 +561,7 @@ func (r *revocations) apply(e jetstream.KeyValueEntry) error {
 
 // sweep drops entries the bucket has expired: MaxAge removes messages
 // without telling watchers. A minute of grace errs towards denying.
-func (r *revocations) sweep(ttl time.Duration) {
+func (r *Set) sweep(ttl time.Duration) {
 	if ttl <= 0 {
 		return
 	}
@@ -495,7 +569,7 @@ func (r *revocations) sweep(ttl time.Duration) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for k, rec := range r.m {
-		if rec.created.Before(cutoff) {
+		if rec.Created.Before(cutoff) {
 			delete(r.m, k)
 		}
 	}
