@@ -34,6 +34,9 @@ const (
 	RolePlatform = "platform"
 	// RoleOperator stages policy sets and edits the entity store (CLI).
 	RoleOperator = "operator"
+	// RoleProvisioner creates the streams, buckets and consumers (aigov bus
+	// provision) before any service starts; no service holds it.
+	RoleProvisioner = "provisioner"
 )
 
 // Topology is the whole JetStream layout: streams, KV buckets and durable
@@ -172,6 +175,15 @@ func (t Topology) Streams() []jetstream.StreamConfig {
 	gov := base(t.StreamGovernance(), s.All(KindPolicy), t.EventMaxAge)
 	gov.Subjects = append(gov.Subjects, s.All(KindEntity), s.All(KindApproval))
 	out = append(out, gov)
+	// What the audit vouches for is immutable on the bus too: no
+	// credential, the provisioner's included, can delete a message from
+	// these streams or purge them (the server refuses; the flags can be
+	// set on an existing stream and never cleared).
+	for i := range out {
+		if out[i].Name != t.StreamRequests() {
+			out[i].DenyDelete, out[i].DenyPurge = true, true
+		}
+	}
 	adv := base(t.StreamAdvisories(), "", t.EventMaxAge)
 	adv.Subjects = t.advisorySubjects(out)
 	return append(out, adv)
@@ -323,8 +335,47 @@ func (t Topology) Consumer(name string) (ConsumerSpec, error) {
 	return ConsumerSpec{Stream: stream, Config: c}, nil
 }
 
-// Ensure creates or updates every stream and bucket. Safe to call from every
-// replica of every service at once.
+// ConsumerNames lists every durable consumer of the topology.
+func (t Topology) ConsumerNames() []string {
+	names := []string{ConsumerAuthn, ConsumerPolicy, ConsumerReaper, ConsumerReaperLeases, ConsumerDeadLetter}
+	for _, st := range t.AuditedStreams() {
+		names = append(names, t.AuditConsumer(st))
+	}
+	return names
+}
+
+// Provision creates or updates every stream, bucket and durable consumer:
+// the provisioning step (aigov bus provision) that runs with the
+// provisioner's credentials before any service starts. Idempotent; it
+// also migrates an existing deployment (e.g. turns on DenyDelete and
+// DenyPurge, which the server lets no one turn off again).
+func (t Topology) Provision(ctx context.Context, js jetstream.JetStream) error {
+	if err := t.Ensure(ctx, js); err != nil {
+		return err
+	}
+	for _, name := range t.ConsumerNames() {
+		if _, err := t.EnsureConsumer(ctx, js, name); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Bind returns the provisioned durable consumer name; services bind to
+// their consumers and never create them (their credentials cannot).
+func (t Topology) Bind(ctx context.Context, js jetstream.JetStream, name string) (jetstream.Consumer, error) {
+	spec, err := t.Consumer(name)
+	if err != nil {
+		return nil, err
+	}
+	c, err := js.Consumer(ctx, spec.Stream, name)
+	if err != nil {
+		return nil, fmt.Errorf("consumer %s on %s (has the bus been provisioned? run 'aigov bus provision' as the provisioner): %w", name, spec.Stream, err)
+	}
+	return c, nil
+}
+
+// Ensure creates or updates every stream and bucket.
 func (t Topology) Ensure(ctx context.Context, js jetstream.JetStream) error {
 	for _, cfg := range t.Streams() {
 		if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
@@ -362,56 +413,161 @@ type Permissions struct {
 // user its own inbox lets the server stop one user reading another's replies.
 func InboxPrefix(role string) string { return "_INBOX." + role }
 
-// Permissions returns what a role may do on the bus. Services get the
-// JetStream API for their consumers and KV; the platform may only publish
-// requests and read its own inbox, so it can never forge a decision.
-func (t Topology) Permissions(role string) (Permissions, error) {
+// Grant is what one role needs of the bus, in the topology's own terms. It
+// is the one table the NATS permissions of the dev stack, compose and
+// Kubernetes are derived from (Permissions).
+type Grant struct {
+	// Consumers are the durable consumers the role reads: it may fetch
+	// from and ack on exactly these, and read their info. It can neither
+	// create nor delete any consumer.
+	Consumers []string
+	// Publish are the event subjects the role publishes.
+	Publish []string
+	// Replies lets the role answer any requester's _INBOX (authn, policy).
+	Replies bool
+	// ReadKV are the buckets the role reads or watches; WriteKV those it
+	// also writes (put, create, delete). No role may purge a bucket's stream.
+	ReadKV, WriteKV []string
+	// ReadStreams are the streams whose messages the role fetches by
+	// sequence or subject (stream info and message get only).
+	ReadStreams []string
+	// Provision lets the role create and update streams, buckets and
+	// consumers — never delete or purge them.
+	Provision bool
+}
+
+// Grant returns the role's grant. Who writes what: only policy writes the
+// active policy set and approvals; only the reaper (and the kill switch,
+// which runs with the reaper's credentials) writes revocations and
+// sessions; only the audit writes checkpoints; the operator stages
+// policy sets and entity changes.
+func (t Topology) Grant(role string) (Grant, error) {
 	s := t.Subjects
-	inbox := InboxPrefix(role) + ".>"
-	service := func(publish ...string) Permissions {
-		return Permissions{
-			// $JS.FC.> answers the flow control of KV watchers and ordered
-			// consumers, which otherwise stall on a large bucket or stream.
-			Publish:   append([]string{"$JS.API.>", "$JS.ACK.>", "$KV.>", "$JS.FC.>"}, publish...),
-			Subscribe: []string{inbox},
-		}
-	}
 	switch role {
 	case RoleAuthn:
-		// Replies go to the requester's inbox, whoever it is.
-		return service(s.All(KindVerified), s.All(KindDecision), "_INBOX.>"), nil
+		return Grant{
+			Consumers: []string{ConsumerAuthn},
+			Publish:   []string{s.All(KindVerified), s.All(KindDecision)},
+			Replies:   true,
+			ReadKV:    []string{t.BucketRevocations()},
+			WriteKV:   []string{t.BucketTokenIDs()},
+		}, nil
 	case RolePolicy:
-		return service(s.All(KindDecision), "_INBOX.>", s.All(KindPolicy), s.All(KindEntity), s.All(KindApproval)), nil
-	case RoleOperator:
-		// The operator CLI (aigov policy push, aigov entities): it stages
-		// policy sets and edits the entity store through the KV API of those
-		// two buckets, reads the active set, and sends governed requests.
-		kv := func(b string) []string {
-			return []string{
-				"$JS.API.STREAM.INFO.KV_" + b, "$JS.API.DIRECT.GET.KV_" + b + ".>", "$JS.API.STREAM.MSG.GET.KV_" + b,
-				"$JS.API.CONSUMER.CREATE.KV_" + b + ".>", "$JS.API.CONSUMER.CREATE.KV_" + b, "$JS.API.CONSUMER.DELETE.KV_" + b + ".>",
+		return Grant{
+			Consumers: []string{ConsumerPolicy},
+			Publish:   []string{s.All(KindDecision), s.All(KindPolicy), s.All(KindEntity), s.All(KindApproval)},
+			Replies:   true,
+			// Revocations: the re-check at decision time. Entities are
+			// written only to seed an empty store from policies/.
+			ReadKV:  []string{t.BucketPolicyProposals(), t.BucketRevocations()},
+			WriteKV: []string{t.BucketPolicy(), t.BucketApprovals(), t.BucketEntities()},
+		}, nil
+	case RoleReaper:
+		return Grant{
+			Consumers:   []string{ConsumerReaper, ConsumerReaperLeases},
+			Publish:     []string{s.All(KindSession)},
+			WriteKV:     []string{t.BucketSessions(), t.BucketRevocations(), t.BucketLeases(), t.BucketLogoutJTIs()},
+			ReadStreams: []string{"KV_" + t.BucketSessions()},
+		}, nil
+	case RoleAudit:
+		g := Grant{
+			Consumers: []string{ConsumerDeadLetter},
+			// Dead letters are published by the audit alone: for its own
+			// poison messages and for the other consumers' advisories.
+			Publish: []string{s.All(KindDeadLetter)},
+			WriteKV: []string{t.BucketAuditCheckpoints()},
+		}
+		for _, st := range t.AuditedStreams() {
+			g.Consumers = append(g.Consumers, t.AuditConsumer(st))
+		}
+		// The dead-letter worker fetches the message an advisory names
+		// from whichever stream it is on; a lane re-reads its own stream.
+		for _, st := range t.Streams() {
+			if st.Name != t.StreamAdvisories() {
+				g.ReadStreams = append(g.ReadStreams, st.Name)
 			}
 		}
-		pub := []string{s.All(KindRequest), "$JS.API.INFO", "$JS.FC.>",
-			"$KV." + t.BucketPolicyProposals() + ".>", "$KV." + t.BucketEntities() + ".>"}
-		for _, b := range []string{t.BucketPolicy(), t.BucketPolicyProposals(), t.BucketEntities()} {
-			pub = append(pub, kv(b)...)
-		}
-		return Permissions{Publish: pub, Subscribe: []string{inbox}}, nil
-	case RoleReaper:
-		return service(s.All(KindSession)), nil
-	case RoleAudit:
-		// Dead letters are published by the audit alone: for its own poison
-		// messages and for the other consumers' advisories.
-		return service(s.All(KindDeadLetter)), nil
+		return g, nil
+	case RoleOperator:
+		// The operator CLI (aigov policy push, aigov entities): it stages
+		// policy sets and edits the entity store, reads the active set,
+		// and sends governed requests.
+		return Grant{
+			Publish: []string{s.All(KindRequest)},
+			ReadKV:  []string{t.BucketPolicy()},
+			WriteKV: []string{t.BucketPolicyProposals(), t.BucketEntities()},
+		}, nil
 	case RolePlatform:
-		return Permissions{Publish: []string{s.All(KindRequest)}, Subscribe: []string{inbox}}, nil
+		return Grant{Publish: []string{s.All(KindRequest)}}, nil
+	case RoleProvisioner:
+		return Grant{Provision: true}, nil
 	default:
-		return Permissions{}, fmt.Errorf("unknown role %q", role)
+		return Grant{}, fmt.Errorf("unknown role %q", role)
 	}
+}
+
+// Permissions returns what a role may do on the bus, derived from its
+// Grant: the JetStream API subjects of its own consumers, buckets and
+// streams and nothing else, so that no credential but the provisioner's
+// can create, delete or purge anything, and none at all can delete or
+// purge an audited stream (they deny it themselves).
+func (t Topology) Permissions(role string) (Permissions, error) {
+	g, err := t.Grant(role)
+	if err != nil {
+		return Permissions{}, err
+	}
+	const api = "$JS.API."
+	var pub []string
+	for _, name := range g.Consumers {
+		spec, err := t.Consumer(name)
+		if err != nil {
+			return Permissions{}, err
+		}
+		pub = append(pub,
+			api+"CONSUMER.INFO."+spec.Stream+"."+name,
+			api+"CONSUMER.MSG.NEXT."+spec.Stream+"."+name,
+			"$JS.ACK."+spec.Stream+"."+name+".>")
+	}
+	read := func(stream string) []string {
+		return []string{api + "STREAM.INFO." + stream, api + "STREAM.MSG.GET." + stream,
+			api + "DIRECT.GET." + stream, api + "DIRECT.GET." + stream + ".>"}
+	}
+	for _, st := range g.ReadStreams {
+		pub = append(pub, read(st)...)
+	}
+	kvRead := func(b string) []string {
+		// A watch is an ordered, ephemeral consumer on the bucket's
+		// stream, deleted when the watch stops.
+		return append(read("KV_"+b),
+			api+"CONSUMER.CREATE.KV_"+b, api+"CONSUMER.CREATE.KV_"+b+".>", api+"CONSUMER.DELETE.KV_"+b+".>")
+	}
+	for _, b := range g.ReadKV {
+		pub = append(pub, kvRead(b)...)
+	}
+	for _, b := range g.WriteKV {
+		pub = append(pub, kvRead(b)...)
+		pub = append(pub, "$KV."+b+".>")
+	}
+	if len(g.ReadKV)+len(g.WriteKV) > 0 {
+		// Flow control of KV watchers, which otherwise stall on a large
+		// bucket.
+		pub = append(pub, "$JS.FC.>")
+	}
+	if g.Provision {
+		for _, op := range []string{"INFO", "STREAM.NAMES", "STREAM.LIST", "STREAM.CREATE.>", "STREAM.UPDATE.>", "STREAM.INFO.>",
+			"CONSUMER.CREATE.>", "CONSUMER.DURABLE.CREATE.>", "CONSUMER.INFO.>", "CONSUMER.NAMES.>", "CONSUMER.LIST.>"} {
+			pub = append(pub, api+op)
+		}
+	}
+	pub = append(pub, g.Publish...)
+	if g.Replies {
+		// Replies go to the requester's inbox, whoever it is.
+		pub = append(pub, "_INBOX.>")
+	}
+	return Permissions{Publish: pub, Subscribe: []string{InboxPrefix(role) + ".>"}}, nil
 }
 
 // Roles lists every role of the bus.
 func Roles() []string {
-	return []string{RoleAuthn, RolePolicy, RoleReaper, RoleAudit, RolePlatform, RoleOperator}
+	return []string{RoleAuthn, RolePolicy, RoleReaper, RoleAudit, RolePlatform, RoleOperator, RoleProvisioner}
 }

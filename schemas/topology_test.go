@@ -98,47 +98,63 @@ func TestTopologyPermissions(t *testing.T) {
 	t.Parallel()
 	topo := schemas.NewTopology("")
 	const (
-		request       = "aigov.request.model.deploy"
-		verified      = "aigov.verified.model.deploy"
-		decision      = "aigov.decision.model.deploy"
-		session       = "aigov.session.expired"
-		jsAPI         = "$JS.API.CONSUMER.MSG.NEXT.AIGOV_REQUESTS.authn"
-		kvPut         = "$KV.aigov_revocations.abc"
-		platformInbox = "_INBOX.platform.x.y"
+		request        = "aigov.request.model.deploy"
+		verified       = "aigov.verified.model.deploy"
+		decision       = "aigov.decision.model.deploy"
+		session        = "aigov.session.expired"
+		jsAPI          = "$JS.API.CONSUMER.MSG.NEXT.AIGOV_REQUESTS.authn"
+		kvPut          = "$KV.aigov_revocations.abc"
+		platformInbox  = "_INBOX.platform.x.y"
+		activePolicy   = "$KV.aigov_policy.active"
+		approval       = "$KV.aigov_approvals.abc"
+		checkpoint     = "$KV.aigov_audit_checkpoints.AIGOV_DECISIONS"
+		purgeDecisions = "$JS.API.STREAM.PURGE.AIGOV_DECISIONS"
+		createConsumer = "$JS.API.CONSUMER.CREATE.AIGOV_DECISIONS.x"
 	)
 	cases := []struct {
 		role       string
 		pub, noPub []string
 		sub, noSub []string
 	}{
+		// Least privilege: each service fetches and acks only on its own
+		// consumers and writes only the buckets its job needs.
 		{schemas.RoleAuthn,
-			[]string{verified, decision, platformInbox, jsAPI, kvPut, "$JS.ACK.AIGOV_REQUESTS.authn.1.1.1.1.0"},
-			[]string{request, session},
+			[]string{verified, decision, platformInbox, jsAPI, "$KV.aigov_token_ids.abc", "$JS.ACK.AIGOV_REQUESTS.authn.1.1.1.1.0",
+				"$JS.API.DIRECT.GET.KV_aigov_revocations.$KV.aigov_revocations.abc"},
+			[]string{request, session, kvPut, activePolicy, approval, purgeDecisions, createConsumer, "$JS.API.CONSUMER.MSG.NEXT.AIGOV_VERIFIED.policy"},
 			[]string{"_INBOX.authn.x"}, []string{"_INBOX.platform.x", request, decision}},
 		{schemas.RolePolicy,
-			[]string{decision, platformInbox, jsAPI, "aigov.policy.changed", "aigov.entity.changed", "aigov.approval.used"},
-			[]string{request, verified, session},
+			[]string{decision, platformInbox, "$JS.API.CONSUMER.MSG.NEXT.AIGOV_VERIFIED.policy", activePolicy, approval,
+				"aigov.policy.changed", "aigov.entity.changed", "aigov.approval.used", "$JS.API.STREAM.INFO.KV_aigov_revocations"},
+			[]string{request, verified, session, jsAPI, kvPut, purgeDecisions, createConsumer, "$KV.aigov_policy_proposals.abc"},
 			[]string{"_INBOX.policy.x"}, []string{"_INBOX.authn.x", decision}},
 		{schemas.RoleReaper,
-			[]string{session, kvPut, jsAPI},
-			[]string{request, verified, decision, platformInbox},
+			[]string{session, kvPut, "$JS.API.CONSUMER.MSG.NEXT.AIGOV_VERIFIED.reaper", "$JS.API.CONSUMER.MSG.NEXT.AIGOV_DECISIONS.reaper-leases"},
+			[]string{request, verified, decision, platformInbox, jsAPI, activePolicy, approval, purgeDecisions, createConsumer, checkpoint},
 			[]string{"_INBOX.reaper.x"}, []string{"_INBOX.platform.x"}},
 		{schemas.RoleAudit,
-			[]string{jsAPI},
-			[]string{request, verified, decision, session, platformInbox},
+			[]string{checkpoint, "$JS.API.CONSUMER.MSG.NEXT.AIGOV_DECISIONS.audit-decisions", "$JS.API.STREAM.MSG.GET.AIGOV_DECISIONS", "aigov.dlq.x"},
+			[]string{request, verified, decision, session, platformInbox, jsAPI, kvPut, activePolicy, approval, purgeDecisions, createConsumer},
 			[]string{"_INBOX.audit.x"}, []string{"_INBOX.platform.x", decision}},
 		// The operator stages policy sets and edits entities through those
 		// buckets' KV API only, and sends governed requests.
 		{schemas.RoleOperator,
 			[]string{request, "$KV.aigov_entities.Model.x", "$KV.aigov_policy_proposals.abc", "$JS.API.STREAM.INFO.KV_aigov_policy"},
-			[]string{verified, decision, session, jsAPI, kvPut, "$KV.aigov_policy.active", "$KV.aigov_approvals.x", "aigov.policy.changed", platformInbox},
+			[]string{verified, decision, session, jsAPI, kvPut, activePolicy, approval, "aigov.policy.changed", platformInbox, purgeDecisions, createConsumer},
 			[]string{"_INBOX.operator.x"}, []string{platformInbox, decision}},
 		// The platform publishes requests and reads its own inbox, nothing
 		// else: it can never forge a decision or touch the JetStream API.
 		{schemas.RolePlatform,
 			[]string{request, "aigov.request.dataset.promote"},
-			[]string{verified, decision, session, jsAPI, kvPut, platformInbox, "_INBOX.authn.x"},
+			[]string{verified, decision, session, jsAPI, kvPut, platformInbox, "_INBOX.authn.x", purgeDecisions},
 			[]string{platformInbox}, []string{"_INBOX.authn.x", decision, request, ">"}},
+		// The provisioner creates and updates; it deletes and purges nothing
+		// and publishes no event.
+		{schemas.RoleProvisioner,
+			[]string{createConsumer, "$JS.API.STREAM.CREATE.AIGOV_DECISIONS", "$JS.API.STREAM.UPDATE.AIGOV_DECISIONS", "$JS.API.STREAM.CREATE.KV_aigov_policy"},
+			[]string{purgeDecisions, "$JS.API.STREAM.DELETE.AIGOV_DECISIONS", "$JS.API.STREAM.MSG.DELETE.AIGOV_DECISIONS", "$JS.API.CONSUMER.DELETE.AIGOV_REQUESTS.authn",
+				request, decision, activePolicy, approval, kvPut, jsAPI},
+			[]string{"_INBOX.provisioner.x"}, []string{platformInbox}},
 	}
 	var roles []string
 	for _, tc := range cases {

@@ -64,7 +64,7 @@ func startBus(t *testing.T) *bus {
 	b := &bus{url: srv.ClientURL(), topo: topo}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := topo.Ensure(ctx, b.js(t, b.connect(t, adminUser))); err != nil {
+	if err := topo.Provision(ctx, b.js(t, b.connect(t, adminUser))); err != nil {
 		t.Fatal(err)
 	}
 	return b
@@ -152,7 +152,7 @@ func decide(ev schemas.Event, req schemas.Request) schemas.Decision {
 func (b *bus) decider(ctx context.Context, t *testing.T, n int, once bool) <-chan seen {
 	t.Helper()
 	nc := b.connect(t, schemas.RoleAuthn)
-	cons, err := b.topo.EnsureConsumer(ctx, b.js(t, nc), schemas.ConsumerAuthn)
+	cons, err := b.topo.Bind(ctx, b.js(t, nc), schemas.ConsumerAuthn)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -501,7 +501,7 @@ func TestAuthorizeIgnoresAnotherRequestsDecision(t *testing.T) {
 		Request: schemas.Request{Action: "model.deploy", Resource: schemas.Resource{Type: "Model", ID: "m-1"}}}
 
 	nc := b.connect(t, schemas.RoleAuthn)
-	cons, err := b.topo.EnsureConsumer(ctx, b.js(t, nc), schemas.ConsumerAuthn)
+	cons, err := b.topo.Bind(ctx, b.js(t, nc), schemas.ConsumerAuthn)
 	if err != nil {
 		t.Fatal(err)
 	}

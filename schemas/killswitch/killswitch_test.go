@@ -67,10 +67,10 @@ func TestRevokeSelectors(t *testing.T) {
 	t.Parallel()
 	url, topo := bus(t)
 	ctx := context.Background()
-	js := connect(t, url, schemas.RoleReaper)
-	if err := topo.Ensure(ctx, js); err != nil {
+	if err := topo.Provision(ctx, connect(t, url, schemas.RoleProvisioner)); err != nil {
 		t.Fatal(err)
 	}
+	js := connect(t, url, schemas.RoleReaper)
 	sw, err := killswitch.New(ctx, js, topo, time.Now)
 	if err != nil {
 		t.Fatal(err)
@@ -140,10 +140,10 @@ func TestRevokeSelectors(t *testing.T) {
 func BenchmarkRevokeToDenyTwoReplicas(b *testing.B) {
 	url, topo := bus(b)
 	ctx := context.Background()
-	js := connect(b, url, schemas.RoleReaper)
-	if err := topo.Ensure(ctx, js); err != nil {
+	if err := topo.Provision(ctx, connect(b, url, schemas.RoleProvisioner)); err != nil {
 		b.Fatal(err)
 	}
+	js := connect(b, url, schemas.RoleReaper)
 	sw, _ := killswitch.New(ctx, js, topo, time.Now)
 	var replicas []jetstream.KeyValue
 	for range 2 {

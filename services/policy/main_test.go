@@ -34,9 +34,7 @@ func TestRun(t *testing.T) {
 	topo := schemas.NewTopology("")
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	if err := topo.Ensure(ctx, js); err != nil {
-		t.Fatal(err)
-	}
+	// natsdev.Start provisioned the topology (as aigov bus provision does).
 	platform, err := srv.Connect(schemas.RolePlatform)
 	if err != nil {
 		t.Fatal(err)

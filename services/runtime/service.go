@@ -28,8 +28,7 @@ type Service struct {
 	HTTP     *Server
 }
 
-// Start builds the logger, binds the health server, connects to NATS and
-// ensures the bus topology.
+// Start builds the logger, binds the health server and connects to NATS.
 func Start(ctx context.Context, c Common) (*Service, error) {
 	log, err := NewLogger(c)
 	if err != nil {
@@ -44,12 +43,9 @@ func Start(ctx context.Context, c Common) (*Service, error) {
 		_ = srv.ln.Close()
 		return nil, err
 	}
+	// The bus was provisioned beforehand (aigov bus provision): a
+	// service's credentials cannot create streams, buckets or consumers.
 	topo := c.Topology()
-	if err := topo.Ensure(ctx, js); err != nil {
-		nc.Close()
-		_ = srv.ln.Close()
-		return nil, err
-	}
 	srv.AddCheck("nats", NATSCheck(nc))
 	log.Info().Str("http_addr", srv.Addr()).Str("nats_url", nc.ConnectedUrlRedacted()).Msg("service started")
 	return &Service{Config: c, Log: log, NC: nc, JS: js, Topology: topo, HTTP: srv}, nil

@@ -52,7 +52,19 @@ func VerifyStream(ctx context.Context, conn driver.Conn, db, stream string, cps 
 	}
 	rep := Report{Stream: stream}
 	if len(cps) == 0 {
-		return rep, fmt.Errorf("stream %s: no checkpoint to verify against", stream)
+		// Rows that nothing vouches for are a failure, never a skip: a
+		// deleted checkpoint must not make its stream unverifiable in
+		// silence.
+		var n, first uint64
+		if err := conn.QueryRow(ctx, "SELECT count(), min(stream_seq) FROM "+db+".event_log WHERE stream = ?", stream).Scan(&n, &first); err != nil {
+			return rep, fmt.Errorf("stream %s: count rows: %w", stream, err)
+		}
+		if n == 0 {
+			return rep, fmt.Errorf("stream %s: no rows and no checkpoint to verify against", stream)
+		}
+		rep.Rows = n
+		rep.Broken = &Break{Seq: first, Reason: fmt.Sprintf("%d rows but no signed checkpoint: the stream's checkpoints are missing", n)}
+		return rep, nil
 	}
 	bySeq := map[uint64]Checkpoint{}
 	for _, c := range cps {
@@ -185,4 +197,26 @@ func Streams(ctx context.Context, kv jetstream.KeyValue) ([]string, error) {
 	}
 	sort.Strings(keys)
 	return keys, nil
+}
+
+// LoggedStreams lists the streams that have rows in event_log of database
+// db, so that verify covers a stream whose checkpoints are gone.
+func LoggedStreams(ctx context.Context, conn driver.Conn, db string) ([]string, error) {
+	if !identPattern.MatchString(db) {
+		return nil, fmt.Errorf("database name %q is not a plain identifier", db)
+	}
+	rows, err := conn.Query(ctx, "SELECT DISTINCT stream FROM "+db+".event_log ORDER BY stream")
+	if err != nil {
+		return nil, fmt.Errorf("list logged streams: %w", err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var s string
+		if err := rows.Scan(&s); err != nil {
+			return nil, fmt.Errorf("list logged streams: %w", err)
+		}
+		out = append(out, s)
+	}
+	return out, rows.Err()
 }

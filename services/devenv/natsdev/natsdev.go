@@ -7,6 +7,7 @@
 package natsdev
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/tls"
 	"encoding/hex"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/services/devenv/devcerts"
@@ -41,11 +43,16 @@ type Options struct {
 	// each role gets a client certificate instead of a password, so a
 	// stolen password is worth nothing. Ignored when Open.
 	ClientCerts bool
+	// NoProvision leaves the bus empty. By default Start provisions the
+	// topology (streams, buckets, durable consumers) as the provisioner,
+	// as aigov bus provision does before any service starts.
+	NoProvision bool
 }
 
 // Server is a running embedded nats-server.
 type Server struct {
 	srv       *server.Server
+	topo      schemas.Topology
 	certs     *devcerts.Bundle
 	passwords map[string]string
 	// clientCerts holds each role's certificate and key files when the
@@ -141,7 +148,38 @@ func Start(opts Options) (*Server, error) {
 		return nil, errors.New("natsdev: server not ready within 10s")
 	}
 	s.srv = srv
+	s.topo = topo
+	if !opts.NoProvision {
+		if err := s.Provision(); err != nil {
+			srv.Shutdown()
+			return nil, err
+		}
+	}
 	return s, nil
+}
+
+// Provision ensures the topology as the provisioner role (admin on an
+// open server), the way aigov bus provision does.
+func (s *Server) Provision() error {
+	role := schemas.RoleProvisioner
+	if len(s.passwords) == 0 && len(s.clientCerts) == 0 {
+		role = AdminUser
+	}
+	nc, err := s.Connect(role)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return fmt.Errorf("natsdev: jetstream: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := s.topo.Provision(ctx, js); err != nil {
+		return fmt.Errorf("natsdev: provision: %w", err)
+	}
+	return nil
 }
 
 func randomPassword() string {

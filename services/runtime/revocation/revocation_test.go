@@ -41,9 +41,7 @@ func startRevocationsB(t testing.TB, max int, preload ...string) *revEnv {
 	}
 	t.Cleanup(nc.Close)
 	js, _ := jetstream.New(nc)
-	if err := topo.Ensure(ctx, js); err != nil {
-		t.Fatal(err)
-	}
+	// natsdev.Start provisioned the topology (as aigov bus provision does).
 	admin, err := srv.Connect(natsdev.AdminUser)
 	if err != nil {
 		t.Fatal(err)

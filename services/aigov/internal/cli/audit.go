@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -104,6 +105,18 @@ func auditCmd(ctx context.Context, args []string, stdout, stderr io.Writer, look
 			fmt.Fprintf(stderr, "aigov audit verify: %v\n", err)
 			return ExitError
 		}
+		// Every stream with rows is verified, checkpoint or not.
+		logged, err := chain.LoggedStreams(ctx, conn, *db)
+		if err != nil {
+			fmt.Fprintf(stderr, "aigov audit verify: %v\n", err)
+			return ExitError
+		}
+		for _, s := range logged {
+			if !slices.Contains(streams, s) {
+				streams = append(streams, s)
+			}
+		}
+		slices.Sort(streams)
 		if len(streams) == 0 {
 			fmt.Fprintln(stderr, "aigov audit verify: no checkpoints yet; nothing to verify against")
 			return ExitError

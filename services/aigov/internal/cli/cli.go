@@ -36,6 +36,7 @@ commands:
   policy      policy test|validate|push: run case files, validate a set, push it (governed by policy.update)
   entities    entities put|get|list|delete: edit the trusted entity store (as the operator user)
   approve     approve one exact request (approval.grant) with your token
+  bus         bus provision: create or update the streams, buckets and consumers (as the provisioner)
   dev-certs   make a dev CA and a server certificate (compose, k8s demos; not a production PKI)
 
 Run 'aigov <command> -h' for the command's flags.
@@ -62,6 +63,8 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer, lookup fu
 		return entitiesCmd(ctx, args[1:], stdout, stderr, lookup)
 	case "approve":
 		return approveCmd(ctx, args[1:], stdout, stderr, lookup)
+	case "bus":
+		return busCmd(ctx, args[1:], stdout, stderr, lookup)
 	case "dev-certs":
 		return devCertsCmd(args[1:], stdout, stderr)
 	case "-h", "--help", "help":

@@ -7,9 +7,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
-
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/services/aigov/internal/cli"
@@ -127,15 +124,7 @@ func TestEntities(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer admin.Close()
-	js, err := jetstream.New(admin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := schemas.NewTopology("").Ensure(ctx, js); err != nil {
-		t.Fatal(err)
-	}
+	// natsdev.Start provisioned the topology (as aigov bus provision does).
 	bus := []string{"--nats", srv.URL(), "--tls-ca", srv.CAFile(), "--password", srv.Password(schemas.RoleOperator)}
 	file := filepath.Join(t.TempDir(), "e.json")
 	body := `[{"uid": {"type": "Model", "id": "new model/1"}, "attrs": {"environment": "staging", "stage": "candidate", "owner_team": {"__entity": {"type": "Group", "id": "ml-platform"}}}, "parents": []},

@@ -42,9 +42,7 @@ func newKillBus(t *testing.T) *killBus {
 	js, _ := jetstream.New(nc)
 	ctx := context.Background()
 	b := &killBus{srv: srv, js: js, topo: schemas.NewTopology("")}
-	if err := b.topo.Ensure(ctx, js); err != nil {
-		t.Fatal(err)
-	}
+	// natsdev.Start provisioned the topology (as aigov bus provision does).
 	b.sessions, _ = js.KeyValue(ctx, b.topo.BucketSessions())
 	b.revs, _ = js.KeyValue(ctx, b.topo.BucketRevocations())
 	b.leases, _ = js.KeyValue(ctx, b.topo.BucketLeases())

@@ -89,7 +89,7 @@ func start(ctx context.Context, cfg Config, svc *runtime.Service, conn driver.Co
 	// audited without wiring here.
 	for _, stream := range svc.Topology.AuditedStreams() {
 		name := svc.Topology.AuditConsumer(stream)
-		cons, err := svc.Topology.EnsureConsumer(ctx, svc.JS, name)
+		cons, err := svc.Topology.Bind(ctx, svc.JS, name)
 		if err != nil {
 			return nil, err
 		}
@@ -104,7 +104,7 @@ func start(ctx context.Context, cfg Config, svc *runtime.Service, conn driver.Co
 	if a.dlqLane == nil {
 		return nil, errors.New("audit: the topology has no audited dead-letter stream")
 	}
-	cons, err := svc.Topology.EnsureConsumer(ctx, svc.JS, schemas.ConsumerDeadLetter)
+	cons, err := svc.Topology.Bind(ctx, svc.JS, schemas.ConsumerDeadLetter)
 	if err != nil {
 		return nil, err
 	}

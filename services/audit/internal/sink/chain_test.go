@@ -94,6 +94,17 @@ func TestTamperIsDetected(t *testing.T) {
 				h.t.Fatal(err)
 			}
 		}, 30, "two different rows"},
+		{"checkpoints deleted", func(h *harness, stream string) {
+			// Whoever could delete the checkpoints must not make the
+			// stream unverifiable in silence: rows with no checkpoint fail.
+			kv, err := h.admin.KeyValue(context.Background(), h.topo.BucketAuditCheckpoints())
+			if err != nil {
+				h.t.Fatal(err)
+			}
+			if err := kv.Purge(context.Background(), stream); err != nil {
+				h.t.Fatal(err)
+			}
+		}, 1, "no signed checkpoint"},
 		{"truncated tail", func(h *harness, stream string) {
 			h.exec("ALTER TABLE " + h.db + ".event_log DELETE WHERE stream = '" + stream + "' AND stream_seq > 35")
 			h.waitMutations()
@@ -297,6 +308,10 @@ func TestRedeliveryRestoresMissingTypedRows(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := h.admin.DeleteConsumer(ctx, stream, schemas.ConsumerAuditDecisions); err != nil {
+		t.Fatal(err)
+	}
+	// The operator re-provisions, as after any change to the consumers.
+	if _, err := h.topo.EnsureConsumer(ctx, h.admin, schemas.ConsumerAuditDecisions); err != nil {
 		t.Fatal(err)
 	}
 

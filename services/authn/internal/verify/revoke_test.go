@@ -104,9 +104,7 @@ func TestNotReadyUntilRevocationsLoad(t *testing.T) {
 	t.Cleanup(nc.Close)
 	js, _ := jetstream.New(nc)
 	topo := schemas.NewTopology("")
-	if err := topo.Ensure(context.Background(), js); err != nil {
-		t.Fatal(err)
-	}
+	// natsdev.Start provisioned the topology (as aigov bus provision does).
 	v, err := verify.New(verify.Config{Workers: 1, HTTPTimeout: time.Second, Issuers: []verify.Issuer{{URL: "https://idp.example", Audiences: []string{"aigov"}}}},
 		verify.Deps{Log: zerolog.Nop(), NC: nc, JS: js, Topology: topo, Registry: prometheus.NewRegistry()})
 	if err != nil {

@@ -123,7 +123,7 @@ func New(cfg Config, deps Deps) (*Verifier, error) {
 // background meanwhile, so a down IdP does not delay the first request of
 // the others.
 func (v *Verifier) Run(ctx context.Context) error {
-	cons, err := v.topo.EnsureConsumer(ctx, v.js, schemas.ConsumerAuthn)
+	cons, err := v.topo.Bind(ctx, v.js, schemas.ConsumerAuthn)
 	if err != nil {
 		return err
 	}

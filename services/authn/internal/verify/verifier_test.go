@@ -107,9 +107,7 @@ func startEnvTopo(t *testing.T, topo schemas.Topology) *env {
 	}
 	// The service ensures the topology at start (runtime.Start), as its
 	// own user.
-	if err := e.topo.Ensure(ctx, authnJS); err != nil {
-		t.Fatal(err)
-	}
+	// natsdev.Start provisioned the topology (as aigov bus provision does).
 	if e.adminNC, err = srv.Connect(natsdev.AdminUser); err != nil {
 		t.Fatal(err)
 	}

@@ -201,9 +201,8 @@ func Start(ctx context.Context, opts Options) (st *Stack, err error) {
 	if st.AdminJS, err = jetstream.New(st.Admin); err != nil {
 		return st, fmt.Errorf("stack: %w", err)
 	}
-	if err := schemas.NewTopology("").Ensure(ctx, st.AdminJS); err != nil {
-		return st, err
-	}
+	// natsdev.Start provisioned the bus as the provisioner, as aigov bus
+	// provision does in compose and Kubernetes; no service can.
 
 	logoutPort := 0
 	if opts.HTTPBasePort != 0 {

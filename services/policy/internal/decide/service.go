@@ -201,7 +201,7 @@ func (s *Service) Run(ctx context.Context) (err error) {
 	if s.state.snapshot() == nil {
 		return errors.New("decide: no active policy set: the policy bucket is empty and no seed was given")
 	}
-	cons, err := s.topo.EnsureConsumer(ctx, s.js, schemas.ConsumerPolicy)
+	cons, err := s.topo.Bind(ctx, s.js, schemas.ConsumerPolicy)
 	if err != nil {
 		return err
 	}

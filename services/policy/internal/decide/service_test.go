@@ -53,11 +53,7 @@ func newHarness(t *testing.T, workers int) *harness {
 		t.Fatal(err)
 	}
 	topo := schemas.NewTopology("")
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := topo.Ensure(ctx, js); err != nil {
-		t.Fatal(err)
-	}
+	// natsdev.Start provisioned the topology (as aigov bus provision does).
 
 	nc, err := srv.Connect(schemas.RolePolicy)
 	if err != nil {

@@ -52,11 +52,9 @@ func newHarness(t *testing.T) *harness {
 		cfg: leases.Config{HeartbeatTTL: 5 * time.Minute, MaxDuration: time.Hour, Interval: time.Second, TTLGrace: time.Hour, MaxScan: 1000}}
 	h.admin = h.js(natsdev.AdminUser)
 	rjs := h.js(schemas.RoleReaper)
-	if err := h.topo.Ensure(ctx, rjs); err != nil {
-		t.Fatal(err)
-	}
+	// natsdev.Start provisioned the topology (as aigov bus provision does).
 	var err error
-	if h.cons, err = h.topo.EnsureConsumer(ctx, rjs, schemas.ConsumerReaperLeases); err != nil {
+	if h.cons, err = h.topo.Bind(ctx, rjs, schemas.ConsumerReaperLeases); err != nil {
 		t.Fatal(err)
 	}
 	return h

@@ -108,9 +108,7 @@ func newEnv(t *testing.T) *env {
 	}
 	e := &env{t: t, ctx: ctx, idp: newIDP(t), admin: connect(natsdev.AdminUser), topo: schemas.NewTopology("")}
 	js := connect(schemas.RoleReaper)
-	if err := e.topo.Ensure(ctx, js); err != nil {
-		t.Fatal(err)
-	}
+	// natsdev.Start provisioned the topology (as aigov bus provision does).
 	sw, err := killswitch.New(ctx, js, e.topo, time.Now)
 	if err != nil {
 		t.Fatal(err)

@@ -43,11 +43,11 @@ func LoadConfig(env *runtime.Env) Config {
 
 // Workers builds the reaper's parts on a started service.
 func Workers(ctx context.Context, svc *runtime.Service, cfg Config) ([]runtime.Worker, error) {
-	cons, err := svc.Topology.EnsureConsumer(ctx, svc.JS, schemas.ConsumerReaper)
+	cons, err := svc.Topology.Bind(ctx, svc.JS, schemas.ConsumerReaper)
 	if err != nil {
 		return nil, err
 	}
-	leaseCons, err := svc.Topology.EnsureConsumer(ctx, svc.JS, schemas.ConsumerReaperLeases)
+	leaseCons, err := svc.Topology.Bind(ctx, svc.JS, schemas.ConsumerReaperLeases)
 	if err != nil {
 		return nil, err
 	}

@@ -94,10 +94,8 @@ func newHarness(t *testing.T, cfg sessions.Config) *harness {
 	// The reaper ensures the topology and its consumer itself, as
 	// runtime.Start does, so its role's permissions are exercised.
 	rjs := h.connectReaper()
-	if err := h.topo.Ensure(ctx, rjs); err != nil {
-		t.Fatal(err)
-	}
-	h.cons, err = h.topo.EnsureConsumer(ctx, rjs, schemas.ConsumerReaper)
+	// natsdev.Start provisioned the topology (as aigov bus provision does).
+	h.cons, err = h.topo.Bind(ctx, rjs, schemas.ConsumerReaper)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -299,9 +299,7 @@ func TestNewRejectsMissingDeps(t *testing.T) {
 	// Cleanup, not defer: the parallel subtests run after this body returns.
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	t.Cleanup(cancel)
-	if err := topo.Ensure(ctx, js); err != nil {
-		t.Fatal(err)
-	}
+	// natsdev.Start provisioned the topology (as aigov bus provision does).
 	valid := func() sessions.Deps {
 		return sessions.Deps{JS: js, Topology: topo, Log: zerolog.Nop(), Registry: prometheus.NewRegistry(), Now: time.Now}
 	}

@@ -1,0 +1,237 @@
+package natsdev_test
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/aigov/aigov/schemas"
+	"github.com/aigov/aigov/services/devenv/natsdev"
+)
+
+// attack is one thing a holder of a role's credentials might try.
+type attack struct {
+	name string
+	// allowed are the roles the server lets do it; every other role is
+	// refused.
+	allowed []string
+	try     func(ctx context.Context, role string, nc *nats.Conn, js jetstream.JetStream) error
+	// effect reports, as the admin, whether the last try took effect, so a
+	// refusal is shown by the state of the bus and not only by an error.
+	effect func(ctx context.Context, role string, js jetstream.JetStream) bool
+}
+
+// Every role's stolen credentials are tried against the real server: each
+// forbidden operation is refused and leaves no trace on the bus; each
+// allowed one works. Deleting or purging an audited stream is refused for
+// every role, the provisioner's included, and for the unrestricted admin
+// too (the streams deny it themselves).
+func TestEveryRoleHasLeastPrivilege(t *testing.T) {
+	t.Parallel()
+	srv := natsdev.StartT(t, natsdev.Options{})
+	topo := schemas.NewTopology("")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	admin, err := srv.Connect(natsdev.AdminUser)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	ajs, _ := jetstream.New(admin)
+	// One decision in the stream, so that a purge or a delete has
+	// something to remove.
+	if _, err := ajs.Publish(ctx, "aigov.decision.model.deploy", []byte(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+
+	kvPut := func(bucket, key string) func(context.Context, string, *nats.Conn, jetstream.JetStream) error {
+		return func(ctx context.Context, role string, _ *nats.Conn, js jetstream.JetStream) error {
+			kv, err := js.KeyValue(ctx, bucket)
+			if err != nil {
+				return err
+			}
+			_, err = kv.Put(ctx, key, []byte("forged by "+role))
+			return err
+		}
+	}
+	kvHas := func(bucket, key string) func(context.Context, string, jetstream.JetStream) bool {
+		return func(ctx context.Context, role string, js jetstream.JetStream) bool {
+			kv, err := js.KeyValue(ctx, bucket)
+			if err != nil {
+				return false
+			}
+			e, err := kv.Get(ctx, key)
+			if err != nil || string(e.Value()) != "forged by "+role {
+				return false
+			}
+			_ = kv.Purge(ctx, key) // reset for the next role
+			return true
+		}
+	}
+	publish := func(subject string) func(context.Context, string, *nats.Conn, jetstream.JetStream) error {
+		return func(ctx context.Context, role string, _ *nats.Conn, js jetstream.JetStream) error {
+			_, err := js.Publish(ctx, subject, []byte(`{"forged_by":"`+role+`"}`))
+			return err
+		}
+	}
+	lastIs := func(stream, subject string) func(context.Context, string, jetstream.JetStream) bool {
+		return func(ctx context.Context, role string, js jetstream.JetStream) bool {
+			st, err := js.Stream(ctx, stream)
+			if err != nil {
+				return false
+			}
+			m, err := st.GetLastMsgForSubject(ctx, subject)
+			return err == nil && string(m.Data) == `{"forged_by":"`+role+`"}`
+		}
+	}
+	decisions := func(ctx context.Context, js jetstream.JetStream) uint64 {
+		st, err := js.Stream(ctx, topo.StreamDecisions())
+		if err != nil {
+			return 0
+		}
+		return st.CachedInfo().State.Msgs
+	}
+	before := decisions(ctx, ajs)
+	if _, err := ajs.Publish(ctx, "aigov.request.model.deploy", []byte(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+
+	attacks := []attack{
+		{name: "overwrite the active policy set", allowed: []string{schemas.RolePolicy},
+			try: kvPut(topo.BucketPolicy(), schemas.PolicyActiveKey), effect: kvHas(topo.BucketPolicy(), schemas.PolicyActiveKey)},
+		{name: "forge an approval", allowed: []string{schemas.RolePolicy},
+			try: kvPut(topo.BucketApprovals(), "digest.risk"), effect: kvHas(topo.BucketApprovals(), "digest.risk")},
+		{name: "write a revocation", allowed: []string{schemas.RoleReaper},
+			try: kvPut(topo.BucketRevocations(), "s1"), effect: kvHas(topo.BucketRevocations(), "s1")},
+		{name: "rewrite an audit checkpoint", allowed: []string{schemas.RoleAudit},
+			try: kvPut(topo.BucketAuditCheckpoints(), topo.StreamDecisions()), effect: kvHas(topo.BucketAuditCheckpoints(), topo.StreamDecisions())},
+		{name: "stage a policy set", allowed: []string{schemas.RoleOperator},
+			try: kvPut(topo.BucketPolicyProposals(), "abc"), effect: kvHas(topo.BucketPolicyProposals(), "abc")},
+		{name: "forge a decision", allowed: []string{schemas.RoleAuthn, schemas.RolePolicy},
+			try: publish("aigov.decision.model.deploy"), effect: lastIs(topo.StreamDecisions(), "aigov.decision.model.deploy")},
+		{name: "forge a verified event", allowed: []string{schemas.RoleAuthn},
+			try: publish("aigov.verified.model.deploy"), effect: lastIs(topo.StreamVerified(), "aigov.verified.model.deploy")},
+		{name: "forge a session event", allowed: []string{schemas.RoleReaper},
+			try: publish("aigov.session.revoked"), effect: lastIs(topo.StreamSessions(), "aigov.session.revoked")},
+		{name: "forge a policy change", allowed: []string{schemas.RolePolicy},
+			try: publish("aigov.policy.changed"), effect: lastIs(topo.StreamGovernance(), "aigov.policy.changed")},
+		{name: "publish a request", allowed: []string{schemas.RolePlatform, schemas.RoleOperator},
+			try: publish("aigov.request.model.deploy"), effect: lastIs(topo.StreamRequests(), "aigov.request.model.deploy")},
+		{name: "purge the decisions stream", allowed: nil,
+			try: func(ctx context.Context, role string, _ *nats.Conn, js jetstream.JetStream) error {
+				st, err := js.Stream(ctx, topo.StreamDecisions())
+				if err != nil {
+					return err
+				}
+				return st.Purge(ctx)
+			},
+			effect: func(ctx context.Context, role string, js jetstream.JetStream) bool { return decisions(ctx, js) < before }},
+		{name: "delete a decision", allowed: nil,
+			try: func(ctx context.Context, role string, _ *nats.Conn, js jetstream.JetStream) error {
+				st, err := js.Stream(ctx, topo.StreamDecisions())
+				if err != nil {
+					return err
+				}
+				return st.DeleteMsg(ctx, 1)
+			},
+			effect: func(ctx context.Context, role string, js jetstream.JetStream) bool { return decisions(ctx, js) < before }},
+		{name: "delete the decisions stream", allowed: nil,
+			try: func(ctx context.Context, role string, _ *nats.Conn, js jetstream.JetStream) error {
+				return js.DeleteStream(ctx, topo.StreamDecisions())
+			},
+			effect: func(ctx context.Context, role string, js jetstream.JetStream) bool {
+				_, err := js.Stream(ctx, topo.StreamDecisions())
+				return errors.Is(err, jetstream.ErrStreamNotFound)
+			}},
+		{name: "create a consumer on the decisions stream", allowed: []string{schemas.RoleProvisioner},
+			try: func(ctx context.Context, role string, _ *nats.Conn, js jetstream.JetStream) error {
+				_, err := js.CreateOrUpdateConsumer(ctx, topo.StreamDecisions(), jetstream.ConsumerConfig{Durable: "thief", AckPolicy: jetstream.AckExplicitPolicy})
+				return err
+			},
+			effect: func(ctx context.Context, role string, js jetstream.JetStream) bool {
+				if _, err := js.Consumer(ctx, topo.StreamDecisions(), "thief"); err != nil {
+					return false
+				}
+				_ = js.DeleteConsumer(ctx, topo.StreamDecisions(), "thief")
+				return true
+			}},
+		{name: "fetch from authn's consumer", allowed: []string{schemas.RoleAuthn},
+			try: func(ctx context.Context, role string, _ *nats.Conn, js jetstream.JetStream) error {
+				c, err := js.Consumer(ctx, topo.StreamRequests(), schemas.ConsumerAuthn)
+				if err != nil {
+					return err
+				}
+				// A refused pull request is dropped by the server: the
+				// batch just ends empty. A request is always waiting.
+				batch, err := c.Fetch(1, jetstream.FetchMaxWait(300*time.Millisecond))
+				if err != nil {
+					return err
+				}
+				n := 0
+				for m := range batch.Messages() {
+					n++
+					_ = m.Nak()
+				}
+				if n == 0 {
+					return errors.New("no message fetched")
+				}
+				return batch.Error()
+			},
+			effect: func(context.Context, string, jetstream.JetStream) bool { return false }},
+		{name: "read another role's inbox", allowed: []string{schemas.RolePlatform},
+			try: func(_ context.Context, _ string, nc *nats.Conn, _ jetstream.JetStream) error {
+				sub, err := nc.SubscribeSync("_INBOX.platform.>")
+				if err != nil {
+					return err
+				}
+				defer func() { _ = sub.Unsubscribe() }()
+				if err := nc.Flush(); err != nil {
+					return err
+				}
+				return nc.LastError()
+			},
+			effect: func(context.Context, string, jetstream.JetStream) bool { return false }},
+	}
+
+	for _, role := range append(schemas.Roles(), natsdev.AdminUser) {
+		for _, a := range attacks {
+			want := slices.Contains(a.allowed, role)
+			if role == natsdev.AdminUser {
+				// The admin is unrestricted by permissions (a dev-only
+				// user no service holds); only the streams' own flags
+				// bind it.
+				want = a.name != "purge the decisions stream" && a.name != "delete a decision"
+				if a.name == "delete the decisions stream" {
+					continue // it could, and the rest of the table needs the stream
+				}
+			}
+			t.Run(role+"/"+a.name, func(t *testing.T) {
+				nc, err := srv.Connect(role, nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer nc.Close()
+				js, _ := jetstream.New(nc)
+				// A refused publish is dropped by the server, and the
+				// JetStream request behind it then times out: 500 ms.
+				actx, acancel := context.WithTimeout(ctx, 500*time.Millisecond)
+				err = a.try(actx, role, nc, js)
+				acancel()
+				took := a.effect(ctx, role, ajs)
+				switch {
+				case want && err != nil:
+					t.Errorf("%s may %s, but it failed: %v", role, a.name, err)
+				case !want && err == nil:
+					t.Errorf("%s may not %s, but the server accepted it", role, a.name)
+				case !want && took:
+					t.Errorf("%s may not %s, but it took effect", role, a.name)
+				}
+			})
+		}
+	}
+}
