@@ -130,7 +130,9 @@ func TestEveryRoleHasLeastPrivilege(t *testing.T) {
 				}
 				return st.Purge(ctx)
 			},
-			effect: func(ctx context.Context, role string, js jetstream.JetStream) bool { return decisions(ctx, js) < before }},
+			effect: func(ctx context.Context, role string, js jetstream.JetStream) bool {
+				return decisions(ctx, js) < before
+			}},
 		{name: "delete a decision", allowed: nil,
 			try: func(ctx context.Context, role string, _ *nats.Conn, js jetstream.JetStream) error {
 				st, err := js.Stream(ctx, topo.StreamDecisions())
@@ -139,7 +141,9 @@ func TestEveryRoleHasLeastPrivilege(t *testing.T) {
 				}
 				return st.DeleteMsg(ctx, 1)
 			},
-			effect: func(ctx context.Context, role string, js jetstream.JetStream) bool { return decisions(ctx, js) < before }},
+			effect: func(ctx context.Context, role string, js jetstream.JetStream) bool {
+				return decisions(ctx, js) < before
+			}},
 		{name: "delete the decisions stream", allowed: nil,
 			try: func(ctx context.Context, role string, _ *nats.Conn, js jetstream.JetStream) error {
 				return js.DeleteStream(ctx, topo.StreamDecisions())
