@@ -36,6 +36,9 @@ const (
 	CodeWrongTenant         Code = "wrong_tenant"
 	CodeWorkloadNotAllowed  Code = "workload_not_allowed"
 	CodeTokenReplayed       Code = "token_replayed"
+	// CodeContextTooLarge: the request's context is larger than
+	// MaxContextBytes once encoded; refused before any policy sees it.
+	CodeContextTooLarge Code = "context_too_large"
 	// CodePolicyInvalid: a policy.update was allowed but its set failed to
 	// parse or validate; the previous set stays active.
 	CodePolicyInvalid Code = "policy_invalid"
@@ -72,5 +75,6 @@ var Codes = map[Code]string{
 	CodeWrongTenant:         "the token's tid is not the tenant its multi-tenant issuer is pinned to",
 	CodeWorkloadNotAllowed:  "a workload token's attributes (e.g. GitHub repository_owner_id, Kubernetes namespace) are not among the values its issuer is pinned to",
 	CodeTokenReplayed:       "the token's jti was already used by another request, and its issuer has replay protection on",
+	CodeContextTooLarge:     "the request's context is larger than 16 KiB (schemas.MaxContextBytes) as encoded by the requester",
 	CodePolicyInvalid:       "a pushed policy set failed to parse or validate against the schema; it was rejected whole and the previous set stays active",
 }

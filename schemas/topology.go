@@ -141,9 +141,29 @@ const MaxPolicyBundleBytes = 1 << 20
 
 func (t Topology) name(s string) string { return strings.ToUpper(t.Subjects.Prefix) + "_" + s }
 
-// MaxMessageBytes bounds one message on any aigov stream: a token, a context
-// of MaxContextBytes and the envelope fit with room to spare.
-const MaxMessageBytes = 64 << 10
+// Message size limits. A request stream takes anything up to
+// MaxRequestBytes, far more than authn's own limits (a 16 KiB token, a
+// context of MaxContextBytes), so that an oversized token or context always
+// reaches authn and gets an audited deny with its code rather than a bus
+// refusal nobody audits.
+const (
+	// MaxRequestBytes bounds a request message (the request stream's
+	// MaxMsgSize); a larger publish is refused by JetStream with an error
+	// the SDK and the CLI report as a bus refusal.
+	MaxRequestBytes = 1 << 20
+	// MaxMessageBytes bounds every other event: a context of
+	// MaxContextBytes whose every byte JSON-escapes to six (`<` is
+	// written \u003c), the principal and the envelope fit with room.
+	MaxMessageBytes = 256 << 10
+	// MaxDeadLetterBytes bounds a dead letter, which carries a whole
+	// request (base64 when it is not UTF-8) and the reason.
+	MaxDeadLetterBytes = 2 * MaxRequestBytes
+	// MaxPayloadBytes is the server's max_payload: the largest of the above
+	// with room for headers.
+	MaxPayloadBytes = MaxDeadLetterBytes + 64<<10
+	// MaxEntityBytes bounds one entity in the entity store.
+	MaxEntityBytes = 64 << 10
+)
 
 // Streams returns every stream's configuration.
 func (t Topology) Streams() []jetstream.StreamConfig {
@@ -165,13 +185,16 @@ func (t Topology) Streams() []jetstream.StreamConfig {
 	}
 	req := base(t.StreamRequests(), s.All(KindRequest), t.RequestMaxAge)
 	req.Retention = jetstream.WorkQueuePolicy
+	req.MaxMsgSize = MaxRequestBytes
 	out := []jetstream.StreamConfig{
 		req,
 		base(t.StreamVerified(), s.All(KindVerified), t.EventMaxAge),
 		base(t.StreamDecisions(), s.All(KindDecision), t.EventMaxAge),
 		base(t.StreamSessions(), s.All(KindSession), t.EventMaxAge),
 	}
-	out = append(out, base(t.StreamDeadLetter(), s.All(KindDeadLetter), t.EventMaxAge))
+	dlq := base(t.StreamDeadLetter(), s.All(KindDeadLetter), t.EventMaxAge)
+	dlq.MaxMsgSize = MaxDeadLetterBytes
+	out = append(out, dlq)
 	gov := base(t.StreamGovernance(), s.All(KindPolicy), t.EventMaxAge)
 	gov.Subjects = append(gov.Subjects, s.All(KindEntity), s.All(KindApproval))
 	out = append(out, gov)
@@ -264,7 +287,7 @@ func (t Topology) Buckets() []jetstream.KeyValueConfig {
 		{Bucket: t.BucketTokenIDs(), Description: "used token ids (jti); authn denies a replay", History: 1, Storage: jetstream.FileStorage, Replicas: t.Replicas, TTL: t.RevocationTTL, LimitMarkerTTL: TokenIDMarkerTTL},
 		{Bucket: t.BucketPolicy(), Description: "the active Cedar policy set; every policy replica watches it", History: 16, Storage: jetstream.FileStorage, Replicas: t.Replicas, MaxValueSize: MaxPolicyBundleBytes},
 		{Bucket: t.BucketPolicyProposals(), Description: "pushed policy sets awaiting a policy.update decision", History: 1, Storage: jetstream.FileStorage, Replicas: t.Replicas, TTL: 24 * time.Hour, MaxValueSize: MaxPolicyBundleBytes},
-		{Bucket: t.BucketEntities(), Description: "the trusted entity store: resources and their attributes", History: 8, Storage: jetstream.FileStorage, Replicas: t.Replicas, MaxValueSize: MaxMessageBytes},
+		{Bucket: t.BucketEntities(), Description: "the trusted entity store: resources and their attributes", History: 8, Storage: jetstream.FileStorage, Replicas: t.Replicas, MaxValueSize: MaxEntityBytes},
 		// Each approval carries its own TTL; the bucket TTL is the outer bound.
 		{Bucket: t.BucketApprovals(), Description: "granted approvals, one per approver and request digest", History: 1, Storage: jetstream.FileStorage, Replicas: t.Replicas, TTL: 7 * 24 * time.Hour, LimitMarkerTTL: t.MarkerTTL},
 		// No TTL: a checkpoint must outlive the rows it vouches for.

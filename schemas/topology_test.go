@@ -28,11 +28,22 @@ func TestTopologyNames(t *testing.T) {
 		t.Fatalf("%d streams, want 7", len(streams))
 	}
 	for _, s := range streams {
-		wantRetention := jetstream.LimitsPolicy
-		if s.Name == topo.StreamRequests() {
-			wantRetention = jetstream.WorkQueuePolicy
+		wantRetention, wantSize, wantImmutable := jetstream.LimitsPolicy, int32(schemas.MaxMessageBytes), true
+		switch s.Name {
+		case topo.StreamRequests():
+			wantRetention, wantSize, wantImmutable = jetstream.WorkQueuePolicy, schemas.MaxRequestBytes, false
+		case topo.StreamDeadLetter():
+			wantSize = schemas.MaxDeadLetterBytes
+		case topo.StreamAdvisories():
+			wantImmutable = false
 		}
-		if s.Retention != wantRetention || s.Discard != jetstream.DiscardNew || s.MaxMsgSize != schemas.MaxMessageBytes || s.Duplicates != topo.DuplicateWindow {
+		if s.DenyDelete != wantImmutable || s.DenyPurge != wantImmutable {
+			t.Errorf("stream %s: deny delete %v, deny purge %v, want %v", s.Name, s.DenyDelete, s.DenyPurge, wantImmutable)
+		}
+		if wantSize > schemas.MaxPayloadBytes {
+			t.Errorf("stream %s takes %d bytes, more than the server's max payload", s.Name, wantSize)
+		}
+		if s.Retention != wantRetention || s.Discard != jetstream.DiscardNew || s.MaxMsgSize != wantSize || s.Duplicates != topo.DuplicateWindow {
 			t.Errorf("stream %s: %+v", s.Name, s)
 		}
 	}

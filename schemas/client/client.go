@@ -26,6 +26,20 @@ var ErrClosed = errors.New("aigov client: closed")
 // request id is safe.
 var ErrTimeout = errors.New("aigov client: no decision before the deadline")
 
+// ErrTokenTooLarge is returned, before anything is published, for a token
+// the bus cannot carry: JetStream stores headers of at most 64 KiB. A token
+// above authn's own limit (16 KiB by default) but below this one is
+// published and denied token_too_large, an audited decision.
+var ErrTokenTooLarge = errors.New("aigov client: bearer token too large for the bus")
+
+// ErrBusRefused wraps a refusal by JetStream of the request itself (e.g.
+// a message over the request stream's size limit): no decision will come.
+var ErrBusRefused = errors.New("aigov client: the bus refused the request")
+
+// MaxTokenBytes is the largest token the client publishes: JetStream's 64
+// KiB header limit less room for the other headers.
+const MaxTokenBytes = 60 << 10
+
 // Options configure a Client.
 type Options struct {
 	// Prefix of aigov subjects; default "aigov".
@@ -171,6 +185,9 @@ func (c *Client) Authorize(ctx context.Context, call Call) (schemas.Decision, er
 		return schemas.Decision{}, err
 	}
 	if _, err := c.js.PublishMsg(ctx, msg, jetstream.WithMsgID(call.ID)); err != nil {
+		if apiErr := (*jetstream.APIError)(nil); errors.As(err, &apiErr) {
+			return schemas.Decision{}, fmt.Errorf("%w: request %s: %v", ErrBusRefused, call.ID, err)
+		}
 		return schemas.Decision{}, fmt.Errorf("aigov client: publish request %s: %w", call.ID, err)
 	}
 	select {
@@ -192,6 +209,9 @@ func (c *Client) Message(call Call, replyTo string) (*nats.Msg, error) {
 func NewRequestMessage(subjects schemas.Subjects, source string, call Call, replyTo string) (*nats.Msg, error) {
 	if err := call.Request.Validate(); err != nil {
 		return nil, fmt.Errorf("aigov client: %w", err)
+	}
+	if len(call.Token) > MaxTokenBytes {
+		return nil, fmt.Errorf("%w: %d bytes, at most %d", ErrTokenTooLarge, len(call.Token), MaxTokenBytes)
 	}
 	if call.ID == "" {
 		call.ID = schemas.NewID()

@@ -95,7 +95,7 @@ func Start(opts Options) (*Server, error) {
 		StoreDir:   opts.Dir,
 		NoLog:      true,
 		NoSigs:     true,
-		MaxPayload: int32(2 * schemas.MaxMessageBytes),
+		MaxPayload: int32(schemas.MaxPayloadBytes),
 	}
 	s := &Server{passwords: map[string]string{}, clientCerts: map[string][2]string{}}
 	var err error

@@ -7,7 +7,9 @@
 package verify
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -118,13 +120,16 @@ func New(cfg Config, deps Deps) (*Verifier, error) {
 	return v, nil
 }
 
-// Run ensures the authn consumer and handles requests until ctx ends, then
+// Run binds the authn consumer and handles requests until ctx ends, then
 // finishes the requests already taken. Issuers are discovered in the
 // background meanwhile, so a down IdP does not delay the first request of
 // the others.
 func (v *Verifier) Run(ctx context.Context) error {
 	cons, err := v.topo.Bind(ctx, v.js, schemas.ConsumerAuthn)
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped while starting: a clean stop
+		}
 		return err
 	}
 	refresher := make(chan struct{})
@@ -276,7 +281,27 @@ func (v *Verifier) parse(m jetstream.Msg, seq uint64, r *request) *Denial {
 	if r.data.Action != subjAction {
 		return deny(schemas.CodeMalformedRequest, "data.action %q differs from the subject's action %q", r.data.Action, subjAction)
 	}
+	// Only data larger than the limit can hold a context larger than it.
+	if len(ev.Data) > schemas.MaxContextBytes {
+		if n := contextBytes(r.data.Context); n > schemas.MaxContextBytes {
+			r.data.Context = nil // the deny does not carry it on
+			return deny(schemas.CodeContextTooLarge, "the request's context is %d bytes as JSON, more than %d", n, schemas.MaxContextBytes)
+		}
+	}
 	return nil
+}
+
+// contextBytes is the size of a context encoded compactly and without
+// HTML escaping, so that the limit counts what the requester wrote, not
+// how an encoder chose to escape it (Go's writes '<' as six bytes).
+func contextBytes(c map[string]any) int {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if enc.Encode(c) != nil {
+		return 0
+	}
+	return buf.Len() - 1 // Encode's newline
 }
 
 // reasonOf bounds an error's text for use as a reason.

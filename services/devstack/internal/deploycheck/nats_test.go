@@ -185,8 +185,8 @@ func TestComposeNATSConfig(t *testing.T) {
 	if src := c.service(t, "nats").mounts()["/data"]; !strings.HasPrefix(opts.StoreDir, "/data/") || src == "" {
 		t.Errorf("JetStream store_dir %q is not on the /data volume (mounts %v)", opts.StoreDir, c.service(t, "nats").Volumes)
 	}
-	if int(opts.MaxPayload) < 2*schemas.MaxMessageBytes {
-		t.Errorf("max_payload %d is below twice schemas.MaxMessageBytes", opts.MaxPayload)
+	if int(opts.MaxPayload) < schemas.MaxPayloadBytes {
+		t.Errorf("max_payload %d is below schemas.MaxPayloadBytes (%d)", opts.MaxPayload, schemas.MaxPayloadBytes)
 	}
 	ports := c.service(t, "nats").containerPorts()
 	if !ports[opts.Port] || !ports[opts.HTTPPort] {
