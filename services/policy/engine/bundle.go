@@ -55,5 +55,18 @@ func EntityKey(uid cedar.EntityUID) string {
 	return string(uid.Type) + "." + base64.RawURLEncoding.EncodeToString([]byte(uid.ID))
 }
 
+// ParseEntityKey is the inverse of EntityKey: the entity a store key names.
+func ParseEntityKey(key string) (cedar.EntityUID, bool) {
+	i := strings.LastIndexByte(key, '.')
+	if i <= 0 {
+		return cedar.EntityUID{}, false
+	}
+	id, err := base64.RawURLEncoding.DecodeString(key[i+1:])
+	if err != nil {
+		return cedar.EntityUID{}, false
+	}
+	return cedar.NewEntityUID(cedar.EntityType(key[:i]), cedar.String(id)), true
+}
+
 // HexOf strips the "sha256:" prefix of a version or digest.
 func HexOf(v string) string { return strings.TrimPrefix(v, "sha256:") }

@@ -229,7 +229,12 @@ func (s *Service) watchEntities(ctx context.Context, ready chan<- struct{}) erro
 		close(ready)
 	}
 	return follow(ctx, w, "entity", loaded, func(e jetstream.KeyValueEntry, initial bool) {
+		// A delete carries only the key, whose id part is base64: the
+		// change is recorded under the entity's own id.
 		typ, id, _ := strings.Cut(e.Key(), ".")
+		if uid, ok := engine.ParseEntityKey(e.Key()); ok {
+			typ, id = string(uid.Type), string(uid.ID)
+		}
 		ch := schemas.EntityChange{Op: "delete", Entity: schemas.Resource{Type: typ, ID: id}, Revision: int64(e.Revision()), At: s.clock().UTC()}
 		if e.Operation() == jetstream.KeyValuePut {
 			var ent cedar.Entity
