@@ -39,6 +39,9 @@ const (
 	// CodeContextTooLarge: the request's context is larger than
 	// MaxContextBytes once encoded; refused before any policy sees it.
 	CodeContextTooLarge Code = "context_too_large"
+	// CodeBadEventSignature: the verified event policy received is not
+	// signed by authn's key (a forgery on the bus); nothing is decided.
+	CodeBadEventSignature Code = "bad_event_signature"
 	// CodePolicyInvalid: a policy.update was allowed but its set failed to
 	// parse or validate; the previous set stays active.
 	CodePolicyInvalid Code = "policy_invalid"
@@ -76,5 +79,6 @@ var Codes = map[Code]string{
 	CodeWorkloadNotAllowed:  "a workload token's attributes (e.g. GitHub repository_owner_id, Kubernetes namespace) are not among the values its issuer is pinned to",
 	CodeTokenReplayed:       "the token's jti was already used by another request, and its issuer has replay protection on",
 	CodeContextTooLarge:     "the request's context is larger than 16 KiB (schemas.MaxContextBytes) as encoded by the requester",
+	CodeBadEventSignature:   "the verified event reaching policy is unsigned or not signed by a key the trust file gives to authn: a forgery on the bus; denied without evaluating any policy",
 	CodePolicyInvalid:       "a pushed policy set failed to parse or validate against the schema; it was rejected whole and the previous set stays active",
 }

@@ -7,21 +7,44 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/aigov/aigov/schemas/signing"
 )
 
-// PublishEvent encodes ev, publishes it on subject with its id as the
-// Nats-Msg-Id and waits for JetStream's ack. It returns the encoded event
-// (a reply can reuse it) and the ack (Duplicate tells a repeat, which the
-// stream stored once). Every aigov event is published this way, so that a
-// redelivered input's event is never stored twice.
-func PublishEvent(ctx context.Context, js jetstream.JetStream, subject string, ev Event) ([]byte, *jetstream.PubAck, error) {
+// PublishEvent encodes ev, signs it with signer (nil publishes it unsigned,
+// which every verifier flags), publishes it on subject with its id as the
+// Nats-Msg-Id and waits for JetStream's ack. It returns the message as
+// stored (a reply reuses its body and signature) and the ack (Duplicate
+// tells a repeat, which the stream stored once). Every aigov event is
+// published this way, so that a redelivered input's event is never stored
+// twice.
+func PublishEvent(ctx context.Context, js jetstream.JetStream, signer *signing.Signer, subject string, ev Event) (*nats.Msg, *jetstream.PubAck, error) {
 	body, err := json.Marshal(ev)
 	if err != nil {
 		return nil, nil, fmt.Errorf("encode %s event: %w", ev.Type, err)
 	}
-	ack, err := js.PublishMsg(ctx, &nats.Msg{Subject: subject, Data: body}, jetstream.WithMsgID(ev.ID))
+	msg := nats.NewMsg(subject)
+	msg.Data = body
+	msg.Header.Set(HeaderMsgID, ev.ID)
+	if signer != nil {
+		msg.Header.Set(signing.Header, signer.Sign(subject, ev.ID, body))
+	}
+	ack, err := js.PublishMsg(ctx, msg)
 	if err != nil {
 		return nil, nil, fmt.Errorf("publish %s event %s on %s: %w", ev.Type, ev.ID, subject, err)
 	}
-	return body, ack, nil
+	return msg, ack, nil
+}
+
+// ReplyMessage is the copy of a stored, signed event sent to a requester's
+// inbox: the same body and signature, and the subject it was signed for.
+func ReplyMessage(inbox string, stored *nats.Msg) *nats.Msg {
+	m := nats.NewMsg(inbox)
+	m.Data = stored.Data
+	m.Header.Set(HeaderMsgID, stored.Header.Get(HeaderMsgID))
+	m.Header.Set(signing.HeaderSubject, stored.Subject)
+	if sig := stored.Header.Get(signing.Header); sig != "" {
+		m.Header.Set(signing.Header, sig)
+	}
+	return m
 }

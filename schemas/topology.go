@@ -90,6 +90,25 @@ func (t Topology) StreamDeadLetter() string { return t.name("DLQ") }
 // subscriber then).
 func (t Topology) StreamAdvisories() string { return t.name("ADVISORIES") }
 
+// Signers are the roles whose keys sign the events of stream, as the
+// trust file names them: a verifier accepts an event of the stream only
+// under one of their keys. Streams of requests (signed by no aigov key)
+// and dead letters have none.
+func (t Topology) Signers(stream string) []string {
+	switch stream {
+	case t.StreamVerified():
+		return []string{RoleAuthn}
+	case t.StreamDecisions():
+		return []string{RoleAuthn, RolePolicy}
+	case t.StreamSessions():
+		// The kill switch CLI acts as the reaper, with its key.
+		return []string{RoleReaper}
+	case t.StreamGovernance():
+		return []string{RolePolicy}
+	}
+	return nil
+}
+
 // Bucket names.
 func (t Topology) BucketSessions() string    { return strings.ToLower(t.name("sessions")) }
 func (t Topology) BucketRevocations() string { return strings.ToLower(t.name("revocations")) }

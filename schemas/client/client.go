@@ -10,12 +10,14 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aigov/aigov/schemas"
+	"github.com/aigov/aigov/schemas/signing"
 )
 
 // ErrClosed is returned by Authorize after Close.
@@ -48,6 +50,11 @@ type Options struct {
 	Source string
 	// Timeout applies when the caller's context has no deadline.
 	Timeout time.Duration
+	// Trust holds the public keys of authn and policy (a trust file from
+	// the operator, signing.LoadTrust). Required: a reply is taken as a
+	// decision only when one of their keys signed it for a decision
+	// subject; anything else on the inbox is dropped and counted.
+	Trust *signing.Trust
 }
 
 // Client sends requests and routes decisions back to their callers. It is
@@ -60,6 +67,10 @@ type Client struct {
 	timeout  time.Duration
 	inbox    string
 	sub      *nats.Subscription
+	trust    *signing.Trust
+	// decisions is the prefix of the subjects decisions are signed for.
+	decisions string
+	rejected  atomic.Uint64
 
 	mu      sync.Mutex
 	closed  bool
@@ -90,6 +101,9 @@ func New(nc *nats.Conn, opts Options) (*Client, error) {
 	if nc == nil {
 		return nil, errors.New("aigov client: nil NATS connection")
 	}
+	if opts.Trust == nil {
+		return nil, errors.New("aigov client: Options.Trust is required: without the services' public keys a decision cannot be told from a forgery")
+	}
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return nil, fmt.Errorf("aigov client: jetstream: %w", err)
@@ -108,7 +122,9 @@ func New(nc *nats.Conn, opts Options) (*Client, error) {
 		timeout:  opts.Timeout,
 		inbox:    nc.NewRespInbox(),
 		pending:  make(map[string]pendingCall),
+		trust:    opts.Trust,
 	}
+	c.decisions = strings.TrimSuffix(c.subjects.All(schemas.KindDecision), ">")
 	// NewRespInbox ends in a unique token; replace it with a wildcard so one
 	// subscription catches every reply, keyed by request id.
 	c.inbox = c.inbox[:strings.LastIndexByte(c.inbox, '.')]
@@ -119,13 +135,29 @@ func New(nc *nats.Conn, opts Options) (*Client, error) {
 	return c, nil
 }
 
+// Rejected counts the replies dropped because they were not signed by
+// authn or policy for a decision subject: forgeries on the inbox.
+func (c *Client) Rejected() uint64 { return c.rejected.Load() }
+
 func (c *Client) route(m *nats.Msg) {
+	// The wildcard also sees the connection's own JetStream acks, which
+	// are not events: only what parses as a decision is checked (and
+	// counted when its signature fails).
 	var ev schemas.Event
 	var d schemas.Decision
-	if err := json.Unmarshal(m.Data, &ev); err != nil {
+	if err := json.Unmarshal(m.Data, &ev); err != nil || ev.Type != schemas.TypeDecision {
 		return
 	}
 	if err := json.Unmarshal(ev.Data, &d); err != nil {
+		return
+	}
+	signed := m.Header.Get(signing.HeaderSubject)
+	if !strings.HasPrefix(signed, c.decisions) {
+		c.rejected.Add(1)
+		return
+	}
+	if _, err := c.trust.VerifyMsg(signed, m.Header, m.Data, schemas.RoleAuthn, schemas.RolePolicy); err != nil {
+		c.rejected.Add(1)
 		return
 	}
 	c.mu.Lock()

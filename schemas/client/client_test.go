@@ -3,6 +3,8 @@ package client_test
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -19,6 +21,7 @@ import (
 
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/schemas/client"
+	"github.com/aigov/aigov/schemas/signing"
 )
 
 const adminUser = "admin"
@@ -26,8 +29,25 @@ const adminUser = "admin"
 // bus is an embedded JetStream server with one user per aigov role holding
 // the topology's permissions, plus an unrestricted admin for setup.
 type bus struct {
-	url  string
-	topo schemas.Topology
+	url     string
+	topo    schemas.Topology
+	signers map[string]*signing.Signer
+	trust   *signing.Trust
+}
+
+// signed is a decision event as policy (or role) stores it and replies it:
+// signed for its decision subject.
+func (b *bus) signed(t *testing.T, role, replyTo string, ev schemas.Event, d schemas.Decision) *nats.Msg {
+	t.Helper()
+	body, err := json.Marshal(ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stored := nats.NewMsg(b.topo.Subjects.Decision(d.Action))
+	stored.Data = body
+	stored.Header.Set(schemas.HeaderMsgID, ev.ID)
+	stored.Header.Set(signing.Header, b.signers[role].Sign(stored.Subject, ev.ID, body))
+	return schemas.ReplyMessage(replyTo, stored)
 }
 
 func startBus(t *testing.T) *bus {
@@ -61,7 +81,21 @@ func startBus(t *testing.T) *bus {
 	if !srv.ReadyForConnections(10 * time.Second) {
 		t.Fatal("nats-server not ready within 10s")
 	}
-	b := &bus{url: srv.ClientURL(), topo: topo}
+	b := &bus{url: srv.ClientURL(), topo: topo, signers: map[string]*signing.Signer{}}
+	var keys []signing.Key
+	for _, role := range []string{schemas.RoleAuthn, schemas.RolePolicy, schemas.RoleReaper} {
+		_, key, err := ed25519.GenerateKey(rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b.signers[role], err = signing.NewSigner(key); err != nil {
+			t.Fatal(err)
+		}
+		keys = append(keys, signing.Key{Role: role, Public: b.signers[role].Public()})
+	}
+	if b.trust, err = signing.NewTrust(keys...); err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := topo.Provision(ctx, b.js(t, b.connect(t, adminUser))); err != nil {
@@ -109,6 +143,9 @@ func (b *bus) requestStream(t *testing.T) jetstream.StreamState {
 
 func (b *bus) newClient(t *testing.T, opts client.Options) *client.Client {
 	t.Helper()
+	if opts.Trust == nil {
+		opts.Trust = b.trust
+	}
 	c, err := client.New(b.connect(t, schemas.RolePlatform), opts)
 	if err != nil {
 		t.Fatal(err)
@@ -191,16 +228,14 @@ func (b *bus) decider(ctx context.Context, t *testing.T, n int, once bool) <-cha
 				continue
 			}
 			got[i].err = func() error {
-				ev, err := schemas.NewEvent(schemas.DerivedID(s.event.ID, "decision"), "aigov/test-decider", schemas.TypeDecision, time.Now(), decide(s.event, s.request))
+				d := decide(s.event, s.request)
+				ev, err := schemas.NewEvent(schemas.DerivedID(s.event.ID, "decision"), "aigov/test-decider", schemas.TypeDecision, time.Now(), d)
 				if err != nil {
 					return err
 				}
-				body, err := json.Marshal(ev)
-				if err != nil {
-					return err
-				}
-				replies = append(replies, &nats.Msg{Subject: s.replyTo, Data: body})
-				return nc.Publish(s.replyTo, body)
+				r := b.signed(t, schemas.RolePolicy, s.replyTo, ev, d)
+				replies = append(replies, r)
+				return nc.PublishMsg(r)
 			}()
 		}
 		for _, s := range got {
@@ -217,7 +252,7 @@ func (b *bus) decider(ctx context.Context, t *testing.T, n int, once bool) <-cha
 				return
 			case <-tick.C:
 				for _, r := range replies {
-					_ = nc.Publish(r.Subject, r.Data)
+					_ = nc.PublishMsg(r)
 				}
 			}
 		}
@@ -483,6 +518,91 @@ func TestNewRejectsNilConn(t *testing.T) {
 	if _, err := client.New(nil, client.Options{}); err == nil {
 		t.Fatal("New(nil) succeeded")
 	}
+	b := startBus(t)
+	if _, err := client.New(b.connect(t, schemas.RolePlatform), client.Options{}); err == nil {
+		t.Fatal("New without a trust file succeeded: it could not tell a decision from a forgery")
+	}
+}
+
+// TestAuthorizeRejectsForgedReplies: anyone who can publish on the
+// platform's inbox (a stolen platform or service credential) sends an
+// allow first; unsigned, signed by a role that does not decide, signed for
+// a subject that is not a decision's, signed by a key nobody trusts, or
+// altered after signing, none is taken, and the genuine (signed) deny is.
+func TestAuthorizeRejectsForgedReplies(t *testing.T) {
+	t.Parallel()
+	b := startBus(t)
+	c := b.newClient(t, client.Options{Source: "ml-platform/test", Timeout: 10 * time.Second})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	call := client.Call{ID: "job-forged", Token: "tok",
+		Request: schemas.Request{Action: "model.deploy", Resource: schemas.Resource{Type: "Model", ID: "m-1"}}}
+
+	nc := b.connect(t, schemas.RoleAuthn)
+	cons, err := b.topo.Bind(ctx, b.js(t, nc), schemas.ConsumerAuthn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, outsiderKey, _ := ed25519.GenerateKey(rand.Reader)
+	outsider, _ := signing.NewSigner(outsiderKey)
+	const forgeries = 6
+	go func() {
+		batch, err := cons.Fetch(1, jetstream.FetchMaxWait(10*time.Second))
+		if err != nil {
+			return
+		}
+		for m := range batch.Messages() {
+			_ = m.Ack()
+			replyTo := m.Headers().Get(schemas.HeaderReplyTo)
+			allow := schemas.Decision{RequestID: call.ID, Action: call.Request.Action, Resource: call.Request.Resource,
+				Decision: schemas.Allow, Stage: schemas.StagePolicy, TokenFingerprint: schemas.Fingerprint(call.Token)}
+			ev, _ := schemas.NewEvent(schemas.NewID(), "aigov/policy", schemas.TypeDecision, time.Now(), allow)
+			body, _ := json.Marshal(ev)
+
+			unsigned := nats.NewMsg(replyTo)
+			unsigned.Data = body
+			_ = nc.PublishMsg(unsigned)
+
+			_ = nc.PublishMsg(b.signed(t, schemas.RoleReaper, replyTo, ev, allow))
+
+			wrongSubject := b.signed(t, schemas.RolePolicy, replyTo, ev, allow)
+			stored := nats.NewMsg(b.topo.Subjects.Session("revoked"))
+			stored.Data = body
+			stored.Header.Set(schemas.HeaderMsgID, ev.ID)
+			stored.Header.Set(signing.Header, b.signers[schemas.RolePolicy].Sign(stored.Subject, ev.ID, body))
+			wrongSubject = schemas.ReplyMessage(replyTo, stored)
+			_ = nc.PublishMsg(wrongSubject)
+
+			foreign := b.signed(t, schemas.RolePolicy, replyTo, ev, allow)
+			foreign.Header.Set(signing.Header, outsider.Sign(b.topo.Subjects.Decision(allow.Action), ev.ID, body))
+			_ = nc.PublishMsg(foreign)
+
+			// A genuine deny, its body then changed to an allow.
+			deny := allow
+			deny.Decision, deny.Code = schemas.Deny, schemas.CodePolicyDenied
+			dev, _ := schemas.NewEvent(schemas.NewID(), "aigov/policy", schemas.TypeDecision, time.Now(), deny)
+			altered := b.signed(t, schemas.RolePolicy, replyTo, dev, deny)
+			altered.Data = []byte(strings.Replace(string(altered.Data), `"decision":"deny"`, `"decision":"allow"`, 1))
+			_ = nc.PublishMsg(altered)
+
+			// The signed subject claimed by the reply header, moved.
+			moved := b.signed(t, schemas.RolePolicy, replyTo, ev, allow)
+			moved.Header.Set(signing.HeaderSubject, b.topo.Subjects.Decision("model.retrain"))
+			_ = nc.PublishMsg(moved)
+
+			_ = nc.PublishMsg(b.signed(t, schemas.RolePolicy, replyTo, dev, deny))
+		}
+	}()
+	d, err := c.Authorize(ctx, call)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.Allowed() || d.Code != schemas.CodePolicyDenied {
+		t.Fatalf("the client took a forged reply: %s/%s", d.Decision, d.Code)
+	}
+	if got := c.Rejected(); got != forgeries {
+		t.Fatalf("%d replies rejected, want the %d forgeries", got, forgeries)
+	}
 }
 
 // TestAuthorizeIgnoresAnotherRequestsDecision: authn and policy reply to
@@ -519,8 +639,7 @@ func TestAuthorizeIgnoresAnotherRequestsDecision(t *testing.T) {
 			}
 			send := func(d schemas.Decision) {
 				out, _ := schemas.NewEvent(schemas.NewID(), "aigov/policy", schemas.TypeDecision, time.Now(), d)
-				body, _ := json.Marshal(out)
-				_ = nc.Publish(replyTo, body)
+				_ = nc.PublishMsg(b.signed(t, schemas.RolePolicy, replyTo, out, d))
 			}
 			// First: the allow of another caller's request under the same
 			// id (its own token; once for another action, once for this one).

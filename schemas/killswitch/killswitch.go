@@ -19,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aigov/aigov/schemas"
+	"github.com/aigov/aigov/schemas/signing"
 )
 
 // Source is the CloudEvents source of the events published here; the
@@ -148,18 +149,22 @@ type Switch struct {
 	sessions    jetstream.KeyValue
 	revocations jetstream.KeyValue
 	leases      jetstream.KeyValue
+	signer      *signing.Signer
 	now         func() time.Time
 }
 
-// New opens the buckets, which must exist (schemas.Topology.Ensure).
-func New(ctx context.Context, js jetstream.JetStream, topo schemas.Topology, now func() time.Time) (*Switch, error) {
+// New opens the buckets, which must exist (the provisioning step made
+// them). Session events are signed by signer (the reaper's key, or the
+// operator's for the CLI); nil publishes them unsigned, which the audit
+// flags.
+func New(ctx context.Context, js jetstream.JetStream, topo schemas.Topology, signer *signing.Signer, now func() time.Time) (*Switch, error) {
 	if js == nil {
 		return nil, errors.New("killswitch: nil jetstream")
 	}
 	if now == nil {
 		return nil, errors.New("killswitch: nil clock")
 	}
-	s := &Switch{js: js, subjects: topo.Subjects, now: now}
+	s := &Switch{js: js, subjects: topo.Subjects, signer: signer, now: now}
 	for _, b := range []struct {
 		name string
 		kv   *jetstream.KeyValue
@@ -379,7 +384,7 @@ func (s *Switch) revokeOne(ctx context.Context, t target, by, reason string) (bo
 	if t.rec != nil {
 		ev := t.rec.Event(reason, "")
 		ev.SessionKey, ev.By = t.key, by
-		if err := Publish(ctx, s.js, s.subjects, schemas.SessionRevoked, schemas.TypeSessionRevoked, schemas.DerivedID(t.key, "revoked"), ev, now); err != nil {
+		if err := Publish(ctx, s.js, s.signer, s.subjects, schemas.SessionRevoked, schemas.TypeSessionRevoked, schemas.DerivedID(t.key, "revoked"), ev, now); err != nil {
 			return false, err
 		}
 		if err := s.sessions.Delete(ctx, t.key); err != nil {
@@ -417,7 +422,7 @@ func (s *Switch) EndLease(ctx context.Context, l Lease, reason string, now time.
 		FirstSeen: l.StartedAt, LastSeen: now, Reason: reason, RequestID: l.RequestID,
 		LeaseID: l.LeaseID, LeaseDeadline: &deadline,
 	}
-	if err := Publish(ctx, s.js, s.subjects, schemas.SessionLeaseExpired, schemas.TypeLeaseExpired, schemas.DerivedID(l.LeaseID, "lease_expired"), ev, now); err != nil {
+	if err := Publish(ctx, s.js, s.signer, s.subjects, schemas.SessionLeaseExpired, schemas.TypeLeaseExpired, schemas.DerivedID(l.LeaseID, "lease_expired"), ev, now); err != nil {
 		return false, err
 	}
 	if err := s.leases.Delete(ctx, key); err != nil {
@@ -426,14 +431,20 @@ func (s *Switch) EndLease(ctx context.Context, l Lease, reason string, now time.
 	return mine, nil
 }
 
-// Publish sends one session event with its id as Nats-Msg-Id and waits
-// for JetStream's ack; a repeat within the duplicate window is stored once.
-func Publish(ctx context.Context, js jetstream.JetStream, subjects schemas.Subjects, name, typ, id string, data schemas.SessionEvent, at time.Time) error {
+// Publish signs and sends one session event with the switch's key.
+func (s *Switch) Publish(ctx context.Context, name, typ, id string, data schemas.SessionEvent, at time.Time) error {
+	return Publish(ctx, s.js, s.signer, s.subjects, name, typ, id, data, at)
+}
+
+// Publish signs and sends one session event with its id as Nats-Msg-Id and
+// waits for JetStream's ack; a repeat within the duplicate window is
+// stored once.
+func Publish(ctx context.Context, js jetstream.JetStream, signer *signing.Signer, subjects schemas.Subjects, name, typ, id string, data schemas.SessionEvent, at time.Time) error {
 	ev, err := schemas.NewEvent(id, Source, typ, at, data)
 	if err != nil {
 		return err
 	}
 	ev.Subject = data.SessionKey
-	_, _, err = schemas.PublishEvent(ctx, js, subjects.Session(name), ev)
+	_, _, err = schemas.PublishEvent(ctx, js, signer, subjects.Session(name), ev)
 	return err
 }

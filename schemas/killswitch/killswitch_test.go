@@ -71,7 +71,7 @@ func TestRevokeSelectors(t *testing.T) {
 		t.Fatal(err)
 	}
 	js := connect(t, url, schemas.RoleReaper)
-	sw, err := killswitch.New(ctx, js, topo, time.Now)
+	sw, err := killswitch.New(ctx, js, topo, nil, time.Now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -144,7 +144,7 @@ func BenchmarkRevokeToDenyTwoReplicas(b *testing.B) {
 		b.Fatal(err)
 	}
 	js := connect(b, url, schemas.RoleReaper)
-	sw, _ := killswitch.New(ctx, js, topo, time.Now)
+	sw, _ := killswitch.New(ctx, js, topo, nil, time.Now)
 	var replicas []jetstream.KeyValue
 	for range 2 {
 		kv, err := connect(b, url, schemas.RoleAuthn).KeyValue(ctx, topo.BucketRevocations())

@@ -14,6 +14,7 @@ import (
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/services/audit/internal/chtest"
 	"github.com/aigov/aigov/services/devenv/clickhouse"
+	"github.com/aigov/aigov/services/devenv/devkeys"
 	"github.com/aigov/aigov/services/devenv/natsdev"
 	"github.com/aigov/aigov/services/runtime"
 )
@@ -61,6 +62,7 @@ func TestRunWritesAndStops(t *testing.T) {
 			"AIGOV_CLICKHOUSE_DATABASE":      db,
 			"AIGOV_AUDIT_SIGNING_KEY":        t.TempDir() + "/k.pem",
 			"AIGOV_AUDIT_SIGNING_KEY_CREATE": "true",
+			"AIGOV_TRUST_FILE":               devkeys.New(t).TrustFile,
 		}))
 	}()
 

@@ -16,6 +16,8 @@ func main() { runtime.Main("authn", run) }
 func run(ctx context.Context, lookup runtime.Lookup) error {
 	env := runtime.NewEnv(lookup)
 	common := runtime.LoadCommon(env, "authn", "127.0.0.1:8081")
+	// authn signs every verified event and deny (LoadCommon reads the key).
+	env.Required("AIGOV_SIGNING_KEY")
 	cfg := verify.LoadConfig(env)
 	if err := env.Err(); err != nil {
 		return err
@@ -30,6 +32,7 @@ func run(ctx context.Context, lookup runtime.Lookup) error {
 		JS:       svc.JS,
 		Topology: svc.Topology,
 		Registry: svc.HTTP.Registry,
+		Signer:   svc.Signer,
 	})
 	if err != nil {
 		svc.NC.Close()

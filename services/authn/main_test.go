@@ -9,6 +9,7 @@ import (
 
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/schemas/client"
+	"github.com/aigov/aigov/services/devenv/devkeys"
 	"github.com/aigov/aigov/services/devenv/idp"
 	"github.com/aigov/aigov/services/devenv/natsdev"
 	"github.com/aigov/aigov/services/runtime"
@@ -26,6 +27,7 @@ func TestRun(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = p.Close() })
 
+	keys := devkeys.New(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
@@ -36,6 +38,7 @@ func TestRun(t *testing.T) {
 			"AIGOV_HTTP_ADDR":     "127.0.0.1:0",
 			"AIGOV_OIDC_ISSUERS":  p.Issuer(),
 			"AIGOV_LOG_LEVEL":     "warn",
+			"AIGOV_SIGNING_KEY":   keys.KeyFile(schemas.RoleAuthn),
 		}))
 	}()
 
@@ -44,7 +47,7 @@ func TestRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer nc.Close()
-	c, err := client.New(nc, client.Options{Timeout: 15 * time.Second})
+	c, err := client.New(nc, client.Options{Timeout: 15 * time.Second, Trust: keys.Trust()})
 	if err != nil {
 		t.Fatal(err)
 	}

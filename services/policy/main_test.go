@@ -9,10 +9,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aigov/aigov/schemas"
+	"github.com/aigov/aigov/services/devenv/devkeys"
 	"github.com/aigov/aigov/services/devenv/natsdev"
 	"github.com/aigov/aigov/services/runtime"
 )
@@ -49,6 +49,7 @@ func TestRun(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	keys := devkeys.New(t)
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
 	done := make(chan error, 1)
@@ -61,6 +62,8 @@ func TestRun(t *testing.T) {
 			"AIGOV_POLICY_DIR":     "../../policies",
 			"AIGOV_POLICY_WORKERS": "2",
 			"AIGOV_LOG_LEVEL":      "warn",
+			"AIGOV_SIGNING_KEY":    keys.KeyFile(schemas.RolePolicy),
+			"AIGOV_TRUST_FILE":     keys.TrustFile,
 		}))
 	}()
 
@@ -80,11 +83,7 @@ func TestRun(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	body, err := json.Marshal(ev)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := js.PublishMsg(ctx, &nats.Msg{Subject: topo.Subjects.Verified(v.Request.Action), Data: body}, jetstream.WithMsgID(ev.ID)); err != nil {
+	if _, _, err := schemas.PublishEvent(ctx, js, keys.Signer(schemas.RoleAuthn), topo.Subjects.Verified(v.Request.Action), ev); err != nil {
 		t.Fatal(err)
 	}
 
@@ -141,8 +140,16 @@ func TestRunRejectsBadStart(t *testing.T) {
 		{name: "policy without id", env: map[string]string{"AIGOV_POLICY_DIR": bad}, want: []string{"a.cedar:1", "no @id"}},
 		{name: "missing entities", env: map[string]string{"AIGOV_POLICY_DIR": "../../policies", "AIGOV_ENTITIES_FILE": filepath.Join(bad, "nope.json")},
 			want: []string{"nope.json"}},
+		{name: "no keys", env: map[string]string{"AIGOV_SIGNING_KEY": "", "AIGOV_TRUST_FILE": ""},
+			want: []string{"AIGOV_SIGNING_KEY is required", "AIGOV_TRUST_FILE is required"}},
 	}
+	keys := devkeys.New(t)
 	for _, tc := range cases {
+		for k, v := range map[string]string{"AIGOV_SIGNING_KEY": keys.KeyFile(schemas.RolePolicy), "AIGOV_TRUST_FILE": keys.TrustFile} {
+			if _, set := tc.env[k]; !set {
+				tc.env[k] = v
+			}
+		}
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

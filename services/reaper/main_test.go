@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aigov/aigov/schemas"
+	"github.com/aigov/aigov/services/devenv/devkeys"
 	"github.com/aigov/aigov/services/devenv/natsdev"
 	"github.com/aigov/aigov/services/runtime"
 )
@@ -22,6 +23,7 @@ import (
 func TestRunTracksAndExpiresThenStops(t *testing.T) {
 	t.Parallel()
 	srv := natsdev.StartT(t, natsdev.Options{})
+	keys := devkeys.New(t)
 	addr := freeAddr(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -36,6 +38,7 @@ func TestRunTracksAndExpiresThenStops(t *testing.T) {
 			"AIGOV_LOG_LEVEL":       "warn",
 			"AIGOV_SESSION_MAX_AGE": "2s",
 			"AIGOV_REAPER_INTERVAL": "50ms",
+			"AIGOV_SIGNING_KEY":     keys.KeyFile(schemas.RoleReaper),
 		}))
 	}()
 	waitReady(t, addr, done)

@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aigov/aigov/schemas"
+	"github.com/aigov/aigov/services/devenv/devkeys"
 	"github.com/aigov/aigov/services/devenv/natsdev"
 	"github.com/aigov/aigov/services/runtime"
 )
@@ -21,6 +22,7 @@ import (
 func TestRestartDuringPendingExpiries(t *testing.T) {
 	t.Parallel()
 	srv := natsdev.StartT(t, natsdev.Options{})
+	signKeys := devkeys.New(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	env := func(interval string) runtime.Lookup {
@@ -32,6 +34,7 @@ func TestRestartDuringPendingExpiries(t *testing.T) {
 			"AIGOV_LOG_LEVEL":       "warn",
 			"AIGOV_SESSION_MAX_AGE": "2s",
 			"AIGOV_REAPER_INTERVAL": interval,
+			"AIGOV_SIGNING_KEY":     signKeys.KeyFile(schemas.RoleReaper),
 		})
 	}
 	// start runs one reaper instance; the returned func stops it and

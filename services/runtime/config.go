@@ -155,6 +155,14 @@ type Common struct {
 	LogFormat string
 	// ShutdownTimeout bounds draining and flushing on SIGTERM.
 	ShutdownTimeout time.Duration
+	// SigningKey is the PEM Ed25519 private key file the service signs its
+	// events with (AIGOV_SIGNING_KEY; required, in their own Config, by
+	// the services that publish events: authn, policy, reaper).
+	SigningKey string
+	// TrustFile lists the public keys of every signing role
+	// (AIGOV_TRUST_FILE; required by the services that verify: policy,
+	// audit). It is the operator's: no service writes it.
+	TrustFile string
 }
 
 // LoadCommon reads the shared variables. defaultHTTP differs per service so
@@ -176,6 +184,8 @@ func LoadCommon(e *Env, service, defaultHTTP string) Common {
 		LogLevel:        e.String("AIGOV_LOG_LEVEL", "info"),
 		LogFormat:       e.String("AIGOV_LOG_FORMAT", "json"),
 		ShutdownTimeout: e.Duration("AIGOV_SHUTDOWN_TIMEOUT", 20*time.Second),
+		SigningKey:      e.String("AIGOV_SIGNING_KEY", ""),
+		TrustFile:       e.String("AIGOV_TRUST_FILE", ""),
 	}
 	if err := c.NATS().Validate(); err != nil {
 		e.Fail("AIGOV_NATS_*: %w", err)

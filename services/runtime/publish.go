@@ -11,6 +11,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/aigov/aigov/schemas"
+	"github.com/aigov/aigov/schemas/signing"
 )
 
 // Publisher emits a service's CloudEvents on JetStream and answers
@@ -19,16 +20,18 @@ import (
 type Publisher struct {
 	js     jetstream.JetStream
 	nc     *nats.Conn
+	signer *signing.Signer
 	source string
 	log    zerolog.Logger
 }
 
-// NewPublisher returns a publisher whose events carry source.
-func NewPublisher(js jetstream.JetStream, nc *nats.Conn, source string, log zerolog.Logger) (*Publisher, error) {
-	if js == nil || nc == nil || source == "" {
-		return nil, fmt.Errorf("publisher: need jetstream, nats connection and a source")
+// NewPublisher returns a publisher whose events carry source and are
+// signed by signer: a service never publishes an unsigned event.
+func NewPublisher(js jetstream.JetStream, nc *nats.Conn, signer *signing.Signer, source string, log zerolog.Logger) (*Publisher, error) {
+	if js == nil || nc == nil || signer == nil || source == "" {
+		return nil, fmt.Errorf("publisher: need jetstream, nats connection, a signing key and a source")
 	}
-	return &Publisher{js: js, nc: nc, source: source, log: log}, nil
+	return &Publisher{js: js, nc: nc, signer: signer, source: source, log: log}, nil
 }
 
 // Outgoing is one event to publish.
@@ -47,29 +50,29 @@ type Outgoing struct {
 	Data any
 }
 
-// Publish encodes and publishes one event and waits for JetStream's ack; it
-// returns the encoded event so a reply can reuse it.
-func (p *Publisher) Publish(ctx context.Context, o Outgoing) ([]byte, error) {
+// Publish encodes, signs and publishes one event and waits for JetStream's
+// ack; it returns the message as stored so a reply can reuse it.
+func (p *Publisher) Publish(ctx context.Context, o Outgoing) (*nats.Msg, error) {
 	ev, err := schemas.NewEvent(o.ID, p.source, o.Type, o.Time, o.Data)
 	if err != nil {
 		return nil, err
 	}
 	ev.Subject = o.Subject
-	body, ack, err := schemas.PublishEvent(ctx, p.js, o.NATSSubject, ev)
+	msg, ack, err := schemas.PublishEvent(ctx, p.js, p.signer, o.NATSSubject, ev)
 	if err != nil {
 		return nil, err
 	}
 	if ack.Duplicate {
 		p.log.Debug().Str("event_id", o.ID).Str("subject", o.NATSSubject).Msg("event was already published")
 	}
-	return body, nil
+	return msg, nil
 }
 
-// Reply sends a decision to the requester's inbox, best effort like any core
-// NATS message: the decision itself is already durable. Only a literal
-// _INBOX. subject is answered, so a requester cannot make a service publish
-// on a subject of its choosing.
-func (p *Publisher) Reply(requestID, replyTo string, body []byte) {
+// Reply sends a stored decision, with its signature, to the requester's
+// inbox, best effort like any core NATS message: the decision itself is
+// already durable. Only a literal _INBOX. subject is answered, so a
+// requester cannot make a service publish on a subject of its choosing.
+func (p *Publisher) Reply(requestID, replyTo string, stored *nats.Msg) {
 	switch {
 	case replyTo == "":
 		return
@@ -77,7 +80,7 @@ func (p *Publisher) Reply(requestID, replyTo string, body []byte) {
 		p.log.Warn().Str("request_id", requestID).Str("reply_to", truncate(strings.ToValidUTF8(replyTo, "?"), 100)).Msg("reply subject ignored: not an _INBOX. subject")
 		return
 	}
-	if err := p.nc.Publish(replyTo, body); err != nil {
+	if err := p.nc.PublishMsg(schemas.ReplyMessage(replyTo, stored)); err != nil {
 		p.log.Warn().Err(err).Str("request_id", requestID).Msg("reply failed")
 	}
 }

@@ -10,6 +10,8 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/aigov/aigov/schemas"
+	"github.com/aigov/aigov/schemas/signing"
+	"github.com/aigov/aigov/services/devenv/devkeys"
 	"github.com/aigov/aigov/services/devenv/natsdev"
 	"github.com/aigov/aigov/services/runtime"
 )
@@ -29,18 +31,24 @@ func TestPublisherDeduplicatesAndRepliesOnlyToInboxes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := runtime.NewPublisher(nil, nc, "s", zerolog.Nop()); err == nil {
+	keys := devkeys.New(t)
+	signer := keys.Signer(schemas.RolePolicy)
+	if _, err := runtime.NewPublisher(nil, nc, signer, "s", zerolog.Nop()); err == nil {
 		t.Fatal("nil jetstream accepted")
 	}
-	p, err := runtime.NewPublisher(js, nc, "aigov/test", zerolog.Nop())
+	if _, err := runtime.NewPublisher(js, nc, nil, "s", zerolog.Nop()); err == nil {
+		t.Fatal("a publisher without a signing key was accepted")
+	}
+	p, err := runtime.NewPublisher(js, nc, signer, "aigov/test", zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
 	out := runtime.Outgoing{NATSSubject: "e.x", ID: "ev-1", Type: "t.v1", Subject: "about", Time: time.Now(), Data: map[string]int{"n": 1}}
-	body, err := p.Publish(ctx, out)
+	stored, err := p.Publish(ctx, out)
 	if err != nil {
 		t.Fatal(err)
 	}
+	body := stored.Data
 	if _, err := p.Publish(ctx, out); err != nil {
 		t.Fatal(err)
 	}
@@ -55,8 +63,8 @@ func TestPublisherDeduplicatesAndRepliesOnlyToInboxes(t *testing.T) {
 
 	sub, _ := nc.SubscribeSync("_INBOX.t.reply")
 	bad, _ := nc.SubscribeSync("elsewhere.>")
-	p.Reply("r1", "elsewhere.x", body)
-	p.Reply("r1", "_INBOX.t.reply", body)
+	p.Reply("r1", "elsewhere.x", stored)
+	p.Reply("r1", "_INBOX.t.reply", stored)
 	m, err := sub.NextMsg(2 * time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -64,6 +72,24 @@ func TestPublisherDeduplicatesAndRepliesOnlyToInboxes(t *testing.T) {
 	var got schemas.Event
 	if err := json.Unmarshal(m.Data, &got); err != nil || got.ID != "ev-1" {
 		t.Fatalf("reply %s (%v)", m.Data, err)
+	}
+	// The stored event and the reply carry the same signature, made for the
+	// stream subject, which the reply names.
+	if m.Header.Get(signing.HeaderSubject) != "e.x" {
+		t.Fatalf("reply signed for %q, want e.x", m.Header.Get(signing.HeaderSubject))
+	}
+	if _, err := keys.Trust().VerifyMsg("e.x", m.Header, m.Data, schemas.RolePolicy); err != nil {
+		t.Fatalf("reply signature: %v", err)
+	}
+	sm, err := st.GetMsg(ctx, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := keys.Trust().VerifyMsg(sm.Subject, sm.Header, sm.Data, schemas.RolePolicy); err != nil {
+		t.Fatalf("stored event's signature: %v", err)
+	}
+	if _, err := keys.Trust().VerifyMsg(sm.Subject, sm.Header, sm.Data, schemas.RoleAuthn); err == nil {
+		t.Fatal("policy's signature was accepted as authn's")
 	}
 	if _, err := bad.NextMsg(200 * time.Millisecond); err == nil {
 		t.Fatal("a reply went to a non-inbox subject")

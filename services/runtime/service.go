@@ -12,9 +12,11 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
 	"github.com/aigov/aigov/schemas"
+	"github.com/aigov/aigov/schemas/signing"
 )
 
 // Service holds what every service runs on: its logger, its NATS
@@ -26,11 +28,72 @@ type Service struct {
 	JS       jetstream.JetStream
 	Topology schemas.Topology
 	HTTP     *Server
+	// Signer signs the service's events (nil without AIGOV_SIGNING_KEY);
+	// Trust verifies others' (nil without AIGOV_TRUST_FILE).
+	Signer *signing.Signer
+	Trust  *signing.Trust
+}
+
+// SigningSecondsMetric is the time a service spent signing and verifying
+// events (nearly all of it CPU), by op: what the benchmark compares with
+// the pipeline's CPU.
+const SigningSecondsMetric = "aigov_signing_seconds_total"
+
+func registerSigningMetrics(reg prometheus.Registerer, signer *signing.Signer, trust *signing.Trust) error {
+	var cs []prometheus.Collector
+	if signer != nil {
+		cs = append(cs,
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: SigningSecondsMetric, Help: "Time spent signing and verifying events, by op.",
+				ConstLabels: prometheus.Labels{"op": "sign"}}, func() float64 { return signer.Stats().Busy.Seconds() }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "aigov_signing_ed25519_total", Help: "Ed25519 signatures made or verified, by op (one per batch of events).",
+				ConstLabels: prometheus.Labels{"op": "sign"}}, func() float64 { return float64(signer.Stats().Ed25519) }))
+	}
+	if trust != nil {
+		cs = append(cs,
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: SigningSecondsMetric, Help: "Time spent signing and verifying events, by op.",
+				ConstLabels: prometheus.Labels{"op": "verify"}}, func() float64 { return trust.Stats().Busy.Seconds() }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "aigov_signing_ed25519_total", Help: "Ed25519 signatures made or verified, by op (one per batch of events).",
+				ConstLabels: prometheus.Labels{"op": "verify"}}, func() float64 { return float64(trust.Stats().Ed25519) }))
+	}
+	for _, c := range cs {
+		if err := reg.Register(c); err != nil {
+			return fmt.Errorf("register signing metrics: %w", err)
+		}
+	}
+	return nil
+}
+
+// loadKeys reads the signing key and the trust file named by c.
+func loadKeys(c Common) (*signing.Signer, *signing.Trust, error) {
+	var (
+		signer *signing.Signer
+		trust  *signing.Trust
+	)
+	if c.SigningKey != "" {
+		key, err := signing.LoadOrCreateKey(c.SigningKey, false)
+		if err != nil {
+			return nil, nil, fmt.Errorf("AIGOV_SIGNING_KEY: %w", err)
+		}
+		if signer, err = signing.NewSigner(key); err != nil {
+			return nil, nil, fmt.Errorf("AIGOV_SIGNING_KEY: %w", err)
+		}
+	}
+	if c.TrustFile != "" {
+		var err error
+		if trust, err = signing.LoadTrust(c.TrustFile); err != nil {
+			return nil, nil, fmt.Errorf("AIGOV_TRUST_FILE: %w", err)
+		}
+	}
+	return signer, trust, nil
 }
 
 // Start builds the logger, binds the health server and connects to NATS.
 func Start(ctx context.Context, c Common) (*Service, error) {
 	log, err := NewLogger(c)
+	if err != nil {
+		return nil, err
+	}
+	signer, trust, err := loadKeys(c)
 	if err != nil {
 		return nil, err
 	}
@@ -47,8 +110,17 @@ func Start(ctx context.Context, c Common) (*Service, error) {
 	// service's credentials cannot create streams, buckets or consumers.
 	topo := c.Topology()
 	srv.AddCheck("nats", NATSCheck(nc))
-	log.Info().Str("http_addr", srv.Addr()).Str("nats_url", nc.ConnectedUrlRedacted()).Msg("service started")
-	return &Service{Config: c, Log: log, NC: nc, JS: js, Topology: topo, HTTP: srv}, nil
+	if err := registerSigningMetrics(srv.Registry, signer, trust); err != nil {
+		nc.Close()
+		_ = srv.ln.Close()
+		return nil, err
+	}
+	ev := log.Info().Str("http_addr", srv.Addr()).Str("nats_url", nc.ConnectedUrlRedacted())
+	if signer != nil {
+		ev = ev.Str("signing_key_id", signer.KeyID())
+	}
+	ev.Msg("service started")
+	return &Service{Config: c, Log: log, NC: nc, JS: js, Topology: topo, HTTP: srv, Signer: signer, Trust: trust}, nil
 }
 
 // Worker is one long-running part of a service, such as a consumer loop.

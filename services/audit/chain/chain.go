@@ -12,6 +12,8 @@
 //
 //	row_hash   = hex(SHA-256("aigov-row-v1" ‖ f(stream) ‖ u64(seq) ‖ u64(prev_seq) ‖ f(event_id) ‖ f(type)
 //	                         ‖ f(source) ‖ f(subject) ‖ u64(event_time_us) ‖ f(data) ‖ f(invalid_reason)))
+//	             (version 2, for a row whose event's signature was checked: tag "aigov-row-v2" and
+//	             ‖ f(signer_key_id) ‖ f(signature) appended, so the stored verdict is covered too)
 //	chain_hash = hex(SHA-256(bytes(previous chain_hash) ‖ bytes(row_hash)))
 //	genesis    = hex(SHA-256("aigov-chain-v1" ‖ f(stream)))   // the "previous" of the first row
 //
@@ -44,6 +46,12 @@ type Row struct {
 	TimeUS        uint64
 	Data          string
 	InvalidReason string
+	// SignerKeyID and Signature are the id of the key that signed the event
+	// and what checking its signature gave (signing.Status); both empty
+	// for an event that is not checked (requests, dead letters) and for
+	// rows written before signatures, which keep their v1 hash.
+	SignerKeyID string
+	Signature   string
 	// RowHash and ChainHash are the stored links (hex); Hash ignores them.
 	RowHash   string
 	ChainHash string
@@ -61,9 +69,13 @@ func (r Row) Hash() string {
 // The encoded row is hashed at once; writing field by field to a
 // hash.Hash copied each field again.
 func (r Row) HashWith(scratch *[]byte) string {
-	const tag = "aigov-row-v1"
-	n := 8*11 + len(tag) + len(r.Stream) + len(r.EventID) + len(r.Type) + len(r.Source) + len(r.Subject) +
-		len(r.Data) + len(r.InvalidReason)
+	tag := "aigov-row-v1"
+	signed := r.SignerKeyID != "" || r.Signature != ""
+	if signed {
+		tag = "aigov-row-v2"
+	}
+	n := 8*13 + len(tag) + len(r.Stream) + len(r.EventID) + len(r.Type) + len(r.Source) + len(r.Subject) +
+		len(r.Data) + len(r.InvalidReason) + len(r.SignerKeyID) + len(r.Signature)
 	b := (*scratch)[:0]
 	if cap(b) < n {
 		b = make([]byte, 0, n)
@@ -79,6 +91,10 @@ func (r Row) HashWith(scratch *[]byte) string {
 	b = binary.BigEndian.AppendUint64(b, r.TimeUS)
 	b = appendField(b, r.Data)
 	b = appendField(b, r.InvalidReason)
+	if signed {
+		b = appendField(b, r.SignerKeyID)
+		b = appendField(b, r.Signature)
+	}
 	*scratch = b
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:])

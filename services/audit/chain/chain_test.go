@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aigov/aigov/schemas/signing"
 	"github.com/aigov/aigov/services/audit/chain"
 )
 
@@ -34,15 +35,15 @@ func TestExtendIsDeterministicAndContentBound(t *testing.T) {
 func TestCheckpointSignature(t *testing.T) {
 	t.Parallel()
 	path := filepath.Join(t.TempDir(), "k.pem")
-	key, err := chain.LoadOrCreateKey(path, true)
+	key, err := signing.LoadOrCreateKey(path, true)
 	if err != nil {
 		t.Fatal(err)
 	}
-	again, err := chain.LoadOrCreateKey(path, false)
+	again, err := signing.LoadOrCreateKey(path, false)
 	if err != nil || !again.Equal(key) {
 		t.Fatalf("reload: %v", err)
 	}
-	pub, err := chain.LoadPublicKey(path + ".pub")
+	pub, err := signing.LoadPublicKey(path + ".pub")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,7 +61,7 @@ func TestCheckpointSignature(t *testing.T) {
 	if err := c.Verify(other); !errors.Is(err, chain.ErrBadSignature) {
 		t.Fatalf("wrong key verified: %v", err)
 	}
-	if _, err := chain.LoadOrCreateKey(filepath.Join(t.TempDir(), "missing"), false); err == nil {
+	if _, err := signing.LoadOrCreateKey(filepath.Join(t.TempDir(), "missing"), false); err == nil {
 		t.Fatal("a missing key was created without create")
 	}
 }

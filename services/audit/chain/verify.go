@@ -84,7 +84,7 @@ func VerifyStream(ctx context.Context, conn driver.Conn, db, stream string, cps 
 		rep.Signed = max(rep.Signed, c.Seq)
 	}
 	rep.Start = cps[0].Start
-	rows, err := conn.Query(ctx, "SELECT stream_seq, prev_seq, event_id, type, source, nats_subject, event_time_us, data, invalid_reason, row_hash, chain_hash FROM "+
+	rows, err := conn.Query(ctx, "SELECT stream_seq, prev_seq, event_id, type, source, nats_subject, event_time_us, data, invalid_reason, signer_key_id, signature, row_hash, chain_hash FROM "+
 		db+".event_log WHERE stream = ? AND stream_seq > ? ORDER BY stream_seq, row_hash", stream, rep.Start)
 	if err != nil {
 		return rep, fmt.Errorf("read %s.event_log: %w", db, err)
@@ -98,7 +98,7 @@ func VerifyStream(ctx context.Context, conn driver.Conn, db, stream string, cps 
 	}
 	for rows.Next() {
 		r := Row{Stream: stream}
-		if err := rows.Scan(&r.Seq, &r.PrevSeq, &r.EventID, &r.Type, &r.Source, &r.Subject, &r.TimeUS, &r.Data, &r.InvalidReason, &r.RowHash, &r.ChainHash); err != nil {
+		if err := rows.Scan(&r.Seq, &r.PrevSeq, &r.EventID, &r.Type, &r.Source, &r.Subject, &r.TimeUS, &r.Data, &r.InvalidReason, &r.SignerKeyID, &r.Signature, &r.RowHash, &r.ChainHash); err != nil {
 			return rep, fmt.Errorf("scan %s.event_log: %w", db, err)
 		}
 		if rep.Rows > 0 && r.Seq == last.Seq {

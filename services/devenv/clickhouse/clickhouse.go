@@ -35,6 +35,7 @@ import (
 	ch "github.com/ClickHouse/clickhouse-go/v2"
 
 	"github.com/aigov/aigov/services/devenv/devcerts"
+	"github.com/aigov/aigov/services/devenv/proc"
 )
 
 // EnvServerBinary names the environment variable that overrides which
@@ -318,7 +319,7 @@ func (s *Server) CPUTime() (time.Duration, error) {
 	if p == nil || p.exited() {
 		return 0, errors.New("clickhouse server is not running")
 	}
-	return cpuTime(p.cmd.Process.Pid)
+	return proc.CPUTime(p.cmd.Process.Pid)
 }
 
 // Stop shuts the server down cleanly: SIGTERM, up to 10s to exit, then

@@ -18,6 +18,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aigov/aigov/schemas"
+	"github.com/aigov/aigov/schemas/signing"
 	"github.com/aigov/aigov/services/audit/chain"
 )
 
@@ -55,7 +56,7 @@ func auditCmd(ctx context.Context, args []string, stdout, stderr io.Writer, look
 	}
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
-	pub, err := chain.LoadPublicKey(*pubPath)
+	pub, err := signing.LoadPublicKey(*pubPath)
 	if err != nil {
 		fmt.Fprintf(stderr, "aigov audit verify: %v\n", err)
 		return ExitError

@@ -37,6 +37,7 @@ commands:
   entities    entities put|get|list|delete: edit the trusted entity store (as the operator user)
   approve     approve one exact request (approval.grant) with your token
   bus         bus provision: create or update the streams, buckets and consumers (as the provisioner)
+  keys        keys gen|add|remove|list: event signing keys and the trust file (key rotation)
   dev-certs   make a dev CA and a server certificate (compose, k8s demos; not a production PKI)
 
 Run 'aigov <command> -h' for the command's flags.
@@ -67,6 +68,8 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer, lookup fu
 		return busCmd(ctx, args[1:], stdout, stderr, lookup)
 	case "dev-certs":
 		return devCertsCmd(args[1:], stdout, stderr)
+	case "keys":
+		return keysCmd(args[1:], stdout, stderr)
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return ExitAllow
@@ -109,6 +112,11 @@ func authorize(ctx context.Context, args []string, stdout, stderr io.Writer, loo
 		fmt.Fprintf(stderr, "aigov authorize: %v\n", err)
 		return ExitUsage
 	}
+	trust, err := bus.trust()
+	if err != nil {
+		fmt.Fprintf(stderr, "aigov authorize: %v\n", err)
+		return ExitUsage
+	}
 
 	nc, err := bus.dial(*timeout)
 	if err != nil {
@@ -116,7 +124,7 @@ func authorize(ctx context.Context, args []string, stdout, stderr io.Writer, loo
 		return ExitError
 	}
 	defer nc.Close()
-	c, err := client.New(nc, client.Options{Prefix: bus.prefix, Source: *source, Timeout: *timeout})
+	c, err := client.New(nc, client.Options{Prefix: bus.prefix, Source: *source, Timeout: *timeout, Trust: trust})
 	if err != nil {
 		fmt.Fprintf(stderr, "aigov authorize: %v\n", err)
 		return ExitError

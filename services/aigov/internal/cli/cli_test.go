@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/aigov/aigov/services/aigov/internal/cli"
+	"github.com/aigov/aigov/services/devenv/devkeys"
 )
 
 func TestUsageErrors(t *testing.T) {
@@ -51,7 +52,7 @@ func TestAuthorizeWithoutServer(t *testing.T) {
 	}
 	var out, errOut bytes.Buffer
 	code := cli.Run(context.Background(), []string{"authorize", "--nats", "nats://127.0.0.1:1", "--timeout", "500ms",
-		"--action", "model.retrain", "--resource", "Model:m", "--token-file", tok}, &out, &errOut, func(string) (string, bool) { return "", false })
+		"--action", "model.retrain", "--resource", "Model:m", "--token-file", tok, "--trust-file", devkeys.New(t).TrustFile}, &out, &errOut, func(string) (string, bool) { return "", false })
 	if code != cli.ExitError || !strings.Contains(errOut.String(), "connect to nats://127.0.0.1:1") {
 		t.Fatalf("exit %d stderr %q", code, errOut.String())
 	}

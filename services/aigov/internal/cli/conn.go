@@ -1,12 +1,15 @@
 package cli
 
 import (
+	"errors"
 	"flag"
+	"fmt"
 	"time"
 
 	"github.com/nats-io/nats.go"
 
 	"github.com/aigov/aigov/schemas"
+	"github.com/aigov/aigov/schemas/signing"
 	"github.com/aigov/aigov/services/runtime/natsconn"
 )
 
@@ -23,6 +26,9 @@ type connFlags struct {
 	url, user, password, creds, nkey string
 	tlsCA, tlsCert, tlsKey           string
 	prefix                           string
+	// signingKey signs what the command publishes (the operator's key);
+	// trustFile verifies what it receives.
+	signingKey, trustFile string
 }
 
 // addConnFlags registers the connection flags on fs; defaultUser is the
@@ -41,7 +47,30 @@ func addConnFlags(fs *flag.FlagSet, lookup func(string) (string, bool), defaultU
 	fs.StringVar(&c.tlsCert, "tls-cert", env(lookup, "AIGOV_NATS_TLS_CERT", ""), "PEM client certificate for mutual TLS ($AIGOV_NATS_TLS_CERT)")
 	fs.StringVar(&c.tlsKey, "tls-key", env(lookup, "AIGOV_NATS_TLS_KEY", ""), "PEM key of --tls-cert ($AIGOV_NATS_TLS_KEY)")
 	fs.StringVar(&c.prefix, "prefix", env(lookup, "AIGOV_SUBJECT_PREFIX", schemas.DefaultPrefix), "subject prefix ($AIGOV_SUBJECT_PREFIX)")
+	fs.StringVar(&c.signingKey, "signing-key", env(lookup, "AIGOV_SIGNING_KEY", ""), "PEM Ed25519 key that signs the events the command publishes ($AIGOV_SIGNING_KEY)")
+	fs.StringVar(&c.trustFile, "trust-file", env(lookup, "AIGOV_TRUST_FILE", ""), "trust file of the services' public keys; decisions not signed by one are rejected ($AIGOV_TRUST_FILE)")
 	return c
+}
+
+// signer loads --signing-key; nil when none is given (what the command
+// publishes is then unsigned, and the audit flags it).
+func (c *connFlags) signer() (*signing.Signer, error) {
+	if c.signingKey == "" {
+		return nil, nil
+	}
+	key, err := signing.LoadOrCreateKey(c.signingKey, false)
+	if err != nil {
+		return nil, fmt.Errorf("--signing-key: %w", err)
+	}
+	return signing.NewSigner(key)
+}
+
+// trust loads --trust-file, which a command that reads decisions needs.
+func (c *connFlags) trust() (*signing.Trust, error) {
+	if c.trustFile == "" {
+		return nil, errors.New("--trust-file (or $AIGOV_TRUST_FILE) is required: a decision is believed only when signed by a key it lists")
+	}
+	return signing.LoadTrust(c.trustFile)
 }
 
 // config is the connection as natsconn sees it.

@@ -16,6 +16,7 @@ import (
 
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/services/aigov/internal/cli"
+	"github.com/aigov/aigov/services/devenv/devkeys"
 	"github.com/aigov/aigov/services/devenv/natsdev"
 )
 
@@ -66,10 +67,11 @@ func TestConnectErrorHidesPassword(t *testing.T) {
 		{"env url", nil, map[string]string{"AIGOV_NATS_URL": "nats://platform:secret@127.0.0.1:1"}},
 		{"flag", []string{"--nats-url", "nats://127.0.0.1:1", "--password", "secret"}, nil},
 	} {
+		trust := devkeys.New(t).TrustFile
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			var out, errOut bytes.Buffer
-			args := append([]string{"authorize", "--timeout", "500ms", "--action", "model.retrain", "--resource", "Model:m"}, tc.args...)
+			args := append([]string{"authorize", "--timeout", "500ms", "--action", "model.retrain", "--resource", "Model:m", "--trust-file", trust}, tc.args...)
 			code := cli.Run(context.Background(), args, &out, &errOut, mapLookup(tc.env))
 			if code != cli.ExitError || !strings.Contains(errOut.String(), "connect to nats://") {
 				t.Fatalf("exit %d stderr %q", code, errOut.String())

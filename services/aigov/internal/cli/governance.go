@@ -48,7 +48,11 @@ func (o operatorFlags) connect() (*nats.Conn, jetstream.JetStream, error) {
 // governed sends one request with the caller's token on nc and waits for
 // its decision.
 func (o operatorFlags) governed(ctx context.Context, nc *nats.Conn, token string, req schemas.Request) (schemas.Decision, error) {
-	c, err := client.New(nc, client.Options{Prefix: o.conn.prefix, Source: "aigov-cli", Timeout: *o.timeout})
+	trust, err := o.conn.trust()
+	if err != nil {
+		return schemas.Decision{}, err
+	}
+	c, err := client.New(nc, client.Options{Prefix: o.conn.prefix, Source: "aigov-cli", Timeout: *o.timeout, Trust: trust})
 	if err != nil {
 		return schemas.Decision{}, err
 	}

@@ -43,7 +43,12 @@ func (b busFlags) open(ctx context.Context) (*killswitch.Switch, func(), error) 
 		nc.Close()
 		return nil, nil, fmt.Errorf("jetstream: %w", err)
 	}
-	sw, err := killswitch.New(ctx, js, schemas.NewTopology(b.conn.prefix), time.Now)
+	signer, err := b.conn.signer()
+	if err != nil {
+		nc.Close()
+		return nil, nil, err
+	}
+	sw, err := killswitch.New(ctx, js, schemas.NewTopology(b.conn.prefix), signer, time.Now)
 	if err != nil {
 		nc.Close()
 		return nil, nil, err

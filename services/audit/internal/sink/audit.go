@@ -10,7 +10,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aigov/aigov/schemas"
-	"github.com/aigov/aigov/services/audit/chain"
+	"github.com/aigov/aigov/schemas/signing"
 	"github.com/aigov/aigov/services/runtime"
 )
 
@@ -44,6 +44,9 @@ func Start(ctx context.Context, cfg Config, svc *runtime.Service) (*Audit, error
 	if svc == nil || svc.JS == nil || svc.HTTP == nil {
 		return nil, errors.New("audit: nil or unstarted runtime service")
 	}
+	if svc.Trust == nil {
+		return nil, errors.New("audit: no trust file (AIGOV_TRUST_FILE): the signatures of audited events cannot be checked")
+	}
 	log := svc.Log.With().Str("component", "audit").Logger()
 	conn, err := Open(ctx, cfg.ClickHouse, log)
 	if err != nil {
@@ -64,7 +67,7 @@ func start(ctx context.Context, cfg Config, svc *runtime.Service, conn driver.Co
 	if err != nil {
 		return nil, err
 	}
-	key, err := chain.LoadOrCreateKey(cfg.SigningKey, cfg.CreateSigningKey)
+	key, err := signing.LoadOrCreateKey(cfg.SigningKey, cfg.CreateSigningKey)
 	if err != nil {
 		return nil, err
 	}
@@ -95,6 +98,7 @@ func start(ctx context.Context, cfg Config, svc *runtime.Service, conn driver.Co
 		}
 		l := &streamLane{stream: stream, consumer: name, deadLtr: stream == svc.Topology.StreamDeadLetter(), w: w, js: svc.JS, kv: kv,
 			key: key, mask: mask, subjects: svc.Topology.Subjects, every: cfg.CheckpointInterval,
+			trust: svc.Trust, signers: svc.Topology.Signers(stream),
 			log: svc.Log.With().Str("component", "audit").Str("stream", stream).Logger()}
 		a.lanes = append(a.lanes, lane{consumer: cons, runner: newRunner(name), handle: l.Handle, stream: l})
 		if l.deadLtr {

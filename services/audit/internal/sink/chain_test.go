@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/aigov/aigov/schemas"
+	"github.com/aigov/aigov/schemas/signing"
 	"github.com/aigov/aigov/services/audit/chain"
 )
 
@@ -27,7 +28,7 @@ func (h *harness) verify(stream string) chain.Report {
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	pub, err := chain.LoadPublicKey(h.keyFile + ".pub")
+	pub, err := signing.LoadPublicKey(h.keyFile + ".pub")
 	if err != nil {
 		h.t.Fatal(err)
 	}

@@ -133,6 +133,8 @@ func LoadConfig(env *runtime.Env) Config {
 	// chain-head reads.
 	c.ClickHouse.Conns = 2*len(c.Common.Topology().AuditedStreams()) + 2
 	c.validate(env)
+	// Every decision's and session event's signature is checked.
+	env.Required("AIGOV_TRUST_FILE")
 	return c
 }
 

@@ -17,7 +17,7 @@ func TestLoadConfig(t *testing.T) {
 		check func(t *testing.T, c Config)
 		errs  []string
 	}{
-		{name: "defaults", env: map[string]string{"AIGOV_AUDIT_SIGNING_KEY": "/k"}, check: func(t *testing.T, c Config) {
+		{name: "defaults", env: map[string]string{"AIGOV_AUDIT_SIGNING_KEY": "/k", "AIGOV_TRUST_FILE": "/t"}, check: func(t *testing.T, c Config) {
 			want := ClickHouseConfig{Addrs: []string{"127.0.0.1:9000"}, Database: "aigov", User: "default", Compression: CompressionNone,
 				Conns: 2*len(c.Common.Topology().AuditedStreams()) + 2, StartupTimeout: time.Minute}
 			if !reflect.DeepEqual(c.ClickHouse, want) {
@@ -38,7 +38,7 @@ func TestLoadConfig(t *testing.T) {
 			"AIGOV_CLICKHOUSE_ADDR": "ch1:9000, ch2:9000", "AIGOV_CLICKHOUSE_DATABASE": "audit_prod",
 			"AIGOV_CLICKHOUSE_USER": "writer", "AIGOV_CLICKHOUSE_PASSWORD": "pw", "AIGOV_CLICKHOUSE_STARTUP_TIMEOUT": "5s",
 			"AIGOV_CLICKHOUSE_COMPRESSION": "lz4",
-			"AIGOV_AUDIT_BATCH_SIZE":       "10000", "AIGOV_AUDIT_FLUSH_INTERVAL": "15s", "AIGOV_AUDIT_SIGNING_KEY": "/k",
+			"AIGOV_AUDIT_BATCH_SIZE":       "10000", "AIGOV_AUDIT_FLUSH_INTERVAL": "15s", "AIGOV_AUDIT_SIGNING_KEY": "/k", "AIGOV_TRUST_FILE": "/t",
 		}, check: func(t *testing.T, c Config) {
 			want := ClickHouseConfig{Addrs: []string{"ch1:9000", "ch2:9000"}, Database: "audit_prod", User: "writer", Password: "pw", Compression: CompressionLZ4,
 				Conns: 2*len(c.Common.Topology().AuditedStreams()) + 2, StartupTimeout: 5 * time.Second}
@@ -59,7 +59,7 @@ func TestLoadConfig(t *testing.T) {
 		}, errs: []string{`AIGOV_CLICKHOUSE_COMPRESSION: unknown compression "gzip" (want lz4, zstd or none)`, "AIGOV_AUDIT_FLUSH_INTERVAL=1m0s", "AIGOV_AUDIT_BATCH_SIZE=50001 must be at most 50000",
 			"AIGOV_CLICKHOUSE_DATABASE", "AIGOV_CLICKHOUSE_STARTUP_TIMEOUT"}},
 		{name: "signing key missing, bad mask mode", env: map[string]string{"AIGOV_AUDIT_MASK_MODE": "rot13"},
-			errs: []string{"AIGOV_AUDIT_SIGNING_KEY is required", "AIGOV_AUDIT_MASK_MODE"}},
+			errs: []string{"AIGOV_AUDIT_SIGNING_KEY is required", "AIGOV_TRUST_FILE is required", "AIGOV_AUDIT_MASK_MODE"}},
 		{name: "batch size below one", env: map[string]string{"AIGOV_AUDIT_BATCH_SIZE": "0"}, errs: []string{"AIGOV_AUDIT_BATCH_SIZE"}},
 	}
 	for _, c := range cases {

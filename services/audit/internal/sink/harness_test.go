@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"net/http"
 	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -13,8 +15,10 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aigov/aigov/schemas"
+	"github.com/aigov/aigov/schemas/signing"
 	"github.com/aigov/aigov/services/audit/internal/chtest"
 	"github.com/aigov/aigov/services/devenv/clickhouse"
+	"github.com/aigov/aigov/services/devenv/devkeys"
 	"github.com/aigov/aigov/services/devenv/natsdev"
 	"github.com/aigov/aigov/services/runtime"
 )
@@ -38,6 +42,8 @@ type harness struct {
 	stop     func() // shuts the service down and waits for it
 	ns       *natsdev.Server
 	keyFile  string
+	// keys sign what the harness publishes as the services would.
+	keys *devkeys.Set
 }
 
 type harnessOptions struct {
@@ -85,7 +91,13 @@ func startHarness(t *testing.T, o harnessOptions) *harness {
 		db = chtest.DatabaseName(t)
 		chtest.DropAtCleanup(t, server, db)
 	}
+	// Next to the checkpoint key, so a restarted harness trusts the same.
+	keys, err := devkeys.Generate(filepath.Join(filepath.Dir(o.keyFile), "event-keys"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	vars := map[string]string{
+		"AIGOV_TRUST_FILE":                keys.TrustFile,
 		"AIGOV_NATS_URL":                  ns.URL(),
 		"AIGOV_NATS_TLS_CA":               ns.CAFile(),
 		"AIGOV_NATS_PASSWORD":             ns.Password(schemas.RoleAudit),
@@ -148,7 +160,7 @@ func startHarness(t *testing.T, o harnessOptions) *harness {
 	}
 	t.Cleanup(stop)
 	h := &harness{t: t, subjects: cfg.Common.Topology().Subjects, topo: cfg.Common.Topology(), db: db,
-		ch: chtest.Open(t, server, db), admin: admin, svc: svc, stop: stop, ns: ns, keyFile: o.keyFile}
+		ch: chtest.Open(t, server, db), admin: admin, svc: svc, stop: stop, ns: ns, keyFile: o.keyFile, keys: keys}
 	h.waitReady(true, 5*time.Second)
 	return h
 }
@@ -157,17 +169,45 @@ func itoa(n int) string { b, _ := json.Marshal(n); return string(b) }
 
 // publish stores raw on subject with msgID as its Nats-Msg-Id and waits
 // for JetStream's ack.
+//
+// It signs as the service that publishes on the subject's stream would
+// (policy for decisions, the reaper for sessions…); use publishMsg for
+// anything else.
 func (h *harness) publish(subject string, raw []byte, msgID string) {
 	h.t.Helper()
 	m := nats.NewMsg(subject)
 	m.Data = raw
 	if msgID != "" {
 		m.Header.Set(schemas.HeaderMsgID, msgID)
+		if role := h.signerOf(subject); role != "" {
+			m.Header.Set(signing.Header, h.keys.Signer(role).Sign(subject, msgID, raw))
+		}
 	}
+	h.publishMsg(m)
+}
+
+// signerOf is the role that signs the events of subject's stream: the
+// subject's kind (aigov.<kind>.…) names it.
+func (h *harness) signerOf(subject string) string {
+	kind, _, _ := strings.Cut(strings.TrimPrefix(subject, h.subjects.Prefix+"."), ".")
+	switch kind {
+	case schemas.KindVerified:
+		return schemas.RoleAuthn
+	case schemas.KindDecision, schemas.KindPolicy, schemas.KindEntity, schemas.KindApproval:
+		return schemas.RolePolicy
+	case schemas.KindSession:
+		return schemas.RoleReaper
+	}
+	return ""
+}
+
+// publishMsg stores m as it is.
+func (h *harness) publishMsg(m *nats.Msg) {
+	h.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if _, err := h.admin.PublishMsg(ctx, m); err != nil {
-		h.t.Fatalf("publish on %s: %v", subject, err)
+		h.t.Fatalf("publish on %s: %v", m.Subject, err)
 	}
 }
 

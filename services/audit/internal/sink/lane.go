@@ -17,6 +17,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/aigov/aigov/schemas"
+	"github.com/aigov/aigov/schemas/signing"
 	"github.com/aigov/aigov/services/audit/chain"
 )
 
@@ -41,11 +42,35 @@ type streamLane struct {
 	subjects schemas.Subjects
 	every    time.Duration
 	log      zerolog.Logger
+	// trust checks the signatures of the events of a stream whose
+	// publishers sign (signers: their roles; none for requests and dead
+	// letters).
+	trust   *signing.Trust
+	signers []string
 
 	head      chain.Head
 	haveHead  bool
 	signedSeq uint64
 	signedAt  time.Time
+}
+
+// checkSignature records in d's rows who signed the event and whether the
+// signature holds, for a stream whose events are signed (signers names
+// the roles that publish on it). It checks the raw body, as signed, not
+// the masked one that is stored.
+func (l *streamLane) checkSignature(d *decoded, it item) {
+	if len(l.signers) == 0 {
+		return
+	}
+	key, err := l.trust.VerifyMsg(it.md.Subject, it.md.Header, it.raw, l.signers...)
+	status := string(signing.StatusOf(err))
+	d.log.SignerKeyID, d.log.Signature = key.ID, status
+	if d.decision != nil {
+		d.decision.SignerKeyID, d.decision.Signature = key.ID, status
+	}
+	if err != nil && l.w.badSignatures != nil {
+		l.w.badSignatures.WithLabelValues(l.stream, status).Inc()
+	}
 }
 
 // item is one stream position to write.
@@ -184,7 +209,9 @@ const minDecodeChunk = 256
 // decodeItem is what one stream position becomes, before chaining.
 func (l *streamLane) decodeItem(it item) decoded {
 	if it.gap == 0 {
-		return decode(l.mask.event(it.raw), it.md, l.consumer, l.deadLtr)
+		d := decode(l.mask.event(it.raw), it.md, l.consumer, l.deadLtr)
+		l.checkSignature(&d, it)
+		return d
 	}
 	var d decoded
 	d.log = logRow{Row: chain.Row{Stream: l.stream, Seq: it.md.Seq, EventID: "gap:" + l.stream + ":" + strconv.FormatUint(it.md.Seq, 10),
@@ -226,7 +253,7 @@ func (l *streamLane) fillGaps(ctx context.Context, items []item) ([]item, error)
 				out = append(out, item{md: meta{Stream: l.stream, Seq: expect - 1}, gap: gapFrom})
 				gapFrom = 0
 			}
-			out = append(out, item{md: meta{Subject: m.Subject, Stream: l.stream, Seq: m.Sequence, Stored: m.Time}, raw: m.Data})
+			out = append(out, item{md: meta{Subject: m.Subject, Stream: l.stream, Seq: m.Sequence, Stored: m.Time, Header: m.Header}, raw: m.Data})
 		}
 		if gapFrom > 0 {
 			out = append(out, item{md: meta{Stream: l.stream, Seq: expect - 1}, gap: gapFrom})

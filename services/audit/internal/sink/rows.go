@@ -11,6 +11,7 @@ import (
 	"time"
 
 	gojson "github.com/goccy/go-json"
+	"github.com/nats-io/nats.go"
 
 	"github.com/aigov/aigov/schemas"
 )
@@ -27,6 +28,8 @@ type meta struct {
 	// Stored is when JetStream stored the message; stable across
 	// redeliveries, so it can date an invalid message idempotently.
 	Stored time.Time
+	// Header carries the event's signature and Nats-Msg-Id.
+	Header nats.Header
 }
 
 // eventRow is one row of the events table.
@@ -76,6 +79,8 @@ type decisionRow struct {
 	TotalUS          uint64
 	NATSSubject      string
 	Seq              uint64
+	SignerKeyID      string
+	Signature        string
 }
 
 // sessionRow is one row of the session_events table.

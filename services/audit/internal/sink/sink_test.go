@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/aigov/aigov/schemas"
+	"github.com/aigov/aigov/schemas/signing"
 )
 
 // readDecision reads one decision back with every column the writer sets.
@@ -21,7 +22,8 @@ func (h *harness) readDecision(requestID string) (decisionRow, time.Time) {
 		&r.EventID, &r.RequestID, &r.Source, &r.Time, &r.TimeUS, &r.ReceivedAt, &r.Action,
 		&r.ResourceType, &r.ResourceID, &r.PrincipalID, &r.PrincipalType, &r.Issuer, &r.Subject, &r.Email, &r.Groups, &r.Scopes,
 		&r.Decision, &r.Code, &r.Reason, &r.Stage, &r.PolicyIDs, &r.PolicyErrors, &r.PolicyVersion, &r.SessionKey,
-		&r.TokenFingerprint, &r.Context, &r.AuthnUS, &r.PolicyUS, &r.TotalUS, &r.NATSSubject, &r.Seq, &inserted, &insertedUS)
+		&r.TokenFingerprint, &r.Context, &r.AuthnUS, &r.PolicyUS, &r.TotalUS, &r.NATSSubject, &r.Seq, &inserted, &insertedUS,
+		&r.SignerKeyID, &r.Signature)
 	if err != nil {
 		h.t.Fatalf("read decision %s: %v", requestID, err)
 	}
@@ -105,6 +107,8 @@ func TestWritesEveryEvent(t *testing.T) {
 	d := decisionN(i)
 	got, inserted := h.readDecision(d.RequestID)
 	want := normalize(expectedDecision(d, schemas.DerivedID(d.RequestID, "decision"), h.subjects.Decision(d.Action), i+1))
+	// The harness signs as policy does.
+	want.SignerKeyID, want.Signature = h.keys.Signer(schemas.RolePolicy).KeyID(), string(signing.Valid)
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("decision row:\n got %+v\nwant %+v", got, want)
 	}

@@ -23,9 +23,10 @@ const (
 	decisionColumns = "event_id, request_id, source, event_time, event_time_us, received_at, action, " +
 		"resource_type, resource_id, principal_id, principal_type, issuer, subject, email, groups, scopes, " +
 		"decision, code, reason, stage, policy_ids, policy_errors, policy_version, session_key, " +
-		"token_fingerprint, context, authn_us, policy_us, total_us, nats_subject, stream_seq, inserted_at, inserted_us"
+		"token_fingerprint, context, authn_us, policy_us, total_us, nats_subject, stream_seq, inserted_at, inserted_us, " +
+		"signer_key_id, signature"
 	logColumns = "stream, stream_seq, prev_seq, event_id, type, source, nats_subject, event_time, event_time_us, " +
-		"data, invalid_reason, row_hash, chain_hash, inserted_at, inserted_us"
+		"data, invalid_reason, row_hash, chain_hash, inserted_at, inserted_us, signer_key_id, signature"
 	approvalColumns = "event_id, type, approval_id, status, request_id, action, resource_type, resource_id, approver, " +
 		"requester, reason, expires_at_us, event_time, event_time_us, data, nats_subject, stream, stream_seq, inserted_at"
 	changeColumns = "event_id, type, kind, version, previous, changed_by, entity_type, entity_id, summary, event_time, " +
@@ -56,7 +57,12 @@ type Writer struct {
 	log     zerolog.Logger
 	rows    *prometheus.CounterVec
 	invalid prometheus.Counter
+	// badSignatures counts events stored whose signature was missing,
+	// invalid or by an untrusted key, by stream and status.
+	badSignatures *prometheus.CounterVec
 }
+
+const badSignaturesHelp = "Audited events whose signature is missing (unsigned), does not verify (invalid) or is by a key the trust file does not give their publisher (untrusted), by stream."
 
 // NewWriter writes into database db through conn and registers its
 // metrics in reg.
@@ -82,11 +88,18 @@ func NewWriter(conn driver.Conn, db string, reg prometheus.Registerer, log zerol
 			Name: "aigov_audit_invalid_messages_total",
 			Help: "Messages that could not be decoded and were recorded as type invalid in the events table.",
 		}),
+		badSignatures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "aigov_audit_bad_signatures_total",
+			Help: badSignaturesHelp,
+		}, []string{"stream", "status"}),
 	}
 	if err := reg.Register(w.rows); err != nil {
 		return nil, fmt.Errorf("audit writer: register metrics: %w", err)
 	}
 	if err := reg.Register(w.invalid); err != nil {
+		return nil, fmt.Errorf("audit writer: register metrics: %w", err)
+	}
+	if err := reg.Register(w.badSignatures); err != nil {
 		return nil, fmt.Errorf("audit writer: register metrics: %w", err)
 	}
 	return w, nil
@@ -96,7 +109,7 @@ func NewWriter(conn driver.Conn, db string, reg prometheus.Registerer, log zerol
 // JetStream metadata cannot come from a consumer, but if it ever does it
 // is still written, with a zero sequence.
 func metaOf(m jetstream.Msg) meta {
-	md := meta{Subject: m.Subject()}
+	md := meta{Subject: m.Subject(), Header: m.Headers()}
 	if x, err := m.Metadata(); err == nil {
 		md.Stream, md.Seq, md.Stored = x.Stream, x.Sequence.Stream, x.Timestamp
 	}
@@ -269,6 +282,8 @@ func (w *Writer) insertDecisions(ctx context.Context, rows []*decisionRow) error
 		columnOf(rows, func(r *r) uint64 { return r.Seq }),
 		repeat(len(rows), at),
 		repeat(len(rows), us),
+		columnOf(rows, func(r *r) string { return r.SignerKeyID }),
+		columnOf(rows, func(r *r) string { return r.Signature }),
 	})
 }
 
@@ -291,6 +306,8 @@ func (w *Writer) insertLog(ctx context.Context, rows []*logRow) error {
 		columnOf(rows, func(r *r) string { return r.ChainHash }),
 		repeat(len(rows), at),
 		repeat(len(rows), us),
+		columnOf(rows, func(r *r) string { return r.SignerKeyID }),
+		columnOf(rows, func(r *r) string { return r.Signature }),
 	})
 }
 

@@ -13,6 +13,7 @@ import (
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/schemas/client"
 	"github.com/aigov/aigov/services/authn/internal/verify"
+	"github.com/aigov/aigov/services/devenv/devkeys"
 	"github.com/aigov/aigov/services/devenv/idp"
 	"github.com/aigov/aigov/services/devenv/natsdev"
 )
@@ -106,7 +107,7 @@ func TestNotReadyUntilRevocationsLoad(t *testing.T) {
 	topo := schemas.NewTopology("")
 	// natsdev.Start provisioned the topology (as aigov bus provision does).
 	v, err := verify.New(verify.Config{Workers: 1, HTTPTimeout: time.Second, Issuers: []verify.Issuer{{URL: "https://idp.example", Audiences: []string{"aigov"}}}},
-		verify.Deps{Log: zerolog.Nop(), NC: nc, JS: js, Topology: topo, Registry: prometheus.NewRegistry()})
+		verify.Deps{Log: zerolog.Nop(), NC: nc, JS: js, Topology: topo, Registry: prometheus.NewRegistry(), Signer: devkeys.New(t).Signer(schemas.RoleAuthn)})
 	if err != nil {
 		t.Fatal(err)
 	}

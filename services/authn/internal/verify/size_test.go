@@ -73,7 +73,7 @@ func TestOversizedRequestsGetADecision(t *testing.T) {
 func TestSDKRefusesATokenTheBusCannotCarry(t *testing.T) {
 	t.Parallel()
 	e := startEnv(t)
-	c, err := client.New(e.platNC, client.Options{Timeout: 2 * time.Second})
+	c, err := client.New(e.platNC, client.Options{Timeout: 2 * time.Second, Trust: e.keys.Trust()})
 	if err != nil {
 		t.Fatal(err)
 	}

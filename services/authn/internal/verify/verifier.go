@@ -23,6 +23,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/aigov/aigov/schemas"
+	"github.com/aigov/aigov/schemas/signing"
 	"github.com/aigov/aigov/services/runtime"
 	"github.com/aigov/aigov/services/runtime/revocation"
 )
@@ -45,6 +46,9 @@ type Deps struct {
 	Topology schemas.Topology
 	// Registry receives the service's metrics.
 	Registry prometheus.Registerer
+	// Signer signs every verified event and deny, so that policy, the
+	// audit and the requester can tell them from forgeries.
+	Signer *signing.Signer
 }
 
 // Verifier consumes requests and publishes verified events or denies.
@@ -79,7 +83,7 @@ func New(cfg Config, deps Deps) (*Verifier, error) {
 	if err != nil {
 		return nil, err
 	}
-	pub, err := runtime.NewPublisher(deps.JS, deps.NC, Source, deps.Log)
+	pub, err := runtime.NewPublisher(deps.JS, deps.NC, deps.Signer, Source, deps.Log)
 	if err != nil {
 		return nil, fmt.Errorf("authn: %w", err)
 	}
@@ -443,10 +447,10 @@ func (v *Verifier) deny(ctx context.Context, r request, d *Denial) error {
 
 // publish sends one event to JetStream and waits for its ack. The msg id
 // makes a redelivered request's event a duplicate the stream drops.
-func (v *Verifier) publish(ctx context.Context, subject, id, typ string, at time.Time, data any) ([]byte, error) {
+func (v *Verifier) publish(ctx context.Context, subject, id, typ string, at time.Time, data any) (*nats.Msg, error) {
 	return v.pub.Publish(ctx, runtime.Outgoing{NATSSubject: subject, ID: id, Type: typ, Time: at, Data: data})
 }
 
 // reply sends a decision to the requester's inbox, best effort: the
 // decision itself is already durable.
-func (v *Verifier) reply(r request, body []byte) { v.pub.Reply(r.id, r.replyTo, body) }
+func (v *Verifier) reply(r request, stored *nats.Msg) { v.pub.Reply(r.id, r.replyTo, stored) }

@@ -20,6 +20,7 @@ import (
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/schemas/client"
 	"github.com/aigov/aigov/services/authn/internal/verify"
+	"github.com/aigov/aigov/services/devenv/devkeys"
 	"github.com/aigov/aigov/services/devenv/idp"
 	"github.com/aigov/aigov/services/devenv/natsdev"
 )
@@ -36,6 +37,7 @@ type env struct {
 	registry *prometheus.Registry
 	logs     *syncBuffer
 	out      *collector
+	keys     *devkeys.Set
 
 	good      *idp.Provider // trusted
 	otherAud  *idp.Provider // trusted, but issues tokens for audience "other"
@@ -84,7 +86,7 @@ func startEnvTopo(t *testing.T, topo schemas.Topology) *env {
 	t.Helper()
 	ctx := context.Background()
 	srv := natsdev.StartT(t, natsdev.Options{})
-	e := &env{topo: topo, registry: prometheus.NewRegistry(), logs: &syncBuffer{}}
+	e := &env{topo: topo, registry: prometheus.NewRegistry(), logs: &syncBuffer{}, keys: devkeys.New(t)}
 
 	e.good = startIDP(t, idp.Options{})
 	e.otherAud = startIDP(t, idp.Options{ClientID: "other"})
@@ -136,6 +138,7 @@ func startEnvTopo(t *testing.T, topo schemas.Topology) *env {
 		JS:       authnJS,
 		Topology: e.topo,
 		Registry: e.registry,
+		Signer:   e.keys.Signer(schemas.RoleAuthn),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -180,6 +183,7 @@ type output struct {
 	msgID   string
 	raw     []byte
 	event   schemas.Event
+	header  nats.Header
 }
 
 // collector reads the streams authn publishes to, as admin, and indexes
@@ -201,7 +205,7 @@ func collect(t *testing.T, js jetstream.JetStream, streams ...string) *collector
 			t.Fatal(err)
 		}
 		cc, err := cons.Consume(func(m jetstream.Msg) {
-			o := output{subject: m.Subject(), msgID: m.Headers().Get(schemas.HeaderMsgID), raw: bytes.Clone(m.Data())}
+			o := output{subject: m.Subject(), msgID: m.Headers().Get(schemas.HeaderMsgID), raw: bytes.Clone(m.Data()), header: m.Headers()}
 			var data struct {
 				RequestID string `json:"request_id"`
 			}
@@ -582,6 +586,13 @@ func (e *env) assertOutput(t *testing.T, id string, w want, o output) {
 	}
 	if o.event.Source != verify.Source || o.event.SpecVersion != schemas.SpecVersion || o.msgID != o.event.ID {
 		t.Fatalf("envelope: source %q specversion %q msg id %q event id %q", o.event.Source, o.event.SpecVersion, o.msgID, o.event.ID)
+	}
+	// Every verified event and deny is signed by authn, for what it is, as
+	// stored (policy and the audit check exactly this).
+	if k, err := e.keys.Trust().VerifyMsg(o.subject, o.header, o.raw, schemas.RoleAuthn); err != nil {
+		t.Fatalf("authn's %s is not signed by authn: %v", o.event.Type, err)
+	} else if k.ID != e.keys.Signer(schemas.RoleAuthn).KeyID() {
+		t.Fatalf("signed by key %s", k.ID)
 	}
 	if w.verified {
 		if o.event.Type != schemas.TypeVerified || o.subject != e.topo.Subjects.Verified(action) || o.event.ID != schemas.DerivedID(id, "verified") {

@@ -91,6 +91,10 @@ func Bench(ctx context.Context, args []string, out io.Writer) error {
 	poll := startRowPoller(ctx, st.DB, uint64(*n))
 	defer poll.stop()
 	var failures, allows, denies atomic.Int64
+	cpu0, err := readCPU(ctx, st)
+	if err != nil {
+		return err
+	}
 	sem := make(chan struct{}, *concurrency)
 	var wg sync.WaitGroup
 	var interval time.Duration
@@ -143,6 +147,10 @@ func Bench(ctx context.Context, args []string, out io.Writer) error {
 		}
 	}
 	poll.stop()
+	cpu1, err := readCPU(ctx, st)
+	if err != nil {
+		return err
+	}
 	slices.SortFunc(received, func(a, b time.Time) int { return a.Compare(b) })
 	visible := poll.lags(received)
 	// End-of-pipe lag: from the decision (event_time_us, when the policy
@@ -170,6 +178,9 @@ func Bench(ctx context.Context, args []string, out io.Writer) error {
 	if len(lag) == 2 {
 		fmt.Fprintf(out, "             p50 %s  p99 %s  max %s (decided → writer starts the insert: inserted_us − event_time_us)\n",
 			time.Duration(lag[0])*time.Microsecond, time.Duration(lag[1])*time.Microsecond, time.Duration(lagMax)*time.Microsecond)
+	}
+	if decided > 0 {
+		fmt.Fprint(out, cpu1.sub(cpu0).report(decided))
 	}
 	if failures.Load() > 0 || rows != uint64(decided) {
 		return fmt.Errorf("bench: %d requests without a decision, %d audit rows for %d decisions", failures.Load(), rows, decided)

@@ -10,10 +10,12 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/aigov/aigov/schemas"
+	"github.com/aigov/aigov/services/devenv/devkeys"
 	"github.com/aigov/aigov/services/devenv/idp"
 	"github.com/aigov/aigov/services/devenv/natsdev"
 	"github.com/aigov/aigov/services/devstack/internal/demo"
@@ -99,13 +101,14 @@ func Demo(ctx context.Context, args []string, out io.Writer) error {
 // needs to act as that role against the dev stack, for the aigov CLI (which
 // reads these variables) and the plain nats CLI (--tlsca "$AIGOV_NATS_TLS_CA"):
 // the URL, the user and its dev password (generated at start), and the dev
-// CA the server's certificate chains to.
-func writeEnvFiles(ns *natsdev.Server, dir string) error {
+// CA the server's certificate chains to, the trust file of the services'
+// public keys and, for a role that signs events, its signing key.
+func writeEnvFiles(ns *natsdev.Server, keys *devkeys.Set, dir string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
 	for _, role := range schemas.Roles() {
-		if err := os.WriteFile(filepath.Join(dir, role+".env"), []byte(EnvFile(ns, role)), 0o600); err != nil {
+		if err := os.WriteFile(filepath.Join(dir, role+".env"), []byte(EnvFile(ns, keys, role)), 0o600); err != nil {
 			return err
 		}
 	}
@@ -114,8 +117,9 @@ func writeEnvFiles(ns *natsdev.Server, dir string) error {
 
 // EnvFile is the content of .run/env/<role>.env: AIGOV_NATS_URL, then the
 // role's credentials (user and password, or its client certificate when
-// the server maps users from certificates), then AIGOV_NATS_TLS_CA.
-func EnvFile(ns *natsdev.Server, role string) string {
+// the server maps users from certificates), then AIGOV_NATS_TLS_CA, then
+// AIGOV_TRUST_FILE and, for a role that signs, AIGOV_SIGNING_KEY.
+func EnvFile(ns *natsdev.Server, keys *devkeys.Set, role string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "AIGOV_NATS_URL=%s\nAIGOV_NATS_USER=%s\n", ns.URL(), role)
 	if pw := ns.Password(role); pw != "" {
@@ -125,6 +129,10 @@ func EnvFile(ns *natsdev.Server, role string) string {
 		fmt.Fprintf(&b, "AIGOV_NATS_TLS_CERT=%s\nAIGOV_NATS_TLS_KEY=%s\n", cert, key)
 	}
 	fmt.Fprintf(&b, "AIGOV_NATS_TLS_CA=%s\n", ns.CAFile())
+	fmt.Fprintf(&b, "AIGOV_TRUST_FILE=%s\n", keys.TrustFile)
+	if slices.Contains(devkeys.Roles, role) {
+		fmt.Fprintf(&b, "AIGOV_SIGNING_KEY=%s\n", keys.KeyFile(role))
+	}
 	return b.String()
 }
 
@@ -149,7 +157,7 @@ func serve(ctx context.Context, st *stack.Stack, work string, out io.Writer) err
 	if err := write(); err != nil {
 		return fmt.Errorf("write tokens: %w", err)
 	}
-	if err := writeEnvFiles(st.NATS, filepath.Join(work, "env")); err != nil {
+	if err := writeEnvFiles(st.NATS, st.Keys, filepath.Join(work, "env")); err != nil {
 		return fmt.Errorf("write env files: %w", err)
 	}
 	rel, _ := filepath.Rel(st.Root, work)

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/aigov/aigov/schemas"
+	"github.com/aigov/aigov/services/devenv/devkeys"
 	"github.com/aigov/aigov/services/devenv/natsdev"
 )
 
@@ -43,7 +45,8 @@ func TestEnvFilesPerRole(t *testing.T) {
 	t.Parallel()
 	ns := natsdev.StartT(t, natsdev.Options{})
 	dir := t.TempDir()
-	if err := writeEnvFiles(ns, dir); err != nil {
+	signKeys := devkeys.New(t)
+	if err := writeEnvFiles(ns, signKeys, dir); err != nil {
 		t.Fatal(err)
 	}
 	for _, role := range schemas.Roles() {
@@ -60,12 +63,20 @@ func TestEnvFilesPerRole(t *testing.T) {
 		for _, l := range strings.Split(strings.TrimSpace(string(raw)), "\n") {
 			keys = append(keys, strings.SplitN(l, "=", 2)[0])
 		}
-		if got, want := strings.Join(keys, ","), "AIGOV_NATS_URL,AIGOV_NATS_USER,AIGOV_NATS_PASSWORD,AIGOV_NATS_TLS_CA"; got != want {
+		want := "AIGOV_NATS_URL,AIGOV_NATS_USER,AIGOV_NATS_PASSWORD,AIGOV_NATS_TLS_CA,AIGOV_TRUST_FILE"
+		if slices.Contains(devkeys.Roles, role) {
+			want += ",AIGOV_SIGNING_KEY"
+		}
+		if got := strings.Join(keys, ","); got != want {
 			t.Fatalf("%s keys %s, want %s", path, got, want)
 		}
 		env := parseEnv(t, path)
-		if env["AIGOV_NATS_USER"] != role || env["AIGOV_NATS_TLS_CA"] != ns.CAFile() || env["AIGOV_NATS_PASSWORD"] != ns.Password(role) {
+		if env["AIGOV_NATS_USER"] != role || env["AIGOV_NATS_TLS_CA"] != ns.CAFile() || env["AIGOV_NATS_PASSWORD"] != ns.Password(role) ||
+			env["AIGOV_TRUST_FILE"] != signKeys.TrustFile {
 			t.Fatalf("%s: %v", path, env)
+		}
+		if k := env["AIGOV_SIGNING_KEY"]; k != "" && k != signKeys.KeyFile(role) {
+			t.Fatalf("%s: signing key %s", path, k)
 		}
 		nc, err := nats.Connect(env["AIGOV_NATS_URL"], nats.UserInfo(env["AIGOV_NATS_USER"], env["AIGOV_NATS_PASSWORD"]),
 			nats.RootCAs(env["AIGOV_NATS_TLS_CA"]), nats.CustomInboxPrefix(schemas.InboxPrefix(role)))
@@ -81,10 +92,11 @@ func TestEnvFilesPerRole(t *testing.T) {
 func TestEnvFileClientCert(t *testing.T) {
 	t.Parallel()
 	ns := natsdev.StartT(t, natsdev.Options{ClientCerts: true})
-	got := EnvFile(ns, schemas.RoleAudit)
+	signKeys := devkeys.New(t)
+	got := EnvFile(ns, signKeys, schemas.RoleAudit)
 	cert, key := ns.ClientCert(schemas.RoleAudit)
 	want := "AIGOV_NATS_URL=" + ns.URL() + "\nAIGOV_NATS_USER=audit\nAIGOV_NATS_TLS_CERT=" + cert + "\nAIGOV_NATS_TLS_KEY=" + key +
-		"\nAIGOV_NATS_TLS_CA=" + ns.CAFile() + "\n"
+		"\nAIGOV_NATS_TLS_CA=" + ns.CAFile() + "\nAIGOV_TRUST_FILE=" + signKeys.TrustFile + "\n"
 	if got != want {
 		t.Fatalf("env file\n%s\nwant\n%s", got, want)
 	}
@@ -131,7 +143,7 @@ func TestNatsCLIWithEnvFile(t *testing.T) {
 	bin := natsCLI(t)
 	ns := natsdev.StartT(t, natsdev.Options{})
 	dir := t.TempDir()
-	if err := writeEnvFiles(ns, dir); err != nil {
+	if err := writeEnvFiles(ns, devkeys.New(t), dir); err != nil {
 		t.Fatal(err)
 	}
 	env := parseEnv(t, filepath.Join(dir, schemas.RolePlatform+".env"))

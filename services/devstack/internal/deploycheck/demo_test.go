@@ -163,6 +163,7 @@ func TestDemoScriptAndDashboardAgainstDevStack(t *testing.T) {
 		"AIGOV_NATS_URL=" + st.NATS.URL(),
 		"AIGOV_NATS_PASSWORD=" + st.NATS.Password(schemas.RolePlatform),
 		"AIGOV_NATS_TLS_CA=" + st.NATS.CAFile(),
+		"AIGOV_TRUST_FILE=" + st.Keys.TrustFile,
 		"DEX_TOKEN_URL=" + tokens.URL + "/token",
 		"DEX_CLIENT_ID=" + clientID,
 		"DEX_CLIENT_SECRET=" + secret,

@@ -18,6 +18,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/aigov/aigov/schemas"
+	"github.com/aigov/aigov/schemas/signing"
 	"github.com/aigov/aigov/services/devstack/internal/demo"
 	"github.com/aigov/aigov/services/devstack/internal/stack"
 )
@@ -136,7 +137,7 @@ func checkCLI(ctx context.Context, t *testing.T, st *stack.Stack, bin string) []
 			t.Fatal(err)
 		}
 		cmd := exec.CommandContext(ctx, filepath.Join(bin, "aigov"), "authorize", "--json",
-			"--nats", st.NATS.URL(), "--tls-ca", st.NATS.CAFile(), "--user", schemas.RolePlatform, "--password", st.NATS.Password(schemas.RolePlatform),
+			"--nats", st.NATS.URL(), "--tls-ca", st.NATS.CAFile(), "--trust-file", st.Keys.TrustFile, "--user", schemas.RolePlatform, "--password", st.NATS.Password(schemas.RolePlatform),
 			"--token-file", file, "--action", "dataset.update", "--resource", "Dataset:transactions-training",
 			"--context", `{"environment":"staging"}`)
 		stdout, err := cmd.Output()
@@ -196,7 +197,8 @@ func malformedRequest(ctx context.Context, t *testing.T, st *stack.Stack) schema
 func checkDecisionRows(ctx context.Context, t *testing.T, st *stack.Stack, byID map[string]schemas.Decision) {
 	t.Helper()
 	rows, err := st.DB.Query(ctx, `SELECT request_id, action, resource_type, resource_id, toString(decision), code, stage,
-		principal_id, issuer, subject, email, groups, policy_ids, policy_version, token_fingerprint, session_key, event_time_us
+		principal_id, issuer, subject, email, groups, policy_ids, policy_version, token_fingerprint, session_key, event_time_us,
+		signer_key_id, toString(signature)
 		FROM aigov.decisions FINAL`)
 	if err != nil {
 		t.Fatal(err)
@@ -205,11 +207,11 @@ func checkDecisionRows(ctx context.Context, t *testing.T, st *stack.Stack, byID 
 	seen := map[string]bool{}
 	for rows.Next() {
 		var (
-			id, action, rtype, rid, decision, code, stage, pid, iss, sub, email, version, fp, session string
-			groups, policies                                                                          []string
-			at                                                                                        uint64
+			id, action, rtype, rid, decision, code, stage, pid, iss, sub, email, version, fp, session, signer, sig string
+			groups, policies                                                                                       []string
+			at                                                                                                     uint64
 		)
-		if err := rows.Scan(&id, &action, &rtype, &rid, &decision, &code, &stage, &pid, &iss, &sub, &email, &groups, &policies, &version, &fp, &session, &at); err != nil {
+		if err := rows.Scan(&id, &action, &rtype, &rid, &decision, &code, &stage, &pid, &iss, &sub, &email, &groups, &policies, &version, &fp, &session, &at, &signer, &sig); err != nil {
 			t.Fatal(err)
 		}
 		d, ok := byID[id]
@@ -221,6 +223,15 @@ func checkDecisionRows(ctx context.Context, t *testing.T, st *stack.Stack, byID 
 			t.Errorf("two rows for request %s", id)
 		}
 		seen[id] = true
+		// The audit checked each decision's signature: authn's key for its
+		// denies, policy's for the rest.
+		wantSigner := st.Keys.Signer(schemas.RolePolicy).KeyID()
+		if d.Stage == schemas.StageAuthn {
+			wantSigner = st.Keys.Signer(schemas.RoleAuthn).KeyID()
+		}
+		if sig != string(signing.Valid) || signer != wantSigner {
+			t.Errorf("row %s: signature %q by %q, want valid by %s", id, sig, signer, wantSigner)
+		}
 		want := []string{d.Action, d.Resource.Type, d.Resource.ID, d.Decision, string(d.Code), d.Stage, d.PolicyVersion, d.TokenFingerprint, d.SessionKey}
 		got := []string{action, rtype, rid, decision, code, stage, version, fp, session}
 		if !slices.Equal(got, want) {

@@ -64,7 +64,7 @@ func TestGovernanceEndToEnd(t *testing.T) {
 		}
 		return 0, string(out), stderr.String()
 	}
-	bus := []string{"--nats", st.NATS.URL(), "--tls-ca", st.NATS.CAFile(), "--password", st.NATS.Password(schemas.RoleOperator)}
+	bus := []string{"--nats", st.NATS.URL(), "--tls-ca", st.NATS.CAFile(), "--trust-file", st.Keys.TrustFile, "--password", st.NATS.Password(schemas.RoleOperator)}
 	decision := func(what, out string) schemas.Decision {
 		t.Helper()
 		var d schemas.Decision

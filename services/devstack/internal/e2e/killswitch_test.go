@@ -18,6 +18,7 @@ import (
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/schemas/client"
 	"github.com/aigov/aigov/schemas/killswitch"
+	"github.com/aigov/aigov/schemas/signing"
 	"github.com/aigov/aigov/services/devstack/internal/demo"
 	"github.com/aigov/aigov/services/devstack/internal/stack"
 )
@@ -86,7 +87,7 @@ func TestKillSwitchEndToEnd(t *testing.T) {
 	aigov := func(args ...string) string {
 		t.Helper()
 		cmd := exec.CommandContext(ctx, filepath.Join(bin, "aigov"), append(args, "--nats", st.NATS.URL(), "--tls-ca", st.NATS.CAFile(),
-			"--user", schemas.RoleReaper, "--password", st.NATS.Password(schemas.RoleReaper))...)
+			"--user", schemas.RoleReaper, "--password", st.NATS.Password(schemas.RoleReaper), "--signing-key", st.Keys.KeyFile(schemas.RoleReaper))...)
 		out, err := cmd.CombinedOutput()
 		if err != nil {
 			t.Fatalf("aigov %s: %v\n%s", strings.Join(args, " "), err, out)
@@ -119,6 +120,13 @@ func TestKillSwitchEndToEnd(t *testing.T) {
 	})
 	if by != "e2e-operator" || reason != "e2e: laptop stolen" {
 		t.Errorf("revoked row by %q reason %q", by, reason)
+	}
+	// The CLI signed the revocation with the reaper's key; the audit
+	// checked it.
+	var signer, sig string
+	if err := st.DB.QueryRow(ctx, `SELECT signer_key_id, toString(signature) FROM aigov.event_log FINAL WHERE type = ? AND position(data, ?) > 0`,
+		schemas.TypeSessionRevoked, key).Scan(&signer, &sig); err != nil || sig != string(signing.Valid) || signer != st.Keys.Signer(schemas.RoleReaper).KeyID() {
+		t.Errorf("revocation event signature %q by %q (%v), want valid by the reaper's key", sig, signer, err)
 	}
 	var code string
 	if err := st.DB.QueryRow(ctx, `SELECT code FROM aigov.decisions FINAL WHERE request_id = ?`, ids[1]).Scan(&code); err != nil || code != string(schemas.CodeSessionRevoked) {
@@ -197,7 +205,7 @@ func measureRevocationLatency(ctx context.Context, t *testing.T, st *stack.Stack
 	}
 	defer nc.Close()
 	js, _ := jetstream.New(nc)
-	sw, err := killswitch.New(ctx, js, schemas.NewTopology(""), time.Now)
+	sw, err := killswitch.New(ctx, js, schemas.NewTopology(""), nil, time.Now)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -59,7 +59,7 @@ func TestQueuedRequestsAreRecheckedEndToEnd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sw, err := killswitch.New(ctx, rjs, schemas.NewTopology(""), time.Now)
+	sw, err := killswitch.New(ctx, rjs, schemas.NewTopology(""), nil, time.Now)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -29,6 +29,7 @@ import (
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/schemas/client"
 	"github.com/aigov/aigov/services/devenv/clickhouse"
+	"github.com/aigov/aigov/services/devenv/devkeys"
 	"github.com/aigov/aigov/services/devenv/idp"
 	"github.com/aigov/aigov/services/devenv/natsdev"
 )
@@ -86,6 +87,9 @@ type Stack struct {
 	// Admin may inspect streams and buckets (tests and the demo only).
 	Admin   *nats.Conn
 	AdminJS jetstream.JetStream
+	// Keys are the dev signing keys of every signing role and the trust
+	// file listing them (in Dir/keys, kept across restarts).
+	Keys *devkeys.Set
 
 	mu    sync.Mutex
 	procs map[string]*process
@@ -165,12 +169,15 @@ func Start(ctx context.Context, opts Options) (st *Stack, err error) {
 			st.Stop()
 		}
 	}()
-	for _, d := range []string{"nats", "clickhouse", "logs"} {
+	for _, d := range []string{"nats", "clickhouse", "logs", "keys"} {
 		if err := os.MkdirAll(filepath.Join(opts.Dir, d), 0o755); err != nil {
 			return st, fmt.Errorf("stack: %w", err)
 		}
 	}
 
+	if st.Keys, err = devkeys.Generate(filepath.Join(opts.Dir, "keys")); err != nil {
+		return st, fmt.Errorf("stack: signing keys: %w", err)
+	}
 	st.NATS, err = natsdev.Start(natsdev.Options{Dir: filepath.Join(opts.Dir, "nats"), Port: opts.NATSPort})
 	if err != nil {
 		return st, err
@@ -225,7 +232,7 @@ func Start(ctx context.Context, opts Options) (st *Stack, err error) {
 	if st.Platform, err = st.NATS.Connect(schemas.RolePlatform); err != nil {
 		return st, err
 	}
-	if st.Client, err = client.New(st.Platform, client.Options{Source: "aigov-devstack", Timeout: 10 * time.Second}); err != nil {
+	if st.Client, err = client.New(st.Platform, client.Options{Source: "aigov-devstack", Timeout: 10 * time.Second, Trust: st.Keys.Trust()}); err != nil {
 		return st, err
 	}
 	st.DB, err = ch.Open(&ch.Options{
@@ -250,6 +257,10 @@ func (st *Stack) env(name, httpAddr string) []string {
 		"AIGOV_NATS_TLS_CA=" + st.NATS.CAFile(),
 		"AIGOV_HTTP_ADDR=" + httpAddr,
 		"AIGOV_LOG_LEVEL=" + st.opts.LogLevel,
+		"AIGOV_TRUST_FILE=" + st.Keys.TrustFile,
+	}
+	if slices.Contains(devkeys.Roles, name) {
+		e = append(e, "AIGOV_SIGNING_KEY="+st.Keys.KeyFile(name))
 	}
 	switch name {
 	case "authn":

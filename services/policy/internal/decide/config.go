@@ -35,6 +35,10 @@ type Config struct {
 // LoadConfig reads the policy service's variables; violations are recorded
 // in e and reported by e.Err together with every other one.
 func LoadConfig(e *runtime.Env) Config {
+	// Policy signs its decisions and checks authn's signature on every
+	// verified event (runtime.Common loads both).
+	e.Required("AIGOV_SIGNING_KEY")
+	e.Required("AIGOV_TRUST_FILE")
 	dir := e.String("AIGOV_POLICY_DIR", "policies")
 	return Config{
 		PolicyDir:      dir,

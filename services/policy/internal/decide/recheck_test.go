@@ -26,6 +26,21 @@ func allowedRequest(t *testing.T, requestID, sessionKey string) schemas.Verified
 // decisionsByRequest reads every decision stored in the decisions stream.
 func (h *harness) decisionsByRequest(t *testing.T) map[string]schemas.Decision {
 	t.Helper()
+	msgs := h.decisionMsgs(t)
+	out := make(map[string]schemas.Decision, len(msgs))
+	for _, m := range msgs {
+		_, d := decodeDecision(t, m)
+		if _, dup := out[d.RequestID]; dup {
+			t.Fatalf("two decisions stored for request %s", d.RequestID)
+		}
+		out[d.RequestID] = d
+	}
+	return out
+}
+
+// decisionMsgs reads the body of every message in the decisions stream.
+func (h *harness) decisionMsgs(t *testing.T) [][]byte {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	s, err := h.js.Stream(ctx, h.topo.StreamDecisions())
@@ -36,17 +51,13 @@ func (h *harness) decisionsByRequest(t *testing.T) map[string]schemas.Decision {
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := make(map[string]schemas.Decision, info.State.Msgs)
+	var out [][]byte
 	for seq := info.State.FirstSeq; seq <= info.State.LastSeq && info.State.Msgs > 0; seq++ {
 		m, err := s.GetMsg(ctx, seq)
 		if err != nil {
 			t.Fatalf("decision %d: %v", seq, err)
 		}
-		_, d := decodeDecision(t, m.Data)
-		if _, dup := out[d.RequestID]; dup {
-			t.Fatalf("two decisions stored for request %s", d.RequestID)
-		}
-		out[d.RequestID] = d
+		out = append(out, m.Data)
 	}
 	return out
 }
@@ -261,7 +272,7 @@ func TestQueuedRequestsOfARevokedSessionAreDenied(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		sw, err := killswitch.New(ctx, rjs, h.topo, time.Now)
+		sw, err := killswitch.New(ctx, rjs, h.topo, nil, time.Now)
 		if err != nil {
 			t.Fatal(err)
 		}

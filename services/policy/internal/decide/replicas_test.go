@@ -32,6 +32,7 @@ func (h *harness) addReplica(t *testing.T) *Service {
 		NC: nc, JS: js, Topology: h.topo, Seed: seedSet(t), SeedEntities: sampleStore(t).Entities(),
 		ApprovalTeams: []string{"risk-reviewers"}, ApprovalTTL: time.Hour,
 		Log: zerolog.New(zerolog.NewTestWriter(t)), Registry: prometheus.NewRegistry(), Workers: 4,
+		Signer: h.keys.Signer(schemas.RolePolicy), Trust: h.keys.Trust(),
 	})
 	if err != nil {
 		t.Fatal(err)

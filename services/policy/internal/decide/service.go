@@ -16,6 +16,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/aigov/aigov/schemas"
+	"github.com/aigov/aigov/schemas/signing"
 	"github.com/aigov/aigov/services/policy/engine"
 	"github.com/aigov/aigov/services/runtime"
 	"github.com/aigov/aigov/services/runtime/revocation"
@@ -57,6 +58,11 @@ type Deps struct {
 	// RevocationsMax bounds the revocation keys held in memory for the
 	// decision-time recheck; zero means DefaultRevocationsMax.
 	RevocationsMax int
+	// Signer signs every decision and governance event.
+	Signer *signing.Signer
+	// Trust holds authn's public keys: a verified event not signed by
+	// authn is denied bad_event_signature, never decided.
+	Trust *signing.Trust
 }
 
 // Service consumes verified requests and publishes a decision for each.
@@ -74,6 +80,7 @@ type Service struct {
 	log       zerolog.Logger
 	runner    *runtime.Runner
 	revs      *revocation.Set
+	trust     *signing.Trust
 	decisions *prometheus.CounterVec
 	evalTime  prometheus.Histogram
 }
@@ -91,8 +98,10 @@ func NewService(d Deps) (*Service, error) {
 		return nil, errors.New("decide: nil metrics registry")
 	case d.Topology.Subjects.Prefix == "":
 		return nil, errors.New("decide: topology has no subject prefix")
+	case d.Trust == nil:
+		return nil, errors.New("decide: no trust file: verified events cannot be checked")
 	}
-	pub, err := runtime.NewPublisher(d.JS, d.NC, EventSource, d.Log)
+	pub, err := runtime.NewPublisher(d.JS, d.NC, d.Signer, EventSource, d.Log)
 	if err != nil {
 		return nil, fmt.Errorf("decide: %w", err)
 	}
@@ -105,6 +114,7 @@ func NewService(d Deps) (*Service, error) {
 		teams:    d.ApprovalTeams,
 		ttl:      d.ApprovalTTL,
 		clock:    d.Clock,
+		trust:    d.Trust,
 		log:      d.Log.With().Str("component", "decide").Logger(),
 		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "aigov_policy_decisions_total",
@@ -232,6 +242,9 @@ func (s *Service) Ready(context.Context) error {
 // is stored in the decisions stream; the reply is best effort after that,
 // since the stored decision is the record and the requester may retry.
 func (s *Service) Handle(ctx context.Context, m jetstream.Msg) error {
+	if _, err := s.trust.VerifyMsg(m.Subject(), m.Headers(), m.Data(), schemas.RoleAuthn); err != nil {
+		return s.refuseForged(ctx, m, err)
+	}
 	v, err := decodeVerified(m.Data())
 	if err != nil {
 		// authn wrote this event, so retrying cannot fix it: it is a bug to
@@ -270,14 +283,14 @@ func (s *Service) Handle(ctx context.Context, m jetstream.Msg) error {
 	// share it, and the stream would drop the allow as a duplicate while
 	// the reply still carried it: an allow with no audit record.
 	eventID := schemas.DerivedID(v.RequestID, PolicyDecisionKind)
-	body, err := s.pub.Publish(ctx, runtime.Outgoing{
+	stored, err := s.pub.Publish(ctx, runtime.Outgoing{
 		NATSSubject: subject, ID: eventID, Type: schemas.TypeDecision,
 		Subject: d.Resource.String(), Time: d.Timings.DecidedAt, Data: d,
 	})
 	if err != nil {
 		return fmt.Errorf("decision for request %s: %w", v.RequestID, err)
 	}
-	s.pub.Reply(v.RequestID, v.ReplyTo, body)
+	s.pub.Reply(v.RequestID, v.ReplyTo, stored)
 
 	code := string(d.Code)
 	if code == "" {

@@ -15,6 +15,8 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/aigov/aigov/schemas"
+	"github.com/aigov/aigov/schemas/signing"
+	"github.com/aigov/aigov/services/devenv/devkeys"
 	"github.com/aigov/aigov/services/devenv/natsdev"
 )
 
@@ -27,6 +29,7 @@ type harness struct {
 	topo  schemas.Topology
 	svc   *Service
 	reg   *prometheus.Registry
+	keys  *devkeys.Set
 	stop  context.CancelFunc
 	done  chan error
 }
@@ -65,15 +68,17 @@ func newHarness(t *testing.T, workers int) *harness {
 		t.Fatal(err)
 	}
 	reg := prometheus.NewRegistry()
+	keys := devkeys.New(t)
 	svc, err := NewService(Deps{
 		NC: nc, JS: pjs, Topology: topo, Seed: seedSet(t), SeedEntities: sampleStore(t).Entities(),
 		ApprovalTeams: []string{"risk-reviewers"}, ApprovalTTL: time.Hour,
 		Log: zerolog.New(zerolog.NewTestWriter(t)), Registry: reg, Workers: workers,
+		Signer: keys.Signer(schemas.RolePolicy), Trust: keys.Trust(),
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &harness{srv: srv, admin: admin, js: js, topo: topo, svc: svc, reg: reg, done: make(chan error, 1)}
+	return &harness{srv: srv, admin: admin, js: js, topo: topo, svc: svc, reg: reg, keys: keys, done: make(chan error, 1)}
 }
 
 // start runs the service until the test ends.
@@ -109,11 +114,35 @@ func (h *harness) publishVerified(t *testing.T, v schemas.Verified, msgID string
 	h.publishRaw(t, h.topo.Subjects.Verified(v.Request.Action), body, msgID)
 }
 
+// publishRaw publishes body as authn would: signed with authn's key.
 func (h *harness) publishRaw(t *testing.T, subject string, body []byte, msgID string) {
+	t.Helper()
+	h.publishSigned(t, subject, body, msgID, h.keys.Signer(schemas.RoleAuthn))
+}
+
+// publishSigned publishes body signed by signer, or unsigned for nil.
+func (h *harness) publishSigned(t *testing.T, subject string, body []byte, msgID string, signer *signing.Signer) {
+	t.Helper()
+	sig := ""
+	if signer != nil {
+		sig = signer.Sign(subject, msgID, body)
+	}
+	h.publishWithHeader(t, subject, body, msgID, sig)
+}
+
+// publishWithHeader publishes body with sig as its Aigov-Signature (none
+// when empty).
+func (h *harness) publishWithHeader(t *testing.T, subject string, body []byte, msgID, sig string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if _, err := h.js.PublishMsg(ctx, &nats.Msg{Subject: subject, Data: body}, jetstream.WithMsgID(msgID)); err != nil {
+	m := nats.NewMsg(subject)
+	m.Data = body
+	m.Header.Set(nats.MsgIdHdr, msgID)
+	if sig != "" {
+		m.Header.Set(signing.Header, sig)
+	}
+	if _, err := h.js.PublishMsg(ctx, m); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -384,8 +413,12 @@ func TestNewServiceRejectsMissingDeps(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	full := Deps{NC: nc, JS: js, Topology: schemas.NewTopology(""), ApprovalTTL: time.Hour, Registry: prometheus.NewRegistry(), Workers: 1}
+	keys := devkeys.New(t)
+	full := Deps{NC: nc, JS: js, Topology: schemas.NewTopology(""), ApprovalTTL: time.Hour, Registry: prometheus.NewRegistry(), Workers: 1,
+		Signer: keys.Signer(schemas.RolePolicy), Trust: keys.Trust()}
 	for name, edit := range map[string]func(*Deps){
+		"signer":   func(d *Deps) { d.Signer = nil },
+		"trust":    func(d *Deps) { d.Trust = nil },
 		"nc":       func(d *Deps) { d.NC = nil },
 		"js":       func(d *Deps) { d.JS = nil },
 		"ttl":      func(d *Deps) { d.ApprovalTTL = 0 },

@@ -142,7 +142,7 @@ func (l *Leases) start(ctx context.Context, d schemas.Decision) error {
 		SessionKey: rec.SessionKey, Issuer: rec.Issuer, Subject: rec.Subject, PrincipalID: rec.PrincipalID,
 		FirstSeen: rec.StartedAt, LastSeen: rec.StartedAt, RequestID: rec.RequestID, LeaseID: rec.LeaseID, LeaseDeadline: &deadline,
 	}
-	if err := killswitch.Publish(ctx, l.js, l.subjects, schemas.SessionLeaseStarted, schemas.TypeLeaseStarted, schemas.DerivedID(rec.LeaseID, "lease_started"), ev, now); err != nil {
+	if err := l.sw.Publish(ctx, schemas.SessionLeaseStarted, schemas.TypeLeaseStarted, schemas.DerivedID(rec.LeaseID, "lease_started"), ev, now); err != nil {
 		return err
 	}
 	b, err := json.Marshal(rec)

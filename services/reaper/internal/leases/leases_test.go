@@ -78,7 +78,7 @@ func (h *harness) js(user string) jetstream.JetStream {
 func (h *harness) replica() *leases.Leases {
 	h.t.Helper()
 	js := h.js(schemas.RoleReaper)
-	sw, err := killswitch.New(h.ctx, js, h.topo, h.clock.Now)
+	sw, err := killswitch.New(h.ctx, js, h.topo, nil, h.clock.Now)
 	if err != nil {
 		h.t.Fatal(err)
 	}

@@ -109,7 +109,7 @@ func newEnv(t *testing.T) *env {
 	e := &env{t: t, ctx: ctx, idp: newIDP(t), admin: connect(natsdev.AdminUser), topo: schemas.NewTopology("")}
 	js := connect(schemas.RoleReaper)
 	// natsdev.Start provisioned the topology (as aigov bus provision does).
-	sw, err := killswitch.New(ctx, js, e.topo, time.Now)
+	sw, err := killswitch.New(ctx, js, e.topo, nil, time.Now)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -29,6 +29,8 @@ type Config struct {
 
 // LoadConfig reads every part's settings; env collects the violations.
 func LoadConfig(env *runtime.Env) Config {
+	// The reaper signs every session event (runtime.Common loads it).
+	env.Required("AIGOV_SIGNING_KEY")
 	cfg := Config{Sessions: sessions.LoadConfig(env)}
 	// A lease record's TTL is its maximum plus a grace; sessions' default
 	// grace of 0 (the bucket's retention) has no meaning for it.
@@ -52,12 +54,12 @@ func Workers(ctx context.Context, svc *runtime.Service, cfg Config) ([]runtime.W
 		return nil, err
 	}
 	reaper, err := sessions.New(ctx, cfg.Sessions, sessions.Deps{
-		JS: svc.JS, Topology: svc.Topology, Log: svc.Log, Registry: svc.HTTP.Registry, Now: time.Now,
+		JS: svc.JS, Topology: svc.Topology, Log: svc.Log, Registry: svc.HTTP.Registry, Now: time.Now, Signer: svc.Signer,
 	})
 	if err != nil {
 		return nil, err
 	}
-	sw, err := killswitch.New(ctx, svc.JS, svc.Topology, time.Now)
+	sw, err := killswitch.New(ctx, svc.JS, svc.Topology, svc.Signer, time.Now)
 	if err != nil {
 		return nil, err
 	}

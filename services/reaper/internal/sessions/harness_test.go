@@ -13,6 +13,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/aigov/aigov/schemas"
+	"github.com/aigov/aigov/services/devenv/devkeys"
 	"github.com/aigov/aigov/services/devenv/natsdev"
 	"github.com/aigov/aigov/services/reaper/internal/sessions"
 	"github.com/aigov/aigov/services/runtime"
@@ -72,6 +73,7 @@ type harness struct {
 	reaper *sessions.Reaper
 	reg    *prometheus.Registry
 	cons   jetstream.Consumer
+	keys   *devkeys.Set
 }
 
 func newHarness(t *testing.T, cfg sessions.Config) *harness {
@@ -89,7 +91,7 @@ func newHarness(t *testing.T, cfg sessions.Config) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &harness{t: t, ctx: ctx, srv: srv, cfg: cfg, topo: schemas.NewTopology(""), admin: admin, clock: &clock{now: t0}}
+	h := &harness{t: t, ctx: ctx, srv: srv, cfg: cfg, topo: schemas.NewTopology(""), admin: admin, clock: &clock{now: t0}, keys: devkeys.New(t)}
 
 	// The reaper ensures the topology and its consumer itself, as
 	// runtime.Start does, so its role's permissions are exercised.
@@ -133,7 +135,7 @@ func (h *harness) connectReaper() jetstream.JetStream {
 func (h *harness) newReaper(js jetstream.JetStream) (*sessions.Reaper, *prometheus.Registry) {
 	h.t.Helper()
 	reg := prometheus.NewRegistry()
-	r, err := sessions.New(h.ctx, h.cfg, sessions.Deps{JS: js, Topology: h.topo, Log: zerolog.Nop(), Registry: reg, Now: h.clock.Now})
+	r, err := sessions.New(h.ctx, h.cfg, sessions.Deps{JS: js, Topology: h.topo, Log: zerolog.Nop(), Registry: reg, Now: h.clock.Now, Signer: h.keys.Signer(schemas.RoleReaper)})
 	if err != nil {
 		h.t.Fatal(err)
 	}

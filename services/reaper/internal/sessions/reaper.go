@@ -18,6 +18,7 @@ import (
 
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/schemas/killswitch"
+	"github.com/aigov/aigov/schemas/signing"
 	"github.com/aigov/aigov/services/reaper/internal/kvttl"
 	"github.com/aigov/aigov/services/runtime"
 )
@@ -47,12 +48,15 @@ type Deps struct {
 	Registry prometheus.Registerer
 	// Now is the clock; time.Now in production, a fake in tests.
 	Now func() time.Time
+	// Signer signs every session event.
+	Signer *signing.Signer
 }
 
 // Reaper tracks sessions and ends expired ones. Its methods are safe for
 // concurrent use, and several replicas may run against the same buckets:
 // every write is a compare-and-set or de-duplicated by event id.
 type Reaper struct {
+	signer   *signing.Signer
 	cfg      Config
 	js       jetstream.JetStream
 	subjects schemas.Subjects
@@ -76,6 +80,8 @@ func New(ctx context.Context, cfg Config, d Deps) (*Reaper, error) {
 		return nil, errors.New("sessions: nil metrics registry")
 	case d.Now == nil:
 		return nil, errors.New("sessions: nil clock")
+	case d.Signer == nil:
+		return nil, errors.New("sessions: no signing key: session events are signed")
 	}
 	if err := cfg.validate(); err != nil {
 		return nil, fmt.Errorf("sessions: %w", err)
@@ -99,6 +105,7 @@ func New(ctx context.Context, cfg Config, d Deps) (*Reaper, error) {
 	return &Reaper{
 		cfg:      cfg,
 		js:       d.JS,
+		signer:   d.Signer,
 		subjects: d.Topology.Subjects,
 		sessions: sessions,
 
@@ -270,7 +277,7 @@ func (r *Reaper) revoked(ctx context.Context, key string) (bool, error) {
 // publish sends one session event; the event id is also the Nats-Msg-Id,
 // so a repeat is stored once.
 func (r *Reaper) publish(ctx context.Context, name, typ, id string, data schemas.SessionEvent, at time.Time) error {
-	return killswitch.Publish(ctx, r.js, r.subjects, name, typ, id, data, at)
+	return killswitch.Publish(ctx, r.js, r.signer, r.subjects, name, typ, id, data, at)
 }
 
 // decodeVerified parses a verified event and checks what the reaper relies

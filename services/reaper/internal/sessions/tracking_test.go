@@ -14,6 +14,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/aigov/aigov/schemas"
+	"github.com/aigov/aigov/services/devenv/devkeys"
 	"github.com/aigov/aigov/services/devenv/natsdev"
 	"github.com/aigov/aigov/services/reaper/internal/sessions"
 )
@@ -300,8 +301,9 @@ func TestNewRejectsMissingDeps(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	t.Cleanup(cancel)
 	// natsdev.Start provisioned the topology (as aigov bus provision does).
+	signer := devkeys.New(t).Signer(schemas.RoleReaper)
 	valid := func() sessions.Deps {
-		return sessions.Deps{JS: js, Topology: topo, Log: zerolog.Nop(), Registry: prometheus.NewRegistry(), Now: time.Now}
+		return sessions.Deps{JS: js, Topology: topo, Log: zerolog.Nop(), Registry: prometheus.NewRegistry(), Now: time.Now, Signer: signer}
 	}
 	if _, err := sessions.New(ctx, testConfig(), valid()); err != nil {
 		t.Fatalf("valid deps refused: %v", err)
@@ -314,6 +316,7 @@ func TestNewRejectsMissingDeps(t *testing.T) {
 		"nil jetstream": {deps: func() sessions.Deps { d := valid(); d.JS = nil; return d }, want: "nil jetstream"},
 		"nil registry":  {deps: func() sessions.Deps { d := valid(); d.Registry = nil; return d }, want: "nil metrics registry"},
 		"nil clock":     {deps: func() sessions.Deps { d := valid(); d.Now = nil; return d }, want: "nil clock"},
+		"no signer":     {deps: func() sessions.Deps { d := valid(); d.Signer = nil; return d }, want: "no signing key"},
 		"zero max age":  {deps: valid, cfg: func(c *sessions.Config) { c.MaxAge = 0 }, want: "max age must be positive"},
 		"zero max scan": {deps: valid, cfg: func(c *sessions.Config) { c.MaxScan = 0 }, want: "max scan"},
 		"no buckets": {deps: func() sessions.Deps {

@@ -1,0 +1,245 @@
+// Package signing is how aigov services vouch for the events they publish,
+// and how everyone else checks them: Ed25519 over an event's canonical
+// bytes (the NATS subject it was published on, its Nats-Msg-Id and its
+// body), carried in the Aigov-Signature header with the signer's key id.
+//
+// A signer signs the events that are waiting at the same moment as one
+// batch: each event is a leaf of a Merkle tree, the root is signed once, and
+// each event carries the root's signature with its own path to the root.
+// Under load that turns one Ed25519 signature per event into one per
+// batch, and a verifier that has checked a root once checks the batch's
+// other events with a few SHA-256 hashes. An event signed alone is a tree
+// of one leaf: its path is empty.
+//
+// Header value (one line, fields separated by ';'):
+//
+//	v1;kid=<key id>;sig=<base64url Ed25519 signature of the root>[;d=<depth>;i=<leaf index>;p=<base64url path>]
+//
+// Leaf = SHA-256(0x00 || "aigov-event-v1" || len||subject || len||msg-id ||
+// len||body), lengths as 8-byte big-endian. Node = SHA-256(0x01 || left ||
+// right); a tree is padded to a power of two with all-zero leaves. The
+// signature covers "aigov-batch-v1" || depth (one byte) || root.
+package signing
+
+import (
+	"crypto/ed25519"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+)
+
+// Header is the NATS header that carries an event's signature.
+const Header = "Aigov-Signature"
+
+// HeaderSubject names, on a reply sent to a requester's inbox, the subject
+// the event was signed for (its stream subject): the inbox is not it.
+const HeaderSubject = "Aigov-Signed-Subject"
+
+// MaxDepth bounds a batch's tree: 2^8 events under one signature.
+const MaxDepth = 8
+
+// maxBatch is the most events signed under one root.
+const maxBatch = 1 << MaxDepth
+
+// Status is the outcome of checking an event's signature, as the audit
+// stores it.
+type Status string
+
+// The statuses. Only Valid means the event is what its signer published.
+const (
+	Valid     Status = "valid"
+	Unsigned  Status = "unsigned"
+	Invalid   Status = "invalid"
+	Untrusted Status = "untrusted"
+)
+
+// Errors of Verify, by status.
+var (
+	// ErrUnsigned: the message has no signature header (or no msg id).
+	ErrUnsigned = errors.New("event is not signed")
+	// ErrInvalid: the signature is malformed or does not verify.
+	ErrInvalid = errors.New("event signature does not verify")
+	// ErrUntrusted: the key is not in the trust set, or belongs to a role
+	// that does not publish this event.
+	ErrUntrusted = errors.New("event signed by a key not trusted for it")
+)
+
+// StatusOf maps Verify's error to a status.
+func StatusOf(err error) Status {
+	switch {
+	case err == nil:
+		return Valid
+	case errors.Is(err, ErrUnsigned):
+		return Unsigned
+	case errors.Is(err, ErrUntrusted):
+		return Untrusted
+	default:
+		return Invalid
+	}
+}
+
+// KeyID is the short name of a public key: the first 8 bytes of its
+// SHA-256, hex (as the audit's checkpoints name theirs).
+func KeyID(pub ed25519.PublicKey) string {
+	sum := sha256.Sum256(pub)
+	return hex.EncodeToString(sum[:8])
+}
+
+// Leaf is the hash of one event's canonical bytes.
+func Leaf(subject, msgID string, body []byte) [32]byte {
+	const tag = "aigov-event-v1"
+	b := make([]byte, 0, 1+3*8+len(tag)+len(subject)+len(msgID)+len(body))
+	b = append(b, 0)
+	b = append(b, tag...)
+	b = binary.BigEndian.AppendUint64(b, uint64(len(subject)))
+	b = append(b, subject...)
+	b = binary.BigEndian.AppendUint64(b, uint64(len(msgID)))
+	b = append(b, msgID...)
+	b = binary.BigEndian.AppendUint64(b, uint64(len(body)))
+	b = append(b, body...)
+	return sha256.Sum256(b)
+}
+
+func node(l, r [32]byte) [32]byte {
+	var b [65]byte
+	b[0] = 1
+	copy(b[1:], l[:])
+	copy(b[33:], r[:])
+	return sha256.Sum256(b[:])
+}
+
+// rootMessage is what the Ed25519 signature covers.
+func rootMessage(depth int, root [32]byte) []byte {
+	const tag = "aigov-batch-v1"
+	b := make([]byte, 0, len(tag)+1+32)
+	b = append(b, tag...)
+	b = append(b, byte(depth))
+	return append(b, root[:]...)
+}
+
+// tree returns the depth of the padded tree over leaves and, per leaf, its
+// path (siblings from the leaf up).
+func tree(leaves [][32]byte) (depth int, root [32]byte, paths [][][32]byte) {
+	size := 1
+	for size < len(leaves) {
+		size <<= 1
+		depth++
+	}
+	level := make([][32]byte, size)
+	copy(level, leaves)
+	paths = make([][][32]byte, len(leaves))
+	idx := make([]int, len(leaves))
+	for i := range idx {
+		idx[i] = i
+	}
+	for len(level) > 1 {
+		for i, at := range idx {
+			paths[i] = append(paths[i], level[at^1])
+			idx[i] = at / 2
+		}
+		next := make([][32]byte, len(level)/2)
+		for j := range next {
+			next[j] = node(level[2*j], level[2*j+1])
+		}
+		level = next
+	}
+	return depth, level[0], paths
+}
+
+// signature is a parsed header value.
+type signature struct {
+	kid   string
+	sig   []byte
+	depth int
+	index int
+	path  [][32]byte
+}
+
+var b64 = base64.RawURLEncoding
+
+func (s signature) String() string {
+	var sb strings.Builder
+	sb.WriteString("v1;kid=")
+	sb.WriteString(s.kid)
+	sb.WriteString(";sig=")
+	sb.WriteString(b64.EncodeToString(s.sig))
+	if s.depth > 0 {
+		flat := make([]byte, 0, 32*len(s.path))
+		for _, h := range s.path {
+			flat = append(flat, h[:]...)
+		}
+		sb.WriteString(";d=")
+		sb.WriteString(strconv.Itoa(s.depth))
+		sb.WriteString(";i=")
+		sb.WriteString(strconv.Itoa(s.index))
+		sb.WriteString(";p=")
+		sb.WriteString(b64.EncodeToString(flat))
+	}
+	return sb.String()
+}
+
+func parse(v string) (signature, error) {
+	var s signature
+	fields := strings.Split(v, ";")
+	if len(fields) < 3 || fields[0] != "v1" {
+		return s, fmt.Errorf("%w: not a v1 %s header", ErrInvalid, Header)
+	}
+	var flat []byte
+	seen := map[string]bool{}
+	for _, f := range fields[1:] {
+		k, val, ok := strings.Cut(f, "=")
+		if !ok || seen[k] {
+			return s, fmt.Errorf("%w: malformed field %q", ErrInvalid, f)
+		}
+		seen[k] = true
+		var err error
+		switch k {
+		case "kid":
+			s.kid = val
+		case "sig":
+			s.sig, err = b64.DecodeString(val)
+		case "d":
+			s.depth, err = strconv.Atoi(val)
+		case "i":
+			s.index, err = strconv.Atoi(val)
+		case "p":
+			flat, err = b64.DecodeString(val)
+		default:
+			err = errors.New("unknown field")
+		}
+		if err != nil {
+			return s, fmt.Errorf("%w: field %q: %v", ErrInvalid, k, err)
+		}
+	}
+	switch {
+	case s.kid == "" || len(s.sig) != ed25519.SignatureSize:
+		return s, fmt.Errorf("%w: missing key id or signature", ErrInvalid)
+	case s.depth < 0 || s.depth > MaxDepth || s.index < 0 || s.index >= 1<<s.depth:
+		return s, fmt.Errorf("%w: depth %d index %d out of range", ErrInvalid, s.depth, s.index)
+	case len(flat) != 32*s.depth:
+		return s, fmt.Errorf("%w: path of %d bytes for depth %d", ErrInvalid, len(flat), s.depth)
+	}
+	for i := 0; i < s.depth; i++ {
+		s.path = append(s.path, [32]byte(flat[32*i:32*i+32]))
+	}
+	return s, nil
+}
+
+// root climbs from leaf to the root along s's path.
+func (s signature) root(leaf [32]byte) [32]byte {
+	h, at := leaf, s.index
+	for _, sib := range s.path {
+		if at&1 == 0 {
+			h = node(h, sib)
+		} else {
+			h = node(sib, h)
+		}
+		at >>= 1
+	}
+	return h
+}

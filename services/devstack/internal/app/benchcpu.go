@@ -1,0 +1,83 @@
+package app
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/aigov/aigov/services/devstack/internal/stack"
+	"github.com/aigov/aigov/services/runtime"
+)
+
+// cpuSample is, at one moment, each process's CPU time and the time each
+// spent signing and verifying events.
+type cpuSample struct {
+	cpu     map[string]time.Duration
+	signing map[string]time.Duration
+}
+
+// readCPU samples every process of the stack; the load generator's own
+// verification of decisions (the SDK) counts under stack.SelfProcess.
+func readCPU(ctx context.Context, st *stack.Stack) (cpuSample, error) {
+	cpu, err := st.CPUTimes()
+	if err != nil {
+		return cpuSample{}, err
+	}
+	s := cpuSample{cpu: cpu, signing: map[string]time.Duration{}}
+	for _, name := range stack.Services {
+		v, err := st.MetricSum(ctx, name, runtime.SigningSecondsMetric)
+		if err != nil {
+			return cpuSample{}, err
+		}
+		s.signing[name] = time.Duration(v * float64(time.Second))
+	}
+	s.signing[stack.SelfProcess] = st.Keys.Trust().Stats().Busy
+	return s, nil
+}
+
+func (s cpuSample) sub(before cpuSample) cpuSample {
+	out := cpuSample{cpu: map[string]time.Duration{}, signing: map[string]time.Duration{}}
+	for k, v := range s.cpu {
+		out.cpu[k] = v - before.cpu[k]
+	}
+	for k, v := range s.signing {
+		out.signing[k] = v - before.signing[k]
+	}
+	return out
+}
+
+// report prints the CPU per decision of each process and the share of it
+// spent signing and verifying events: the cost of signed events against
+// the whole pipeline's CPU (services, ClickHouse, NATS and the load
+// generator).
+func (s cpuSample) report(decisions int64) string {
+	var total, signing time.Duration
+	names := make([]string, 0, len(s.cpu))
+	for k, v := range s.cpu {
+		total += v
+		names = append(names, k)
+	}
+	for _, v := range s.signing {
+		signing += v
+	}
+	slices.Sort(names)
+	per := func(d time.Duration) string {
+		return fmt.Sprintf("%.0f µs", float64(d.Microseconds())/float64(decisions))
+	}
+	var parts []string
+	for _, k := range names {
+		part := k + " " + per(s.cpu[k])
+		if sg := s.signing[k]; sg > 0 {
+			part += fmt.Sprintf(" (signing %s)", per(sg))
+		}
+		parts = append(parts, part)
+	}
+	share := 0.0
+	if total > 0 {
+		share = 100 * signing.Seconds() / total.Seconds()
+	}
+	return fmt.Sprintf("cpu          %s per decision: %s\nsigning      %s per decision signing and verifying events: %.1f%% of the pipeline's CPU (target < 5%%)\n",
+		per(total), strings.Join(parts, ", "), per(signing), share)
+}
