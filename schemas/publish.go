@@ -19,21 +19,31 @@ import (
 // published this way, so that a redelivered input's event is never stored
 // twice.
 func PublishEvent(ctx context.Context, js jetstream.JetStream, signer *signing.Signer, subject string, ev Event) (*nats.Msg, *jetstream.PubAck, error) {
-	body, err := json.Marshal(ev)
+	msg, err := EventMessage(subject, ev)
 	if err != nil {
-		return nil, nil, fmt.Errorf("encode %s event: %w", ev.Type, err)
+		return nil, nil, err
 	}
-	msg := nats.NewMsg(subject)
-	msg.Data = body
-	msg.Header.Set(HeaderMsgID, ev.ID)
 	if signer != nil {
-		msg.Header.Set(signing.Header, signer.Sign(subject, ev.ID, body))
+		msg.Header.Set(signing.Header, signer.Sign(subject, ev.ID, msg.Data))
 	}
 	ack, err := js.PublishMsg(ctx, msg)
 	if err != nil {
 		return nil, nil, fmt.Errorf("publish %s event %s on %s: %w", ev.Type, ev.ID, subject, err)
 	}
 	return msg, ack, nil
+}
+
+// EventMessage is ev encoded as the message to publish on subject, with its
+// id as the Nats-Msg-Id, not yet signed.
+func EventMessage(subject string, ev Event) (*nats.Msg, error) {
+	body, err := json.Marshal(ev)
+	if err != nil {
+		return nil, fmt.Errorf("encode %s event: %w", ev.Type, err)
+	}
+	msg := nats.NewMsg(subject)
+	msg.Data = body
+	msg.Header.Set(HeaderMsgID, ev.ID)
+	return msg, nil
 }
 
 // ReplyMessage is the copy of a stored, signed event sent to a requester's

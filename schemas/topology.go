@@ -90,14 +90,16 @@ func (t Topology) StreamDeadLetter() string { return t.name("DLQ") }
 // subscriber then).
 func (t Topology) StreamAdvisories() string { return t.name("ADVISORIES") }
 
-// Signers are the roles whose keys sign the events of stream, as the
-// trust file names them: a verifier accepts an event of the stream only
-// under one of their keys. Streams of requests (signed by no aigov key)
-// and dead letters have none.
+// Signers are the roles whose keys sign the events of stream that the
+// audit checks, as the trust file names them: an event is valid only under
+// one of their keys. Streams of requests (signed by no aigov key), dead
+// letters and verified events (policy checks those) have none.
 func (t Topology) Signers(stream string) []string {
 	switch stream {
 	case t.StreamVerified():
-		return []string{RoleAuthn}
+		// Checked by policy, which denies what authn did not sign; the
+		// audit checks what decisions and session events say.
+		return nil
 	case t.StreamDecisions():
 		return []string{RoleAuthn, RolePolicy}
 	case t.StreamSessions():

@@ -6,6 +6,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/nats-io/nats.go"
 )
 
 // Signer signs a service's events with its private key. It is safe for
@@ -26,9 +28,9 @@ type Signer struct {
 	busy, events, batches atomic.Int64
 }
 
-// Stats is what a signer or a trust did so far: the time spent in
-// cryptography (hashing and Ed25519, nearly all CPU), the events handled
-// and the Ed25519 operations made (one per batch, or per root verified).
+// Stats is what a signer or a trust did so far: the CPU time spent in
+// cryptography (hashing and Ed25519), the events handled and the Ed25519
+// operations made (one per batch, or per root verified).
 type Stats struct {
 	Busy    time.Duration
 	Events  int64
@@ -62,9 +64,8 @@ func (s *Signer) Public() ed25519.PublicKey { return s.key.Public().(ed25519.Pub
 // Sign returns the Aigov-Signature header value for an event published on
 // subject with Nats-Msg-Id msgID and body.
 func (s *Signer) Sign(subject, msgID string, body []byte) string {
-	start := time.Now()
-	j := &job{leaf: Leaf(subject, msgID, body)}
-	s.busy.Add(int64(time.Since(start)))
+	j := &job{}
+	measure(&s.busy, func() { j.leaf = Leaf(subject, msgID, body) })
 	s.events.Add(1)
 	s.mu.Lock()
 	s.queue = append(s.queue, j)
@@ -88,9 +89,11 @@ func (s *Signer) Sign(subject, msgID string, body []byte) string {
 }
 
 func (s *Signer) signBatch(batch []*job) {
-	start := time.Now()
-	defer func() { s.busy.Add(int64(time.Since(start))) }()
 	s.batches.Add(1)
+	measure(&s.busy, func() { s.sign(batch) })
+}
+
+func (s *Signer) sign(batch []*job) {
 	leaves := make([][32]byte, len(batch))
 	for i, j := range batch {
 		leaves[i] = j.leaf
@@ -99,5 +102,26 @@ func (s *Signer) signBatch(batch []*job) {
 	sig := ed25519.Sign(s.key, rootMessage(depth, root))
 	for i, j := range batch {
 		j.header = signature{kid: s.kid, sig: sig, depth: depth, index: i, path: paths[i]}.String()
+	}
+}
+
+// SignMsgs signs each message (its Subject, Nats-Msg-Id header and Data)
+// and sets its Aigov-Signature header, all under one signature: the caller
+// already holds the batch. Each message needs its header map.
+func (s *Signer) SignMsgs(msgs []*nats.Msg) {
+	for len(msgs) > 0 {
+		n := min(len(msgs), maxBatch)
+		batch := make([]*job, n)
+		measure(&s.busy, func() {
+			for i, m := range msgs[:n] {
+				batch[i] = &job{leaf: Leaf(m.Subject, m.Header.Get(nats.MsgIdHdr), m.Data)}
+			}
+		})
+		s.events.Add(int64(n))
+		s.signBatch(batch)
+		for i, m := range msgs[:n] {
+			m.Header.Set(Header, batch[i].header)
+		}
+		msgs = msgs[n:]
 	}
 }

@@ -29,8 +29,10 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 )
 
 // Header is the NATS header that carries an event's signature.
@@ -93,8 +95,11 @@ func KeyID(pub ed25519.PublicKey) string {
 // Leaf is the hash of one event's canonical bytes.
 func Leaf(subject, msgID string, body []byte) [32]byte {
 	const tag = "aigov-event-v1"
-	b := make([]byte, 0, 1+3*8+len(tag)+len(subject)+len(msgID)+len(body))
-	b = append(b, 0)
+	// Encoded in a pooled buffer: every verifier hashes every event, and a
+	// fresh kilobyte (or a hash.Hash) per event is garbage the collector
+	// then charges to whoever allocates.
+	bp := leafBuffers.Get().(*[]byte)
+	b := append((*bp)[:0], 0)
 	b = append(b, tag...)
 	b = binary.BigEndian.AppendUint64(b, uint64(len(subject)))
 	b = append(b, subject...)
@@ -102,8 +107,19 @@ func Leaf(subject, msgID string, body []byte) [32]byte {
 	b = append(b, msgID...)
 	b = binary.BigEndian.AppendUint64(b, uint64(len(body)))
 	b = append(b, body...)
-	return sha256.Sum256(b)
+	sum := sha256.Sum256(b)
+	if cap(b) <= maxPooledLeaf {
+		*bp = b
+		leafBuffers.Put(bp)
+	}
+	return sum
 }
+
+// maxPooledLeaf bounds the buffers kept for Leaf; a larger event's buffer
+// is left to the collector.
+const maxPooledLeaf = 64 << 10
+
+var leafBuffers = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
 
 func node(l, r [32]byte) [32]byte {
 	var b [65]byte
@@ -185,18 +201,21 @@ func (s signature) String() string {
 
 func parse(v string) (signature, error) {
 	var s signature
-	fields := strings.Split(v, ";")
-	if len(fields) < 3 || fields[0] != "v1" {
+	rest, ok := strings.CutPrefix(v, "v1;")
+	if !ok {
 		return s, fmt.Errorf("%w: not a v1 %s header", ErrInvalid, Header)
 	}
 	var flat []byte
-	seen := map[string]bool{}
-	for _, f := range fields[1:] {
+	var seen [5]bool // kid, sig, d, i, p
+	for rest != "" {
+		var f string
+		f, rest, _ = strings.Cut(rest, ";")
 		k, val, ok := strings.Cut(f, "=")
-		if !ok || seen[k] {
+		slot := slices.Index([]string{"kid", "sig", "d", "i", "p"}, k)
+		if !ok || slot < 0 || seen[slot] {
 			return s, fmt.Errorf("%w: malformed field %q", ErrInvalid, f)
 		}
-		seen[k] = true
+		seen[slot] = true
 		var err error
 		switch k {
 		case "kid":
@@ -224,22 +243,9 @@ func parse(v string) (signature, error) {
 	case len(flat) != 32*s.depth:
 		return s, fmt.Errorf("%w: path of %d bytes for depth %d", ErrInvalid, len(flat), s.depth)
 	}
-	for i := 0; i < s.depth; i++ {
-		s.path = append(s.path, [32]byte(flat[32*i:32*i+32]))
+	s.path = make([][32]byte, s.depth)
+	for i := range s.path {
+		s.path[i] = [32]byte(flat[32*i : 32*i+32])
 	}
 	return s, nil
-}
-
-// root climbs from leaf to the root along s's path.
-func (s signature) root(leaf [32]byte) [32]byte {
-	h, at := leaf, s.index
-	for _, sib := range s.path {
-		if at&1 == 0 {
-			h = node(h, sib)
-		} else {
-			h = node(sib, h)
-		}
-		at >>= 1
-	}
-	return h
 }

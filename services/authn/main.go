@@ -33,6 +33,8 @@ func run(ctx context.Context, lookup runtime.Lookup) error {
 		Topology: svc.Topology,
 		Registry: svc.HTTP.Registry,
 		Signer:   svc.Signer,
+
+		SigningLinger: common.SigningLinger,
 	})
 	if err != nil {
 		svc.NC.Close()

@@ -14,6 +14,12 @@ import (
 	"github.com/aigov/aigov/schemas/signing"
 )
 
+// PipelineOptions are what a runner needs to publish this publisher's
+// events in signed batches (Runner.Pipeline).
+func (p *Publisher) PipelineOptions(linger time.Duration) PipelineOptions {
+	return PipelineOptions{JS: p.js, Signer: p.signer, Linger: linger}
+}
+
 // Publisher emits a service's CloudEvents on JetStream and answers
 // requesters' inboxes. Every service publishes the same way: the event id is
 // the Nats-Msg-Id, so a redelivered input's event is stored once.
@@ -51,13 +57,23 @@ type Outgoing struct {
 }
 
 // Publish encodes, signs and publishes one event and waits for JetStream's
-// ack; it returns the message as stored so a reply can reuse it.
+// ack; it returns the message as stored so a reply can reuse it. Called by
+// the handler of a pipelined runner, it only queues the event: the runner
+// signs and stores it (in a batch) before it acks the input.
 func (p *Publisher) Publish(ctx context.Context, o Outgoing) (*nats.Msg, error) {
 	ev, err := schemas.NewEvent(o.ID, p.source, o.Type, o.Time, o.Data)
 	if err != nil {
 		return nil, err
 	}
 	ev.Subject = o.Subject
+	if s := settlementOf(ctx); s != nil {
+		msg, err := schemas.EventMessage(o.NATSSubject, ev)
+		if err != nil {
+			return nil, err
+		}
+		s.add(msg)
+		return msg, nil
+	}
 	msg, ack, err := schemas.PublishEvent(ctx, p.js, p.signer, o.NATSSubject, ev)
 	if err != nil {
 		return nil, err
@@ -72,7 +88,9 @@ func (p *Publisher) Publish(ctx context.Context, o Outgoing) (*nats.Msg, error) 
 // inbox, best effort like any core NATS message: the decision itself is
 // already durable. Only a literal _INBOX. subject is answered, so a
 // requester cannot make a service publish on a subject of its choosing.
-func (p *Publisher) Reply(requestID, replyTo string, stored *nats.Msg) {
+// In a pipelined runner's handler the reply waits until the event is
+// stored.
+func (p *Publisher) Reply(ctx context.Context, requestID, replyTo string, stored *nats.Msg) {
 	switch {
 	case replyTo == "":
 		return
@@ -80,7 +98,14 @@ func (p *Publisher) Reply(requestID, replyTo string, stored *nats.Msg) {
 		p.log.Warn().Str("request_id", requestID).Str("reply_to", truncate(strings.ToValidUTF8(replyTo, "?"), 100)).Msg("reply subject ignored: not an _INBOX. subject")
 		return
 	}
-	if err := p.nc.PublishMsg(schemas.ReplyMessage(replyTo, stored)); err != nil {
-		p.log.Warn().Err(err).Str("request_id", requestID).Msg("reply failed")
+	send := func() {
+		if err := p.nc.PublishMsg(schemas.ReplyMessage(replyTo, stored)); err != nil {
+			p.log.Warn().Err(err).Str("request_id", requestID).Msg("reply failed")
+		}
 	}
+	if s := settlementOf(ctx); s != nil {
+		s.onStored(send)
+		return
+	}
+	send()
 }

@@ -63,8 +63,8 @@ func TestPublisherDeduplicatesAndRepliesOnlyToInboxes(t *testing.T) {
 
 	sub, _ := nc.SubscribeSync("_INBOX.t.reply")
 	bad, _ := nc.SubscribeSync("elsewhere.>")
-	p.Reply("r1", "elsewhere.x", stored)
-	p.Reply("r1", "_INBOX.t.reply", stored)
+	p.Reply(ctx, "r1", "elsewhere.x", stored)
+	p.Reply(ctx, "r1", "_INBOX.t.reply", stored)
 	m, err := sub.NextMsg(2 * time.Second)
 	if err != nil {
 		t.Fatal(err)

@@ -40,6 +40,9 @@ type Runner struct {
 
 	handled *prometheus.CounterVec
 	latency prometheus.Histogram
+	// pipeline, when set, publishes handlers' events asynchronously in
+	// signed batches (Pipeline).
+	pipeline *PipelineOptions
 }
 
 // NewRunner registers the runner's metrics in reg.
@@ -121,6 +124,10 @@ func (r *Runner) Run(ctx context.Context, cons jetstream.Consumer, h Handler) er
 	msgs := make(chan jetstream.Msg)
 	if err := r.pump(ctx, cons, 2*r.workers, msgs); err != nil {
 		return err
+	}
+	if r.pipeline != nil {
+		r.runPipelined(ctx, msgs, h)
+		return nil
 	}
 	var wg sync.WaitGroup
 	for range r.workers {

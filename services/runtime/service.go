@@ -39,20 +39,24 @@ type Service struct {
 // the pipeline's CPU.
 const SigningSecondsMetric = "aigov_signing_seconds_total"
 
+// Ed25519OpsMetric counts the Ed25519 signatures made and verified (one
+// per batch of events signed, one per batch root verified), by op.
+const Ed25519OpsMetric = "aigov_signing_ed25519_total"
+
 func registerSigningMetrics(reg prometheus.Registerer, signer *signing.Signer, trust *signing.Trust) error {
 	var cs []prometheus.Collector
 	if signer != nil {
 		cs = append(cs,
-			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: SigningSecondsMetric, Help: "Time spent signing and verifying events, by op.",
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: SigningSecondsMetric, Help: "CPU time spent signing and verifying events (hashing and Ed25519), by op.",
 				ConstLabels: prometheus.Labels{"op": "sign"}}, func() float64 { return signer.Stats().Busy.Seconds() }),
-			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "aigov_signing_ed25519_total", Help: "Ed25519 signatures made or verified, by op (one per batch of events).",
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: Ed25519OpsMetric, Help: "Ed25519 signatures made or verified, by op (one per batch of events).",
 				ConstLabels: prometheus.Labels{"op": "sign"}}, func() float64 { return float64(signer.Stats().Ed25519) }))
 	}
 	if trust != nil {
 		cs = append(cs,
-			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: SigningSecondsMetric, Help: "Time spent signing and verifying events, by op.",
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: SigningSecondsMetric, Help: "CPU time spent signing and verifying events (hashing and Ed25519), by op.",
 				ConstLabels: prometheus.Labels{"op": "verify"}}, func() float64 { return trust.Stats().Busy.Seconds() }),
-			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "aigov_signing_ed25519_total", Help: "Ed25519 signatures made or verified, by op (one per batch of events).",
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: Ed25519OpsMetric, Help: "Ed25519 signatures made or verified, by op (one per batch of events).",
 				ConstLabels: prometheus.Labels{"op": "verify"}}, func() float64 { return float64(trust.Stats().Ed25519) }))
 	}
 	for _, c := range cs {

@@ -49,6 +49,9 @@ type Deps struct {
 	// Signer signs every verified event and deny, so that policy, the
 	// audit and the requester can tell them from forgeries.
 	Signer *signing.Signer
+	// SigningLinger is how long the runner gathers events to sign and
+	// publish as one batch (runtime.Common.SigningLinger).
+	SigningLinger time.Duration
 }
 
 // Verifier consumes requests and publishes verified events or denies.
@@ -121,6 +124,9 @@ func New(cfg Config, deps Deps) (*Verifier, error) {
 		return nil, fmt.Errorf("authn: %w", err)
 	}
 	v.runner = runtime.NewRunner(schemas.ConsumerAuthn, deps.Log, deps.Registry, cfg.Workers)
+	if err := v.runner.Pipeline(pub.PipelineOptions(deps.SigningLinger)); err != nil {
+		return nil, fmt.Errorf("authn: %w", err)
+	}
 	return v, nil
 }
 
@@ -441,7 +447,7 @@ func (v *Verifier) deny(ctx context.Context, r request, d *Denial) error {
 	v.outcomes.WithLabelValues(string(d.Code)).Inc()
 	v.log.Info().Str("request_id", r.id).Str("action", r.action).Str("code", string(d.Code)).
 		Str("reason", d.Reason).Str("token_fingerprint", r.tokenFP).Msg("request denied")
-	v.reply(r, body)
+	v.reply(ctx, r, body)
 	return nil
 }
 
@@ -453,4 +459,6 @@ func (v *Verifier) publish(ctx context.Context, subject, id, typ string, at time
 
 // reply sends a decision to the requester's inbox, best effort: the
 // decision itself is already durable.
-func (v *Verifier) reply(r request, stored *nats.Msg) { v.pub.Reply(r.id, r.replyTo, stored) }
+func (v *Verifier) reply(ctx context.Context, r request, stored *nats.Msg) {
+	v.pub.Reply(ctx, r.id, r.replyTo, stored)
+}

@@ -18,6 +18,7 @@ import (
 	"github.com/aigov/aigov/schemas/client"
 	"github.com/aigov/aigov/services/devenv/idp"
 	"github.com/aigov/aigov/services/devstack/internal/stack"
+	svcruntime "github.com/aigov/aigov/services/runtime"
 )
 
 // Bench pushes requests from many principals through a fresh stack and
@@ -31,6 +32,7 @@ func Bench(ctx context.Context, args []string, out io.Writer) error {
 	dir := fs.String("dir", ".run-bench", "working directory (wiped at start)")
 	auditOnly := fs.Bool("audit-only", false, "publish decision events straight onto the decisions stream at -rate for -duration and measure only the audit end of the pipe")
 	duration := fs.Duration("duration", 20*time.Second, "how long -audit-only publishes")
+	linger := fs.Duration("signing-linger", svcruntime.DefaultSigningLinger, "how long a busy service waits to sign events in one batch (AIGOV_SIGNING_LINGER)")
 	drain := fs.Int("audit-drain", 0, "publish this many decision events with the audit stopped, then time how fast it writes them all")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -67,7 +69,8 @@ func Bench(ctx context.Context, args []string, out io.Writer) error {
 		}
 		personas[names[i]] = idp.Persona{Subject: names[i], Email: names[i] + "@load.example", Name: names[i], Groups: groups}
 	}
-	st, err := stack.Start(ctx, stack.Options{Root: root, Dir: work, BinDir: bin, Personas: personas, LogLevel: "warn", Progress: out})
+	st, err := stack.Start(ctx, stack.Options{Root: root, Dir: work, BinDir: bin, Personas: personas, LogLevel: "warn", Progress: out,
+		ServiceEnv: []string{"AIGOV_SIGNING_LINGER=" + linger.String()}})
 	if err != nil {
 		return err
 	}
@@ -81,7 +84,7 @@ func Bench(ctx context.Context, args []string, out io.Writer) error {
 	}
 	req := schemas.Request{Action: "model.retrain", Resource: schemas.Resource{Type: "Model", ID: "fraud-detector"}, Context: map[string]any{"environment": "staging"}}
 
-	fmt.Fprintf(out, "\n== sending %d requests from %d principals (rate %s, %d in flight at most)\n", *n, *principals, rateText(*rate), *concurrency)
+	fmt.Fprintf(out, "\n== sending %d requests from %d principals (rate %s, %d in flight at most, signing linger %s)\n", *n, *principals, rateText(*rate), *concurrency, *linger)
 	latencies := make([]time.Duration, *n)
 	// When each decision came back: with the row poller, the time from the
 	// decision to its row being visible in ClickHouse (see rowPoller; the

@@ -48,6 +48,9 @@ var httpOffset = map[string]int{"authn": 1, "policy": 2, "audit": 3, "reaper": 4
 
 // Options configure a stack. Zero ports pick free ones.
 type Options struct {
+	// ServiceEnv is added to every service's environment (KEY=value), e.g.
+	// a benchmark's AIGOV_SIGNING_LINGER.
+	ServiceEnv []string
 	// Root is the repository root (holds policies/); found from the working
 	// directory when empty.
 	Root string
@@ -259,6 +262,7 @@ func (st *Stack) env(name, httpAddr string) []string {
 		"AIGOV_LOG_LEVEL=" + st.opts.LogLevel,
 		"AIGOV_TRUST_FILE=" + st.Keys.TrustFile,
 	}
+	e = append(e, st.opts.ServiceEnv...)
 	if slices.Contains(devkeys.Roles, name) {
 		e = append(e, "AIGOV_SIGNING_KEY="+st.Keys.KeyFile(name))
 	}

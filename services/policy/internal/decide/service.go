@@ -63,6 +63,9 @@ type Deps struct {
 	// Trust holds authn's public keys: a verified event not signed by
 	// authn is denied bad_event_signature, never decided.
 	Trust *signing.Trust
+	// SigningLinger is how long the runner gathers decisions to sign and
+	// publish as one batch (runtime.Common.SigningLinger).
+	SigningLinger time.Duration
 }
 
 // Service consumes verified requests and publishes a decision for each.
@@ -146,6 +149,9 @@ func NewService(d Deps) (*Service, error) {
 		return nil, fmt.Errorf("decide: %w", err)
 	}
 	s.runner = runtime.NewRunner(schemas.ConsumerPolicy, d.Log, d.Registry, d.Workers)
+	if err := s.runner.Pipeline(pub.PipelineOptions(d.SigningLinger)); err != nil {
+		return nil, fmt.Errorf("decide: %w", err)
+	}
 	return s, nil
 }
 
@@ -290,7 +296,7 @@ func (s *Service) Handle(ctx context.Context, m jetstream.Msg) error {
 	if err != nil {
 		return fmt.Errorf("decision for request %s: %w", v.RequestID, err)
 	}
-	s.pub.Reply(v.RequestID, v.ReplyTo, stored)
+	s.pub.Reply(ctx, v.RequestID, v.ReplyTo, stored)
 
 	code := string(d.Code)
 	if code == "" {

@@ -1,0 +1,235 @@
+package runtime
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/aigov/aigov/schemas/signing"
+)
+
+// A pipelined runner does not wait, in its workers, for the events a
+// handler publishes: the handler's Publisher calls only queue them in the
+// message's settlement, and the runner's flusher signs what the workers
+// queued as one batch (one Ed25519 signature), publishes it asynchronously,
+// and acks each input once every event it produced is stored; replies go
+// out after that, since a decision is answered only once it is durable.
+// Workers go on with the next message meanwhile, so a hop costs its CPU,
+// not a JetStream round trip per message, and signatures come in batches
+// without anyone waiting for one.
+
+// PipelineOptions configure a pipelined runner.
+type PipelineOptions struct {
+	JS     jetstream.JetStream
+	Signer *signing.Signer
+	// Linger is how long the flusher waits for more settled messages
+	// before it signs and publishes a batch; 0 flushes what is there.
+	Linger time.Duration
+	// MaxBatch bounds the events signed and published together.
+	MaxBatch int
+	// AckTimeout bounds the wait for one batch's PubAcks.
+	AckTimeout time.Duration
+}
+
+// settlement is what one handled message produced: the events to publish
+// before its input may be acked, and what to run once they are stored.
+type settlement struct {
+	mu    sync.Mutex
+	out   []*nats.Msg
+	after []func()
+}
+
+type settlementKey struct{}
+
+func settlementOf(ctx context.Context) *settlement {
+	s, _ := ctx.Value(settlementKey{}).(*settlement)
+	return s
+}
+
+// add queues an event to publish before the input is acked.
+func (s *settlement) add(m *nats.Msg) {
+	s.mu.Lock()
+	s.out = append(s.out, m)
+	s.mu.Unlock()
+}
+
+func (s *settlement) onStored(f func()) {
+	s.mu.Lock()
+	s.after = append(s.after, f)
+	s.mu.Unlock()
+}
+
+// settled is one handled message waiting for its events to be stored.
+type settled struct {
+	m jetstream.Msg
+	s *settlement
+}
+
+// inFlight is a published batch waiting for its PubAcks.
+type inFlight struct {
+	items   []settled
+	futures [][]jetstream.PubAckFuture // per item, per event
+}
+
+// Pipeline makes the runner pipelined (see above). Call before Run.
+func (r *Runner) Pipeline(o PipelineOptions) error {
+	if o.JS == nil || o.Signer == nil {
+		return errors.New("pipeline: need jetstream and a signer")
+	}
+	if o.MaxBatch < 1 {
+		o.MaxBatch = 256
+	}
+	if o.AckTimeout <= 0 {
+		o.AckTimeout = 10 * time.Second
+	}
+	r.pipeline = &o
+	return nil
+}
+
+// runPipelined is Run for a pipelined runner: the workers hand each handled
+// message to the flusher, which signs and publishes in batches, and the
+// acker settles the inputs as PubAcks arrive. All three stages end, in
+// order, after the pump closes: nothing taken is left unsettled.
+func (r *Runner) runPipelined(ctx context.Context, msgs <-chan jetstream.Msg, h Handler) {
+	o := r.pipeline
+	handled := make(chan settled, 2*r.workers)
+	published := make(chan inFlight, 4)
+	var workers, stages sync.WaitGroup
+	for range r.workers {
+		workers.Go(func() {
+			for m := range msgs {
+				s := &settlement{}
+				hctx, cancel := context.WithTimeout(context.WithValue(context.WithoutCancel(ctx), settlementKey{}, s), r.HandlerTimeout)
+				start := time.Now()
+				err := r.safely(func() error { return h(hctx, m) })
+				cancel()
+				r.latency.Observe(time.Since(start).Seconds())
+				if err != nil || len(s.out) == 0 {
+					// Nothing to store first: settle now, as Run does.
+					if err == nil {
+						runAfter(s)
+					}
+					r.settle(m, err)
+					continue
+				}
+				handled <- settled{m: m, s: s}
+			}
+		})
+	}
+	stages.Go(func() {
+		defer close(published)
+		r.flushLoop(handled, published, o)
+	})
+	stages.Go(func() {
+		for b := range published {
+			r.settleBatch(b, o.AckTimeout)
+		}
+	})
+	workers.Wait()
+	close(handled)
+	stages.Wait()
+}
+
+// flushLoop gathers handled messages into batches (up to MaxBatch events,
+// lingering up to Linger for more), signs each batch's events under one
+// signature and publishes them asynchronously.
+func (r *Runner) flushLoop(in <-chan settled, out chan<- inFlight, o *PipelineOptions) {
+	for first := range in {
+		batch := []settled{first}
+		events := len(first.s.out)
+		linger := time.NewTimer(o.Linger)
+		for open := true; open && events < o.MaxBatch; {
+			var next settled
+			if o.Linger == 0 {
+				select {
+				case next, open = <-in:
+				default:
+					open = false
+				}
+			} else {
+				select {
+				case next, open = <-in:
+				case <-linger.C:
+					open = false
+				}
+			}
+			if open {
+				batch = append(batch, next)
+				events += len(next.s.out)
+			}
+		}
+		linger.Stop()
+		all := make([]*nats.Msg, 0, events)
+		for _, it := range batch {
+			all = append(all, it.s.out...)
+		}
+		o.Signer.SignMsgs(all)
+		f := inFlight{items: batch, futures: make([][]jetstream.PubAckFuture, len(batch))}
+		for i, it := range batch {
+			for _, m := range it.s.out {
+				fut, err := o.JS.PublishMsgAsync(m)
+				if err != nil {
+					// Too many outstanding, or the connection closed: the
+					// input is naked and redelivered; whatever of it was
+					// stored collapses by Nats-Msg-Id.
+					r.log.Warn().Err(err).Str("subject", m.Subject).Msg("async publish refused")
+					fut = failedFuture{m: m, err: err}
+				}
+				f.futures[i] = append(f.futures[i], fut)
+			}
+		}
+		out <- f
+	}
+}
+
+// settleBatch waits for each event's PubAck and settles each input: ack
+// (after its replies) when all its events are stored, nak otherwise.
+func (r *Runner) settleBatch(b inFlight, timeout time.Duration) {
+	end := time.Now().Add(timeout)
+	for i, it := range b.items {
+		var err error
+		for _, fut := range b.futures[i] {
+			wait := time.NewTimer(max(time.Until(end), time.Millisecond))
+			select {
+			case <-fut.Ok():
+			case e := <-fut.Err():
+				err = fmt.Errorf("publish %s: %w", fut.Msg().Subject, e)
+			case <-wait.C:
+				err = fmt.Errorf("publish %s: no PubAck within %s", fut.Msg().Subject, timeout)
+			}
+			wait.Stop()
+			if err != nil {
+				break
+			}
+		}
+		if err == nil {
+			runAfter(it.s)
+		}
+		r.settle(it.m, err)
+	}
+}
+
+func runAfter(s *settlement) {
+	for _, f := range s.after {
+		f()
+	}
+}
+
+// failedFuture stands for a publish that was refused before it was sent.
+type failedFuture struct {
+	m   *nats.Msg
+	err error
+}
+
+func (f failedFuture) Ok() <-chan *jetstream.PubAck { return nil }
+func (f failedFuture) Err() <-chan error {
+	ch := make(chan error, 1)
+	ch <- f.err
+	return ch
+}
+func (f failedFuture) Msg() *nats.Msg { return f.m }
