@@ -82,7 +82,7 @@ func TestCheckpointSubjects(t *testing.T) {
 		"acme.audit.checkpoints.A.B":             "",
 		"aigov.audit.checkpoints.ACME_DECISIONS": "",
 	} {
-		if got, ok := s.CheckpointStream(subject); got != want && ok || ok != (want != "") {
+		if got, ok := s.CheckpointStream(subject); ok != (want != "") || (ok && got != want) {
 			t.Errorf("CheckpointStream(%s) = %q, %v; want %q", subject, got, ok, want)
 		}
 	}
