@@ -76,6 +76,23 @@ func (s Subjects) DeadLetter(stream, consumer string) string {
 	return s.join(KindDeadLetter, stream+"."+consumer)
 }
 
+// KindAudit is the kind of the audit's own subjects:
+// aigov.audit.checkpoints.<stream> carries the signed checkpoints of the
+// hash chain of one audited stream.
+const KindAudit = "audit"
+
+// Checkpoint is the subject of the signed checkpoints of an audited stream.
+func (s Subjects) Checkpoint(stream string) string { return s.join(KindAudit, "checkpoints."+stream) }
+
+// Checkpoints is the wildcard of every stream's checkpoints.
+func (s Subjects) Checkpoints() string { return s.join(KindAudit, "checkpoints.>") }
+
+// CheckpointStream returns the audited stream a checkpoint subject names.
+func (s Subjects) CheckpointStream(subject string) (string, bool) {
+	rest, ok := strings.CutPrefix(subject, s.join(KindAudit, "checkpoints."))
+	return rest, ok && rest != "" && !strings.Contains(rest, ".")
+}
+
 // MaxReplySubject bounds a reply subject taken from a request header.
 const MaxReplySubject = 256
 

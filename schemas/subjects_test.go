@@ -66,3 +66,24 @@ func TestActionOf(t *testing.T) {
 		})
 	}
 }
+
+func TestCheckpointSubjects(t *testing.T) {
+	t.Parallel()
+	s := schemas.NewSubjects("acme")
+	if got := s.Checkpoint("ACME_DECISIONS"); got != "acme.audit.checkpoints.ACME_DECISIONS" {
+		t.Errorf("Checkpoint = %s", got)
+	}
+	if got := s.Checkpoints(); got != "acme.audit.checkpoints.>" {
+		t.Errorf("Checkpoints = %s", got)
+	}
+	for subject, want := range map[string]string{
+		"acme.audit.checkpoints.ACME_DECISIONS":  "ACME_DECISIONS",
+		"acme.audit.checkpoints.":                "",
+		"acme.audit.checkpoints.A.B":             "",
+		"aigov.audit.checkpoints.ACME_DECISIONS": "",
+	} {
+		if got, ok := s.CheckpointStream(subject); ok != (want != "") || (ok && got != want) {
+			t.Errorf("CheckpointStream(%s) = %q, %v; want %q", subject, got, ok, want)
+		}
+	}
+}

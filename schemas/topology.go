@@ -115,10 +115,27 @@ func (t Topology) Signers(stream string) []string {
 func (t Topology) BucketSessions() string    { return strings.ToLower(t.name("sessions")) }
 func (t Topology) BucketRevocations() string { return strings.ToLower(t.name("revocations")) }
 
-// BucketAuditCheckpoints holds the audit's signed hash-chain checkpoints,
-// one key per audited stream, outside ClickHouse so that whoever can edit
-// the audit tables cannot also rewrite what they are checked against.
-func (t Topology) BucketAuditCheckpoints() string {
+// StreamAuditCheckpoints holds the audit's signed hash-chain checkpoints,
+// on Subjects.Checkpoint(stream) for each audited stream, outside
+// ClickHouse so that whoever can edit the audit tables cannot also rewrite
+// what they are checked against. Only the audit publishes there, and the
+// stream denies delete and purge: no credential can remove a checkpoint
+// (old ones leave by the per-stream limit, CheckpointHistory).
+func (t Topology) StreamAuditCheckpoints() string { return t.name("AUDIT_CHECKPOINTS") }
+
+// CheckpointHistory is how many checkpoints are kept per audited stream.
+const CheckpointHistory = 64
+
+// MaxCheckpointBytes bounds one checkpoint message (a few hundred bytes
+// of JSON).
+const MaxCheckpointBytes = 4 << 10
+
+// LegacyBucketAuditCheckpoints is the KV bucket that held the checkpoints
+// before they moved to StreamAuditCheckpoints. It is no longer created;
+// where a deployment still has it, the audit continues the chain from its
+// newest checkpoint and `aigov audit verify` checks its checkpoints too
+// (reading its stream, KV_<bucket>, by message only).
+func (t Topology) LegacyBucketAuditCheckpoints() string {
 	return strings.ToLower(t.name("audit_checkpoints"))
 }
 
@@ -219,10 +236,16 @@ func (t Topology) Streams() []jetstream.StreamConfig {
 	gov := base(t.StreamGovernance(), s.All(KindPolicy), t.EventMaxAge)
 	gov.Subjects = append(gov.Subjects, s.All(KindEntity), s.All(KindApproval))
 	out = append(out, gov)
+	// The checkpoints: never aged out (a checkpoint must outlive the rows
+	// it vouches for), the newest CheckpointHistory of each stream kept.
+	cps := base(t.StreamAuditCheckpoints(), s.Checkpoints(), 0)
+	cps.MaxMsgsPerSubject, cps.MaxMsgSize = CheckpointHistory, MaxCheckpointBytes
+	out = append(out, cps)
 	// What the audit vouches for is immutable on the bus too: no
 	// credential, the provisioner's included, can delete a message from
-	// these streams or purge them (the server refuses; the flags can be
-	// set on an existing stream and never cleared).
+	// these streams (the checkpoints' included) or purge them (the server
+	// refuses; the flags can be set on an existing stream and never
+	// cleared).
 	for i := range out {
 		if out[i].Name != t.StreamRequests() {
 			out[i].DenyDelete, out[i].DenyPurge = true, true
@@ -234,12 +257,13 @@ func (t Topology) Streams() []jetstream.StreamConfig {
 }
 
 // advisorySubjects names the advisories of every consumer of the given
-// streams, except the dead-letter stream's own (a dead letter is final).
+// streams, except the dead-letter stream's own (a dead letter is final)
+// and the checkpoint stream's (it has no durable consumer).
 // Naming each stream keeps two prefixes on one account from overlapping.
 func (t Topology) advisorySubjects(streams []jetstream.StreamConfig) []string {
 	var subs []string
 	for _, st := range streams {
-		if st.Name == t.StreamDeadLetter() {
+		if st.Name == t.StreamDeadLetter() || st.Name == t.StreamAuditCheckpoints() {
 			continue
 		}
 		subs = append(subs,
@@ -273,6 +297,8 @@ func (t Topology) NotAudited() map[string]string {
 			"carries the same request, principal and token fingerprint",
 		t.StreamAdvisories(): "server advisories are turned into dead-letter events by the audit's dead-letter worker; " +
 			"those are audited",
+		t.StreamAuditCheckpoints(): "checkpoints are the audit's own signed statements about the other streams' chains " +
+			"(auditing them would checkpoint every checkpoint without end); aigov audit verify checks them",
 	}
 }
 
@@ -311,8 +337,6 @@ func (t Topology) Buckets() []jetstream.KeyValueConfig {
 		{Bucket: t.BucketEntities(), Description: "the trusted entity store: resources and their attributes", History: 8, Storage: jetstream.FileStorage, Replicas: t.Replicas, MaxValueSize: MaxEntityBytes},
 		// Each approval carries its own TTL; the bucket TTL is the outer bound.
 		{Bucket: t.BucketApprovals(), Description: "granted approvals, one per approver and request digest", History: 1, Storage: jetstream.FileStorage, Replicas: t.Replicas, TTL: 7 * 24 * time.Hour, LimitMarkerTTL: t.MarkerTTL},
-		// No TTL: a checkpoint must outlive the rows it vouches for.
-		{Bucket: t.BucketAuditCheckpoints(), Description: "signed audit hash-chain checkpoints, one key per stream", History: 64, Storage: jetstream.FileStorage, Replicas: t.Replicas},
 	}
 }
 
@@ -517,9 +541,11 @@ func (t Topology) Grant(role string) (Grant, error) {
 		g := Grant{
 			Consumers: []string{ConsumerDeadLetter},
 			// Dead letters are published by the audit alone: for its own
-			// poison messages and for the other consumers' advisories.
-			Publish: []string{s.All(KindDeadLetter)},
-			WriteKV: []string{t.BucketAuditCheckpoints()},
+			// poison messages and for the other consumers' advisories;
+			// checkpoints too. It reads the checkpoint stream (below)
+			// and the legacy bucket's, by message.
+			Publish:     []string{s.All(KindDeadLetter), s.Checkpoints()},
+			ReadStreams: []string{"KV_" + t.LegacyBucketAuditCheckpoints()},
 		}
 		for _, st := range t.AuditedStreams() {
 			g.Consumers = append(g.Consumers, t.AuditConsumer(st))
@@ -533,13 +559,15 @@ func (t Topology) Grant(role string) (Grant, error) {
 		}
 		return g, nil
 	case RoleOperator:
-		// The operator CLI (aigov policy push, aigov entities): it stages
-		// policy sets and edits the entity store, reads the active set,
-		// and sends governed requests.
+		// The operator CLI (aigov policy push, aigov entities, aigov
+		// audit verify): it stages policy sets and edits the entity
+		// store, reads the active set and the checkpoints, and sends
+		// governed requests.
 		return Grant{
-			Publish: []string{s.All(KindRequest)},
-			ReadKV:  []string{t.BucketPolicy()},
-			WriteKV: []string{t.BucketPolicyProposals(), t.BucketEntities()},
+			Publish:     []string{s.All(KindRequest)},
+			ReadKV:      []string{t.BucketPolicy()},
+			WriteKV:     []string{t.BucketPolicyProposals(), t.BucketEntities()},
+			ReadStreams: []string{t.StreamAuditCheckpoints(), "KV_" + t.LegacyBucketAuditCheckpoints()},
 		}, nil
 	case RolePlatform:
 		return Grant{Publish: []string{s.All(KindRequest)}}, nil

@@ -23,9 +23,10 @@ func TestTopologyNames(t *testing.T) {
 		t.Errorf("names = %v, want %v", got, want)
 	}
 	streams := topo.Streams()
-	// requests, verified, decisions, sessions, dead letters, advisories, governance.
-	if len(streams) != 7 {
-		t.Fatalf("%d streams, want 7", len(streams))
+	// requests, verified, decisions, sessions, dead letters, advisories,
+	// governance, audit checkpoints.
+	if len(streams) != 8 {
+		t.Fatalf("%d streams, want 8", len(streams))
 	}
 	for _, s := range streams {
 		wantRetention, wantSize, wantImmutable := jetstream.LimitsPolicy, int32(schemas.MaxMessageBytes), true
@@ -36,6 +37,14 @@ func TestTopologyNames(t *testing.T) {
 			wantSize = schemas.MaxDeadLetterBytes
 		case topo.StreamAdvisories():
 			wantImmutable = false
+		case topo.StreamAuditCheckpoints():
+			wantSize = schemas.MaxCheckpointBytes
+			// Never aged out; the last CheckpointHistory of each stream
+			// kept; no rollup (a rollup would be a purge).
+			if s.Name != "ACME_AUDIT_CHECKPOINTS" || !slices.Equal(s.Subjects, []string{"acme.audit.checkpoints.>"}) || s.MaxAge != 0 ||
+				s.MaxMsgsPerSubject != schemas.CheckpointHistory || s.AllowRollup || s.Storage != jetstream.FileStorage || s.Replicas != topo.Replicas {
+				t.Errorf("checkpoint stream: %+v", s)
+			}
 		}
 		if s.DenyDelete != wantImmutable || s.DenyPurge != wantImmutable {
 			t.Errorf("stream %s: deny delete %v, deny purge %v, want %v", s.Name, s.DenyDelete, s.DenyPurge, wantImmutable)
@@ -118,7 +127,11 @@ func TestTopologyPermissions(t *testing.T) {
 		platformInbox  = "_INBOX.platform.x.y"
 		activePolicy   = "$KV.aigov_policy.active"
 		approval       = "$KV.aigov_approvals.abc"
-		checkpoint     = "$KV.aigov_audit_checkpoints.AIGOV_DECISIONS"
+		checkpoint     = "aigov.audit.checkpoints.AIGOV_DECISIONS"
+		readCheckpoint = "$JS.API.STREAM.MSG.GET.AIGOV_AUDIT_CHECKPOINTS"
+		delCheckpoint  = "$JS.API.STREAM.MSG.DELETE.AIGOV_AUDIT_CHECKPOINTS"
+		purgeCheckpts  = "$JS.API.STREAM.PURGE.AIGOV_AUDIT_CHECKPOINTS"
+		legacyKVPut    = "$KV.aigov_audit_checkpoints.AIGOV_DECISIONS"
 		purgeDecisions = "$JS.API.STREAM.PURGE.AIGOV_DECISIONS"
 		createConsumer = "$JS.API.CONSUMER.CREATE.AIGOV_DECISIONS.x"
 	)
@@ -132,39 +145,46 @@ func TestTopologyPermissions(t *testing.T) {
 		{schemas.RoleAuthn,
 			[]string{verified, decision, platformInbox, jsAPI, "$KV.aigov_token_ids.abc", "$JS.ACK.AIGOV_REQUESTS.authn.1.1.1.1.0",
 				"$JS.API.DIRECT.GET.KV_aigov_revocations.$KV.aigov_revocations.abc"},
-			[]string{request, session, kvPut, activePolicy, approval, purgeDecisions, createConsumer, "$JS.API.CONSUMER.MSG.NEXT.AIGOV_VERIFIED.policy"},
+			[]string{request, session, kvPut, activePolicy, approval, purgeDecisions, createConsumer, "$JS.API.CONSUMER.MSG.NEXT.AIGOV_VERIFIED.policy",
+				checkpoint, readCheckpoint, delCheckpoint, purgeCheckpts, legacyKVPut},
 			[]string{"_INBOX.authn.x"}, []string{"_INBOX.platform.x", request, decision}},
 		{schemas.RolePolicy,
 			[]string{decision, platformInbox, "$JS.API.CONSUMER.MSG.NEXT.AIGOV_VERIFIED.policy", activePolicy, approval,
 				"aigov.policy.changed", "aigov.entity.changed", "aigov.approval.used", "$JS.API.STREAM.INFO.KV_aigov_revocations"},
-			[]string{request, verified, session, jsAPI, kvPut, purgeDecisions, createConsumer, "$KV.aigov_policy_proposals.abc"},
+			[]string{request, verified, session, jsAPI, kvPut, purgeDecisions, createConsumer, "$KV.aigov_policy_proposals.abc",
+				checkpoint, readCheckpoint, delCheckpoint, purgeCheckpts, legacyKVPut},
 			[]string{"_INBOX.policy.x"}, []string{"_INBOX.authn.x", decision}},
 		{schemas.RoleReaper,
 			[]string{session, kvPut, "$JS.API.CONSUMER.MSG.NEXT.AIGOV_VERIFIED.reaper", "$JS.API.CONSUMER.MSG.NEXT.AIGOV_DECISIONS.reaper-leases"},
-			[]string{request, verified, decision, platformInbox, jsAPI, activePolicy, approval, purgeDecisions, createConsumer, checkpoint},
+			[]string{request, verified, decision, platformInbox, jsAPI, activePolicy, approval, purgeDecisions, createConsumer, checkpoint,
+				readCheckpoint, delCheckpoint, purgeCheckpts, legacyKVPut},
 			[]string{"_INBOX.reaper.x"}, []string{"_INBOX.platform.x"}},
 		{schemas.RoleAudit,
-			[]string{checkpoint, "$JS.API.CONSUMER.MSG.NEXT.AIGOV_DECISIONS.audit-decisions", "$JS.API.STREAM.MSG.GET.AIGOV_DECISIONS", "aigov.dlq.x"},
-			[]string{request, verified, decision, session, platformInbox, jsAPI, kvPut, activePolicy, approval, purgeDecisions, createConsumer},
+			[]string{checkpoint, readCheckpoint, "$JS.API.STREAM.INFO.AIGOV_AUDIT_CHECKPOINTS", "$JS.API.STREAM.MSG.GET.KV_aigov_audit_checkpoints",
+				"$JS.API.CONSUMER.MSG.NEXT.AIGOV_DECISIONS.audit-decisions", "$JS.API.STREAM.MSG.GET.AIGOV_DECISIONS", "aigov.dlq.x"},
+			[]string{request, verified, decision, session, platformInbox, jsAPI, kvPut, activePolicy, approval, purgeDecisions, createConsumer,
+				delCheckpoint, purgeCheckpts, legacyKVPut, "$JS.API.STREAM.DELETE.AIGOV_AUDIT_CHECKPOINTS", "$JS.API.CONSUMER.CREATE.AIGOV_AUDIT_CHECKPOINTS"},
 			[]string{"_INBOX.audit.x"}, []string{"_INBOX.platform.x", decision}},
 		// The operator stages policy sets and edits entities through those
 		// buckets' KV API only, and sends governed requests.
 		{schemas.RoleOperator,
-			[]string{request, "$KV.aigov_entities.Model.x", "$KV.aigov_policy_proposals.abc", "$JS.API.STREAM.INFO.KV_aigov_policy"},
-			[]string{verified, decision, session, jsAPI, kvPut, activePolicy, approval, "aigov.policy.changed", platformInbox, purgeDecisions, createConsumer},
+			[]string{request, "$KV.aigov_entities.Model.x", "$KV.aigov_policy_proposals.abc", "$JS.API.STREAM.INFO.KV_aigov_policy",
+				readCheckpoint, "$JS.API.STREAM.INFO.AIGOV_AUDIT_CHECKPOINTS"},
+			[]string{verified, decision, session, jsAPI, kvPut, activePolicy, approval, "aigov.policy.changed", platformInbox, purgeDecisions, createConsumer,
+				checkpoint, delCheckpoint, purgeCheckpts, legacyKVPut},
 			[]string{"_INBOX.operator.x"}, []string{platformInbox, decision}},
 		// The platform publishes requests and reads its own inbox, nothing
 		// else: it can never forge a decision or touch the JetStream API.
 		{schemas.RolePlatform,
 			[]string{request, "aigov.request.dataset.promote"},
-			[]string{verified, decision, session, jsAPI, kvPut, platformInbox, "_INBOX.authn.x", purgeDecisions},
+			[]string{verified, decision, session, jsAPI, kvPut, platformInbox, "_INBOX.authn.x", purgeDecisions, checkpoint, readCheckpoint},
 			[]string{platformInbox}, []string{"_INBOX.authn.x", decision, request, ">"}},
 		// The provisioner creates and updates; it deletes and purges nothing
 		// and publishes no event.
 		{schemas.RoleProvisioner,
 			[]string{createConsumer, "$JS.API.STREAM.CREATE.AIGOV_DECISIONS", "$JS.API.STREAM.UPDATE.AIGOV_DECISIONS", "$JS.API.STREAM.CREATE.KV_aigov_policy"},
 			[]string{purgeDecisions, "$JS.API.STREAM.DELETE.AIGOV_DECISIONS", "$JS.API.STREAM.MSG.DELETE.AIGOV_DECISIONS", "$JS.API.CONSUMER.DELETE.AIGOV_REQUESTS.authn",
-				request, decision, activePolicy, approval, kvPut, jsAPI},
+				request, decision, activePolicy, approval, kvPut, jsAPI, checkpoint, delCheckpoint, purgeCheckpts, legacyKVPut},
 			[]string{"_INBOX.provisioner.x"}, []string{platformInbox}},
 	}
 	var roles []string

@@ -1,7 +1,8 @@
 // Package chain is the audit log's tamper evidence: the hash chain that
 // links every row of ClickHouse table event_log to its predecessor in
 // stream-sequence order, the Ed25519-signed checkpoints the audit writer
-// keeps in JetStream KV, and the verification `aigov audit verify` runs.
+// keeps in a JetStream stream that denies delete and purge (Store), and
+// the verification `aigov audit verify` runs.
 //
 // The chain of a stream is a pure function of the stream's content (and of
 // the masking configuration), so any writer — a restarted one, or a second

@@ -51,7 +51,7 @@ func (c Checkpoint) Verify(pub ed25519.PublicKey) error {
 	return nil
 }
 
-// Marshal encodes a checkpoint as stored in KV.
+// Marshal encodes a checkpoint as stored in the checkpoint stream.
 func (c Checkpoint) Marshal() ([]byte, error) { return json.Marshal(c) }
 
 // ParseCheckpoint decodes a stored checkpoint.

@@ -3,13 +3,10 @@ package chain
 import (
 	"context"
 	"crypto/ed25519"
-	"errors"
 	"fmt"
 	"regexp"
-	"sort"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
-	"github.com/nats-io/nats.go/jetstream"
 )
 
 // Break is the first broken link of a stream's chain.
@@ -148,55 +145,6 @@ func VerifyStream(ctx context.Context, conn driver.Conn, db, stream string, cps 
 		return brk(head.Seq+1, "rows truncated: a checkpoint signed seq %d, the log ends at seq %d", rep.Signed, head.Seq)
 	}
 	return rep, nil
-}
-
-// Checkpoints reads every checkpoint kept for stream in bucket kv (the
-// key's history), oldest first.
-func Checkpoints(ctx context.Context, kv jetstream.KeyValue, stream string) ([]Checkpoint, error) {
-	entries, err := kv.History(ctx, stream)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		// History reads through a fresh watcher, which on a loaded server
-		// can report its initial values done before delivering any; the
-		// latest value is read directly before concluding there is none.
-		e, gerr := kv.Get(ctx, stream)
-		if errors.Is(gerr, jetstream.ErrKeyNotFound) {
-			return nil, nil
-		}
-		if gerr != nil {
-			return nil, fmt.Errorf("read checkpoints of %s: %w", stream, gerr)
-		}
-		entries = []jetstream.KeyValueEntry{e}
-		err = nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("read checkpoints of %s: %w", stream, err)
-	}
-	out := make([]Checkpoint, 0, len(entries))
-	for _, e := range entries {
-		if e.Operation() != jetstream.KeyValuePut {
-			continue
-		}
-		c, err := ParseCheckpoint(e.Value())
-		if err != nil {
-			return nil, fmt.Errorf("checkpoint of %s revision %d: %w", stream, e.Revision(), err)
-		}
-		out = append(out, c)
-	}
-	sort.SliceStable(out, func(i, j int) bool { return out[i].Seq < out[j].Seq })
-	return out, nil
-}
-
-// Streams lists the streams that have checkpoints in kv.
-func Streams(ctx context.Context, kv jetstream.KeyValue) ([]string, error) {
-	keys, err := kv.Keys(ctx)
-	if errors.Is(err, jetstream.ErrNoKeysFound) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("list checkpoint streams: %w", err)
-	}
-	sort.Strings(keys)
-	return keys, nil
 }
 
 // LoggedStreams lists the streams that have rows in event_log of database

@@ -24,6 +24,10 @@ type attack struct {
 	// effect reports, as the admin, whether the last try took effect, so a
 	// refusal is shown by the state of the bus and not only by an error.
 	effect func(ctx context.Context, role string, js jetstream.JetStream) bool
+	// bindsAdmin: the stream's own configuration refuses it, so the
+	// unrestricted admin is refused too. skipAdmin: the admin could, and
+	// the rest of the table needs what it would destroy.
+	bindsAdmin, skipAdmin bool
 }
 
 // Every role's stolen credentials are tried against the real server: each
@@ -47,6 +51,22 @@ func TestEveryRoleHasLeastPrivilege(t *testing.T) {
 	// something to remove.
 	if _, err := ajs.Publish(ctx, "aigov.decision.model.deploy", []byte(`{}`)); err != nil {
 		t.Fatal(err)
+	}
+	// And one checkpoint (on a subject no attack publishes to), at
+	// sequence 1 of the checkpoint stream.
+	if _, err := ajs.Publish(ctx, topo.Subjects.Checkpoint(topo.StreamSessions()), []byte(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	checkpointKept := func(ctx context.Context, _ string, js jetstream.JetStream) bool {
+		st, err := js.Stream(ctx, topo.StreamAuditCheckpoints())
+		if err != nil {
+			return false
+		}
+		_, err = st.GetMsg(ctx, 1)
+		return err == nil
+	}
+	checkpoints := func(ctx context.Context, js jetstream.JetStream) (jetstream.Stream, error) {
+		return js.Stream(ctx, topo.StreamAuditCheckpoints())
 	}
 
 	kvPut := func(bucket, key string) func(context.Context, string, *nats.Conn, jetstream.JetStream) error {
@@ -108,8 +128,70 @@ func TestEveryRoleHasLeastPrivilege(t *testing.T) {
 			try: kvPut(topo.BucketApprovals(), "digest.risk"), effect: kvHas(topo.BucketApprovals(), "digest.risk")},
 		{name: "write a revocation", allowed: []string{schemas.RoleReaper},
 			try: kvPut(topo.BucketRevocations(), "s1"), effect: kvHas(topo.BucketRevocations(), "s1")},
-		{name: "rewrite an audit checkpoint", allowed: []string{schemas.RoleAudit},
-			try: kvPut(topo.BucketAuditCheckpoints(), topo.StreamDecisions()), effect: kvHas(topo.BucketAuditCheckpoints(), topo.StreamDecisions())},
+		// Checkpoints: only the audit writes them; the audit and the
+		// operator (aigov audit verify) read them; nobody, the admin
+		// included, deletes one, purges them or unlocks the stream.
+		{name: "publish an audit checkpoint", allowed: []string{schemas.RoleAudit},
+			try:    publish(topo.Subjects.Checkpoint(topo.StreamDecisions())),
+			effect: lastIs(topo.StreamAuditCheckpoints(), topo.Subjects.Checkpoint(topo.StreamDecisions()))},
+		{name: "read the audit checkpoints", allowed: []string{schemas.RoleAudit, schemas.RoleOperator},
+			try: func(ctx context.Context, _ string, _ *nats.Conn, js jetstream.JetStream) error {
+				st, err := checkpoints(ctx, js)
+				if err != nil {
+					return err
+				}
+				if _, err := st.GetLastMsgForSubject(ctx, topo.Subjects.Checkpoint(topo.StreamSessions())); err != nil {
+					return err
+				}
+				_, err = st.GetMsg(ctx, 1, jetstream.WithGetMsgSubject(topo.Subjects.Checkpoint(topo.StreamSessions())))
+				return err
+			},
+			effect: func(context.Context, string, jetstream.JetStream) bool { return false }},
+		{name: "delete an audit checkpoint", allowed: nil, bindsAdmin: true,
+			try: func(ctx context.Context, _ string, _ *nats.Conn, js jetstream.JetStream) error {
+				st, err := checkpoints(ctx, js)
+				if err != nil {
+					return err
+				}
+				return st.DeleteMsg(ctx, 1)
+			},
+			effect: func(ctx context.Context, role string, js jetstream.JetStream) bool {
+				return !checkpointKept(ctx, role, js)
+			}},
+		{name: "purge the audit checkpoints", allowed: nil, bindsAdmin: true,
+			try: func(ctx context.Context, _ string, _ *nats.Conn, js jetstream.JetStream) error {
+				st, err := checkpoints(ctx, js)
+				if err != nil {
+					return err
+				}
+				return st.Purge(ctx, jetstream.WithPurgeSubject(topo.Subjects.Checkpoint(topo.StreamSessions())))
+			},
+			effect: func(ctx context.Context, role string, js jetstream.JetStream) bool {
+				return !checkpointKept(ctx, role, js)
+			}},
+		{name: "turn off deny delete on the audit checkpoints", allowed: nil, bindsAdmin: true,
+			try: func(ctx context.Context, _ string, _ *nats.Conn, js jetstream.JetStream) error {
+				for _, cfg := range topo.Streams() {
+					if cfg.Name == topo.StreamAuditCheckpoints() {
+						cfg.DenyDelete, cfg.DenyPurge = false, false
+						_, err := js.UpdateStream(ctx, cfg)
+						return err
+					}
+				}
+				return errors.New("no checkpoint stream in the topology")
+			},
+			effect: func(ctx context.Context, _ string, js jetstream.JetStream) bool {
+				st, err := js.Stream(ctx, topo.StreamAuditCheckpoints())
+				return err == nil && (!st.CachedInfo().Config.DenyDelete || !st.CachedInfo().Config.DenyPurge)
+			}},
+		{name: "delete the audit checkpoint stream", allowed: nil, skipAdmin: true,
+			try: func(ctx context.Context, _ string, _ *nats.Conn, js jetstream.JetStream) error {
+				return js.DeleteStream(ctx, topo.StreamAuditCheckpoints())
+			},
+			effect: func(ctx context.Context, _ string, js jetstream.JetStream) bool {
+				_, err := js.Stream(ctx, topo.StreamAuditCheckpoints())
+				return errors.Is(err, jetstream.ErrStreamNotFound)
+			}},
 		{name: "stage a policy set", allowed: []string{schemas.RoleOperator},
 			try: kvPut(topo.BucketPolicyProposals(), "abc"), effect: kvHas(topo.BucketPolicyProposals(), "abc")},
 		{name: "forge a decision", allowed: []string{schemas.RoleAuthn, schemas.RolePolicy},
@@ -122,7 +204,7 @@ func TestEveryRoleHasLeastPrivilege(t *testing.T) {
 			try: publish("aigov.policy.changed"), effect: lastIs(topo.StreamGovernance(), "aigov.policy.changed")},
 		{name: "publish a request", allowed: []string{schemas.RolePlatform, schemas.RoleOperator},
 			try: publish("aigov.request.model.deploy"), effect: lastIs(topo.StreamRequests(), "aigov.request.model.deploy")},
-		{name: "purge the decisions stream", allowed: nil,
+		{name: "purge the decisions stream", allowed: nil, bindsAdmin: true,
 			try: func(ctx context.Context, role string, _ *nats.Conn, js jetstream.JetStream) error {
 				st, err := js.Stream(ctx, topo.StreamDecisions())
 				if err != nil {
@@ -133,7 +215,7 @@ func TestEveryRoleHasLeastPrivilege(t *testing.T) {
 			effect: func(ctx context.Context, role string, js jetstream.JetStream) bool {
 				return decisions(ctx, js) < before
 			}},
-		{name: "delete a decision", allowed: nil,
+		{name: "delete a decision", allowed: nil, bindsAdmin: true,
 			try: func(ctx context.Context, role string, _ *nats.Conn, js jetstream.JetStream) error {
 				st, err := js.Stream(ctx, topo.StreamDecisions())
 				if err != nil {
@@ -144,7 +226,7 @@ func TestEveryRoleHasLeastPrivilege(t *testing.T) {
 			effect: func(ctx context.Context, role string, js jetstream.JetStream) bool {
 				return decisions(ctx, js) < before
 			}},
-		{name: "delete the decisions stream", allowed: nil,
+		{name: "delete the decisions stream", allowed: nil, skipAdmin: true,
 			try: func(ctx context.Context, role string, _ *nats.Conn, js jetstream.JetStream) error {
 				return js.DeleteStream(ctx, topo.StreamDecisions())
 			},
@@ -209,9 +291,9 @@ func TestEveryRoleHasLeastPrivilege(t *testing.T) {
 				// The admin is unrestricted by permissions (a dev-only
 				// user no service holds); only the streams' own flags
 				// bind it.
-				want = a.name != "purge the decisions stream" && a.name != "delete a decision"
-				if a.name == "delete the decisions stream" {
-					continue // it could, and the rest of the table needs the stream
+				want = !a.bindsAdmin
+				if a.skipAdmin {
+					continue
 				}
 			}
 			t.Run(role+"/"+a.name, func(t *testing.T) {

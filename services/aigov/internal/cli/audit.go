@@ -24,7 +24,8 @@ import (
 
 // auditCmd is `aigov audit verify`: it recomputes the hash chain of every
 // audited stream from ClickHouse and checks it against the signed
-// checkpoints in JetStream KV. Exit 0 when every chain holds, 3 when one is
+// checkpoints in the JetStream checkpoint stream (and in the KV bucket
+// older versions kept them in, where it is still there). Exit 0 when every chain holds, 3 when one is
 // broken (the first broken link is printed), 1 when it cannot check.
 func auditCmd(ctx context.Context, args []string, stdout, stderr io.Writer, lookup func(string) (string, bool)) int {
 	if len(args) == 0 || args[0] != "verify" {
@@ -33,7 +34,8 @@ func auditCmd(ctx context.Context, args []string, stdout, stderr io.Writer, look
 	}
 	fs := flag.NewFlagSet("aigov audit verify", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	// The audit's NATS user may read the checkpoint bucket.
+	// The audit's NATS user may read the checkpoint stream; so may the
+	// operator's.
 	bus := addConnFlags(fs, lookup, schemas.RoleAudit)
 	var (
 		chAddr  = fs.String("clickhouse", env(lookup, "AIGOV_CLICKHOUSE_ADDR", "127.0.0.1:9000"), "ClickHouse native address ($AIGOV_CLICKHOUSE_ADDR)")
@@ -72,10 +74,16 @@ func auditCmd(ctx context.Context, args []string, stdout, stderr io.Writer, look
 		fmt.Fprintf(stderr, "aigov audit verify: %v\n", err)
 		return ExitError
 	}
-	kv, err := js.KeyValue(ctx, schemas.NewTopology(bus.prefix).BucketAuditCheckpoints())
+	// A missing checkpoint stream is not an error to stop at: every
+	// stream with rows is then reported BROKEN for want of a checkpoint.
+	topo := schemas.NewTopology(bus.prefix)
+	store, err := chain.OpenStore(ctx, js, topo, true)
 	if err != nil {
-		fmt.Fprintf(stderr, "aigov audit verify: checkpoint bucket: %v\n", err)
+		fmt.Fprintf(stderr, "aigov audit verify: %v\n", err)
 		return ExitError
+	}
+	if !store.HasStream() {
+		fmt.Fprintf(stderr, "aigov audit verify: the checkpoint stream %s does not exist; every stream with rows will fail\n", topo.StreamAuditCheckpoints())
 	}
 	chOpts := &ch.Options{Addr: strings.Split(*chAddr, ","), Auth: ch.Auth{Database: *db, Username: *chUser, Password: cmp.Or(*chPass, env(lookup, "AIGOV_CLICKHOUSE_PASSWORD", ""))},
 		DialTimeout: 5 * time.Second, ReadTimeout: *timeout}
@@ -102,7 +110,7 @@ func auditCmd(ctx context.Context, args []string, stdout, stderr io.Writer, look
 	defer conn.Close()
 	streams := []string{*stream}
 	if *stream == "" {
-		if streams, err = chain.Streams(ctx, kv); err != nil {
+		if streams, err = store.Streams(ctx); err != nil {
 			fmt.Fprintf(stderr, "aigov audit verify: %v\n", err)
 			return ExitError
 		}
@@ -126,7 +134,7 @@ func auditCmd(ctx context.Context, args []string, stdout, stderr io.Writer, look
 	code := ExitAllow
 	var reports []chain.Report
 	for _, s := range streams {
-		cps, err := chain.Checkpoints(ctx, kv, s)
+		cps, err := store.Checkpoints(ctx, s)
 		if err != nil {
 			fmt.Fprintf(stderr, "aigov audit verify: %v\n", err)
 			return ExitError

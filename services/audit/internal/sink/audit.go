@@ -75,9 +75,9 @@ func start(ctx context.Context, cfg Config, svc *runtime.Service, conn driver.Co
 	if err != nil {
 		return nil, err
 	}
-	kv, err := svc.JS.KeyValue(ctx, svc.Topology.BucketAuditCheckpoints())
+	cps, err := chain.OpenStore(ctx, svc.JS, svc.Topology, false)
 	if err != nil {
-		return nil, fmt.Errorf("checkpoint bucket: %w", err)
+		return nil, err
 	}
 	a := &Audit{cfg: cfg, conn: conn, writer: w}
 	newRunner := func(name string) *runtime.Runner {
@@ -96,7 +96,7 @@ func start(ctx context.Context, cfg Config, svc *runtime.Service, conn driver.Co
 		if err != nil {
 			return nil, err
 		}
-		l := &streamLane{stream: stream, consumer: name, deadLtr: stream == svc.Topology.StreamDeadLetter(), w: w, js: svc.JS, kv: kv,
+		l := &streamLane{stream: stream, consumer: name, deadLtr: stream == svc.Topology.StreamDeadLetter(), w: w, js: svc.JS, cps: cps,
 			key: key, mask: mask, subjects: svc.Topology.Subjects, every: cfg.CheckpointInterval,
 			trust: svc.Trust, signers: svc.Topology.Signers(stream),
 			log: svc.Log.With().Str("component", "audit").Str("stream", stream).Logger()}

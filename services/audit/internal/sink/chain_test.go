@@ -3,6 +3,7 @@ package sink
 import (
 	"context"
 	"encoding/json"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -20,11 +21,13 @@ func (h *harness) verify(stream string) chain.Report {
 	h.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	kv, err := h.admin.KeyValue(ctx, h.topo.BucketAuditCheckpoints())
+	// A missing checkpoint stream is tolerated, as verify does: every
+	// stream with rows then fails for want of a checkpoint.
+	store, err := chain.OpenStore(ctx, h.admin, h.topo, true)
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	cps, err := chain.Checkpoints(ctx, kv, stream)
+	cps, err := store.Checkpoints(ctx, stream)
 	if err != nil {
 		h.t.Fatal(err)
 	}
@@ -37,6 +40,58 @@ func (h *harness) verify(stream string) chain.Report {
 		h.t.Fatalf("verify %s: %v", stream, err)
 	}
 	return rep
+}
+
+// loseCheckpoints ages every checkpoint out of the checkpoint stream, the
+// one way left to lose them: deleting or purging them is refused to
+// everyone (shown here first), shortening the stream's limits is not
+// refused to the provisioner.
+func (h *harness) loseCheckpoints() {
+	h.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	name := h.topo.StreamAuditCheckpoints()
+	st, err := h.admin.Stream(ctx, name)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	if st.CachedInfo().State.Msgs == 0 {
+		h.t.Fatal("no checkpoint to lose")
+	}
+	if err := st.Purge(ctx); err == nil {
+		h.t.Fatal("the admin purged the checkpoint stream")
+	}
+	if err := st.DeleteMsg(ctx, st.CachedInfo().State.LastSeq); err == nil {
+		h.t.Fatal("the admin deleted a checkpoint")
+	}
+	nc, err := h.ns.Connect(schemas.RoleProvisioner)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	defer nc.Close()
+	pjs, err := jetstream.New(nc)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	cfg := st.CachedInfo().Config
+	cfg.MaxAge, cfg.Duplicates = time.Second, time.Second
+	if _, err := pjs.UpdateStream(ctx, cfg); err != nil {
+		h.t.Fatalf("provisioner shortening the checkpoints' max age: %v", err)
+	}
+	for {
+		info, err := st.Info(ctx)
+		if err != nil {
+			h.t.Fatal(err)
+		}
+		if info.State.Msgs == 0 {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			h.t.Fatalf("checkpoints never aged out: %+v", info.State)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 func (h *harness) exec(q string) {
@@ -96,15 +151,12 @@ func TestTamperIsDetected(t *testing.T) {
 			}
 		}, 30, "two different rows"},
 		{"checkpoints deleted", func(h *harness, stream string) {
-			// Whoever could delete the checkpoints must not make the
-			// stream unverifiable in silence: rows with no checkpoint fail.
-			kv, err := h.admin.KeyValue(context.Background(), h.topo.BucketAuditCheckpoints())
-			if err != nil {
-				h.t.Fatal(err)
-			}
-			if err := kv.Purge(context.Background(), stream); err != nil {
-				h.t.Fatal(err)
-			}
+			// Nobody can delete a checkpoint: the stream refuses, even
+			// the provisioner and the unrestricted admin. What the
+			// provisioner can still do is shorten the stream's limits so
+			// that its checkpoints age out; that must not make the stream
+			// unverifiable in silence: rows with no checkpoint fail.
+			h.loseCheckpoints()
 		}, 1, "no signed checkpoint"},
 		{"truncated tail", func(h *harness, stream string) {
 			h.exec("ALTER TABLE " + h.db + ".event_log DELETE WHERE stream = '" + stream + "' AND stream_seq > 35")
@@ -301,18 +353,13 @@ func TestRedeliveryRestoresMissingTypedRows(t *testing.T) {
 	}
 	ctx := context.Background()
 	stream := h.topo.StreamDecisions()
-	kv, err := h.admin.KeyValue(ctx, h.topo.BucketAuditCheckpoints())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := kv.Purge(ctx, stream); err != nil {
-		t.Fatal(err)
-	}
+	h.loseCheckpoints()
 	if err := h.admin.DeleteConsumer(ctx, stream, schemas.ConsumerAuditDecisions); err != nil {
 		t.Fatal(err)
 	}
-	// The operator re-provisions, as after any change to the consumers.
-	if _, err := h.topo.EnsureConsumer(ctx, h.admin, schemas.ConsumerAuditDecisions); err != nil {
+	// The operator re-provisions, as after any change to the topology: the
+	// consumer is back and so are the checkpoint stream's limits.
+	if err := h.ns.Provision(); err != nil {
 		t.Fatal(err)
 	}
 
@@ -322,5 +369,88 @@ func TestRedeliveryRestoresMissingTypedRows(t *testing.T) {
 	h2.stop()
 	if got := h2.count("SELECT count() FROM "+h.db+".event_log WHERE stream = ?", stream); got != n {
 		t.Errorf("event_log holds %d rows of the stream, want %d: redelivered positions were chained again", got, n)
+	}
+}
+
+// TestLegacyCheckpointBucketIsHonoured upgrades a deployment whose
+// checkpoints are in the KV bucket older versions used: verify checks the
+// bucket's checkpoints, the restarted audit continues the chain from the
+// newest of them, and the whole log verifies against both.
+func TestLegacyCheckpointBucketIsHonoured(t *testing.T) {
+	t.Parallel()
+	const n = 12
+	h := startHarness(t, harnessOptions{batchSize: 5})
+	for i := range n {
+		h.publishDecision(decisionN(i))
+	}
+	h.waitAcked(schemas.ConsumerAuditDecisions, 20*time.Second)
+	h.stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	stream := h.topo.StreamDecisions()
+
+	// What an old deployment had: the checkpoints in the KV bucket, and
+	// none in the (new) checkpoint stream.
+	store, err := chain.OpenStore(ctx, h.admin, h.topo, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cps, err := store.Checkpoints(ctx, stream)
+	if err != nil || len(cps) == 0 {
+		t.Fatalf("checkpoints = %v, %v", cps, err)
+	}
+	kv, err := h.admin.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: h.topo.LegacyBucketAuditCheckpoints(), History: 64})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range cps {
+		b, _ := c.Marshal()
+		if _, err := kv.Put(ctx, stream, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A key deleted in the old bucket leaves a marker, which is skipped.
+	if _, err := kv.Put(ctx, "AIGOV_GONE", []byte("{}")); err != nil {
+		t.Fatal(err)
+	}
+	if err := kv.Delete(ctx, "AIGOV_GONE"); err != nil {
+		t.Fatal(err)
+	}
+	h.loseCheckpoints()
+	if err := h.ns.Provision(); err != nil {
+		t.Fatal(err)
+	}
+	if rep := h.verify(stream); !rep.OK() || rep.Rows != n || rep.Signed != n {
+		t.Fatalf("verify against the legacy bucket: %+v (broken %+v)", rep, rep.Broken)
+	}
+
+	// The upgraded audit reads the legacy bucket with its own credentials
+	// and continues the chain; its checkpoints go to the stream.
+	h2 := startHarness(t, harnessOptions{batchSize: 5, ns: h.ns, db: h.db, keyFile: h.keyFile})
+	for i := n; i < 2*n; i++ {
+		h2.publishDecision(decisionN(i))
+	}
+	h2.waitAcked(schemas.ConsumerAuditDecisions, 20*time.Second)
+	h2.stop()
+	if rep := h2.verify(stream); !rep.OK() || rep.Rows != 2*n || rep.Signed != 2*n || rep.Checkpoints <= len(cps) {
+		t.Fatalf("verify after the upgrade: %+v (broken %+v)", rep, rep.Broken)
+	}
+	st, err := h.admin.Stream(ctx, h.topo.StreamAuditCheckpoints())
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := st.GetLastMsgForSubject(ctx, h.topo.Subjects.Checkpoint(stream))
+	if err != nil {
+		t.Fatalf("no checkpoint in the stream after the upgrade: %v", err)
+	}
+	if c, err := chain.ParseCheckpoint(m.Data); err != nil || c.Seq != 2*n || c.Start != cps[0].Start {
+		t.Errorf("newest checkpoint = %+v, %v", c, err)
+	}
+	if store, err = chain.OpenStore(ctx, h.admin, h.topo, false); err != nil || !store.HasLegacy() {
+		t.Fatalf("store %+v, %v: no legacy bucket", store, err)
+	}
+	names, err := store.Streams(ctx)
+	if err != nil || !slices.Equal(names, []string{stream}) {
+		t.Errorf("streams with checkpoints = %v, %v", names, err)
 	}
 }

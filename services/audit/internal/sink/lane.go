@@ -36,7 +36,7 @@ type streamLane struct {
 	deadLtr  bool // the lane reads the dead-letter stream itself
 	w        *Writer
 	js       jetstream.JetStream
-	kv       jetstream.KeyValue
+	cps      *chain.Store
 	key      ed25519.PrivateKey
 	mask     masker
 	subjects schemas.Subjects
@@ -284,11 +284,12 @@ func (l *streamLane) publishDeadLetter(ctx context.Context, dl schemas.DeadLette
 }
 
 // loadHead finds where the chain of the stream stands: the newest signed
-// checkpoint; else chained rows already in ClickHouse (the checkpoints were
+// checkpoint (in the checkpoint stream, else in the legacy bucket of a
+// deployment that had one); else chained rows already in ClickHouse (the checkpoints were
 // lost: logged loudly); else a new chain starting after what the consumer
 // had already acknowledged.
 func (l *streamLane) loadHead(ctx context.Context) error {
-	if h, ok, err := l.kvHead(ctx); err != nil {
+	if h, ok, err := l.signedHead(ctx); err != nil {
 		return err
 	} else if ok {
 		l.head, l.haveHead, l.signedSeq = h, true, h.Seq
@@ -322,16 +323,9 @@ func (l *streamLane) loadHead(ctx context.Context) error {
 	return nil
 }
 
-func (l *streamLane) kvHead(ctx context.Context) (chain.Head, bool, error) {
-	e, err := l.kv.Get(ctx, l.stream)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return chain.Head{}, false, nil
-	}
-	if err != nil {
-		return chain.Head{}, false, fmt.Errorf("read checkpoint of %s: %w", l.stream, err)
-	}
-	c, err := chain.ParseCheckpoint(e.Value())
-	if err != nil {
+func (l *streamLane) signedHead(ctx context.Context) (chain.Head, bool, error) {
+	c, ok, err := l.cps.Latest(ctx, l.stream)
+	if err != nil || !ok {
 		return chain.Head{}, false, err
 	}
 	return c.Head, true, nil
@@ -340,13 +334,13 @@ func (l *streamLane) kvHead(ctx context.Context) (chain.Head, bool, error) {
 // refreshHead adopts a newer checkpoint another replica signed, when it
 // closes (part of) the gap in front of the batch.
 func (l *streamLane) refreshHead(ctx context.Context, next uint64) {
-	h, ok, err := l.kvHead(ctx)
+	h, ok, err := l.signedHead(ctx)
 	if err == nil && ok && h.Seq > l.head.Seq && h.Seq < next {
 		l.head = h
 	}
 }
 
-// checkpoint signs the head and stores it in KV. A failure is logged, not
+// checkpoint signs the head and stores it in the checkpoint stream. A failure is logged, not
 // returned: the rows are committed and the chain intact; the next batch
 // (or shutdown) signs again.
 func (l *streamLane) checkpoint(ctx context.Context) {
@@ -354,11 +348,7 @@ func (l *streamLane) checkpoint(ctx context.Context) {
 		return
 	}
 	c := chain.Sign(l.head, time.Now(), l.key)
-	b, err := c.Marshal()
-	if err == nil {
-		_, err = l.kv.Put(ctx, l.stream, b)
-	}
-	if err != nil {
+	if err := l.cps.Put(ctx, c); err != nil {
 		l.log.Warn().Err(err).Str("stream", l.stream).Uint64("seq", l.head.Seq).Msg("checkpoint not stored")
 		return
 	}

@@ -1,0 +1,138 @@
+package cli_test
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/json"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	ch "github.com/ClickHouse/clickhouse-go/v2"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/aigov/aigov/schemas"
+	"github.com/aigov/aigov/services/audit/chain"
+	"github.com/aigov/aigov/services/devenv/clickhouse"
+	"github.com/aigov/aigov/services/devenv/natsdev"
+)
+
+// `aigov audit verify` as the operator, on the real servers: a chain whose
+// checkpoint the audit published to the checkpoint stream verifies; a
+// stream with rows but no checkpoint is BROKEN (exit 3), and so is every
+// stream once the checkpoint stream is gone.
+func TestAuditVerifyReadsTheCheckpointStream(t *testing.T) {
+	if _, err := clickhouse.Available(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	chs, err := clickhouse.Start(ctx, clickhouse.Options{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = chs.Stop() })
+	conn, err := ch.Open(&ch.Options{Addr: []string{chs.Addr()}, Auth: ch.Auth{Username: "default"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	// The columns verify reads, as schemas/migrations create them.
+	for _, q := range []string{"CREATE DATABASE aigov", `CREATE TABLE aigov.event_log (stream String, stream_seq UInt64, event_id String,
+		type String, source String, nats_subject String, event_time_us UInt64, data String, invalid_reason String, prev_seq UInt64,
+		row_hash String, chain_hash String) ENGINE = MergeTree ORDER BY (stream, stream_seq)`} {
+		if err := conn.Exec(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	topo := schemas.NewTopology("")
+	signed, unsigned := topo.StreamDecisions(), topo.StreamSessions()
+	writeChain := func(stream string, n int) chain.Head {
+		head := chain.NewHead(stream, 0)
+		batch, err := conn.PrepareBatch(ctx, "INSERT INTO aigov.event_log (stream, stream_seq, event_id, type, source, nats_subject, event_time_us, data, invalid_reason, prev_seq, row_hash, chain_hash)")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := 1; i <= n; i++ {
+			r := chain.Row{Stream: stream, Seq: uint64(i), PrevSeq: uint64(i - 1), EventID: "ev-" + stream + "-" + strconv.Itoa(i),
+				Type: schemas.TypeDecision, Source: "aigov/policy", Subject: "aigov.decision.model.deploy", TimeUS: uint64(i), Data: `{}`}
+			head = head.Extend(&r)
+			if err := batch.Append(r.Stream, r.Seq, r.EventID, r.Type, r.Source, r.Subject, r.TimeUS, r.Data, r.InvalidReason,
+				r.PrevSeq, r.RowHash, r.ChainHash); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := batch.Send(); err != nil {
+			t.Fatal(err)
+		}
+		return head
+	}
+	head := writeChain(signed, 5)
+	writeChain(unsigned, 3)
+
+	// The audit signs and publishes the checkpoint, with its own
+	// credentials.
+	pub, key, _ := ed25519.GenerateKey(rand.Reader)
+	pubFile := filepath.Join(t.TempDir(), "audit.pub")
+	if err := chain.WritePublicKey(pubFile, pub); err != nil {
+		t.Fatal(err)
+	}
+	ns := natsdev.StartT(t, natsdev.Options{})
+	anc, err := ns.Connect(schemas.RoleAudit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer anc.Close()
+	ajs, _ := jetstream.New(anc)
+	store, err := chain.OpenStore(ctx, ajs, topo, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := chain.Sign(head, time.Now(), key)
+	// Twice: the second publish of the same head is de-duplicated.
+	for range 2 {
+		if err := store.Put(ctx, c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st, err := ajs.Stream(ctx, topo.StreamAuditCheckpoints()); err != nil || st.CachedInfo().State.Msgs != 1 {
+		t.Fatalf("checkpoint stream after two publishes of one head: %v, %+v", err, st)
+	}
+
+	verify := func(args ...string) (int, string, string) {
+		t.Helper()
+		return run(t, append([]string{"audit", "verify", "--nats", ns.URL(), "--tls-ca", ns.CAFile(),
+			"--user", schemas.RoleOperator, "--password", ns.Password(schemas.RoleOperator),
+			"--clickhouse", chs.Addr(), "--database", "aigov", "--public-key", pubFile}, args...)...)
+	}
+	code, out, errOut := verify("--stream", signed, "--json")
+	var reps []chain.Report
+	if err := json.Unmarshal([]byte(out), &reps); code != 0 || err != nil || len(reps) != 1 || !reps[0].OK() || reps[0].Rows != 5 ||
+		reps[0].Signed != 5 || reps[0].Checkpoints != 1 {
+		t.Fatalf("verify %s: exit %d, %v\n%s%s", signed, code, err, out, errOut)
+	}
+	code, out, errOut = verify()
+	if code != 3 || !strings.Contains(out, signed+" ") || !strings.Contains(out, unsigned+" ") ||
+		!strings.Contains(out, "BROKEN") || !strings.Contains(out, "no signed checkpoint") {
+		t.Fatalf("verify with an unsigned stream: exit %d, want 3\n%s%s", code, out, errOut)
+	}
+
+	// Only the server's admin can delete the checkpoint stream; verify
+	// then fails every stream with rows.
+	admin, err := ns.Connect(natsdev.AdminUser)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	adm, _ := jetstream.New(admin)
+	if err := adm.DeleteStream(ctx, topo.StreamAuditCheckpoints()); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errOut = verify("--stream", signed)
+	if code != 3 || !strings.Contains(out, "no signed checkpoint") || !strings.Contains(errOut, "does not exist") {
+		t.Fatalf("verify without the checkpoint stream: exit %d, want 3\n%s%s", code, out, errOut)
+	}
+}
