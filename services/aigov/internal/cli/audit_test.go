@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aigov/aigov/schemas"
+	"github.com/aigov/aigov/schemas/signing"
 	"github.com/aigov/aigov/services/audit/chain"
 	"github.com/aigov/aigov/services/devenv/clickhouse"
 	"github.com/aigov/aigov/services/devenv/natsdev"
@@ -43,7 +44,7 @@ func TestAuditVerifyReadsTheCheckpointStream(t *testing.T) {
 	// The columns verify reads, as schemas/migrations create them.
 	for _, q := range []string{"CREATE DATABASE aigov", `CREATE TABLE aigov.event_log (stream String, stream_seq UInt64, event_id String,
 		type String, source String, nats_subject String, event_time_us UInt64, data String, invalid_reason String, prev_seq UInt64,
-		row_hash String, chain_hash String) ENGINE = MergeTree ORDER BY (stream, stream_seq)`} {
+		row_hash String, chain_hash String, signer_key_id String, signature String) ENGINE = MergeTree ORDER BY (stream, stream_seq)`} {
 		if err := conn.Exec(ctx, q); err != nil {
 			t.Fatalf("%s: %v", q, err)
 		}
@@ -77,7 +78,7 @@ func TestAuditVerifyReadsTheCheckpointStream(t *testing.T) {
 	// credentials.
 	pub, key, _ := ed25519.GenerateKey(rand.Reader)
 	pubFile := filepath.Join(t.TempDir(), "audit.pub")
-	if err := chain.WritePublicKey(pubFile, pub); err != nil {
+	if err := signing.WritePublicKey(pubFile, pub); err != nil {
 		t.Fatal(err)
 	}
 	ns := natsdev.StartT(t, natsdev.Options{})

@@ -11,6 +11,7 @@ import (
 
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/schemas/signing"
+	"github.com/aigov/aigov/services/audit/chain"
 	"github.com/aigov/aigov/services/runtime"
 )
 
