@@ -68,13 +68,16 @@ func (p *Publisher) Publish(ctx context.Context, o Outgoing) ([]byte, error) {
 // Reply sends a decision to the requester's inbox, best effort like any core
 // NATS message: the decision itself is already durable. Only a literal
 // _INBOX. subject is answered, so a requester cannot make a service publish
-// on a subject of its choosing.
-func (p *Publisher) Reply(requestID, replyTo string, body []byte) {
+// on a subject of its choosing, and only under the inbox of the tenant the
+// request came from ("" for the aigov account), so a tenant cannot have
+// its decisions delivered into another tenant's account.
+func (p *Publisher) Reply(requestID, tenant, replyTo string, body []byte) {
 	switch {
 	case replyTo == "":
 		return
-	case !schemas.ValidInbox(replyTo):
-		p.log.Warn().Str("request_id", requestID).Str("reply_to", truncate(strings.ToValidUTF8(replyTo, "?"), 100)).Msg("reply subject ignored: not an _INBOX. subject")
+	case !schemas.ReplyAllowed(tenant, replyTo):
+		p.log.Warn().Str("request_id", requestID).Str("tenant", tenant).Str("reply_to", truncate(strings.ToValidUTF8(replyTo, "?"), 100)).
+			Msg("reply subject ignored: not an _INBOX. subject of the requester's own account")
 		return
 	}
 	if err := p.nc.Publish(replyTo, body); err != nil {

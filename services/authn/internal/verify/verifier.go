@@ -167,11 +167,14 @@ func (v *Verifier) Ready(context.Context) error {
 
 // request is what Handle learned about one request message.
 type request struct {
-	id         string
-	action     string
-	source     string
-	data       schemas.Request
-	replyTo    string
+	id      string
+	action  string
+	source  string
+	data    schemas.Request
+	replyTo string
+	// tenant is the tenant account the request came from ("" for the
+	// aigov account), from the subject the server stored it under.
+	tenant     string
 	receivedAt time.Time
 	started    time.Time
 	tokenFP    string
@@ -241,7 +244,8 @@ func (v *Verifier) Handle(ctx context.Context, m jetstream.Msg) error {
 // parse fills r from the message, or says why the request is malformed.
 // r always ends with an id and an action to publish a deny under.
 func (v *Verifier) parse(m jetstream.Msg, seq uint64, r *request) *Denial {
-	subjAction, subjErr := v.subjects.ActionOf(schemas.KindRequest, m.Subject())
+	tenant, subjAction, subjErr := v.subjects.RequestOf(m.Subject())
+	r.tenant = tenant
 	if subjErr == nil && validAction(subjAction) {
 		r.action = subjAction
 	}
@@ -392,6 +396,7 @@ func (v *Verifier) pass(ctx context.Context, r request) error {
 		SessionKey:       r.identity.SessionKey,
 		TokenFingerprint: r.tokenFP,
 		ReplyTo:          r.replyTo,
+		Tenant:           r.tenant,
 		ReceivedAt:       r.receivedAt.UTC(),
 		VerifiedAt:       now.UTC(),
 	}
@@ -449,4 +454,4 @@ func (v *Verifier) publish(ctx context.Context, subject, id, typ string, at time
 
 // reply sends a decision to the requester's inbox, best effort: the
 // decision itself is already durable.
-func (v *Verifier) reply(r request, body []byte) { v.pub.Reply(r.id, r.replyTo, body) }
+func (v *Verifier) reply(r request, body []byte) { v.pub.Reply(r.id, r.tenant, r.replyTo, body) }

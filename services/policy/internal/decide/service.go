@@ -277,7 +277,7 @@ func (s *Service) Handle(ctx context.Context, m jetstream.Msg) error {
 	if err != nil {
 		return fmt.Errorf("decision for request %s: %w", v.RequestID, err)
 	}
-	s.pub.Reply(v.RequestID, v.ReplyTo, body)
+	s.pub.Reply(v.RequestID, v.Tenant, v.ReplyTo, body)
 
 	code := string(d.Code)
 	if code == "" {
