@@ -16,7 +16,6 @@ import (
 	"testing"
 
 	"gopkg.in/yaml.v3"
-
 )
 
 const k8sDir = "deploy/k8s"
