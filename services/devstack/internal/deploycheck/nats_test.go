@@ -1,6 +1,7 @@
 package deploycheck
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"os"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aigov/aigov/schemas"
 )
@@ -306,8 +308,13 @@ func TestComposeNATSConfigEnforced(t *testing.T) {
 	if !srv.ReadyForConnections(10 * time.Second) {
 		t.Fatal("nats-server from deploy/nats/nats.conf did not start")
 	}
+	users := deployUsers(t)
 	connect := func(role, password string) (*nats.Conn, error) {
-		return nats.Connect(srv.ClientURL(), nats.UserInfo(role, password), nats.CustomInboxPrefix(schemas.InboxPrefix(role)), nats.NoReconnect(),
+		inbox := schemas.InboxPrefix(role)
+		if u, ok := users[role]; ok && u.Inbox != "" {
+			inbox = u.Inbox
+		}
+		return nats.Connect(srv.ClientURL(), nats.UserInfo(role, password), nats.CustomInboxPrefix(inbox), nats.NoReconnect(),
 			// Violations are read from LastError; do not print them.
 			nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
 	}
@@ -347,4 +354,75 @@ func TestComposeNATSConfigEnforced(t *testing.T) {
 		_, err := nc.SubscribeSync(schemas.InboxPrefix(schemas.RoleAuthn) + ".x")
 		return err
 	})
+
+	tenantsEnforced(t, func(user string) (*nats.Conn, error) { return connect(user, env[natsPasswordVar(user)]) })
+}
+
+// tenantsEnforced runs the two example tenants against a server of a
+// deploy config: platform-a's request reaches the request stream under its
+// tenant subject with its JetStream ack, a reply on its inbox reaches it
+// and not platform-b, and it can neither read platform-b's inbox nor reach
+// AIGOV's JetStream.
+func tenantsEnforced(t *testing.T, connect func(user string) (*nats.Conn, error)) {
+	t.Helper()
+	topo := deployTopology()
+	a, b := topo.Tenants[0], topo.Tenants[1]
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	conn := func(user string) *nats.Conn {
+		nc, err := connect(user)
+		if err != nil {
+			t.Fatalf("%s: %v", user, err)
+		}
+		t.Cleanup(nc.Close)
+		return nc
+	}
+	prov, _ := jetstream.New(conn(schemas.RoleProvisioner))
+	if err := topo.Provision(ctx, prov); err != nil {
+		t.Fatalf("provision as the provisioner: %v", err)
+	}
+	ac, bc, authn := conn(a), conn(b), conn(schemas.RoleAuthn)
+	ajs, _ := jetstream.New(ac)
+	ack, err := ajs.Publish(ctx, topo.Subjects.Request("model.deploy"), []byte(`{}`))
+	if err != nil || ack.Stream != topo.StreamRequests() {
+		t.Fatalf("%s request: ack %+v, %v; want one from %s", a, ack, err, topo.StreamRequests())
+	}
+	admin, _ := jetstream.New(conn(adminUser))
+	st, err := admin.Stream(ctx, topo.StreamRequests())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.GetLastMsgForSubject(ctx, topo.Subjects.TenantRequest(a, "model.deploy")); err != nil {
+		t.Errorf("%s's request is not stored under its tenant subject: %v", a, err)
+	}
+	aSub, _ := ac.SubscribeSync(schemas.TenantInboxPrefix(a) + ".>")
+	bSub, _ := bc.SubscribeSync(schemas.TenantInboxPrefix(b) + ".>")
+	for _, nc := range []*nats.Conn{ac, bc} {
+		if err := nc.Flush(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := authn.Publish(schemas.TenantInboxPrefix(a)+".c.1", []byte("a's decision")); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := aSub.NextMsg(5 * time.Second); err != nil || string(m.Data) != "a's decision" {
+		t.Errorf("%s's decision did not reach it: %v", a, err)
+	}
+	if m, err := bSub.NextMsg(200 * time.Millisecond); err == nil {
+		t.Errorf("%s received %q, meant for %s", b, m.Data, a)
+	}
+	if _, err := ac.SubscribeSync(schemas.TenantInboxPrefix(b) + ".>"); err != nil {
+		t.Fatal(err)
+	}
+	if err := ac.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if err := ac.LastError(); err == nil || !strings.Contains(strings.ToLower(err.Error()), "permissions violation") {
+		t.Errorf("%s reading %s's inbox: got %v, want a permissions violation", a, b, err)
+	}
+	sctx, scancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	defer scancel()
+	if _, err := ajs.Stream(sctx, topo.StreamDecisions()); err == nil {
+		t.Errorf("%s read the decisions stream's info", a)
+	}
 }
