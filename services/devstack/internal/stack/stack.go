@@ -68,6 +68,9 @@ type Options struct {
 	Progress io.Writer
 	// LogLevel of the services (default info).
 	LogLevel string
+	// Tenants run NATS with accounts: the services in AIGOV, each tenant
+	// (an ML platform) in its own (natsdev.Options.Tenants).
+	Tenants []string
 }
 
 // Stack is a running pipeline.
@@ -171,7 +174,7 @@ func Start(ctx context.Context, opts Options) (st *Stack, err error) {
 		}
 	}
 
-	st.NATS, err = natsdev.Start(natsdev.Options{Dir: filepath.Join(opts.Dir, "nats"), Port: opts.NATSPort})
+	st.NATS, err = natsdev.Start(natsdev.Options{Dir: filepath.Join(opts.Dir, "nats"), Port: opts.NATSPort, Tenants: opts.Tenants})
 	if err != nil {
 		return st, err
 	}
