@@ -358,3 +358,25 @@ func tenantAttacks(t *testing.T, unrestricted bool) {
 		t.Fatalf("tenant request not stored under its tenant subject: %v", err)
 	}
 }
+
+// With client certificates, a tenant's certificate maps to its user in its
+// own account: its request reaches the aigov request stream.
+func TestTenantWithClientCertificate(t *testing.T) {
+	t.Parallel()
+	srv := natsdev.StartT(t, natsdev.Options{Tenants: []string{tenantA}, ClientCerts: true})
+	if cert, _ := srv.ClientCert(tenantA); cert == "" {
+		t.Fatal("no client certificate for the tenant")
+	}
+	nc, err := srv.Connect(tenantA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ack, err := js.Publish(ctx, schemas.NewSubjects("").Request("model.deploy"), []byte(`{}`))
+	if err != nil || ack.Stream != schemas.NewTopology("").StreamRequests() {
+		t.Fatalf("tenant request over mutual TLS: ack %+v, %v", ack, err)
+	}
+}
