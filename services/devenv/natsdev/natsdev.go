@@ -3,7 +3,9 @@
 // permissions the topology grants it. The server requires TLS, with a
 // certificate from a dev CA made in its store directory; with
 // Options.ClientCerts it also requires each client's certificate and takes
-// the user from it (mutual TLS as the service identity).
+// the user from it (mutual TLS as the service identity). With
+// Options.Tenants it runs the topology's NATS accounts: the roles in the
+// aigov account, each tenant (an ML platform) in one of its own.
 package natsdev
 
 import (
