@@ -98,8 +98,11 @@ type Verified struct {
 	SessionKey       string    `json:"session_key"`
 	TokenFingerprint string    `json:"token_fingerprint"`
 	ReplyTo          string    `json:"reply_to,omitempty"`
-	ReceivedAt       time.Time `json:"received_at"`
-	VerifiedAt       time.Time `json:"verified_at"`
+	// Tenant is the tenant account the request came from, "" for the
+	// aigov account; replies go only to its inbox (ReplyAllowed).
+	Tenant     string    `json:"tenant,omitempty"`
+	ReceivedAt time.Time `json:"received_at"`
+	VerifiedAt time.Time `json:"verified_at"`
 }
 
 // Decision outcomes.

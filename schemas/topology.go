@@ -58,6 +58,9 @@ type Topology struct {
 	// MarkerTTL is how long a bucket with per-key TTLs keeps the marker a
 	// lapsed key leaves, so watchers (and a restarted reaper) see it.
 	MarkerTTL time.Duration
+	// Tenants are the ML platforms that connect in NATS accounts of their
+	// own (see Accounts); none means every user shares one account.
+	Tenants []string
 }
 
 // NewTopology returns the default topology under prefix.
@@ -222,6 +225,9 @@ func (t Topology) Streams() []jetstream.StreamConfig {
 		}
 	}
 	req := base(t.StreamRequests(), s.All(KindRequest), t.RequestMaxAge)
+	// Tenants' requests, whichever tenants there are: adding one changes
+	// the accounts, never the stream.
+	req.Subjects = append(req.Subjects, s.AllTenantRequests())
 	req.Retention = jetstream.WorkQueuePolicy
 	req.MaxMsgSize = MaxRequestBytes
 	out := []jetstream.StreamConfig{
@@ -370,7 +376,7 @@ func (t Topology) Consumer(name string) (ConsumerSpec, error) {
 	var stream string
 	switch name {
 	case ConsumerAuthn:
-		stream, c.FilterSubject = t.StreamRequests(), s.All(KindRequest)
+		stream, c.FilterSubjects = t.StreamRequests(), []string{s.All(KindRequest), s.AllTenantRequests()}
 	case ConsumerPolicy:
 		stream, c.FilterSubject = t.StreamVerified(), s.All(KindVerified)
 	case ConsumerReaper:

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -61,9 +62,9 @@ func TestTopologyNames(t *testing.T) {
 func TestTopologyConsumer(t *testing.T) {
 	t.Parallel()
 	topo := schemas.NewTopology("")
-	streamSubjects := map[string]string{}
+	streamSubjects := map[string][]string{}
 	for _, s := range topo.Streams() {
-		streamSubjects[s.Name] = s.Subjects[0]
+		streamSubjects[s.Name] = s.Subjects
 	}
 	cases := []struct {
 		name       string
@@ -71,7 +72,7 @@ func TestTopologyConsumer(t *testing.T) {
 		filter     string
 		maxDeliver int
 	}{
-		{schemas.ConsumerAuthn, "AIGOV_REQUESTS", "aigov.request.>", 20},
+		{schemas.ConsumerAuthn, "AIGOV_REQUESTS", "aigov.request.> aigov.tenant.*.request.>", 20},
 		{schemas.ConsumerPolicy, "AIGOV_VERIFIED", "aigov.verified.>", 20},
 		{schemas.ConsumerReaper, "AIGOV_VERIFIED", "aigov.verified.>", 20},
 		// The audit log must not lose an event to a long outage.
@@ -86,11 +87,17 @@ func TestTopologyConsumer(t *testing.T) {
 				t.Fatal(err)
 			}
 			c := spec.Config
-			if spec.Stream != tc.stream || c.FilterSubject != tc.filter || c.Durable != tc.name {
-				t.Errorf("spec = %s %q durable %q; want %s %q durable %q", spec.Stream, c.FilterSubject, c.Durable, tc.stream, tc.filter, tc.name)
+			filters := c.FilterSubjects
+			if c.FilterSubject != "" {
+				filters = append(filters, c.FilterSubject)
 			}
-			if !server.SubjectMatchesFilter(c.FilterSubject, streamSubjects[spec.Stream]) {
-				t.Errorf("filter %s is outside stream %s (%s)", c.FilterSubject, spec.Stream, streamSubjects[spec.Stream])
+			if spec.Stream != tc.stream || strings.Join(filters, " ") != tc.filter || c.Durable != tc.name {
+				t.Errorf("spec = %s %q durable %q; want %s %q durable %q", spec.Stream, filters, c.Durable, tc.stream, tc.filter, tc.name)
+			}
+			for _, f := range filters {
+				if !slices.ContainsFunc(streamSubjects[spec.Stream], func(sub string) bool { return server.SubjectMatchesFilter(f, sub) }) {
+					t.Errorf("filter %s is outside stream %s (%s)", f, spec.Stream, streamSubjects[spec.Stream])
+				}
 			}
 			if c.AckPolicy != jetstream.AckExplicitPolicy || c.MaxDeliver != tc.maxDeliver || c.AckWait <= 0 || c.MaxAckPending <= 0 || len(c.BackOff) != 0 {
 				t.Errorf("delivery settings %+v", c)
@@ -265,8 +272,8 @@ func TestTopologyEnsure(t *testing.T) {
 			t.Fatal(err)
 		}
 		spec, _ := topo.Consumer(name)
-		if info := c.CachedInfo(); info.Stream != spec.Stream || info.Config.FilterSubject != spec.Config.FilterSubject {
-			t.Errorf("consumer %s created as %s %s", name, info.Stream, info.Config.FilterSubject)
+		if info := c.CachedInfo(); info.Stream != spec.Stream || info.Config.FilterSubject != spec.Config.FilterSubject || !slices.Equal(info.Config.FilterSubjects, spec.Config.FilterSubjects) {
+			t.Errorf("consumer %s created as %s %s %q", name, info.Stream, info.Config.FilterSubject, info.Config.FilterSubjects)
 		}
 	}
 	if _, err := topo.EnsureConsumer(ctx, js, "billing"); !errors.Is(err, schemas.ErrUnknownConsumer) {

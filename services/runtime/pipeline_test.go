@@ -73,7 +73,7 @@ func TestPipelinedRunnerStoresBeforeItAcksAndReplies(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		pub.Reply(ctx, fmt.Sprint(i), fmt.Sprintf("_INBOX.test.replies.%d", i), stored)
+		pub.Reply(ctx, fmt.Sprint(i), "", fmt.Sprintf("_INBOX.test.replies.%d", i), stored)
 		return nil
 	}
 	r := newRunner(16)

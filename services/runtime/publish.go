@@ -87,15 +87,18 @@ func (p *Publisher) Publish(ctx context.Context, o Outgoing) (*nats.Msg, error) 
 // Reply sends a stored decision, with its signature, to the requester's
 // inbox, best effort like any core NATS message: the decision itself is
 // already durable. Only a literal _INBOX. subject is answered, so a
-// requester cannot make a service publish on a subject of its choosing.
-// In a pipelined runner's handler the reply waits until the event is
-// stored.
-func (p *Publisher) Reply(ctx context.Context, requestID, replyTo string, stored *nats.Msg) {
+// requester cannot make a service publish on a subject of its choosing,
+// and only under the inbox of the tenant the request came from ("" for
+// the aigov account), so a tenant cannot have its decisions delivered into
+// another tenant's account. In a pipelined runner's handler the reply
+// waits until the event is stored.
+func (p *Publisher) Reply(ctx context.Context, requestID, tenant, replyTo string, stored *nats.Msg) {
 	switch {
 	case replyTo == "":
 		return
-	case !schemas.ValidInbox(replyTo):
-		p.log.Warn().Str("request_id", requestID).Str("reply_to", truncate(strings.ToValidUTF8(replyTo, "?"), 100)).Msg("reply subject ignored: not an _INBOX. subject")
+	case !schemas.ReplyAllowed(tenant, replyTo):
+		p.log.Warn().Str("request_id", requestID).Str("tenant", tenant).Str("reply_to", truncate(strings.ToValidUTF8(replyTo, "?"), 100)).
+			Msg("reply subject ignored: not an _INBOX. subject of the requester's own account")
 		return
 	}
 	send := func() {

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
@@ -63,8 +64,8 @@ func TestPublisherDeduplicatesAndRepliesOnlyToInboxes(t *testing.T) {
 
 	sub, _ := nc.SubscribeSync("_INBOX.t.reply")
 	bad, _ := nc.SubscribeSync("elsewhere.>")
-	p.Reply(ctx, "r1", "elsewhere.x", stored)
-	p.Reply(ctx, "r1", "_INBOX.t.reply", stored)
+	p.Reply(ctx, "r1", "", "elsewhere.x", stored)
+	p.Reply(ctx, "r1", "", "_INBOX.t.reply", stored)
 	m, err := sub.NextMsg(2 * time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -93,5 +94,60 @@ func TestPublisherDeduplicatesAndRepliesOnlyToInboxes(t *testing.T) {
 	}
 	if _, err := bad.NextMsg(200 * time.Millisecond); err == nil {
 		t.Fatal("a reply went to a non-inbox subject")
+	}
+}
+
+// Reply across tenant accounts, on the real server: a decision for a
+// tenant's request reaches that tenant's connection in its own account;
+// one whose reply header names another tenant's inbox, or a request from
+// the aigov account naming a tenant's inbox, is not sent, so no requester
+// can have a decision delivered into an account that is not its own.
+func TestReplyStaysWithinTheRequestersTenant(t *testing.T) {
+	t.Parallel()
+	const a, b = "platform-a", "platform-b"
+	srv := natsdev.StartT(t, natsdev.Options{Tenants: []string{a, b}})
+	nc, err := srv.Connect(schemas.RoleAuthn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, _ := jetstream.New(nc)
+	p, err := runtime.NewPublisher(js, nc, devkeys.New(t).Signer(schemas.RoleAuthn), "aigov/test", zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	decision := func(text string) *nats.Msg {
+		m := nats.NewMsg("aigov.decision.model.retrain")
+		m.Data = []byte(text)
+		return m
+	}
+	inbox := map[string]string{}
+	subs := map[string]*nats.Subscription{}
+	for _, tenant := range []string{a, b} {
+		tc, err := srv.Connect(tenant)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(tc.Close)
+		inbox[tenant] = schemas.TenantInboxPrefix(tenant) + ".c1.r1"
+		s, err := tc.SubscribeSync(schemas.TenantInboxPrefix(tenant) + ".>")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := tc.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		subs[tenant] = s
+	}
+	p.Reply(ctx, "r1", a, inbox[b], decision("a's decision, sent to b"))
+	p.Reply(ctx, "r2", "", inbox[b], decision("aigov's decision, sent to b"))
+	p.Reply(ctx, "r3", a, inbox[a], decision("a's decision"))
+	m, err := subs[a].NextMsg(5 * time.Second)
+	if err != nil || string(m.Data) != "a's decision" || m.Subject != inbox[a] {
+		t.Fatalf("tenant %s: got %v, %v; want its own decision on %s", a, m, err, inbox[a])
+	}
+	if m, err := subs[b].NextMsg(300 * time.Millisecond); err == nil {
+		t.Fatalf("tenant %s received %q", b, m.Data)
 	}
 }

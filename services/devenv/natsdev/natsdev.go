@@ -3,7 +3,9 @@
 // permissions the topology grants it. The server requires TLS, with a
 // certificate from a dev CA made in its store directory; with
 // Options.ClientCerts it also requires each client's certificate and takes
-// the user from it (mutual TLS as the service identity).
+// the user from it (mutual TLS as the service identity). With
+// Options.Tenants it runs the topology's NATS accounts: the roles in the
+// aigov account, each tenant (an ML platform) in one of its own.
 package natsdev
 
 import (
@@ -47,6 +49,15 @@ type Options struct {
 	// topology (streams, buckets, durable consumers) as the provisioner,
 	// as aigov bus provision does before any service starts.
 	NoProvision bool
+	// Tenants run the server with accounts (schemas.Topology.Accounts):
+	// every role in the aigov account, each tenant in an account of its
+	// own with one user of its name (Connect(tenant)). It overrides the
+	// topology's Tenants. Ignored when Open.
+	Tenants []string
+	// UnrestrictedTenants gives the tenants' users no permissions at all
+	// within their accounts, for tests that show the account boundary
+	// holds by itself.
+	UnrestrictedTenants bool
 }
 
 // Server is a running embedded nats-server.
@@ -55,6 +66,8 @@ type Server struct {
 	topo      schemas.Topology
 	certs     *devcerts.Bundle
 	passwords map[string]string
+	// inboxes is the inbox prefix each user's connection must use.
+	inboxes map[string]string
 	// clientCerts holds each role's certificate and key files when the
 	// server maps users from client certificates.
 	clientCerts map[string][2]string
@@ -97,7 +110,7 @@ func Start(opts Options) (*Server, error) {
 		NoSigs:     true,
 		MaxPayload: int32(schemas.MaxPayloadBytes),
 	}
-	s := &Server{passwords: map[string]string{}, clientCerts: map[string][2]string{}}
+	s := &Server{passwords: map[string]string{}, inboxes: map[string]string{}, clientCerts: map[string][2]string{}}
 	var err error
 	if s.certs, err = devcerts.Ensure(filepath.Join(opts.Dir, TLSDir)); err != nil {
 		return nil, fmt.Errorf("natsdev: %w", err)
@@ -112,30 +125,12 @@ func Start(opts Options) (*Server, error) {
 		sopts.TLSConfig.ClientCAs = s.certs.Pool()
 		sopts.TLSVerify, sopts.TLSMap = true, true
 	}
+	if opts.Tenants != nil {
+		topo.Tenants = opts.Tenants
+	}
 	if !opts.Open {
-		for _, role := range append(schemas.Roles(), AdminUser) {
-			u := &server.User{Username: role}
-			if mapCerts {
-				cert, key, err := s.certs.ClientCert(role)
-				if err != nil {
-					return nil, fmt.Errorf("natsdev: %w", err)
-				}
-				s.clientCerts[role] = [2]string{cert, key}
-			} else {
-				s.passwords[role] = randomPassword()
-				u.Password = s.passwords[role]
-			}
-			if role != AdminUser {
-				p, err := topo.Permissions(role)
-				if err != nil {
-					return nil, fmt.Errorf("natsdev: %w", err)
-				}
-				u.Permissions = &server.Permissions{
-					Publish:   &server.SubjectPermission{Allow: p.Publish},
-					Subscribe: &server.SubjectPermission{Allow: p.Subscribe},
-				}
-			}
-			sopts.Users = append(sopts.Users, u)
+		if err := s.addUsers(sopts, topo, mapCerts, opts.UnrestrictedTenants); err != nil {
+			return nil, err
 		}
 	}
 	srv, err := server.NewServer(sopts)
@@ -149,6 +144,14 @@ func Start(opts Options) (*Server, error) {
 	}
 	s.srv = srv
 	s.topo = topo
+	if len(sopts.Accounts) > 0 {
+		// Only the aigov account has JetStream: a tenant's $JS.API stays
+		// in its own account and finds nothing to answer it.
+		if err := enableJetStream(srv, schemas.AccountAigov); err != nil {
+			srv.Shutdown()
+			return nil, err
+		}
+	}
 	if !opts.NoProvision {
 		if err := s.Provision(); err != nil {
 			srv.Shutdown()
@@ -178,6 +181,113 @@ func (s *Server) Provision() error {
 	defer cancel()
 	if err := s.topo.Provision(ctx, js); err != nil {
 		return fmt.Errorf("natsdev: provision: %w", err)
+	}
+	return nil
+}
+
+// addUsers adds a user per role and the admin and, with tenants, the
+// accounts of the topology: the roles and the admin in the aigov account,
+// each tenant's user in its own. Without tenants every user is in the
+// global account, as in a server without accounts.
+func (s *Server) addUsers(sopts *server.Options, topo schemas.Topology, mapCerts, unrestrictedTenants bool) error {
+	accs, err := topo.Accounts()
+	if err != nil {
+		return fmt.Errorf("natsdev: %w", err)
+	}
+	// The admin may do anything in the aigov account.
+	accs[0].Users = append(accs[0].Users, schemas.NATSUser{Name: AdminUser, Inbox: schemas.InboxPrefix(AdminUser)})
+	byName := map[string]*server.Account{}
+	if len(topo.Tenants) > 0 {
+		for _, a := range accs {
+			byName[a.Name] = server.NewAccount(a.Name)
+			sopts.Accounts = append(sopts.Accounts, byName[a.Name])
+		}
+		if err := link(accs, byName); err != nil {
+			return err
+		}
+	}
+	for _, a := range accs {
+		for _, nu := range a.Users {
+			u := &server.User{Username: nu.Name, Account: byName[a.Name]}
+			if mapCerts {
+				cert, key, err := s.certs.ClientCert(nu.Name)
+				if err != nil {
+					return fmt.Errorf("natsdev: %w", err)
+				}
+				s.clientCerts[nu.Name] = [2]string{cert, key}
+			} else {
+				s.passwords[nu.Name] = randomPassword()
+				u.Password = s.passwords[nu.Name]
+			}
+			if nu.Name != AdminUser && (a.Name == schemas.AccountAigov || !unrestrictedTenants) {
+				u.Permissions = &server.Permissions{
+					Publish:   &server.SubjectPermission{Allow: nu.Permissions.Publish},
+					Subscribe: &server.SubjectPermission{Allow: nu.Permissions.Subscribe},
+				}
+			}
+			s.inboxes[nu.Name] = nu.Inbox
+			sopts.Users = append(sopts.Users, u)
+		}
+	}
+	return nil
+}
+
+// link adds the accounts' exports and imports, as nats-server does for the
+// accounts of a config file.
+func link(accs []schemas.NATSAccount, byName map[string]*server.Account) error {
+	for _, a := range accs {
+		acc := byName[a.Name]
+		for _, e := range a.Exports {
+			var to []*server.Account
+			for _, n := range e.Accounts {
+				to = append(to, byName[n])
+			}
+			var err error
+			if e.Service {
+				err = acc.AddServiceExport(e.Subject, to)
+			} else {
+				err = acc.AddStreamExport(e.Subject, to)
+			}
+			if err != nil {
+				return fmt.Errorf("natsdev: account %s exports %s: %w", a.Name, e.Subject, err)
+			}
+		}
+	}
+	for _, a := range accs {
+		acc := byName[a.Name]
+		for _, im := range a.Imports {
+			from, ok := byName[im.Account]
+			if !ok {
+				return fmt.Errorf("natsdev: account %s imports from unknown account %s", a.Name, im.Account)
+			}
+			local := im.To
+			if local == "" {
+				local = im.Subject
+			}
+			var err error
+			if im.Service {
+				err = acc.AddServiceImport(from, local, im.Subject)
+			} else {
+				err = acc.AddStreamImport(from, im.Subject, "")
+			}
+			if err != nil {
+				return fmt.Errorf("natsdev: account %s imports %s from %s: %w", a.Name, im.Subject, im.Account, err)
+			}
+		}
+	}
+	return nil
+}
+
+// enableJetStream turns JetStream on for one account of a server with
+// accounts, without limits (a config file's "jetstream: enabled").
+func enableJetStream(srv *server.Server, name string) error {
+	acc, err := srv.LookupAccount(name)
+	if err != nil {
+		return fmt.Errorf("natsdev: account %s: %w", name, err)
+	}
+	unlimited := server.JetStreamAccountLimits{MaxMemory: -1, MaxStore: -1, MaxStreams: -1, MaxConsumers: -1, MaxAckPending: -1, MemoryMaxStreamBytes: -1, StoreMaxStreamBytes: -1}
+	if err := acc.EnableJetStream(map[string]server.JetStreamAccountLimits{"": unlimited}, nil); err != nil {
+		return fmt.Errorf("natsdev: jetstream for account %s: %w", name, err)
 	}
 	return nil
 }
@@ -229,10 +339,11 @@ func (s *Server) TLSOptions(role string) []nats.Option {
 	return opts
 }
 
-// Connect opens a connection as role (AdminUser for setup), with the role's
-// own inbox prefix as the permissions require.
+// Connect opens a connection as role (AdminUser for setup) or as a
+// tenant's user, with the user's own inbox prefix as the permissions
+// require.
 func (s *Server) Connect(role string, extra ...nats.Option) (*nats.Conn, error) {
-	opts := append([]nats.Option{nats.Name("natsdev-" + role), nats.CustomInboxPrefix(schemas.InboxPrefix(role))}, s.TLSOptions(role)...)
+	opts := append([]nats.Option{nats.Name("natsdev-" + role), nats.CustomInboxPrefix(s.InboxPrefix(role))}, s.TLSOptions(role)...)
 	if pw, ok := s.passwords[role]; ok {
 		opts = append(opts, nats.UserInfo(role, pw))
 	}
@@ -241,6 +352,15 @@ func (s *Server) Connect(role string, extra ...nats.Option) (*nats.Conn, error) 
 		return nil, fmt.Errorf("natsdev: connect as %s: %w", role, err)
 	}
 	return nc, nil
+}
+
+// InboxPrefix is the inbox prefix of a user's connection: a role's own
+// (schemas.InboxPrefix) or a tenant's (schemas.TenantInboxPrefix).
+func (s *Server) InboxPrefix(user string) string {
+	if p, ok := s.inboxes[user]; ok {
+		return p
+	}
+	return schemas.InboxPrefix(user)
 }
 
 // Shutdown stops the server and waits for it.

@@ -26,6 +26,11 @@ type Config struct {
 	// User names the NATS user (AIGOV_NATS_USER, --user); it also picks
 	// the inbox prefix _INBOX.<user>, the only inbox the user may read.
 	User string
+	// Tenant is the tenant account User belongs to, for an ML platform
+	// connecting in an account of its own (AIGOV_NATS_TENANT, --tenant).
+	// Set, the inbox prefix is the tenant's, _INBOX.tenant.<tenant>, the
+	// only inbox a tenant's user may read (schemas.Topology.Accounts).
+	Tenant string
 	// Password authenticates User (AIGOV_NATS_PASSWORD, --password).
 	Password string
 	// Creds is a .creds file (user JWT and nkey seed), used instead of the
@@ -57,6 +62,11 @@ func (c Config) Validate() error {
 	if c.Creds != "" && c.NKeySeed != "" {
 		errs = append(errs, errors.New("give a .creds file or an nkey seed, not both"))
 	}
+	if c.Tenant != "" {
+		if err := schemas.ValidTenant(c.Tenant); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	return errors.Join(errs...)
 }
 
@@ -66,7 +76,11 @@ func (c Config) Options() ([]nats.Option, error) {
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}
-	opts := []nats.Option{nats.CustomInboxPrefix(schemas.InboxPrefix(c.User))}
+	inbox := schemas.InboxPrefix(c.User)
+	if c.Tenant != "" {
+		inbox = schemas.TenantInboxPrefix(c.Tenant)
+	}
+	opts := []nats.Option{nats.CustomInboxPrefix(inbox)}
 	if c.Name != "" {
 		opts = append(opts, nats.Name(c.Name))
 	}

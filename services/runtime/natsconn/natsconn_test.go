@@ -1,6 +1,7 @@
 package natsconn_test
 
 import (
+	"context"
 	"errors"
 	"os"
 	"path/filepath"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nkeys"
 
 	"github.com/aigov/aigov/schemas"
@@ -156,5 +158,31 @@ func TestDialNKeySeed(t *testing.T) {
 	}
 	if strings.Contains(err.Error(), string(otherSeed)) {
 		t.Fatal("the error shows the seed")
+	}
+}
+
+// A tenant's user connects in its own account with the tenant's inbox
+// prefix: its JetStream publish of a request is acknowledged through the
+// service import, which needs the ack to reach that inbox.
+func TestDialAsTenant(t *testing.T) {
+	t.Parallel()
+	const tenant = "platform-a"
+	srv := natsdev.StartT(t, natsdev.Options{Tenants: []string{tenant}})
+	nc, err := natsconn.Dial(natsconn.Config{URL: srv.URL(), User: tenant, Tenant: tenant, Password: srv.Password(tenant), TLSCA: srv.CAFile()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	if !strings.HasPrefix(nc.NewRespInbox(), schemas.TenantInboxPrefix(tenant)+".") {
+		t.Fatalf("inbox %s is not the tenant's", nc.NewRespInbox())
+	}
+	js, _ := jetstream.New(nc)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := js.Publish(ctx, schemas.NewSubjects("").Request("model.deploy"), []byte(`{}`)); err != nil {
+		t.Fatalf("tenant request: %v", err)
+	}
+	if err := (natsconn.Config{URL: srv.URL(), Tenant: "Not A Tenant"}).Validate(); err == nil {
+		t.Fatal("an invalid tenant name validated")
 	}
 }

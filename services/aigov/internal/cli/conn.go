@@ -22,12 +22,12 @@ const defaultNATSURL = "nats://127.0.0.1:4222"
 // fall back to the environment when the command runs, not as flag
 // defaults: a default is printed by -h, and either may hold a secret.
 type connFlags struct {
-	lookup                           func(string) (string, bool)
-	url, user, password, creds, nkey string
-	tlsCA, tlsCert, tlsKey           string
-	prefix                           string
-	// signingKey signs what the command publishes (the operator's key);
-	// trustFile verifies what it receives.
+	lookup                                   func(string) (string, bool)
+	url, user, tenant, password, creds, nkey string
+	tlsCA, tlsCert, tlsKey                   string
+	prefix                                   string
+	// signingKey signs what the command publishes (the reaper's key, for
+	// the kill switch); trustFile verifies what it receives.
 	signingKey, trustFile string
 }
 
@@ -40,6 +40,7 @@ func addConnFlags(fs *flag.FlagSet, lookup func(string) (string, bool), defaultU
 	fs.StringVar(&c.url, "nats-url", "", urlHelp)
 	fs.StringVar(&c.url, "nats", "", "same as --nats-url")
 	fs.StringVar(&c.user, "user", env(lookup, "AIGOV_NATS_USER", defaultUser), "NATS user, also naming the inbox _INBOX.<user> ($AIGOV_NATS_USER)")
+	fs.StringVar(&c.tenant, "tenant", env(lookup, "AIGOV_NATS_TENANT", ""), "tenant account the NATS user is in (an ML platform's own account), naming the inbox _INBOX.tenant.<tenant> ($AIGOV_NATS_TENANT)")
 	fs.StringVar(&c.password, "password", "", "NATS password (default $AIGOV_NATS_PASSWORD, which is never shown; prefer it: flags show in ps)")
 	fs.StringVar(&c.creds, "creds", env(lookup, "AIGOV_NATS_CREDS", ""), "NATS .creds file, instead of a password ($AIGOV_NATS_CREDS)")
 	fs.StringVar(&c.nkey, "nkey", env(lookup, "AIGOV_NATS_NKEY", ""), "file holding an nkey seed, instead of a password ($AIGOV_NATS_NKEY)")
@@ -83,7 +84,7 @@ func (c *connFlags) config() natsconn.Config {
 		password = env(c.lookup, "AIGOV_NATS_PASSWORD", "")
 	}
 	return natsconn.Config{
-		URL: url, User: c.user, Password: password, Creds: c.creds, NKeySeed: c.nkey,
+		URL: url, User: c.user, Tenant: c.tenant, Password: password, Creds: c.creds, NKeySeed: c.nkey,
 		TLSCA: c.tlsCA, TLSCert: c.tlsCert, TLSKey: c.tlsKey, Name: "aigov-cli",
 	}
 }

@@ -177,11 +177,14 @@ func (v *Verifier) Ready(context.Context) error {
 
 // request is what Handle learned about one request message.
 type request struct {
-	id         string
-	action     string
-	source     string
-	data       schemas.Request
-	replyTo    string
+	id      string
+	action  string
+	source  string
+	data    schemas.Request
+	replyTo string
+	// tenant is the tenant account the request came from ("" for the
+	// aigov account), from the subject the server stored it under.
+	tenant     string
 	receivedAt time.Time
 	started    time.Time
 	tokenFP    string
@@ -251,7 +254,8 @@ func (v *Verifier) Handle(ctx context.Context, m jetstream.Msg) error {
 // parse fills r from the message, or says why the request is malformed.
 // r always ends with an id and an action to publish a deny under.
 func (v *Verifier) parse(m jetstream.Msg, seq uint64, r *request) *Denial {
-	subjAction, subjErr := v.subjects.ActionOf(schemas.KindRequest, m.Subject())
+	tenant, subjAction, subjErr := v.subjects.RequestOf(m.Subject())
+	r.tenant = tenant
 	if subjErr == nil && validAction(subjAction) {
 		r.action = subjAction
 	}
@@ -402,6 +406,7 @@ func (v *Verifier) pass(ctx context.Context, r request) error {
 		SessionKey:       r.identity.SessionKey,
 		TokenFingerprint: r.tokenFP,
 		ReplyTo:          r.replyTo,
+		Tenant:           r.tenant,
 		ReceivedAt:       r.receivedAt.UTC(),
 		VerifiedAt:       now.UTC(),
 	}
@@ -460,5 +465,5 @@ func (v *Verifier) publish(ctx context.Context, subject, id, typ string, at time
 // reply sends a decision to the requester's inbox, best effort: the
 // decision itself is already durable.
 func (v *Verifier) reply(ctx context.Context, r request, stored *nats.Msg) {
-	v.pub.Reply(ctx, r.id, r.replyTo, stored)
+	v.pub.Reply(ctx, r.id, r.tenant, r.replyTo, stored)
 }

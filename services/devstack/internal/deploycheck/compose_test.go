@@ -177,8 +177,11 @@ func TestComposeVolumesAndImages(t *testing.T) {
 }
 
 // natsPasswordVar is the nats service's environment variable holding a
-// role's password (deploy/nats/auth.conf reads it).
-func natsPasswordVar(role string) string { return "NATS_" + strings.ToUpper(role) + "_PASSWORD" }
+// user's password (deploy/nats/auth.conf reads it): NATS_PLATFORM_A_PASSWORD
+// for tenant platform-a.
+func natsPasswordVar(user string) string {
+	return "NATS_" + strings.ToUpper(strings.ReplaceAll(user, "-", "_")) + "_PASSWORD"
+}
 
 // The probe the compose health checks run in the distroless images: built
 // as deploy/Dockerfile builds it (its own module, outside the workspace),

@@ -16,8 +16,6 @@ import (
 	"testing"
 
 	"gopkg.in/yaml.v3"
-
-	"github.com/aigov/aigov/schemas"
 )
 
 const k8sDir = "deploy/k8s"
@@ -720,7 +718,7 @@ func TestK8sNATSCluster(t *testing.T) {
 	}
 	opts := parseNATSConf(t, "deploy/k8s/nats/nats.conf", env)
 	passwords := map[string]string{}
-	for _, u := range append(schemas.Roles(), adminUser) {
+	for _, u := range deployUserNames(t) {
 		passwords[u] = g.secrets["aigov-nats"][u]
 	}
 	checkUsers(t, "deploy/k8s/nats/nats.conf", opts.Users, passwords)

@@ -1,6 +1,7 @@
 package deploycheck
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"os"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aigov/aigov/schemas"
 )
@@ -64,19 +66,68 @@ func natsClientPort(t testing.TB) (string, int) {
 	return o.Host, o.Port
 }
 
-// checkUsers compares a config's users with schemas.Topology.Permissions:
-// one user per role with exactly the role's publish and subscribe allow
-// lists (and no deny lists), plus an unrestricted admin, and nobody else.
+// deployTopology is the topology of the compose and Kubernetes configs:
+// the default one with the example tenants (schemas.ExampleTenants).
+func deployTopology() schemas.Topology {
+	topo := schemas.NewTopology("")
+	topo.Tenants = schemas.ExampleTenants()
+	return topo
+}
+
+// natsUser is a user of the deploy configs and the account it belongs to.
+type natsUser struct {
+	account string
+	schemas.NATSUser
+}
+
+// deployUsers are the users of the deploy configs, by name: one per role
+// and the admin in the aigov account, one per tenant in its own.
+func deployUsers(t testing.TB) map[string]natsUser {
+	t.Helper()
+	accs, err := deployTopology().Accounts()
+	if err != nil {
+		t.Fatal(err)
+	}
+	users := map[string]natsUser{adminUser: {account: schemas.AccountAigov, NATSUser: schemas.NATSUser{Name: adminUser}}}
+	for _, a := range accs {
+		for _, u := range a.Users {
+			users[u.Name] = natsUser{account: a.Name, NATSUser: u}
+		}
+	}
+	return users
+}
+
+// deployUserNames lists deployUsers' names, sorted.
+func deployUserNames(t testing.TB) []string {
+	var names []string
+	for n := range deployUsers(t) {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	return names
+}
+
+// checkUsers compares a config's users with schemas.Topology.Accounts: one
+// user per role with exactly the role's publish and subscribe allow lists
+// (and no deny lists), plus an unrestricted admin, all in the aigov
+// account, one user per tenant in the tenant's account, and nobody else.
 // passwords, when not nil, are the expected password of each user.
 func checkUsers(t *testing.T, where string, users []*server.User, passwords map[string]string) {
 	t.Helper()
-	topo := schemas.NewTopology("")
-	want := append(schemas.Roles(), adminUser)
+	wantUsers := deployUsers(t)
 	var got []string
 	for _, u := range users {
 		got = append(got, u.Username)
 		if passwords != nil && (u.Password == "" || u.Password != passwords[u.Username]) {
 			t.Errorf("%s: user %s has password %q, want %q", where, u.Username, u.Password, passwords[u.Username])
+		}
+		w, ok := wantUsers[u.Username]
+		if !ok {
+			t.Errorf("%s: user %q is neither an aigov role nor a tenant", where, u.Username)
+			continue
+		}
+		if u.Account == nil || u.Account.Name != w.account {
+			t.Errorf("%s: user %s is in account %v, want %s", where, u.Username, u.Account, w.account)
 		}
 		if u.Username == adminUser {
 			if u.Permissions != nil {
@@ -84,56 +135,62 @@ func checkUsers(t *testing.T, where string, users []*server.User, passwords map[
 			}
 			continue
 		}
-		p, err := topo.Permissions(u.Username)
-		if err != nil {
-			t.Errorf("%s: user %q is not an aigov role: %v", where, u.Username, err)
-			continue
-		}
+		p := w.Permissions
 		if u.Permissions == nil || u.Permissions.Publish == nil || u.Permissions.Subscribe == nil {
 			t.Errorf("%s: user %s has no publish and subscribe permissions", where, u.Username)
 			continue
 		}
 		pub, sub := u.Permissions.Publish, u.Permissions.Subscribe
 		if !slices.Equal(sortedCopy(pub.Allow), sortedCopy(p.Publish)) || len(pub.Deny) > 0 {
-			t.Errorf("%s: user %s publish allow %q deny %q, want allow %q (schemas.Topology.Permissions)", where, u.Username, pub.Allow, pub.Deny, p.Publish)
+			t.Errorf("%s: user %s publish allow %q deny %q, want allow %q (schemas.Topology.Accounts)", where, u.Username, pub.Allow, pub.Deny, p.Publish)
 		}
-		if !slices.Equal(sortedCopy(sub.Allow), sortedCopy(p.Subscribe)) || len(sub.Deny) > 0 {
-			t.Errorf("%s: user %s subscribe allow %q deny %q, want allow %q", where, u.Username, sub.Allow, sub.Deny, p.Subscribe)
-		}
-		if !slices.Equal(sub.Allow, []string{schemas.InboxPrefix(u.Username) + ".>"}) {
-			t.Errorf("%s: user %s may subscribe to %q, want only its own inbox %s.>", where, u.Username, sub.Allow, schemas.InboxPrefix(u.Username))
+		if !slices.Equal(sub.Allow, []string{w.Inbox + ".>"}) || len(sub.Deny) > 0 {
+			t.Errorf("%s: user %s may subscribe to %q deny %q, want only its own inbox %s.>", where, u.Username, sub.Allow, sub.Deny, w.Inbox)
 		}
 	}
-	if !slices.Equal(sortedCopy(got), sortedCopy(want)) {
-		t.Errorf("%s: users %q, want %q", where, sortedCopy(got), sortedCopy(want))
+	if want := deployUserNames(t); !slices.Equal(sortedCopy(got), want) {
+		t.Errorf("%s: users %q, want %q", where, sortedCopy(got), want)
 	}
 }
 
-// authConfFiles hold the NATS users of docker-compose.yml and of the
-// Kubernetes cluster; both are generated from schemas.Topology.Permissions.
+// authConfFiles hold the NATS accounts of docker-compose.yml and of the
+// Kubernetes cluster; both are generated from schemas.Topology.Accounts.
 var authConfFiles = []string{"deploy/nats/auth.conf", "deploy/k8s/nats/auth.conf"}
 
-// renderAuthConf writes the NATS authorization block for every role of the
-// topology, passwords read from $NATS_<ROLE>_PASSWORD.
+// renderAuthConf writes the NATS accounts of the deploy topology: the
+// aigov account with a user per role, its JetStream and its exports, and
+// one account per tenant; passwords read from $NATS_<USER>_PASSWORD.
 func renderAuthConf() string {
-	topo := schemas.NewTopology("")
+	accs, err := deployTopology().Accounts()
+	if err != nil {
+		panic(err)
+	}
 	var b strings.Builder
-	b.WriteString(`# GENERATED from schemas.Topology.Permissions by
+	b.WriteString(`# GENERATED from schemas.Topology.Accounts by
 # services/devstack/internal/deploycheck (TestNATSAuthConfIsGenerated); do not
-# edit. After a change of the topology's roles or permissions, regenerate:
+# edit. After a change of the topology's roles, permissions or tenants
+# (deployTopology: schemas.ExampleTenants), regenerate:
 #   cd services/devstack && go test ./internal/deploycheck -run TestNATSAuthConfIsGenerated -update
 #
-# One NATS user per aigov role with exactly the role's permissions, plus an
-# admin for setup and inspection that no service uses. Every user may
-# subscribe only to its own inbox (_INBOX.<role>.>), so no one reads another's
-# replies; the platform may publish requests and nothing else.
+# Account AIGOV holds every stream and bucket (the only account with
+# JetStream) and one NATS user per aigov role with exactly the role's
+# permissions, plus an admin for setup and inspection that no service uses.
+# Every user may subscribe only to its own inbox (_INBOX.<role>.>), so no
+# one reads another's replies; the platform may publish requests and
+# nothing else.
+#
+# Each tenant (an ML platform) has an account of its own with one user. It
+# imports two things from AIGOV, each exported to it alone: a service,
+# through which its requests (aigov.request.> in its account) land in the
+# request stream as aigov.tenant.<tenant>.request.> with the JetStream ack
+# mapped back, and the stream of its own inbox, _INBOX.tenant.<tenant>.>,
+# on which decisions come. It sees nothing else of AIGOV: no stream,
+# bucket, decision or other tenant's traffic. See docs/security.md.
 #
 # Subjects are quoted (unquoted, $JS would be read as a variable); passwords
 # are variables, resolved from the server's environment.
-authorization {
-  users: [
+accounts {
 `)
-	fmt.Fprintf(&b, "    {user: %s, password: $%s}\n", adminUser, natsPasswordVar(adminUser))
 	quote := func(ss []string) string {
 		q := make([]string, len(ss))
 		for i, s := range ss {
@@ -141,16 +198,50 @@ authorization {
 		}
 		return strings.Join(q, ", ")
 	}
-	for _, role := range schemas.Roles() {
-		p, err := topo.Permissions(role)
-		if err != nil {
-			panic(err)
+	for _, a := range accs {
+		fmt.Fprintf(&b, "  %s: {\n", strconv.Quote(a.Name))
+		if a.JetStream {
+			b.WriteString("    jetstream: enabled\n")
 		}
-		fmt.Fprintf(&b, "    {\n      user: %s, password: $%s\n      permissions: {\n", role, natsPasswordVar(role))
-		fmt.Fprintf(&b, "        publish: {allow: [%s]}\n", quote(p.Publish))
-		fmt.Fprintf(&b, "        subscribe: {allow: [%s]}\n      }\n    }\n", quote(p.Subscribe))
+		b.WriteString("    users: [\n")
+		if a.Name == schemas.AccountAigov {
+			fmt.Fprintf(&b, "      {user: %s, password: $%s}\n", adminUser, natsPasswordVar(adminUser))
+		}
+		for _, u := range a.Users {
+			fmt.Fprintf(&b, "      {\n        user: %s, password: $%s\n        permissions: {\n", strconv.Quote(u.Name), natsPasswordVar(u.Name))
+			fmt.Fprintf(&b, "          publish: {allow: [%s]}\n", quote(u.Permissions.Publish))
+			fmt.Fprintf(&b, "          subscribe: {allow: [%s]}\n        }\n      }\n", quote(u.Permissions.Subscribe))
+		}
+		b.WriteString("    ]\n")
+		if len(a.Exports) > 0 {
+			b.WriteString("    exports: [\n")
+			for _, e := range a.Exports {
+				kind := "stream"
+				if e.Service {
+					kind = "service"
+				}
+				fmt.Fprintf(&b, "      {%s: %s, accounts: [%s]}\n", kind, strconv.Quote(e.Subject), quote(e.Accounts))
+			}
+			b.WriteString("    ]\n")
+		}
+		if len(a.Imports) > 0 {
+			b.WriteString("    imports: [\n")
+			for _, im := range a.Imports {
+				kind := "stream"
+				if im.Service {
+					kind = "service"
+				}
+				fmt.Fprintf(&b, "      {%s: {account: %s, subject: %s}", kind, strconv.Quote(im.Account), strconv.Quote(im.Subject))
+				if im.To != "" {
+					fmt.Fprintf(&b, ", to: %s", strconv.Quote(im.To))
+				}
+				b.WriteString("}\n")
+			}
+			b.WriteString("    ]\n")
+		}
+		b.WriteString("  }\n")
 	}
-	b.WriteString("  ]\n}\n")
+	b.WriteString("}\n")
 	return b.String()
 }
 
@@ -165,7 +256,7 @@ func TestNATSAuthConfIsGenerated(t *testing.T) {
 			}
 		}
 		if got := string(readFile(t, rel)); got != want {
-			t.Errorf("%s differs from schemas.Topology.Permissions; regenerate it with\n  cd services/devstack && go test ./internal/deploycheck -run TestNATSAuthConfIsGenerated -update", rel)
+			t.Errorf("%s differs from schemas.Topology.Accounts; regenerate it with\n  cd services/devstack && go test ./internal/deploycheck -run TestNATSAuthConfIsGenerated -update", rel)
 		}
 	}
 }
@@ -175,7 +266,7 @@ func TestComposeNATSConfig(t *testing.T) {
 	env := c.service(t, "nats").Environment
 	opts := composeNATS(t)
 	passwords := map[string]string{}
-	for _, u := range append(schemas.Roles(), adminUser) {
+	for _, u := range deployUserNames(t) {
 		passwords[u] = env[natsPasswordVar(u)]
 	}
 	checkUsers(t, "deploy/nats/nats.conf", opts.Users, passwords)
@@ -217,12 +308,17 @@ func TestComposeNATSConfigEnforced(t *testing.T) {
 	if !srv.ReadyForConnections(10 * time.Second) {
 		t.Fatal("nats-server from deploy/nats/nats.conf did not start")
 	}
+	users := deployUsers(t)
 	connect := func(role, password string) (*nats.Conn, error) {
-		return nats.Connect(srv.ClientURL(), nats.UserInfo(role, password), nats.CustomInboxPrefix(schemas.InboxPrefix(role)), nats.NoReconnect(),
+		inbox := schemas.InboxPrefix(role)
+		if u, ok := users[role]; ok && u.Inbox != "" {
+			inbox = u.Inbox
+		}
+		return nats.Connect(srv.ClientURL(), nats.UserInfo(role, password), nats.CustomInboxPrefix(inbox), nats.NoReconnect(),
 			// Violations are read from LastError; do not print them.
 			nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
 	}
-	for _, role := range append(schemas.Roles(), adminUser) {
+	for _, role := range deployUserNames(t) {
 		nc, err := connect(role, env[natsPasswordVar(role)])
 		if err != nil {
 			t.Errorf("%s cannot log in with its compose password: %v", role, err)
@@ -258,4 +354,75 @@ func TestComposeNATSConfigEnforced(t *testing.T) {
 		_, err := nc.SubscribeSync(schemas.InboxPrefix(schemas.RoleAuthn) + ".x")
 		return err
 	})
+
+	tenantsEnforced(t, func(user string) (*nats.Conn, error) { return connect(user, env[natsPasswordVar(user)]) })
+}
+
+// tenantsEnforced runs the two example tenants against a server of a
+// deploy config: platform-a's request reaches the request stream under its
+// tenant subject with its JetStream ack, a reply on its inbox reaches it
+// and not platform-b, and it can neither read platform-b's inbox nor reach
+// AIGOV's JetStream.
+func tenantsEnforced(t *testing.T, connect func(user string) (*nats.Conn, error)) {
+	t.Helper()
+	topo := deployTopology()
+	a, b := topo.Tenants[0], topo.Tenants[1]
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	conn := func(user string) *nats.Conn {
+		nc, err := connect(user)
+		if err != nil {
+			t.Fatalf("%s: %v", user, err)
+		}
+		t.Cleanup(nc.Close)
+		return nc
+	}
+	prov, _ := jetstream.New(conn(schemas.RoleProvisioner))
+	if err := topo.Provision(ctx, prov); err != nil {
+		t.Fatalf("provision as the provisioner: %v", err)
+	}
+	ac, bc, authn := conn(a), conn(b), conn(schemas.RoleAuthn)
+	ajs, _ := jetstream.New(ac)
+	ack, err := ajs.Publish(ctx, topo.Subjects.Request("model.deploy"), []byte(`{}`))
+	if err != nil || ack.Stream != topo.StreamRequests() {
+		t.Fatalf("%s request: ack %+v, %v; want one from %s", a, ack, err, topo.StreamRequests())
+	}
+	admin, _ := jetstream.New(conn(adminUser))
+	st, err := admin.Stream(ctx, topo.StreamRequests())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.GetLastMsgForSubject(ctx, topo.Subjects.TenantRequest(a, "model.deploy")); err != nil {
+		t.Errorf("%s's request is not stored under its tenant subject: %v", a, err)
+	}
+	aSub, _ := ac.SubscribeSync(schemas.TenantInboxPrefix(a) + ".>")
+	bSub, _ := bc.SubscribeSync(schemas.TenantInboxPrefix(b) + ".>")
+	for _, nc := range []*nats.Conn{ac, bc} {
+		if err := nc.Flush(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := authn.Publish(schemas.TenantInboxPrefix(a)+".c.1", []byte("a's decision")); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := aSub.NextMsg(5 * time.Second); err != nil || string(m.Data) != "a's decision" {
+		t.Errorf("%s's decision did not reach it: %v", a, err)
+	}
+	if m, err := bSub.NextMsg(200 * time.Millisecond); err == nil {
+		t.Errorf("%s received %q, meant for %s", b, m.Data, a)
+	}
+	if _, err := ac.SubscribeSync(schemas.TenantInboxPrefix(b) + ".>"); err != nil {
+		t.Fatal(err)
+	}
+	if err := ac.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if err := ac.LastError(); err == nil || !strings.Contains(strings.ToLower(err.Error()), "permissions violation") {
+		t.Errorf("%s reading %s's inbox: got %v, want a permissions violation", a, b, err)
+	}
+	sctx, scancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	defer scancel()
+	if _, err := ajs.Stream(sctx, topo.StreamDecisions()); err == nil {
+		t.Errorf("%s read the decisions stream's info", a)
+	}
 }

@@ -72,6 +72,9 @@ type Options struct {
 	Progress io.Writer
 	// LogLevel of the services (default info).
 	LogLevel string
+	// Tenants run NATS with accounts: the services in AIGOV, each tenant
+	// (an ML platform) in its own (natsdev.Options.Tenants).
+	Tenants []string
 }
 
 // Stack is a running pipeline.
@@ -181,7 +184,7 @@ func Start(ctx context.Context, opts Options) (st *Stack, err error) {
 	if st.Keys, err = devkeys.Generate(filepath.Join(opts.Dir, "keys")); err != nil {
 		return st, fmt.Errorf("stack: signing keys: %w", err)
 	}
-	st.NATS, err = natsdev.Start(natsdev.Options{Dir: filepath.Join(opts.Dir, "nats"), Port: opts.NATSPort})
+	st.NATS, err = natsdev.Start(natsdev.Options{Dir: filepath.Join(opts.Dir, "nats"), Port: opts.NATSPort, Tenants: opts.Tenants})
 	if err != nil {
 		return st, err
 	}

@@ -296,7 +296,7 @@ func (s *Service) Handle(ctx context.Context, m jetstream.Msg) error {
 	if err != nil {
 		return fmt.Errorf("decision for request %s: %w", v.RequestID, err)
 	}
-	s.pub.Reply(ctx, v.RequestID, v.ReplyTo, stored)
+	s.pub.Reply(ctx, v.RequestID, v.Tenant, v.ReplyTo, stored)
 
 	code := string(d.Code)
 	if code == "" {
