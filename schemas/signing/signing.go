@@ -33,6 +33,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"unsafe"
 )
 
 // Header is the NATS header that carries an event's signature.
@@ -173,7 +174,12 @@ type signature struct {
 	sig   []byte
 	depth int
 	index int
-	path  [][32]byte
+	path  [][32]byte // set when signing
+	// buf holds a parsed header's signature and then its path's hashes,
+	// back to back, so that parsing allocates nothing (a verifier parses
+	// every event's header); sigLen and flatLen say how much of each came.
+	buf             [ed25519.SignatureSize + 32*MaxDepth]byte
+	sigLen, flatLen int
 }
 
 var b64 = base64.RawURLEncoding
@@ -199,13 +205,29 @@ func (s signature) String() string {
 	return sb.String()
 }
 
-func parse(v string) (signature, error) {
-	var s signature
+// decodeInto decodes base64url v into dst (read in place, not copied)
+// and returns the decoded length: what does not fit is an error.
+func decodeInto(dst []byte, v string) (int, error) {
+	if b64.DecodedLen(len(v)) > len(dst) {
+		return 0, errors.New("too long")
+	}
+	return b64.Decode(dst, unsafe.Slice(unsafe.StringData(v), len(v)))
+}
+
+// sibling is the parsed path's hash at height.
+func (s *signature) sibling(height int) [32]byte {
+	at := ed25519.SignatureSize + 32*height
+	return [32]byte(s.buf[at : at+32])
+}
+
+// parsedSig is the parsed signature.
+func (s *signature) parsedSig() []byte { return s.buf[:s.sigLen] }
+
+func parse(v string, s *signature) error {
 	rest, ok := strings.CutPrefix(v, "v1;")
 	if !ok {
-		return s, fmt.Errorf("%w: not a v1 %s header", ErrInvalid, Header)
+		return fmt.Errorf("%w: not a v1 %s header", ErrInvalid, Header)
 	}
-	var flat []byte
 	var seen [5]bool // kid, sig, d, i, p
 	for rest != "" {
 		var f string
@@ -213,7 +235,7 @@ func parse(v string) (signature, error) {
 		k, val, ok := strings.Cut(f, "=")
 		slot := slices.Index([]string{"kid", "sig", "d", "i", "p"}, k)
 		if !ok || slot < 0 || seen[slot] {
-			return s, fmt.Errorf("%w: malformed field %q", ErrInvalid, f)
+			return fmt.Errorf("%w: malformed field %q", ErrInvalid, f)
 		}
 		seen[slot] = true
 		var err error
@@ -221,31 +243,27 @@ func parse(v string) (signature, error) {
 		case "kid":
 			s.kid = val
 		case "sig":
-			s.sig, err = b64.DecodeString(val)
+			s.sigLen, err = decodeInto(s.buf[:ed25519.SignatureSize], val)
 		case "d":
 			s.depth, err = strconv.Atoi(val)
 		case "i":
 			s.index, err = strconv.Atoi(val)
 		case "p":
-			flat, err = b64.DecodeString(val)
+			s.flatLen, err = decodeInto(s.buf[ed25519.SignatureSize:], val)
 		default:
 			err = errors.New("unknown field")
 		}
 		if err != nil {
-			return s, fmt.Errorf("%w: field %q: %v", ErrInvalid, k, err)
+			return fmt.Errorf("%w: field %q: %v", ErrInvalid, k, err)
 		}
 	}
 	switch {
-	case s.kid == "" || len(s.sig) != ed25519.SignatureSize:
-		return s, fmt.Errorf("%w: missing key id or signature", ErrInvalid)
+	case s.kid == "" || s.sigLen != ed25519.SignatureSize:
+		return fmt.Errorf("%w: missing key id or signature", ErrInvalid)
 	case s.depth < 0 || s.depth > MaxDepth || s.index < 0 || s.index >= 1<<s.depth:
-		return s, fmt.Errorf("%w: depth %d index %d out of range", ErrInvalid, s.depth, s.index)
-	case len(flat) != 32*s.depth:
-		return s, fmt.Errorf("%w: path of %d bytes for depth %d", ErrInvalid, len(flat), s.depth)
+		return fmt.Errorf("%w: depth %d index %d out of range", ErrInvalid, s.depth, s.index)
+	case s.flatLen != 32*s.depth:
+		return fmt.Errorf("%w: path of %d bytes for depth %d", ErrInvalid, s.flatLen, s.depth)
 	}
-	s.path = make([][32]byte, s.depth)
-	for i := range s.path {
-		s.path[i] = [32]byte(flat[32*i : 32*i+32])
-	}
-	return s, nil
+	return nil
 }

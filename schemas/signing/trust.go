@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -182,8 +183,8 @@ func (t *Trust) verify(subject, msgID string, body []byte, header string, roles 
 	if header == "" || msgID == "" {
 		return Key{}, ErrUnsigned
 	}
-	s, err := parse(header)
-	if err != nil {
+	var s signature
+	if err := parse(header, &s); err != nil {
 		return Key{}, err
 	}
 	k, ok := t.keys[s.kid]
@@ -191,7 +192,7 @@ func (t *Trust) verify(subject, msgID string, body []byte, header string, roles 
 		return Key{}, fmt.Errorf("%w: key %s is not in the trust file", ErrUntrusted, s.kid)
 	}
 	if !slices.Contains(roles, k.Role) {
-		return k, fmt.Errorf("%w: key %s is %s's, this event is signed by %v", ErrUntrusted, k.ID, k.Role, roles)
+		return k, fmt.Errorf("%w: key %s is %s's, this event is signed by %s", ErrUntrusted, k.ID, k.Role, strings.Join(roles, " or "))
 	}
 	// Climb from the event's leaf until a node already verified, or the
 	// root, whose signature is then checked once.
@@ -203,9 +204,9 @@ func (t *Trust) verify(subject, msgID string, body []byte, header string, roles 
 	path = append(path, h)
 	for height := 0; !known && height < s.depth; height++ {
 		if at&1 == 0 {
-			h = node(h, s.path[height])
+			h = node(h, s.sibling(height))
 		} else {
-			h = node(s.path[height], h)
+			h = node(s.sibling(height), h)
 		}
 		at >>= 1
 		path = append(path, h)
@@ -215,7 +216,7 @@ func (t *Trust) verify(subject, msgID string, body []byte, header string, roles 
 	if !known {
 		t.roots.Add(1)
 		var valid bool
-		measure(ed, func() { valid = ed25519.Verify(k.Public, rootMessage(s.depth, h), s.sig) })
+		measure(ed, func() { valid = ed25519.Verify(k.Public, rootMessage(s.depth, h), s.parsedSig()) })
 		if !valid {
 			return k, fmt.Errorf("%w: key %s", ErrInvalid, k.ID)
 		}

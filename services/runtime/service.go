@@ -44,24 +44,26 @@ const SigningSecondsMetric = "aigov_signing_seconds_total"
 const Ed25519OpsMetric = "aigov_signing_ed25519_total"
 
 func registerSigningMetrics(reg prometheus.Registerer, signer *signing.Signer, trust *signing.Trust) error {
-	var cs []prometheus.Collector
+	ops := map[string]func() signing.Stats{}
 	if signer != nil {
-		cs = append(cs,
-			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: SigningSecondsMetric, Help: "CPU time spent signing and verifying events (hashing and Ed25519), by op.",
-				ConstLabels: prometheus.Labels{"op": "sign"}}, func() float64 { return signer.Stats().Busy.Seconds() }),
-			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: Ed25519OpsMetric, Help: "Ed25519 signatures made or verified, by op (one per batch of events).",
-				ConstLabels: prometheus.Labels{"op": "sign"}}, func() float64 { return float64(signer.Stats().Ed25519) }))
+		ops["sign"] = signer.Stats
 	}
 	if trust != nil {
-		cs = append(cs,
-			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: SigningSecondsMetric, Help: "CPU time spent signing and verifying events (hashing and Ed25519), by op.",
-				ConstLabels: prometheus.Labels{"op": "verify"}}, func() float64 { return trust.Stats().Busy.Seconds() }),
-			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: Ed25519OpsMetric, Help: "Ed25519 signatures made or verified, by op (one per batch of events).",
-				ConstLabels: prometheus.Labels{"op": "verify"}}, func() float64 { return float64(trust.Stats().Ed25519) }))
+		ops["verify"] = trust.Stats
 	}
-	for _, c := range cs {
-		if err := reg.Register(c); err != nil {
-			return fmt.Errorf("register signing metrics: %w", err)
+	for op, stats := range ops {
+		labels := prometheus.Labels{"op": op}
+		for _, c := range []prometheus.Collector{
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: SigningSecondsMetric, ConstLabels: labels,
+				Help: "CPU time spent signing and verifying events (hashing and Ed25519), by op."},
+				func() float64 { return stats().Busy.Seconds() }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: Ed25519OpsMetric, ConstLabels: labels,
+				Help: "Ed25519 signatures made or verified, by op (one per batch of events)."},
+				func() float64 { return float64(stats().Ed25519) }),
+		} {
+			if err := reg.Register(c); err != nil {
+				return fmt.Errorf("register signing metrics: %w", err)
+			}
 		}
 	}
 	return nil
