@@ -187,8 +187,10 @@ func Banner(run string, clickhousePort int) string {
 == aigov is serving (Ctrl-C to stop)
 Fresh tokens for alice, carol, erin, rita and oscar are rewritten every 5s in %[1]s/tokens/.
 %[1]s/env/<role>.env holds what a client needs to act as each NATS role (platform,
-operator, reaper, audit, ...): AIGOV_NATS_URL, AIGOV_NATS_USER, AIGOV_NATS_PASSWORD and
-AIGOV_NATS_TLS_CA (NATS speaks only TLS; its dev CA is in %[1]s/nats/tls/).
+operator, reaper, audit, ...): AIGOV_NATS_URL, AIGOV_NATS_USER, AIGOV_NATS_PASSWORD,
+AIGOV_NATS_TLS_CA (NATS speaks only TLS; its dev CA is in %[1]s/nats/tls/), AIGOV_TRUST_FILE
+(the services' public keys: a decision counts only when signed by authn or policy) and,
+for authn, policy and the reaper, AIGOV_SIGNING_KEY (keys in %[1]s/keys/).
 
 Send your own request (the CLI reads the env file):
 
