@@ -3,9 +3,11 @@ package signing
 import (
 	"crypto/ed25519"
 	"errors"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/nats-io/nats.go"
 )
@@ -98,10 +100,36 @@ func (s *Signer) sign(batch []*job) {
 	for i, j := range batch {
 		leaves[i] = j.leaf
 	}
-	depth, root, paths := tree(leaves)
-	sig := ed25519.Sign(s.key, rootMessage(depth, root))
+	tree := levels(leaves)
+	depth := len(tree) - 1
+	sig := ed25519.Sign(s.key, rootMessage(depth, tree[depth][0]))
+	// The prefix is the batch's; only the index and the path are each
+	// event's.
+	prefix := make([]byte, 0, 128)
+	prefix = append(prefix, "v1;kid="...)
+	prefix = append(prefix, s.kid...)
+	prefix = append(prefix, ";sig="...)
+	prefix = b64.AppendEncode(prefix, sig)
+	if depth == 0 {
+		batch[0].header = string(prefix)
+		return
+	}
+	prefix = append(prefix, ";d="...)
+	prefix = strconv.AppendInt(prefix, int64(depth), 10)
+	prefix = append(prefix, ";i="...)
+	var flat [32 * MaxDepth]byte
 	for i, j := range batch {
-		j.header = signature{kid: s.kid, sig: sig, depth: depth, index: i, path: paths[i]}.String()
+		at := i
+		for h := range depth {
+			copy(flat[32*h:], tree[h][at^1][:])
+			at >>= 1
+		}
+		b := make([]byte, 0, len(prefix)+6+b64.EncodedLen(32*depth))
+		b = append(b, prefix...)
+		b = strconv.AppendInt(b, int64(i), 10)
+		b = append(b, ";p="...)
+		b = b64.AppendEncode(b, flat[:32*depth])
+		j.header = unsafe.String(unsafe.SliceData(b), len(b))
 	}
 }
 

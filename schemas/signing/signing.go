@@ -139,33 +139,25 @@ func rootMessage(depth int, root [32]byte) []byte {
 	return append(b, root[:]...)
 }
 
-// tree returns the depth of the padded tree over leaves and, per leaf, its
-// path (siblings from the leaf up).
-func tree(leaves [][32]byte) (depth int, root [32]byte, paths [][][32]byte) {
+// levels builds the padded tree over leaves: levels[0] holds the leaves
+// (padded with zero hashes to a power of two), levels[depth] the root.
+func levels(leaves [][32]byte) [][][32]byte {
 	size := 1
 	for size < len(leaves) {
 		size <<= 1
-		depth++
 	}
 	level := make([][32]byte, size)
 	copy(level, leaves)
-	paths = make([][][32]byte, len(leaves))
-	idx := make([]int, len(leaves))
-	for i := range idx {
-		idx[i] = i
-	}
+	out := [][][32]byte{level}
 	for len(level) > 1 {
-		for i, at := range idx {
-			paths[i] = append(paths[i], level[at^1])
-			idx[i] = at / 2
-		}
 		next := make([][32]byte, len(level)/2)
 		for j := range next {
 			next[j] = node(level[2*j], level[2*j+1])
 		}
+		out = append(out, next)
 		level = next
 	}
-	return depth, level[0], paths
+	return out
 }
 
 // signature is a parsed header value.
@@ -174,7 +166,6 @@ type signature struct {
 	sig   []byte
 	depth int
 	index int
-	path  [][32]byte // set when signing
 	// buf holds a parsed header's signature and then its path's hashes,
 	// back to back, so that parsing allocates nothing (a verifier parses
 	// every event's header); sigLen and flatLen say how much of each came.
@@ -183,27 +174,6 @@ type signature struct {
 }
 
 var b64 = base64.RawURLEncoding
-
-func (s signature) String() string {
-	var sb strings.Builder
-	sb.WriteString("v1;kid=")
-	sb.WriteString(s.kid)
-	sb.WriteString(";sig=")
-	sb.WriteString(b64.EncodeToString(s.sig))
-	if s.depth > 0 {
-		flat := make([]byte, 0, 32*len(s.path))
-		for _, h := range s.path {
-			flat = append(flat, h[:]...)
-		}
-		sb.WriteString(";d=")
-		sb.WriteString(strconv.Itoa(s.depth))
-		sb.WriteString(";i=")
-		sb.WriteString(strconv.Itoa(s.index))
-		sb.WriteString(";p=")
-		sb.WriteString(b64.EncodeToString(flat))
-	}
-	return sb.String()
-}
 
 // decodeInto decodes base64url v into dst (read in place, not copied)
 // and returns the decoded length: what does not fit is an error.

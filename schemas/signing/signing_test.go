@@ -189,3 +189,19 @@ func BenchmarkVerifyInBatch(b *testing.B) {
 	}
 	b.ReportMetric(float64(tr.Stats().Busy.Nanoseconds())/float64(b.N), "measured-ns/op")
 }
+
+// BenchmarkSignMsgs is a signer's cost per event in batches of 16.
+func BenchmarkSignMsgs(b *testing.B) {
+	s := newSigner(b)
+	body := make([]byte, 1200)
+	msgs := make([]*nats.Msg, 16)
+	for i := range msgs {
+		msgs[i] = nats.NewMsg("aigov.decision.model.retrain")
+		msgs[i].Data = body
+		msgs[i].Header.Set(nats.MsgIdHdr, fmt.Sprint("id-", i))
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i += len(msgs) {
+		s.SignMsgs(msgs)
+	}
+}

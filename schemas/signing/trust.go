@@ -194,23 +194,26 @@ func (t *Trust) verify(subject, msgID string, body []byte, header string, roles 
 	if !slices.Contains(roles, k.Role) {
 		return k, fmt.Errorf("%w: key %s is %s's, this event is signed by %s", ErrUntrusted, k.ID, k.Role, strings.Join(roles, " or "))
 	}
-	// Climb from the event's leaf until a node already verified, or the
-	// root, whose signature is then checked once.
-	var climbed [MaxDepth + 1][32]byte
-	path := climbed[:0]
+	// Climb from the event's leaf until an inner node already verified,
+	// or the root, whose signature is then checked once. Only the inner
+	// nodes are remembered: an event is verified once by each verifier,
+	// so its leaf would never be looked up again.
+	var fresh [MaxDepth][32]byte // inner nodes new to the cache, heights 1..n
+	n, known := 0, false
 	h, at := Leaf(subject, msgID, body), s.index
 	t.mu.RLock()
-	_, known := t.verified[nodeKey{s.kid, 0, h}]
-	path = append(path, h)
-	for height := 0; !known && height < s.depth; height++ {
+	for height := 0; height < s.depth; height++ {
 		if at&1 == 0 {
 			h = node(h, s.sibling(height))
 		} else {
 			h = node(s.sibling(height), h)
 		}
 		at >>= 1
-		path = append(path, h)
-		_, known = t.verified[nodeKey{s.kid, height + 1, h}]
+		if _, known = t.verified[nodeKey{s.kid, height + 1, h}]; known {
+			break
+		}
+		fresh[n] = h
+		n++
 	}
 	t.mu.RUnlock()
 	if !known {
@@ -221,14 +224,16 @@ func (t *Trust) verify(subject, msgID string, body []byte, header string, roles 
 			return k, fmt.Errorf("%w: key %s", ErrInvalid, k.ID)
 		}
 	}
-	t.mu.Lock()
-	if len(t.verified)+len(path) > maxCachedNodes {
-		clear(t.verified) // bounded; a cleared batch is verified again once
+	if n > 0 {
+		t.mu.Lock()
+		if len(t.verified)+n > maxCachedNodes {
+			clear(t.verified) // bounded; a cleared batch is verified again once
+		}
+		for i := range n {
+			t.verified[nodeKey{s.kid, i + 1, fresh[i]}] = struct{}{}
+		}
+		t.mu.Unlock()
 	}
-	for height, h := range path {
-		t.verified[nodeKey{s.kid, height, h}] = struct{}{}
-	}
-	t.mu.Unlock()
 	return k, nil
 }
 

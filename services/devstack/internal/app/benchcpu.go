@@ -16,8 +16,10 @@ import (
 type cpuSample struct {
 	cpu     map[string]time.Duration
 	signing map[string]time.Duration
-	// ed25519 counts signatures made and verified (one per batch root).
+	// ed25519 counts signatures made and verified (one per batch root);
+	// byOp splits the services' signing time into sign and verify.
 	ed25519 float64
+	byOp    map[string]time.Duration
 }
 
 // readCPU samples every process of the stack; the load generator's own
@@ -27,8 +29,15 @@ func readCPU(ctx context.Context, st *stack.Stack) (cpuSample, error) {
 	if err != nil {
 		return cpuSample{}, err
 	}
-	s := cpuSample{cpu: cpu, signing: map[string]time.Duration{}}
+	s := cpuSample{cpu: cpu, signing: map[string]time.Duration{}, byOp: map[string]time.Duration{}}
 	for _, name := range stack.Services {
+		for _, op := range []string{"sign", "verify"} {
+			v, err := st.MetricSum(ctx, name, runtime.SigningSecondsMetric, `op="`+op+`"`)
+			if err != nil {
+				return cpuSample{}, err
+			}
+			s.byOp[name+" "+op] = time.Duration(v * float64(time.Second))
+		}
 		v, err := st.MetricSum(ctx, name, runtime.SigningSecondsMetric)
 		if err != nil {
 			return cpuSample{}, err
@@ -47,7 +56,11 @@ func readCPU(ctx context.Context, st *stack.Stack) (cpuSample, error) {
 }
 
 func (s cpuSample) sub(before cpuSample) cpuSample {
-	out := cpuSample{cpu: map[string]time.Duration{}, signing: map[string]time.Duration{}, ed25519: s.ed25519 - before.ed25519}
+	out := cpuSample{cpu: map[string]time.Duration{}, signing: map[string]time.Duration{}, byOp: map[string]time.Duration{},
+		ed25519: s.ed25519 - before.ed25519}
+	for k, v := range s.byOp {
+		out.byOp[k] = v - before.byOp[k]
+	}
 	for k, v := range s.cpu {
 		out.cpu[k] = v - before.cpu[k]
 	}
@@ -83,10 +96,17 @@ func (s cpuSample) report(decisions int64) string {
 		}
 		parts = append(parts, part)
 	}
+	var ops []string
+	for k, v := range s.byOp {
+		if v > 0 {
+			ops = append(ops, k+" "+per(v))
+		}
+	}
+	slices.Sort(ops)
 	share := 0.0
 	if total > 0 {
 		share = 100 * signing.Seconds() / total.Seconds()
 	}
-	return fmt.Sprintf("cpu          %s per decision: %s\nsigning      %s per decision signing and verifying events (%.2f Ed25519 operations per decision, thread CPU time): %.1f%% of the pipeline's CPU (target < 5%%)\n",
-		per(total), strings.Join(parts, ", "), per(signing), s.ed25519/float64(decisions), share)
+	return fmt.Sprintf("cpu          %s per decision: %s\nsigning      %s per decision signing and verifying events (%.2f Ed25519 operations per decision, thread CPU time): %.1f%% of the pipeline's CPU (target < 5%%)\n             %s\n",
+		per(total), strings.Join(parts, ", "), per(signing), s.ed25519/float64(decisions), share, strings.Join(ops, ", "))
 }

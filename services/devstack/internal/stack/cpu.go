@@ -51,8 +51,9 @@ func (st *Stack) CPUTimes() (map[string]time.Duration, error) {
 }
 
 // MetricSum scrapes service's /metrics and returns the sum of every
-// sample of the counter or gauge named metric (0 when it has none).
-func (st *Stack) MetricSum(ctx context.Context, service, metric string) (float64, error) {
+// sample of the counter or gauge named metric (0 when it has none) whose
+// labels hold each of match (e.g. `op="sign"`).
+func (st *Stack) MetricSum(ctx context.Context, service, metric string, match ...string) (float64, error) {
 	addr := st.HTTPAddr(service)
 	if addr == "" {
 		return 0, fmt.Errorf("stack: %s is not running", service)
@@ -78,6 +79,13 @@ func (st *Stack) MetricSum(ctx context.Context, service, metric string) (float64
 			continue
 		}
 		if base, _, labelled := strings.Cut(name, "{"); base != metric || (!labelled && name != metric) {
+			continue
+		}
+		matched := true
+		for _, m := range match {
+			matched = matched && strings.Contains(line, m)
+		}
+		if !matched {
 			continue
 		}
 		if labelled := strings.Contains(name, "{"); labelled {
