@@ -163,6 +163,8 @@ type Common struct {
 	// to sign and publish as one batch (AIGOV_SIGNING_LINGER; 0 flushes
 	// what is there at once).
 	SigningLinger time.Duration
+	// Pprof serves Go's profiles on the health port (AIGOV_PPROF).
+	Pprof bool
 	// TrustFile lists the public keys of every signing role
 	// (AIGOV_TRUST_FILE; required by the services that verify: policy,
 	// audit). It is the operator's: no service writes it.
@@ -196,6 +198,7 @@ func LoadCommon(e *Env, service, defaultHTTP string) Common {
 		SigningKey:      e.String("AIGOV_SIGNING_KEY", ""),
 		TrustFile:       e.String("AIGOV_TRUST_FILE", ""),
 		SigningLinger:   e.Duration("AIGOV_SIGNING_LINGER", DefaultSigningLinger),
+		Pprof:           e.Bool("AIGOV_PPROF", false),
 	}
 	if err := c.NATS().Validate(); err != nil {
 		e.Fail("AIGOV_NATS_*: %w", err)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"sync"
 	"time"
 
@@ -31,6 +32,7 @@ func NATSCheck(nc *nats.Conn) Check {
 // Server serves /healthz (the process lives), /readyz (every check passes
 // and the service has not begun shutting down) and /metrics.
 type Server struct {
+	mux      *http.ServeMux
 	Registry *prometheus.Registry
 
 	ln     net.Listener
@@ -56,8 +58,18 @@ func NewServer(addr string) (*Server, error) {
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("/readyz", s.serveReady)
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	s.mux = mux
 	s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	return s, nil
+}
+
+// EnableProfiling serves Go's profiles under /debug/pprof/ (for
+// benchmarks; off unless AIGOV_PPROF is set: a profile shows code paths
+// and timing, so the port must stay internal).
+func (s *Server) EnableProfiling() {
+	s.mux.HandleFunc("/debug/pprof/", pprof.Index)
+	s.mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	s.mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 }
 
 // Addr is the bound address.

@@ -107,6 +107,9 @@ func Start(ctx context.Context, c Common) (*Service, error) {
 	if err != nil {
 		return nil, err
 	}
+	if c.Pprof {
+		srv.EnableProfiling()
+	}
 	nc, js, err := Connect(ctx, c, log)
 	if err != nil {
 		_ = srv.ln.Close()

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -33,6 +34,7 @@ func Bench(ctx context.Context, args []string, out io.Writer) error {
 	auditOnly := fs.Bool("audit-only", false, "publish decision events straight onto the decisions stream at -rate for -duration and measure only the audit end of the pipe")
 	duration := fs.Duration("duration", 20*time.Second, "how long -audit-only publishes")
 	linger := fs.Duration("signing-linger", svcruntime.DefaultSigningLinger, "how long a busy service waits to sign events in one batch (AIGOV_SIGNING_LINGER)")
+	profile := fs.String("profile", "", "write a 5s CPU profile of each service, taken under load, into this directory (AIGOV_PPROF)")
 	drain := fs.Int("audit-drain", 0, "publish this many decision events with the audit stopped, then time how fast it writes them all")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -70,7 +72,7 @@ func Bench(ctx context.Context, args []string, out io.Writer) error {
 		personas[names[i]] = idp.Persona{Subject: names[i], Email: names[i] + "@load.example", Name: names[i], Groups: groups}
 	}
 	st, err := stack.Start(ctx, stack.Options{Root: root, Dir: work, BinDir: bin, Personas: personas, LogLevel: "warn", Progress: out,
-		ServiceEnv: []string{"AIGOV_SIGNING_LINGER=" + linger.String()}})
+		ServiceEnv: []string{"AIGOV_SIGNING_LINGER=" + linger.String(), "AIGOV_PPROF=" + strconv.FormatBool(*profile != "")}})
 	if err != nil {
 		return err
 	}
@@ -104,6 +106,15 @@ func Bench(ctx context.Context, args []string, out io.Writer) error {
 	if *rate > 0 {
 		interval = time.Second / time.Duration(*rate)
 	}
+	var profiles sync.WaitGroup
+	if *profile != "" {
+		profiles.Go(func() {
+			time.Sleep(time.Second) // past the start of the run
+			if err := profileServices(ctx, st, *profile, 5*time.Second); err != nil {
+				fmt.Fprintln(out, "profile:", err)
+			}
+		})
+	}
 	start := time.Now()
 	for i := 0; i < *n && ctx.Err() == nil; i++ {
 		if interval > 0 {
@@ -133,6 +144,7 @@ func Bench(ctx context.Context, args []string, out io.Writer) error {
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
+	profiles.Wait()
 	decided := allows.Load() + denies.Load()
 
 	// Audit completeness: every decision must become exactly one row.

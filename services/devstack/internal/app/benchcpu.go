@@ -2,9 +2,15 @@ package app
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/aigov/aigov/services/devstack/internal/stack"
@@ -109,4 +115,44 @@ func (s cpuSample) report(decisions int64) string {
 	}
 	return fmt.Sprintf("cpu          %s per decision: %s\nsigning      %s per decision signing and verifying events (%.2f Ed25519 operations per decision, thread CPU time): %.1f%% of the pipeline's CPU (target < 5%%)\n             %s\n",
 		per(total), strings.Join(parts, ", "), per(signing), s.ed25519/float64(decisions), share, strings.Join(ops, ", "))
+}
+
+// profileServices takes a CPU profile of every service at once, for d,
+// into dir/<service>.pprof (`go tool pprof -top dir/policy.pprof`).
+func profileServices(ctx context.Context, st *stack.Stack, dir string, d time.Duration) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	var wg sync.WaitGroup
+	errs := make([]error, len(stack.Services))
+	for i, name := range stack.Services {
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(ctx, d+10*time.Second)
+			defer cancel()
+			url := fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", st.HTTPAddr(name), int(d.Seconds()))
+			req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				errs[i] = fmt.Errorf("%s: %w", name, err)
+				return
+			}
+			defer resp.Body.Close()
+			b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+			if err == nil && resp.StatusCode != http.StatusOK {
+				err = fmt.Errorf("status %s", resp.Status)
+			}
+			if err == nil {
+				err = os.WriteFile(filepath.Join(dir, name+".pprof"), b, 0o644)
+			}
+			if err != nil {
+				errs[i] = fmt.Errorf("%s: %w", name, err)
+			}
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }
