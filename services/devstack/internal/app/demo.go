@@ -22,6 +22,25 @@ import (
 	"github.com/aigov/aigov/services/devstack/internal/stack"
 )
 
+// The fixed ports of `make run`, which the README and the env files name.
+const (
+	demoNATSPort       = 4222
+	demoIdPPort        = 5556
+	demoClickHousePort = 19000
+	demoHTTPBasePort   = 8080
+)
+
+// demoPorts are the fixed ports the demo stack listens on: NATS, the IdP,
+// ClickHouse, the four services' health ports and the reaper's logout
+// endpoint (base+1..5).
+func demoPorts() []int {
+	out := []int{demoNATSPort, demoIdPPort, demoClickHousePort}
+	for i := 1; i <= 5; i++ {
+		out = append(out, demoHTTPBasePort+i)
+	}
+	return out
+}
+
 // Demo starts the stack on fixed ports, plays the scenarios, prints the
 // decisions and the audit answers, then serves until ctx ends.
 func Demo(ctx context.Context, args []string, out io.Writer) error {
@@ -40,6 +59,15 @@ func Demo(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
+	// Never wipe a live stack: a second make run refuses, naming the first.
+	lock, err := lockRun(work)
+	if err != nil {
+		return err
+	}
+	defer lock.release()
+	if err := portsFree(demoPorts()...); err != nil {
+		return err
+	}
 	if err := os.RemoveAll(work); err != nil {
 		return fmt.Errorf("wipe %s: %w", work, err)
 	}
@@ -51,7 +79,7 @@ func Demo(ctx context.Context, args []string, out io.Writer) error {
 	fmt.Fprintln(out, "== starting the stack")
 	st, err := stack.Start(ctx, stack.Options{
 		Root: root, Dir: work, BinDir: bin,
-		NATSPort: 4222, IdPPort: 5556, ClickHousePort: 19000, HTTPBasePort: 8080,
+		NATSPort: demoNATSPort, IdPPort: demoIdPPort, ClickHousePort: demoClickHousePort, HTTPBasePort: demoHTTPBasePort,
 		SessionMaxAge: *maxAge, Progress: out,
 	})
 	if err != nil {
