@@ -44,8 +44,8 @@ func Entry(role string, pub ed25519.PublicKey, comment string) TrustedKey {
 	return TrustedKey{Role: role, PublicKey: base64.StdEncoding.EncodeToString(pub), Comment: comment}
 }
 
-// maxCachedNodes bounds the tree nodes a Trust remembers as verified.
-const maxCachedNodes = 1 << 16
+// maxCachedRoots bounds the batch roots a Trust remembers as verified.
+const maxCachedRoots = 8192
 
 // Trust verifies events against the trusted keys. It is safe for
 // concurrent use and remembers the batch roots it verified (bounded), so
@@ -53,9 +53,8 @@ const maxCachedNodes = 1 << 16
 type Trust struct {
 	keys map[string]Key
 
-	// verified holds every tree node (leaf, inner node or root) on a path
-	// already verified: an event whose climb meets one is authentic, so
-	// the next event of a batch costs its leaf and a hash or two.
+	// verified holds the batch roots already verified: the next event of
+	// a batch costs its leaf and its path's hashes, not an Ed25519 check.
 	mu       sync.RWMutex
 	verified map[nodeKey]struct{}
 
@@ -67,8 +66,8 @@ func (t *Trust) Stats() Stats {
 	return Stats{Busy: time.Duration(t.busy.Load()), Events: t.events.Load(), Ed25519: t.roots.Load()}
 }
 
-// nodeKey is a node of a signed tree: its height above the leaves and its
-// hash, under the key that signed the tree's root.
+// nodeKey is the root of a signed tree: its height above the leaves (the
+// tree's depth) and its hash, under the key that signed it.
 type nodeKey struct {
 	kid    string
 	height int
@@ -194,14 +193,11 @@ func (t *Trust) verify(subject, msgID string, body []byte, header string, roles 
 	if !slices.Contains(roles, k.Role) {
 		return k, fmt.Errorf("%w: key %s is %s's, this event is signed by %s", ErrUntrusted, k.ID, k.Role, strings.Join(roles, " or "))
 	}
-	// Climb from the event's leaf until an inner node already verified,
-	// or the root, whose signature is then checked once. Only the inner
-	// nodes are remembered: an event is verified once by each verifier,
-	// so its leaf would never be looked up again.
-	var fresh [MaxDepth][32]byte // inner nodes new to the cache, heights 1..n
-	n, known := 0, false
+	// Climb from the event's leaf to the root; a root already verified
+	// makes the event authentic, otherwise its signature is checked, once
+	// per batch. Only roots are remembered: climbing a batch's few levels
+	// costs less than keeping and looking up every inner node.
 	h, at := Leaf(subject, msgID, body), s.index
-	t.mu.RLock()
 	for height := 0; height < s.depth; height++ {
 		if at&1 == 0 {
 			h = node(h, s.sibling(height))
@@ -209,29 +205,26 @@ func (t *Trust) verify(subject, msgID string, body []byte, header string, roles 
 			h = node(s.sibling(height), h)
 		}
 		at >>= 1
-		if _, known = t.verified[nodeKey{s.kid, height + 1, h}]; known {
-			break
-		}
-		fresh[n] = h
-		n++
 	}
+	root := nodeKey{s.kid, s.depth, h}
+	t.mu.RLock()
+	_, known := t.verified[root]
 	t.mu.RUnlock()
-	if !known {
-		t.roots.Add(1)
-		var valid bool
-		measure(ed, func() { valid = ed25519.Verify(k.Public, rootMessage(s.depth, h), s.parsedSig()) })
-		if !valid {
-			return k, fmt.Errorf("%w: key %s", ErrInvalid, k.ID)
-		}
+	if known {
+		return k, nil
 	}
-	if n > 0 {
+	t.roots.Add(1)
+	var valid bool
+	measure(ed, func() { valid = ed25519.Verify(k.Public, rootMessage(s.depth, h), s.parsedSig()) })
+	if !valid {
+		return k, fmt.Errorf("%w: key %s", ErrInvalid, k.ID)
+	}
+	if s.depth > 0 { // an event signed alone shares its root with no other
 		t.mu.Lock()
-		if len(t.verified)+n > maxCachedNodes {
+		if len(t.verified) >= maxCachedRoots {
 			clear(t.verified) // bounded; a cleared batch is verified again once
 		}
-		for i := range n {
-			t.verified[nodeKey{s.kid, i + 1, fresh[i]}] = struct{}{}
-		}
+		t.verified[root] = struct{}{}
 		t.mu.Unlock()
 	}
 	return k, nil
