@@ -115,10 +115,33 @@ func Dial(c Config, extra ...nats.Option) (*nats.Conn, error) {
 		return nil, fmt.Errorf("connect to %s: %w", RedactURL(c.URL), err)
 	}
 	nc, err := nats.Connect(c.URL, append(opts, extra...)...)
+	if errors.Is(err, nats.ErrAuthorization) {
+		// The server says only "Authorization Violation": name who we
+		// tried to be and with what, so the fix is obvious.
+		return nil, c.scrub(fmt.Errorf("connect to %s as user %q with %s: %w (under make run, .run/env/%s.env holds that role's settings)",
+			RedactURL(c.URL), c.User, c.credentialSource(), err, c.User))
+	}
 	if err != nil {
 		return nil, c.scrub(fmt.Errorf("connect to %s: %w", RedactURL(c.URL), err))
 	}
 	return nc, nil
+}
+
+// credentialSource says, without the secret, what the connection
+// authenticated with.
+func (c Config) credentialSource() string {
+	switch {
+	case c.Creds != "":
+		return "the credentials file " + c.Creds
+	case c.NKeySeed != "":
+		return "the nkey seed in " + c.NKeySeed
+	case c.TLSCert != "" && c.Password == "":
+		return "the client certificate " + c.TLSCert
+	case c.Password == "":
+		return "no password (set AIGOV_NATS_PASSWORD or --password)"
+	default:
+		return "a password that the server refused (AIGOV_NATS_PASSWORD or --password)"
+	}
 }
 
 // RedactURL replaces the password of every URL in a comma-separated server

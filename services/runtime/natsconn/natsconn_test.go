@@ -186,3 +186,28 @@ func TestDialAsTenant(t *testing.T) {
 		t.Fatal("an invalid tenant name validated")
 	}
 }
+
+// A refused login names the user and what it authenticated with, never
+// the secret, and keeps errors.Is working.
+func TestAuthorizationErrorNamesUserAndSource(t *testing.T) {
+	t.Parallel()
+	srv := natsdev.StartT(t, natsdev.Options{})
+	for _, tc := range []struct {
+		password, want string
+	}{
+		{"wrong-secret-pw", "a password that the server refused"},
+		{"", "no password"},
+	} {
+		_, err := natsconn.Dial(natsconn.Config{URL: srv.URL(), User: schemas.RolePlatform, Password: tc.password, TLSCA: srv.CAFile()}, nats.Timeout(5*time.Second))
+		if !errors.Is(err, nats.ErrAuthorization) {
+			t.Fatalf("password %q: want an authorization error, got %v", tc.password, err)
+		}
+		msg := err.Error()
+		if !strings.Contains(msg, `as user "platform"`) || !strings.Contains(msg, tc.want) || !strings.Contains(msg, ".run/env/platform.env") {
+			t.Errorf("error %q does not name the user, %q and the env file", msg, tc.want)
+		}
+		if tc.password != "" && strings.Contains(msg, tc.password) {
+			t.Errorf("error shows the password: %q", msg)
+		}
+	}
+}
