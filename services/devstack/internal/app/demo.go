@@ -236,6 +236,7 @@ or with the nats CLI as the platform: decisions arrive on its inbox.
       -H "Authorization:Bearer $(cat %[1]s/tokens/alice.jwt)" -H "Nats-Msg-Id:my-request-1" \
       -H "%[3]s:_INBOX.platform.mine" \
       '{"specversion":"1.0","id":"my-request-1","source":"cli","type":"dev.aigov.request.v1","time":"2026-01-01T00:00:00Z","data":{"action":"model.retrain","resource":{"type":"Model","id":"fraud-detector"},"context":{"environment":"staging"}}}'
+  kill %%1    # stops the background sub
 
 Act as another role the same way, e.g.
       (set -a; . %[1]s/env/operator.env; %[1]s/bin/aigov entities list)
