@@ -37,7 +37,7 @@ CREATE VIEW IF NOT EXISTS aigov.anomalies_final ON CLUSTER '{cluster}' AS SELECT
 
 CREATE VIEW IF NOT EXISTS aigov.approvals_final ON CLUSTER '{cluster}' AS SELECT * FROM aigov.approvals FINAL;
 
-CREATE VIEW IF NOT EXISTS aigov.approvals_used ON CLUSTER '{cluster}' AS SELECT event_time, event_time_us, action, resource_type, resource_id, principal_id, email, decision, visitParamExtractRaw(context, 'approvals') AS approvals, request_id FROM aigov.decisions FINAL WHERE visitParamHas(context, 'approvals') AND (visitParamExtractRaw(context, 'approvals') NOT IN ('[]', 'null', ''));
+CREATE VIEW IF NOT EXISTS aigov.approvals_used ON CLUSTER '{cluster}' AS SELECT event_time, event_time_us, request_id, action, resource_type, resource_id, requester AS principal_id, approver, reason AS teams, approval_id FROM aigov.approvals FINAL WHERE status = 'used';
 
 CREATE VIEW IF NOT EXISTS aigov.dataset_production ON CLUSTER '{cluster}' AS SELECT event_time, event_time_us, action, resource_id AS dataset, principal_id, email, decision, code, context, request_id FROM aigov.decisions FINAL WHERE (resource_type = 'Dataset') AND ((action = 'dataset.promote') OR (visitParamExtractString(context, 'environment') = 'production'));
 

@@ -86,9 +86,15 @@ func TestMigrationsAndQueriesOnCurrentEngine(t *testing.T) {
 		"('e3','r3','aigov/authn','2026-11-25 10:00:02',1795600802000000,'2026-11-25 10:00:02','model.retrain','Model','fraud-detector','','','deny','token_expired','authn','{}',3,now(),1795600802100000)"
 	chdbQuery(t, s, ins)
 	chdbQuery(t, s, ins) // redelivered
+	// An approval given and its use by an allowed request.
+	chdbQuery(t, s, "INSERT INTO aigov.approvals (event_id, type, approval_id, status, request_id, action, resource_type, resource_id, "+
+		"approver, requester, reason, event_time, event_time_us, stream, stream_seq, inserted_at) VALUES "+
+		"('g1','dev.aigov.decision.v1','d:rita','granted','rg','model.deploy','Model','churn','p#rita','','','2026-11-25 10:00:03',1795600803000000,'AIGOV_DECISIONS',4,now()),"+
+		"('u1','dev.aigov.approval.used.v1','d:rita','used','rd','model.deploy','Model','churn','p#rita','p#erin','teams risk','2026-11-25 10:00:04',1795600804000000,'AIGOV_GOVERNANCE',1,now())")
 	for q, want := range map[string]string{
-		"SELECT count(), uniqExact(request_id) FROM aigov.decisions FINAL": "3\t3",
-		"SELECT count() FROM aigov.decisions_final":                        "3",
+		"SELECT request_id, principal_id, approver, teams FROM aigov.approvals_used":                                                                    "rd\tp#erin\tp#rita\tteams risk",
+		"SELECT count(), uniqExact(request_id) FROM aigov.decisions FINAL":                                                                              "3\t3",
+		"SELECT count() FROM aigov.decisions_final":                                                                                                     "3",
 		"SELECT count() FROM aigov.model_changes WHERE model = 'fraud-detector' AND action IN ('model.retrain', 'model.update_hyperparameters')":        "2",
 		"SELECT dataset, email FROM aigov.dataset_production WHERE decision = 'allow'":                                                                  "customers-2026\tbob@aigov.example",
 		"SELECT count() FROM aigov.resource_access WHERE email = 'alice@aigov.example'":                                                                 "1",

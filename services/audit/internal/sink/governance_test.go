@@ -93,6 +93,11 @@ func TestGovernanceEventsMapExactly(t *testing.T) {
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("approvals rows:\n got %+v\nwant %+v", got, want)
 	}
+	// approvals_used: the decision's two approvers, who asked, the teams.
+	if n := h.count("SELECT count() FROM " + h.db + ".approvals_used WHERE request_id = 'req-deploy' AND principal_id = 'https://idp.example#carol' " +
+		"AND approver IN ('" + rita + "', '" + sam + "') AND teams = 'teams ml-leads,risk' AND action = 'model.deploy' AND resource_id = 'fraud-detector'"); n != 2 {
+		t.Fatalf("approvals_used holds %d rows for the approved deploy, want 2", n)
+	}
 	// Given and used join on approval_id.
 	if n := h.count("SELECT count() FROM (SELECT approval_id FROM " + h.db + ".approvals_final WHERE status = 'granted') " +
 		"ANY INNER JOIN (SELECT approval_id, request_id FROM " + h.db + ".approvals_final WHERE status = 'used') USING approval_id"); n != 1 {
