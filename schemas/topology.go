@@ -525,6 +525,9 @@ func (t Topology) Grant(role string) (Grant, error) {
 			Replies:   true,
 			ReadKV:    []string{t.BucketRevocations()},
 			WriteKV:   []string{t.BucketTokenIDs()},
+			// A redelivered request's deny may be a duplicate of one
+			// stored before: the reply carries the stored one.
+			ReadStreams: []string{t.StreamDecisions()},
 		}, nil
 	case RolePolicy:
 		return Grant{
@@ -535,6 +538,9 @@ func (t Topology) Grant(role string) (Grant, error) {
 			// written only to seed an empty store from policies/.
 			ReadKV:  []string{t.BucketPolicyProposals(), t.BucketRevocations()},
 			WriteKV: []string{t.BucketPolicy(), t.BucketApprovals(), t.BucketEntities()},
+			// As authn: a reply to a redelivered request carries the
+			// decision stored first, not one decided again.
+			ReadStreams: []string{t.StreamDecisions()},
 		}, nil
 	case RoleReaper:
 		return Grant{

@@ -156,7 +156,12 @@ func (c *Client) route(m *nats.Msg) {
 		c.rejected.Add(1)
 		return
 	}
-	if _, err := c.trust.VerifyMsg(signed, m.Header, m.Data, schemas.RoleAuthn, schemas.RolePolicy); err != nil {
+	// authn decides only denies: an allow counts only under policy's key.
+	roles := []string{schemas.RolePolicy}
+	if d.Decision == schemas.Deny {
+		roles = append(roles, schemas.RoleAuthn)
+	}
+	if _, err := c.trust.VerifyMsg(signed, m.Header, m.Data, roles...); err != nil {
 		c.rejected.Add(1)
 		return
 	}

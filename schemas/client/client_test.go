@@ -545,7 +545,7 @@ func TestAuthorizeRejectsForgedReplies(t *testing.T) {
 	}
 	_, outsiderKey, _ := ed25519.GenerateKey(rand.Reader)
 	outsider, _ := signing.NewSigner(outsiderKey)
-	const forgeries = 6
+	const forgeries = 7
 	go func() {
 		batch, err := cons.Fetch(1, jetstream.FetchMaxWait(10*time.Second))
 		if err != nil {
@@ -564,6 +564,10 @@ func TestAuthorizeRejectsForgedReplies(t *testing.T) {
 			_ = nc.PublishMsg(unsigned)
 
 			_ = nc.PublishMsg(b.signed(t, schemas.RoleReaper, replyTo, ev, allow))
+
+			// authn's key, but authn decides only denies: an allow it
+			// signed is not a decision.
+			_ = nc.PublishMsg(b.signed(t, schemas.RoleAuthn, replyTo, ev, allow))
 
 			wrongSubject := b.signed(t, schemas.RolePolicy, replyTo, ev, allow)
 			stored := nats.NewMsg(b.topo.Subjects.Session("revoked"))

@@ -173,7 +173,7 @@ type signature struct {
 	sigLen, flatLen int
 }
 
-var b64 = base64.RawURLEncoding
+var b64 = base64.RawURLEncoding.Strict()
 
 // decodeInto decodes base64url v into dst (read in place, not copied)
 // and returns the decoded length: what does not fit is an error.
@@ -192,6 +192,15 @@ func (s *signature) sibling(height int) [32]byte {
 
 // parsedSig is the parsed signature.
 func (s *signature) parsedSig() []byte { return s.buf[:s.sigLen] }
+
+// digits parses a small decimal number written with digits only (no
+// sign): one header has one spelling.
+func digits(v string) (int, error) {
+	if v == "" || len(v) > 4 || strings.TrimLeft(v, "0123456789") != "" || (len(v) > 1 && v[0] == '0') {
+		return 0, errors.New("not a plain decimal number")
+	}
+	return strconv.Atoi(v)
+}
 
 func parse(v string, s *signature) error {
 	rest, ok := strings.CutPrefix(v, "v1;")
@@ -215,9 +224,9 @@ func parse(v string, s *signature) error {
 		case "sig":
 			s.sigLen, err = decodeInto(s.buf[:ed25519.SignatureSize], val)
 		case "d":
-			s.depth, err = strconv.Atoi(val)
+			s.depth, err = digits(val)
 		case "i":
-			s.index, err = strconv.Atoi(val)
+			s.index, err = digits(val)
 		case "p":
 			s.flatLen, err = decodeInto(s.buf[ed25519.SignatureSize:], val)
 		default:

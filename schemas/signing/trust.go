@@ -206,7 +206,7 @@ func (t *Trust) verify(subject, msgID string, body []byte, header string, roles 
 		}
 		at >>= 1
 	}
-	root := nodeKey{s.kid, s.depth, h}
+	root := nodeKey{k.ID, s.depth, h} // k.ID: not a slice of the caller's header
 	t.mu.RLock()
 	_, known := t.verified[root]
 	t.mu.RUnlock()

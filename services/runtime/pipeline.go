@@ -42,6 +42,9 @@ type settlement struct {
 	mu    sync.Mutex
 	out   []*nats.Msg
 	after []func()
+	// replied are the events a reply will carry: if the stream holds one
+	// already (a duplicate), the reply must carry the stored copy.
+	replied map[*nats.Msg]bool
 }
 
 type settlementKey struct{}
@@ -58,9 +61,13 @@ func (s *settlement) add(m *nats.Msg) {
 	s.mu.Unlock()
 }
 
-func (s *settlement) onStored(f func()) {
+func (s *settlement) onStored(reply *nats.Msg, f func()) {
 	s.mu.Lock()
 	s.after = append(s.after, f)
+	if s.replied == nil {
+		s.replied = map[*nats.Msg]bool{}
+	}
+	s.replied[reply] = true
 	s.mu.Unlock()
 }
 
@@ -127,7 +134,7 @@ func (r *Runner) runPipelined(ctx context.Context, msgs <-chan jetstream.Msg, h 
 	})
 	stages.Go(func() {
 		for b := range published {
-			r.settleBatch(b, o.AckTimeout)
+			r.settleBatch(b, o.JS, o.AckTimeout)
 		}
 	})
 	workers.Wait()
@@ -189,14 +196,25 @@ func (r *Runner) flushLoop(in <-chan settled, out chan<- inFlight, o *PipelineOp
 
 // settleBatch waits for each event's PubAck and settles each input: ack
 // (after its replies) when all its events are stored, nak otherwise.
-func (r *Runner) settleBatch(b inFlight, timeout time.Duration) {
+func (r *Runner) settleBatch(b inFlight, js jetstream.JetStream, timeout time.Duration) {
 	end := time.Now().Add(timeout)
 	for i, it := range b.items {
 		var err error
-		for _, fut := range b.futures[i] {
+		reply := true
+		for j, fut := range b.futures[i] {
 			wait := time.NewTimer(max(time.Until(end), time.Millisecond))
 			select {
-			case <-fut.Ok():
+			case ack := <-fut.Ok():
+				if m := it.s.out[j]; ack != nil && ack.Duplicate && it.s.replied[m] {
+					ctx, cancel := context.WithDeadline(context.Background(), end.Add(time.Second))
+					if cerr := storedCopy(ctx, js, m, ack); cerr != nil {
+						// Stored, so the input is done; but what would be
+						// sent is not what is recorded: no reply.
+						r.log.Warn().Err(cerr).Str("subject", m.Subject).Msg("duplicate event: stored copy unavailable, reply withheld")
+						reply = false
+					}
+					cancel()
+				}
 			case e := <-fut.Err():
 				err = fmt.Errorf("publish %s: %w", fut.Msg().Subject, e)
 			case <-wait.C:
@@ -207,11 +225,31 @@ func (r *Runner) settleBatch(b inFlight, timeout time.Duration) {
 				break
 			}
 		}
-		if err == nil {
+		if err == nil && reply {
 			runAfter(it.s)
 		}
 		r.settle(it.m, err)
 	}
+}
+
+// storedCopy makes m what the stream holds at ack's position. A duplicate
+// publish is acked with the sequence of the message stored first, which a
+// redelivered input decided again may contradict: a reply must carry what
+// is recorded, signature included.
+func storedCopy(ctx context.Context, js jetstream.JetStream, m *nats.Msg, ack *jetstream.PubAck) error {
+	st, err := js.Stream(ctx, ack.Stream)
+	if err != nil {
+		return fmt.Errorf("stream %s: %w", ack.Stream, err)
+	}
+	raw, err := st.GetMsg(ctx, ack.Sequence)
+	if err != nil {
+		return fmt.Errorf("stored message %s/%d: %w", ack.Stream, ack.Sequence, err)
+	}
+	if raw.Subject != m.Subject || raw.Header.Get(nats.MsgIdHdr) != m.Header.Get(nats.MsgIdHdr) {
+		return fmt.Errorf("stored message %s/%d is another event (%s, id %q)", ack.Stream, ack.Sequence, raw.Subject, raw.Header.Get(nats.MsgIdHdr))
+	}
+	m.Data, m.Header = raw.Data, raw.Header
+	return nil
 }
 
 func runAfter(s *settlement) {

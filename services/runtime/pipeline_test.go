@@ -132,3 +132,99 @@ func TestPipelinedRunnerStoresBeforeItAcksAndReplies(t *testing.T) {
 		t.Fatalf("%d inputs left unacked after shutdown; only the refused one may be", ci.NumAckPending)
 	}
 }
+
+// A redelivered input decided again, differently (the state changed
+// between deliveries): the stream keeps the first decision (same
+// Nats-Msg-Id), and the reply must carry that one, not the new verdict,
+// though the new one is validly signed too. (Found by review: the reply
+// said allow while the record said deny.)
+func TestReplyCarriesTheStoredEventOnADuplicate(t *testing.T) {
+	t.Parallel()
+	srv := natsdev.StartT(t, natsdev.Options{Open: true})
+	nc, err := srv.Connect("test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, _ := jetstream.New(nc)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, sc := range []jetstream.StreamConfig{
+		{Name: "IN", Subjects: []string{"in.>"}},
+		{Name: "OUT", Subjects: []string{"out.ok.>"}, Duplicates: time.Minute},
+	} {
+		if _, err := js.CreateStream(ctx, sc); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cons, err := js.CreateOrUpdateConsumer(ctx, "IN", jetstream.ConsumerConfig{Durable: "c", AckPolicy: jetstream.AckExplicitPolicy, AckWait: 5 * time.Second, MaxDeliver: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := devkeys.New(t)
+	pub, err := runtime.NewPublisher(js, nc, keys.Signer(schemas.RolePolicy), "aigov/test", zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	replies, err := nc.SubscribeSync("_INBOX.test.replies.>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	attempt := 0
+	h := func(ctx context.Context, m jetstream.Msg) error {
+		attempt++
+		verdict := "deny"
+		if attempt > 1 {
+			verdict = "allow" // state changed between deliveries
+		}
+		stored, err := pub.Publish(ctx, runtime.Outgoing{NATSSubject: "out.ok.decision", ID: "ev-1", Type: "t.v1", Time: time.Now(), Data: verdict})
+		if err != nil {
+			return err
+		}
+		// a second event of the same input (approval.used, policy.changed...)
+		second := "out.ok.gov"
+		if attempt == 1 {
+			second = "out.nowhere" // its stream refuses it this once
+		}
+		if _, err := pub.Publish(ctx, runtime.Outgoing{NATSSubject: second, ID: "gov-1", Type: "t.v1", Time: time.Now(), Data: 1}); err != nil {
+			return err
+		}
+		pub.Reply(ctx, "r1", "", "_INBOX.test.replies.1", stored)
+		return nil
+	}
+	r := newRunner(1)
+	if err := r.Pipeline(pub.PipelineOptions(0)); err != nil {
+		t.Fatal(err)
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- r.Run(runCtx, cons, h) }()
+	if _, err := js.Publish(ctx, "in.1", []byte("1")); err != nil {
+		t.Fatal(err)
+	}
+	m, err := replies.NextMsg(10 * time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := js.Stream(ctx, "OUT")
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := out.GetLastMsgForSubject(ctx, "out.ok.decision")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if attempt < 2 {
+		t.Fatalf("the input was handled %d times; the test needs a redelivery", attempt)
+	}
+	if _, err := keys.Trust().VerifyMsg(m.Header.Get(signing.HeaderSubject), m.Header, m.Data, schemas.RolePolicy); err != nil {
+		t.Fatalf("reply does not verify: %v", err)
+	}
+	if string(st.Data) != string(m.Data) {
+		t.Errorf("the requester got a validly signed event that the stream never stored")
+	}
+	stop()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}

@@ -14,6 +14,11 @@ import (
 	"github.com/aigov/aigov/schemas/signing"
 )
 
+// headerDuplicate marks, on the publisher's own copy only, an event the
+// stream already held: its reply is withheld (a pipelined runner fetches
+// the stored copy instead, see storedCopy).
+const headerDuplicate = "Aigov-Local-Duplicate"
+
 // PipelineOptions are what a runner needs to publish this publisher's
 // events in signed batches (Runner.Pipeline).
 func (p *Publisher) PipelineOptions(linger time.Duration) PipelineOptions {
@@ -79,7 +84,10 @@ func (p *Publisher) Publish(ctx context.Context, o Outgoing) (*nats.Msg, error) 
 		return nil, err
 	}
 	if ack.Duplicate {
+		// The stream kept the first copy, which this one may contradict
+		// (a redelivered input decided again): it must not be replied.
 		p.log.Debug().Str("event_id", o.ID).Str("subject", o.NATSSubject).Msg("event was already published")
+		msg.Header.Set(headerDuplicate, "true")
 	}
 	return msg, nil
 }
@@ -101,13 +109,17 @@ func (p *Publisher) Reply(ctx context.Context, requestID, tenant, replyTo string
 			Msg("reply subject ignored: not an _INBOX. subject of the requester's own account")
 		return
 	}
+	if stored.Header.Get(headerDuplicate) != "" {
+		p.log.Warn().Str("request_id", requestID).Msg("reply withheld: the stream holds an earlier copy of this event")
+		return
+	}
 	send := func() {
 		if err := p.nc.PublishMsg(schemas.ReplyMessage(replyTo, stored)); err != nil {
 			p.log.Warn().Err(err).Str("request_id", requestID).Msg("reply failed")
 		}
 	}
 	if s := settlementOf(ctx); s != nil {
-		s.onStored(send)
+		s.onStored(stored, send)
 		return
 	}
 	send()

@@ -48,6 +48,10 @@ func TestSignaturesAreCheckedAndStored(t *testing.T) {
 			return h.keys.Signer(schemas.RoleReaper).Sign(s, id, raw), raw
 		}, signing.Untrusted, h.keys.Signer(schemas.RoleReaper).KeyID()},
 		{"sig-outsider", func(s, id string, raw []byte) (string, []byte) { return outsider.Sign(s, id, raw), raw }, signing.Untrusted, ""},
+		// authn decides only denies: an allow under its key is untrusted.
+		{"sig-authn-allow", func(s, id string, raw []byte) (string, []byte) {
+			return h.keys.Signer(schemas.RoleAuthn).Sign(s, id, raw), raw
+		}, signing.Untrusted, h.keys.Signer(schemas.RoleAuthn).KeyID()},
 		{"sig-altered", func(s, id string, raw []byte) (string, []byte) {
 			return h.keys.Signer(schemas.RolePolicy).Sign(s, id, raw), []byte(strings.Replace(string(raw), `"deny"`, `"allow"`, 1))
 		}, signing.Invalid, h.keys.Signer(schemas.RolePolicy).KeyID()},
@@ -55,6 +59,9 @@ func TestSignaturesAreCheckedAndStored(t *testing.T) {
 	for _, c := range cases {
 		d := fixtureDecision(c.request)
 		d.Decision, d.Code = schemas.Deny, schemas.CodePolicyDenied
+		if strings.HasSuffix(c.request, "-allow") {
+			d.Decision, d.Code = schemas.Allow, ""
+		}
 		id := schemas.DerivedID(d.RequestID, "decision")
 		subject := h.subjects.Decision(d.Action)
 		sig, raw := c.sign(subject, id, encode(t, id, schemas.TypeDecision, d.Timings.DecidedAt, d))
@@ -89,7 +96,7 @@ func TestSignaturesAreCheckedAndStored(t *testing.T) {
 # TYPE aigov_audit_bad_signatures_total counter
 aigov_audit_bad_signatures_total{status="invalid",stream="%[2]s"} 1
 aigov_audit_bad_signatures_total{status="unsigned",stream="%[2]s"} 1
-aigov_audit_bad_signatures_total{status="untrusted",stream="%[2]s"} 2
+aigov_audit_bad_signatures_total{status="untrusted",stream="%[2]s"} 3
 `, badSignaturesHelp, h.topo.StreamDecisions())
 	if err := testutil.GatherAndCompare(h.svc.HTTP.Registry, strings.NewReader(want), "aigov_audit_bad_signatures_total"); err != nil {
 		t.Error(err)
