@@ -113,7 +113,7 @@ func (s cpuSample) report(decisions int64) string {
 	if total > 0 {
 		share = 100 * signing.Seconds() / total.Seconds()
 	}
-	return fmt.Sprintf("cpu          %s per decision: %s\nsigning      %s per decision signing and verifying events (%.2f Ed25519 operations per decision, thread CPU time): %.1f%% of the pipeline's CPU (target < 5%%)\n             %s\n",
+	return fmt.Sprintf("cpu          %s per decision: %s\nsigning      %s per decision signing and verifying events (%.2f Ed25519 operations per decision, thread CPU time less the clock's own cost): %.1f%% of the pipeline's CPU (target < 5%%)\n             %s\n",
 		per(total), strings.Join(parts, ", "), per(signing), s.ed25519/float64(decisions), share, strings.Join(ops, ", "))
 }
 
