@@ -4,7 +4,6 @@ import (
 	"crypto/ed25519"
 	"errors"
 	"strconv"
-	"sync"
 	"sync/atomic"
 	"time"
 	"unsafe"
@@ -12,18 +11,13 @@ import (
 	"github.com/nats-io/nats.go"
 )
 
-// Signer signs a service's events with its private key. It is safe for
-// concurrent use: callers that arrive while a batch is being signed are
-// signed together in the next one, so nobody waits for a batch to fill
-// and a busy service pays one signature per batch, not per event.
+// Signer signs a service's events with its private key; it is safe for
+// concurrent use. The batches are its callers': the pipelined runner
+// hands it what its workers queued (SignMsgs), one Ed25519 signature for
+// them all.
 type Signer struct {
 	key ed25519.PrivateKey
 	kid string
-
-	mu    sync.Mutex // guards queue
-	queue []*job
-
-	signing sync.Mutex // one batch at a time
 
 	// busy is the time spent hashing and signing, in nanoseconds; events
 	// and batches count what was signed (Stats).
@@ -46,7 +40,7 @@ func (s *Signer) Stats() Stats {
 
 type job struct {
 	leaf   [32]byte
-	header string // set under Signer.signing
+	header string
 }
 
 // NewSigner signs with key.
@@ -63,30 +57,14 @@ func (s *Signer) KeyID() string { return s.kid }
 // Public is the signer's public key, for a trust file.
 func (s *Signer) Public() ed25519.PublicKey { return s.key.Public().(ed25519.PublicKey) }
 
-// Sign returns the Aigov-Signature header value for an event published on
-// subject with Nats-Msg-Id msgID and body.
+// Sign returns the Aigov-Signature header value for one event published
+// on subject with Nats-Msg-Id msgID and body, signed alone. A caller that
+// holds several events signs them together with SignMsgs.
 func (s *Signer) Sign(subject, msgID string, body []byte) string {
 	j := &job{}
 	measure(&s.busy, func() { j.leaf = Leaf(subject, msgID, body) })
 	s.events.Add(1)
-	s.mu.Lock()
-	s.queue = append(s.queue, j)
-	s.mu.Unlock()
-
-	s.signing.Lock()
-	defer s.signing.Unlock()
-	// Whoever held the lock before may have signed j already; otherwise
-	// sign everything queued, j included (bounded: each round takes up
-	// to maxBatch of a finite queue).
-	for j.header == "" {
-		s.mu.Lock()
-		n := min(len(s.queue), maxBatch)
-		batch := make([]*job, n)
-		copy(batch, s.queue)
-		s.queue = append(s.queue[:0], s.queue[n:]...)
-		s.mu.Unlock()
-		s.signBatch(batch)
-	}
+	s.signBatch([]*job{j})
 	return j.header
 }
 

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/aigov/aigov/schemas/signing"
@@ -82,14 +81,17 @@ func TestBatchesVerifyPerEvent(t *testing.T) {
 	s := newSigner(t)
 	tr := trust(t, map[string]*signing.Signer{"policy": s})
 	const n = 300 // more than one batch can hold
-	headers := make([]string, n)
-	var wg sync.WaitGroup
-	for i := range n {
-		wg.Go(func() {
-			headers[i] = s.Sign("aigov.decision.x", fmt.Sprint("id-", i), []byte(fmt.Sprint("body-", i)))
-		})
+	msgs := make([]*nats.Msg, n)
+	for i := range msgs {
+		msgs[i] = nats.NewMsg("aigov.decision.x")
+		msgs[i].Data = []byte(fmt.Sprint("body-", i))
+		msgs[i].Header.Set(nats.MsgIdHdr, fmt.Sprint("id-", i))
 	}
-	wg.Wait()
+	s.SignMsgs(msgs)
+	headers := make([]string, n)
+	for i, m := range msgs {
+		headers[i] = m.Header.Get(signing.Header)
+	}
 	batched := 0
 	for i, h := range headers {
 		if strings.Contains(h, ";d=") {
@@ -111,7 +113,9 @@ func TestBatchesVerifyPerEvent(t *testing.T) {
 			t.Fatalf("event %d verified with event %d's header", i, j)
 		}
 	}
-	t.Logf("%d of %d events were signed in batches", batched, n)
+	if batched != n || s.Stats().Ed25519 != 2 {
+		t.Fatalf("%d of %d events in batches under %d signatures, want all under 2", batched, n, s.Stats().Ed25519)
+	}
 }
 
 func TestTrustFileRoundTrip(t *testing.T) {

@@ -1,6 +1,7 @@
 package signing
 
 import (
+	"cmp"
 	"crypto/ed25519"
 	"encoding/base64"
 	"encoding/json"
@@ -140,21 +141,11 @@ func (t *Trust) Keys() []Key {
 	}
 	slices.SortFunc(out, func(a, b Key) int {
 		if a.Role != b.Role {
-			return compare(a.Role, b.Role)
+			return cmp.Compare(a.Role, b.Role)
 		}
-		return compare(a.ID, b.ID)
+		return cmp.Compare(a.ID, b.ID)
 	})
 	return out
-}
-
-func compare(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // Verify checks that header is a valid signature of the event (subject,

@@ -111,11 +111,7 @@ func (r *Runner) runPipelined(ctx context.Context, msgs <-chan jetstream.Msg, h 
 		workers.Go(func() {
 			for m := range msgs {
 				s := &settlement{}
-				hctx, cancel := context.WithTimeout(context.WithValue(context.WithoutCancel(ctx), settlementKey{}, s), r.HandlerTimeout)
-				start := time.Now()
-				err := r.safely(func() error { return h(hctx, m) })
-				cancel()
-				r.latency.Observe(time.Since(start).Seconds())
+				err := r.call(ctx, m, h, s)
 				if err != nil || len(s.out) == 0 {
 					// Nothing to store first: settle now, as Run does.
 					if err == nil {

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
@@ -26,36 +27,10 @@ import (
 // refuses is not acked, and comes back.
 func TestPipelinedRunnerStoresBeforeItAcksAndReplies(t *testing.T) {
 	t.Parallel()
-	srv := natsdev.StartT(t, natsdev.Options{Open: true})
-	nc, err := srv.Connect("test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, _ := jetstream.New(nc)
+	pb := newPipelineBus(t)
+	js, cons, keys, pub, replies := pb.js, pb.cons, pb.keys, pb.pub, pb.replies
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	for _, sc := range []jetstream.StreamConfig{
-		{Name: "IN", Subjects: []string{"in.>"}},
-		{Name: "OUT", Subjects: []string{"out.ok.>"}, Duplicates: time.Minute},
-	} {
-		if _, err := js.CreateStream(ctx, sc); err != nil {
-			t.Fatal(err)
-		}
-	}
-	cons, err := js.CreateOrUpdateConsumer(ctx, "IN", jetstream.ConsumerConfig{Durable: "c", AckPolicy: jetstream.AckExplicitPolicy, AckWait: 5 * time.Second, MaxDeliver: 3})
-	if err != nil {
-		t.Fatal(err)
-	}
-	keys := devkeys.New(t)
-	pub, err := runtime.NewPublisher(js, nc, keys.Signer(schemas.RolePolicy), "aigov/test", zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	replies, err := nc.SubscribeSync("_INBOX.test.replies.>")
-	if err != nil {
-		t.Fatal(err)
-	}
 
 	const n = 200
 	var attempts sync.Map // input -> deliveries seen
@@ -140,36 +115,10 @@ func TestPipelinedRunnerStoresBeforeItAcksAndReplies(t *testing.T) {
 // said allow while the record said deny.)
 func TestReplyCarriesTheStoredEventOnADuplicate(t *testing.T) {
 	t.Parallel()
-	srv := natsdev.StartT(t, natsdev.Options{Open: true})
-	nc, err := srv.Connect("test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, _ := jetstream.New(nc)
+	pb := newPipelineBus(t)
+	js, cons, keys, pub, replies := pb.js, pb.cons, pb.keys, pb.pub, pb.replies
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	for _, sc := range []jetstream.StreamConfig{
-		{Name: "IN", Subjects: []string{"in.>"}},
-		{Name: "OUT", Subjects: []string{"out.ok.>"}, Duplicates: time.Minute},
-	} {
-		if _, err := js.CreateStream(ctx, sc); err != nil {
-			t.Fatal(err)
-		}
-	}
-	cons, err := js.CreateOrUpdateConsumer(ctx, "IN", jetstream.ConsumerConfig{Durable: "c", AckPolicy: jetstream.AckExplicitPolicy, AckWait: 5 * time.Second, MaxDeliver: 3})
-	if err != nil {
-		t.Fatal(err)
-	}
-	keys := devkeys.New(t)
-	pub, err := runtime.NewPublisher(js, nc, keys.Signer(schemas.RolePolicy), "aigov/test", zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	replies, err := nc.SubscribeSync("_INBOX.test.replies.>")
-	if err != nil {
-		t.Fatal(err)
-	}
 	attempt := 0
 	h := func(ctx context.Context, m jetstream.Msg) error {
 		attempt++
@@ -227,4 +176,50 @@ func TestReplyCarriesTheStoredEventOnADuplicate(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
+}
+
+// pipelineBus is a stream of inputs (IN, consumer c), one of outputs (OUT,
+// on out.ok.>, de-duplicated), a publisher signing as policy, and the
+// requesters' reply inbox.
+type pipelineBus struct {
+	js      jetstream.JetStream
+	cons    jetstream.Consumer
+	keys    *devkeys.Set
+	pub     *runtime.Publisher
+	replies *nats.Subscription
+}
+
+func newPipelineBus(t *testing.T) pipelineBus {
+	t.Helper()
+	srv := natsdev.StartT(t, natsdev.Options{Open: true})
+	nc, err := srv.Connect("test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, _ := jetstream.New(nc)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, sc := range []jetstream.StreamConfig{
+		{Name: "IN", Subjects: []string{"in.>"}},
+		{Name: "OUT", Subjects: []string{"out.ok.>"}, Duplicates: time.Minute},
+	} {
+		if _, err := js.CreateStream(ctx, sc); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cons, err := js.CreateOrUpdateConsumer(ctx, "IN", jetstream.ConsumerConfig{Durable: "c", AckPolicy: jetstream.AckExplicitPolicy, AckWait: 5 * time.Second, MaxDeliver: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := devkeys.New(t)
+	pub, err := runtime.NewPublisher(js, nc, keys.Signer(schemas.RolePolicy), "aigov/test", zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	replies, err := nc.SubscribeSync("_INBOX.test.replies.>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pipelineBus{js: js, cons: cons, keys: keys, pub: pub, replies: replies}
 }

@@ -142,13 +142,24 @@ func (r *Runner) Run(ctx context.Context, cons jetstream.Consumer, h Handler) er
 }
 
 func (r *Runner) handle(ctx context.Context, m jetstream.Msg, h Handler) {
+	r.settle(m, r.call(ctx, m, h, nil))
+}
+
+// call runs the handler on m, bounded by HandlerTimeout, recovering a
+// panic and timing it; a pipelined runner passes the message's settlement
+// for the handler's publishes to queue in.
+func (r *Runner) call(ctx context.Context, m jetstream.Msg, h Handler, s *settlement) error {
 	// In-flight work finishes after shutdown begins; only the timeout cuts it.
-	hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.HandlerTimeout)
+	hctx := context.WithoutCancel(ctx)
+	if s != nil {
+		hctx = context.WithValue(hctx, settlementKey{}, s)
+	}
+	hctx, cancel := context.WithTimeout(hctx, r.HandlerTimeout)
 	defer cancel()
 	start := time.Now()
 	err := r.safely(func() error { return h(hctx, m) })
 	r.latency.Observe(time.Since(start).Seconds())
-	r.settle(m, err)
+	return err
 }
 
 func (r *Runner) safely(f func() error) (err error) {
