@@ -9,8 +9,9 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/aigov/aigov/schemas/signing"
 	"github.com/nats-io/nats.go"
+
+	"github.com/aigov/aigov/schemas/signing"
 )
 
 func newSigner(t testing.TB) *signing.Signer {

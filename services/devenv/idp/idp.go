@@ -471,7 +471,7 @@ func (u *user) Claims(scopes []string, base *mockoidc.IDTokenClaims) (jwt.Claims
 		IDTokenClaims:     base,
 		AuthTime:          iat.Unix(),
 		SID:               u.opts.sid,
-		AMR:               []string{"pwd"},
+		AMR:               u.amr(),
 		Scope:             strings.Join(scopes, " "),
 		Email:             u.persona.Email,
 		EmailVerified:     true,
@@ -492,6 +492,13 @@ func (u *user) Userinfo([]string) ([]byte, error) {
 		"preferred_username": u.username,
 		"groups":             u.groups(),
 	})
+}
+
+func (u *user) amr() []string {
+	if len(u.persona.AMR) == 0 {
+		return []string{"pwd"}
+	}
+	return append([]string{}, u.persona.AMR...)
 }
 
 func (u *user) groups() []string {

@@ -15,6 +15,10 @@ type Persona struct {
 	// against these group names. Never nil: an empty slice is emitted as
 	// `"groups": []` so "no groups" is distinguishable from "claim missing".
 	Groups []string
+	// AMR becomes the `amr` claim (how the user logged in); nil means a
+	// password only, ["pwd"]. A second factor ("otp", "hwk", "mfa") makes
+	// authn set context.mfa, which production changes need.
+	AMR []string
 }
 
 // Personas returns the dev personas keyed by the name passed to
@@ -50,6 +54,24 @@ func Personas() map[string]Persona {
 			Email:   "rita@aigov.example",
 			Name:    "Rita Reyes",
 			Groups:  []string{"risk-reviewers"},
+		},
+		// An ML platform engineer who logs in with a hardware key as well
+		// as a password: her tokens carry a second factor (context.mfa), so
+		// she can release to production once the risk reviewers approve.
+		"fiona": {
+			Subject: "fiona",
+			Email:   "fiona@aigov.example",
+			Name:    "Fiona Fox",
+			Groups:  []string{"ml-platform"},
+			AMR:     []string{"pwd", "hwk"},
+		},
+		// A policy admin: may push a new policy set, which becomes active
+		// only with the risk reviewers' approval of exactly that set.
+		"paul": {
+			Subject: "paul",
+			Email:   "paul@aigov.example",
+			Name:    "Paul Park",
+			Groups:  []string{"policy-admins"},
 		},
 		// An outsider: authenticates fine but belongs to no group, so every
 		// group-based permission must deny them.

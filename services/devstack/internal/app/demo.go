@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -15,9 +16,7 @@ import (
 	"time"
 
 	"github.com/aigov/aigov/schemas"
-	"github.com/aigov/aigov/services/devenv/devkeys"
 	"github.com/aigov/aigov/services/devenv/idp"
-	"github.com/aigov/aigov/services/devenv/natsdev"
 	"github.com/aigov/aigov/services/devstack/internal/demo"
 	"github.com/aigov/aigov/services/devstack/internal/stack"
 )
@@ -92,6 +91,15 @@ func Demo(ctx context.Context, args []string, out io.Writer) error {
 		}
 	}()
 
+	// The tokens and env files the banner, the README and the flows' CLI
+	// commands use.
+	if err := st.WriteTokens(ctx, filepath.Join(work, "tokens")); err != nil {
+		return err
+	}
+	if err := stack.WriteEnvFiles(st.NATS, st.Keys, filepath.Join(work, "env")); err != nil {
+		return fmt.Errorf("write env files: %w", err)
+	}
+
 	fmt.Fprintln(out, "\n== playing the demo")
 	results, err := demo.Play(ctx, st, *maxAge, out)
 	if err != nil {
@@ -107,6 +115,18 @@ func Demo(ctx context.Context, args []string, out io.Writer) error {
 			failed++
 		}
 	}
+	fmt.Fprintln(out, "\n== governance flows, with the aigov CLI (each command as run)")
+	steps, err := demo.PlayFlows(ctx, st, demo.Paths{Root: root, Work: work, Bin: bin}, out)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(out)
+	demo.PrintFlows(out, steps)
+	for _, s := range steps {
+		if !s.OK() {
+			failed++
+		}
+	}
 	fmt.Fprintln(out, "\n== audit analytics (ClickHouse, database aigov)")
 	if err := demo.WaitAudited(ctx, st.DB, ids, 30*time.Second); err != nil {
 		return err
@@ -117,7 +137,7 @@ func Demo(ctx context.Context, args []string, out io.Writer) error {
 		}
 	}
 	if failed > 0 {
-		return fmt.Errorf("%d scenarios did not get the decision they must", failed)
+		return fmt.Errorf("%d scenarios or flow steps did not get the decision they must", failed)
 	}
 	if !*keep {
 		return nil
@@ -125,69 +145,9 @@ func Demo(ctx context.Context, args []string, out io.Writer) error {
 	return serve(ctx, st, work, out)
 }
 
-// writeEnvFiles writes one file per NATS role with everything a client
-// needs to act as that role against the dev stack, for the aigov CLI (which
-// reads these variables) and the plain nats CLI (--tlsca "$AIGOV_NATS_TLS_CA"):
-// the URL, the user and its dev password (generated at start), and the dev
-// CA the server's certificate chains to, the trust file of the services'
-// public keys and, for a role that signs events, its signing key.
-func writeEnvFiles(ns *natsdev.Server, keys *devkeys.Set, dir string) error {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
-	}
-	for _, role := range schemas.Roles() {
-		if err := os.WriteFile(filepath.Join(dir, role+".env"), []byte(EnvFile(ns, keys, role)), 0o600); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// EnvFile is the content of .run/env/<role>.env: AIGOV_NATS_URL, then the
-// role's credentials (user and password, or its client certificate when
-// the server maps users from certificates), then AIGOV_NATS_TLS_CA, then
-// AIGOV_TRUST_FILE and, for a role that signs, AIGOV_SIGNING_KEY.
-func EnvFile(ns *natsdev.Server, keys *devkeys.Set, role string) string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "AIGOV_NATS_URL=%s\nAIGOV_NATS_USER=%s\n", ns.URL(), role)
-	if pw := ns.Password(role); pw != "" {
-		fmt.Fprintf(&b, "AIGOV_NATS_PASSWORD=%s\n", pw)
-	}
-	if cert, key := ns.ClientCert(role); cert != "" {
-		fmt.Fprintf(&b, "AIGOV_NATS_TLS_CERT=%s\nAIGOV_NATS_TLS_KEY=%s\n", cert, key)
-	}
-	fmt.Fprintf(&b, "AIGOV_NATS_TLS_CA=%s\n", ns.CAFile())
-	fmt.Fprintf(&b, "AIGOV_TRUST_FILE=%s\n", keys.TrustFile)
-	if slices.Contains(devkeys.Roles, role) {
-		fmt.Fprintf(&b, "AIGOV_SIGNING_KEY=%s\n", keys.KeyFile(role))
-	}
-	return b.String()
-}
-
 // serve keeps fresh persona tokens on disk and prints how to send a request.
 func serve(ctx context.Context, st *stack.Stack, work string, out io.Writer) error {
 	tokens := filepath.Join(work, "tokens")
-	if err := os.MkdirAll(tokens, 0o700); err != nil {
-		return err
-	}
-	write := func() error {
-		for name := range idp.Personas() {
-			tok, err := st.IdP.Token(ctx, name)
-			if err != nil {
-				return err
-			}
-			if err := os.WriteFile(filepath.Join(tokens, name+".jwt"), []byte(tok), 0o600); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
-	if err := write(); err != nil {
-		return fmt.Errorf("write tokens: %w", err)
-	}
-	if err := writeEnvFiles(st.NATS, st.Keys, filepath.Join(work, "env")); err != nil {
-		return fmt.Errorf("write env files: %w", err)
-	}
 	rel, _ := filepath.Rel(st.Root, work)
 	fmt.Fprint(out, Banner(rel, 19000))
 	tick := time.NewTicker(5 * time.Second)
@@ -197,7 +157,7 @@ func serve(ctx context.Context, st *stack.Stack, work string, out io.Writer) err
 		case <-ctx.Done():
 			return nil
 		case <-tick.C:
-			if err := write(); err != nil && !errors.Is(err, context.Canceled) {
+			if err := st.WriteTokens(ctx, tokens); err != nil && !errors.Is(err, context.Canceled) {
 				fmt.Fprintln(out, "refresh tokens:", err)
 			}
 		}
@@ -213,7 +173,7 @@ func serve(ctx context.Context, st *stack.Stack, work string, out io.Writer) err
 func Banner(run string, clickhousePort int) string {
 	return fmt.Sprintf(`
 == aigov is serving (Ctrl-C to stop)
-Fresh tokens for alice, carol, erin, rita and oscar are rewritten every 5s in %[1]s/tokens/.
+Fresh tokens for %[4]s are rewritten every 5s in %[1]s/tokens/.
 %[1]s/env/<role>.env holds what a client needs to act as each NATS role (platform,
 operator, reaper, audit, ...): AIGOV_NATS_URL, AIGOV_NATS_USER, AIGOV_NATS_PASSWORD,
 AIGOV_NATS_TLS_CA (NATS speaks only TLS; its dev CA is in %[1]s/nats/tls/), AIGOV_TRUST_FILE
@@ -245,5 +205,14 @@ Verify the audit's hash chain against its signed checkpoints:
 
 Audit:  clickhouse-client --port %[2]d --query "SELECT * FROM aigov.decisions FINAL ORDER BY event_time_us DESC LIMIT 5 FORMAT Vertical"
 Logs:   %[1]s/logs/
-`, run, clickhousePort, schemas.HeaderReplyTo)
+`, run, clickhousePort, schemas.HeaderReplyTo, personaNames())
+}
+
+// personaNames lists the dev personas, sorted, as "a, b and c".
+func personaNames() string {
+	names := slices.Sorted(maps.Keys(idp.Personas()))
+	if len(names) < 2 {
+		return strings.Join(names, "")
+	}
+	return strings.Join(names[:len(names)-1], ", ") + " and " + names[len(names)-1]
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/services/devenv/devkeys"
 	"github.com/aigov/aigov/services/devenv/natsdev"
+	"github.com/aigov/aigov/services/devstack/internal/stack"
 )
 
 // parseEnv reads KEY=value lines as a shell's `set -a; .` would.
@@ -46,7 +47,7 @@ func TestEnvFilesPerRole(t *testing.T) {
 	ns := natsdev.StartT(t, natsdev.Options{})
 	dir := t.TempDir()
 	signKeys := devkeys.New(t)
-	if err := writeEnvFiles(ns, signKeys, dir); err != nil {
+	if err := stack.WriteEnvFiles(ns, signKeys, dir); err != nil {
 		t.Fatal(err)
 	}
 	for _, role := range schemas.Roles() {
@@ -93,7 +94,7 @@ func TestEnvFileClientCert(t *testing.T) {
 	t.Parallel()
 	ns := natsdev.StartT(t, natsdev.Options{ClientCerts: true})
 	signKeys := devkeys.New(t)
-	got := EnvFile(ns, signKeys, schemas.RoleAudit)
+	got := stack.EnvFile(ns, signKeys, schemas.RoleAudit)
 	cert, key := ns.ClientCert(schemas.RoleAudit)
 	want := "AIGOV_NATS_URL=" + ns.URL() + "\nAIGOV_NATS_USER=audit\nAIGOV_NATS_TLS_CERT=" + cert + "\nAIGOV_NATS_TLS_KEY=" + key +
 		"\nAIGOV_NATS_TLS_CA=" + ns.CAFile() + "\nAIGOV_TRUST_FILE=" + signKeys.TrustFile + "\n"
@@ -143,7 +144,7 @@ func TestNatsCLIWithEnvFile(t *testing.T) {
 	bin := natsCLI(t)
 	ns := natsdev.StartT(t, natsdev.Options{})
 	dir := t.TempDir()
-	if err := writeEnvFiles(ns, devkeys.New(t), dir); err != nil {
+	if err := stack.WriteEnvFiles(ns, devkeys.New(t), dir); err != nil {
 		t.Fatal(err)
 	}
 	env := parseEnv(t, filepath.Join(dir, schemas.RolePlatform+".env"))

@@ -108,6 +108,26 @@ func TestPipelineEndToEnd(t *testing.T) {
 	checkNoTokens(ctx, t, st, all)
 	checkSessionRows(ctx, t, st, all)
 
+	// The governance flows of make run, each step the aigov CLI as printed:
+	// a production release with MFA and a risk approval, and a policy
+	// change pushed by a policy admin, approved, active and deciding.
+	if err := stack.WriteEnvFiles(st.NATS, st.Keys, filepath.Join(st.Dir, "env")); err != nil {
+		t.Fatal(err)
+	}
+	steps, err := demo.PlayFlows(ctx, st, demo.Paths{Root: root, Work: st.Dir, Bin: bin}, testWriter{t})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(steps) != 9 {
+		t.Fatalf("%d flow steps played, want 9", len(steps))
+	}
+	for _, s := range steps {
+		if !s.OK() {
+			t.Errorf("%s: %s: got %s %s %v (%v), want %s %s %s", s.Flow, s.Command, s.Decision, s.Code, s.Policies, s.Err,
+				s.Step.Decision, s.Step.Code, s.Step.Policy)
+		}
+	}
+
 	// Every service shuts down cleanly on SIGTERM (exit status 0).
 	stopped = true
 	if errs := st.Stop(); len(errs) > 0 {
