@@ -28,6 +28,12 @@ func main() {
 	default:
 		err = fmt.Errorf("unknown command %q: want run or bench", cmd)
 	}
+	if err != nil && ctx.Err() != nil {
+		// Ctrl-C is how the demo ends: whatever it interrupted, the stack
+		// was stopped, so it is no failure.
+		fmt.Fprintln(os.Stderr, "devstack: interrupted:", err)
+		return
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "devstack:", err)
 		os.Exit(1)

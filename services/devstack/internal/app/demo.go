@@ -47,12 +47,22 @@ func Demo(ctx context.Context, args []string, out io.Writer) error {
 	dir := fs.String("dir", ".run", "working directory for data, logs, binaries and tokens (wiped at start)")
 	maxAge := fs.Duration("session-max-age", 15*time.Second, "session max age, short so the demo can show one end")
 	keep := fs.Bool("serve", true, "keep serving after the demo until Ctrl-C")
+	issuers := fs.String("issuers", "", "a file of further trusted OIDC issuers, as authn's AIGOV_OIDC_CONFIG (make run ISSUERS=...)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	root, err := stack.FindRoot()
 	if err != nil {
 		return err
+	}
+	if *issuers != "" {
+		// Checked before anything starts; authn checks every field.
+		if *issuers, err = filepath.Abs(*issuers); err != nil {
+			return err
+		}
+		if _, err := os.Stat(*issuers); err != nil {
+			return fmt.Errorf("-issuers (make run ISSUERS=): %w", err)
+		}
 	}
 	work, err := filepath.Abs(*dir)
 	if err != nil {
@@ -79,7 +89,7 @@ func Demo(ctx context.Context, args []string, out io.Writer) error {
 	st, err := stack.Start(ctx, stack.Options{
 		Root: root, Dir: work, BinDir: bin,
 		NATSPort: demoNATSPort, IdPPort: demoIdPPort, ClickHousePort: demoClickHousePort, HTTPBasePort: demoHTTPBasePort,
-		SessionMaxAge: *maxAge, Progress: out,
+		SessionMaxAge: *maxAge, Progress: out, Issuers: *issuers,
 	})
 	if err != nil {
 		return err
@@ -142,14 +152,17 @@ func Demo(ctx context.Context, args []string, out io.Writer) error {
 	if !*keep {
 		return nil
 	}
-	return serve(ctx, st, work, out)
+	return serve(ctx, st, work, *issuers, out)
 }
 
 // serve keeps fresh persona tokens on disk and prints how to send a request.
-func serve(ctx context.Context, st *stack.Stack, work string, out io.Writer) error {
+func serve(ctx context.Context, st *stack.Stack, work, issuers string, out io.Writer) error {
 	tokens := filepath.Join(work, "tokens")
 	rel, _ := filepath.Rel(st.Root, work)
 	fmt.Fprint(out, Banner(rel, 19000))
+	if issuers != "" {
+		fmt.Fprintf(out, "authn also trusts the issuers of %s (.run/authn-issuers.yaml is what it reads).\n", issuers)
+	}
 	tick := time.NewTicker(5 * time.Second)
 	defer tick.Stop()
 	for {

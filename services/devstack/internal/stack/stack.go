@@ -75,6 +75,10 @@ type Options struct {
 	// Tenants run NATS with accounts: the services in AIGOV, each tenant
 	// (an ML platform) in its own (natsdev.Options.Tenants).
 	Tenants []string
+	// Issuers names a file of further trusted issuers in authn's
+	// AIGOV_OIDC_CONFIG format (a real IdP such as Dex, Keycloak or Entra);
+	// authn trusts them besides the dev IdP.
+	Issuers string
 }
 
 // Stack is a running pipeline.
@@ -105,6 +109,9 @@ type Stack struct {
 	opts  Options
 	// logoutAddr is where the reaper serves OIDC back-channel logout.
 	logoutAddr string
+	// issuersPath is authn's AIGOV_OIDC_CONFIG when Options.Issuers adds
+	// issuers to the dev IdP.
+	issuersPath string
 }
 
 // Database is the audit database the stack's audit service writes.
@@ -217,6 +224,12 @@ func Start(ctx context.Context, opts Options) (st *Stack, err error) {
 	// natsdev.Start provisioned the bus as the provisioner, as aigov bus
 	// provision does in compose and Kubernetes; no service can.
 
+	if opts.Issuers != "" {
+		if st.issuersPath, err = st.issuersFile(opts.Issuers); err != nil {
+			return st, err
+		}
+	}
+
 	logoutPort := 0
 	if opts.HTTPBasePort != 0 {
 		logoutPort = opts.HTTPBasePort + logoutOffset
@@ -271,7 +284,11 @@ func (st *Stack) env(name, httpAddr string) []string {
 	}
 	switch name {
 	case "authn":
-		e = append(e, "AIGOV_OIDC_ISSUERS="+st.IdP.Issuer(), "AIGOV_OIDC_AUDIENCE="+st.IdP.ClientID())
+		if st.issuersPath != "" {
+			e = append(e, "AIGOV_OIDC_CONFIG="+st.issuersPath)
+		} else {
+			e = append(e, "AIGOV_OIDC_ISSUERS="+st.IdP.Issuer(), "AIGOV_OIDC_AUDIENCE="+st.IdP.ClientID())
+		}
 	case "policy":
 		e = append(e, "AIGOV_POLICY_DIR="+filepath.Join(st.Root, "policies"))
 	case "audit":
