@@ -103,10 +103,14 @@ func (s *Service) activate(ctx context.Context, v schemas.Verified, d *schemas.D
 	if set.Version() != hash {
 		return reject(fmt.Sprintf("staged set hashes to %s, not %s", set.Version(), hash))
 	}
-	if _, err := s.kv.policy.Update(ctx, schemas.PolicyActiveKey, entry.Value(), snap.setRev); err != nil {
+	rev, err := s.kv.policy.Update(ctx, schemas.PolicyActiveKey, entry.Value(), snap.setRev)
+	if err != nil {
 		// Someone activated another set since this replica's view: retry,
 		// so that the push is decided again under the set now in force.
 		return fmt.Errorf("activate policy set %s over revision %d: %w", hash, snap.setRev, err)
+	}
+	if !s.state.policySeen.wait(ctx, rev) {
+		s.log.Warn().Uint64("revision", rev).Msg("activated set not yet in force on this replica; answering anyway")
 	}
 	s.log.Info().Str("request_id", v.RequestID).Str("principal_id", v.Principal.ID).Str("policy_version", hash).
 		Str("previous_version", current.Version()).Msg("policy set activated")
@@ -149,8 +153,13 @@ func (s *Service) grant(ctx context.Context, v schemas.Verified, d *schemas.Deci
 		return runtimePermanent(err)
 	}
 	key := schemas.ApprovalKey(digest, v.Principal.ID)
-	if _, err := s.kv.approvals.Create(ctx, key, b, jetstream.KeyTTL(s.ttl)); err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
+	rev, err := s.kv.approvals.Create(ctx, key, b, jetstream.KeyTTL(s.ttl))
+	switch {
+	case errors.Is(err, jetstream.ErrKeyExists):
+	case err != nil:
 		return fmt.Errorf("record approval %s: %w", key, err)
+	case !s.state.approvalsSeen.wait(ctx, rev):
+		s.log.Warn().Str("key", key).Uint64("revision", rev).Msg("approval recorded, not yet seen by this replica; answering anyway")
 	}
 	d.Reason += fmt.Sprintf("; approval of %s on %s recorded as %s for teams [%s] until %s",
 		action, v.Request.Resource, digest, strings.Join(teams, ","), a.ExpiresAt.Format("2006-01-02T15:04:05Z"))
@@ -193,6 +202,7 @@ func (s *Service) watchPolicy(ctx context.Context, ready chan<- struct{}) error 
 		return fmt.Errorf("watch policy set: %w", err)
 	}
 	return follow(ctx, w, "policy", func() { close(ready) }, func(e jetstream.KeyValueEntry, _ bool) {
+		defer s.state.policySeen.advance(e.Revision())
 		if e.Operation() != jetstream.KeyValuePut {
 			s.log.Error().Uint64("revision", e.Revision()).Msg("active policy set deleted; the previous set stays in force")
 			return
@@ -269,6 +279,7 @@ func (s *Service) watchApprovals(ctx context.Context) error {
 		return fmt.Errorf("watch approvals: %w", err)
 	}
 	return follow(ctx, w, "approval", func() {}, func(e jetstream.KeyValueEntry, _ bool) {
+		defer s.state.approvalsSeen.advance(e.Revision())
 		if e.Operation() != jetstream.KeyValuePut {
 			s.state.deleteApproval(e.Key())
 			return

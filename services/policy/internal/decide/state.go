@@ -47,6 +47,9 @@ type state struct {
 	// none skips computing its approval digest.
 	pending map[string]int
 	amu     sync.RWMutex
+
+	// policySeen and approvalsSeen are the revisions the watches applied.
+	policySeen, approvalsSeen *revisions
 }
 
 // snapshot is one consistent view: the evaluator and the revision of the
@@ -57,7 +60,8 @@ type snapshot struct {
 }
 
 func newState(log zerolog.Logger, clock func() time.Time) *state {
-	return &state{log: log, clock: clock, entities: map[string]cedar.Entity{}, approvals: map[string]map[string]schemas.Approval{}, pending: map[string]int{}}
+	return &state{log: log, clock: clock, entities: map[string]cedar.Entity{}, approvals: map[string]map[string]schemas.Approval{}, pending: map[string]int{},
+		policySeen: newRevisions(), approvalsSeen: newRevisions()}
 }
 
 // snapshot returns the current view; nil until the set and store loaded.
