@@ -81,6 +81,11 @@ const TLSDir = "tls"
 // take longer than the server's 2 s default.
 const tlsTimeout = 10.0
 
+// readyTimeout bounds the wait for a started server to accept clients:
+// generous, since recovering a JetStream store on a loaded two-core machine
+// takes seconds.
+const readyTimeout = 30 * time.Second
+
 // AdminUser may do anything; tests and the dev stack use it for setup and
 // inspection, never services.
 const AdminUser = "admin"
@@ -138,9 +143,9 @@ func Start(opts Options) (*Server, error) {
 		return nil, fmt.Errorf("natsdev: new server: %w", err)
 	}
 	go srv.Start()
-	if !srv.ReadyForConnections(10 * time.Second) {
+	if !srv.ReadyForConnections(readyTimeout) {
 		srv.Shutdown()
-		return nil, errors.New("natsdev: server not ready within 10s")
+		return nil, fmt.Errorf("natsdev: server not ready within %s", readyTimeout)
 	}
 	s.srv = srv
 	s.topo = topo

@@ -8,14 +8,14 @@ import (
 	"testing"
 )
 
-// The README's Go snippet compiles and vets as printed, with the imports it
+// The Go snippet of docs/publishing.md compiles and vets as printed, with the imports it
 // needs: a user who pastes it gets a program that handles every error.
 func TestReadmeGoSnippetCompiles(t *testing.T) {
 	t.Parallel()
-	readme := string(readFile(t, "README.md"))
+	readme := string(readFile(t, "docs/publishing.md"))
 	start := strings.Index(readme, "```go\n")
 	if start < 0 {
-		t.Fatal("README.md has no Go snippet")
+		t.Fatal("docs/publishing.md has no Go snippet")
 	}
 	snippet := readme[start+len("```go\n"):]
 	snippet = snippet[:strings.Index(snippet, "```")]
