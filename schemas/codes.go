@@ -82,3 +82,40 @@ var Codes = map[Code]string{
 	CodeBadEventSignature:   "the verified event reaching policy is unsigned or not signed by a key the trust file gives to authn: a forgery on the bus; denied without evaluating any policy",
 	CodePolicyInvalid:       "a pushed policy set failed to parse or validate against the schema; it was rejected whole and the previous set stays active",
 }
+
+// CodeStages says which service decides each code: authn, policy, or both
+// (authn/policy: policy re-checks it when the request reaches it). The deny
+// code table of docs/decisions.md is generated from Codes and CodeStages.
+var CodeStages = map[Code]string{
+	CodeMissingToken:        "authn",
+	CodeMalformedToken:      "authn",
+	CodeBadSignature:        "authn",
+	CodeTokenExpired:        "authn/policy",
+	CodeTokenNotYetValid:    "authn",
+	CodeUntrustedIssuer:     "authn",
+	CodeWrongAudience:       "authn",
+	CodeIssuerUnavailable:   "authn",
+	CodeSessionRevoked:      "authn/policy",
+	CodeSessionExpired:      "authn/policy",
+	CodeMalformedRequest:    "authn/policy",
+	CodePolicyDenied:        "policy",
+	CodePolicyError:         "policy",
+	CodeUnknownResource:     "policy",
+	CodeUnknownAction:       "policy",
+	CodeLeaseExpired:        "authn/policy",
+	CodeTokenTooLarge:       "authn",
+	CodeDuplicateClaims:     "authn",
+	CodeUnsupportedHeader:   "authn",
+	CodeDisallowedAlgorithm: "authn",
+	CodeWrongTokenType:      "authn",
+	CodeUnknownKey:          "authn",
+	CodeJWKSUnavailable:     "authn",
+	CodeIATInFuture:         "authn",
+	CodeWrongAZP:            "authn",
+	CodeWrongTenant:         "authn",
+	CodeWorkloadNotAllowed:  "authn",
+	CodeTokenReplayed:       "authn",
+	CodeContextTooLarge:     "authn",
+	CodeBadEventSignature:   "policy",
+	CodePolicyInvalid:       "policy",
+}
