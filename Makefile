@@ -45,6 +45,11 @@ test: deps vet
 	$(MAKE) fuzz
 .PHONY: test
 
+## test-quick: vet, then the tests without the end-to-end and outage ones (go test -short), in about a minute
+test-quick: vet
+	go test -count=1 -short $(PKG)
+.PHONY: test-quick
+
 ## test-chdb: the audit migrations, views and documented queries on the current ClickHouse engine (chdb, installed into .cache/chdb)
 test-chdb:
 	CHDB_LIB_PATH=$$(bash scripts/install-chdb.sh) go test -count=1 -tags chdb -run OnCurrentEngine ./services/audit/internal/migrate/

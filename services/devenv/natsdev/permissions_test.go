@@ -36,6 +36,9 @@ type attack struct {
 // every role, the provisioner's included, and for the unrestricted admin
 // too (the streams deny it themselves).
 func TestEveryRoleHasLeastPrivilege(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: tries every operation as every role (about a minute)")
+	}
 	t.Parallel()
 	srv := natsdev.StartT(t, natsdev.Options{})
 	topo := schemas.NewTopology("")

@@ -377,6 +377,9 @@ func TestRedeliveryRestoresMissingTypedRows(t *testing.T) {
 // bucket's checkpoints, the restarted audit continues the chain from the
 // newest of them, and the whole log verifies against both.
 func TestLegacyCheckpointBucketIsHonoured(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: writes and verifies through two writer generations")
+	}
 	t.Parallel()
 	const n = 12
 	h := startHarness(t, harnessOptions{batchSize: 5})

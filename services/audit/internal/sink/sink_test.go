@@ -302,6 +302,9 @@ func TestShutdownFlushesLastBatch(t *testing.T) {
 // TestClickHouseOutage kills the package's ClickHouse, so it must not run
 // in parallel: Go runs it before any parallel test resumes.
 func TestClickHouseOutage(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: a ClickHouse outage of seconds under load")
+	}
 	began := time.Now()
 	h := startHarness(t, harnessOptions{})
 	for i := range 10 {

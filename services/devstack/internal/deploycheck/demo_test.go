@@ -129,6 +129,9 @@ func tokenEndpoint(t *testing.T, p *idp.Provider, clientID, secret string, ttl t
 // runs every Grafana panel's SQL on the tables the audit service created
 // and filled, and checks the generated replicated schema.
 func TestDemoScriptAndDashboardAgainstDevStack(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: runs the compose demo script against a whole dev stack")
+	}
 	for _, tool := range []string{"sh", "curl", "jq", "base64", "awk", "cut", "tr", "date"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Fatalf("deploy/demo/play.sh needs %s: %v (apt-get install curl jq)", tool, err)

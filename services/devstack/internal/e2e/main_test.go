@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"os"
 	"testing"
@@ -19,6 +20,13 @@ func TestMain(m *testing.M) {
 }
 
 func buildAndRun(m *testing.M) int {
+	flag.Parse()
+	if testing.Short() {
+		// Each test starts the whole stack as processes: minutes, not
+		// the quick run's seconds.
+		fmt.Fprintln(os.Stderr, "e2e: -short skips the end-to-end tests")
+		return 0
+	}
 	root, err := stack.FindRoot()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "e2e:", err)

@@ -25,9 +25,6 @@ import (
 // run listens on its fixed ports (4222, 5556, 19000, 8081-8085): a make run
 // already serving on this machine makes this test fail, naming the port.
 func TestReadmeCommandsVerbatim(t *testing.T) {
-	if testing.Short() {
-		t.Skip("-short: make run takes a minute")
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 	defer cancel()
 	checkout := linkCheckout(t, built.root)
