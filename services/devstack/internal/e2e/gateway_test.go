@@ -4,8 +4,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -242,4 +246,86 @@ func TestGatewayAuthorizeAPI(t *testing.T) {
 	if r.status != http.StatusOK || r.str("request_id") != "gw-outage-1" || r.str("decision") != schemas.Allow {
 		t.Errorf("retry after the outage: %d %s, want 200 allow of gw-outage-1", r.status, r.raw)
 	}
+}
+
+// The standard-library Python client (clients/python/aigov.py) and its
+// MLflow example, run with the system python3 against the real stack and
+// gateway: the client's own tests, then a transition to Production denied
+// until a risk reviewer approves exactly it, then allowed.
+func TestGatewayPythonClient(t *testing.T) {
+	python, err := exec.LookPath("python3")
+	if err != nil {
+		t.Skip("no python3 on PATH: the Python client needs one")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	st := startGatewayStack(ctx, t)
+	tokens := filepath.Join(t.TempDir(), "tokens")
+	if err := st.WriteTokens(ctx, tokens); err != nil {
+		t.Fatal(err)
+	}
+	pyDir := filepath.Join(built.root, "clients", "python")
+	run := func(name string, args ...string) (int, string, string) {
+		t.Helper()
+		cmd := exec.CommandContext(ctx, name, args...)
+		cmd.Dir = pyDir
+		cmd.Env = append(os.Environ(), "AIGOV_GATEWAY_URL="+st.GatewayURL(), "AIGOV_TOKENS="+tokens, "PYTHONDONTWRITEBYTECODE=1")
+		var stdout, stderr strings.Builder
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		err := cmd.Run()
+		var ee *exec.ExitError
+		switch {
+		case errors.As(err, &ee):
+			return ee.ExitCode(), stdout.String(), stderr.String()
+		case err != nil:
+			t.Fatalf("%s %v: %v", name, args, err)
+		}
+		return 0, stdout.String(), stderr.String()
+	}
+
+	code, out, errOut := run(python, "-m", "unittest", "-v", "test_aigov")
+	if code != 0 || !strings.Contains(errOut, "\nOK") || strings.Contains(errOut, "skipped") {
+		t.Fatalf("python3 -m unittest test_aigov: exit %d\n%s%s", code, out, errOut)
+	}
+	t.Logf("python client tests:\n%s", errOut)
+
+	transition := func(id string) (int, map[string]any, string) {
+		code, out, errOut := run(python, "examples/mlflow_transition.py", "--gateway", st.GatewayURL(), "--token-file", filepath.Join(tokens, "fiona.jwt"),
+			"--model", "churn-predictor", "--version", "3", "--stage", "Production", "--request-id", id)
+		var d map[string]any
+		if err := json.Unmarshal([]byte(out), &d); err != nil {
+			t.Fatalf("mlflow_transition: exit %d, output %q %s: %v", code, out, errOut, err)
+		}
+		return code, d, errOut
+	}
+	code, d, errOut := transition("mlflow-prod-1")
+	if code != 1 || d["decision"] != schemas.Deny || d["code"] != string(schemas.CodePolicyDenied) ||
+		!strings.Contains(errOut, "denied") || !slicesContain(d["policy_ids"], "production-release-needs-risk-approval") {
+		t.Fatalf("transition without approval: exit %d %v %s, want exit 1 and the risk-approval deny", code, d, errOut)
+	}
+
+	bus := []string{"--nats", st.NATS.URL(), "--tls-ca", st.NATS.CAFile(), "--trust-file", st.Keys.TrustFile, "--password", st.NATS.Password(schemas.RoleOperator)}
+	approve := exec.CommandContext(ctx, filepath.Join(built.bin, "aigov"), append([]string{"approve", "--token-file", filepath.Join(tokens, "rita.jwt"),
+		"--action", "model.promote", "--resource", "Model:churn-predictor", "--context", `{"environment":"production","model_version":"3"}`}, bus...)...)
+	if out, err := approve.CombinedOutput(); err != nil {
+		t.Fatalf("aigov approve: %v\n%s", err, out)
+	}
+
+	code, d, errOut = transition("mlflow-prod-2")
+	if code != 0 || d["decision"] != schemas.Allow || !slicesContain(d["policy_ids"], "ml-platform-release-production-with-approval") {
+		t.Fatalf("transition after the approval: exit %d %v %s, want exit 0 and an allow", code, d, errOut)
+	}
+	if err := demo.WaitAudited(ctx, st.DB, []string{"mlflow-prod-1", "mlflow-prod-2"}, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func slicesContain(v any, want string) bool {
+	items, _ := v.([]any)
+	for _, it := range items {
+		if it == want {
+			return true
+		}
+	}
+	return false
 }
