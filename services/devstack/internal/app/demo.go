@@ -4,6 +4,7 @@ package app
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -27,6 +28,11 @@ const (
 	demoIdPPort        = 5556
 	demoClickHousePort = 19000
 	demoHTTPBasePort   = 8080
+	// demoGatewayPort serves the gateway's authorize API and MCP endpoint;
+	// its health and metrics are on demoGatewayHealthPort (base+6: base+5
+	// is the reaper's logout endpoint).
+	demoGatewayPort       = 8090
+	demoGatewayHealthPort = demoHTTPBasePort + 6
 )
 
 // demoPorts are the fixed ports the demo stack listens on: NATS, the IdP,
@@ -37,7 +43,7 @@ func demoPorts() []int {
 	for i := 1; i <= 5; i++ {
 		out = append(out, demoHTTPBasePort+i)
 	}
-	return out
+	return append(out, demoGatewayPort, demoGatewayHealthPort)
 }
 
 // Demo starts the stack on fixed ports, plays the scenarios, prints the
@@ -108,6 +114,9 @@ func Demo(ctx context.Context, args []string, out io.Writer) error {
 	}
 	if err := stack.WriteEnvFiles(st.NATS, st.Keys, filepath.Join(work, "env")); err != nil {
 		return fmt.Errorf("write env files: %w", err)
+	}
+	if err := startGateway(ctx, st, work, bin); err != nil {
+		return err
 	}
 
 	fmt.Fprintln(out, "\n== playing the demo")
@@ -228,4 +237,27 @@ func personaNames() string {
 		return strings.Join(names, "")
 	}
 	return strings.Join(names[:len(names)-1], ", ") + " and " + names[len(names)-1]
+}
+
+// startGateway runs the gateway on its fixed ports, its MCP endpoint
+// fronting the demo upstream (mcpdemo over stdio).
+func startGateway(ctx context.Context, st *stack.Stack, work, bin string) error {
+	cfg := map[string]any{
+		"resource":              fmt.Sprintf("http://127.0.0.1:%d/mcp", demoGatewayPort),
+		"authorization_servers": []string{st.IdP.Issuer()},
+		"servers":               []map[string]any{{"name": "demo", "command": filepath.Join(bin, "mcpdemo")}},
+	}
+	b, err := json.MarshalIndent(cfg, "", "  ")
+	if err != nil {
+		return fmt.Errorf("gateway mcp config: %w", err)
+	}
+	path := filepath.Join(work, "gateway-mcp.json")
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		return fmt.Errorf("gateway mcp config: %w", err)
+	}
+	if err := st.StartGateway(ctx, demoGatewayPort, demoGatewayHealthPort, "AIGOV_GATEWAY_MCP_CONFIG="+path); err != nil {
+		return err
+	}
+	fmt.Fprintf(st.Progress(), "gateway     %s/v1/authorize (HTTP), %s/mcp (MCP; config %s)\n", st.GatewayURL(), st.GatewayURL(), path)
+	return nil
 }

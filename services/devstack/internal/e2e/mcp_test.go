@@ -66,8 +66,12 @@ func TestGatewayMCP(t *testing.T) {
 		"resource":              base + "/mcp",
 		"authorization_servers": []string{st.IdP.Issuer()},
 		"list_cache_ttl":        "2s",
-		"servers": []map[string]any{{"name": "demo", "url": upstream.URL + "/mcp",
-			"headers": map[string]string{"X-Upstream-Key": "demo-upstream-key"}}},
+		"servers": []map[string]any{
+			{"name": "demo", "url": upstream.URL + "/mcp", "headers": map[string]string{"X-Upstream-Key": "demo-upstream-key"}},
+			// Over stdio; its tools are in no entity store, so aigov
+			// denies them (unknown_resource) and tools/list hides them.
+			{"name": "local", "command": filepath.Join(built.bin, "mcpdemo")},
+		},
 	}
 	cfgPath := filepath.Join(t.TempDir(), "mcp.json")
 	b, _ := json.Marshal(cfg)
@@ -208,6 +212,11 @@ func TestGatewayMCP(t *testing.T) {
 	denied("oscar lists models", call(oscar, "demo.model.list", map[string]any{}), mcpdemo.ToolModelList, 0)
 	allowed("erin deploys to staging", call(erin, "demo.model.deploy", map[string]any{"model": "fraud-detector", "environment": "staging"}), mcpdemo.ToolModelDeploy, 1)
 	allowed("erin lists models", call(erin, "demo.model.list", nil), mcpdemo.ToolModelList, 1)
+
+	// A stdio upstream's tool aigov does not know: hidden and denied.
+	if res := call(alice, "local.model.list", nil); !res.IsError || res.Meta["aigov/code"] != string(schemas.CodeUnknownResource) {
+		t.Errorf("local.model.list: %v %q, want a tool error unknown_resource", res.Meta, textOf(res))
+	}
 
 	// The dangerous call: a production deploy, only with the risk
 	// reviewers' approval of exactly it (and a second factor).

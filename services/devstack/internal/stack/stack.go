@@ -369,6 +369,9 @@ func (st *Stack) StartGateway(ctx context.Context, apiPort, httpPort int, env ..
 	return st.startProcess(ctx, Gateway, Gateway, httpPort)
 }
 
+// Progress is where start-up steps are reported (Options.Progress).
+func (st *Stack) Progress() io.Writer { return st.opts.Progress }
+
 // GatewayURL is the gateway's API base URL (http://host:port).
 func (st *Stack) GatewayURL() string {
 	st.mu.Lock()
