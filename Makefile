@@ -26,7 +26,7 @@ deps:
 ## build: compile the services and the aigov CLI into bin/
 build:
 	@mkdir -p bin
-	@for s in authn policy audit reaper aigov devstack; do go build -o bin/$$s ./services/$$s || exit 1; done
+	@for s in authn policy audit reaper gateway aigov devstack; do go build -o bin/$$s ./services/$$s || exit 1; done
 .PHONY: build
 
 ## run: start NATS, the dev OIDC provider, ClickHouse and the four services, play the demo, keep serving (ISSUERS=file trusts more issuers)
@@ -82,7 +82,7 @@ bench: deps
 ## images: build the container images with docker (deploy/Dockerfile); IMAGE_PREFIX=aigov IMAGE_TAG=dev by default
 images:
 	@prefix=$${IMAGE_PREFIX:-aigov}; tag=$${IMAGE_TAG:-dev}; \
-	for s in authn policy audit reaper aigov devstack; do \
+	for s in authn policy audit reaper gateway aigov devstack; do \
 		echo "== $$prefix/$$s:$$tag"; \
 		docker build -f deploy/Dockerfile --target service --build-arg SERVICE=$$s -t $$prefix/$$s:$$tag . || exit 1; \
 	done; \

@@ -16,12 +16,14 @@ import (
 	"github.com/aigov/aigov/schemas"
 )
 
-// pipelineServices are the four services and their NATS roles.
+// pipelineServices are the four services and the gateway, and their NATS
+// roles.
 var pipelineServices = map[string]string{
-	"authn":  schemas.RoleAuthn,
-	"policy": schemas.RolePolicy,
-	"audit":  schemas.RoleAudit,
-	"reaper": schemas.RoleReaper,
+	"authn":   schemas.RoleAuthn,
+	"policy":  schemas.RolePolicy,
+	"audit":   schemas.RoleAudit,
+	"reaper":  schemas.RoleReaper,
+	"gateway": schemas.RoleGateway,
 }
 
 // TestComposeFileIsValid runs docker-compose's own validation: unknown keys,
@@ -251,7 +253,7 @@ func TestMakeImages(t *testing.T) {
 	}
 	calls := strings.Split(strings.TrimSpace(string(b)), "\n")
 	want := map[string]string{} // tag -> the build's distinguishing args
-	for _, s := range []string{"authn", "policy", "audit", "reaper", "aigov", "devstack"} {
+	for _, s := range []string{"authn", "policy", "audit", "reaper", "gateway", "aigov", "devstack"} {
 		want["aigov/"+s+":dev"] = "--target service --build-arg SERVICE=" + s
 	}
 	want["aigov/demo:dev"] = "--target demo"
