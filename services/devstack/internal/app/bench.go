@@ -1,10 +1,13 @@
 package app
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -36,6 +39,7 @@ func Bench(ctx context.Context, args []string, out io.Writer) error {
 	linger := fs.Duration("signing-linger", svcruntime.DefaultSigningLinger, "how long a busy service waits to sign events in one batch (AIGOV_SIGNING_LINGER)")
 	profile := fs.String("profile", "", "write a 5s CPU profile of each service, taken under load, into this directory (AIGOV_PPROF)")
 	drain := fs.Int("audit-drain", 0, "publish this many decision events with the audit stopped, then time how fast it writes them all")
+	gatewayN := fs.Int("gateway", 500, "then time this many requests through the gateway's HTTP API against as many sent directly, alternating, one at a time (0 skips)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -200,6 +204,63 @@ func Bench(ctx context.Context, args []string, out io.Writer) error {
 	if failures.Load() > 0 || rows != uint64(decided) {
 		return fmt.Errorf("bench: %d requests without a decision, %d audit rows for %d decisions", failures.Load(), rows, decided)
 	}
+	if *gatewayN > 0 {
+		return benchGateway(ctx, st, tokens, req, *gatewayN, out)
+	}
+	return nil
+}
+
+// benchGateway measures the latency the gateway adds: n requests through
+// POST /v1/authorize and n sent directly with the SDK, alternating and one
+// at a time, so both see the same stack in the same state.
+func benchGateway(ctx context.Context, st *stack.Stack, tokens []string, req schemas.Request, n int, out io.Writer) error {
+	if err := st.StartGateway(ctx, 0, 0); err != nil {
+		return err
+	}
+	body, err := json.Marshal(map[string]any{"action": req.Action, "resource": req.Resource, "context": req.Context})
+	if err != nil {
+		return fmt.Errorf("bench: gateway body: %w", err)
+	}
+	hc := &http.Client{Timeout: 30 * time.Second}
+	viaHTTP := func(token string) error {
+		r, err := http.NewRequestWithContext(ctx, http.MethodPost, st.GatewayURL()+"/v1/authorize", bytes.NewReader(body))
+		if err != nil {
+			return err
+		}
+		r.Header.Set("Authorization", "Bearer "+token)
+		r.Header.Set("Content-Type", "application/json")
+		resp, err := hc.Do(r)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		var d struct {
+			Decision string `json:"decision"`
+		}
+		if err := json.NewDecoder(resp.Body).Decode(&d); err != nil || resp.StatusCode != http.StatusOK || d.Decision == "" {
+			return fmt.Errorf("gateway answered %d (%v)", resp.StatusCode, err)
+		}
+		return nil
+	}
+	fmt.Fprintf(out, "\n== %d requests through the gateway, %d direct, alternating, one at a time\n", n, n)
+	direct := make([]time.Duration, 0, n)
+	gw := make([]time.Duration, 0, n)
+	for i := 0; i < n && ctx.Err() == nil; i++ {
+		tok := tokens[i%len(tokens)]
+		t0 := time.Now()
+		if _, err := st.Client.Authorize(ctx, client.Call{Token: tok, Request: req}); err != nil {
+			return fmt.Errorf("bench: direct request: %w", err)
+		}
+		t1 := time.Now()
+		if err := viaHTTP(tok); err != nil {
+			return fmt.Errorf("bench: gateway request: %w", err)
+		}
+		direct, gw = append(direct, t1.Sub(t0)), append(gw, time.Since(t1))
+	}
+	slices.Sort(direct)
+	slices.Sort(gw)
+	fmt.Fprintf(out, "gateway      p50 %s  p99 %s through POST /v1/authorize; direct (SDK) p50 %s  p99 %s; added p50 %s  p99 %s\n",
+		pct(gw, 0.50), pct(gw, 0.99), pct(direct, 0.50), pct(direct, 0.99), pct(gw, 0.50)-pct(direct, 0.50), pct(gw, 0.99)-pct(direct, 0.99))
 	return nil
 }
 
