@@ -163,6 +163,27 @@ func New(auth Authorizer, log zerolog.Logger, reg prometheus.Registerer, opts Op
 // Decisions counts decisions by front end; the MCP gateway shares it.
 func (a *API) Decisions() *prometheus.CounterVec { return a.metrics.decisions }
 
+// Limit bounds h by the API's in-flight limit (shared with
+// /v1/authorize): a POST beyond it gets 503 overloaded. Other methods
+// (an MCP client's long-lived GET stream, DELETE) are not counted.
+func (a *API) Limit(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodPost {
+			h.ServeHTTP(w, r)
+			return
+		}
+		select {
+		case a.slots <- struct{}{}:
+			defer func() { <-a.slots }()
+		default:
+			w.Header().Set("Retry-After", "1")
+			a.fail(w, http.StatusServiceUnavailable, ErrOverloaded, fmt.Sprintf("%d requests in flight, the most the gateway serves at once", a.opts.MaxInFlight), "")
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
 // Routes registers the API on mux.
 func (a *API) Routes(mux *http.ServeMux) {
 	mux.HandleFunc("/v1/authorize", a.serveAuthorize)

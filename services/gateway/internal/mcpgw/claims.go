@@ -11,10 +11,10 @@ import (
 // claims are the few claims the MCP endpoint reads, unverified, to admit a
 // bearer (see Gateway.verifyToken).
 type claims struct {
-	Issuer  string `json:"iss"`
-	Subject string `json:"sub"`
-	Expiry  int64  `json:"exp"`
-	Scope   string `json:"scope"`
+	Issuer  string  `json:"iss"`
+	Subject string  `json:"sub"`
+	Expiry  float64 `json:"exp"`
+	Scope   string  `json:"scope"`
 }
 
 // unverifiedClaims decodes a compact JWS's payload without verifying it.

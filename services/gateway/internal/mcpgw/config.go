@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"os"
 	"regexp"
+	"strings"
 	"time"
 )
 
@@ -106,6 +107,8 @@ func (f *File) Validate() error {
 	var errs []error
 	if u, err := url.Parse(f.Resource); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		errs = append(errs, fmt.Errorf("resource %q must be the absolute http(s) URL of the MCP endpoint", f.Resource))
+	} else if p := u.Path; p == "" || p == "/" || strings.HasPrefix(p, "/v1/") || strings.HasPrefix(p, "/.well-known/") || p == "/healthz" || p == "/readyz" || strings.HasSuffix(p, "/") {
+		errs = append(errs, fmt.Errorf("resource %q: its path must name the MCP endpoint, such as /mcp, apart from the gateway's other paths", f.Resource))
 	}
 	if len(f.AuthorizationServers) == 0 {
 		errs = append(errs, errors.New("authorization_servers must name at least one trusted issuer"))

@@ -153,12 +153,13 @@ func (g *Gateway) metadataURL() string {
 	return u.Scheme + "://" + u.Host + "/.well-known/oauth-protected-resource"
 }
 
-// Routes registers /mcp and the Protected Resource Metadata (RFC 9728) at
+// Routes registers /mcp (wrapped by limit, the gateway's in-flight bound)
+// and the Protected Resource Metadata (RFC 9728) at
 // /.well-known/oauth-protected-resource and, path-suffixed as RFC 9728
 // §3.1 derives it from the resource, /.well-known/oauth-protected-resource/mcp.
-func (g *Gateway) Routes(mux *http.ServeMux) {
+func (g *Gateway) Routes(mux *http.ServeMux, limit func(http.Handler) http.Handler) {
 	u, _ := url.Parse(g.cfg.Resource)
-	mux.Handle(u.Path, g.handler)
+	mux.Handle(u.Path, limit(g.handler))
 	meta := auth.ProtectedResourceMetadataHandler(&oauthex.ProtectedResourceMetadata{
 		Resource:               g.cfg.Resource,
 		AuthorizationServers:   g.cfg.AuthorizationServers,
@@ -223,7 +224,7 @@ func (g *Gateway) verifyToken(_ context.Context, token string, _ *http.Request) 
 	}
 	return &auth.TokenInfo{
 		Scopes:     strings.Fields(c.Scope),
-		Expiration: time.Unix(c.Expiry, 0),
+		Expiration: time.Unix(int64(c.Expiry), 0),
 		UserID:     schemas.PrincipalID(c.Issuer, c.Subject),
 	}, nil
 }

@@ -24,10 +24,17 @@ func TestLoadFileReportsEveryViolation(t *testing.T) {
 	if err == nil {
 		t.Fatal("a bad file loaded")
 	}
-	for _, want := range []string{"resource", "authorization_servers", "name must be lower-case", "give command (stdio) or url", "not both"} {
+	for _, want := range []string{"resource \"mcp\"", "authorization_servers", "name must be lower-case", "give command (stdio) or url", "not both"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not mention %q", err, want)
 		}
+	}
+	root := filepath.Join(dir, "root.json")
+	if err := os.WriteFile(root, []byte(`{"resource":"http://h/","authorization_servers":["http://idp"],"servers":[{"name":"a","command":"x"}]}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadFile(root); err == nil || !strings.Contains(err.Error(), "its path must name the MCP endpoint") {
+		t.Errorf("resource at /: %v", err)
 	}
 	unknown := filepath.Join(dir, "unknown.json")
 	if err := os.WriteFile(unknown, []byte(`{"resourc":"x"}`), 0o600); err != nil {
@@ -72,6 +79,9 @@ func TestVerifyTokenAdmitsOnlyTrustedUnexpiredJWTs(t *testing.T) {
 		return "e30." + base64.RawURLEncoding.EncodeToString([]byte(payload)) + ".c2ln"
 	}
 	exp := time.Now().Add(time.Hour).Unix()
+	if info, err := g.verifyToken(context.Background(), jwt(`{"iss":"http://idp","sub":"bob","exp":`+itoa(exp)+`.5}`), nil); err != nil || info.Expiration.Unix() != exp {
+		t.Errorf("fractional exp: %+v %v", info, err)
+	}
 	info, err := g.verifyToken(context.Background(), jwt(`{"iss":"http://idp","sub":"alice","exp":`+itoa(exp)+`,"scope":"openid groups"}`), nil)
 	if err != nil || info.UserID != "http://idp#alice" || len(info.Scopes) != 2 {
 		t.Fatalf("good token: %+v %v", info, err)

@@ -99,7 +99,7 @@ func New(ctx context.Context, cfg config.Config, deps Deps) (*Gateway, error) {
 			_ = c.Close()
 			return nil, fmt.Errorf("gateway: %w", err)
 		}
-		mcp.Routes(mux)
+		mcp.Routes(mux, api.Limit)
 	}
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
