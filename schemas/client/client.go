@@ -55,6 +55,12 @@ type Options struct {
 	// decision only when one of their keys signed it for a decision
 	// subject; anything else on the inbox is dropped and counted.
 	Trust *signing.Trust
+	// Unclaimed, when set, receives each verified decision that arrives
+	// for no pending call: typically one decided after its caller's
+	// deadline. A gateway keeps it for the caller's retry, which JetStream
+	// de-duplicates and so never decides again. It runs on the
+	// subscription's goroutine and must not block.
+	Unclaimed func(schemas.Decision)
 }
 
 // Client sends requests and routes decisions back to their callers. It is
@@ -71,6 +77,7 @@ type Client struct {
 	// decisions is the prefix of the subjects decisions are signed for.
 	decisions string
 	rejected  atomic.Uint64
+	unclaimed func(schemas.Decision)
 
 	mu      sync.Mutex
 	closed  bool
@@ -115,14 +122,15 @@ func New(nc *nats.Conn, opts Options) (*Client, error) {
 		opts.Timeout = 5 * time.Second
 	}
 	c := &Client{
-		nc:       nc,
-		js:       js,
-		subjects: schemas.NewSubjects(opts.Prefix),
-		source:   opts.Source,
-		timeout:  opts.Timeout,
-		inbox:    nc.NewRespInbox(),
-		pending:  make(map[string]pendingCall),
-		trust:    opts.Trust,
+		nc:        nc,
+		js:        js,
+		subjects:  schemas.NewSubjects(opts.Prefix),
+		source:    opts.Source,
+		timeout:   opts.Timeout,
+		inbox:     nc.NewRespInbox(),
+		pending:   make(map[string]pendingCall),
+		trust:     opts.Trust,
+		unclaimed: opts.Unclaimed,
 	}
 	c.decisions = strings.TrimSuffix(c.subjects.All(schemas.KindDecision), ">")
 	// NewRespInbox ends in a unique token; replace it with a wildcard so one
@@ -173,9 +181,12 @@ func (c *Client) route(m *nats.Msg) {
 	if ok {
 		delete(c.pending, d.RequestID)
 	}
+	_, taken := c.pending[d.RequestID]
 	c.mu.Unlock()
 	if ok {
 		p.ch <- d // buffered: never blocks
+	} else if !taken && c.unclaimed != nil {
+		c.unclaimed(d)
 	}
 }
 

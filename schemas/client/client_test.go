@@ -431,6 +431,37 @@ func TestAuthorizeTimeoutAndRetry(t *testing.T) {
 	}
 }
 
+// A decision that arrives after its caller gave up goes to
+// Options.Unclaimed (a gateway keeps it for the caller's retry), verified
+// like any other.
+func TestUnclaimedDecision(t *testing.T) {
+	t.Parallel()
+	b := startBus(t)
+	late := make(chan schemas.Decision, 1)
+	c := b.newClient(t, client.Options{Timeout: 100 * time.Millisecond, Unclaimed: func(d schemas.Decision) {
+		select {
+		case late <- d:
+		default:
+		}
+	}})
+	call := client.Call{ID: "req-late", Token: "token", Request: schemas.Request{Action: "model.deploy", Resource: schemas.Resource{Type: "Model", ID: "m-3"}}}
+	if _, err := c.Authorize(context.Background(), call); !errors.Is(err, client.ErrTimeout) {
+		t.Fatalf("Authorize: %v, want ErrTimeout", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for range b.decider(ctx, t, 1, true) {
+	}
+	select {
+	case d := <-late:
+		if d.RequestID != call.ID || d.Action != call.Request.Action || d.Resource != call.Request.Resource {
+			t.Errorf("unclaimed %+v, want the decision of %s", d, call.ID)
+		}
+	case <-ctx.Done():
+		t.Fatal("the late decision never reached Options.Unclaimed")
+	}
+}
+
 // After Close, Authorize fails with ErrClosed and publishes nothing.
 func TestAuthorizeAfterClose(t *testing.T) {
 	t.Parallel()

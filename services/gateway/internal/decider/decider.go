@@ -64,9 +64,25 @@ type flight struct {
 }
 
 type remembered struct {
-	key     string
+	key string
+	// late marks a decision that arrived after its caller gave up
+	// (Late): its key is unknown, so a retry is matched by the decision's
+	// own action, resource and token fingerprint.
+	late    bool
 	d       schemas.Decision
 	expires time.Time
+}
+
+// matches reports whether r answers call (whose key is key).
+func (r remembered) matches(call client.Call, key string) bool {
+	if !r.late {
+		return r.key == key
+	}
+	fp := ""
+	if call.Token != "" {
+		fp = schemas.Fingerprint(call.Token)
+	}
+	return r.d.Action == call.Request.Action && r.d.Resource == call.Request.Resource && r.d.TokenFingerprint == fp
 }
 
 // New wraps a.
@@ -117,7 +133,7 @@ func (d *Decider) Authorize(ctx context.Context, call client.Call) (schemas.Deci
 	d.expire(now)
 	if r, ok := d.recent[call.ID]; ok {
 		d.mu.Unlock()
-		if r.key != key {
+		if !r.matches(call, key) {
 			return schemas.Decision{}, fmt.Errorf("%w: %s", ErrIDConflict, call.ID)
 		}
 		return r.d, nil
@@ -148,6 +164,23 @@ func (d *Decider) Authorize(ctx context.Context, call client.Call) (schemas.Deci
 	d.mu.Unlock()
 	close(f.done)
 	return f.d, f.err
+}
+
+// Late keeps a decision that arrived for no waiting caller (the SDK's
+// Options.Unclaimed), typically one decided after its caller's 504: the
+// caller's retry with the same id gets it, where JetStream would drop the
+// re-published request as a duplicate and nothing would answer. A decision
+// already remembered under its id is kept.
+func (d *Decider) Late(dec schemas.Decision) {
+	if dec.RequestID == "" {
+		return
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if _, ok := d.recent[dec.RequestID]; ok {
+		return
+	}
+	d.remember(dec.RequestID, remembered{late: true, d: dec, expires: d.opts.Now().Add(d.opts.Remember)})
 }
 
 // remember stores r under id, dropping the oldest beyond the bound. The

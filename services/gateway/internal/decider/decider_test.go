@@ -140,3 +140,24 @@ func TestMemoryIsBounded(t *testing.T) {
 		t.Error("New(nil) succeeded")
 	}
 }
+
+func TestLateDecisionAnswersTheRetry(t *testing.T) {
+	t.Parallel()
+	a := &counting{}
+	d, _ := decider.New(a, decider.Options{})
+	c := call("r4", "model.retrain")
+	d.Late(schemas.Decision{RequestID: "r4", Action: c.Request.Action, Resource: c.Request.Resource,
+		TokenFingerprint: schemas.Fingerprint(c.Token), Decision: schemas.Deny, Code: schemas.CodePolicyDenied})
+	got, err := d.Authorize(context.Background(), c)
+	if err != nil || got.Code != schemas.CodePolicyDenied {
+		t.Fatalf("retry after a late decision: %+v %v, want the late deny", got, err)
+	}
+	if n := a.calls.Load(); n != 0 {
+		t.Errorf("%d calls reached the bus; the late decision answers the retry", n)
+	}
+	other := c
+	other.Token = "another-token"
+	if _, err := d.Authorize(context.Background(), other); !errors.Is(err, decider.ErrIDConflict) {
+		t.Errorf("another token's retry of a late decision: %v, want ErrIDConflict", err)
+	}
+}

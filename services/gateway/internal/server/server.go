@@ -9,12 +9,14 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
+	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/schemas/client"
 	"github.com/aigov/aigov/schemas/signing"
 	"github.com/aigov/aigov/services/gateway/internal/config"
@@ -65,7 +67,15 @@ func New(ctx context.Context, cfg config.Config, deps Deps) (*Gateway, error) {
 	case deps.Ready == nil:
 		return nil, errors.New("gateway: nil readiness check")
 	}
-	c, err := client.New(deps.NC, client.Options{Prefix: deps.Prefix, Source: cfg.Source, Timeout: cfg.DecisionTimeout, Trust: deps.Trust})
+	// A decision that comes after its caller's 504 is kept for the
+	// retry; the decider exists only once the client does.
+	var late atomic.Pointer[decider.Decider]
+	c, err := client.New(deps.NC, client.Options{Prefix: deps.Prefix, Source: cfg.Source, Timeout: cfg.DecisionTimeout, Trust: deps.Trust,
+		Unclaimed: func(dec schemas.Decision) {
+			if d := late.Load(); d != nil {
+				d.Late(dec)
+			}
+		}})
 	if err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
@@ -74,6 +84,7 @@ func New(ctx context.Context, cfg config.Config, deps Deps) (*Gateway, error) {
 		_ = c.Close()
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
+	late.Store(d)
 	api, err := httpapi.New(d, deps.Log.With().Str("component", "authorize").Logger(), deps.Registry, httpapi.Options{
 		DecisionTimeout: cfg.DecisionTimeout, MaxBodyBytes: cfg.MaxBodyBytes, MaxInFlight: cfg.MaxInFlight,
 	})
