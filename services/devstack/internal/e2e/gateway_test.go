@@ -251,6 +251,20 @@ func TestGatewayAuthorizeAPI(t *testing.T) {
 	if el := time.Since(start); el > 5*time.Second {
 		t.Errorf("the retry took %s: the decision had arrived, it should be answered at once", el)
 	}
+
+	// The gateway logs fingerprints, never a token.
+	logb, err := os.ReadFile(st.LogPath(stack.Gateway))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, tok := range map[string]string{"alice": alice, "expired": expired, "forged": forged} {
+		if bytes.Contains(logb, []byte(tok)) {
+			t.Errorf("the gateway log holds the %s token", name)
+		}
+	}
+	if !bytes.Contains(logb, []byte(schemas.Fingerprint(alice))) {
+		t.Error("the gateway log does not name alice's requests by token fingerprint")
+	}
 }
 
 // The standard-library Python client (clients/python/aigov.py) and its
