@@ -60,7 +60,7 @@ func TestRunFailsClosedAndStops(t *testing.T) {
 	addr := ln.Addr().String()
 	ln.Close()
 	const issuer = "http://idp.test"
-	cfg, _ := json.Marshal(map[string]any{"resource": "http://" + addr + "/mcp", "authorization_servers": []string{issuer},
+	cfg, _ := json.Marshal(map[string]any{"resource": "http://" + addr + "/mcp", "authorization_servers": []string{issuer}, "max_sessions": 1,
 		"servers": []map[string]any{{"name": "demo", "url": upstream.URL}}})
 	cfgPath := filepath.Join(t.TempDir(), "mcp.json")
 	if err := os.WriteFile(cfgPath, cfg, 0o600); err != nil {
@@ -126,6 +126,12 @@ func TestRunFailsClosedAndStops(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cs.Close()
+	// One session is the configured most: a second is refused.
+	if extra, err := c.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: base + "/mcp", MaxRetries: -1,
+		HTTPClient: &http.Client{Transport: bearer{token}}}, nil); err == nil {
+		_ = extra.Close()
+		t.Error("a second MCP session was opened with max_sessions 1")
+	}
 	tools, err := cs.ListTools(ctx, nil)
 	if err != nil {
 		t.Fatal(err)

@@ -37,6 +37,9 @@ type File struct {
 	// the entries (default 10000).
 	ListCacheTTL  Duration `json:"list_cache_ttl,omitempty"`
 	ListCacheSize int      `json:"list_cache_size,omitempty"`
+	// MaxSessions bounds the MCP sessions open at once (default 1000); an
+	// initialize beyond it gets 503. Idle sessions close after 30 minutes.
+	MaxSessions int `json:"max_sessions,omitempty"`
 	// CallTimeout bounds one upstream tool call (default 30s).
 	CallTimeout Duration `json:"call_timeout,omitempty"`
 	// Servers are the upstream MCP servers.
@@ -153,6 +156,9 @@ func (f *File) Validate() error {
 	}
 	if f.ListCacheSize <= 0 {
 		f.ListCacheSize = 10000
+	}
+	if f.MaxSessions <= 0 {
+		f.MaxSessions = 1000
 	}
 	if f.CallTimeout == 0 {
 		f.CallTimeout = Duration(30 * time.Second)

@@ -141,9 +141,27 @@ func New(ctx context.Context, cfg File, deps Deps) (*Gateway, error) {
 	})
 	g.handler = auth.RequireBearerToken(g.verifyToken, &auth.RequireBearerTokenOptions{
 		ResourceMetadataURL: prm,
-		Scopes:              nil,
-	})(streamable)
+	})(g.limitSessions(streamable))
 	return g, nil
+}
+
+// limitSessions refuses a new session (a POST without Mcp-Session-Id)
+// while MaxSessions are open.
+func (g *Gateway) limitSessions(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost && r.Header.Get("Mcp-Session-Id") == "" {
+			n := 0
+			for range g.server.Sessions() {
+				n++
+			}
+			if n >= g.cfg.MaxSessions {
+				w.Header().Set("Retry-After", "5")
+				http.Error(w, fmt.Sprintf("overloaded: %d MCP sessions open, the most the gateway keeps", n), http.StatusServiceUnavailable)
+				return
+			}
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 // metadataURL is where the Protected Resource Metadata is served:
