@@ -322,6 +322,17 @@ func (s *Server) CPUTime() (time.Duration, error) {
 	return proc.CPUTime(p.cmd.Process.Pid)
 }
 
+// PeakRSS is the server process's peak resident set size, for benchmarks.
+func (s *Server) PeakRSS() (int64, error) {
+	s.mu.Lock()
+	p := s.proc
+	s.mu.Unlock()
+	if p == nil || p.exited() {
+		return 0, errors.New("clickhouse server is not running")
+	}
+	return proc.PeakRSS(p.cmd.Process.Pid)
+}
+
 // Stop shuts the server down cleanly: SIGTERM, up to 10s to exit, then
 // SIGKILL. It is idempotent and returns nil if the server is already gone,
 // so it can sit in t.Cleanup next to explicit Stop or Kill calls.

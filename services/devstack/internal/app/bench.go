@@ -197,6 +197,11 @@ func Bench(ctx context.Context, args []string, out io.Writer) error {
 	if decided > 0 {
 		fmt.Fprint(out, cpu1.sub(cpu0).report(decided))
 	}
+	if rss, err := st.PeakRSSes(); err != nil {
+		fmt.Fprintf(out, "rss          not read: %v\n", err)
+	} else {
+		fmt.Fprintf(out, "rss          peak: %s\n", rssReport(rss))
+	}
 	if failures.Load() > 0 || rows != uint64(decided) {
 		return fmt.Errorf("bench: %d requests without a decision, %d audit rows for %d decisions", failures.Load(), rows, decided)
 	}
@@ -235,4 +240,18 @@ func cpuModel() string {
 		}
 	}
 	return "unknown cpu"
+}
+
+// rssReport lists each process's peak RSS in MiB, by name.
+func rssReport(rss map[string]int64) string {
+	names := make([]string, 0, len(rss))
+	for k := range rss {
+		names = append(names, k)
+	}
+	slices.Sort(names)
+	parts := make([]string, len(names))
+	for i, k := range names {
+		parts[i] = fmt.Sprintf("%s %d MiB", k, rss[k]>>20)
+	}
+	return strings.Join(parts, ", ")
 }

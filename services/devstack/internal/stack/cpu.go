@@ -101,3 +101,34 @@ func (st *Stack) MetricSum(ctx context.Context, service, metric string, match ..
 	}
 	return sum, sc.Err()
 }
+
+// PeakRSSes is each process's peak resident set size, named as CPUTimes
+// names them (the embedded NATS server and the load generator share
+// SelfProcess).
+func (st *Stack) PeakRSSes() (map[string]int64, error) {
+	out := map[string]int64{}
+	st.mu.Lock()
+	pids := map[string]int{}
+	for name, p := range st.procs {
+		if p.cmd != nil && p.cmd.Process != nil {
+			pids[name] = p.cmd.Process.Pid
+		}
+	}
+	st.mu.Unlock()
+	for name, pid := range pids {
+		v, err := proc.PeakRSS(pid)
+		if err != nil {
+			return nil, err
+		}
+		out[name] = v
+	}
+	v, err := st.ClickHouse.PeakRSS()
+	if err != nil {
+		return nil, err
+	}
+	out["clickhouse"] = v
+	if out[SelfProcess], err = proc.PeakRSS(0); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
