@@ -195,7 +195,9 @@ func Bench(ctx context.Context, args []string, out io.Writer) error {
 			time.Duration(lag[0])*time.Microsecond, time.Duration(lag[1])*time.Microsecond, time.Duration(lagMax)*time.Microsecond)
 	}
 	if decided > 0 {
-		fmt.Fprint(out, cpu1.sub(cpu0).report(decided))
+		d := cpu1.sub(cpu0)
+		fmt.Fprint(out, d.report(decided))
+		fmt.Fprint(out, d.gcReport(elapsed))
 	}
 	if rss, err := st.PeakRSSes(); err != nil {
 		fmt.Fprintf(out, "rss          not read: %v\n", err)
