@@ -35,6 +35,7 @@ func Bench(ctx context.Context, args []string, out io.Writer) error {
 	duration := fs.Duration("duration", 20*time.Second, "how long -audit-only publishes")
 	linger := fs.Duration("signing-linger", svcruntime.DefaultSigningLinger, "how long a busy service waits to sign events in one batch (AIGOV_SIGNING_LINGER)")
 	profile := fs.String("profile", "", "write a 5s CPU profile of each service, taken under load, into this directory (AIGOV_PPROF)")
+	gogc := fs.String("gogc", "", "GOGC of the four services (empty: Go's default, 100)")
 	drain := fs.Int("audit-drain", 0, "publish this many decision events with the audit stopped, then time how fast it writes them all")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -72,7 +73,7 @@ func Bench(ctx context.Context, args []string, out io.Writer) error {
 		personas[names[i]] = idp.Persona{Subject: names[i], Email: names[i] + "@load.example", Name: names[i], Groups: groups}
 	}
 	st, err := stack.Start(ctx, stack.Options{Root: root, Dir: work, BinDir: bin, Personas: personas, LogLevel: "warn", Progress: out,
-		ServiceEnv: []string{"AIGOV_SIGNING_LINGER=" + linger.String(), "AIGOV_PPROF=" + strconv.FormatBool(*profile != "")}})
+		ServiceEnv: serviceEnv(*linger, *profile != "", *gogc)})
 	if err != nil {
 		return err
 	}
@@ -208,6 +209,15 @@ func Bench(ctx context.Context, args []string, out io.Writer) error {
 		return fmt.Errorf("bench: %d requests without a decision, %d audit rows for %d decisions", failures.Load(), rows, decided)
 	}
 	return nil
+}
+
+// serviceEnv is what the bench adds to each service's environment.
+func serviceEnv(linger time.Duration, pprof bool, gogc string) []string {
+	e := []string{"AIGOV_SIGNING_LINGER=" + linger.String(), "AIGOV_PPROF=" + strconv.FormatBool(pprof)}
+	if gogc != "" {
+		e = append(e, "GOGC="+gogc)
+	}
+	return e
 }
 
 func rateText(r int) string {
