@@ -8,12 +8,14 @@
 #   N=20000 RATE=0   requests of the whole-stack run (RATE=0: flat out)
 #   RELAY=1          ../shared/bench/jspipeline: 3 hops flat out, and p99 at 5,000/s
 #   OPA=1            ../shared/bench/opa: OPA 1.22.3 + RS256 JWT in Rego + console decision log
+#   SYNC=1           NATS fsyncs every write (sync_interval: always), the relay's too
 #   GOBENCH=0        skip the Go micro-benchmarks
 #   SHARED=dir       where the reference benchmarks are (default ../shared/bench)
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 N="${N:-20000}"; RATE="${RATE:-0}"
+SYNC_FLAG=(); if [ "${SYNC:-0}" = 1 ]; then SYNC_FLAG=(-sync-always); export SYNC_ALWAYS=1; fi
 SHARED="${SHARED:-$ROOT/../shared/bench}"
 OUT="${BENCH_OUT:-$(mktemp -d /tmp/aigov-bench.XXXX)}"; mkdir -p "$OUT"
 GOBIN_DIR="$(go env GOPATH)/bin"
@@ -45,8 +47,8 @@ if [ "${GOBENCH:-1}" = 1 ]; then
   echo "== Go benchmarks of the hot paths =="
   go test -run '^$' -bench . -benchmem -count=1 "${PKG:-github.com/aigov/aigov/...}"
 fi
-echo "== aigov, the whole stack (devstack bench -n $N -rate $RATE) =="
-go run ./services/devstack bench -n "$N" -rate "$RATE" | tee "$OUT/aigov.txt"
+echo "== aigov, the whole stack (devstack bench -n $N -rate $RATE ${SYNC_FLAG[*]}) =="
+go run ./services/devstack bench -n "$N" -rate "$RATE" "${SYNC_FLAG[@]}" | tee "$OUT/aigov.txt"
 aigov_rate=$(awk '$1=="throughput" {print $2; exit}' "$OUT/aigov.txt")
 [ -n "$aigov_rate" ] || { echo "bench: no throughput line in the aigov run" >&2; exit 1; }
 

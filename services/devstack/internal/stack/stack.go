@@ -80,6 +80,8 @@ type Options struct {
 	// AIGOV_OIDC_CONFIG format (a real IdP such as Dex, Keycloak or Entra);
 	// authn trusts them besides the dev IdP.
 	Issuers string
+	// NATSSyncAlways fsyncs every JetStream write (natsdev.Options.SyncAlways).
+	NATSSyncAlways bool
 }
 
 // Stack is a running pipeline.
@@ -192,7 +194,7 @@ func Start(ctx context.Context, opts Options) (st *Stack, err error) {
 	if st.Keys, err = devkeys.Generate(filepath.Join(opts.Dir, "keys")); err != nil {
 		return st, fmt.Errorf("stack: signing keys: %w", err)
 	}
-	st.NATS, err = natsdev.Start(natsdev.Options{Dir: filepath.Join(opts.Dir, "nats"), Port: opts.NATSPort, Tenants: opts.Tenants})
+	st.NATS, err = natsdev.Start(natsdev.Options{Dir: filepath.Join(opts.Dir, "nats"), Port: opts.NATSPort, Tenants: opts.Tenants, SyncAlways: opts.NATSSyncAlways})
 	if err != nil {
 		return st, err
 	}
