@@ -32,6 +32,9 @@ const (
 	RoleAudit    = "audit"
 	RoleReaper   = "reaper"
 	RolePlatform = "platform"
+	// RoleGateway is services/gateway: it publishes requests on behalf of
+	// HTTP and MCP callers and reads its own inbox, nothing else.
+	RoleGateway = "gateway"
 	// RoleOperator stages policy sets and edits the entity store (CLI).
 	RoleOperator = "operator"
 	// RoleProvisioner creates the streams, buckets and consumers (aigov bus
@@ -583,6 +586,10 @@ func (t Topology) Grant(role string) (Grant, error) {
 		}, nil
 	case RolePlatform:
 		return Grant{Publish: []string{s.All(KindRequest)}}, nil
+	case RoleGateway:
+		// The gateway decides nothing: it forwards its callers' requests
+		// (their own bearer tokens) and reads their decisions on its inbox.
+		return Grant{Publish: []string{s.All(KindRequest)}}, nil
 	case RoleProvisioner:
 		return Grant{Provision: true}, nil
 	default:
@@ -653,5 +660,5 @@ func (t Topology) Permissions(role string) (Permissions, error) {
 
 // Roles lists every role of the bus.
 func Roles() []string {
-	return []string{RoleAuthn, RolePolicy, RoleReaper, RoleAudit, RolePlatform, RoleOperator, RoleProvisioner}
+	return []string{RoleAuthn, RolePolicy, RoleReaper, RoleAudit, RolePlatform, RoleGateway, RoleOperator, RoleProvisioner}
 }

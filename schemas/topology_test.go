@@ -186,6 +186,12 @@ func TestTopologyPermissions(t *testing.T) {
 			[]string{request, "aigov.request.dataset.promote"},
 			[]string{verified, decision, session, jsAPI, kvPut, platformInbox, "_INBOX.authn.x", purgeDecisions, checkpoint, readCheckpoint},
 			[]string{platformInbox}, []string{"_INBOX.authn.x", decision, request, ">"}},
+		// The gateway, like a platform, publishes requests and reads its
+		// own inbox only; it can forge no decision nor read a platform's.
+		{schemas.RoleGateway,
+			[]string{request, "aigov.request.agent.tool_call"},
+			[]string{verified, decision, session, jsAPI, kvPut, platformInbox, "_INBOX.authn.x", purgeDecisions, checkpoint, readCheckpoint, activePolicy, approval, createConsumer},
+			[]string{"_INBOX.gateway.x"}, []string{platformInbox, "_INBOX.authn.x", decision, request, ">"}},
 		// The provisioner creates and updates; it deletes and purges nothing
 		// and publishes no event.
 		{schemas.RoleProvisioner,

@@ -205,7 +205,7 @@ func TestEveryRoleHasLeastPrivilege(t *testing.T) {
 			try: publish("aigov.session.revoked"), effect: lastIs(topo.StreamSessions(), "aigov.session.revoked")},
 		{name: "forge a policy change", allowed: []string{schemas.RolePolicy},
 			try: publish("aigov.policy.changed"), effect: lastIs(topo.StreamGovernance(), "aigov.policy.changed")},
-		{name: "publish a request", allowed: []string{schemas.RolePlatform, schemas.RoleOperator},
+		{name: "publish a request", allowed: []string{schemas.RolePlatform, schemas.RoleGateway, schemas.RoleOperator},
 			try: publish("aigov.request.model.deploy"), effect: lastIs(topo.StreamRequests(), "aigov.request.model.deploy")},
 		{name: "purge the decisions stream", allowed: nil, bindsAdmin: true,
 			try: func(ctx context.Context, role string, _ *nats.Conn, js jetstream.JetStream) error {

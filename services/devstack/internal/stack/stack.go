@@ -115,6 +115,9 @@ type Stack struct {
 	// issuersPath is authn's AIGOV_OIDC_CONFIG when Options.Issuers adds
 	// issuers to the dev IdP.
 	issuersPath string
+	// gatewayAddr is where the gateway's API listens once StartGateway ran.
+	gatewayAddr string
+	gatewayEnv  []string
 }
 
 // Database is the audit database the stack's audit service writes.
@@ -140,9 +143,14 @@ func FindRoot() (string, error) {
 	return "", errors.New("stack: no go.work above the working directory; run from the aigov repository")
 }
 
-// Build compiles the four services and the aigov CLI into binDir.
+// Gateway is the gateway binary: not one of the pipeline's Services (it
+// decides nothing); StartGateway runs it.
+const Gateway = "gateway"
+
+// Build compiles the four services, the gateway and the aigov CLI into
+// binDir.
 func Build(ctx context.Context, root, binDir string) error {
-	pkgs := []string{"./services/aigov"}
+	pkgs := []string{"./services/aigov", "./services/" + Gateway}
 	for _, s := range Services {
 		pkgs = append(pkgs, "./services/"+s)
 	}
@@ -292,6 +300,10 @@ func (st *Stack) env(name, httpAddr string) []string {
 		} else {
 			e = append(e, "AIGOV_OIDC_ISSUERS="+st.IdP.Issuer(), "AIGOV_OIDC_AUDIENCE="+st.IdP.ClientID())
 		}
+	case Gateway:
+		st.mu.Lock()
+		e = append(e, st.gatewayEnv...)
+		st.mu.Unlock()
 	case "policy":
 		e = append(e, "AIGOV_POLICY_DIR="+filepath.Join(st.Root, "policies"))
 	case "audit":
@@ -340,6 +352,31 @@ func (st *Stack) StartReplica(ctx context.Context, service, replica string) erro
 		return fmt.Errorf("stack: unknown service %q", service)
 	}
 	return st.startProcess(ctx, replica, service, 0)
+}
+
+// StartGateway starts the gateway as the NATS user gateway, its API on
+// apiPort (0 picks a free one) and its health port on httpPort, with env
+// (KEY=value) added, and waits until it is ready. StopService(Gateway) and
+// Stop end it; StartService(Gateway) brings it back on the same ports.
+func (st *Stack) StartGateway(ctx context.Context, apiPort, httpPort int, env ...string) error {
+	if apiPort == 0 {
+		var err error
+		if apiPort, err = freePort(); err != nil {
+			return err
+		}
+	}
+	st.mu.Lock()
+	st.gatewayAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(apiPort))
+	st.gatewayEnv = append([]string{"AIGOV_GATEWAY_ADDR=" + st.gatewayAddr}, env...)
+	st.mu.Unlock()
+	return st.startProcess(ctx, Gateway, Gateway, httpPort)
+}
+
+// GatewayURL is the gateway's API base URL (http://host:port).
+func (st *Stack) GatewayURL() string {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return "http://" + st.gatewayAddr
 }
 
 // LogoutURL is the reaper's OIDC back-channel logout endpoint.

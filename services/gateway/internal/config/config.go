@@ -1,0 +1,67 @@
+// Package config reads the gateway's configuration from the environment.
+package config
+
+import (
+	"time"
+
+	"github.com/aigov/aigov/services/runtime"
+)
+
+// Config is the gateway's own configuration; runtime.Common holds the
+// settings every service shares (NATS, health port, logging, trust file).
+type Config struct {
+	// Addr serves the authorize API and the MCP gateway
+	// (AIGOV_GATEWAY_ADDR). /healthz and /readyz are served here too;
+	// /metrics only on the health port (AIGOV_HTTP_ADDR).
+	Addr string
+	// DecisionTimeout is how long a caller waits for a decision before a
+	// 504 (AIGOV_GATEWAY_DECISION_TIMEOUT); the request may still be
+	// decided and audited later.
+	DecisionTimeout time.Duration
+	// MaxBodyBytes bounds a request body (AIGOV_GATEWAY_MAX_BODY_BYTES).
+	MaxBodyBytes int
+	// MaxInFlight bounds the requests served at once
+	// (AIGOV_GATEWAY_MAX_IN_FLIGHT); more get 503.
+	MaxInFlight int
+	// Source is the CloudEvents source of the requests it publishes
+	// (AIGOV_GATEWAY_SOURCE).
+	Source string
+	// Remember is how long a decision is kept for a retry with the same
+	// request id (AIGOV_GATEWAY_REMEMBER), and MaxRemembered how many
+	// (AIGOV_GATEWAY_MAX_REMEMBERED).
+	Remember      time.Duration
+	MaxRemembered int
+	// MCPConfig is the MCP gateway's file of upstream servers
+	// (AIGOV_GATEWAY_MCP_CONFIG); empty serves no MCP endpoint.
+	MCPConfig string
+}
+
+// Defaults.
+const (
+	DefaultAddr            = "127.0.0.1:8090"
+	DefaultHTTPAddr        = "127.0.0.1:8085"
+	DefaultDecisionTimeout = 5 * time.Second
+	DefaultMaxBodyBytes    = 64 << 10
+	DefaultMaxInFlight     = 256
+)
+
+// Load reads the gateway's variables; violations are recorded in e.
+func Load(e *runtime.Env) Config {
+	c := Config{
+		Addr:            e.String("AIGOV_GATEWAY_ADDR", DefaultAddr),
+		DecisionTimeout: e.Duration("AIGOV_GATEWAY_DECISION_TIMEOUT", DefaultDecisionTimeout),
+		MaxBodyBytes:    e.Int("AIGOV_GATEWAY_MAX_BODY_BYTES", DefaultMaxBodyBytes, 1024),
+		MaxInFlight:     e.Int("AIGOV_GATEWAY_MAX_IN_FLIGHT", DefaultMaxInFlight, 1),
+		Source:          e.String("AIGOV_GATEWAY_SOURCE", "aigov-gateway"),
+		Remember:        e.Duration("AIGOV_GATEWAY_REMEMBER", 2*time.Minute),
+		MaxRemembered:   e.Int("AIGOV_GATEWAY_MAX_REMEMBERED", 10000, 1),
+		MCPConfig:       e.String("AIGOV_GATEWAY_MCP_CONFIG", ""),
+	}
+	if c.DecisionTimeout <= 0 {
+		e.Fail("AIGOV_GATEWAY_DECISION_TIMEOUT must be above zero")
+	}
+	if c.MaxBodyBytes > 1<<20 {
+		e.Fail("AIGOV_GATEWAY_MAX_BODY_BYTES=%d is above 1 MiB; a request's context is at most 16 KiB", c.MaxBodyBytes)
+	}
+	return c
+}

@@ -1,0 +1,139 @@
+// Package server wires the gateway: the SDK client on the gateway's NATS
+// connection, the decider that makes retries idempotent, the authorize
+// API, and the listener they are served on.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+
+	"github.com/aigov/aigov/schemas/client"
+	"github.com/aigov/aigov/schemas/signing"
+	"github.com/aigov/aigov/services/gateway/internal/config"
+	"github.com/aigov/aigov/services/gateway/internal/decider"
+	"github.com/aigov/aigov/services/gateway/internal/httpapi"
+)
+
+// Deps are what the gateway runs on, from runtime.Start.
+type Deps struct {
+	Log zerolog.Logger
+	// NC is the gateway's own NATS connection (user gateway: it may
+	// publish requests and read its inbox, nothing else).
+	NC *nats.Conn
+	// Trust holds authn's and policy's public keys: a reply counts as a
+	// decision only when one of them signed it.
+	Trust *signing.Trust
+	// Prefix of aigov subjects.
+	Prefix   string
+	Registry prometheus.Registerer
+	// Ready reports the service's readiness (runtime.Server.Ready), for
+	// /readyz on the API port.
+	Ready func(ctx context.Context) error
+}
+
+// Gateway is the running gateway.
+type Gateway struct {
+	log    zerolog.Logger
+	client *client.Client
+	ln     net.Listener
+	srv    *http.Server
+	// ShutdownTimeout bounds the wait for requests in flight.
+	shutdownTimeout time.Duration
+}
+
+// New connects the SDK client and binds cfg.Addr, so a port clash fails
+// start-up.
+func New(cfg config.Config, deps Deps) (*Gateway, error) {
+	switch {
+	case deps.NC == nil:
+		return nil, errors.New("gateway: nil NATS connection")
+	case deps.Trust == nil:
+		return nil, errors.New("gateway: nil trust (AIGOV_TRUST_FILE is required)")
+	case deps.Registry == nil:
+		return nil, errors.New("gateway: nil metrics registry")
+	case deps.Ready == nil:
+		return nil, errors.New("gateway: nil readiness check")
+	}
+	c, err := client.New(deps.NC, client.Options{Prefix: deps.Prefix, Source: cfg.Source, Timeout: cfg.DecisionTimeout, Trust: deps.Trust})
+	if err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
+	d, err := decider.New(c, decider.Options{Remember: cfg.Remember, MaxRemembered: cfg.MaxRemembered})
+	if err != nil {
+		_ = c.Close()
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
+	api, err := httpapi.New(d, deps.Log.With().Str("component", "authorize").Logger(), deps.Registry, httpapi.Options{
+		DecisionTimeout: cfg.DecisionTimeout, MaxBodyBytes: cfg.MaxBodyBytes, MaxInFlight: cfg.MaxInFlight,
+	})
+	if err != nil {
+		_ = c.Close()
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
+	mux := http.NewServeMux()
+	api.Routes(mux)
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
+		if err := deps.Ready(r.Context()); err != nil {
+			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ready\n"))
+	})
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		httpapi.WriteError(w, http.StatusNotFound, httpapi.Error{Error: httpapi.ErrNotFound, Message: "no such endpoint: " + r.URL.Path})
+	})
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		_ = c.Close()
+		return nil, fmt.Errorf("gateway: listen on %s: %w", cfg.Addr, err)
+	}
+	g := &Gateway{
+		log: deps.Log, client: c, ln: ln, shutdownTimeout: cfg.DecisionTimeout + 5*time.Second,
+		srv: &http.Server{
+			Handler:           mux,
+			ReadHeaderTimeout: 5 * time.Second,
+			ReadTimeout:       15 * time.Second,
+			WriteTimeout:      cfg.DecisionTimeout + 10*time.Second,
+			IdleTimeout:       90 * time.Second,
+			// A bearer token may be up to client.MaxTokenBytes.
+			MaxHeaderBytes: client.MaxTokenBytes + 32<<10,
+		},
+	}
+	return g, nil
+}
+
+// Addr is the bound API address.
+func (g *Gateway) Addr() string { return g.ln.Addr().String() }
+
+// Run serves until ctx ends, then lets the requests in flight finish
+// (bounded) and stops receiving decisions.
+func (g *Gateway) Run(ctx context.Context) error {
+	g.log.Info().Str("addr", g.Addr()).Msg("gateway serving")
+	errc := make(chan error, 1)
+	go func() { errc <- g.srv.Serve(g.ln) }()
+	var errs []error
+	select {
+	case err := <-errc:
+		errs = append(errs, fmt.Errorf("gateway: serve: %w", err))
+	case <-ctx.Done():
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), g.shutdownTimeout)
+		if err := g.srv.Shutdown(sctx); err != nil {
+			errs = append(errs, fmt.Errorf("gateway: shutdown: %w", err))
+		}
+		cancel()
+		<-errc // http.ErrServerClosed
+	}
+	if err := g.client.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("gateway: close client: %w", err))
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,38 @@
+// Command gateway is aigov's way in for callers that cannot speak NATS: an
+// HTTP authorize API (POST /v1/authorize) that publishes each request as an
+// aigov request event with the caller's own bearer token and answers with
+// the decision. It decides nothing itself. Configuration is read from the
+// environment (AIGOV_*); see internal/config.Load and runtime.LoadCommon.
+package main
+
+import (
+	"context"
+
+	"github.com/aigov/aigov/services/gateway/internal/config"
+	"github.com/aigov/aigov/services/gateway/internal/server"
+	"github.com/aigov/aigov/services/runtime"
+)
+
+func main() { runtime.Main("gateway", run) }
+
+func run(ctx context.Context, lookup runtime.Lookup) error {
+	env := runtime.NewEnv(lookup)
+	common := runtime.LoadCommon(env, "gateway", config.DefaultHTTPAddr)
+	// Decisions are taken only when authn or policy signed them.
+	env.Required("AIGOV_TRUST_FILE")
+	cfg := config.Load(env)
+	if err := env.Err(); err != nil {
+		return err
+	}
+	svc, err := runtime.Start(ctx, common)
+	if err != nil {
+		return err
+	}
+	gw, err := server.New(cfg, server.Deps{Log: svc.Log, NC: svc.NC, Trust: svc.Trust, Prefix: common.Prefix,
+		Registry: svc.HTTP.Registry, Ready: svc.HTTP.Ready})
+	if err != nil {
+		svc.NC.Close()
+		return err
+	}
+	return svc.Run(ctx, gw.Run)
+}
