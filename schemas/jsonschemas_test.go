@@ -197,7 +197,9 @@ func minPrincipal() schemas.Principal {
 	}
 }
 
-func sessionKey() string { return schemas.SessionKey(issuer, "sid-1", "alice", nil) }
+func sessionKey() string {
+	return schemas.SessionKey(schemas.Principal{Issuer: issuer, SessionID: "sid-1", Subject: "alice"})
+}
 
 func fullVerified() schemas.Verified {
 	return schemas.Verified{
@@ -219,7 +221,7 @@ func minVerified() schemas.Verified {
 		Source:           "p",
 		Request:          minRequest(),
 		Principal:        minPrincipal(),
-		SessionKey:       schemas.SessionKey(issuer, "", "svc-trainer", nil),
+		SessionKey:       schemas.SessionKey(schemas.Principal{Issuer: issuer, Subject: "svc-trainer"}),
 		TokenFingerprint: schemas.Fingerprint("t"),
 		ReceivedAt:       at(0),
 		VerifiedAt:       at(time.Millisecond),

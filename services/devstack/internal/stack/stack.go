@@ -62,7 +62,7 @@ type Options struct {
 	// NATSPort, IdPPort, ClickHousePort, HTTPBasePort (services use
 	// HTTPBasePort+1..4 as authn, policy, audit, reaper) fix ports for a demo users can talk to.
 	NATSPort, IdPPort, ClickHousePort, HTTPBasePort int
-	// SessionMaxAge and ReaperInterval configure the reaper.
+	// SessionMaxAge configures the reaper, authn and policy (AIGOV_SESSION_MAX_AGE); ReaperInterval the reaper.
 	SessionMaxAge, ReaperInterval time.Duration
 	// LeaseHeartbeatTTL is how long a job lease lives without a heartbeat
 	// (the reaper's AIGOV_LEASE_HEARTBEAT_TTL); zero keeps its default.
@@ -294,6 +294,12 @@ func (st *Stack) env(name, httpAddr string) []string {
 		e = append(e, "AIGOV_SIGNING_KEY="+st.Keys.KeyFile(name))
 	}
 	switch name {
+	case "authn", "policy", "reaper":
+		// The three end a session alike: authn and policy check its max
+		// age from the token, so it holds while the reaper is down.
+		e = append(e, "AIGOV_SESSION_MAX_AGE="+st.opts.SessionMaxAge.String())
+	}
+	switch name {
 	case "authn":
 		if st.issuersPath != "" {
 			e = append(e, "AIGOV_OIDC_CONFIG="+st.issuersPath)
@@ -314,7 +320,7 @@ func (st *Stack) env(name, httpAddr string) []string {
 			// `aigov audit verify` reads its .pub next to it.
 			"AIGOV_AUDIT_SIGNING_KEY="+st.AuditKeyPath(), "AIGOV_AUDIT_SIGNING_KEY_CREATE=true")
 	case "reaper":
-		e = append(e, "AIGOV_SESSION_MAX_AGE="+st.opts.SessionMaxAge.String(), "AIGOV_REAPER_INTERVAL="+st.opts.ReaperInterval.String(),
+		e = append(e, "AIGOV_REAPER_INTERVAL="+st.opts.ReaperInterval.String(),
 			// Back-channel logout for the dev IdP's sessions.
 			"AIGOV_LOGOUT_ADDR="+st.logoutAddr, "AIGOV_OIDC_ISSUERS="+st.IdP.Issuer(), "AIGOV_OIDC_AUDIENCE="+st.IdP.ClientID())
 		if st.opts.LeaseHeartbeatTTL > 0 {

@@ -16,6 +16,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/aigov/aigov/schemas"
+	"github.com/aigov/aigov/schemas/sessionlimits"
 	"github.com/aigov/aigov/schemas/signing"
 	"github.com/aigov/aigov/services/policy/engine"
 	"github.com/aigov/aigov/services/runtime"
@@ -58,6 +59,10 @@ type Deps struct {
 	// RevocationsMax bounds the revocation keys held in memory for the
 	// decision-time recheck; zero means DefaultRevocationsMax.
 	RevocationsMax int
+	// SessionLimits bound a session's age from its token at decision time
+	// (AIGOV_SESSION_MAX_AGE, AIGOV_REAPER_CONFIG); zero MaxAge checks
+	// nothing.
+	SessionLimits sessionlimits.Limits
 	// Signer signs every decision and governance event.
 	Signer *signing.Signer
 	// Trust holds authn's public keys: a verified event not signed by
@@ -83,6 +88,7 @@ type Service struct {
 	log       zerolog.Logger
 	runner    *runtime.Runner
 	revs      *revocation.Set
+	limits    sessionlimits.Limits
 	trust     *signing.Trust
 	decisions *prometheus.CounterVec
 	evalTime  prometheus.Histogram
@@ -118,6 +124,7 @@ func NewService(d Deps) (*Service, error) {
 		ttl:      d.ApprovalTTL,
 		clock:    d.Clock,
 		trust:    d.Trust,
+		limits:   d.SessionLimits,
 		log:      d.Log.With().Str("component", "decide").Logger(),
 		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "aigov_policy_decisions_total",

@@ -43,7 +43,7 @@ func startHarness(t *testing.T, workers int) *harness {
 
 // newHarness is startHarness without starting the service, so a test can
 // queue verified events while policy is down (h.start starts it).
-func newHarness(t *testing.T, workers int) *harness {
+func newHarness(t *testing.T, workers int, edit ...func(*Deps)) *harness {
 	t.Helper()
 	srv := natsdev.StartT(t, natsdev.Options{})
 	admin, err := srv.Connect(natsdev.AdminUser)
@@ -69,12 +69,16 @@ func newHarness(t *testing.T, workers int) *harness {
 	}
 	reg := prometheus.NewRegistry()
 	keys := devkeys.New(t)
-	svc, err := NewService(Deps{
+	deps := Deps{
 		NC: nc, JS: pjs, Topology: topo, Seed: seedSet(t), SeedEntities: sampleStore(t).Entities(),
 		ApprovalTeams: []string{"risk-reviewers"}, ApprovalTTL: time.Hour,
 		Log: zerolog.New(zerolog.NewTestWriter(t)), Registry: reg, Workers: workers,
 		Signer: keys.Signer(schemas.RolePolicy), Trust: keys.Trust(),
-	})
+	}
+	for _, f := range edit {
+		f(&deps)
+	}
+	svc, err := NewService(deps)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -171,7 +171,7 @@ func (e *env) revocation(key string) (schemas.Revocation, bool) {
 func TestValidLogoutRevokesThenReplayRefused(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	key := schemas.SessionKey(e.idp.srv.URL, "sid-1", "", nil)
+	key := schemas.SessionKey(schemas.Principal{Issuer: e.idp.srv.URL, SessionID: "sid-1"})
 	rec, _ := json.Marshal(killswitch.Session{SessionKey: key, Issuer: e.idp.srv.URL, Subject: "alice",
 		PrincipalID: schemas.PrincipalID(e.idp.srv.URL, "alice"), SessionID: "sid-1", FirstSeen: time.Now(), LastSeen: time.Now()})
 	kv, _ := e.admin.KeyValue(e.ctx, e.topo.BucketSessions())
@@ -246,7 +246,7 @@ func TestInvalidLogoutTokens(t *testing.T) {
 	if code, _ := e.post(forged); code != http.StatusBadRequest {
 		t.Errorf("bad signature: %d, want 400", code)
 	}
-	if _, ok := e.revocation(schemas.SessionKey(e.idp.srv.URL, "sid-1", "", nil)); ok {
+	if _, ok := e.revocation(schemas.SessionKey(schemas.Principal{Issuer: e.idp.srv.URL, SessionID: "sid-1"})); ok {
 		t.Error("an invalid logout token revoked the session")
 	}
 	// A token with only sub (no sid) revokes the subject's sessions.

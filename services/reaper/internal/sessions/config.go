@@ -5,12 +5,13 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/aigov/aigov/schemas/sessionlimits"
 	"github.com/aigov/aigov/services/runtime"
 )
 
 // Defaults of the reaper's settings.
 const (
-	DefaultMaxAge      = 8 * time.Hour
+	DefaultMaxAge      = sessionlimits.DefaultMaxAge
 	DefaultIdleTimeout = time.Hour
 	DefaultInterval    = time.Second
 	DefaultMaxScan     = 100000
@@ -34,9 +35,10 @@ const minInterval = 10 * time.Millisecond
 // Config is the reaper's whole configuration.
 type Config struct {
 	runtime.Common
-	// MaxAge bounds a session's life, measured from the token's auth_time,
-	// or from when the reaper first saw the session when the IdP sends no
-	// auth_time (AIGOV_SESSION_MAX_AGE).
+	// MaxAge bounds a session's life, measured from its start
+	// (killswitch.Session.Start: auth_time, else the iat of a one-token
+	// session, else when the reaper first saw it) (AIGOV_SESSION_MAX_AGE;
+	// authn and policy enforce it too, package sessionlimits).
 	MaxAge time.Duration
 	// IdleTimeout ends a session not seen for this long
 	// (AIGOV_SESSION_IDLE_TIMEOUT).

@@ -163,7 +163,7 @@ func verified(requestID, token string, p schemas.Principal) schemas.Verified {
 		Source:           "test-platform",
 		Request:          schemas.Request{Action: "model.retrain", Resource: schemas.Resource{Type: "Model", ID: "churn"}},
 		Principal:        p,
-		SessionKey:       schemas.SessionKey(p.Issuer, p.SessionID, p.Subject, p.AuthTime),
+		SessionKey:       schemas.SessionKey(p),
 		TokenFingerprint: schemas.Fingerprint(token),
 		ReceivedAt:       t0,
 		VerifiedAt:       t0,
