@@ -10,8 +10,10 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
 
 	"github.com/aigov/aigov/schemas"
+	"github.com/aigov/aigov/services/runtime"
 )
 
 // kvOps counts the KV operations the reaper makes, by operation and
@@ -176,5 +178,63 @@ func TestSessionViewOverflowFallsBackToTheBucket(t *testing.T) {
 	}
 	if got := metric(t, h.reg, "aigov_reaper_session_cache_entries"); got != 0 {
 		t.Errorf("entries held after the overflow: %v, want 0", got)
+	}
+}
+
+// Two replicas, each with its own in-memory view, share the consumer and
+// track one session's requests concurrently, each a new token (so each
+// writes): compare-and-set on the revisions held in memory loses none. A
+// replica whose view is behind conflicts, reloads from the bucket and
+// retries.
+func TestReplicasWithViewsLoseNoWrite(t *testing.T) {
+	t.Parallel()
+	cfg := testConfig()
+	cfg.Workers = 4
+	h := newHarness(t, cfg)
+	js := h.connectReaper()
+	second, reg := h.newReaper(js)
+	cons, err := h.topo.Bind(h.ctx, js, schemas.ConsumerReaper)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 2)
+	go func() { done <- second.RunViews(runCtx) }()
+	if err := second.ViewsLoaded(h.ctx); err != nil {
+		t.Fatal(err)
+	}
+	runner := runtime.NewRunner(schemas.ConsumerReaper, zerolog.Nop(), reg, cfg.Workers)
+	go func() { done <- runner.Run(runCtx, cons, second.Track) }()
+	t.Cleanup(func() {
+		stop()
+		for range 2 {
+			if err := <-done; err != nil {
+				t.Errorf("second replica: %v", err)
+			}
+		}
+	})
+
+	auth := t0
+	p := principal("frank", "sid-frank", &auth)
+	h.track(verified("req-first", "token-first", p)) // both views learn the session
+	const n = 60
+	var last uint64
+	for i := range n {
+		last = h.publishVerified(verified("req-"+strconv.Itoa(i), "token-"+strconv.Itoa(i), p))
+	}
+	h.waitHandled(last)
+	rec, ok := h.record(schemas.SessionKey(p))
+	if !ok {
+		t.Fatal("no session record")
+	}
+	if rec.TokenCount != n+1 {
+		t.Errorf("token_count %d, want %d: a write was lost", rec.TokenCount, n+1)
+	}
+	if got := len(h.sessionEvents(schemas.TypeSessionTokenSeen)); got != n {
+		t.Errorf("%d token_issued events, want %d", got, n)
+	}
+	mem := metric(t, h.reg, "aigov_reaper_session_lookups_total", "via", "memory") + metric(t, reg, "aigov_reaper_session_lookups_total", "via", "memory")
+	if mem == 0 {
+		t.Error("no request was tracked from memory")
 	}
 }

@@ -116,15 +116,6 @@ func (l *liveSessions) observe(key string, rec Record, rev uint64) {
 	l.m[key] = liveEntry{rec: rec, rev: rev}
 }
 
-// forget drops the session as of revision rev (a delete or purge).
-func (l *liveSessions) forget(key string, rev uint64) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if cur, ok := l.m[key]; ok && cur.rev < rev {
-		delete(l.m, key)
-	}
-}
-
 // run keeps the view current until ctx ends, rewatching after a failure
 // with back-off, and after liveResync when the bucket overflowed it.
 func (l *liveSessions) run(ctx context.Context) {
