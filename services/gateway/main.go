@@ -1,7 +1,8 @@
 // Command gateway is aigov's way in for callers that cannot speak NATS: an
 // HTTP authorize API (POST /v1/authorize) that publishes each request as an
 // aigov request event with the caller's own bearer token and answers with
-// the decision. It decides nothing itself. Configuration is read from the
+// the decision, and an MCP gateway (/mcp) that makes every agent tool call
+// such a request. It decides nothing itself. Configuration is read from the
 // environment (AIGOV_*); see internal/config.Load and runtime.LoadCommon.
 package main
 
@@ -28,7 +29,7 @@ func run(ctx context.Context, lookup runtime.Lookup) error {
 	if err != nil {
 		return err
 	}
-	gw, err := server.New(cfg, server.Deps{Log: svc.Log, NC: svc.NC, Trust: svc.Trust, Prefix: common.Prefix,
+	gw, err := server.New(ctx, cfg, server.Deps{Log: svc.Log, NC: svc.NC, Trust: svc.Trust, Prefix: common.Prefix,
 		Registry: svc.HTTP.Registry, Ready: svc.HTTP.Ready})
 	if err != nil {
 		svc.NC.Close()

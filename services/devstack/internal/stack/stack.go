@@ -150,7 +150,7 @@ const Gateway = "gateway"
 // Build compiles the four services, the gateway and the aigov CLI into
 // binDir.
 func Build(ctx context.Context, root, binDir string) error {
-	pkgs := []string{"./services/aigov", "./services/" + Gateway}
+	pkgs := []string{"./services/aigov", "./services/" + Gateway, "./services/devenv/mcpdemo/cmd/mcpdemo"}
 	for _, s := range Services {
 		pkgs = append(pkgs, "./services/"+s)
 	}

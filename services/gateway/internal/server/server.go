@@ -20,6 +20,7 @@ import (
 	"github.com/aigov/aigov/services/gateway/internal/config"
 	"github.com/aigov/aigov/services/gateway/internal/decider"
 	"github.com/aigov/aigov/services/gateway/internal/httpapi"
+	"github.com/aigov/aigov/services/gateway/internal/mcpgw"
 )
 
 // Deps are what the gateway runs on, from runtime.Start.
@@ -45,13 +46,15 @@ type Gateway struct {
 	client *client.Client
 	ln     net.Listener
 	srv    *http.Server
+	// mcp is the MCP front end; nil without AIGOV_GATEWAY_MCP_CONFIG.
+	mcp *mcpgw.Gateway
 	// ShutdownTimeout bounds the wait for requests in flight.
 	shutdownTimeout time.Duration
 }
 
-// New connects the SDK client and binds cfg.Addr, so a port clash fails
-// start-up.
-func New(cfg config.Config, deps Deps) (*Gateway, error) {
+// New connects the SDK client (and, with an MCP configuration, every
+// upstream MCP server) and binds cfg.Addr, so a port clash fails start-up.
+func New(ctx context.Context, cfg config.Config, deps Deps) (*Gateway, error) {
 	switch {
 	case deps.NC == nil:
 		return nil, errors.New("gateway: nil NATS connection")
@@ -80,6 +83,24 @@ func New(cfg config.Config, deps Deps) (*Gateway, error) {
 	}
 	mux := http.NewServeMux()
 	api.Routes(mux)
+	var mcp *mcpgw.Gateway
+	if cfg.MCPConfig != "" {
+		file, err := mcpgw.LoadFile(cfg.MCPConfig)
+		if err != nil {
+			_ = c.Close()
+			return nil, fmt.Errorf("gateway: AIGOV_GATEWAY_MCP_CONFIG: %w", err)
+		}
+		mcp, err = mcpgw.New(ctx, file, mcpgw.Deps{
+			Log: deps.Log.With().Str("component", "mcp").Logger(), Auth: d, Decisions: api.Decisions(),
+			DecisionTimeout: cfg.DecisionTimeout, Version: Version,
+			ErrorCode: func(err error) string { _, code := httpapi.ErrorStatus(err); return code },
+		})
+		if err != nil {
+			_ = c.Close()
+			return nil, fmt.Errorf("gateway: %w", err)
+		}
+		mcp.Routes(mux)
+	}
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
 		if err := deps.Ready(r.Context()); err != nil {
@@ -93,11 +114,14 @@ func New(cfg config.Config, deps Deps) (*Gateway, error) {
 	})
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
+		if mcp != nil {
+			mcp.Close()
+		}
 		_ = c.Close()
 		return nil, fmt.Errorf("gateway: listen on %s: %w", cfg.Addr, err)
 	}
 	g := &Gateway{
-		log: deps.Log, client: c, ln: ln, shutdownTimeout: cfg.DecisionTimeout + 5*time.Second,
+		log: deps.Log, client: c, ln: ln, mcp: mcp, shutdownTimeout: cfg.DecisionTimeout + 5*time.Second,
 		srv: &http.Server{
 			Handler:           mux,
 			ReadHeaderTimeout: 5 * time.Second,
@@ -110,6 +134,9 @@ func New(cfg config.Config, deps Deps) (*Gateway, error) {
 	}
 	return g, nil
 }
+
+// Version is the gateway's version in its MCP implementation info.
+const Version = "1.0.0"
 
 // Addr is the bound API address.
 func (g *Gateway) Addr() string { return g.ln.Addr().String() }
@@ -125,12 +152,20 @@ func (g *Gateway) Run(ctx context.Context) error {
 	case err := <-errc:
 		errs = append(errs, fmt.Errorf("gateway: serve: %w", err))
 	case <-ctx.Done():
+		if g.mcp != nil {
+			// MCP sessions hold streams open: end them first, so the
+			// shutdown below waits only for requests in flight.
+			g.mcp.Close()
+		}
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), g.shutdownTimeout)
 		if err := g.srv.Shutdown(sctx); err != nil {
 			errs = append(errs, fmt.Errorf("gateway: shutdown: %w", err))
 		}
 		cancel()
 		<-errc // http.ErrServerClosed
+	}
+	if g.mcp != nil {
+		g.mcp.Close()
 	}
 	if err := g.client.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("gateway: close client: %w", err))
