@@ -102,7 +102,7 @@ func TestSamplePolicies(t *testing.T) {
 		{name: "alice reads a dataset", v: verified(t, "alice", "dataset.read", "Dataset", "customer-features", nil),
 			decision: schemas.Allow, ids: []string{"data-scientists-read-datasets"}},
 		{name: "carol promotes a dataset without approval", v: verified(t, "carol", "dataset.promote", "Dataset", "transactions-training", nil),
-			decision: schemas.Deny, code: schemas.CodePolicyDenied},
+			decision: schemas.Deny, code: schemas.CodeApprovalRequired},
 		// 3. production needs risk approval.
 		{name: "erin deploys to production", v: verified(t, "erin", "model.deploy", "Model", "fraud-detector", env("production")),
 			decision: schemas.Deny, code: schemas.CodePolicyDenied,
