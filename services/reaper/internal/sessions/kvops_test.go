@@ -237,4 +237,5 @@ func TestReplicasWithViewsLoseNoWrite(t *testing.T) {
 	if mem == 0 {
 		t.Error("no request was tracked from memory")
 	}
+	t.Logf("write conflicts retried: %v", metric(t, h.reg, "aigov_reaper_session_write_conflicts_total")+metric(t, reg, "aigov_reaper_session_write_conflicts_total"))
 }

@@ -20,6 +20,9 @@ const (
 	liveResync = time.Minute
 	// liveRetryMax caps the back-off between two watch attempts.
 	liveRetryMax = 5 * time.Second
+	// conflictWait bounds the wait for the watch to deliver the write that
+	// won a compare-and-set; past it the request reads the bucket.
+	conflictWait = 500 * time.Millisecond
 )
 
 // errLiveOverflow ends a watch whose bucket holds more sessions than the
@@ -37,8 +40,9 @@ type liveEntry struct {
 // round trip: the reaper reads the record here and writes only when the
 // record must change, with compare-and-set on the revision held here. A
 // stale entry (another replica, the kill switch or an expiry pass wrote
-// since) makes that write conflict, and the request then reloads the record
-// from the bucket; so a stale view costs a round trip, never a wrong write.
+// since) makes that write conflict, and the request then retries from the
+// newer entry the watch delivers (or, failing that within conflictWait,
+// from the bucket); so a stale view costs a retry, never a wrong write.
 //
 // Bounded: past max sessions the view frees its map and every request reads
 // the bucket (the slower path, as correct) until a reload after liveResync
@@ -53,13 +57,14 @@ type liveSessions struct {
 	mu       sync.RWMutex
 	m        map[string]liveEntry
 	complete bool
+	advanced chan struct{} // closed (and replaced) whenever the view changes
 
 	loadOnce sync.Once
 	loaded   chan struct{} // closed when the first load ended (complete or overflowed)
 }
 
 func newLiveSessions(bucket jetstream.KeyValue, max int, log zerolog.Logger, reg prometheus.Registerer) (*liveSessions, error) {
-	l := &liveSessions{bucket: bucket, max: max, log: log, loaded: make(chan struct{})}
+	l := &liveSessions{bucket: bucket, max: max, log: log, loaded: make(chan struct{}), advanced: make(chan struct{})}
 	l.overflows = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "aigov_reaper_session_cache_overflows_total",
 		Help: "Times the sessions bucket held more sessions than AIGOV_REAPER_SESSIONS_MAX; requests then read the bucket.",
@@ -99,6 +104,42 @@ func (l *liveSessions) get(key string) (liveEntry, bool) {
 	return e, ok
 }
 
+// newer waits, at most conflictWait, until the view holds the session at a
+// revision after rev: after a conflicting write, the watch delivers the
+// write that won. It reports false when the session left the view (ended,
+// or the view is no longer complete) or nothing newer came in time; the
+// caller then reads the bucket.
+func (l *liveSessions) newer(ctx context.Context, key string, rev uint64) (liveEntry, bool) {
+	timer := time.NewTimer(conflictWait)
+	defer timer.Stop()
+	for {
+		l.mu.RLock()
+		e, ok := l.m[key]
+		complete, ch := l.complete, l.advanced
+		l.mu.RUnlock()
+		switch {
+		case !complete || !ok:
+			return liveEntry{}, false
+		case e.rev > rev:
+			e.rec.TokenFingerprints = slices.Clip(e.rec.TokenFingerprints)
+			return e, true
+		}
+		select {
+		case <-ch:
+		case <-timer.C:
+			return liveEntry{}, false
+		case <-ctx.Done():
+			return liveEntry{}, false
+		}
+	}
+}
+
+// changed wakes the waiters of newer; l.mu must be held.
+func (l *liveSessions) changed() {
+	close(l.advanced)
+	l.advanced = make(chan struct{})
+}
+
 // observe records the reaper's own successful write at rev, so the next
 // request of the session need not wait for the watcher to deliver it.
 func (l *liveSessions) observe(key string, rec Record, rev uint64) {
@@ -114,6 +155,7 @@ func (l *liveSessions) observe(key string, rec Record, rev uint64) {
 		return // the watcher's own apply will overflow the view
 	}
 	l.m[key] = liveEntry{rec: rec, rev: rev}
+	l.changed()
 }
 
 // run keeps the view current until ctx ends, rewatching after a failure
@@ -154,6 +196,7 @@ func (l *liveSessions) setIncomplete() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.complete, l.m = false, nil
+	l.changed()
 }
 
 // watch loads the bucket, installs the view and applies updates until the
@@ -204,6 +247,7 @@ func (l *liveSessions) install(m map[string]liveEntry) {
 	n := len(m)
 	l.mu.Lock()
 	l.m, l.complete = m, true
+	l.changed()
 	l.mu.Unlock()
 	l.loadOnce.Do(func() { close(l.loaded) })
 	l.log.Info().Int("sessions", n).Msg("session view loaded")
@@ -218,6 +262,7 @@ func (l *liveSessions) apply(e jetstream.KeyValueEntry) error {
 	if known && cur.rev >= e.Revision() {
 		return nil
 	}
+	defer l.changed()
 	if e.Operation() != jetstream.KeyValuePut {
 		delete(l.m, e.Key())
 		return nil

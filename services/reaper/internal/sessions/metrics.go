@@ -21,6 +21,9 @@ type metrics struct {
 	// lookups counts verified requests by where their session was read:
 	// memory (the live view) or kv (the bucket path).
 	lookups *prometheus.CounterVec
+	// conflicts counts compare-and-set writes of a record from the
+	// in-memory view that another writer won.
+	conflicts prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (metrics, error) {
@@ -53,8 +56,12 @@ func newMetrics(reg prometheus.Registerer) (metrics, error) {
 			Name: "aigov_reaper_session_lookups_total",
 			Help: "Verified requests by where their session was read: memory (the live view, no KV round trip) or kv (a new session, a conflict, or a view not loaded).",
 		}, []string{"via"}),
+		conflicts: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "aigov_reaper_session_write_conflicts_total",
+			Help: "Session record writes from the in-memory view that another writer (replica, kill switch, expiry pass) won; each is retried from the newer record.",
+		}),
 	}
-	for _, c := range []prometheus.Collector{m.started, m.tokens, m.expired, m.tracked, m.coalesced, m.lapsed, m.lookups} {
+	for _, c := range []prometheus.Collector{m.started, m.tokens, m.expired, m.tracked, m.coalesced, m.lapsed, m.lookups, m.conflicts} {
 		if err := reg.Register(c); err != nil {
 			return metrics{}, fmt.Errorf("register reaper metrics: %w", err)
 		}

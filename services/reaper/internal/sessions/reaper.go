@@ -177,8 +177,9 @@ func (r *Reaper) ViewsLoaded(ctx context.Context) error {
 // the revocation and the record are read from memory, and the record is
 // written (compare-and-set on the revision held) only when it must change:
 // a new token, or last_seen older than the touch granularity. A new
-// session, a conflicting write or a view that cannot answer takes the
-// bucket path, which reads both buckets.
+// session, or a view that cannot answer, takes the bucket path, which reads
+// both buckets. A conflicting write retries from the newer record the
+// watch delivers.
 func (r *Reaper) Track(ctx context.Context, m jetstream.Msg) error {
 	v, err := decodeVerified(m.Data())
 	if err != nil {
@@ -196,11 +197,18 @@ func (r *Reaper) Track(ctx context.Context, m jetstream.Msg) error {
 			return nil
 		}
 		r.metrics.lookups.WithLabelValues("memory").Inc()
-		done, err := r.touch(ctx, e.rec, e.rev, v)
-		if err != nil || done {
-			return err
+		for range maxUpdateAttempts {
+			done, err := r.touch(ctx, e.rec, e.rev, v)
+			if err != nil || done {
+				return err
+			}
+			// Conflict: another writer won. Its write reaches the view
+			// through the watch; retry from it.
+			r.metrics.conflicts.Inc()
+			if e, ok = r.live.newer(ctx, v.SessionKey, e.rev); !ok {
+				break // ended, or not delivered in time: the bucket decides
+			}
 		}
-		// Conflict: the view was behind; the bucket path reloads.
 	}
 	r.metrics.lookups.WithLabelValues("kv").Inc()
 	return r.trackFromBucket(ctx, v)
