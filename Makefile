@@ -73,10 +73,9 @@ vet:
 	@out=$$(gofmt -l schemas services); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 .PHONY: vet
 
-## bench: Go benchmarks of the hot paths, then the load generator through the whole stack
+## bench: Go benchmarks of the hot paths, then the load generator through the whole stack (RELAY=1 OPA=1: ../shared/bench first, ratios in the same run)
 bench: deps
-	go test -run '^$$' -bench . -benchmem -count=1 $(PKG)
-	go run ./services/devstack bench -n $${N:-20000} -rate $${RATE:-0}
+	@PKG='$(PKG)' bash scripts/bench.sh
 .PHONY: bench
 
 ## images: build the container images with docker (deploy/Dockerfile); IMAGE_PREFIX=aigov IMAGE_TAG=dev by default

@@ -45,6 +45,15 @@ const (
 	// CodePolicyInvalid: a policy.update was allowed but its set failed to
 	// parse or validate; the previous set stays active.
 	CodePolicyInvalid Code = "policy_invalid"
+	// CodeApprovalRequired: the request is denied only because a policy
+	// annotated @approval needs reviewers' approval of this exact request
+	// by this requester; the reason and Decision.ApprovalID name the
+	// approval request opened (or still pending) for it.
+	CodeApprovalRequired Code = "approval_required"
+	// CodeApprovalUsed: the approval of this exact request was already
+	// used as many times as its policy allows; a new approval request is
+	// opened and named.
+	CodeApprovalUsed Code = "approval_used"
 )
 
 // Codes documents every deny code. schemas/json/decision.json enumerates
@@ -81,6 +90,8 @@ var Codes = map[Code]string{
 	CodeContextTooLarge:     "the request's context is larger than 16 KiB (schemas.MaxContextBytes) as encoded by the requester",
 	CodeBadEventSignature:   "the verified event reaching policy is unsigned or not signed by a key the trust file gives to authn: a forgery on the bus; denied without evaluating any policy",
 	CodePolicyInvalid:       "a pushed policy set failed to parse or validate against the schema; it was rejected whole and the previous set stays active",
+	CodeApprovalRequired:    "the request is denied only because a policy annotated @approval needs approval of this exact request (same requester, same digest) by a quorum of reviewers; Decision.approval_id names the approval request to review",
+	CodeApprovalUsed:        "the approval of this exact request was already used as many times as its policy allows (once by default); a new approval request is opened and named",
 }
 
 // CodeStages says which service decides each code: authn, policy, or both
@@ -118,4 +129,6 @@ var CodeStages = map[Code]string{
 	CodeContextTooLarge:     "authn",
 	CodeBadEventSignature:   "policy",
 	CodePolicyInvalid:       "policy",
+	CodeApprovalRequired:    "policy",
+	CodeApprovalUsed:        "policy",
 }

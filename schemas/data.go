@@ -143,6 +143,10 @@ type Decision struct {
 	// Approvals are the approving teams that were in context.approvals
 	// (approvals of this exact request by others than the requester).
 	Approvals []string `json:"approvals,omitempty"`
+	// ApprovalID names the approval request (ApprovalRequest) the decision
+	// is about: the one opened or pending for an approval_required or
+	// approval_used deny, the one used by the allow it unlocked.
+	ApprovalID string `json:"approval_id,omitempty"`
 }
 
 // Allowed reports whether the decision is an allow.

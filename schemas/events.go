@@ -164,19 +164,52 @@ func Fingerprint(token string) string {
 	return hex.EncodeToString(sum[:])
 }
 
-// SessionKey identifies a session across services: the issuer with its
-// `sid`; where the IdP sends no `sid`, the subject with its `auth_time` (a new
-// login is a new session); failing both, the subject alone. It is hashed so
-// it is a valid KV key whatever the IdP puts in those claims.
-func SessionKey(issuer, sid, subject string, authTime *time.Time) string {
-	scope := "sid:" + sid
+// SessionKey identifies the session a token belongs to, across services.
+// It is the one place the rule lives (docs/sessions.md has it per IdP):
+//
+//   - the issuer with the token's `sid`: every token of one IdP login
+//     session (Keycloak, Entra, Okta) is one aigov session;
+//   - without `sid`, the subject with its `auth_time`: a refreshed token
+//     keeps the login's auth_time and continues the session, a new login
+//     changes it and starts a new one;
+//   - with neither (Dex, Google), the subject with the token's `iat`: the
+//     IdP gives no way to tell a refresh from a new login, so each issued
+//     token is its own session. Ending it ends that token, never the person:
+//     their next token is a new session;
+//   - a token with none of these (no `iat` either) is keyed by its `exp`,
+//     again one session per issued token.
+//
+// It is hashed so it is a valid KV key whatever the IdP puts in those
+// claims. Each scope has its own prefix, so a sid can never collide with a
+// subject.
+func SessionKey(p Principal) string {
+	var scope string
 	switch {
-	case sid != "":
-	case authTime != nil:
-		scope = "sub:" + subject + "@" + strconv.FormatInt(authTime.Unix(), 10)
+	case p.SessionID != "":
+		scope = "sid:" + p.SessionID
+	case p.AuthTime != nil && !p.AuthTime.IsZero():
+		scope = "sub:" + p.Subject + "@" + strconv.FormatInt(p.AuthTime.Unix(), 10)
+	case !p.IssuedAt.IsZero():
+		scope = "tok:" + p.Subject + "@iat:" + strconv.FormatInt(p.IssuedAt.Unix(), 10)
 	default:
-		scope = "sub:" + subject
+		scope = "tok:" + p.Subject + "@exp:" + strconv.FormatInt(p.ExpiresAt.Unix(), 10)
 	}
-	sum := sha256.Sum256([]byte(issuer + "\x00" + scope))
+	sum := sha256.Sum256([]byte(p.Issuer + "\x00" + scope))
 	return hex.EncodeToString(sum[:16])
+}
+
+// SessionStart is when the session of a token began, as far as the token
+// itself tells: its `auth_time`; for a session of one token (no `sid`, no
+// `auth_time`: see SessionKey) its `iat`. It reports false for a `sid`
+// session without `auth_time` (Entra's usual tokens): its start is the
+// first request the reaper saw, which only the reaper knows.
+func SessionStart(p Principal) (time.Time, bool) {
+	switch {
+	case p.AuthTime != nil && !p.AuthTime.IsZero():
+		return *p.AuthTime, true
+	case p.SessionID == "" && !p.IssuedAt.IsZero():
+		return p.IssuedAt, true
+	default:
+		return time.Time{}, false
+	}
 }

@@ -210,46 +210,51 @@ func TestSessionKey(t *testing.T) {
 	login := time.Unix(1700000000, 0)
 	relogin := login.Add(time.Hour)
 	// Pinned values computed independently: hex of the first 16 bytes of
-	// SHA-256(issuer NUL scope).
+	// SHA-256(issuer NUL scope). The sid and auth_time keys are those of
+	// earlier releases: live sessions and revocations keep their keys.
 	pinned := []struct {
-		sid, sub string
-		authTime *time.Time
-		want     string
+		name string
+		p    schemas.Principal
+		want string
 	}{
-		{"s1", "alice", nil, "9722a3b9242535e33fc57aa80c1e0e51"},
-		{"", "alice", &login, "3deb254856bb580d7feae9164eea5d2a"},
-		{"", "alice", nil, "bfe8c463c685d28d74c66f3a1ffd1c91"},
+		{"sid", schemas.Principal{SessionID: "s1", Subject: "alice"}, "9722a3b9242535e33fc57aa80c1e0e51"},
+		{"auth_time", schemas.Principal{Subject: "alice", AuthTime: &login}, "3deb254856bb580d7feae9164eea5d2a"},
+		{"iat", schemas.Principal{Subject: "alice", IssuedAt: login}, "9f7d0b920397635d2ba956f783cd4be2"},
+		{"exp", schemas.Principal{Subject: "alice", ExpiresAt: login}, "ede94e9494afe47ead19387be66c8179"},
 	}
 	for _, p := range pinned {
-		if got := schemas.SessionKey("https://idp", p.sid, p.sub, p.authTime); got != p.want {
-			t.Errorf("SessionKey(sid=%q, sub=%q, auth_time=%v) = %s, want %s", p.sid, p.sub, p.authTime, got, p.want)
+		p.p.Issuer = "https://idp"
+		if got := schemas.SessionKey(p.p); got != p.want {
+			t.Errorf("%s: SessionKey(%+v) = %s, want %s", p.name, p.p, got, p.want)
 		}
 	}
 
 	type claims struct {
 		iss, sid, sub string
 		authTime      *time.Time
+		iat           time.Time
 	}
 	cases := []struct {
 		name string
 		a, b claims
 		same bool
 	}{
-		{"sid wins over subject and auth_time", claims{"https://idp", "s1", "alice", &login}, claims{"https://idp", "s1", "bob", &relogin}, true},
-		{"different sids differ", claims{"https://idp", "s1", "alice", nil}, claims{"https://idp", "s2", "alice", nil}, false},
-		{"same sid at two issuers differs", claims{"https://idp", "s1", "alice", nil}, claims{"https://other", "s1", "alice", nil}, false},
-		{"no sid: a new login is a new session", claims{"https://idp", "", "alice", &login}, claims{"https://idp", "", "alice", &relogin}, false},
-		{"no sid: same login is the same session", claims{"https://idp", "", "alice", &login}, claims{"https://idp", "", "alice", timePtr(login)}, true},
-		{"no sid, no auth_time: the subject", claims{"https://idp", "", "alice", nil}, claims{"https://idp", "", "alice", nil}, true},
-		{"no sid, no auth_time: subjects differ", claims{"https://idp", "", "alice", nil}, claims{"https://idp", "", "bob", nil}, false},
-		{"subject-only differs from auth_time session", claims{"https://idp", "", "alice", nil}, claims{"https://idp", "", "alice", &login}, false},
-		{"a sid named like a subject stays apart", claims{"https://idp", "alice", "x", nil}, claims{"https://idp", "", "alice", nil}, false},
+		{"sid wins over subject and auth_time", claims{"https://idp", "s1", "alice", &login, login}, claims{"https://idp", "s1", "bob", &relogin, relogin}, true},
+		{"different sids differ", claims{"https://idp", "s1", "alice", nil, login}, claims{"https://idp", "s2", "alice", nil, login}, false},
+		{"same sid at two issuers differs", claims{"https://idp", "s1", "alice", nil, login}, claims{"https://other", "s1", "alice", nil, login}, false},
+		{"no sid: a new login is a new session", claims{"https://idp", "", "alice", &login, login}, claims{"https://idp", "", "alice", &relogin, relogin}, false},
+		{"no sid: a refresh of the same login is the same session", claims{"https://idp", "", "alice", &login, login}, claims{"https://idp", "", "alice", timePtr(login), relogin}, true},
+		{"no sid, no auth_time: the same token is the same session", claims{"https://idp", "", "alice", nil, login}, claims{"https://idp", "", "alice", nil, login}, true},
+		{"no sid, no auth_time: a new token is a new session", claims{"https://idp", "", "alice", nil, login}, claims{"https://idp", "", "alice", nil, relogin}, false},
+		{"no sid, no auth_time: subjects differ", claims{"https://idp", "", "alice", nil, login}, claims{"https://idp", "", "bob", nil, login}, false},
+		{"per-token differs from auth_time session", claims{"https://idp", "", "alice", nil, login}, claims{"https://idp", "", "alice", &login, login}, false},
+		{"a sid named like a subject stays apart", claims{"https://idp", "alice", "x", nil, login}, claims{"https://idp", "", "alice", nil, login}, false},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			ka := schemas.SessionKey(tc.a.iss, tc.a.sid, tc.a.sub, tc.a.authTime)
-			kb := schemas.SessionKey(tc.b.iss, tc.b.sid, tc.b.sub, tc.b.authTime)
+			ka := schemas.SessionKey(schemas.Principal{Issuer: tc.a.iss, SessionID: tc.a.sid, Subject: tc.a.sub, AuthTime: tc.a.authTime, IssuedAt: tc.a.iat})
+			kb := schemas.SessionKey(schemas.Principal{Issuer: tc.b.iss, SessionID: tc.b.sid, Subject: tc.b.sub, AuthTime: tc.b.authTime, IssuedAt: tc.b.iat})
 			if (ka == kb) != tc.same {
 				t.Errorf("keys %s and %s: same=%v, want %v", ka, kb, ka == kb, tc.same)
 			}
@@ -257,6 +262,33 @@ func TestSessionKey(t *testing.T) {
 				if !regexp.MustCompile(`^[0-9a-f]{32}$`).MatchString(k) {
 					t.Errorf("key %q is not 32 hex digits", k)
 				}
+			}
+		})
+	}
+}
+
+func TestSessionStart(t *testing.T) {
+	t.Parallel()
+	login := time.Unix(1700000000, 0)
+	iat := login.Add(time.Hour)
+	cases := []struct {
+		name string
+		p    schemas.Principal
+		want time.Time
+		ok   bool
+	}{
+		{"auth_time", schemas.Principal{SessionID: "s1", AuthTime: &login, IssuedAt: iat}, login, true},
+		{"auth_time without sid", schemas.Principal{AuthTime: &login, IssuedAt: iat}, login, true},
+		{"per-token session starts at iat", schemas.Principal{IssuedAt: iat}, iat, true},
+		{"sid without auth_time: only the reaper knows", schemas.Principal{SessionID: "s1", IssuedAt: iat}, time.Time{}, false},
+		{"nothing", schemas.Principal{}, time.Time{}, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			got, ok := schemas.SessionStart(tc.p)
+			if ok != tc.ok || !got.Equal(tc.want) {
+				t.Errorf("SessionStart = %v, %v; want %v, %v", got, ok, tc.want, tc.ok)
 			}
 		})
 	}

@@ -177,16 +177,22 @@ type EntityChange struct {
 // ApprovalUse is the data of an approval.used event: the approvals that
 // counted for an allowed request.
 type ApprovalUse struct {
-	RequestID     string    `json:"request_id"`
-	Digest        string    `json:"digest"`
-	Action        string    `json:"action"`
-	Resource      Resource  `json:"resource"`
-	PrincipalID   string    `json:"principal_id"`
-	Approvers     []string  `json:"approvers"`
-	Teams         []string  `json:"teams"`
-	PolicyIDs     []string  `json:"policy_ids,omitempty"`
-	PolicyVersion string    `json:"policy_version"`
-	At            time.Time `json:"at"`
+	// ApprovalID is the approval request used; empty for approvals of the
+	// digest-keyed kind (Approval).
+	ApprovalID    string   `json:"approval_id,omitempty"`
+	RequestID     string   `json:"request_id"`
+	Digest        string   `json:"digest"`
+	Action        string   `json:"action"`
+	Resource      Resource `json:"resource"`
+	PrincipalID   string   `json:"principal_id"`
+	Approvers     []string `json:"approvers"`
+	Teams         []string `json:"teams"`
+	PolicyIDs     []string `json:"policy_ids,omitempty"`
+	PolicyVersion string   `json:"policy_version"`
+	// Uses and MaxUses count the approval request's uses, this one included.
+	Uses    int       `json:"uses,omitempty"`
+	MaxUses int       `json:"max_uses,omitempty"`
+	At      time.Time `json:"at"`
 }
 
 // ShadowOutcome is what the shadow policies (@shadow) would have decided:

@@ -63,6 +63,8 @@ func SchemaFor(eventType string) (string, error) {
 		return SchemaEntity, nil
 	case TypeApprovalUsed:
 		return SchemaApproval, nil
+	case TypeApprovalRequested, TypeApprovalGranted, TypeApprovalApproved, TypeApprovalRejected, TypeApprovalExpired:
+		return SchemaApprovalRequest, nil
 	default:
 		return "", fmt.Errorf("%w: %w %q: no JSON schema", ErrInvalidEvent, ErrUnknownEventType, eventType)
 	}

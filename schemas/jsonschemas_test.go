@@ -24,7 +24,7 @@ import (
 var allSchemaFiles = []string{
 	schemas.SchemaEvent, schemas.SchemaRequest, schemas.SchemaVerified,
 	schemas.SchemaDecision, schemas.SchemaSession, schemas.SchemaRevocation,
-	schemas.SchemaPolicy, schemas.SchemaEntity, schemas.SchemaApproval,
+	schemas.SchemaPolicy, schemas.SchemaEntity, schemas.SchemaApproval, schemas.SchemaApprovalRequest,
 }
 
 // allEventTypes is every CloudEvent type of the wire contract.
@@ -34,6 +34,8 @@ var allEventTypes = []string{
 	schemas.TypeSessionExpired, schemas.TypeSessionRevoked,
 	schemas.TypeLeaseStarted, schemas.TypeLeaseExpired,
 	schemas.TypePolicyChanged, schemas.TypePolicyRejected, schemas.TypeEntityChanged, schemas.TypeApprovalUsed,
+	schemas.TypeApprovalRequested, schemas.TypeApprovalGranted, schemas.TypeApprovalApproved,
+	schemas.TypeApprovalRejected, schemas.TypeApprovalExpired,
 }
 
 // compileSchemas loads every embedded schema into one compiler, so relative
@@ -197,7 +199,9 @@ func minPrincipal() schemas.Principal {
 	}
 }
 
-func sessionKey() string { return schemas.SessionKey(issuer, "sid-1", "alice", nil) }
+func sessionKey() string {
+	return schemas.SessionKey(schemas.Principal{Issuer: issuer, SessionID: "sid-1", Subject: "alice"})
+}
 
 func fullVerified() schemas.Verified {
 	return schemas.Verified{
@@ -219,7 +223,7 @@ func minVerified() schemas.Verified {
 		Source:           "p",
 		Request:          minRequest(),
 		Principal:        minPrincipal(),
-		SessionKey:       schemas.SessionKey(issuer, "", "svc-trainer", nil),
+		SessionKey:       schemas.SessionKey(schemas.Principal{Issuer: issuer, Subject: "svc-trainer"}),
 		TokenFingerprint: schemas.Fingerprint("t"),
 		ReceivedAt:       at(0),
 		VerifiedAt:       at(time.Millisecond),
@@ -347,6 +351,22 @@ func fullApprovalUse() schemas.ApprovalUse {
 	}
 }
 
+func requestUse() schemas.ApprovalUse {
+	u := fullApprovalUse()
+	u.ApprovalID, u.Uses, u.MaxUses = "apr-1", 1, 1
+	return u
+}
+
+func fullApprovalRequest() schemas.ApprovalRequest {
+	return schemas.ApprovalRequest{
+		ID: "apr-1", Status: schemas.StatusPending, RequesterID: schemas.PrincipalID(issuer, "erin"), Digest: "sha256:ab",
+		Action: "model.deploy", Resource: schemas.Resource{Type: "Model", ID: "m"}, Context: map[string]any{"environment": "production"},
+		PolicyVersion: "sha256:1", Requirements: []schemas.ApprovalRequirement{{Team: "risk-reviewers", Quorum: 2, PolicyID: "p"}},
+		Grants:  []schemas.ApprovalGrant{{ReviewerID: "rita", Teams: []string{"risk-reviewers"}, RequestID: "req-2", At: at(1)}},
+		MaxUses: 1, RequestID: "req-1", CreatedAt: at(0), UpdatedAt: at(1), ExpiresAt: at(2),
+	}
+}
+
 func shadowAllow() schemas.Decision {
 	d := fullAllow()
 	d.Shadow = &schemas.ShadowOutcome{Decision: schemas.Deny, PolicyIDs: []string{"new-rule"}, Matched: []string{"new-rule"}}
@@ -405,6 +425,9 @@ func TestGoValuesValidate(t *testing.T) {
 		{"entity put", schemas.TypeEntityChanged, schemas.SchemaEntity, schemas.EntityChange{Op: "put", Entity: schemas.Resource{Type: "Model", ID: "m"}, Revision: 7, ValueSHA256: "ab", At: at(0)}},
 		{"entity delete", schemas.TypeEntityChanged, schemas.SchemaEntity, schemas.EntityChange{Op: "delete", Entity: schemas.Resource{Type: "Model", ID: "m"}, Revision: 8, At: at(0)}},
 		{"approval used", schemas.TypeApprovalUsed, schemas.SchemaApproval, fullApprovalUse()},
+		{"approval request used", schemas.TypeApprovalUsed, schemas.SchemaApproval, requestUse()},
+		{"approval requested", schemas.TypeApprovalRequested, schemas.SchemaApprovalRequest, fullApprovalRequest().EventOf(schemas.ApprovalRequested, "req-1", "", nil, at(0))},
+		{"approval granted", schemas.TypeApprovalGranted, schemas.SchemaApprovalRequest, fullApprovalRequest().EventOf(schemas.ApprovalGranted, "req-2", "rita", []string{"risk-reviewers"}, at(1))},
 		{"decision with shadow and approvals", schemas.TypeDecision, schemas.SchemaDecision, shadowAllow()},
 	}
 	for _, tc := range cases {
@@ -696,6 +719,10 @@ func TestSchemasMatchGoStructs(t *testing.T) {
 		{reflect.TypeOf(schemas.EntityChange{}), schemas.SchemaEntity, "#", true},
 		{reflect.TypeOf(schemas.ApprovalUse{}), schemas.SchemaApproval, "#", true},
 		{reflect.TypeOf(schemas.Approval{}), schemas.SchemaApproval, "#/$defs/approval", true},
+		{reflect.TypeOf(schemas.ApprovalEvent{}), schemas.SchemaApprovalRequest, "#", true},
+		{reflect.TypeOf(schemas.ApprovalRequest{}), schemas.SchemaApprovalRequest, "#/$defs/request", true},
+		{reflect.TypeOf(schemas.ApprovalRequirement{}), schemas.SchemaApprovalRequest, "#/$defs/requirement", true},
+		{reflect.TypeOf(schemas.ApprovalGrant{}), schemas.SchemaApprovalRequest, "#/$defs/grant", true},
 		{reflect.TypeOf(schemas.ShadowOutcome{}), schemas.SchemaDecision, "#/$defs/shadow_outcome", true},
 	}
 	for _, tc := range cases {
@@ -769,7 +796,7 @@ func checkKind(t *testing.T, name string, typ reflect.Type, sch map[string]any) 
 		want = "object"
 	case typ.Kind() == reflect.String:
 		want = "string"
-	case typ.Kind() == reflect.Int64:
+	case typ.Kind() == reflect.Int64, typ.Kind() == reflect.Int:
 		want = "integer"
 	case typ.Kind() == reflect.Bool:
 		want = "boolean"

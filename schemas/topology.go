@@ -177,6 +177,23 @@ func (t Topology) BucketEntities() string { return strings.ToLower(t.name("entit
 // each with its own TTL.
 func (t Topology) BucketApprovals() string { return strings.ToLower(t.name("approvals")) }
 
+// BucketApprovalRequests holds approval requests (ApprovalRequest), one key
+// per request id. Only policy writes it, with compare-and-set on each
+// key's revision (so a use is spent once across replicas); the operator CLI
+// reads it (aigov approvals list|show).
+func (t Topology) BucketApprovalRequests() string {
+	return strings.ToLower(t.name("approval_requests"))
+}
+
+// ApprovalRequestsMaxAge is how long the approval requests bucket keeps a
+// request after its last change: a request's own expiry is its ExpiresAt,
+// this only bounds the bucket.
+const ApprovalRequestsMaxAge = 30 * 24 * time.Hour
+
+// MaxApprovalRequestBytes bounds one stored approval request (its context
+// is at most MaxContextBytes).
+const MaxApprovalRequestBytes = 64 << 10
+
 // PolicyActiveKey is the key of the active set in BucketPolicy.
 const PolicyActiveKey = "active"
 
@@ -346,6 +363,7 @@ func (t Topology) Buckets() []jetstream.KeyValueConfig {
 		{Bucket: t.BucketEntities(), Description: "the trusted entity store: resources and their attributes", History: 8, Storage: jetstream.FileStorage, Replicas: t.Replicas, MaxValueSize: MaxEntityBytes},
 		// Each approval carries its own TTL; the bucket TTL is the outer bound.
 		{Bucket: t.BucketApprovals(), Description: "granted approvals, one per approver and request digest", History: 1, Storage: jetstream.FileStorage, Replicas: t.Replicas, TTL: 7 * 24 * time.Hour, LimitMarkerTTL: t.MarkerTTL},
+		{Bucket: t.BucketApprovalRequests(), Description: "approval requests and their lifecycle (pending, approved, rejected, expired, used)", History: 1, Storage: jetstream.FileStorage, Replicas: t.Replicas, TTL: ApprovalRequestsMaxAge, MaxValueSize: MaxApprovalRequestBytes},
 	}
 }
 
@@ -540,7 +558,7 @@ func (t Topology) Grant(role string) (Grant, error) {
 			// Revocations: the re-check at decision time. Entities are
 			// written only to seed an empty store from policies/.
 			ReadKV:  []string{t.BucketPolicyProposals(), t.BucketRevocations()},
-			WriteKV: []string{t.BucketPolicy(), t.BucketApprovals(), t.BucketEntities()},
+			WriteKV: []string{t.BucketPolicy(), t.BucketApprovals(), t.BucketEntities(), t.BucketApprovalRequests()},
 			// As authn: a reply to a redelivered request carries the
 			// decision stored first, not one decided again.
 			ReadStreams: []string{t.StreamDecisions()},
@@ -580,7 +598,7 @@ func (t Topology) Grant(role string) (Grant, error) {
 		// governed requests.
 		return Grant{
 			Publish:     []string{s.All(KindRequest)},
-			ReadKV:      []string{t.BucketPolicy()},
+			ReadKV:      []string{t.BucketPolicy(), t.BucketApprovalRequests()},
 			WriteKV:     []string{t.BucketPolicyProposals(), t.BucketEntities()},
 			ReadStreams: []string{t.StreamAuditCheckpoints(), "KV_" + t.LegacyBucketAuditCheckpoints()},
 		}, nil

@@ -93,7 +93,7 @@ max_age=$(seconds "$AIGOV_SESSION_MAX_AGE")
 interval=$(seconds "$AIGOV_REAPER_INTERVAL")
 
 # Show once what the provider's tokens carry: with neither sid nor auth_time
-# aigov's session is the subject itself (see docs/sessions.md).
+# each token is its own aigov session, keyed by its iat (see docs/sessions.md).
 sample=$(token "$(jq -r '.[0].persona' "$SCENARIOS")")
 printf '== token claims from %s (%s)\n' "$DEX_TOKEN_URL" \
 	"$(claims "$sample" | jq -c '{iss, aud, sub, email, groups, sid, auth_time, exp_in: (.exp - .iat)}')"

@@ -19,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aigov/aigov/schemas"
+	"github.com/aigov/aigov/schemas/sessionlimits"
 	"github.com/aigov/aigov/schemas/signing"
 )
 
@@ -54,8 +55,12 @@ type Session struct {
 	// AuthTime is the token's auth_time, when it has one; max age is
 	// measured from it.
 	AuthTime *time.Time `json:"auth_time,omitempty"`
+	// IssuedAt is the token's iat when the session is that one token's
+	// (no sid, no auth_time: schemas.SessionKey); max age is measured from
+	// it then, as authn and policy measure it.
+	IssuedAt *time.Time `json:"iat,omitempty"`
 	// FirstSeen is when the reaper first saw the session; max age is
-	// measured from it when there is no auth_time.
+	// measured from it when the token does not tell the session's start.
 	FirstSeen time.Time `json:"first_seen"`
 	// LastSeen is when the reaper last saw a request of the session; the
 	// idle timeout is measured from it.
@@ -76,15 +81,24 @@ type Session struct {
 	TokenFingerprints []string `json:"token_fingerprints,omitempty"`
 }
 
+// Start is when the session began: its auth_time, else the iat of its one
+// token, else when the reaper first saw it.
+func (r Session) Start() time.Time {
+	switch {
+	case r.AuthTime != nil:
+		return *r.AuthTime
+	case r.IssuedAt != nil:
+		return *r.IssuedAt
+	default:
+		return r.FirstSeen
+	}
+}
+
 // Expired reports whether the session is over at now, and why: max age
 // (schemas.ReasonMaxAge) wins over the idle timeout (schemas.ReasonIdle).
 func (r Session) Expired(now time.Time, maxAge, idle time.Duration) (string, bool) {
-	start := r.FirstSeen
-	if r.AuthTime != nil {
-		start = *r.AuthTime
-	}
 	switch {
-	case now.Sub(start) >= maxAge:
+	case sessionlimits.MaxAgeExceeded(r.Start(), now, maxAge):
 		return schemas.ReasonMaxAge, true
 	case now.Sub(r.LastSeen) >= idle:
 		return schemas.ReasonIdle, true
@@ -317,7 +331,7 @@ type target struct {
 func (s *Switch) match(ctx context.Context, sel Selector) ([]target, error) {
 	key := sel.SessionKey
 	if key == "" && sel.Issuer != "" && sel.SessionID != "" {
-		key = schemas.SessionKey(sel.Issuer, sel.SessionID, "", nil)
+		key = schemas.SessionKey(schemas.Principal{Issuer: sel.Issuer, SessionID: sel.SessionID})
 	}
 	if key != "" {
 		e, err := s.sessions.Get(ctx, key)

@@ -52,7 +52,7 @@ func connect(t testing.TB, url, role string) jetstream.JetStream {
 
 func putSession(t testing.TB, kv jetstream.KeyValue, iss, sub, sid string) string {
 	t.Helper()
-	key := schemas.SessionKey(iss, sid, sub, nil)
+	key := schemas.SessionKey(schemas.Principal{Issuer: iss, SessionID: sid, Subject: sub})
 	b, _ := json.Marshal(killswitch.Session{SessionKey: key, Issuer: iss, Subject: sub, PrincipalID: schemas.PrincipalID(iss, sub), SessionID: sid, FirstSeen: time.Now(), LastSeen: time.Now()})
 	if _, err := kv.Create(context.Background(), key, b); err != nil {
 		t.Fatal(err)
@@ -155,7 +155,7 @@ func BenchmarkRevokeToDenyTwoReplicas(b *testing.B) {
 	}
 	var worst time.Duration
 	for i := 0; b.Loop(); i++ {
-		key := schemas.SessionKey("https://bench", "sid-"+strconv.Itoa(i), "", nil)
+		key := schemas.SessionKey(schemas.Principal{Issuer: "https://bench", SessionID: "sid-" + strconv.Itoa(i)})
 		start := time.Now()
 		if _, err := sw.Revoke(ctx, killswitch.Selector{SessionKey: key}, "bench", "bench"); err != nil {
 			b.Fatal(err)

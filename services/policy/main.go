@@ -44,7 +44,7 @@ func run(ctx context.Context, lookup runtime.Lookup) error {
 	d, err := decide.NewService(decide.Deps{
 		NC: svc.NC, JS: svc.JS, Topology: svc.Topology, Seed: set, SeedEntities: store.Entities(),
 		ApprovalTeams: cfg.ApprovalTeams, ApprovalTTL: cfg.ApprovalTTL,
-		Log: svc.Log, Registry: svc.HTTP.Registry, Workers: cfg.Workers, RevocationsMax: cfg.RevocationsMax,
+		Log: svc.Log, Registry: svc.HTTP.Registry, Workers: cfg.Workers, RevocationsMax: cfg.RevocationsMax, SessionLimits: cfg.SessionLimits,
 		Signer: svc.Signer, Trust: svc.Trust, SigningLinger: common.SigningLinger,
 	})
 	if err != nil {

@@ -51,7 +51,7 @@ func TestRunTracksAndExpiresThenStops(t *testing.T) {
 	js, _ := jetstream.New(admin)
 	topo := schemas.NewTopology("")
 	p := schemas.Principal{ID: schemas.PrincipalID("https://idp.test", "alice"), Issuer: "https://idp.test", Subject: "alice", SessionID: "sid-main"}
-	v := schemas.Verified{RequestID: "req-main", Principal: p, SessionKey: schemas.SessionKey(p.Issuer, p.SessionID, p.Subject, nil), TokenFingerprint: schemas.Fingerprint("t")}
+	v := schemas.Verified{RequestID: "req-main", Principal: p, SessionKey: schemas.SessionKey(p), TokenFingerprint: schemas.Fingerprint("t")}
 	ev, _ := schemas.NewEvent("", "test", schemas.TypeVerified, time.Now(), v)
 	b, _ := json.Marshal(ev)
 	if _, err := js.Publish(ctx, topo.Subjects.Verified("model.retrain"), b); err != nil {

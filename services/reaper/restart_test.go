@@ -76,7 +76,7 @@ func TestRestartDuringPendingExpiries(t *testing.T) {
 		p := schemas.Principal{ID: schemas.PrincipalID("https://idp.test", fmt.Sprint("user", i)), Type: schemas.PrincipalUser,
 			Issuer: "https://idp.test", Subject: fmt.Sprint("user", i), SessionID: fmt.Sprint("sid-restart-", i)}
 		v := schemas.Verified{RequestID: fmt.Sprint("req-restart-", i), Principal: p,
-			SessionKey: schemas.SessionKey(p.Issuer, p.SessionID, p.Subject, nil), TokenFingerprint: schemas.Fingerprint("t")}
+			SessionKey: schemas.SessionKey(p), TokenFingerprint: schemas.Fingerprint("t")}
 		keys[i] = v.SessionKey
 		ev, _ := schemas.NewEvent("", "test", schemas.TypeVerified, time.Now(), v)
 		b, _ := json.Marshal(ev)

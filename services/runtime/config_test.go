@@ -74,6 +74,19 @@ func TestLoadCommon(t *testing.T) {
 	if got := c.Topology().Replicas; got != 3 {
 		t.Fatalf("topology replicas %d", got)
 	}
+	if c.GCPercent != runtime.DefaultGCPercent {
+		t.Errorf("GCPercent %d, want the default %d", c.GCPercent, runtime.DefaultGCPercent)
+	}
+	for v, want := range map[string]int{"150": 150, "-1": -1} {
+		e := runtime.NewEnv(runtime.MapLookup(map[string]string{"AIGOV_GOGC": v}))
+		if c := runtime.LoadCommon(e, "policy", ":0"); e.Err() != nil || c.GCPercent != want {
+			t.Errorf("AIGOV_GOGC=%s: %d, %v; want %d", v, c.GCPercent, e.Err(), want)
+		}
+	}
+	bad := runtime.NewEnv(runtime.MapLookup(map[string]string{"AIGOV_GOGC": "-5"}))
+	if runtime.LoadCommon(bad, "policy", ":0"); bad.Err() == nil {
+		t.Error("AIGOV_GOGC=-5 accepted")
+	}
 }
 
 // The NATS TLS and identity settings are read, and a half-given client

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"sync"
 	"syscall"
 	"time"
@@ -99,6 +100,7 @@ func Start(ctx context.Context, c Common) (*Service, error) {
 	if err != nil {
 		return nil, err
 	}
+	debug.SetGCPercent(c.GCPercent)
 	signer, trust, err := loadKeys(c)
 	if err != nil {
 		return nil, err
@@ -124,7 +126,7 @@ func Start(ctx context.Context, c Common) (*Service, error) {
 		_ = srv.ln.Close()
 		return nil, err
 	}
-	ev := log.Info().Str("http_addr", srv.Addr()).Str("nats_url", nc.ConnectedUrlRedacted())
+	ev := log.Info().Str("http_addr", srv.Addr()).Int("gogc", c.GCPercent).Str("nats_url", nc.ConnectedUrlRedacted())
 	if signer != nil {
 		ev = ev.Str("signing_key_id", signer.KeyID())
 	}

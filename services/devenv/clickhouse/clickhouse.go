@@ -313,13 +313,31 @@ func (s *Server) Dir() string { return s.lay.root }
 // report the database's share of the cost, which a client's own profile
 // cannot see.
 func (s *Server) CPUTime() (time.Duration, error) {
+	pid, err := s.pid()
+	if err != nil {
+		return 0, err
+	}
+	return proc.CPUTime(pid)
+}
+
+// pid is the running server process's pid.
+func (s *Server) pid() (int, error) {
 	s.mu.Lock()
 	p := s.proc
 	s.mu.Unlock()
 	if p == nil || p.exited() {
 		return 0, errors.New("clickhouse server is not running")
 	}
-	return proc.CPUTime(p.cmd.Process.Pid)
+	return p.cmd.Process.Pid, nil
+}
+
+// PeakRSS is the server process's peak resident set size, for benchmarks.
+func (s *Server) PeakRSS() (int64, error) {
+	pid, err := s.pid()
+	if err != nil {
+		return 0, err
+	}
+	return proc.PeakRSS(pid)
 }
 
 // Stop shuts the server down cleanly: SIGTERM, up to 10s to exit, then

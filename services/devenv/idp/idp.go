@@ -117,6 +117,8 @@ type tokenOptions struct {
 	ttl      time.Duration
 	issuedAt time.Time
 	sid      string
+	// sessionless omits sid and auth_time, as Dex and Google do.
+	sessionless bool
 }
 
 // WithTTL sets this token's lifetime (exp - iat), overriding
@@ -140,6 +142,13 @@ func WithIssuedAt(t time.Time) TokenOption {
 // because every Token call is a fresh login at the provider.
 func WithSessionID(sid string) TokenOption {
 	return func(o *tokenOptions) { o.sid = sid }
+}
+
+// WithoutSessionClaims issues the token with neither `sid` nor
+// `auth_time`, as Dex and Google do: nothing in it ties it to a login
+// session, so aigov keys its session by the token's iat (schemas.SessionKey).
+func WithoutSessionClaims() TokenOption {
+	return func(o *tokenOptions) { o.sessionless = true }
 }
 
 // Start generates a fresh RSA signing key, starts the provider on
@@ -263,7 +272,7 @@ func (p *Provider) Token(ctx context.Context, persona string, opt ...TokenOption
 	if o.issuedAt.IsZero() {
 		o.issuedAt = p.now()
 	}
-	if o.sid == "" {
+	if o.sid == "" && !o.sessionless {
 		var err error
 		if o.sid, err = randomString(); err != nil {
 			return "", err
@@ -446,7 +455,7 @@ var _ mockoidc.User = (*user)(nil)
 // outsider's token says `"groups": []` explicitly.
 type idTokenClaims struct {
 	*mockoidc.IDTokenClaims
-	AuthTime          int64    `json:"auth_time"`
+	AuthTime          *int64   `json:"auth_time,omitempty"`
 	SID               string   `json:"sid,omitempty"`
 	AMR               []string `json:"amr"`
 	Scope             string   `json:"scope"`
@@ -467,9 +476,14 @@ func (u *user) Claims(scopes []string, base *mockoidc.IDTokenClaims) (jwt.Claims
 	base.IssuedAt = jwt.NewNumericDate(iat)
 	base.NotBefore = jwt.NewNumericDate(iat)
 	base.ExpiresAt = jwt.NewNumericDate(iat.Add(u.opts.ttl))
+	var authTime *int64
+	if !u.opts.sessionless {
+		at := iat.Unix()
+		authTime = &at
+	}
 	return &idTokenClaims{
 		IDTokenClaims:     base,
-		AuthTime:          iat.Unix(),
+		AuthTime:          authTime,
 		SID:               u.opts.sid,
 		AMR:               u.amr(),
 		Scope:             strings.Join(scopes, " "),

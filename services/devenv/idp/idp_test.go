@@ -249,6 +249,27 @@ func TestTokenOptions(t *testing.T) {
 		t.Errorf("lifetime=%d sid=%q, want 3600 and a fresh sid", c.Exp-c.Iat, c.SID)
 	}
 
+	// WithoutSessionClaims: neither sid nor auth_time, as Dex and Google.
+	tok, err = p.Token(t.Context(), "erin", idp.WithoutSessionClaims())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if idt, err = v.Verify(t.Context(), tok); err != nil {
+		t.Fatal(err)
+	}
+	var raw map[string]any
+	if err := idt.Claims(&raw); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"sid", "auth_time"} {
+		if v, ok := raw[name]; ok {
+			t.Errorf("WithoutSessionClaims: claim %s = %v, want absent", name, v)
+		}
+	}
+	if _, ok := raw["iat"]; !ok {
+		t.Error("WithoutSessionClaims: no iat")
+	}
+
 	// A verifier for the default audience must refuse this provider's tokens.
 	op, err := oidc.NewProvider(t.Context(), p.Issuer())
 	if err != nil {
@@ -422,8 +443,8 @@ func TestPersonasIsACopy(t *testing.T) {
 	if again["alice"].Groups[0] != "data-scientists" || again["rita"].Subject != "rita" {
 		t.Fatal("Personas() shares state between calls")
 	}
-	if len(again) != 7 {
-		t.Fatalf("len(Personas()) = %d, want 7", len(again))
+	if len(again) != 8 {
+		t.Fatalf("len(Personas()) = %d, want 8", len(again))
 	}
 }
 

@@ -55,6 +55,14 @@ func Personas() map[string]Persona {
 			Name:    "Rita Reyes",
 			Groups:  []string{"risk-reviewers"},
 		},
+		// A second risk reviewer: production releases need two distinct
+		// reviewers' approval (policies/models.cedar @quorum("2")).
+		"ravi": {
+			Subject: "ravi",
+			Email:   "ravi@aigov.example",
+			Name:    "Ravi Rao",
+			Groups:  []string{"risk-reviewers"},
+		},
 		// An ML platform engineer who logs in with a hardware key as well
 		// as a password: her tokens carry a second factor (context.mfa), so
 		// she can release to production once the risk reviewers approve.

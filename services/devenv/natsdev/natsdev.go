@@ -58,6 +58,9 @@ type Options struct {
 	// within their accounts, for tests that show the account boundary
 	// holds by itself.
 	UnrestrictedTenants bool
+	// SyncAlways fsyncs every JetStream write (sync_interval: always)
+	// instead of every two minutes, for durability figures.
+	SyncAlways bool
 }
 
 // Server is a running embedded nats-server.
@@ -114,6 +117,7 @@ func Start(opts Options) (*Server, error) {
 		NoLog:      true,
 		NoSigs:     true,
 		MaxPayload: int32(schemas.MaxPayloadBytes),
+		SyncAlways: opts.SyncAlways,
 	}
 	s := &Server{passwords: map[string]string{}, inboxes: map[string]string{}, clientCerts: map[string][2]string{}}
 	var err error

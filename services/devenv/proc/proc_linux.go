@@ -36,3 +36,26 @@ func CPUTime(pid int) (time.Duration, error) {
 	}
 	return time.Duration(utime+stime) * 10 * time.Millisecond, nil
 }
+
+// PeakRSS reads the peak resident set size (VmHWM) of process pid from
+// /proc/<pid>/status; pid 0 reads this process.
+func PeakRSS(pid int) (int64, error) {
+	p := "/proc/self/status"
+	if pid != 0 {
+		p = "/proc/" + strconv.Itoa(pid) + "/status"
+	}
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return 0, fmt.Errorf("read peak rss of pid %d: %w", pid, err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("read peak rss of pid %d: bad VmHWM %q", pid, v)
+			}
+			return kb << 10, nil
+		}
+	}
+	return 0, fmt.Errorf("read peak rss of pid %d: no VmHWM line", pid)
+}

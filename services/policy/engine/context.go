@@ -50,7 +50,7 @@ func contextRecord(reqCtx map[string]any, p schemas.Principal, now time.Time, ap
 	}
 	m[CtxScopes] = cedar.NewSet(scopes...)
 	m[CtxMFA] = cedar.Boolean(p.MFA || schemas.AMRProvesMFA(p.AMR))
-	m[CtxSessionAgeSeconds] = cedar.Long(sessionAge(p.AuthTime, now))
+	m[CtxSessionAgeSeconds] = cedar.Long(sessionAge(p, now))
 	utc := now.UTC()
 	m[CtxHourUTC] = cedar.Long(utc.Hour())
 	m[CtxWeekday] = cedar.String(weekdays[utc.Weekday()])
@@ -66,13 +66,16 @@ func contextRecord(reqCtx map[string]any, p schemas.Principal, now time.Time, ap
 // weekdays are lower-case English day names, indexed by time.Weekday.
 var weekdays = [7]string{"sunday", "monday", "tuesday", "wednesday", "thursday", "friday", "saturday"}
 
-// sessionAge is whole seconds since the login; 0 without auth_time, and
-// never negative when the IdP's clock runs ahead of ours.
-func sessionAge(authTime *time.Time, now time.Time) int64 {
-	if authTime == nil {
+// sessionAge is whole seconds since the session began as the token tells
+// (schemas.SessionStart: auth_time, or the iat of a token without sid and
+// auth_time, which is its own session); 0 when the token does not tell,
+// and never negative when the IdP's clock runs ahead of ours.
+func sessionAge(p schemas.Principal, now time.Time) int64 {
+	start, ok := schemas.SessionStart(p)
+	if !ok {
 		return 0
 	}
-	return max(int64(now.Sub(*authTime)/time.Second), 0)
+	return max(int64(now.Sub(start)/time.Second), 0)
 }
 
 // toValue converts one decoded JSON value. ok is false for a value that is

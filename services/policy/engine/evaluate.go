@@ -25,6 +25,10 @@ const (
 // evaluator drops those of the requester and counts each approver once.
 type Approvals func(digest string) []schemas.Approval
 
+// Requests returns the newest approval request of requester for the
+// request whose RequestDigest is digest, whatever its status.
+type Requests func(requester, digest string) (schemas.ApprovalRequest, bool)
+
 // Evaluator decides verified requests against one policy set and one
 // snapshot of the entity store. It is immutable and safe for concurrent
 // use; a new set or store makes a new Evaluator.
@@ -32,6 +36,7 @@ type Evaluator struct {
 	set       *Set
 	store     *Store
 	approvals Approvals
+	requests  Requests
 	pending   func(string, schemas.Resource) bool
 	clock     func() time.Time
 	reference bool
@@ -45,6 +50,9 @@ type Options struct {
 	// it says no, the request has no approvals and their digest is not
 	// computed. nil means maybe.
 	Pending func(action string, r schemas.Resource) bool
+	// Requests looks approval requests up for actions an @approval
+	// policy covers (Set.Gates); nil means none exist.
+	Requests Requests
 	// Clock defaults to time.Now; tests fix it to pin session ages.
 	Clock func() time.Time
 	// Reference evaluates every policy of the set with Cedar over a map of
@@ -64,7 +72,7 @@ func NewEvaluator(set *Set, store *Store, opts Options) (*Evaluator, error) {
 	if opts.Clock == nil {
 		opts.Clock = time.Now
 	}
-	return &Evaluator{set: set, store: store, approvals: opts.Approvals, pending: opts.Pending, clock: opts.Clock, reference: opts.Reference}, nil
+	return &Evaluator{set: set, store: store, approvals: opts.Approvals, requests: opts.Requests, pending: opts.Pending, clock: opts.Clock, reference: opts.Reference}, nil
 }
 
 // Set is the policy set the evaluator decides with.
@@ -81,6 +89,20 @@ type Result struct {
 	// Approvals are the approvals that were counted (one per approver,
 	// never the requester's), sorted by approver.
 	Approvals []schemas.Approval
+
+	// RequestDigest is schemas.RequestDigest of the request, computed for
+	// actions an @approval policy covers only.
+	RequestDigest string
+	// Request is the requester's newest approval request for that digest,
+	// whatever its status; Granted reports that it was approved, live and
+	// with a use left, so its teams were in context.approvals.
+	Request *schemas.ApprovalRequest
+	Granted bool
+	// Need, for an approval_required deny, is what the @approval policies
+	// that denied require, one requirement per team (the largest quorum),
+	// and MaxUses the fewest uses any of them allows.
+	Need    []schemas.ApprovalRequirement
+	MaxUses int
 }
 
 // Decide turns a verified request into a decision. It never fails: input
@@ -134,9 +156,13 @@ func (e *Evaluator) decide(v schemas.Verified, now time.Time) Result {
 		return res
 	}
 	d.Approvals = schemas.SortedTeams(res.Approvals)
+	if res.Granted {
+		d.Approvals, d.ApprovalID = res.Request.Teams(), res.Request.ID
+	}
 	if e.reference {
 		m := entities.toMap()
 		outcome(&d, e.set.enforced, m, req, v.Request)
+		e.needApproval(&d, &res, e.set.enforced, m, req, v, now)
 		if e.set.withShadow != nil {
 			d.Shadow = e.shadow(e.set.withShadow, m, req, v.Request)
 		}
@@ -155,6 +181,7 @@ func (e *Evaluator) decide(v schemas.Verified, now time.Time) Result {
 		},
 	}
 	outcome(&d, list, entities, req, v.Request)
+	e.needApproval(&d, &res, list, entities, req, v, now)
 	if e.set.index.hasShadow {
 		if list.anyShadow() {
 			list.withShadow = true
@@ -282,7 +309,25 @@ func (e *Evaluator) request(v schemas.Verified, now time.Time) (cedar.Request, *
 	})
 
 	var teams []string
-	if e.approvals != nil && (e.pending == nil || e.pending(r.Action, r.Resource)) {
+	if e.set.Gates(r.Action) {
+		// Approvals of an action an @approval policy covers come from the
+		// requester's own approval request for this exact request only.
+		digest, err := schemas.RequestDigest(r.Action, r.Resource, r.Context, e.set.version)
+		if err != nil {
+			return cedar.Request{}, nil, res, err
+		}
+		res.RequestDigest = digest
+		if e.requests != nil {
+			if ar, ok := e.requests(p.ID, digest); ok && ar.RequesterID == p.ID && ar.Digest == digest {
+				res.Request = &ar
+				// A redelivery of the request that used it is decided as
+				// the first delivery was.
+				if ar.Status == schemas.StatusApproved && ar.Uses < ar.MaxUses && now.Before(ar.ExpiresAt) || slices.Contains(ar.UsedBy, v.RequestID) {
+					res.Granted, teams = true, ar.Teams()
+				}
+			}
+		}
+	} else if e.approvals != nil && (e.pending == nil || e.pending(r.Action, r.Resource)) {
 		digest, err := schemas.ApprovalDigest(r.Action, r.Resource, r.Context)
 		if err != nil {
 			return cedar.Request{}, nil, res, err
@@ -297,6 +342,58 @@ func (e *Evaluator) request(v schemas.Verified, now time.Time) (cedar.Request, *
 		Resource:  resource,
 		Context:   contextRecord(r.Context, p, now, teams),
 	}, entities, res, nil
+}
+
+// needApproval turns a policy_denied of a gated action into an
+// approval_required when the request is denied only for want of approvals:
+// evaluated again with every @approval team in context.approvals, it is
+// allowed. What it needs is the rules of the @approval policies among the
+// forbids that denied and the permits that would allow.
+func (e *Evaluator) needApproval(d *schemas.Decision, res *Result, ps cedar.PolicyIterator, entities cedar.EntityGetter, req cedar.Request, v schemas.Verified, now time.Time) {
+	if d.Code != schemas.CodePolicyDenied || res.RequestDigest == "" || len(e.set.rules) == 0 {
+		return
+	}
+	teams := slices.Clone(d.Approvals)
+	for _, r := range e.set.rules {
+		teams = append(teams, r.Team)
+	}
+	slices.Sort(teams)
+	hyp := req
+	hyp.Context = contextRecord(v.Request.Context, v.Principal, now, slices.Compact(teams))
+	var hd schemas.Decision
+	outcome(&hd, ps, entities, hyp, v.Request)
+	if !hd.Allowed() {
+		return
+	}
+	byTeam := map[string]schemas.ApprovalRequirement{}
+	uses := 0
+	for _, id := range append(slices.Clone(d.PolicyIDs), hd.PolicyIDs...) {
+		r, ok := e.set.rules[id]
+		if !ok {
+			continue
+		}
+		if cur, ok := byTeam[r.Team]; !ok || r.Quorum > cur.Quorum {
+			byTeam[r.Team] = schemas.ApprovalRequirement{Team: r.Team, Quorum: r.Quorum, PolicyID: id}
+		}
+		if uses == 0 || r.Uses < uses {
+			uses = r.Uses
+		}
+	}
+	if len(byTeam) == 0 {
+		return // approvals change the outcome, but no @approval policy says whose
+	}
+	need := make([]schemas.ApprovalRequirement, 0, len(byTeam))
+	parts := make([]string, 0, len(byTeam))
+	for _, r := range byTeam {
+		need = append(need, r)
+	}
+	slices.SortFunc(need, func(a, b schemas.ApprovalRequirement) int { return strings.Compare(a.Team, b.Team) })
+	for _, r := range need {
+		parts = append(parts, fmt.Sprintf("%d of %s (%s)", r.Quorum, r.Team, r.PolicyID))
+	}
+	res.Need, res.MaxUses = need, uses
+	d.Code = schemas.CodeApprovalRequired
+	d.Reason = "approval required from " + strings.Join(parts, ", ") + " for this exact request by this requester"
 }
 
 // countable keeps the approvals that count: of this digest, unexpired, not

@@ -102,7 +102,7 @@ func TestSamplePolicies(t *testing.T) {
 		{name: "alice reads a dataset", v: verified(t, "alice", "dataset.read", "Dataset", "customer-features", nil),
 			decision: schemas.Allow, ids: []string{"data-scientists-read-datasets"}},
 		{name: "carol promotes a dataset without approval", v: verified(t, "carol", "dataset.promote", "Dataset", "transactions-training", nil),
-			decision: schemas.Deny, code: schemas.CodePolicyDenied},
+			decision: schemas.Deny, code: schemas.CodeApprovalRequired},
 		// 3. production needs risk approval.
 		{name: "erin deploys to production", v: verified(t, "erin", "model.deploy", "Model", "fraud-detector", env("production")),
 			decision: schemas.Deny, code: schemas.CodePolicyDenied,
@@ -382,6 +382,10 @@ func TestTrustedFields(t *testing.T) {
 		{name: "otp", p: schemas.Principal{AMR: []string{"otp"}}, mfa: true},
 		{name: "hardware key", p: schemas.Principal{AMR: []string{"hwk"}}, mfa: true},
 		{name: "auth_time ahead of our clock", p: schemas.Principal{AuthTime: &future}},
+		// A token without sid and auth_time (Dex, Google) is its own
+		// session: its age is the token's.
+		{name: "one-token session by iat", p: schemas.Principal{IssuedAt: testNow.Add(-90 * time.Second)}, age: 90},
+		{name: "sid without auth_time", p: schemas.Principal{SessionID: "s", IssuedAt: testNow.Add(-90 * time.Second)}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -7,9 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/cedar-policy/cedar-go"
@@ -40,7 +42,66 @@ const (
 	// Decision.Shadow but not enforced, so a rule can be watched on live
 	// traffic before it bites.
 	AnnotationShadow = "shadow"
+	// AnnotationApproval names the team whose approval the policy needs:
+	// on a forbid whose `unless` (or a permit whose `when`) tests
+	// context.approvals.contains(team). A request denied only for want of
+	// that approval opens an approval request (code approval_required).
+	// It must come with AnnotationQuorum; AnnotationUses is optional.
+	AnnotationApproval = "approval"
+	// AnnotationQuorum is how many distinct reviewers of the team must
+	// grant ("1" to "20"); stated explicitly, there is no default.
+	AnnotationQuorum = "quorum"
+	// AnnotationUses is how many allowed retries one approval unlocks
+	// ("1" to "100"); default 1, single use.
+	AnnotationUses = "uses"
 )
+
+// Bounds of the approval annotations.
+const (
+	MaxQuorum = 20
+	MaxUses   = 100
+)
+
+// ApprovalRule is a policy's @approval, @quorum and @uses.
+type ApprovalRule struct {
+	Team   string
+	Quorum int
+	Uses   int
+}
+
+// approvalRuleOf reads a policy's approval annotations; ok is false when
+// it has none.
+func approvalRuleOf(ann cedar.Annotations, shadow bool) (ApprovalRule, bool, error) {
+	team, hasTeam := ann[AnnotationApproval]
+	quorum, hasQuorum := ann[AnnotationQuorum]
+	uses, hasUses := ann[AnnotationUses]
+	switch {
+	case !hasTeam && !hasQuorum && !hasUses:
+		return ApprovalRule{}, false, nil
+	case !hasTeam:
+		return ApprovalRule{}, false, errors.New("@quorum and @uses need @approval(\"<team>\")")
+	case strings.TrimSpace(string(team)) == "":
+		return ApprovalRule{}, false, errors.New("@approval needs a team name")
+	case !hasQuorum:
+		return ApprovalRule{}, false, fmt.Errorf("@approval(%q) needs @quorum(\"<n>\"): how many reviewers must approve is stated, never assumed", string(team))
+	case shadow:
+		return ApprovalRule{}, false, errors.New("@approval on a @shadow policy: shadow policies are never enforced")
+	}
+	r := ApprovalRule{Team: strings.TrimSpace(string(team)), Uses: 1}
+	n, err := strconv.Atoi(strings.TrimSpace(string(quorum)))
+	if err != nil || n < 1 || n > MaxQuorum {
+		return ApprovalRule{}, false, fmt.Errorf("@quorum(%q) must be a whole number from 1 to %d", string(quorum), MaxQuorum)
+	}
+	r.Quorum = n
+	if hasUses {
+		n, err := strconv.Atoi(strings.TrimSpace(string(uses)))
+		if err != nil || n < 1 || n > MaxUses {
+			return ApprovalRule{}, false, fmt.Errorf("@uses(%q) must be a whole number from 1 to %d", string(uses), MaxUses)
+		}
+		r.Uses = n
+	}
+	return r, true, nil
+}
 
 // File is one input of a policy set: its base name and content.
 type File struct {
@@ -65,6 +126,13 @@ type Set struct {
 	actions map[string]bool
 	files   []File
 	version string
+	// rules are the @approval policies' rules, by @id; gated are the
+	// actions one of them names (gatedAll: one names any action or an
+	// action group). A gated action's approvals come from approval
+	// requests only, bound to requester and RequestDigest.
+	rules    map[string]ApprovalRule
+	gated    map[cedar.EntityUID]bool
+	gatedAll bool
 }
 
 // LoadDir reads a policy set from dir: every *.cedar file and exactly one
@@ -175,6 +243,11 @@ func Compile(files []File) (*Set, error) {
 	firstSeen := map[string]string{} // @id → file:line, for duplicate reports
 	var ids, shadowIDs []string
 	var entries []scoped
+	var (
+		rules    map[string]ApprovalRule
+		gated    map[cedar.EntityUID]bool
+		gatedAll bool
+	)
 	for _, f := range policyFiles {
 		list, err := cedar.NewPolicyListFromBytes(f.Name, f.Data)
 		if err != nil {
@@ -201,6 +274,24 @@ func Compile(files []File) (*Set, error) {
 			}
 			all.Add(cedar.PolicyID(id), p)
 			_, shadow := ann[AnnotationShadow]
+			if rule, ok, err := approvalRuleOf(ann, shadow); err != nil {
+				errs = append(errs, fmt.Errorf("%s: policy %q: %w", loc, id, err))
+			} else if ok {
+				if rules == nil {
+					rules, gated = map[string]ApprovalRule{}, map[cedar.EntityUID]bool{}
+				}
+				rules[id] = rule
+				switch a := p.AST().Action.(type) {
+				case xast.ScopeTypeEq:
+					gated[a.Entity] = true
+				case xast.ScopeTypeInSet:
+					for _, uid := range a.Entities {
+						gated[uid] = true
+					}
+				default: // any action, or an action group the store defines
+					gatedAll = true
+				}
+			}
 			ast := p.AST()
 			entries = append(entries, scoped{id: cedar.PolicyID(id), policy: p, shadow: shadow, principal: ast.Principal, resource: ast.Resource})
 			if shadow {
@@ -225,6 +316,9 @@ func Compile(files []File) (*Set, error) {
 		actions:   actions,
 		files:     files,
 		version:   Version(files),
+		rules:     rules,
+		gated:     gated,
+		gatedAll:  gatedAll,
 	}
 	if len(shadowIDs) > 0 {
 		s.withShadow = all
@@ -283,6 +377,15 @@ func (s *Set) Version() string { return s.version }
 
 // PolicyIDs lists the @id of every enforced policy, sorted.
 func (s *Set) PolicyIDs() []string { return slices.Clone(s.ids) }
+
+// Gates reports whether an @approval policy covers action: its approvals
+// are approval requests, never digest-keyed approvals.
+func (s *Set) Gates(action string) bool {
+	return s.gatedAll || s.gated[cedar.NewEntityUID(TypeAction, cedar.String(action))]
+}
+
+// ApprovalRules returns the @approval rules by policy id.
+func (s *Set) ApprovalRules() map[string]ApprovalRule { return maps.Clone(s.rules) }
 
 // ShadowIDs lists the @id of every shadow policy, sorted.
 func (s *Set) ShadowIDs() []string { return slices.Clone(s.shadowIDs) }

@@ -47,7 +47,9 @@ type Case struct {
 	// Entities are added to (or replace) the suite's store for this case,
 	// in Cedar's entity JSON.
 	Entities json.RawMessage `json:"entities,omitempty"`
-	// Approvals of this case's exact request, by other principals.
+	// Approvals of this case's exact request, by other principals. For an
+	// action an @approval policy covers they grant the approval request
+	// its deny opens, counted as the policy service counts them.
 	Approvals []Approver `json:"approvals,omitempty"`
 	// Now is the decision time (RFC 3339); default 2026-11-25T12:00:00Z.
 	Now    *time.Time `json:"now,omitempty"`
@@ -253,6 +255,46 @@ func run(set *engine.Set, base cedar.EntityMap, c Case, opts Options) (schemas.D
 	ev, err := engine.NewEvaluator(set, engine.NewStore(ents), engine.Options{
 		Clock:     func() time.Time { return now },
 		Approvals: func(string) []schemas.Approval { return approvals },
+		Reference: opts.Reference,
+	})
+	if err != nil {
+		return schemas.Decision{}, err
+	}
+	res := ev.Evaluate(v)
+	if len(res.Need) == 0 || len(c.Approvals) == 0 {
+		return res.Decision, nil
+	}
+	// An action an @approval policy covers: the case's approvers grant
+	// the approval request its deny opened, as the policy service counts
+	// them (distinct, never the requester, each from a required team); a
+	// quorate request is then used by the same request.
+	ar := schemas.ApprovalRequest{
+		ID: "case-approval", Status: schemas.StatusPending, RequesterID: v.Principal.ID, Digest: res.RequestDigest,
+		Action: c.Request.Action, Resource: c.Request.Resource, PolicyVersion: set.Version(),
+		Requirements: res.Need, MaxUses: res.MaxUses, ExpiresAt: now.Add(time.Hour),
+	}
+	for _, a := range c.Approvals {
+		id := schemas.PrincipalID(iss, a.Subject)
+		if id == v.Principal.ID || slices.ContainsFunc(ar.Grants, func(g schemas.ApprovalGrant) bool { return g.ReviewerID == id }) {
+			continue
+		}
+		var teams []string
+		for _, r := range res.Need {
+			if slices.Contains(a.Teams, r.Team) {
+				teams = append(teams, r.Team)
+			}
+		}
+		if len(teams) > 0 {
+			ar.Grants = append(ar.Grants, schemas.ApprovalGrant{ReviewerID: id, Teams: teams, At: now})
+		}
+	}
+	if !ar.Quorate() {
+		return res.Decision, nil
+	}
+	ar.Status = schemas.StatusApproved
+	ev, err = engine.NewEvaluator(set, engine.NewStore(ents), engine.Options{
+		Clock:     func() time.Time { return now },
+		Requests:  func(string, string) (schemas.ApprovalRequest, bool) { return ar, true },
 		Reference: opts.Reference,
 	})
 	if err != nil {

@@ -269,6 +269,12 @@ func (r *Set) Lookup(ctx context.Context, keys ...string) ([]*Record, error) {
 		}
 	}
 	// The set cannot answer: read the bucket.
+	return r.readBucket(ctx, keys)
+}
+
+// readBucket answers a lookup with KV Gets.
+func (r *Set) readBucket(ctx context.Context, keys []string) ([]*Record, error) {
+	out := make([]*Record, len(keys))
 	r.lookupsKV.Inc()
 	kv, err := r.handle(ctx)
 	if err != nil {
@@ -289,6 +295,29 @@ func (r *Set) Lookup(ctx context.Context, keys ...string) ([]*Record, error) {
 		out[i] = &rec
 	}
 	return out, nil
+}
+
+// Peek is Lookup without the freshness barrier: when the set is complete
+// it answers from memory with no round trip at all, as of the last
+// revision the watcher applied (a few milliseconds behind the bucket);
+// otherwise it reads the bucket like Lookup. It suits a caller for whom a
+// revocation seen a moment late is harmless (the reaper, whose writes are
+// compare-and-set against the revoker's), never a deny decision.
+func (r *Set) Peek(ctx context.Context, keys ...string) ([]*Record, error) {
+	r.mu.RLock()
+	if r.complete {
+		out := make([]*Record, len(keys))
+		for i, k := range keys {
+			if rec, ok := r.m[k]; ok && k != "" {
+				out[i] = &rec
+			}
+		}
+		r.mu.RUnlock()
+		r.lookupsSet.Inc()
+		return out, nil
+	}
+	r.mu.RUnlock()
+	return r.readBucket(ctx, keys)
 }
 
 // handle opens the bucket once; a failure is retried by the next call.

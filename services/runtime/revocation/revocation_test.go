@@ -193,11 +193,11 @@ const (
 func BenchmarkRevocationLookup(b *testing.B) {
 	keys := make([]string, 1000)
 	for i := range keys {
-		keys[i] = schemas.SessionKey("https://idp.example", "sid-"+strconv.Itoa(i), "alice", nil)
+		keys[i] = schemas.SessionKey(schemas.Principal{Issuer: "https://idp.example", SessionID: "sid-" + strconv.Itoa(i), Subject: "alice"})
 	}
 	e := startRevocationsB(b, benchMax, keys...)
 	ctx := context.Background()
-	key := schemas.SessionKey("https://idp.example", "not-revoked", "alice", nil)
+	key := schemas.SessionKey(schemas.Principal{Issuer: "https://idp.example", SessionID: "not-revoked", Subject: "alice"})
 	b.Run("kv-get", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {

@@ -35,7 +35,8 @@ commands:
   audit       audit verify: recompute the audit hash chain against its signed checkpoints
   policy      policy test|validate|push: run case files, validate a set, push it (governed by policy.update)
   entities    entities put|get|list|delete: edit the trusted entity store (as the operator user)
-  approve     approve one exact request (approval.grant) with your token
+  approvals   approvals list|show|approve|reject: review the approval requests that approval_required denies open
+  approve     approve one exact request by digest (approval.grant), for actions no @approval policy covers
   bus         bus provision: create or update the streams, buckets and consumers (as the provisioner)
   keys        keys gen|add|remove|list: event signing keys and the trust file (key rotation)
   dev-certs   make a dev CA and a server certificate (compose, k8s demos; not a production PKI)
@@ -64,6 +65,8 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer, lookup fu
 		return entitiesCmd(ctx, args[1:], stdout, stderr, lookup)
 	case "approve":
 		return approveCmd(ctx, args[1:], stdout, stderr, lookup)
+	case "approvals":
+		return approvalsCmd(ctx, args[1:], stdout, stderr, lookup)
 	case "bus":
 		return busCmd(ctx, args[1:], stdout, stderr, lookup)
 	case "dev-certs":
@@ -217,6 +220,9 @@ func Summary(d schemas.Decision) string {
 	}
 	if len(d.PolicyIDs) > 0 {
 		fmt.Fprintf(&b, "  policies=%s", strings.Join(d.PolicyIDs, ","))
+	}
+	if d.ApprovalID != "" {
+		fmt.Fprintf(&b, "  approval=%s", d.ApprovalID)
 	}
 	if d.Reason != "" {
 		fmt.Fprintf(&b, "  reason=%q", d.Reason)

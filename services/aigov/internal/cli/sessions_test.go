@@ -47,7 +47,7 @@ func newKillBus(t *testing.T) *killBus {
 	b.revs, _ = js.KeyValue(ctx, b.topo.BucketRevocations())
 	b.leases, _ = js.KeyValue(ctx, b.topo.BucketLeases())
 	put := func(sub, sid string) string {
-		key := schemas.SessionKey("https://idp.test", sid, sub, nil)
+		key := schemas.SessionKey(schemas.Principal{Issuer: "https://idp.test", SessionID: sid, Subject: sub})
 		at := time.Date(2026, 11, 25, 9, 0, 0, 0, time.UTC)
 		v, _ := json.Marshal(killswitch.Session{SessionKey: key, Issuer: "https://idp.test", Subject: sub,
 			PrincipalID: schemas.PrincipalID("https://idp.test", sub), SessionID: sid, FirstSeen: at, LastSeen: at, TokenCount: 3})

@@ -105,10 +105,20 @@ type ClickHouseConfig struct {
 	StartupTimeout time.Duration
 }
 
+// AuditGCPercent is the audit's AIGOV_GOGC default: its heap is the batches
+// in flight, which runtime.DefaultGCPercent would let grow past 150 MB.
+const AuditGCPercent = 100
+
+func auditCommon(env *runtime.Env) runtime.Common {
+	c := runtime.LoadCommon(env, "audit", "127.0.0.1:8083")
+	c.GCPercent = env.Int("AIGOV_GOGC", AuditGCPercent, -1)
+	return c
+}
+
 // LoadConfig reads the configuration; violations are collected in env.
 func LoadConfig(env *runtime.Env) Config {
 	c := Config{
-		Common: runtime.LoadCommon(env, "audit", "127.0.0.1:8083"),
+		Common: auditCommon(env),
 		ClickHouse: ClickHouseConfig{
 			Addrs:          env.List("AIGOV_CLICKHOUSE_ADDR", []string{"127.0.0.1:9000"}),
 			Database:       env.String("AIGOV_CLICKHOUSE_DATABASE", "aigov"),

@@ -33,6 +33,9 @@ func TestLoadConfig(t *testing.T) {
 			if c.Common.Service != "audit" || c.Common.HTTPAddr != "127.0.0.1:8083" || c.Common.NATSUser != "audit" {
 				t.Errorf("Common = %+v", c.Common)
 			}
+			if c.Common.GCPercent != AuditGCPercent {
+				t.Errorf("GCPercent %d, want the audit's own default %d", c.Common.GCPercent, AuditGCPercent)
+			}
 		}},
 		{name: "everything set", env: map[string]string{
 			"AIGOV_CLICKHOUSE_ADDR": "ch1:9000, ch2:9000", "AIGOV_CLICKHOUSE_DATABASE": "audit_prod",

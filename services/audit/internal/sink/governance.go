@@ -17,6 +17,12 @@ const (
 	// ApprovalUsed: an approval counted towards an allowed request
 	// (schemas.ApprovalUse, one row per approver).
 	ApprovalUsed = "used"
+	// The lifecycle of an approval request (schemas.ApprovalEvent): its
+	// rows' approval_id is the request's id, and its use's rows too.
+	ApprovalRequested = schemas.ApprovalRequested
+	ApprovalApproved  = schemas.ApprovalApproved
+	ApprovalRejected  = schemas.ApprovalRejected
+	ApprovalExpired   = schemas.ApprovalExpired
 )
 
 // Kinds of the policy_changes table.
@@ -37,6 +43,14 @@ func approvalUseRows(ev schemas.Event, raw []byte, md meta) ([]approvalRow, erro
 	if u.RequestID == "" || u.Digest == "" || u.Action == "" {
 		return nil, fmt.Errorf("%w: approval.used needs request_id, digest and action", schemas.ErrInvalidEvent)
 	}
+	if u.ApprovalID != "" {
+		// An approval request's use: one row, under the request's id.
+		return []approvalRow{{EventID: ev.ID, Type: ev.Type, ApprovalID: u.ApprovalID, Status: ApprovalUsed,
+			RequestID: u.RequestID, Action: u.Action, ResourceType: u.Resource.Type, ResourceID: u.Resource.ID,
+			Approver: strings.Join(u.Approvers, ","), Requester: u.PrincipalID,
+			Reason: fmt.Sprintf("use %d of %d; teams %s", u.Uses, u.MaxUses, strings.Join(u.Teams, ",")),
+			Time:   ev.Time.UTC(), TimeUS: micros(ev.Time), Data: string(raw), Subject: md.Subject, Stream: md.Stream, Seq: md.Seq}}, nil
+	}
 	approvers := u.Approvers
 	if len(approvers) == 0 {
 		approvers = []string{""} // still one row: the use is audited
@@ -55,6 +69,36 @@ func approvalUseRows(ev schemas.Event, raw []byte, md meta) ([]approvalRow, erro
 	return rows, nil
 }
 
+// approvalEventRow maps a lifecycle event of an approval request
+// (schemas.ApprovalEvent): status is the event (requested, granted,
+// approved, rejected, expired), approver the reviewer, reason what the
+// request needs and has.
+func approvalEventRow(ev schemas.Event, raw []byte, md meta) (approvalRow, error) {
+	var a schemas.ApprovalEvent
+	if err := json.Unmarshal(ev.Data, &a); err != nil {
+		return approvalRow{}, fmt.Errorf("%w: approval event data: %v", schemas.ErrInvalidEvent, err)
+	}
+	if a.ApprovalID == "" || a.Event == "" || a.Action == "" {
+		return approvalRow{}, fmt.Errorf("%w: approval event needs approval_id, event and action", schemas.ErrInvalidEvent)
+	}
+	needs := make([]string, 0, len(a.Requirements))
+	for _, r := range a.Requirements {
+		needs = append(needs, fmt.Sprintf("%d of %s", r.Quorum, r.Team))
+	}
+	reason := fmt.Sprintf("status %s; needs %s; %d granted; %d use(s)", a.Status, strings.Join(needs, ", "), a.Grants, a.MaxUses)
+	if a.Reason != "" {
+		reason += "; " + a.Reason
+	}
+	var expires uint64
+	if !a.ExpiresAt.IsZero() {
+		expires = micros(a.ExpiresAt)
+	}
+	return approvalRow{EventID: ev.ID, Type: ev.Type, ApprovalID: a.ApprovalID, Status: a.Event,
+		RequestID: a.RequestID, Action: a.Action, ResourceType: a.Resource.Type, ResourceID: a.Resource.ID,
+		Approver: a.ReviewerID, Requester: a.RequesterID, Reason: truncate(reason, 4000), ExpiresUS: expires,
+		Time: ev.Time.UTC(), TimeUS: micros(ev.Time), Data: string(raw), Subject: md.Subject, Stream: md.Stream, Seq: md.Seq}, nil
+}
+
 // approvalGrantRow is the approvals row of an allowed approval.grant
 // decision: the policy service stored a schemas.Approval of the request
 // made of context.approved_action on the decision's resource, under the key
@@ -71,7 +115,9 @@ func approvalGrantRow(d decisionRow, ev schemas.Event, raw []byte, md meta) (app
 		return approvalRow{}, false
 	}
 	action, _ := context[schemas.ContextApprovedAction].(string)
-	if action == "" {
+	if _, review := context[schemas.ContextApprovalID]; action == "" || review {
+		// A review of an approval request is recorded by its own granted
+		// or rejected event.
 		return approvalRow{}, false
 	}
 	digest, err := schemas.ApprovalDigest(action, schemas.Resource{Type: d.ResourceType, ID: d.ResourceID}, context)

@@ -140,3 +140,79 @@ func TestGovernanceEventsMapExactly(t *testing.T) {
 		t.Fatalf("%d policy_changes rows after a poison entity change, want 4", n)
 	}
 }
+
+// TestApprovalRequestEventsInClickHouse: an approval request's lifecycle
+// (requested, granted per reviewer, approved, used, and a rejected and an
+// expired one) becomes one approvals row per event under the request's id,
+// and a review decision adds no digest-keyed row of its own.
+func TestApprovalRequestEventsInClickHouse(t *testing.T) {
+	t.Parallel()
+	h := startHarness(t, harnessOptions{batchSize: 64})
+	at := time.Date(2026, 11, 25, 10, 0, 0, 123456000, time.UTC)
+	riley, rita, ravi := "https://idp.example#riley", "https://idp.example#rita", "https://idp.example#ravi"
+	a := schemas.ApprovalRequest{
+		ID: "apr-1", Status: schemas.StatusPending, RequesterID: riley, Digest: "sha256:ab", Action: "model.deploy",
+		Resource: schemas.Resource{Type: "Model", ID: "churn-predictor"}, PolicyVersion: "sha256:aa",
+		Requirements: []schemas.ApprovalRequirement{{Team: "risk-reviewers", Quorum: 2, PolicyID: "p"}},
+		MaxUses:      1, RequestID: "deploy-1", CreatedAt: at, UpdatedAt: at, ExpiresAt: at.Add(time.Hour),
+	}
+	publish := func(event, requestID, reviewer string) {
+		id := schemas.DerivedID(a.ID+"/"+reviewer, "approval."+event)
+		h.publish(h.subjects.Governance(schemas.KindApproval, event),
+			encode(t, id, schemas.TypeOfApprovalEvent(event), at, a.EventOf(event, requestID, reviewer, []string{"risk-reviewers"}, at)), id)
+	}
+	publish(schemas.ApprovalRequested, "deploy-1", "")
+	a.Grants = append(a.Grants, schemas.ApprovalGrant{ReviewerID: rita, Teams: []string{"risk-reviewers"}, RequestID: "grant-rita", At: at})
+	publish(schemas.ApprovalGranted, "grant-rita", rita)
+	a.Grants = append(a.Grants, schemas.ApprovalGrant{ReviewerID: ravi, Teams: []string{"risk-reviewers"}, RequestID: "grant-ravi", At: at})
+	a.Status = schemas.StatusApproved
+	publish(schemas.ApprovalGranted, "grant-ravi", ravi)
+	publish(schemas.ApprovalApproved, "grant-ravi", ravi)
+	use := schemas.ApprovalUse{ApprovalID: a.ID, RequestID: "deploy-2", Digest: a.Digest, Action: a.Action, Resource: a.Resource,
+		PrincipalID: riley, Approvers: []string{ravi, rita}, Teams: []string{"risk-reviewers"}, PolicyVersion: "sha256:aa", Uses: 1, MaxUses: 1, At: at}
+	useID := schemas.DerivedID(use.RequestID, "approval.used")
+	h.publish(h.subjects.Governance(schemas.KindApproval, schemas.ApprovalUsed), encode(t, useID, schemas.TypeApprovalUsed, at, use), useID)
+	// A review decision: recorded by its granted event, not as a digest approval.
+	grantCtx := map[string]any{"environment": "production", schemas.ContextApprovedAction: "model.deploy", schemas.ContextApprovalID: a.ID}
+	h.publishDecision(schemas.Decision{RequestID: "grant-rita", Action: schemas.ActionApprovalGrant, Resource: a.Resource, Context: grantCtx,
+		Principal: &schemas.Principal{ID: rita, Subject: "rita"}, Decision: schemas.Allow, Stage: schemas.StagePolicy, PolicyVersion: "sha256:aa",
+		Timings: schemas.Timings{DecidedAt: at}})
+	a2 := a
+	a2.ID, a2.Status, a2.Grants, a2.RejectedBy, a2.Reason = "apr-2", schemas.StatusRejected, nil, rita, "rejected by "+rita
+	a = a2
+	publish(schemas.ApprovalRejected, "reject-rita", rita)
+	a.ID, a.Status, a.RejectedBy, a.Reason = "apr-3", schemas.StatusExpired, "", "expired before it was approved"
+	publish(schemas.ApprovalExpired, "deploy-9", "")
+
+	h.waitCount(7, 20*time.Second, "SELECT count() FROM "+h.db+".approvals FINAL")
+	type appr struct{ ApprovalID, Status, RequestID, Approver, Requester string }
+	rows, err := h.ch.Query(context.Background(), "SELECT approval_id, status, request_id, approver, requester FROM "+h.db+
+		".approvals FINAL ORDER BY approval_id, event_time_us, status, approver")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []appr
+	for rows.Next() {
+		var r appr
+		if err := rows.Scan(&r.ApprovalID, &r.Status, &r.RequestID, &r.Approver, &r.Requester); err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, r)
+	}
+	rows.Close()
+	want := []appr{
+		{"apr-1", ApprovalApproved, "grant-ravi", ravi, riley},
+		{"apr-1", ApprovalGranted, "grant-ravi", ravi, riley},
+		{"apr-1", ApprovalGranted, "grant-rita", rita, riley},
+		{"apr-1", ApprovalRequested, "deploy-1", "", riley},
+		{"apr-1", ApprovalUsed, "deploy-2", ravi + "," + rita, riley},
+		{"apr-2", ApprovalRejected, "reject-rita", rita, riley},
+		{"apr-3", ApprovalExpired, "deploy-9", "", riley},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("approvals rows:\n got %+v\nwant %+v", got, want)
+	}
+	if n := h.count("SELECT count() FROM " + h.db + ".approvals FINAL WHERE approval_id = 'apr-1' AND status = 'requested' AND expires_at_us > 0 AND reason LIKE '%needs 2 of risk-reviewers%'"); n != 1 {
+		t.Fatalf("requested row without its expiry and requirement (%d)", n)
+	}
+}

@@ -170,6 +170,13 @@ func (out *decoded) typed(ev schemas.Event, raw []byte, md meta) error {
 			return err
 		}
 		out.approvals = rows
+	case t == schemas.TypeApprovalRequested || t == schemas.TypeApprovalGranted || t == schemas.TypeApprovalApproved ||
+		t == schemas.TypeApprovalRejected || t == schemas.TypeApprovalExpired:
+		row, err := approvalEventRow(ev, raw, md)
+		if err != nil {
+			return err
+		}
+		out.approvals = []approvalRow{row}
 	case t == schemas.TypePolicyChanged || t == schemas.TypePolicyRejected:
 		c, err := policyChangeRow(ev, raw, md)
 		if err != nil {

@@ -308,6 +308,7 @@ type decisionBody struct {
 	Lease            *schemas.Lease         `json:"lease,omitempty"`
 	Shadow           *schemas.ShadowOutcome `json:"shadow,omitempty"`
 	Approvals        []string               `json:"approvals,omitempty"`
+	ApprovalID       string                 `json:"approval_id,omitempty"`
 }
 
 // decisionOf is the decisions row of a parsed envelope. The data is

@@ -125,7 +125,7 @@ func (a *Authenticator) Verify(ctx context.Context, raw string) (Identity, error
 	}
 	id := Identity{
 		Principal:  p,
-		SessionKey: schemas.SessionKey(p.Issuer, p.SessionID, p.Subject, p.AuthTime),
+		SessionKey: schemas.SessionKey(p),
 	}
 	if is.cfg.ReplayProtection {
 		sum := sha256.Sum256([]byte(p.Issuer + "\x00" + p.TokenID))

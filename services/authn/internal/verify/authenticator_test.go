@@ -254,7 +254,7 @@ func TestVerifyMapsClaims(t *testing.T) {
 			if p.AuthTime == nil || !p.AuthTime.Equal(authTime) || p.IssuedAt.IsZero() || p.ExpiresAt.IsZero() {
 				t.Errorf("times: auth %v iat %v exp %v", p.AuthTime, p.IssuedAt, p.ExpiresAt)
 			}
-			if want := schemas.SessionKey(ti.srv.URL, "s-1", "svc-1", p.AuthTime); id.SessionKey != want {
+			if want := schemas.SessionKey(schemas.Principal{Issuer: ti.srv.URL, SessionID: "s-1", Subject: "svc-1", AuthTime: p.AuthTime}); id.SessionKey != want {
 				t.Errorf("session key %s, want %s", id.SessionKey, want)
 			}
 		}, ""},
@@ -289,7 +289,7 @@ func TestVerifyMapsClaims(t *testing.T) {
 			c["auth_time"] = authTime.Unix()
 		}, func(t *testing.T, id Identity) {
 			at := authTime
-			if want := schemas.SessionKey(ti.srv.URL, "", "svc-1", &at); id.SessionKey != want {
+			if want := schemas.SessionKey(schemas.Principal{Issuer: ti.srv.URL, Subject: "svc-1", AuthTime: &at}); id.SessionKey != want {
 				t.Errorf("session key %s, want %s", id.SessionKey, want)
 			}
 		}, ""},

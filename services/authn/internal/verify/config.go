@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/aigov/aigov/schemas"
+	"github.com/aigov/aigov/schemas/sessionlimits"
 	"github.com/aigov/aigov/services/runtime"
 )
 
@@ -48,6 +49,12 @@ type Config struct {
 	// When the bucket holds more, the set is dropped and every request
 	// reads the bucket instead (slower, never less strict).
 	RevocationsMax int
+	// SessionLimits bound a session's age from its token's start
+	// (AIGOV_SESSION_MAX_AGE and the rules of AIGOV_REAPER_CONFIG, the
+	// reaper's settings): a request of a session past its max age is denied
+	// session_expired even when no reaper has ended the session yet. Zero
+	// MaxAge checks nothing.
+	SessionLimits sessionlimits.Limits
 }
 
 // Issuer is one trusted OIDC issuer and how its tokens are read.
@@ -163,6 +170,7 @@ func LoadConfig(e *runtime.Env) Config {
 		CacheSize:      e.Int("AIGOV_AUTHN_CACHE_SIZE", DefaultCacheSize, -1),
 		MaxTokenBytes:  e.Int("AIGOV_OIDC_MAX_TOKEN_BYTES", DefaultMaxTokenBytes, 1024),
 		RevocationsMax: e.Int("AIGOV_AUTHN_REVOCATIONS_MAX", DefaultRevocationsMax, 1),
+		SessionLimits:  runtime.LoadSessionLimits(e),
 	}
 	file := e.String("AIGOV_OIDC_CONFIG", "")
 	urls := e.List("AIGOV_OIDC_ISSUERS", nil)

@@ -1,49 +1,12 @@
 package verify
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
-	"os"
-
-	"gopkg.in/yaml.v3"
 
 	"github.com/aigov/aigov/schemas"
+	"github.com/aigov/aigov/services/runtime/oidcfile"
 )
-
-// maxConfigBytes bounds the issuer file; real ones are a few KB.
-const maxConfigBytes = 1 << 20
-
-// fileConfig is the AIGOV_OIDC_CONFIG document. YAML is read strictly
-// (unknown keys are errors), and JSON is valid YAML.
-type fileConfig struct {
-	Issuers []fileIssuer `yaml:"issuers"`
-}
-
-// fileIssuer is one issuer in the file; see Issuer for each field.
-type fileIssuer struct {
-	URL               string              `yaml:"url"`
-	Audiences         []string            `yaml:"audiences"`
-	AuthorizedParties []string            `yaml:"authorized_parties"`
-	Algorithms        []string            `yaml:"algorithms"`
-	PrincipalType     string              `yaml:"principal_type"`
-	Preset            string              `yaml:"preset"`
-	Tenant            string              `yaml:"tenant"`
-	TokenTypes        []string            `yaml:"token_types"`
-	Require           map[string][]string `yaml:"require"`
-	MFAACRValues      []string            `yaml:"mfa_acr_values"`
-	ReplayProtection  bool                `yaml:"replay_protection"`
-	Claims            fileClaims          `yaml:"claims"`
-}
-
-type fileClaims struct {
-	Groups      string            `yaml:"groups"`
-	Scopes      []string          `yaml:"scopes"`
-	Email       string            `yaml:"email"`
-	Name        string            `yaml:"name"`
-	PrincipalID string            `yaml:"principal_id"`
-	Attributes  map[string]string `yaml:"attributes"`
-}
 
 // Workload presets.
 const (
@@ -86,31 +49,27 @@ var presets = map[string]Issuer{
 // LoadIssuersFile reads the issuers of an AIGOV_OIDC_CONFIG file (YAML or
 // JSON) and validates them, reporting every violation.
 func LoadIssuersFile(path string) ([]Issuer, error) {
-	b, err := os.ReadFile(path)
+	d, err := oidcfile.Read(path)
 	if err != nil {
-		return nil, fmt.Errorf("read issuer config: %w", err)
+		return nil, err
 	}
-	if len(b) > maxConfigBytes {
-		return nil, fmt.Errorf("issuer config %s is larger than %d bytes", path, maxConfigBytes)
-	}
-	return ParseIssuers(b)
+	return issuersOf(d)
 }
 
 // ParseIssuers parses an issuer config document (YAML or JSON).
 func ParseIssuers(b []byte) ([]Issuer, error) {
-	var fc fileConfig
-	dec := yaml.NewDecoder(bytes.NewReader(b))
-	dec.KnownFields(true)
-	if err := dec.Decode(&fc); err != nil {
-		return nil, fmt.Errorf("parse issuer config: %w", err)
+	d, err := oidcfile.Parse(b)
+	if err != nil {
+		return nil, err
 	}
-	if len(fc.Issuers) == 0 {
-		return nil, errors.New("issuer config lists no issuers")
-	}
+	return issuersOf(d)
+}
+
+func issuersOf(d oidcfile.Document) ([]Issuer, error) {
 	var errs []error
-	out := make([]Issuer, 0, len(fc.Issuers))
-	for _, fi := range fc.Issuers {
-		is, err := fi.issuer()
+	out := make([]Issuer, 0, len(d.Issuers))
+	for _, fi := range d.Issuers {
+		is, err := issuerOf(fi)
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -126,7 +85,7 @@ func ParseIssuers(b []byte) ([]Issuer, error) {
 	return out, nil
 }
 
-func (fi fileIssuer) issuer() (Issuer, error) {
+func issuerOf(fi oidcfile.Issuer) (Issuer, error) {
 	is := Issuer{
 		URL:               fi.URL,
 		Audiences:         fi.Audiences,

@@ -58,7 +58,7 @@ func TestRevokeThenRequestIsDenied(t *testing.T) {
 		if ev := send(schemas.NewID(), tok, nil); ev.Type != schemas.TypeVerified {
 			t.Fatalf("round %d: before the revocation: %s", i, ev.Type)
 		}
-		key := schemas.SessionKey(e.good.Issuer(), sid, "carol", nil)
+		key := schemas.SessionKey(schemas.Principal{Issuer: e.good.Issuer(), SessionID: sid, Subject: "carol"})
 		rev, _ := json.Marshal(schemas.Revocation{SessionKey: key, Code: schemas.CodeSessionRevoked, Reason: "revoked by test", At: time.Now()})
 		if _, err := kv.Put(ctx, key, rev); err != nil {
 			t.Fatal(err)

@@ -23,6 +23,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/aigov/aigov/schemas"
+	"github.com/aigov/aigov/schemas/sessionlimits"
 	"github.com/aigov/aigov/schemas/signing"
 	"github.com/aigov/aigov/services/runtime"
 	"github.com/aigov/aigov/services/runtime/revocation"
@@ -67,6 +68,8 @@ type Verifier struct {
 	now      func() time.Time
 
 	revs *revocation.Set
+	// limits bound a session's age from its token (SessionLimits).
+	limits sessionlimits.Limits
 
 	kvMu    sync.Mutex
 	usedIDs jetstream.KeyValue // token id bucket, opened on first use
@@ -101,7 +104,8 @@ func New(cfg Config, deps Deps) (*Verifier, error) {
 			Name: "aigov_authn_outcomes_total",
 			Help: "Requests authn decided, by outcome: verified, or the deny code.",
 		}, []string{"code"}),
-		now: time.Now,
+		now:    time.Now,
+		limits: cfg.SessionLimits,
 	}
 	if err := deps.Registry.Register(v.outcomes); err != nil {
 		return nil, fmt.Errorf("authn: register metrics: %w", err)
@@ -237,6 +241,12 @@ func (v *Verifier) Handle(ctx context.Context, m jetstream.Msg) error {
 	}
 	if recs[0] != nil {
 		return v.deny(ctx, r, revocationDenial(recs[0]))
+	}
+	// Max age holds without the reaper: a session the token dates (its
+	// auth_time, or the iat of a one-token session) is over at its max
+	// age whether or not a reaper has written its revocation yet.
+	if maxAge, over := v.limits.CheckToken(id.Principal, v.now()); over {
+		return v.deny(ctx, r, deny(schemas.CodeSessionExpired, "%s", sessionlimits.MaxAgeReason(maxAge)))
 	}
 	if recs[1] != nil {
 		return v.deny(ctx, r, leaseDenial(recs[1]))

@@ -19,6 +19,7 @@ import (
 
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/schemas/client"
+	"github.com/aigov/aigov/schemas/sessionlimits"
 	"github.com/aigov/aigov/services/authn/internal/verify"
 	"github.com/aigov/aigov/services/devenv/devkeys"
 	"github.com/aigov/aigov/services/devenv/idp"
@@ -131,6 +132,7 @@ func startEnvTopo(t *testing.T, topo schemas.Topology) *env {
 			{URL: e.downURL, Audiences: []string{"aigov"}},
 			{URL: e.replay.Issuer(), Audiences: []string{"aigov"}, ReplayProtection: true},
 		},
+		SessionLimits: sessionlimits.Limits{MaxAge: testMaxAge},
 	}
 	v, err := verify.New(cfg, verify.Deps{
 		Log:      zerolog.New(e.logs).Level(zerolog.DebugLevel),
@@ -341,7 +343,7 @@ func TestVerifierEndToEnd(t *testing.T) {
 				if p.SessionID == "" || p.AuthTime == nil || p.TokenID == "" || len(p.AMR) == 0 || len(p.Scopes) == 0 {
 					t.Errorf("principal session claims: %+v", p)
 				}
-				if v.SessionKey != schemas.SessionKey(p.Issuer, p.SessionID, p.Subject, p.AuthTime) {
+				if v.SessionKey != schemas.SessionKey(p) {
 					t.Errorf("session key %s does not match the principal", v.SessionKey)
 				}
 				if v.RequestID != id || v.Source != "test-platform" || v.ReplyTo != "_INBOX.platform.x."+id {
@@ -555,7 +557,7 @@ func (e *env) endedSession(t *testing.T, id string, code schemas.Code) (string, 
 	t.Helper()
 	sid := "sid-" + id
 	tok := e.token(t, e.good, "carol", idp.WithSessionID(sid))
-	key := schemas.SessionKey(e.good.Issuer(), sid, "carol", nil)
+	key := schemas.SessionKey(schemas.Principal{Issuer: e.good.Issuer(), SessionID: sid, Subject: "carol"})
 	rev, _ := json.Marshal(schemas.Revocation{SessionKey: key, Code: code, Reason: "ended by test " + id, At: time.Now()})
 	kv, err := e.adminJS.KeyValue(context.Background(), e.topo.BucketRevocations())
 	if err != nil {

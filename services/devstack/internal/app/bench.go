@@ -38,6 +38,8 @@ func Bench(ctx context.Context, args []string, out io.Writer) error {
 	duration := fs.Duration("duration", 20*time.Second, "how long -audit-only publishes")
 	linger := fs.Duration("signing-linger", svcruntime.DefaultSigningLinger, "how long a busy service waits to sign events in one batch (AIGOV_SIGNING_LINGER)")
 	profile := fs.String("profile", "", "write a 5s CPU profile of each service, taken under load, into this directory (AIGOV_PPROF)")
+	syncAlways := fs.Bool("sync-always", false, "NATS fsyncs every JetStream write (sync_interval: always) instead of every 2 minutes")
+	gogc := fs.String("gogc", "", "GOGC of the four services (empty: Go's default, 100)")
 	drain := fs.Int("audit-drain", 0, "publish this many decision events with the audit stopped, then time how fast it writes them all")
 	gatewayN := fs.Int("gateway", 500, "then time this many requests through the gateway's HTTP API against as many sent directly, alternating, one at a time (0 skips)")
 	if err := fs.Parse(args); err != nil {
@@ -75,8 +77,8 @@ func Bench(ctx context.Context, args []string, out io.Writer) error {
 		}
 		personas[names[i]] = idp.Persona{Subject: names[i], Email: names[i] + "@load.example", Name: names[i], Groups: groups}
 	}
-	st, err := stack.Start(ctx, stack.Options{Root: root, Dir: work, BinDir: bin, Personas: personas, LogLevel: "warn", Progress: out,
-		ServiceEnv: []string{"AIGOV_SIGNING_LINGER=" + linger.String(), "AIGOV_PPROF=" + strconv.FormatBool(*profile != "")}})
+	st, err := stack.Start(ctx, stack.Options{Root: root, Dir: work, BinDir: bin, Personas: personas, LogLevel: "warn", Progress: out, NATSSyncAlways: *syncAlways,
+		ServiceEnv: serviceEnv(*linger, *profile != "", *gogc)})
 	if err != nil {
 		return err
 	}
@@ -183,7 +185,11 @@ func Bench(ctx context.Context, args []string, out io.Writer) error {
 	}
 	slices.Sort(latencies)
 	fmt.Fprintf(out, "\nmachine      %s, %d cores, %s\n", cpuModel(), runtime.NumCPU(), runtime.Version())
-	fmt.Fprintf(out, "nats         embedded, file store, default fsync (every 2 min): figures are not for sync_interval always\n")
+	if *syncAlways {
+		fmt.Fprintf(out, "nats         embedded, file store, sync_interval always (every write fsynced)\n")
+	} else {
+		fmt.Fprintf(out, "nats         embedded, file store, default fsync (every 2 min): figures are not for sync_interval always\n")
+	}
 	fmt.Fprintf(out, "requests     %d sent, %d decided (%d allow, %d deny), %d without a decision\n", *n, decided, allows.Load(), denies.Load(), failures.Load())
 	fmt.Fprintf(out, "throughput   %.0f decisions/s over %s\n", float64(decided)/elapsed.Seconds(), elapsed.Round(time.Millisecond))
 	fmt.Fprintf(out, "latency      p50 %s  p99 %s  p99.9 %s  max %s (request published → decision received)\n",
@@ -199,7 +205,14 @@ func Bench(ctx context.Context, args []string, out io.Writer) error {
 			time.Duration(lag[0])*time.Microsecond, time.Duration(lag[1])*time.Microsecond, time.Duration(lagMax)*time.Microsecond)
 	}
 	if decided > 0 {
-		fmt.Fprint(out, cpu1.sub(cpu0).report(decided))
+		d := cpu1.sub(cpu0)
+		fmt.Fprint(out, d.report(decided))
+		fmt.Fprint(out, d.gcReport(elapsed))
+	}
+	if rss, err := st.PeakRSSes(); err != nil {
+		fmt.Fprintf(out, "rss          not read: %v\n", err)
+	} else {
+		fmt.Fprintf(out, "rss          peak: %s\n", rssReport(rss))
 	}
 	if failures.Load() > 0 || rows != uint64(decided) {
 		return fmt.Errorf("bench: %d requests without a decision, %d audit rows for %d decisions", failures.Load(), rows, decided)
@@ -264,6 +277,15 @@ func benchGateway(ctx context.Context, st *stack.Stack, tokens []string, req sch
 	return nil
 }
 
+// serviceEnv is what the bench adds to each service's environment.
+func serviceEnv(linger time.Duration, pprof bool, gogc string) []string {
+	e := []string{"AIGOV_SIGNING_LINGER=" + linger.String(), "AIGOV_PPROF=" + strconv.FormatBool(pprof)}
+	if gogc != "" {
+		e = append(e, "GOGC="+gogc)
+	}
+	return e
+}
+
 func rateText(r int) string {
 	if r == 0 {
 		return "flat out"
@@ -296,4 +318,18 @@ func cpuModel() string {
 		}
 	}
 	return "unknown cpu"
+}
+
+// rssReport lists each process's peak RSS in MiB, by name.
+func rssReport(rss map[string]int64) string {
+	names := make([]string, 0, len(rss))
+	for k := range rss {
+		names = append(names, k)
+	}
+	slices.Sort(names)
+	parts := make([]string, len(names))
+	for i, k := range names {
+		parts[i] = fmt.Sprintf("%s %d MiB", k, rss[k]>>20)
+	}
+	return strings.Join(parts, ", ")
 }

@@ -13,6 +13,8 @@ import (
 	"sync"
 	"time"
 
+	goruntime "runtime"
+
 	"github.com/aigov/aigov/services/devstack/internal/stack"
 	"github.com/aigov/aigov/services/runtime"
 )
@@ -26,6 +28,10 @@ type cpuSample struct {
 	// byOp splits the services' signing time into sign and verify.
 	ed25519 float64
 	byOp    map[string]time.Duration
+	// gcCycles and gcPause are each Go process's GC cycles and
+	// stop-the-world pause time so far (go_gc_duration_seconds).
+	gcCycles map[string]float64
+	gcPause  map[string]time.Duration
 }
 
 // readCPU samples every process of the stack; the load generator's own
@@ -35,8 +41,18 @@ func readCPU(ctx context.Context, st *stack.Stack) (cpuSample, error) {
 	if err != nil {
 		return cpuSample{}, err
 	}
-	s := cpuSample{cpu: cpu, signing: map[string]time.Duration{}, byOp: map[string]time.Duration{}}
+	s := cpuSample{cpu: cpu, signing: map[string]time.Duration{}, byOp: map[string]time.Duration{},
+		gcCycles: map[string]float64{}, gcPause: map[string]time.Duration{}}
 	for _, name := range stack.Services {
+		cycles, err := st.MetricSum(ctx, name, "go_gc_duration_seconds_count")
+		if err != nil {
+			return cpuSample{}, err
+		}
+		pause, err := st.MetricSum(ctx, name, "go_gc_duration_seconds_sum")
+		if err != nil {
+			return cpuSample{}, err
+		}
+		s.gcCycles[name], s.gcPause[name] = cycles, time.Duration(pause*float64(time.Second))
 		for _, op := range []string{"sign", "verify"} {
 			v, err := st.MetricSum(ctx, name, runtime.SigningSecondsMetric, `op="`+op+`"`)
 			if err != nil {
@@ -55,6 +71,9 @@ func readCPU(ctx context.Context, st *stack.Stack) (cpuSample, error) {
 		}
 		s.ed25519 += n
 	}
+	var ms goruntime.MemStats
+	goruntime.ReadMemStats(&ms)
+	s.gcCycles[stack.SelfProcess], s.gcPause[stack.SelfProcess] = float64(ms.NumGC), time.Duration(ms.PauseTotalNs)
 	client := st.Keys.Trust().Stats()
 	s.signing[stack.SelfProcess] = client.Busy
 	s.ed25519 += float64(client.Ed25519)
@@ -63,7 +82,13 @@ func readCPU(ctx context.Context, st *stack.Stack) (cpuSample, error) {
 
 func (s cpuSample) sub(before cpuSample) cpuSample {
 	out := cpuSample{cpu: map[string]time.Duration{}, signing: map[string]time.Duration{}, byOp: map[string]time.Duration{},
-		ed25519: s.ed25519 - before.ed25519}
+		ed25519: s.ed25519 - before.ed25519, gcCycles: map[string]float64{}, gcPause: map[string]time.Duration{}}
+	for k, v := range s.gcCycles {
+		out.gcCycles[k] = v - before.gcCycles[k]
+	}
+	for k, v := range s.gcPause {
+		out.gcPause[k] = v - before.gcPause[k]
+	}
 	for k, v := range s.byOp {
 		out.byOp[k] = v - before.byOp[k]
 	}
@@ -115,6 +140,23 @@ func (s cpuSample) report(decisions int64) string {
 	}
 	return fmt.Sprintf("cpu          %s per decision: %s\nsigning      %s per decision signing and verifying events (%.2f Ed25519 operations per decision, thread CPU time less the clock's own cost): %.1f%% of the pipeline's CPU (target < 5%%)\n             %s\n",
 		per(total), strings.Join(parts, ", "), per(signing), s.ed25519/float64(decisions), share, strings.Join(ops, ", "))
+}
+
+// gcReport prints each Go process's GC cycles and stop-the-world pause
+// time over the run, and that pause as a share of the run's wall time: the
+// part of the latency tail the collector can explain.
+func (s cpuSample) gcReport(elapsed time.Duration) string {
+	names := make([]string, 0, len(s.gcCycles))
+	for k := range s.gcCycles {
+		names = append(names, k)
+	}
+	slices.Sort(names)
+	parts := make([]string, len(names))
+	for i, k := range names {
+		parts[i] = fmt.Sprintf("%s %.0f cycles %s paused (%.2f%%)", k, s.gcCycles[k], s.gcPause[k].Round(time.Microsecond),
+			100*s.gcPause[k].Seconds()/elapsed.Seconds())
+	}
+	return "gc           " + strings.Join(parts, ", ") + " over " + elapsed.Round(time.Millisecond).String() + "\n"
 }
 
 // profileServices takes a CPU profile of every service at once, for d,

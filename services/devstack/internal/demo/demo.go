@@ -185,16 +185,21 @@ func SessionKeyOf(token string) (string, error) {
 		Sub      string `json:"sub"`
 		Sid      string `json:"sid"`
 		AuthTime int64  `json:"auth_time"`
+		IAT      int64  `json:"iat"`
+		Exp      int64  `json:"exp"`
 	}
 	if err := json.Unmarshal(payload, &c); err != nil {
 		return "", fmt.Errorf("decode token claims: %w", err)
 	}
-	var authTime *time.Time
+	p := schemas.Principal{Issuer: c.Iss, SessionID: c.Sid, Subject: c.Sub, ExpiresAt: time.Unix(c.Exp, 0)}
 	if c.AuthTime != 0 {
 		t := time.Unix(c.AuthTime, 0)
-		authTime = &t
+		p.AuthTime = &t
 	}
-	return schemas.SessionKey(c.Iss, c.Sid, c.Sub, authTime), nil
+	if c.IAT != 0 {
+		p.IssuedAt = time.Unix(c.IAT, 0)
+	}
+	return schemas.SessionKey(p), nil
 }
 
 // PrintDecisions writes the decision table.

@@ -52,9 +52,10 @@ permit (principal in Group::"ml-platform", action == Action::"endpoint.invoke", 
 )
 
 // Flows are the two governance flows that need more than one request: a
-// production release, which takes a second factor and a risk reviewer's
-// approval, and a policy change, which takes a policy admin's push and a
-// risk reviewer's approval of exactly that set.
+// production release, which takes a second factor and two risk reviewers'
+// approval of the approval request the first deny opens, used once; and a
+// policy change, which takes a policy admin's push and a risk reviewer's
+// approval of exactly that set.
 func Flows() []Flow {
 	deploy := []string{"--action", "model.deploy", "--resource", "Model:churn-predictor", "--context", `{"environment":"production"}`}
 	invoke := []string{"--action", "endpoint.invoke", "--resource", "Endpoint:fraud-scoring"}
@@ -64,11 +65,15 @@ func Flows() []Flow {
 	return []Flow{
 		{Name: "production release", Steps: []Step{
 			{Persona: "fiona", Role: schemas.RolePlatform, Args: authorize("fiona", deploy),
-				Decision: schemas.Deny, Code: schemas.CodePolicyDenied, Policy: "production-release-needs-risk-approval"},
-			{Persona: "rita", Role: schemas.RoleOperator, Args: append([]string{"approve", "--token-file", "{tokens}/rita.jwt"}, deploy...),
+				Decision: schemas.Deny, Code: schemas.CodeApprovalRequired, Policy: "production-release-needs-risk-approval"},
+			{Persona: "rita", Role: schemas.RoleOperator, Args: []string{"approvals", "approve", "{approval_id}", "--token-file", "{tokens}/rita.jwt"},
+				Decision: schemas.Allow, Policy: "risk-reviewers-approve-production-releases"},
+			{Persona: "ravi", Role: schemas.RoleOperator, Args: []string{"approvals", "approve", "{approval_id}", "--token-file", "{tokens}/ravi.jwt"},
 				Decision: schemas.Allow, Policy: "risk-reviewers-approve-production-releases"},
 			{Persona: "fiona", Role: schemas.RolePlatform, Args: authorize("fiona", deploy),
 				Decision: schemas.Allow, Policy: "ml-platform-release-production-with-approval"},
+			{Persona: "fiona", Role: schemas.RolePlatform, Args: authorize("fiona", deploy),
+				Decision: schemas.Deny, Code: schemas.CodeApprovalUsed, Policy: "production-release-needs-risk-approval"},
 			{Persona: "erin", Role: schemas.RolePlatform, Args: authorize("erin", deploy),
 				Decision: schemas.Deny, Code: schemas.CodePolicyDenied, Policy: "production-changes-need-mfa"},
 		}},
@@ -128,6 +133,7 @@ var (
 	summaryCode     = regexp.MustCompile(`\bcode=(\S+)`)
 	summaryPolicies = regexp.MustCompile(`\bpolicies=(\S+)`)
 	stagedHash      = regexp.MustCompile(`staged policy set (sha256:[0-9a-f]{64})`)
+	approvalID      = regexp.MustCompile(`\bapproval=(apr-[0-9a-f]+)`)
 )
 
 // PlayFlows writes the policy change the second flow pushes (policies/ plus
@@ -139,11 +145,11 @@ func PlayFlows(ctx context.Context, st *stack.Stack, p Paths, out io.Writer) ([]
 		return nil, err
 	}
 	var results []StepResult
-	hash := ""
+	hash, approval := "", ""
 	for _, f := range Flows() {
 		fmt.Fprintf(out, "\n-- %s\n", f.Name)
 		for _, s := range f.Steps {
-			cmd := p.command(s, hash)
+			cmd := p.command(s, hash, approval)
 			fmt.Fprintf(out, "[%s] $ %s\n", s.Persona, cmd)
 			r := StepResult{Flow: f.Name, Command: cmd, Step: s}
 			deadline := time.Now().Add(stepWait)
@@ -157,6 +163,9 @@ func PlayFlows(ctx context.Context, st *stack.Stack, p Paths, out io.Writer) ([]
 				r.Decision, r.Code, r.Policies, r.Err = parseSummary(stdout, err)
 				if m := stagedHash.FindStringSubmatch(stderr); m != nil {
 					hash = m[1]
+				}
+				if m := approvalID.FindStringSubmatch(stdout); m != nil {
+					approval = m[1]
 				}
 				if r.OK() || time.Now().After(deadline) || ctx.Err() != nil {
 					if r.Err != nil {
@@ -175,8 +184,9 @@ func PlayFlows(ctx context.Context, st *stack.Stack, p Paths, out io.Writer) ([]
 
 // command is the shell line of a step: source the role's env file, run the
 // aigov binary.
-func (p Paths) command(s Step, hash string) string {
-	fill := strings.NewReplacer("{tokens}", p.rel(filepath.Join(p.Work, "tokens")), "{work}", p.rel(p.Work), "{policy_hash}", hash)
+func (p Paths) command(s Step, hash, approval string) string {
+	fill := strings.NewReplacer("{tokens}", p.rel(filepath.Join(p.Work, "tokens")), "{work}", p.rel(p.Work), "{policy_hash}", hash,
+		"{approval_id}", approval)
 	args := make([]string, len(s.Args))
 	for i, a := range s.Args {
 		args[i] = shellQuote(fill.Replace(a))

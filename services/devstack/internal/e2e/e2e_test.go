@@ -109,8 +109,10 @@ func TestPipelineEndToEnd(t *testing.T) {
 	checkSessionRows(ctx, t, st, all)
 
 	// The governance flows of make run, each step the aigov CLI as printed:
-	// a production release with MFA and a risk approval, and a policy
-	// change pushed by a policy admin, approved, active and deciding.
+	// a production release with MFA and two risk reviewers' approval of
+	// the approval request the deny opened, allowed once and denied
+	// approval_used the second time, and a policy change pushed by a
+	// policy admin, approved, active and deciding.
 	if err := stack.WriteEnvFiles(st.NATS, st.Keys, filepath.Join(st.Dir, "env")); err != nil {
 		t.Fatal(err)
 	}
@@ -118,8 +120,8 @@ func TestPipelineEndToEnd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(steps) != 9 {
-		t.Fatalf("%d flow steps played, want 9", len(steps))
+	if len(steps) != 11 {
+		t.Fatalf("%d flow steps played, want 11", len(steps))
 	}
 	for _, s := range steps {
 		if !s.OK() {

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -318,23 +319,34 @@ func TestGatewayPythonClient(t *testing.T) {
 		return code, d, errOut
 	}
 	code, d, errOut := transition("mlflow-prod-1")
-	if code != 1 || d["decision"] != schemas.Deny || d["code"] != string(schemas.CodePolicyDenied) ||
+	if code != 1 || d["decision"] != schemas.Deny || d["code"] != string(schemas.CodeApprovalRequired) ||
 		!strings.Contains(errOut, "denied") || !slicesContain(d["policy_ids"], "production-release-needs-risk-approval") {
 		t.Fatalf("transition without approval: exit %d %v %s, want exit 1 and the risk-approval deny", code, d, errOut)
 	}
-
+	// The deny opened an approval request; two risk reviewers approve it.
+	reason, _ := d["reason"].(string)
+	approvalID := regexp.MustCompile(`apr-[0-9a-f]+`).FindString(reason)
+	if approvalID == "" {
+		t.Fatalf("the deny's reason names no approval request: %q", reason)
+	}
 	bus := []string{"--nats", st.NATS.URL(), "--tls-ca", st.NATS.CAFile(), "--trust-file", st.Keys.TrustFile, "--password", st.NATS.Password(schemas.RoleOperator)}
-	approve := exec.CommandContext(ctx, filepath.Join(built.bin, "aigov"), append([]string{"approve", "--token-file", filepath.Join(tokens, "rita.jwt"),
-		"--action", "model.promote", "--resource", "Model:churn-predictor", "--context", `{"environment":"production","model_version":"3"}`}, bus...)...)
-	if out, err := approve.CombinedOutput(); err != nil {
-		t.Fatalf("aigov approve: %v\n%s", err, out)
+	for _, reviewer := range []string{"rita", "ravi"} {
+		approve := exec.CommandContext(ctx, filepath.Join(built.bin, "aigov"), append([]string{"approvals", "approve", approvalID,
+			"--token-file", filepath.Join(tokens, reviewer+".jwt")}, bus...)...)
+		if out, err := approve.CombinedOutput(); err != nil {
+			t.Fatalf("aigov approvals approve as %s: %v\n%s", reviewer, err, out)
+		}
 	}
 
 	code, d, errOut = transition("mlflow-prod-2")
 	if code != 0 || d["decision"] != schemas.Allow || !slicesContain(d["policy_ids"], "ml-platform-release-production-with-approval") {
 		t.Fatalf("transition after the approval: exit %d %v %s, want exit 0 and an allow", code, d, errOut)
 	}
-	if err := demo.WaitAudited(ctx, st.DB, []string{"mlflow-prod-1", "mlflow-prod-2"}, 30*time.Second); err != nil {
+	code, d, errOut = transition("mlflow-prod-3")
+	if code != 1 || d["code"] != string(schemas.CodeApprovalUsed) {
+		t.Fatalf("a second transition on the same approval: exit %d %v %s, want exit 1 and approval_used", code, d, errOut)
+	}
+	if err := demo.WaitAudited(ctx, st.DB, []string{"mlflow-prod-1", "mlflow-prod-2", "mlflow-prod-3"}, 30*time.Second); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -22,14 +22,7 @@ const SelfProcess = "nats+load"
 // A benchmark reads it before and after a run.
 func (st *Stack) CPUTimes() (map[string]time.Duration, error) {
 	out := map[string]time.Duration{}
-	st.mu.Lock()
-	pids := map[string]int{}
-	for name, p := range st.procs {
-		if p.cmd != nil && p.cmd.Process != nil {
-			pids[name] = p.cmd.Process.Pid
-		}
-	}
-	st.mu.Unlock()
+	pids := st.pids()
 	for name, pid := range pids {
 		d, err := proc.CPUTime(pid)
 		if err != nil {
@@ -100,4 +93,41 @@ func (st *Stack) MetricSum(ctx context.Context, service, metric string, match ..
 		sum += v
 	}
 	return sum, sc.Err()
+}
+
+// PeakRSSes is each process's peak resident set size, named as CPUTimes
+// names them (the embedded NATS server and the load generator share
+// SelfProcess).
+func (st *Stack) PeakRSSes() (map[string]int64, error) {
+	out := map[string]int64{}
+	pids := st.pids()
+	for name, pid := range pids {
+		v, err := proc.PeakRSS(pid)
+		if err != nil {
+			return nil, err
+		}
+		out[name] = v
+	}
+	v, err := st.ClickHouse.PeakRSS()
+	if err != nil {
+		return nil, err
+	}
+	out["clickhouse"] = v
+	if out[SelfProcess], err = proc.PeakRSS(0); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// pids is the pid of each running service process, by name.
+func (st *Stack) pids() map[string]int {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	pids := map[string]int{}
+	for name, p := range st.procs {
+		if p.cmd != nil && p.cmd.Process != nil {
+			pids[name] = p.cmd.Process.Pid
+		}
+	}
+	return pids
 }

@@ -32,6 +32,7 @@ import (
 	"github.com/aigov/aigov/services/devenv/devkeys"
 	"github.com/aigov/aigov/services/devenv/idp"
 	"github.com/aigov/aigov/services/devenv/natsdev"
+	"github.com/aigov/aigov/services/devenv/proc"
 )
 
 // Services are the four pipeline binaries, in start order: the sink first,
@@ -61,7 +62,7 @@ type Options struct {
 	// NATSPort, IdPPort, ClickHousePort, HTTPBasePort (services use
 	// HTTPBasePort+1..4 as authn, policy, audit, reaper) fix ports for a demo users can talk to.
 	NATSPort, IdPPort, ClickHousePort, HTTPBasePort int
-	// SessionMaxAge and ReaperInterval configure the reaper.
+	// SessionMaxAge configures the reaper, authn and policy (AIGOV_SESSION_MAX_AGE); ReaperInterval the reaper.
 	SessionMaxAge, ReaperInterval time.Duration
 	// LeaseHeartbeatTTL is how long a job lease lives without a heartbeat
 	// (the reaper's AIGOV_LEASE_HEARTBEAT_TTL); zero keeps its default.
@@ -79,6 +80,8 @@ type Options struct {
 	// AIGOV_OIDC_CONFIG format (a real IdP such as Dex, Keycloak or Entra);
 	// authn trusts them besides the dev IdP.
 	Issuers string
+	// NATSSyncAlways fsyncs every JetStream write (natsdev.Options.SyncAlways).
+	NATSSyncAlways bool
 }
 
 // Stack is a running pipeline.
@@ -199,7 +202,7 @@ func Start(ctx context.Context, opts Options) (st *Stack, err error) {
 	if st.Keys, err = devkeys.Generate(filepath.Join(opts.Dir, "keys")); err != nil {
 		return st, fmt.Errorf("stack: signing keys: %w", err)
 	}
-	st.NATS, err = natsdev.Start(natsdev.Options{Dir: filepath.Join(opts.Dir, "nats"), Port: opts.NATSPort, Tenants: opts.Tenants})
+	st.NATS, err = natsdev.Start(natsdev.Options{Dir: filepath.Join(opts.Dir, "nats"), Port: opts.NATSPort, Tenants: opts.Tenants, SyncAlways: opts.NATSSyncAlways})
 	if err != nil {
 		return st, err
 	}
@@ -291,6 +294,12 @@ func (st *Stack) env(name, httpAddr string) []string {
 		e = append(e, "AIGOV_SIGNING_KEY="+st.Keys.KeyFile(name))
 	}
 	switch name {
+	case "authn", "policy", "reaper":
+		// The three end a session alike: authn and policy check its max
+		// age from the token, so it holds while the reaper is down.
+		e = append(e, "AIGOV_SESSION_MAX_AGE="+st.opts.SessionMaxAge.String())
+	}
+	switch name {
 	case "authn":
 		if st.issuersPath != "" {
 			e = append(e, "AIGOV_OIDC_CONFIG="+st.issuersPath)
@@ -311,7 +320,7 @@ func (st *Stack) env(name, httpAddr string) []string {
 			// `aigov audit verify` reads its .pub next to it.
 			"AIGOV_AUDIT_SIGNING_KEY="+st.AuditKeyPath(), "AIGOV_AUDIT_SIGNING_KEY_CREATE=true")
 	case "reaper":
-		e = append(e, "AIGOV_SESSION_MAX_AGE="+st.opts.SessionMaxAge.String(), "AIGOV_REAPER_INTERVAL="+st.opts.ReaperInterval.String(),
+		e = append(e, "AIGOV_REAPER_INTERVAL="+st.opts.ReaperInterval.String(),
 			// Back-channel logout for the dev IdP's sessions.
 			"AIGOV_LOGOUT_ADDR="+st.logoutAddr, "AIGOV_OIDC_ISSUERS="+st.IdP.Issuer(), "AIGOV_OIDC_AUDIENCE="+st.IdP.ClientID())
 		if st.opts.LeaseHeartbeatTTL > 0 {
@@ -468,19 +477,11 @@ func (st *Stack) PeakRSS(name string) int64 {
 	if !ok {
 		return 0
 	}
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(p.cmd.Process.Pid) + "/status")
+	rss, err := proc.PeakRSS(p.cmd.Process.Pid)
 	if err != nil {
 		return 0
 	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-			if err == nil {
-				return kb << 10
-			}
-		}
-	}
-	return 0
+	return rss
 }
 
 // LogPath is the log file of a service.

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/aigov/aigov/schemas/sessionlimits"
 	"github.com/aigov/aigov/services/runtime"
 )
 
@@ -30,6 +31,10 @@ type Config struct {
 	// decision-time recheck (AIGOV_POLICY_REVOCATIONS_MAX); above it every
 	// request reads the revocation bucket.
 	RevocationsMax int
+	// SessionLimits are the session max age and its rules
+	// (AIGOV_SESSION_MAX_AGE, AIGOV_REAPER_CONFIG), checked again at
+	// decision time.
+	SessionLimits sessionlimits.Limits
 }
 
 // LoadConfig reads the policy service's variables; violations are recorded
@@ -47,5 +52,6 @@ func LoadConfig(e *runtime.Env) Config {
 		ApprovalTeams:  e.List("AIGOV_APPROVAL_TEAMS", []string{"risk-reviewers", "security"}),
 		ApprovalTTL:    e.Duration("AIGOV_APPROVAL_TTL", 24*time.Hour),
 		RevocationsMax: e.Int("AIGOV_POLICY_REVOCATIONS_MAX", DefaultRevocationsMax, 1),
+		SessionLimits:  runtime.LoadSessionLimits(e),
 	}
 }

@@ -37,9 +37,16 @@ func (s *Service) effects(ctx context.Context, v schemas.Verified, d *schemas.De
 			return err
 		}
 	case schemas.ActionApprovalGrant:
-		if err := s.grant(ctx, v, d); err != nil {
+		review := s.grant
+		if id, ok := v.Request.Context[schemas.ContextApprovalID]; ok && id != nil {
+			review = s.review
+		}
+		if err := review(ctx, v, d); err != nil {
 			return err
 		}
+	}
+	if d.Allowed() && res.Granted {
+		return s.useApproval(ctx, v, d, res)
 	}
 	if d.Allowed() && len(res.Approvals) > 0 {
 		use := schemas.ApprovalUse{

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/aigov/aigov/schemas"
+	"github.com/aigov/aigov/schemas/sessionlimits"
 	"github.com/aigov/aigov/services/policy/engine"
 )
 
@@ -15,8 +16,8 @@ const DefaultRevocationsMax = 500000
 
 // recheck re-applies, at decision time, the checks authn made when the
 // request arrived and that time can undo while the verified event waits in
-// AIGOV_VERIFIED: the token's expiry, and the session's (and the job
-// lease's) revocation. It returns the deny to publish, or nil to let Cedar
+// AIGOV_VERIFIED: the token's expiry, the session's revocation and max age
+// (from the token: sessionlimits), and the job lease's revocation. It returns the deny to publish, or nil to let Cedar
 // decide. An error means the answer is unknown (the revocation set could
 // neither answer nor read the bucket): the runner redelivers, so a request
 // is never allowed for want of a check.
@@ -44,11 +45,17 @@ func (s *Service) recheck(ctx context.Context, v schemas.Verified, snap *snapsho
 	if err != nil {
 		return nil, fmt.Errorf("revocation recheck of request %s: %w", v.RequestID, err)
 	}
-	switch {
-	case recs[0] != nil:
+	if recs[0] != nil {
 		code, reason := recs[0].SessionDenial()
 		return s.recheckDeny(v, snap, s.clock(), code, reason), nil
-	case recs[1] != nil:
+	}
+	// Max age holds without the reaper: a session the token dates is over
+	// at its max age, revocation written or not (authn's check, again at
+	// decision time, for a request that waited in the stream).
+	if maxAge, over := s.limits.CheckToken(v.Principal, now); over {
+		return s.recheckDeny(v, snap, now, schemas.CodeSessionExpired, sessionlimits.MaxAgeReason(maxAge)), nil
+	}
+	if recs[1] != nil {
 		code, reason := recs[1].LeaseDenial()
 		return s.recheckDeny(v, snap, s.clock(), code, reason), nil
 	}

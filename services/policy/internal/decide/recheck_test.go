@@ -12,6 +12,7 @@ import (
 
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/schemas/killswitch"
+	"github.com/aigov/aigov/schemas/sessionlimits"
 )
 
 // allowedRequest is alice's request that the sample policies allow
@@ -258,7 +259,7 @@ func assertAllDenied(t *testing.T, got map[string]schemas.Decision, n int, code 
 func TestQueuedRequestsOfARevokedSessionAreDenied(t *testing.T) {
 	t.Parallel()
 	const n = 200
-	session := schemas.SessionKey(testIss, "sid-queued", "alice", nil)
+	session := schemas.SessionKey(schemas.Principal{Issuer: testIss, SessionID: "sid-queued", Subject: "alice"})
 	h := newHarness(t, 32)
 	got := queueAndDecide(t, h, n, session, func(*schemas.Verified) {}, func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -299,7 +300,7 @@ func TestQueuedRequestsWithAnExpiredTokenAreDenied(t *testing.T) {
 		exp = exp.Add(time.Second)
 	}
 	h := newHarness(t, 32)
-	got := queueAndDecide(t, h, n, schemas.SessionKey(testIss, "sid-short", "alice", nil),
+	got := queueAndDecide(t, h, n, schemas.SessionKey(schemas.Principal{Issuer: testIss, SessionID: "sid-short", Subject: "alice"}),
 		func(v *schemas.Verified) { v.Principal.ExpiresAt = exp },
 		func() {
 			if time.Now().After(exp) {
@@ -308,6 +309,33 @@ func TestQueuedRequestsWithAnExpiredTokenAreDenied(t *testing.T) {
 			time.Sleep(time.Until(exp) + 10*time.Millisecond)
 		})
 	assertAllDenied(t, got, n, schemas.CodeTokenExpired)
+}
+
+// TestQueuedRequestsPastMaxAgeAreDenied is issue 18's reaper outage at
+// decision time: 200 requests of one session, verified while it was young
+// enough, wait in AIGOV_VERIFIED until its max age (from auth_time) has
+// passed; no reaper runs, so no revocation is ever written. Policy then
+// starts and allows none of them: all 200 are stored denies
+// session_expired (the control, a younger session, is allowed).
+func TestQueuedRequestsPastMaxAgeAreDenied(t *testing.T) {
+	t.Parallel()
+	const n = 200
+	const maxAge = time.Hour
+	due := time.Now().Add(1500 * time.Millisecond)
+	authTime := due.Add(-maxAge).UTC()
+	h := newHarness(t, 32, func(d *Deps) { d.SessionLimits = sessionlimits.Limits{MaxAge: maxAge} })
+	got := queueAndDecide(t, h, n, schemas.SessionKey(schemas.Principal{Issuer: testIss, SessionID: "sid-old", Subject: "alice"}),
+		func(v *schemas.Verified) { v.Principal.AuthTime, v.Principal.SessionID = &authTime, "sid-old" },
+		func() {
+			if time.Now().After(due) {
+				t.Fatal("the session reached its max age before all requests were queued; the test proves nothing")
+			}
+			time.Sleep(time.Until(due) + 10*time.Millisecond)
+		})
+	assertAllDenied(t, got, n, schemas.CodeSessionExpired)
+	if r := got["queued-0"].Reason; r != "session exceeded max age 1h0m0s" {
+		t.Errorf("reason %q", r)
+	}
 }
 
 // TestRevocationRightBeforeTheDecisionDenies: with policy running, a

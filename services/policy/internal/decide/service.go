@@ -16,6 +16,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/aigov/aigov/schemas"
+	"github.com/aigov/aigov/schemas/sessionlimits"
 	"github.com/aigov/aigov/schemas/signing"
 	"github.com/aigov/aigov/services/policy/engine"
 	"github.com/aigov/aigov/services/runtime"
@@ -46,8 +47,11 @@ type Deps struct {
 	// ApprovalTeams are the groups whose members' approvals count, as
 	// teams, in context.approvals.
 	ApprovalTeams []string
-	// ApprovalTTL is how long an approval counts.
+	// ApprovalTTL is how long an approval counts, and how long an approval
+	// request stays open.
 	ApprovalTTL time.Duration
+	// Notifier is told of approval request events (nil: nobody is).
+	Notifier Notifier
 	// Clock defaults to time.Now.
 	Clock func() time.Time
 	Log   zerolog.Logger
@@ -58,6 +62,10 @@ type Deps struct {
 	// RevocationsMax bounds the revocation keys held in memory for the
 	// decision-time recheck; zero means DefaultRevocationsMax.
 	RevocationsMax int
+	// SessionLimits bound a session's age from its token at decision time
+	// (AIGOV_SESSION_MAX_AGE, AIGOV_REAPER_CONFIG); zero MaxAge checks
+	// nothing.
+	SessionLimits sessionlimits.Limits
 	// Signer signs every decision and governance event.
 	Signer *signing.Signer
 	// Trust holds authn's public keys: a verified event not signed by
@@ -78,11 +86,13 @@ type Service struct {
 	seedEnts  cedar.EntityMap
 	teams     []string
 	ttl       time.Duration
+	notify    Notifier
 	clock     func() time.Time
 	kv        buckets
 	log       zerolog.Logger
 	runner    *runtime.Runner
 	revs      *revocation.Set
+	limits    sessionlimits.Limits
 	trust     *signing.Trust
 	decisions *prometheus.CounterVec
 	evalTime  prometheus.Histogram
@@ -116,8 +126,10 @@ func NewService(d Deps) (*Service, error) {
 		seedEnts: d.SeedEntities,
 		teams:    d.ApprovalTeams,
 		ttl:      d.ApprovalTTL,
+		notify:   d.Notifier,
 		clock:    d.Clock,
 		trust:    d.Trust,
+		limits:   d.SessionLimits,
 		log:      d.Log.With().Str("component", "decide").Logger(),
 		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "aigov_policy_decisions_total",
@@ -194,10 +206,11 @@ func (s *Service) Run(ctx context.Context) (err error) {
 	defer stop()
 	policyReady, entitiesReady := make(chan struct{}), make(chan struct{})
 	var wg sync.WaitGroup
-	errs := make(chan error, 3)
+	errs := make(chan error, 4)
 	wg.Go(func() { errs <- s.watchPolicy(wctx, policyReady) })
 	wg.Go(func() { errs <- s.watchEntities(wctx, entitiesReady) })
 	wg.Go(func() { errs <- s.watchApprovals(wctx) })
+	wg.Go(func() { errs <- s.watchRequests(wctx) })
 	wg.Go(func() { s.revs.Run(wctx) }) // rewatches by itself; lookups fail closed meanwhile
 	// Stop before waiting: the watchers run until wctx ends, also when Run
 	// returns early with an error.
@@ -276,8 +289,13 @@ func (s *Service) Handle(ctx context.Context, m jetstream.Msg) error {
 		res := snap.eval.Evaluate(v)
 		s.evalTime.Observe(time.Since(start).Seconds())
 		d = res.Decision
-		if d.Allowed() {
+		switch {
+		case d.Allowed():
 			if err := s.effects(ctx, v, &d, res, snap); err != nil {
+				return err
+			}
+		case d.Code == schemas.CodeApprovalRequired && len(res.Need) > 0:
+			if err := s.requireApproval(ctx, v, &d, res); err != nil {
 				return err
 			}
 		}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -32,6 +33,11 @@ type harness struct {
 	keys  *devkeys.Set
 	stop  context.CancelFunc
 	done  chan error
+	// skew is added to the service's clock (nanoseconds): tests move
+	// time forward past approval expiries.
+	skew *atomic.Int64
+	// settled counts the verified events decide sent (decideOne).
+	settled uint64
 }
 
 func startHarness(t *testing.T, workers int) *harness {
@@ -43,7 +49,7 @@ func startHarness(t *testing.T, workers int) *harness {
 
 // newHarness is startHarness without starting the service, so a test can
 // queue verified events while policy is down (h.start starts it).
-func newHarness(t *testing.T, workers int) *harness {
+func newHarness(t *testing.T, workers int, edit ...func(*Deps)) *harness {
 	t.Helper()
 	srv := natsdev.StartT(t, natsdev.Options{})
 	admin, err := srv.Connect(natsdev.AdminUser)
@@ -69,16 +75,22 @@ func newHarness(t *testing.T, workers int) *harness {
 	}
 	reg := prometheus.NewRegistry()
 	keys := devkeys.New(t)
-	svc, err := NewService(Deps{
-		NC: nc, JS: pjs, Topology: topo, Seed: seedSet(t), SeedEntities: sampleStore(t).Entities(),
+	skew := new(atomic.Int64)
+	deps := Deps{
+		Clock: func() time.Time { return time.Now().Add(time.Duration(skew.Load())) },
+		NC:    nc, JS: pjs, Topology: topo, Seed: seedSet(t), SeedEntities: sampleStore(t).Entities(),
 		ApprovalTeams: []string{"risk-reviewers"}, ApprovalTTL: time.Hour,
 		Log: zerolog.New(zerolog.NewTestWriter(t)), Registry: reg, Workers: workers,
 		Signer: keys.Signer(schemas.RolePolicy), Trust: keys.Trust(),
-	})
+	}
+	for _, f := range edit {
+		f(&deps)
+	}
+	svc, err := NewService(deps)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &harness{srv: srv, admin: admin, js: js, topo: topo, svc: svc, reg: reg, keys: keys, done: make(chan error, 1)}
+	return &harness{srv: srv, admin: admin, js: js, topo: topo, svc: svc, reg: reg, keys: keys, done: make(chan error, 1), skew: skew}
 }
 
 // start runs the service until the test ends.

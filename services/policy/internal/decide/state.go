@@ -48,8 +48,12 @@ type state struct {
 	pending map[string]int
 	amu     sync.RWMutex
 
-	// policySeen and approvalsSeen are the revisions the watches applied.
-	policySeen, approvalsSeen *revisions
+	// requests are the approval requests (approvals.go).
+	requests *requestIndex
+
+	// policySeen, approvalsSeen and requestsSeen are the revisions the
+	// watches applied.
+	policySeen, approvalsSeen, requestsSeen *revisions
 }
 
 // snapshot is one consistent view: the evaluator and the revision of the
@@ -61,7 +65,7 @@ type snapshot struct {
 
 func newState(log zerolog.Logger, clock func() time.Time) *state {
 	return &state{log: log, clock: clock, entities: map[string]cedar.Entity{}, approvals: map[string]map[string]schemas.Approval{}, pending: map[string]int{},
-		policySeen: newRevisions(), approvalsSeen: newRevisions()}
+		requests: newRequestIndex(), policySeen: newRevisions(), approvalsSeen: newRevisions(), requestsSeen: newRevisions()}
 }
 
 // snapshot returns the current view; nil until the set and store loaded.
@@ -72,7 +76,7 @@ func (s *state) rebuild() {
 	if s.set == nil || s.store == nil {
 		return
 	}
-	ev, err := engine.NewEvaluator(s.set, s.store, engine.Options{Approvals: s.lookupApprovals, Pending: s.hasPending, Clock: s.clock})
+	ev, err := engine.NewEvaluator(s.set, s.store, engine.Options{Approvals: s.lookupApprovals, Pending: s.hasPending, Requests: s.requests.lookup, Clock: s.clock})
 	if err != nil {
 		// Both inputs are non-nil here; NewEvaluator fails only without them.
 		s.log.Error().Err(err).Msg("evaluator not rebuilt")
@@ -195,7 +199,7 @@ func (s *state) unpend(a schemas.Approval) {
 
 // buckets are the KV buckets the service works with.
 type buckets struct {
-	policy, proposals, entities, approvals jetstream.KeyValue
+	policy, proposals, entities, approvals, requests jetstream.KeyValue
 }
 
 func openBuckets(ctx context.Context, js jetstream.JetStream, t schemas.Topology) (buckets, error) {
@@ -206,6 +210,7 @@ func openBuckets(ctx context.Context, js jetstream.JetStream, t schemas.Topology
 	}{
 		{t.BucketPolicy(), &b.policy}, {t.BucketPolicyProposals(), &b.proposals},
 		{t.BucketEntities(), &b.entities}, {t.BucketApprovals(), &b.approvals},
+		{t.BucketApprovalRequests(), &b.requests},
 	} {
 		kv, err := js.KeyValue(ctx, x.name)
 		if err != nil {

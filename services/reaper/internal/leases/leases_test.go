@@ -108,7 +108,7 @@ func (h *harness) decide(requestID, action string, p schemas.Principal, ctx map[
 	d := schemas.Decision{
 		RequestID: requestID, Action: action, Resource: schemas.Resource{Type: "Model", ID: "churn"}, Context: ctx,
 		Principal: &p, Decision: schemas.Allow, Stage: schemas.StagePolicy, PolicyIDs: []string{"p"}, PolicyVersion: "v",
-		SessionKey: schemas.SessionKey(p.Issuer, p.SessionID, p.Subject, nil), Timings: schemas.Timings{ReceivedAt: now, DecidedAt: now},
+		SessionKey: schemas.SessionKey(p), Timings: schemas.Timings{ReceivedAt: now, DecidedAt: now},
 		Lease: schemas.LeaseFor(action, requestID, now, schemas.DefaultLeaseTTL),
 	}
 	ev, err := schemas.NewEvent(schemas.DerivedID(requestID, "decision"), "aigov/policy", schemas.TypeDecision, now, d)

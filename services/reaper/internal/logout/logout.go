@@ -26,6 +26,7 @@ import (
 	"github.com/aigov/aigov/schemas/killswitch"
 	"github.com/aigov/aigov/services/reaper/internal/kvttl"
 	"github.com/aigov/aigov/services/runtime"
+	"github.com/aigov/aigov/services/runtime/oidcfile"
 )
 
 // EventBackchannelLogout is the member of the events claim that marks a
@@ -40,10 +41,15 @@ const maxBody = 16 << 10
 
 // Config says whose logout tokens are accepted.
 type Config struct {
-	// Issuers are the exact trusted issuer URLs (AIGOV_OIDC_ISSUERS).
+	// Issuers are the exact trusted issuer URLs: AIGOV_OIDC_ISSUERS, or the
+	// issuers of authn's AIGOV_OIDC_CONFIG file.
 	Issuers []string
 	// Audience is aigov's client id at the issuers (AIGOV_LOGOUT_AUDIENCE).
 	Audience string
+	// Audiences overrides Audience per issuer: with AIGOV_OIDC_CONFIG and no
+	// AIGOV_LOGOUT_AUDIENCE, an issuer's first audience in the file (the
+	// client id its logout tokens are addressed to).
+	Audiences map[string]string
 	// MaxAge is how old a token's iat may be (AIGOV_LOGOUT_MAX_AGE).
 	MaxAge time.Duration
 	// Skew is the clock skew allowed for an iat in the future.
@@ -271,7 +277,11 @@ func (h *Handler) verifier(ctx context.Context, issuer string) (*oidc.IDTokenVer
 		return nil, fmt.Errorf("discover issuer %s: %w", issuer, err)
 	}
 	// The key set keeps using h.client (with its timeout) for refreshes.
-	v := p.Verifier(&oidc.Config{ClientID: h.cfg.Audience, Now: h.now})
+	aud := h.cfg.Audience
+	if a, ok := h.cfg.Audiences[issuer]; ok {
+		aud = a
+	}
+	v := p.Verifier(&oidc.Config{ClientID: aud, Now: h.now})
 	h.verifiers[issuer] = v
 	return v, nil
 }
@@ -309,9 +319,27 @@ func LoadConfig(e *runtime.Env) (addr string, c Config) {
 	if addr == "" {
 		return "", c
 	}
+	file := e.String("AIGOV_OIDC_CONFIG", "")
 	c.Issuers = e.List("AIGOV_OIDC_ISSUERS", nil)
-	if len(c.Issuers) == 0 {
-		e.Fail("AIGOV_OIDC_ISSUERS is required when AIGOV_LOGOUT_ADDR is set")
+	switch {
+	case file != "" && len(c.Issuers) > 0:
+		e.Fail("set AIGOV_OIDC_CONFIG or AIGOV_OIDC_ISSUERS, not both")
+	case file != "":
+		d, err := oidcfile.Read(file)
+		if err != nil {
+			e.Fail("AIGOV_OIDC_CONFIG: %w", err)
+			break
+		}
+		audienceSet := e.String("AIGOV_LOGOUT_AUDIENCE", "") != ""
+		c.Audiences = map[string]string{}
+		for _, is := range d.Issuers {
+			c.Issuers = append(c.Issuers, is.URL)
+			if !audienceSet && len(is.Audiences) > 0 {
+				c.Audiences[is.URL] = is.Audiences[0]
+			}
+		}
+	case len(c.Issuers) == 0:
+		e.Fail("AIGOV_OIDC_ISSUERS or AIGOV_OIDC_CONFIG is required when AIGOV_LOGOUT_ADDR is set")
 	}
 	if c.MaxAge <= 0 || c.HTTPTimeout <= 0 {
 		e.Fail("AIGOV_LOGOUT_MAX_AGE and AIGOV_OIDC_HTTP_TIMEOUT must be positive")

@@ -9,6 +9,9 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -21,6 +24,7 @@ import (
 	"github.com/aigov/aigov/schemas/killswitch"
 	"github.com/aigov/aigov/services/devenv/natsdev"
 	"github.com/aigov/aigov/services/reaper/internal/logout"
+	"github.com/aigov/aigov/services/runtime"
 )
 
 // idp serves OIDC discovery and a JWKS over real HTTP, and signs tokens.
@@ -94,6 +98,14 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
+	return newEnvConfig(t, func(issuer string) logout.Config {
+		return logout.Config{Issuers: []string{issuer}, Audience: "aigov", MaxAge: 5 * time.Minute, Skew: 30 * time.Second, HTTPTimeout: 5 * time.Second}
+	})
+}
+
+// newEnvConfig serves a handler with the config cfg makes for the test IdP.
+func newEnvConfig(t *testing.T, cfg func(issuer string) logout.Config) *env {
+	t.Helper()
 	srv := natsdev.StartT(t, natsdev.Options{})
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	t.Cleanup(cancel)
@@ -113,7 +125,7 @@ func newEnv(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h, err := logout.New(ctx, logout.Config{Issuers: []string{e.idp.srv.URL}, Audience: "aigov", MaxAge: 5 * time.Minute, Skew: 30 * time.Second, HTTPTimeout: 5 * time.Second},
+	h, err := logout.New(ctx, cfg(e.idp.srv.URL),
 		logout.Deps{JS: js, Topology: e.topo, Switch: sw, Log: zerolog.Nop(), Now: time.Now})
 	if err != nil {
 		t.Fatal(err)
@@ -159,7 +171,7 @@ func (e *env) revocation(key string) (schemas.Revocation, bool) {
 func TestValidLogoutRevokesThenReplayRefused(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	key := schemas.SessionKey(e.idp.srv.URL, "sid-1", "", nil)
+	key := schemas.SessionKey(schemas.Principal{Issuer: e.idp.srv.URL, SessionID: "sid-1"})
 	rec, _ := json.Marshal(killswitch.Session{SessionKey: key, Issuer: e.idp.srv.URL, Subject: "alice",
 		PrincipalID: schemas.PrincipalID(e.idp.srv.URL, "alice"), SessionID: "sid-1", FirstSeen: time.Now(), LastSeen: time.Now()})
 	kv, _ := e.admin.KeyValue(e.ctx, e.topo.BucketSessions())
@@ -234,7 +246,7 @@ func TestInvalidLogoutTokens(t *testing.T) {
 	if code, _ := e.post(forged); code != http.StatusBadRequest {
 		t.Errorf("bad signature: %d, want 400", code)
 	}
-	if _, ok := e.revocation(schemas.SessionKey(e.idp.srv.URL, "sid-1", "", nil)); ok {
+	if _, ok := e.revocation(schemas.SessionKey(schemas.Principal{Issuer: e.idp.srv.URL, SessionID: "sid-1"})); ok {
 		t.Error("an invalid logout token revoked the session")
 	}
 	// A token with only sub (no sid) revokes the subject's sessions.
@@ -242,5 +254,45 @@ func TestInvalidLogoutTokens(t *testing.T) {
 	delete(c, "sid")
 	if code, body := e.post(e.idp.sign(t, "", c)); code != http.StatusOK {
 		t.Errorf("sub-only token without typ: %d %v, want 200", code, body)
+	}
+}
+
+// Issuers configured by file (authn's AIGOV_OIDC_CONFIG) are trusted for
+// back-channel logout too, each with the client id the file gives it; the
+// two ways of naming issuers cannot be mixed.
+func TestLogoutTrustsIssuersFromConfigFile(t *testing.T) {
+	t.Parallel()
+	var loaded logout.Config
+	e := newEnvConfig(t, func(issuer string) logout.Config {
+		path := filepath.Join(t.TempDir(), "issuers.yaml")
+		doc := "issuers:\n  - url: " + issuer + "\n    audiences: [aigov-file, other]\n"
+		if err := os.WriteFile(path, []byte(doc), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		env := runtime.NewEnv(runtime.MapLookup(map[string]string{"AIGOV_LOGOUT_ADDR": "127.0.0.1:0", "AIGOV_OIDC_CONFIG": path}))
+		_, loaded = logout.LoadConfig(env)
+		if err := env.Err(); err != nil {
+			t.Fatalf("config from file: %v", err)
+		}
+		return loaded
+	})
+	if !slices.Equal(loaded.Issuers, []string{e.idp.srv.URL}) || loaded.Audiences[e.idp.srv.URL] != "aigov-file" {
+		t.Fatalf("loaded %+v, want the file's issuer with client id aigov-file", loaded)
+	}
+	wrong := e.idp.claims(time.Now(), "jti-wrong-aud") // addressed to "aigov", not this issuer's client id
+	if code, body := e.post(e.idp.sign(t, "logout+jwt", wrong)); code != http.StatusBadRequest {
+		t.Errorf("logout token for another client id: %d %v, want 400", code, body)
+	}
+	right := e.idp.claims(time.Now(), "jti-file")
+	right["aud"] = "aigov-file"
+	if code, body := e.post(e.idp.sign(t, "logout+jwt", right)); code != http.StatusOK {
+		t.Fatalf("logout from an issuer configured by file: %d %v, want 200", code, body)
+	}
+
+	both := runtime.NewEnv(runtime.MapLookup(map[string]string{"AIGOV_LOGOUT_ADDR": "127.0.0.1:0",
+		"AIGOV_OIDC_CONFIG": "/nonexistent.yaml", "AIGOV_OIDC_ISSUERS": "https://idp.example"}))
+	logout.LoadConfig(both)
+	if err := both.Err(); err == nil || !strings.Contains(err.Error(), "not both") {
+		t.Errorf("both AIGOV_OIDC_CONFIG and AIGOV_OIDC_ISSUERS: %v, want a refusal", err)
 	}
 }

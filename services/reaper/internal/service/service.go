@@ -71,6 +71,7 @@ func Workers(ctx context.Context, svc *runtime.Service, cfg Config) ([]runtime.W
 	leaseRunner := runtime.NewRunner(schemas.ConsumerReaperLeases, svc.Log, svc.HTTP.Registry, cfg.Sessions.Workers)
 	workers := []runtime.Worker{
 		func(ctx context.Context) error { return runner.Run(ctx, cons, reaper.Track) },
+		reaper.RunViews,
 		reaper.RunExpiry,
 		func(ctx context.Context) error { return leaseRunner.Run(ctx, leaseCons, ls.Handle) },
 		ls.Run,

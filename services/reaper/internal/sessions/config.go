@@ -5,22 +5,30 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/aigov/aigov/schemas/sessionlimits"
 	"github.com/aigov/aigov/services/runtime"
 )
 
 // Defaults of the reaper's settings.
 const (
-	DefaultMaxAge      = 8 * time.Hour
+	DefaultMaxAge      = sessionlimits.DefaultMaxAge
 	DefaultIdleTimeout = time.Hour
 	DefaultInterval    = time.Second
 	DefaultMaxScan     = 100000
 	DefaultWorkers     = 4
+	// DefaultSessionsMax bounds the live sessions held in memory; a record
+	// takes about 1 to 3 KB (it keeps up to 32 token fingerprints).
+	DefaultSessionsMax = 100000
+	// DefaultRevocationsMax bounds the revocation keys held in memory,
+	// authn's and policy's default too.
+	DefaultRevocationsMax = 500000
 	// DefaultTTLGrace of zero gives session records no per-key bound of
 	// their own beyond the bucket's retention (see Config.TTLGrace).
 	DefaultTTLGrace = 0
 	// DefaultTouchGranularity is how stale a record's last_seen may get
-	// before a request of a known token rewrites it.
-	DefaultTouchGranularity = time.Second
+	// before a request of a known token rewrites it: a busy session's
+	// record is written at most this often.
+	DefaultTouchGranularity = 5 * time.Second
 )
 
 // touchGranularityDivisor keeps the coalescing granularity well below the
@@ -34,9 +42,10 @@ const minInterval = 10 * time.Millisecond
 // Config is the reaper's whole configuration.
 type Config struct {
 	runtime.Common
-	// MaxAge bounds a session's life, measured from the token's auth_time,
-	// or from when the reaper first saw the session when the IdP sends no
-	// auth_time (AIGOV_SESSION_MAX_AGE).
+	// MaxAge bounds a session's life, measured from its start
+	// (killswitch.Session.Start: auth_time, else the iat of a one-token
+	// session, else when the reaper first saw it) (AIGOV_SESSION_MAX_AGE;
+	// authn and policy enforce it too, package sessionlimits).
 	MaxAge time.Duration
 	// IdleTimeout ends a session not seen for this long
 	// (AIGOV_SESSION_IDLE_TIMEOUT).
@@ -48,6 +57,16 @@ type Config struct {
 	MaxScan int
 	// Workers handle verified events concurrently (AIGOV_REAPER_WORKERS).
 	Workers int
+	// SessionsMax bounds the live sessions the reaper holds in memory
+	// (AIGOV_REAPER_SESSIONS_MAX); zero means DefaultSessionsMax. With more
+	// in the bucket the in-memory view is dropped and every verified
+	// request reads its session from the bucket, until a reload a minute
+	// later finds at most this many.
+	SessionsMax int
+	// RevocationsMax bounds the revocation keys held in memory
+	// (AIGOV_REAPER_REVOCATIONS_MAX); zero means DefaultRevocationsMax.
+	// Above it requests read the revocation bucket instead.
+	RevocationsMax int
 	// Limits override MaxAge and IdleTimeout per issuer, principal type and
 	// group, read from the JSON file AIGOV_REAPER_CONFIG names.
 	Limits []Limit
@@ -79,7 +98,10 @@ func LoadConfig(e *runtime.Env) Config {
 		Interval:    e.Duration("AIGOV_REAPER_INTERVAL", DefaultInterval),
 		MaxScan:     e.Int("AIGOV_REAPER_MAX_SCAN", DefaultMaxScan, 1),
 		Workers:     e.Int("AIGOV_REAPER_WORKERS", DefaultWorkers, 1),
-		TTLGrace:    e.Duration("AIGOV_REAPER_TTL_GRACE", DefaultTTLGrace),
+		SessionsMax: e.Int("AIGOV_REAPER_SESSIONS_MAX", DefaultSessionsMax, 1),
+
+		RevocationsMax: e.Int("AIGOV_REAPER_REVOCATIONS_MAX", DefaultRevocationsMax, 1),
+		TTLGrace:       e.Duration("AIGOV_REAPER_TTL_GRACE", DefaultTTLGrace),
 
 		TouchGranularity: e.Duration("AIGOV_REAPER_TOUCH_GRANULARITY", -1),
 	}
@@ -140,6 +162,9 @@ func (c Config) validate() error {
 	}
 	if c.MaxScan < 1 {
 		errs = append(errs, errors.New("max scan must be at least 1"))
+	}
+	if c.SessionsMax < 0 || c.RevocationsMax < 0 {
+		errs = append(errs, errors.New("sessions max and revocations max must not be negative"))
 	}
 	return errors.Join(errs...)
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/schemas/killswitch"
+	"github.com/aigov/aigov/schemas/sessionlimits"
 )
 
 // SweepResult summarises one expiry pass.
@@ -204,7 +205,7 @@ func (r *Reaper) end(ctx context.Context, key string, now time.Time) (bool, erro
 // existing revocation is never overwritten: its code says why the session
 // really ended.
 func (r *Reaper) revoke(ctx context.Context, key, reason string, maxAge, idle time.Duration, now time.Time) (bool, error) {
-	text := fmt.Sprintf("session exceeded max age %s", maxAge)
+	text := sessionlimits.MaxAgeReason(maxAge)
 	if reason == schemas.ReasonIdle {
 		text = fmt.Sprintf("session exceeded idle timeout %s", idle)
 	}

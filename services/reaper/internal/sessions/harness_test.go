@@ -78,6 +78,13 @@ type harness struct {
 
 func newHarness(t *testing.T, cfg sessions.Config) *harness {
 	t.Helper()
+	return newHarnessJS(t, cfg, func(js jetstream.JetStream) jetstream.JetStream { return js })
+}
+
+// newHarnessJS is newHarness with the reaper's JetStream context passed
+// through wrap (which may observe its calls).
+func newHarnessJS(t *testing.T, cfg sessions.Config, wrap func(jetstream.JetStream) jetstream.JetStream) *harness {
+	t.Helper()
 	srv := natsdev.StartT(t, natsdev.Options{})
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	t.Cleanup(cancel)
@@ -101,16 +108,24 @@ func newHarness(t *testing.T, cfg sessions.Config) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h.reaper, h.reg = h.newReaper(rjs)
+	h.reaper, h.reg = h.newReaper(wrap(rjs))
 
 	runner := runtime.NewRunner(schemas.ConsumerReaper, zerolog.Nop(), h.reg, cfg.Workers)
 	runCtx, stop := context.WithCancel(context.Background())
-	done := make(chan error, 1)
+	done := make(chan error, 2)
+	// The in-memory views run as in the service, and are loaded before the
+	// first request, so the tests exercise the path production takes.
+	go func() { done <- h.reaper.RunViews(runCtx) }()
+	if err := h.reaper.ViewsLoaded(ctx); err != nil {
+		t.Fatal(err)
+	}
 	go func() { done <- runner.Run(runCtx, h.cons, h.reaper.Track) }()
 	t.Cleanup(func() {
 		stop()
-		if err := <-done; err != nil {
-			t.Errorf("runner: %v", err)
+		for range 2 {
+			if err := <-done; err != nil {
+				t.Errorf("runner: %v", err)
+			}
 		}
 	})
 	return h
@@ -163,7 +178,7 @@ func verified(requestID, token string, p schemas.Principal) schemas.Verified {
 		Source:           "test-platform",
 		Request:          schemas.Request{Action: "model.retrain", Resource: schemas.Resource{Type: "Model", ID: "churn"}},
 		Principal:        p,
-		SessionKey:       schemas.SessionKey(p.Issuer, p.SessionID, p.Subject, p.AuthTime),
+		SessionKey:       schemas.SessionKey(p),
 		TokenFingerprint: schemas.Fingerprint(token),
 		ReceivedAt:       t0,
 		VerifiedAt:       t0,

@@ -26,7 +26,7 @@ func writeLimits(t *testing.T, body string) string {
 func TestLoadLimits(t *testing.T) {
 	t.Parallel()
 	path := writeLimits(t, `{"limits":[
-		{"issuer":"https://idp.aigov.test","group":"contractors","idle_timeout":"5m"},
+		{"issuer":"https://idp.aigov.test","group":"contractors","idle_timeout":"30s"},
 		{"principal_type":"Workload","max_age":"10m"}]}`)
 	env := runtime.NewEnv(runtime.MapLookup(map[string]string{"AIGOV_REAPER_CONFIG": path}))
 	c := sessions.LoadConfig(env)
@@ -34,15 +34,15 @@ func TestLoadLimits(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []sessions.Limit{
-		{Issuer: "https://idp.aigov.test", Group: "contractors", IdleTimeout: sessions.Duration(5 * time.Minute)},
+		{Issuer: "https://idp.aigov.test", Group: "contractors", IdleTimeout: sessions.Duration(30 * time.Second)},
 		{PrincipalType: "Workload", MaxAge: sessions.Duration(10 * time.Minute)},
 	}
 	if len(c.Limits) != len(want) || c.Limits[0] != want[0] || c.Limits[1] != want[1] {
 		t.Errorf("limits %+v, want %+v", c.Limits, want)
 	}
 	// The default granularity shrinks to a tenth of the shortest idle.
-	if c.TouchGranularity != time.Second {
-		t.Errorf("touch granularity %s, want 1s", c.TouchGranularity)
+	if c.TouchGranularity != 3*time.Second {
+		t.Errorf("touch granularity %s, want 3s", c.TouchGranularity)
 	}
 
 	var many strings.Builder

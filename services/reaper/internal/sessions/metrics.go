@@ -18,6 +18,12 @@ type metrics struct {
 	// lapsed counts session records whose TTL lapsed before an expiry
 	// pass ended them (a reaper outage), ended from their purge marker.
 	lapsed prometheus.Counter
+	// lookups counts verified requests by where their session was read:
+	// memory (the live view) or kv (the bucket path).
+	lookups *prometheus.CounterVec
+	// conflicts counts compare-and-set writes of a record from the
+	// in-memory view that another writer won.
+	conflicts prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (metrics, error) {
@@ -46,8 +52,16 @@ func newMetrics(reg prometheus.Registerer) (metrics, error) {
 			Name: "aigov_reaper_sessions_lapsed_total",
 			Help: "Session records whose TTL lapsed before an expiry pass ended them (reaper outage); each was revoked as expired from its purge marker.",
 		}),
+		lookups: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "aigov_reaper_session_lookups_total",
+			Help: "Verified requests by where their session was read: memory (the live view, no KV round trip) or kv (a new session, a conflict, or a view not loaded).",
+		}, []string{"via"}),
+		conflicts: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "aigov_reaper_session_write_conflicts_total",
+			Help: "Session record writes from the in-memory view that another writer (replica, kill switch, expiry pass) won; each is retried from the newer record.",
+		}),
 	}
-	for _, c := range []prometheus.Collector{m.started, m.tokens, m.expired, m.tracked, m.coalesced, m.lapsed} {
+	for _, c := range []prometheus.Collector{m.started, m.tokens, m.expired, m.tracked, m.coalesced, m.lapsed, m.lookups, m.conflicts} {
 		if err := reg.Register(c); err != nil {
 			return metrics{}, fmt.Errorf("register reaper metrics: %w", err)
 		}
@@ -55,6 +69,9 @@ func newMetrics(reg prometheus.Registerer) (metrics, error) {
 	// Both reasons exist from the start so that rate() sees the first one.
 	for _, reason := range []string{schemas.ReasonMaxAge, schemas.ReasonIdle} {
 		m.expired.WithLabelValues(reason)
+	}
+	for _, via := range []string{"memory", "kv"} {
+		m.lookups.WithLabelValues(via)
 	}
 	return m, nil
 }

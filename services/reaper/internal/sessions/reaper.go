@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -21,6 +22,7 @@ import (
 	"github.com/aigov/aigov/schemas/signing"
 	"github.com/aigov/aigov/services/reaper/internal/kvttl"
 	"github.com/aigov/aigov/services/runtime"
+	"github.com/aigov/aigov/services/runtime/revocation"
 )
 
 // Source is the CloudEvents source of the reaper's events. It is the same
@@ -65,9 +67,15 @@ type Reaper struct {
 	// a lapsed record leaves (kv.Get hides it).
 	sessionStream jetstream.Stream
 	revocations   jetstream.KeyValue
-	log           zerolog.Logger
-	now           func() time.Time
-	metrics       metrics
+	// revs and live are the in-memory views of the revocation and
+	// sessions buckets (RunViews keeps them current): a request of a known
+	// session reads both from memory and writes only when its record must
+	// change.
+	revs    *revocation.Set
+	live    *liveSessions
+	log     zerolog.Logger
+	now     func() time.Time
+	metrics metrics
 }
 
 // New opens the sessions and revocation buckets, which must exist
@@ -102,7 +110,27 @@ func New(ctx context.Context, cfg Config, d Deps) (*Reaper, error) {
 	if err != nil {
 		return nil, err
 	}
+	log := d.Log.With().Str("component", "sessions").Logger()
+	if cfg.SessionsMax == 0 {
+		cfg.SessionsMax = DefaultSessionsMax
+	}
+	if cfg.RevocationsMax == 0 {
+		cfg.RevocationsMax = DefaultRevocationsMax
+	}
+	live, err := newLiveSessions(sessions, cfg.SessionsMax, log, d.Registry)
+	if err != nil {
+		return nil, err
+	}
+	revs, err := revocation.New(revocation.Options{
+		JS: d.JS, NC: d.JS.Conn(), Bucket: d.Topology.BucketRevocations(), Max: cfg.RevocationsMax,
+		MaxSetting: "AIGOV_REAPER_REVOCATIONS_MAX", MetricPrefix: "aigov_reaper", Log: log, Registry: d.Registry,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("sessions: %w", err)
+	}
 	return &Reaper{
+		revs:     revs,
+		live:     live,
 		cfg:      cfg,
 		js:       d.JS,
 		signer:   d.Signer,
@@ -111,16 +139,47 @@ func New(ctx context.Context, cfg Config, d Deps) (*Reaper, error) {
 
 		sessionStream: sessionStream,
 		revocations:   revocations,
-		log:           d.Log.With().Str("component", "sessions").Logger(),
+		log:           log,
 		now:           d.Now,
 		metrics:       m,
 	}, nil
+}
+
+// RunViews is the reaper's worker that keeps the in-memory views of the
+// revocation and sessions buckets current until ctx ends. Until they are
+// loaded (or while one is broken or overflowed), Track reads the buckets.
+func (r *Reaper) RunViews(ctx context.Context) error {
+	var wg sync.WaitGroup
+	wg.Go(func() { r.revs.Run(ctx) })
+	wg.Go(func() { r.live.run(ctx) })
+	wg.Wait()
+	return nil
+}
+
+// ViewsLoaded is closed once both views have finished their first load.
+func (r *Reaper) ViewsLoaded(ctx context.Context) error {
+	for _, ch := range []<-chan struct{}{r.revs.Loaded(), r.live.loaded} {
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("session views not loaded: %w", ctx.Err())
+		}
+	}
+	return nil
 }
 
 // Track is the runtime.Handler of the reaper's consumer on the verified
 // stream: it records the session of each verified request, announcing a
 // new one on aigov.session.started. A session that was ended is never
 // revived.
+//
+// A request of a session the in-memory views know costs no KV round trip:
+// the revocation and the record are read from memory, and the record is
+// written (compare-and-set on the revision held) only when it must change:
+// a new token, or last_seen older than the touch granularity. A new
+// session, or a view that cannot answer, takes the bucket path, which reads
+// both buckets. A conflicting write retries from the newer record the
+// watch delivers.
 func (r *Reaper) Track(ctx context.Context, m jetstream.Msg) error {
 	v, err := decodeVerified(m.Data())
 	if err != nil {
@@ -128,6 +187,36 @@ func (r *Reaper) Track(ctx context.Context, m jetstream.Msg) error {
 		// no retry fixes.
 		return runtime.Permanent(err)
 	}
+	if e, ok := r.live.get(v.SessionKey); ok {
+		recs, err := r.revs.Peek(ctx, v.SessionKey)
+		if err != nil {
+			return fmt.Errorf("check revocation of session %s: %w", v.SessionKey, err)
+		}
+		if recs[0] != nil {
+			r.log.Debug().Str("session_key", v.SessionKey).Str("request_id", v.RequestID).Msg("request of an ended session ignored")
+			return nil
+		}
+		r.metrics.lookups.WithLabelValues("memory").Inc()
+		for range maxUpdateAttempts {
+			done, err := r.touch(ctx, e.rec, e.rev, v)
+			if err != nil || done {
+				return err
+			}
+			// Conflict: another writer won. Its write reaches the view
+			// through the watch; retry from it.
+			r.metrics.conflicts.Inc()
+			if e, ok = r.live.newer(ctx, v.SessionKey, e.rev); !ok {
+				break // ended, or not delivered in time: the bucket decides
+			}
+		}
+	}
+	r.metrics.lookups.WithLabelValues("kv").Inc()
+	return r.trackFromBucket(ctx, v)
+}
+
+// trackFromBucket is Track reading the record and the revocation from the
+// buckets.
+func (r *Reaper) trackFromBucket(ctx context.Context, v schemas.Verified) error {
 	revoked, err := r.revoked(ctx, v.SessionKey)
 	if err != nil {
 		return err
@@ -153,7 +242,19 @@ func (r *Reaper) Track(ctx context.Context, m jetstream.Msg) error {
 		if err != nil {
 			return fmt.Errorf("load session %s: %w", v.SessionKey, err)
 		}
-		updated, err := r.touch(ctx, entry, v)
+		rec, err := decodeRecord(v.SessionKey, entry.Value())
+		if err != nil {
+			// Only the reaper writes this bucket; rebuilding the record keeps
+			// the session bounded instead of failing its requests forever.
+			r.log.Error().Err(err).Str("session_key", v.SessionKey).Msg("corrupt session record replaced")
+			now := r.now().UTC()
+			written, err := r.write(ctx, v.SessionKey, newRecord(v, now), entry.Revision(), now)
+			if err != nil || written {
+				return err
+			}
+			continue
+		}
+		updated, err := r.touch(ctx, rec, entry.Revision(), v)
 		if err != nil || updated {
 			return err
 		}
@@ -196,23 +297,19 @@ func (r *Reaper) start(ctx context.Context, v schemas.Verified) (bool, error) {
 		}
 		return true, nil
 	}
+	r.live.observe(v.SessionKey, rec, rev)
 	r.metrics.started.Inc()
 	r.log.Info().Str("session_key", v.SessionKey).Str("principal_id", rec.PrincipalID).
 		Str("request_id", v.RequestID).Str("token_fingerprint", v.TokenFingerprint).Msg("session started")
 	return true, nil
 }
 
-// touch updates a known session with compare-and-set. It reports false on
-// a conflicting write, for the caller to reload and retry.
-func (r *Reaper) touch(ctx context.Context, entry jetstream.KeyValueEntry, v schemas.Verified) (bool, error) {
+// touch updates a known session, whose record is rec at revision rev,
+// with compare-and-set. It reports false on a conflicting write, for the
+// caller to reload and retry.
+func (r *Reaper) touch(ctx context.Context, rec Record, rev uint64, v schemas.Verified) (bool, error) {
 	now := r.now().UTC()
-	rec, err := decodeRecord(v.SessionKey, entry.Value())
-	if err != nil {
-		// Only the reaper writes this bucket; rebuilding the record keeps
-		// the session bounded instead of failing its requests forever.
-		r.log.Error().Err(err).Str("session_key", v.SessionKey).Msg("corrupt session record replaced")
-		rec = newRecord(v, now)
-	} else if reason, _, _, expired := r.cfg.expired(rec, now); expired {
+	if reason, _, _, expired := r.cfg.expired(rec, now); expired {
 		// The session is over even if no pass has ended it yet: a late
 		// request must not stretch its idle time. The next pass ends it.
 		r.log.Debug().Str("session_key", v.SessionKey).Str("reason", reason).Msg("request of an expired session not counted")
@@ -238,17 +335,26 @@ func (r *Reaper) touch(ctx context.Context, entry jetstream.KeyValueEntry, v sch
 		r.log.Info().Str("session_key", v.SessionKey).Str("request_id", v.RequestID).
 			Str("token_fingerprint", v.TokenFingerprint).Msg("new token seen in session")
 	}
+	return r.write(ctx, v.SessionKey, rec, rev, now)
+}
+
+// write replaces the session's record at revision rev with rec
+// (compare-and-set), and records the write in the live view. It reports
+// false on a conflicting write.
+func (r *Reaper) write(ctx context.Context, key string, rec Record, rev uint64, now time.Time) (bool, error) {
 	b, err := json.Marshal(rec)
 	if err != nil {
-		return false, fmt.Errorf("encode session %s: %w", v.SessionKey, err)
+		return false, fmt.Errorf("encode session %s: %w", key, err)
 	}
-	if _, err := kvttl.Update(ctx, r.js, r.sessions, v.SessionKey, b, entry.Revision(), r.cfg.recordTTL(rec, now)); err != nil {
+	newRev, err := kvttl.Update(ctx, r.js, r.sessions, key, b, rev, r.cfg.recordTTL(rec, now))
+	if err != nil {
 		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
 			return false, nil
 		}
-		return false, fmt.Errorf("update session %s: %w", v.SessionKey, err)
+		return false, fmt.Errorf("update session %s: %w", key, err)
 	}
-	r.log.Debug().Str("session_key", v.SessionKey).Int64("token_count", rec.TokenCount).Msg("session seen")
+	r.live.observe(key, rec, newRev)
+	r.log.Debug().Str("session_key", key).Int64("token_count", rec.TokenCount).Msg("session seen")
 	return true, nil
 }
 

@@ -35,12 +35,27 @@ func newRecord(v schemas.Verified, now time.Time) Record {
 		TokenFingerprints:    fps(v.TokenFingerprint),
 		SessionID:            p.SessionID,
 		AuthTime:             authTime(p.AuthTime),
+		IssuedAt:             tokenStart(p),
 		FirstSeen:            now,
 		LastSeen:             now,
 		LastTokenFingerprint: v.TokenFingerprint,
 		LastRequestID:        v.RequestID,
 		TokenCount:           1,
 	}
+}
+
+// tokenStart is the iat of a session that is one token (schemas.SessionKey:
+// no sid, no auth_time), from which max age counts; nil otherwise.
+func tokenStart(p schemas.Principal) *time.Time {
+	if p.SessionID != "" || authTime(p.AuthTime) != nil {
+		return nil
+	}
+	start, ok := schemas.SessionStart(p)
+	if !ok {
+		return nil
+	}
+	u := start.UTC()
+	return &u
 }
 
 // authTime normalises an absent or zero auth_time to nil.

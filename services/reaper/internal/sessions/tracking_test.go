@@ -180,7 +180,7 @@ func TestConcurrentRequestsOfOneSession(t *testing.T) {
 	}
 	h.waitHandled(last)
 
-	rec, ok := h.record(schemas.SessionKey(issuer, "sid-erin", "erin", ptr(t0)))
+	rec, ok := h.record(schemas.SessionKey(schemas.Principal{Issuer: issuer, SessionID: "sid-erin", Subject: "erin", AuthTime: ptr(t0)}))
 	if !ok {
 		t.Fatal("no session record")
 	}

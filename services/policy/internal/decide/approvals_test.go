@@ -1,0 +1,305 @@
+package decide
+
+import (
+	"context"
+	"encoding/json"
+	"maps"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/aigov/aigov/schemas"
+)
+
+// principal is a verified event of a requester or reviewer made of a
+// subject and groups, with a second factor (production needs one).
+func principalRequest(t *testing.T, sub string, groups []string, reqID, action string, res schemas.Resource, ctx map[string]any) schemas.Verified {
+	t.Helper()
+	v := verified(t, "erin", action, res.Type, res.ID, ctx)
+	v.RequestID = reqID
+	v.Principal.ID = schemas.PrincipalID(testIss, sub)
+	v.Principal.Subject, v.Principal.Email, v.Principal.Name = sub, sub+"@aigov.example", sub
+	v.Principal.Groups = groups
+	v.Principal.AMR = []string{"pwd", "hwk"}
+	v.Principal.ExpiresAt = time.Now().Add(24 * time.Hour) // outlives the tests' clock skew
+	return v
+}
+
+// decideOne sends v as authn would and returns the decision policy stored.
+func (h *harness) decideOne(t *testing.T, v schemas.Verified) schemas.Decision {
+	t.Helper()
+	h.publishVerified(t, v, "verified-"+v.RequestID)
+	h.settled++
+	h.waitSettled(t, h.settled)
+	_, d := decodeDecision(t, h.lastDecision(t, v.Request.Action).Data)
+	if d.RequestID != v.RequestID {
+		t.Fatalf("last decision is for %s, not %s", d.RequestID, v.RequestID)
+	}
+	return d
+}
+
+// approvalRequest reads one approval request from the bucket.
+func (h *harness) approvalRequest(t *testing.T, id string) schemas.ApprovalRequest {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	kv, err := h.js.KeyValue(ctx, h.topo.BucketApprovalRequests())
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := kv.Get(ctx, id)
+	if err != nil {
+		t.Fatalf("approval request %s: %v", id, err)
+	}
+	var a schemas.ApprovalRequest
+	if err := json.Unmarshal(e.Value(), &a); err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+// approvalEvents returns the data of every governance event on
+// aigov.approval.<name>.
+func (h *harness) approvalEvents(t *testing.T, name string) []map[string]any {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := h.js.OrderedConsumer(ctx, h.topo.StreamGovernance(), jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{h.topo.Subjects.Governance(schemas.KindApproval, name)},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := c.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []map[string]any
+	for range info.NumPending {
+		m, err := c.Next(jetstream.FetchMaxWait(2 * time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ev, err := schemas.ParseEvent(m.Data())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ev.Type != schemas.TypeOfApprovalEvent(name) {
+			t.Errorf("event type %s on %s", ev.Type, m.Subject())
+		}
+		var data map[string]any
+		if err := json.Unmarshal(ev.Data, &data); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, data)
+	}
+	return out
+}
+
+// countEvents counts the events of approval id among evs.
+func countEvents(evs []map[string]any, id string) int {
+	n := 0
+	for _, e := range evs {
+		if e["approval_id"] == id {
+			n++
+		}
+	}
+	return n
+}
+
+type recordingNotifier struct {
+	mu  sync.Mutex
+	evs []schemas.ApprovalEvent
+}
+
+func (r *recordingNotifier) Notify(ev schemas.ApprovalEvent) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.evs = append(r.evs, ev)
+}
+
+func (r *recordingNotifier) events() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []string
+	for _, e := range r.evs {
+		out = append(out, e.Event)
+	}
+	return out
+}
+
+// TestApprovalRequestLifecycle drives one production deploy through its
+// approval request: opened by the deny, a self-approval refused, a quorum
+// of two distinct reviewers, refused for another requester and for a
+// changed field, used once, and a second use denied approval_used.
+func TestApprovalRequestLifecycle(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, 2)
+	notes := &recordingNotifier{}
+	h.svc.notify = notes
+	h.start(t)
+
+	churn := schemas.Resource{Type: "Model", ID: "churn-predictor"}
+	deployCtx := map[string]any{"environment": "production", "model_version": "v7", "canary_percent": 5}
+	riley := []string{"ml-platform", "risk-reviewers"} // requester and, elsewhere, a reviewer
+	deploy := func(reqID, sub string, ctx map[string]any) schemas.Decision {
+		return h.decideOne(t, principalRequest(t, sub, riley, reqID, "model.deploy", churn, ctx))
+	}
+	review := func(reqID, sub string, groups []string, a schemas.ApprovalRequest, verdict string) schemas.Decision {
+		ctx := maps.Clone(a.Context)
+		ctx[schemas.ContextApprovedAction] = a.Action
+		ctx[schemas.ContextApprovalID] = a.ID
+		if verdict != "" {
+			ctx[schemas.ContextApprovalVerdict] = verdict
+		}
+		return h.decideOne(t, principalRequest(t, sub, groups, reqID, schemas.ActionApprovalGrant, a.Resource, ctx))
+	}
+	reviewers := []string{"risk-reviewers"}
+
+	d := deploy("deploy-1", "riley", deployCtx)
+	if d.Allowed() || d.Code != schemas.CodeApprovalRequired || d.ApprovalID == "" || !strings.Contains(d.Reason, d.ApprovalID) {
+		t.Fatalf("first deploy: %s/%s %q id %q", d.Decision, d.Code, d.Reason, d.ApprovalID)
+	}
+	id := d.ApprovalID
+	a := h.approvalRequest(t, id)
+	if a.Status != schemas.StatusPending || a.RequesterID != schemas.PrincipalID(testIss, "riley") || a.MaxUses != 1 ||
+		len(a.Requirements) != 1 || a.Requirements[0].Team != "risk-reviewers" || a.Requirements[0].Quorum != 2 ||
+		a.Context["canary_percent"] != float64(5) || a.PolicyVersion != d.PolicyVersion {
+		t.Fatalf("approval request %+v", a)
+	}
+	if d := deploy("deploy-2", "riley", deployCtx); d.Code != schemas.CodeApprovalRequired || d.ApprovalID != id || !strings.Contains(d.Reason, "awaits approval (risk-reviewers 0/2)") {
+		t.Fatalf("retry while pending: %s/%s %q id %q", d.Decision, d.Code, d.Reason, d.ApprovalID)
+	}
+
+	// The requester is a risk reviewer, but never of their own request.
+	if d := review("grant-self", "riley", riley, a, ""); d.Allowed() || !strings.Contains(d.Reason, "self-approval refused") {
+		t.Fatalf("self-approval: %s/%s %q", d.Decision, d.Code, d.Reason)
+	}
+	// Cedar decides who may approve at all (approval.grant).
+	if d := review("grant-alice", "alice", []string{"data-scientists"}, a, ""); d.Allowed() || d.Code != schemas.CodePolicyDenied {
+		t.Fatalf("data scientist's grant: %s/%s %q", d.Decision, d.Code, d.Reason)
+	}
+	// A grant must review exactly what was asked.
+	changed := a
+	changed.Context = map[string]any{"environment": "production", "model_version": "v8", "canary_percent": 5}
+	if d := review("grant-changed", "rita", reviewers, changed, ""); d.Allowed() || d.Code != schemas.CodeMalformedRequest {
+		t.Fatalf("grant of another context: %s/%s %q", d.Decision, d.Code, d.Reason)
+	}
+	if d := review("grant-rita", "rita", reviewers, a, ""); !d.Allowed() || !strings.Contains(d.Reason, "risk-reviewers 1/2") {
+		t.Fatalf("rita's grant: %s/%s %q", d.Decision, d.Code, d.Reason)
+	}
+	if d := review("grant-rita-again", "rita", reviewers, a, ""); !d.Allowed() || !strings.Contains(d.Reason, "already granted") {
+		t.Fatalf("rita's second grant: %s/%s %q", d.Decision, d.Code, d.Reason)
+	}
+	if got := h.approvalRequest(t, id); got.Status != schemas.StatusPending || len(got.Grants) != 1 {
+		t.Fatalf("after one reviewer twice: %s with %d grants", got.Status, len(got.Grants))
+	}
+	if d := deploy("deploy-3", "riley", deployCtx); d.Code != schemas.CodeApprovalRequired || d.ApprovalID != id {
+		t.Fatalf("deploy with one of two approvals: %s/%s %q", d.Decision, d.Code, d.Reason)
+	}
+	if d := review("grant-ravi", "ravi", reviewers, a, ""); !d.Allowed() || !strings.Contains(d.Reason, "approved") {
+		t.Fatalf("ravi's grant: %s/%s %q", d.Decision, d.Code, d.Reason)
+	}
+	if got := h.approvalRequest(t, id); got.Status != schemas.StatusApproved || len(got.Grants) != 2 {
+		t.Fatalf("after two reviewers: %s with %d grants", got.Status, len(got.Grants))
+	}
+
+	// Bound to the requester and to the exact request.
+	if d := deploy("deploy-frank", "frank", deployCtx); d.Allowed() || d.Code != schemas.CodeApprovalRequired || d.ApprovalID == id {
+		t.Fatalf("another requester: %s/%s id %q", d.Decision, d.Code, d.ApprovalID)
+	}
+	extra := maps.Clone(deployCtx)
+	extra["rollback"] = false
+	if d := deploy("deploy-extra", "riley", extra); d.Allowed() || d.Code != schemas.CodeApprovalRequired || d.ApprovalID == id {
+		t.Fatalf("an extra context field: %s/%s id %q", d.Decision, d.Code, d.ApprovalID)
+	}
+
+	// Used once.
+	d = deploy("deploy-4", "riley", deployCtx)
+	if !d.Allowed() || d.ApprovalID != id || !strings.Contains(d.Reason, "use 1 of 1") {
+		t.Fatalf("approved deploy: %s/%s %q", d.Decision, d.Code, d.Reason)
+	}
+	if got := h.approvalRequest(t, id); got.Status != schemas.StatusUsed || got.Uses != 1 || got.UsedBy[0] != "deploy-4" {
+		t.Fatalf("after the use: %+v", got)
+	}
+	d = deploy("deploy-5", "riley", deployCtx)
+	if d.Allowed() || d.Code != schemas.CodeApprovalUsed || d.ApprovalID == id || !strings.Contains(d.Reason, "already used (1 of 1 uses)") {
+		t.Fatalf("second use: %s/%s %q id %q", d.Decision, d.Code, d.Reason, d.ApprovalID)
+	}
+
+	if n := countEvents(h.approvalEvents(t, schemas.ApprovalRequested), id); n != 1 {
+		t.Errorf("%d requested events for %s, want 1", n, id)
+	}
+	if n := countEvents(h.approvalEvents(t, schemas.ApprovalGranted), id); n != 2 {
+		t.Errorf("%d granted events for %s, want 2 (one per reviewer)", n, id)
+	}
+	if n := countEvents(h.approvalEvents(t, schemas.ApprovalApproved), id); n != 1 {
+		t.Errorf("%d approved events for %s, want 1", n, id)
+	}
+	if n := countEvents(h.approvalEvents(t, schemas.ApprovalUsed), id); n != 1 {
+		t.Errorf("%d used events for %s, want 1", n, id)
+	}
+	if got := strings.Join(notes.events(), ","); !strings.HasPrefix(got, "requested,granted,granted,approved,requested,requested,requested") {
+		t.Errorf("notified %s", got)
+	}
+}
+
+// TestApprovalRequestRejectedAndExpired: a rejection by any reviewer ends
+// a request; a request approved but not used within the TTL expires (an
+// injected clock), is denied and announced as expired.
+func TestApprovalRequestRejectedAndExpired(t *testing.T) {
+	t.Parallel()
+	h := startHarness(t, 2)
+	churn := schemas.Resource{Type: "Model", ID: "churn-predictor"}
+	team := []string{"ml-platform"}
+	reviewers := []string{"risk-reviewers"}
+	deploy := func(reqID string, ctx map[string]any) schemas.Decision {
+		return h.decideOne(t, principalRequest(t, "fiona", team, reqID, "model.deploy", churn, ctx))
+	}
+	review := func(reqID, sub, id, verdict string) schemas.Decision {
+		a := h.approvalRequest(t, id)
+		ctx := maps.Clone(a.Context)
+		ctx[schemas.ContextApprovedAction], ctx[schemas.ContextApprovalID] = a.Action, a.ID
+		if verdict != "" {
+			ctx[schemas.ContextApprovalVerdict] = verdict
+		}
+		return h.decideOne(t, principalRequest(t, sub, reviewers, reqID, schemas.ActionApprovalGrant, a.Resource, ctx))
+	}
+
+	rejected := map[string]any{"environment": "production", "model_version": "v9"}
+	id := deploy("deploy-r1", rejected).ApprovalID
+	if d := review("reject-rita", "rita", id, schemas.VerdictReject); !d.Allowed() || !strings.Contains(d.Reason, "rejected approval request "+id) {
+		t.Fatalf("rejection: %s/%s %q", d.Decision, d.Code, d.Reason)
+	}
+	if d := review("grant-ravi", "ravi", id, ""); d.Allowed() || !strings.Contains(d.Reason, "is rejected") {
+		t.Fatalf("grant after the rejection: %s/%s %q", d.Decision, d.Code, d.Reason)
+	}
+	if d := deploy("deploy-r2", rejected); d.Allowed() || d.Code != schemas.CodeApprovalRequired || d.ApprovalID == id || !strings.Contains(d.Reason, "rejected by") {
+		t.Fatalf("retry after the rejection: %s/%s %q", d.Decision, d.Code, d.Reason)
+	}
+	if n := countEvents(h.approvalEvents(t, schemas.ApprovalRejected), id); n != 1 {
+		t.Errorf("%d rejected events, want 1", n)
+	}
+
+	late := map[string]any{"environment": "production", "model_version": "v10"}
+	id = deploy("deploy-e1", late).ApprovalID
+	for _, r := range []string{"rita", "ravi"} {
+		if d := review("grant-late-"+r, r, id, ""); !d.Allowed() {
+			t.Fatalf("%s's grant: %s/%s %q", r, d.Decision, d.Code, d.Reason)
+		}
+	}
+	h.skew.Store(int64(2 * time.Hour)) // the harness's approval TTL is 1h
+	d := deploy("deploy-e2", late)
+	if d.Allowed() || d.Code != schemas.CodeApprovalRequired || d.ApprovalID == id || !strings.Contains(d.Reason, "expired") {
+		t.Fatalf("deploy after the TTL: %s/%s %q", d.Decision, d.Code, d.Reason)
+	}
+	if got := h.approvalRequest(t, id); got.Status != schemas.StatusExpired {
+		t.Fatalf("status after the TTL: %s", got.Status)
+	}
+	if n := countEvents(h.approvalEvents(t, schemas.ApprovalExpired), id); n != 1 {
+		t.Errorf("%d expired events, want 1", n)
+	}
+}
