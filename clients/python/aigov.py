@@ -64,6 +64,9 @@ class Decision:
     policy_ids: List[str] = field(default_factory=list)
     policy_version: str = ""
     principal: Optional[Dict[str, Any]] = None
+    #: The approval request an approval_required deny opened; once it is
+    #: approved (aigov approvals approve <id>), retry the same request.
+    approval_id: str = ""
     raw: Dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -83,6 +86,7 @@ class Decision:
             policy_ids=list(body.get("policy_ids") or []),
             policy_version=body.get("policy_version", "") or "",
             principal=body.get("principal"),
+            approval_id=body.get("approval_id", "") or "",
             raw=body,
         )
 

@@ -63,10 +63,12 @@ def main(argv=None) -> int:
         print("mlflow_transition: no decision, not transitioning: %s" % e, file=sys.stderr)
         return 2
     print(json.dumps({"request_id": d.request_id, "decision": d.decision, "code": d.code, "reason": d.reason,
-                      "policy_ids": d.policy_ids, "policy_version": d.policy_version}))
+                      "policy_ids": d.policy_ids, "policy_version": d.policy_version, "approval_id": d.approval_id}))
     if not d.allowed:
         print("mlflow_transition: %s version %s to %s denied: %s (%s)" % (args.model, args.version, args.stage, d.code, d.reason),
               file=sys.stderr)
+        if d.approval_id:
+            print("mlflow_transition: once approved (aigov approvals approve %s), run this again" % d.approval_id, file=sys.stderr)
         return 1
     if args.mlflow:
         from mlflow.tracking import MlflowClient  # optional dependency

@@ -326,8 +326,8 @@ func TestGatewayPythonClient(t *testing.T) {
 	// The deny opened an approval request; two risk reviewers approve it.
 	reason, _ := d["reason"].(string)
 	approvalID := regexp.MustCompile(`apr-[0-9a-f]+`).FindString(reason)
-	if approvalID == "" {
-		t.Fatalf("the deny's reason names no approval request: %q", reason)
+	if approvalID == "" || d["approval_id"] != approvalID {
+		t.Fatalf("the deny names no approval request: reason %q, approval_id %v", reason, d["approval_id"])
 	}
 	bus := []string{"--nats", st.NATS.URL(), "--tls-ca", st.NATS.CAFile(), "--trust-file", st.Keys.TrustFile, "--password", st.NATS.Password(schemas.RoleOperator)}
 	for _, reviewer := range []string{"rita", "ravi"} {

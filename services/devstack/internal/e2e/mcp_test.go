@@ -190,15 +190,19 @@ func TestGatewayMCP(t *testing.T) {
 			t.Errorf("%s: upstream saw %d calls of %s, want %d", what, n, tool, calls)
 		}
 	}
-	denied := func(what string, res *mcp.CallToolResult, tool string, calls int) {
+	deniedWith := func(code schemas.Code, what string, res *mcp.CallToolResult, tool string, calls int) {
 		t.Helper()
-		if !res.IsError || res.Meta["aigov/code"] != string(schemas.CodePolicyDenied) || res.Meta["aigov/reason"] == "" ||
-			!strings.Contains(textOf(res), "policy_denied") {
-			t.Errorf("%s: %v %q, want a tool error with code policy_denied", what, res.Meta, textOf(res))
+		if !res.IsError || res.Meta["aigov/code"] != string(code) || res.Meta["aigov/reason"] == "" ||
+			!strings.Contains(textOf(res), string(code)) {
+			t.Errorf("%s: %v %q, want a tool error with code %s", what, res.Meta, textOf(res), code)
 		}
 		if n := up.Calls(tool); n != calls {
 			t.Errorf("%s: upstream saw %d calls of %s, want %d: a denied call must never reach it", what, n, tool, calls)
 		}
+	}
+	denied := func(what string, res *mcp.CallToolResult, tool string, calls int) {
+		t.Helper()
+		deniedWith(schemas.CodePolicyDenied, what, res, tool, calls)
 	}
 
 	res := call(alice, "demo.sql.query", map[string]any{"query": "SELECT count() FROM features", "read_only": true, "password": "hunter2"})
@@ -218,25 +222,34 @@ func TestGatewayMCP(t *testing.T) {
 		t.Errorf("local.model.list: %v %q, want a tool error unknown_resource", res.Meta, textOf(res))
 	}
 
-	// The dangerous call: a production deploy, only with the risk
-	// reviewers' approval of exactly it (and a second factor).
+	// The dangerous call: a production deploy. Unapproved, it is denied
+	// approval_required and opens an approval request; two risk reviewers
+	// approve it (aigov approvals approve); the agent's retry of the same
+	// call is allowed once, a second is approval_used.
 	prod := map[string]any{"model": "churn-predictor", "environment": "production", "model_version": "3"}
-	denied("fiona deploys to production unapproved", call(fiona, "demo.model.deploy", prod), mcpdemo.ToolModelDeploy, 1)
-	ritaToken, err := st.IdP.Token(ctx, "rita")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ritaFile := filepath.Join(t.TempDir(), "rita.jwt")
-	if err := os.WriteFile(ritaFile, []byte(ritaToken), 0o600); err != nil {
-		t.Fatal(err)
+	res = call(fiona, "demo.model.deploy", prod)
+	deniedWith(schemas.CodeApprovalRequired, "fiona deploys to production unapproved", res, mcpdemo.ToolModelDeploy, 1)
+	approvalID, _ := res.Meta["aigov/approval_id"].(string)
+	if approvalID == "" {
+		t.Fatalf("the approval_required tool error names no approval request: %v", res.Meta)
 	}
 	bus := []string{"--nats", st.NATS.URL(), "--tls-ca", st.NATS.CAFile(), "--trust-file", st.Keys.TrustFile, "--password", st.NATS.Password(schemas.RoleOperator)}
-	approve := exec.CommandContext(ctx, filepath.Join(built.bin, "aigov"), append([]string{"approve", "--token-file", ritaFile,
-		"--action", "agent.tool_call", "--resource", "Tool:demo.model.deploy", "--context", `{"environment":"production","model_version":"3"}`}, bus...)...)
-	if out, err := approve.CombinedOutput(); err != nil {
-		t.Fatalf("aigov approve: %v\n%s", err, out)
+	for _, reviewer := range []string{"rita", "ravi"} {
+		tok, err := st.IdP.Token(ctx, reviewer)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f := filepath.Join(t.TempDir(), reviewer+".jwt")
+		if err := os.WriteFile(f, []byte(tok), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		approve := exec.CommandContext(ctx, filepath.Join(built.bin, "aigov"), append([]string{"approvals", "approve", approvalID, "--token-file", f}, bus...)...)
+		if out, err := approve.CombinedOutput(); err != nil {
+			t.Fatalf("aigov approvals approve as %s: %v\n%s", reviewer, err, out)
+		}
 	}
 	allowed("fiona deploys to production approved", call(fiona, "demo.model.deploy", prod), mcpdemo.ToolModelDeploy, 2)
+	deniedWith(schemas.CodeApprovalUsed, "fiona deploys again on the used approval", call(fiona, "demo.model.deploy", prod), mcpdemo.ToolModelDeploy, 2)
 
 	// The upstream never saw a caller's token: it gets only its own headers.
 	if h := up.AuthorizationHeaders(); len(h) != 0 {

@@ -84,8 +84,12 @@ type Response struct {
 	PolicyVersion string           `json:"policy_version,omitempty"`
 	Principal     *Principal       `json:"principal,omitempty"`
 	Approvals     []string         `json:"approvals,omitempty"`
-	Lease         *schemas.Lease   `json:"lease,omitempty"`
-	DecisionUS    int64            `json:"decision_us"`
+	// ApprovalID names the approval request an approval_required deny
+	// opened (aigov approvals approve <id>); retry the same request once
+	// it is approved.
+	ApprovalID string         `json:"approval_id,omitempty"`
+	Lease      *schemas.Lease `json:"lease,omitempty"`
+	DecisionUS int64          `json:"decision_us"`
 }
 
 // Error is the body of every non-200 answer.
@@ -280,7 +284,7 @@ func ResponseOf(d schemas.Decision) Response {
 	resp := Response{
 		RequestID: d.RequestID, Decision: d.Decision, Code: d.Code, Reason: d.Reason, Stage: d.Stage,
 		Action: d.Action, Resource: d.Resource, PolicyIDs: d.PolicyIDs, PolicyVersion: d.PolicyVersion,
-		Approvals: d.Approvals, Lease: d.Lease, DecisionUS: d.Timings.TotalMicros,
+		Approvals: d.Approvals, ApprovalID: d.ApprovalID, Lease: d.Lease, DecisionUS: d.Timings.TotalMicros,
 	}
 	if resp.PolicyIDs == nil {
 		resp.PolicyIDs = []string{}

@@ -50,6 +50,9 @@ const (
 	MetaDecision  = "aigov/decision"
 	MetaCode      = "aigov/code"
 	MetaReason    = "aigov/reason"
+	// MetaApprovalID names the approval request an approval_required
+	// deny opened; once reviewers approve it, the same call is allowed.
+	MetaApprovalID = "aigov/approval_id"
 )
 
 // Codes of tool errors that are not aigov deny codes.
@@ -280,6 +283,9 @@ func (g *Gateway) callHandler(u *upstream, upstreamName, exposed string) mcp.Too
 			log.Info().Str("code", string(d.Code)).Msg("tool call denied")
 			res := toolError(id, string(d.Code), d.Reason)
 			res.Meta[MetaDecision] = schemas.Deny
+			if d.ApprovalID != "" {
+				res.Meta[MetaApprovalID] = d.ApprovalID
+			}
 			return res, nil
 		}
 		cctx, cancel := context.WithTimeout(ctx, time.Duration(g.cfg.CallTimeout))
