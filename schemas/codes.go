@@ -45,6 +45,10 @@ const (
 	// CodePolicyInvalid: a policy.update was allowed but its set failed to
 	// parse or validate; the previous set stays active.
 	CodePolicyInvalid Code = "policy_invalid"
+	// CodeRequestIDReused: a retry (a request resent under a new
+	// Nats-Msg-Id) names a request id already decided for another token,
+	// action or resource; the first caller's decision is not given out.
+	CodeRequestIDReused Code = "request_id_reused"
 )
 
 // Codes documents every deny code. schemas/json/decision.json enumerates
@@ -81,6 +85,7 @@ var Codes = map[Code]string{
 	CodeContextTooLarge:     "the request's context is larger than 16 KiB (schemas.MaxContextBytes) as encoded by the requester",
 	CodeBadEventSignature:   "the verified event reaching policy is unsigned or not signed by a key the trust file gives to authn: a forgery on the bus; denied without evaluating any policy",
 	CodePolicyInvalid:       "a pushed policy set failed to parse or validate against the schema; it was rejected whole and the previous set stays active",
+	CodeRequestIDReused:     "a retried request names a request id already decided for another token, action or resource; the deny carries the retry's own id (its Nats-Msg-Id) and the first decision stays the only one recorded for the id",
 }
 
 // CodeStages says which service decides each code: authn, policy, or both
@@ -118,4 +123,5 @@ var CodeStages = map[Code]string{
 	CodeContextTooLarge:     "authn",
 	CodeBadEventSignature:   "policy",
 	CodePolicyInvalid:       "policy",
+	CodeRequestIDReused:     "authn",
 }

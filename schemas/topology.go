@@ -495,6 +495,9 @@ type Grant struct {
 	// from and ack on exactly these, and read their info. It can neither
 	// create nor delete any consumer.
 	Consumers []string
+	// ConsumerInfo are durable consumers whose info (delivery and ack
+	// progress, no message) the role may read.
+	ConsumerInfo []string
 	// Publish are the event subjects the role publishes.
 	Publish []string
 	// Replies lets the role answer any requester's _INBOX (authn, policy).
@@ -526,8 +529,10 @@ func (t Topology) Grant(role string) (Grant, error) {
 			ReadKV:    []string{t.BucketRevocations()},
 			WriteKV:   []string{t.BucketTokenIDs()},
 			// A redelivered request's deny may be a duplicate of one
-			// stored before: the reply carries the stored one.
-			ReadStreams: []string{t.StreamDecisions()},
+			// stored before: the reply carries the stored one. A retry
+			// reads the verified event stored for its request id first,
+			// and the decision stored for it.
+			ReadStreams: []string{t.StreamDecisions(), t.StreamVerified()},
 		}, nil
 	case RolePolicy:
 		return Grant{
@@ -582,7 +587,10 @@ func (t Topology) Grant(role string) (Grant, error) {
 			ReadStreams: []string{t.StreamAuditCheckpoints(), "KV_" + t.LegacyBucketAuditCheckpoints()},
 		}, nil
 	case RolePlatform:
-		return Grant{Publish: []string{s.All(KindRequest)}}, nil
+		// The SDK reads how far authn has acked the request stream to
+		// tell a retry of a request still queued (wait for its decision)
+		// from one of a request decided already (resend it).
+		return Grant{Publish: []string{s.All(KindRequest)}, ConsumerInfo: []string{ConsumerAuthn}}, nil
 	case RoleProvisioner:
 		return Grant{Provision: true}, nil
 	default:
@@ -611,6 +619,13 @@ func (t Topology) Permissions(role string) (Permissions, error) {
 			api+"CONSUMER.INFO."+spec.Stream+"."+name,
 			api+"CONSUMER.MSG.NEXT."+spec.Stream+"."+name,
 			"$JS.ACK."+spec.Stream+"."+name+".>")
+	}
+	for _, name := range g.ConsumerInfo {
+		spec, err := t.Consumer(name)
+		if err != nil {
+			return Permissions{}, err
+		}
+		pub = append(pub, api+"CONSUMER.INFO."+spec.Stream+"."+name)
 	}
 	read := func(stream string) []string {
 		return []string{api + "STREAM.INFO." + stream, api + "STREAM.MSG.GET." + stream,

@@ -58,6 +58,7 @@ type Deps struct {
 type Verifier struct {
 	auth     *Authenticator
 	log      zerolog.Logger
+	nc       *nats.Conn
 	js       jetstream.JetStream
 	pub      *runtime.Publisher
 	topo     schemas.Topology
@@ -93,6 +94,7 @@ func New(cfg Config, deps Deps) (*Verifier, error) {
 	v := &Verifier{
 		auth:     auth,
 		log:      deps.Log,
+		nc:       deps.NC,
 		js:       deps.JS,
 		pub:      pub,
 		topo:     deps.Topology,
@@ -248,6 +250,12 @@ func (v *Verifier) Handle(ctx context.Context, m jetstream.Msg) error {
 			return v.deny(ctx, r, d)
 		}
 	}
+	if mid := h.Get(schemas.HeaderMsgID); mid != "" && mid != r.id {
+		// Stored under another de-duplication id than its request id: a
+		// retry the SDK resent because the stream had dropped it as a
+		// duplicate (see passRetry).
+		return v.passRetry(ctx, r, mid)
+	}
 	return v.pass(ctx, r)
 }
 
@@ -398,7 +406,20 @@ func (v *Verifier) tokenIDs(ctx context.Context) (jetstream.KeyValue, error) {
 // pass publishes the verified event.
 func (v *Verifier) pass(ctx context.Context, r request) error {
 	now := v.now()
-	data := schemas.Verified{
+	data := v.verified(r, now)
+	id := schemas.DerivedID(r.id, schemas.KindVerified)
+	if _, err := v.publish(ctx, v.subjects.Verified(r.action), id, schemas.TypeVerified, now, data); err != nil {
+		return err
+	}
+	v.outcomes.WithLabelValues(outcomeVerified).Inc()
+	v.log.Debug().Str("request_id", r.id).Str("action", r.action).Str("principal", r.identity.Principal.ID).
+		Str("session_key", r.identity.SessionKey).Str("token_fingerprint", r.tokenFP).Msg("request verified")
+	return nil
+}
+
+// verified is the verified event's data for r.
+func (v *Verifier) verified(r request, now time.Time) schemas.Verified {
+	return schemas.Verified{
 		RequestID:        r.id,
 		Source:           r.source,
 		Request:          r.data,
@@ -410,18 +431,17 @@ func (v *Verifier) pass(ctx context.Context, r request) error {
 		ReceivedAt:       r.receivedAt.UTC(),
 		VerifiedAt:       now.UTC(),
 	}
-	id := schemas.DerivedID(r.id, schemas.KindVerified)
-	if _, err := v.publish(ctx, v.subjects.Verified(r.action), id, schemas.TypeVerified, now, data); err != nil {
-		return err
-	}
-	v.outcomes.WithLabelValues(outcomeVerified).Inc()
-	v.log.Debug().Str("request_id", r.id).Str("action", r.action).Str("principal", r.identity.Principal.ID).
-		Str("session_key", r.identity.SessionKey).Str("token_fingerprint", r.tokenFP).Msg("request verified")
-	return nil
 }
 
 // deny publishes an authn deny decision, then replies to the requester.
 func (v *Verifier) deny(ctx context.Context, r request, d *Denial) error {
+	return v.denyAs(ctx, r, d, r.id)
+}
+
+// denyAs is deny for a decision under requestID, which is r.id but for
+// a reused request id (passRetry).
+func (v *Verifier) denyAs(ctx context.Context, r request, d *Denial, requestID string) error {
+	r.id = requestID
 	now := v.now()
 	data := schemas.Decision{
 		RequestID:        r.id,
