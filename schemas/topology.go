@@ -285,6 +285,10 @@ const (
 	AdvisoryTerminated    = "$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED"
 )
 
+// DeadLetterMaxDeliver bounds the dead-letter worker's attempts at one
+// advisory.
+const DeadLetterMaxDeliver = 1000
+
 // ConsumerDeadLetter is the audit's dead-letter worker: it reads the
 // advisories stream and turns each advisory into a dead-letter event.
 const ConsumerDeadLetter = "audit-dead-letter"
@@ -384,8 +388,12 @@ func (t Topology) Consumer(name string) (ConsumerSpec, error) {
 	case ConsumerReaperLeases:
 		stream, c.FilterSubject = t.StreamDecisions(), s.All(KindDecision)
 	case ConsumerDeadLetter:
+		// Bounded, unlike the audit's lanes: a dead letter always fits
+		// its stream (the body is cut to fit), so only an outage fails
+		// it; at the audit's 5 s back-off cap, 1000 deliveries outlast
+		// more than an hour of one.
 		stream = t.StreamAdvisories()
-		c.AckWait, c.MaxDeliver = time.Minute, -1
+		c.AckWait, c.MaxDeliver = time.Minute, DeadLetterMaxDeliver
 	default:
 		// One audit consumer per audited stream (audit-decisions,
 		// audit-sessions, audit-dlq, and any stream added later).

@@ -3,7 +3,6 @@ package sink
 import (
 	"context"
 	"crypto/ed25519"
-	"encoding/json"
 	"errors"
 	"fmt"
 	goruntime "runtime"
@@ -276,13 +275,9 @@ func (l *streamLane) fillGaps(ctx context.Context, items []item) ([]item, error)
 
 func (l *streamLane) publishDeadLetter(ctx context.Context, dl schemas.DeadLetter) error {
 	id := schemas.DerivedID(dl.Stream+":"+strconv.FormatUint(dl.StreamSeq, 10)+":"+dl.Kind, "deadletter")
-	ev, err := schemas.NewEvent(id, "aigov/audit", schemas.TypeDeadLetter, time.Now(), dl)
+	raw, err := deadLetterEvent(id, dl, time.Now(), schemas.MaxDeadLetterBytes-deadLetterHeadroom)
 	if err != nil {
 		return err
-	}
-	raw, err := json.Marshal(ev)
-	if err != nil {
-		return fmt.Errorf("encode dead letter: %w", err)
 	}
 	m := nats.NewMsg(l.subjects.DeadLetter(dl.Stream, dl.Consumer))
 	m.Data = raw
