@@ -49,6 +49,9 @@ const (
 	// Nats-Msg-Id) names a request id already decided for another token,
 	// action or resource; the first caller's decision is not given out.
 	CodeRequestIDReused Code = "request_id_reused"
+	// CodeSourceTooLong: the request event's source is longer than
+	// MaxSourceLength.
+	CodeSourceTooLong Code = "source_too_long"
 )
 
 // Codes documents every deny code. schemas/json/decision.json enumerates
@@ -85,6 +88,7 @@ var Codes = map[Code]string{
 	CodeContextTooLarge:     "the request's context is larger than 16 KiB (schemas.MaxContextBytes) as encoded by the requester",
 	CodeBadEventSignature:   "the verified event reaching policy is unsigned or not signed by a key the trust file gives to authn: a forgery on the bus; denied without evaluating any policy",
 	CodePolicyInvalid:       "a pushed policy set failed to parse or validate against the schema; it was rejected whole and the previous set stays active",
+	CodeSourceTooLong:       "the request event's source is longer than 256 bytes (schemas.MaxSourceLength); refused before the token is looked at",
 	CodeRequestIDReused:     "a retried request names a request id already decided for another token, action or resource; the deny carries the retry's own id (its Nats-Msg-Id) and the first decision stays the only one recorded for the id",
 }
 
@@ -124,4 +128,5 @@ var CodeStages = map[Code]string{
 	CodeBadEventSignature:   "policy",
 	CodePolicyInvalid:       "policy",
 	CodeRequestIDReused:     "authn",
+	CodeSourceTooLong:       "authn",
 }

@@ -203,7 +203,11 @@ func (v *Verifier) Handle(ctx context.Context, m jetstream.Msg) error {
 		r.receivedAt, seq = md.Timestamp, md.Sequence.Stream
 	}
 	h := m.Headers()
-	r.replyTo = h.Get(schemas.HeaderReplyTo)
+	if r.replyTo = h.Get(schemas.HeaderReplyTo); len(r.replyTo) > schemas.MaxReplySubject {
+		// Never answered (schemas.ValidInbox): not carried on either.
+		v.log.Warn().Int("bytes", len(r.replyTo)).Msg("reply subject too long: not carried")
+		r.replyTo = ""
+	}
 
 	malformed := v.parse(m, seq, &r)
 	token, d := bearer(h.Values(schemas.HeaderAuthorization), v.auth.maxBytes)
@@ -296,6 +300,9 @@ func (v *Verifier) parse(m jetstream.Msg, seq uint64, r *request) *Denial {
 		return deny(schemas.CodeMalformedRequest, "event type %s is not %s", quoteTrunc(ev.Type, 80), schemas.TypeRequest)
 	case subjErr != nil || !validAction(subjAction):
 		return deny(schemas.CodeMalformedRequest, "subject does not name a valid action")
+	case len(ev.Source) > schemas.MaxSourceLength:
+		r.source = "" // not carried on
+		return deny(schemas.CodeSourceTooLong, "the event source is %d bytes, more than %d", len(ev.Source), schemas.MaxSourceLength)
 	}
 	if err := r.data.Validate(); err != nil {
 		return deny(schemas.CodeMalformedRequest, "%s", reasonOf(err))
