@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -18,7 +19,7 @@ import (
 // decision of a request follows its verified event by the time policy took
 // to decide it, so it is among the first decisions of its action stored
 // after that event.
-const MaxRetryScan = 10000
+const MaxRetryScan = 2000
 
 // errDecisionPending is a retry of a request policy has not decided yet:
 // the retry is redelivered (with back-off) until the decision is stored.
@@ -63,7 +64,7 @@ func (v *Verifier) passRetry(ctx context.Context, r request, retryID string) err
 		return v.denyAs(ctx, r, deny(schemas.CodeRequestIDReused,
 			"request id %s was already sent by another token, or for another action or resource", quoteTrunc(r.id, 140)), retryID)
 	}
-	stored, err := v.storedDecision(ctx, r, at)
+	stored, err := v.storedDecision(ctx, r, at, schemas.DerivedID(r.id, schemas.KindPolicyDecision))
 	if err != nil {
 		return err
 	}
@@ -94,13 +95,51 @@ func (v *Verifier) storedVerified(ctx context.Context, ack *jetstream.PubAck) (s
 	return out, raw.Time, nil
 }
 
-// storedDecision finds the decision of r's request id among the decisions
-// of its action stored since from (when its verified event was stored),
-// reading at most MaxRetryScan of them.
-func (v *Verifier) storedDecision(ctx context.Context, r request, from time.Time) (*nats.Msg, error) {
+// denyRetry handles a retry authn denies (its token expired meanwhile,
+// say): a request id already decided within the duplicate window keeps
+// its decision. The same request from the same token gets the stored
+// decision; another token, action or resource a deny request_id_reused
+// under its retry id. Deciding it again under the request id would give
+// the caller another answer than the one recorded first, and replace that
+// one in the decisions table (keyed by request id). done is false when no
+// decision of the id is stored (among MaxRetryScan of its action's): the
+// retry is denied as any request.
+func (v *Verifier) denyRetry(ctx context.Context, r request, d *Denial) (done bool, err error) {
+	since := v.now().Add(-v.topo.DuplicateWindow - time.Minute)
+	stored, err := v.storedDecision(ctx, r, since,
+		schemas.DerivedID(r.id, schemas.KindPolicyDecision), schemas.DerivedID(r.id, schemas.KindDecision))
+	if errors.Is(err, errDecisionPending) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	ev, err := schemas.ParseEvent(stored.Data)
+	var first schemas.Decision
+	if err == nil {
+		err = json.Unmarshal(ev.Data, &first)
+	}
+	if err != nil {
+		return false, runtime.Permanent(fmt.Errorf("stored decision of request %s: %w", r.id, err))
+	}
+	if first.Action != r.action || first.Resource != r.data.Resource || first.TokenFingerprint != r.tokenFP {
+		v.log.Warn().Str("request_id", r.id).Str("retry_id", r.retryID).Str("token_fingerprint", r.tokenFP).
+			Str("code", string(d.Code)).Msg("retry of a request id decided for another request or token")
+		return true, v.denyAs(ctx, r, deny(schemas.CodeRequestIDReused,
+			"request id %s was already sent by another token, or for another action or resource", quoteTrunc(r.id, 140)), r.retryID)
+	}
+	v.log.Info().Str("request_id", r.id).Str("retry_id", r.retryID).Str("code", string(d.Code)).
+		Msg("retry answered with the stored decision, not decided again")
+	v.reply(ctx, r, stored)
+	return true, nil
+}
+
+// storedDecision finds the decision of r's request id, stored under one
+// of the event ids want, among the decisions of its action stored since
+// from, reading at most MaxRetryScan of them.
+func (v *Verifier) storedDecision(ctx context.Context, r request, from time.Time, want ...string) (*nats.Msg, error) {
 	name := v.topo.StreamDecisions()
 	subject := v.subjects.Decision(r.action)
-	want := schemas.DerivedID(r.id, schemas.KindPolicyDecision)
 	st, err := v.js.Stream(ctx, name)
 	if err != nil {
 		return nil, fmt.Errorf("stream %s: %w", name, err)
@@ -120,7 +159,7 @@ func (v *Verifier) storedDecision(ctx context.Context, r request, from time.Time
 		if err != nil {
 			return nil, fmt.Errorf("decisions of %s from %d: %w", subject, seq, err)
 		}
-		if raw.Header.Get(schemas.HeaderMsgID) == want {
+		if slices.Contains(want, raw.Header.Get(schemas.HeaderMsgID)) {
 			return &nats.Msg{Subject: raw.Subject, Header: raw.Header, Data: raw.Data}, nil
 		}
 		seq = raw.Sequence + 1

@@ -191,6 +191,9 @@ type request struct {
 	started    time.Time
 	tokenFP    string
 	identity   *Identity
+	// retryID is the Nats-Msg-Id of a retry: a request stored under
+	// another de-duplication id than its request id ("" otherwise).
+	retryID string
 }
 
 // Handle processes one request message. It returns nil once a verified
@@ -210,6 +213,12 @@ func (v *Verifier) Handle(ctx context.Context, m jetstream.Msg) error {
 	}
 
 	malformed := v.parse(m, seq, &r)
+	if mid := h.Get(schemas.HeaderMsgID); mid != "" && mid != r.id && len(mid) <= schemas.MaxIDLength {
+		// Stored under another de-duplication id than its request id: a
+		// retry the SDK resent because the stream had dropped it as a
+		// duplicate (see passRetry and denyRetry).
+		r.retryID = mid
+	}
 	token, d := bearer(h.Values(schemas.HeaderAuthorization), v.auth.maxBytes)
 	if token != "" {
 		// Even a malformed request's deny names the token it carried, so
@@ -254,11 +263,8 @@ func (v *Verifier) Handle(ctx context.Context, m jetstream.Msg) error {
 			return v.deny(ctx, r, d)
 		}
 	}
-	if mid := h.Get(schemas.HeaderMsgID); mid != "" && mid != r.id {
-		// Stored under another de-duplication id than its request id: a
-		// retry the SDK resent because the stream had dropped it as a
-		// duplicate (see passRetry).
-		return v.passRetry(ctx, r, mid)
+	if r.retryID != "" {
+		return v.passRetry(ctx, r, r.retryID)
 	}
 	return v.pass(ctx, r)
 }
@@ -442,6 +448,11 @@ func (v *Verifier) verified(r request, now time.Time) schemas.Verified {
 
 // deny publishes an authn deny decision, then replies to the requester.
 func (v *Verifier) deny(ctx context.Context, r request, d *Denial) error {
+	if r.retryID != "" {
+		if done, err := v.denyRetry(ctx, r, d); done || err != nil {
+			return err
+		}
+	}
 	return v.denyAs(ctx, r, d, r.id)
 }
 

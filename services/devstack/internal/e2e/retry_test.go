@@ -20,8 +20,8 @@ import (
 // retry with the same request id, inside the request stream's duplicate
 // window, gets that same decision, signed by policy, and the audit holds
 // one row for the id. The same id sent with another token is denied
-// request_id_reused under the retry's own id, and the first decision
-// stays the id's only row.
+// request_id_reused under the retry's own id, also when authn would deny
+// that token, and the first decision stays the id's only row.
 func TestRetriedRequestGetsItsDecision(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
@@ -88,9 +88,23 @@ func TestRetriedRequestGetsItsDecision(t *testing.T) {
 			reused.Decision, reused.Code, reused.RequestID)
 	}
 
-	// The reuse deny comes after the retry on the decision stream: once it
-	// is audited, anything the retry stored would be too.
-	if err := demo.WaitAudited(ctx, st.DB, []string{reused.RequestID}, 60*time.Second); err != nil {
+	// A token authn denies (here not even a JWT) does not decide the id
+	// again either: what it would deny under the request id would replace
+	// the recorded allow.
+	jctx, jcancel := context.WithTimeout(ctx, 15*time.Second)
+	defer jcancel()
+	junk, err := st.Client.Authorize(jctx, client.Call{ID: id, Token: "not-a-jwt", Request: retrain})
+	if err != nil {
+		t.Fatalf("the same id with a bad token: %v", err)
+	}
+	if junk.Allowed() || junk.Code != schemas.CodeRequestIDReused || junk.RequestID == id {
+		t.Fatalf("the same id with a bad token: %s/%s for %q, want a deny request_id_reused under the retry's own id",
+			junk.Decision, junk.Code, junk.RequestID)
+	}
+
+	// The reuse denies come after the retry on the decision stream: once
+	// they are audited, anything the retry stored would be too.
+	if err := demo.WaitAudited(ctx, st.DB, []string{reused.RequestID, junk.RequestID}, 60*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	// Without FINAL, which would fold a second decision of the id into
