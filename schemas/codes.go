@@ -54,6 +54,13 @@ const (
 	// used as many times as its policy allows; a new approval request is
 	// opened and named.
 	CodeApprovalUsed Code = "approval_used"
+	// CodeRequestIDReused: a retry (a request resent under a new
+	// Nats-Msg-Id) names a request id already decided for another token,
+	// action or resource; the first caller's decision is not given out.
+	CodeRequestIDReused Code = "request_id_reused"
+	// CodeSourceTooLong: the request event's source is longer than
+	// MaxSourceLength.
+	CodeSourceTooLong Code = "source_too_long"
 )
 
 // Codes documents every deny code. schemas/json/decision.json enumerates
@@ -92,6 +99,8 @@ var Codes = map[Code]string{
 	CodePolicyInvalid:       "a pushed policy set failed to parse or validate against the schema; it was rejected whole and the previous set stays active",
 	CodeApprovalRequired:    "the request is denied only because a policy annotated @approval needs approval of this exact request (same requester, same digest) by a quorum of reviewers; Decision.approval_id names the approval request to review",
 	CodeApprovalUsed:        "the approval of this exact request was already used as many times as its policy allows (once by default); a new approval request is opened and named",
+	CodeSourceTooLong:       "the request event's source is longer than 256 bytes (schemas.MaxSourceLength); refused before the token is looked at",
+	CodeRequestIDReused:     "a retried request names a request id already decided for another token, action or resource; the deny carries the retry's own id (its Nats-Msg-Id) and the first decision stays the only one recorded for the id",
 }
 
 // CodeStages says which service decides each code: authn, policy, or both
@@ -131,4 +140,6 @@ var CodeStages = map[Code]string{
 	CodePolicyInvalid:       "policy",
 	CodeApprovalRequired:    "policy",
 	CodeApprovalUsed:        "policy",
+	CodeRequestIDReused:     "authn",
+	CodeSourceTooLong:       "authn",
 }

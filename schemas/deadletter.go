@@ -29,4 +29,8 @@ type DeadLetter struct {
 	// otherwise.
 	Data       string `json:"data,omitempty"`
 	DataBase64 string `json:"data_base64,omitempty"`
+	// DataBytes is the size of the original body when Data or DataBase64
+	// carry only its beginning: cut so that the dead letter fits
+	// MaxDeadLetterBytes (a body JSON-escapes up to six-fold).
+	DataBytes int `json:"data_bytes,omitempty"`
 }

@@ -124,6 +124,11 @@ func (e Event) DecodeData(v any) error {
 	return nil
 }
 
+// MaxSourceLength bounds a request event's source: it is carried into the
+// verified event and the audit, and a platform names itself in a few
+// dozen bytes.
+const MaxSourceLength = 256
+
 // MaxIDLength bounds event and request ids; they become NATS header values,
 // KV keys and ClickHouse keys.
 const MaxIDLength = 128

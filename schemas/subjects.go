@@ -29,6 +29,11 @@ const (
 	KindSession  = "session"
 )
 
+// KindPolicyDecision derives the event id of policy's decision from its
+// request id (DerivedID); authn's denies use KindDecision, so the two never
+// share a de-duplication id.
+const KindPolicyDecision = "policy.decision"
+
 // Session event names: the third token of aigov.session.*.
 const (
 	SessionStarted     = "started"

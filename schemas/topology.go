@@ -305,6 +305,10 @@ const (
 	AdvisoryTerminated    = "$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED"
 )
 
+// DeadLetterMaxDeliver bounds the dead-letter worker's attempts at one
+// advisory.
+const DeadLetterMaxDeliver = 1000
+
 // ConsumerDeadLetter is the audit's dead-letter worker: it reads the
 // advisories stream and turns each advisory into a dead-letter event.
 const ConsumerDeadLetter = "audit-dead-letter"
@@ -405,8 +409,12 @@ func (t Topology) Consumer(name string) (ConsumerSpec, error) {
 	case ConsumerReaperLeases:
 		stream, c.FilterSubject = t.StreamDecisions(), s.All(KindDecision)
 	case ConsumerDeadLetter:
+		// Bounded, unlike the audit's lanes: a dead letter always fits
+		// its stream (the body is cut to fit), so only an outage fails
+		// it; at the audit's 5 s back-off cap, 1000 deliveries outlast
+		// more than an hour of one.
 		stream = t.StreamAdvisories()
-		c.AckWait, c.MaxDeliver = time.Minute, -1
+		c.AckWait, c.MaxDeliver = time.Minute, DeadLetterMaxDeliver
 	default:
 		// One audit consumer per audited stream (audit-decisions,
 		// audit-sessions, audit-dlq, and any stream added later).
@@ -516,6 +524,9 @@ type Grant struct {
 	// from and ack on exactly these, and read their info. It can neither
 	// create nor delete any consumer.
 	Consumers []string
+	// ConsumerInfo are durable consumers whose info (delivery and ack
+	// progress, no message) the role may read.
+	ConsumerInfo []string
 	// Publish are the event subjects the role publishes.
 	Publish []string
 	// Replies lets the role answer any requester's _INBOX (authn, policy).
@@ -547,8 +558,10 @@ func (t Topology) Grant(role string) (Grant, error) {
 			ReadKV:    []string{t.BucketRevocations()},
 			WriteKV:   []string{t.BucketTokenIDs()},
 			// A redelivered request's deny may be a duplicate of one
-			// stored before: the reply carries the stored one.
-			ReadStreams: []string{t.StreamDecisions()},
+			// stored before: the reply carries the stored one. A retry
+			// reads the verified event stored for its request id first,
+			// and the decision stored for it.
+			ReadStreams: []string{t.StreamDecisions(), t.StreamVerified()},
 		}, nil
 	case RolePolicy:
 		return Grant{
@@ -603,11 +616,15 @@ func (t Topology) Grant(role string) (Grant, error) {
 			ReadStreams: []string{t.StreamAuditCheckpoints(), "KV_" + t.LegacyBucketAuditCheckpoints()},
 		}, nil
 	case RolePlatform:
-		return Grant{Publish: []string{s.All(KindRequest)}}, nil
+		// The SDK reads how far authn has acked the request stream to
+		// tell a retry of a request still queued (wait for its decision)
+		// from one of a request decided already (resend it).
+		return Grant{Publish: []string{s.All(KindRequest)}, ConsumerInfo: []string{ConsumerAuthn}}, nil
 	case RoleGateway:
 		// The gateway decides nothing: it forwards its callers' requests
-		// (their own bearer tokens) and reads their decisions on its inbox.
-		return Grant{Publish: []string{s.All(KindRequest)}}, nil
+		// (their own bearer tokens) and reads their decisions on its inbox;
+		// its SDK retries as the platform's does.
+		return Grant{Publish: []string{s.All(KindRequest)}, ConsumerInfo: []string{ConsumerAuthn}}, nil
 	case RoleProvisioner:
 		return Grant{Provision: true}, nil
 	default:
@@ -636,6 +653,13 @@ func (t Topology) Permissions(role string) (Permissions, error) {
 			api+"CONSUMER.INFO."+spec.Stream+"."+name,
 			api+"CONSUMER.MSG.NEXT."+spec.Stream+"."+name,
 			"$JS.ACK."+spec.Stream+"."+name+".>")
+	}
+	for _, name := range g.ConsumerInfo {
+		spec, err := t.Consumer(name)
+		if err != nil {
+			return Permissions{}, err
+		}
+		pub = append(pub, api+"CONSUMER.INFO."+spec.Stream+"."+name)
 	}
 	read := func(stream string) []string {
 		return []string{api + "STREAM.INFO." + stream, api + "STREAM.MSG.GET." + stream,

@@ -25,7 +25,8 @@ var ErrClosed = errors.New("aigov client: closed")
 
 // ErrTimeout is returned when no decision arrives before the deadline. The
 // request may still be decided and audited later; retrying with the same
-// request id is safe.
+// request id is safe: a retry within the request stream's duplicate window
+// is answered with the decision already stored for the id.
 var ErrTimeout = errors.New("aigov client: no decision before the deadline")
 
 // ErrTokenTooLarge is returned, before anything is published, for a token
@@ -180,6 +181,9 @@ func (c *Client) route(m *nats.Msg) {
 	}
 	if ok {
 		delete(c.pending, d.RequestID)
+		if len(p.ch) > 0 {
+			ok = false // already answered, under its retry's id
+		}
 	}
 	_, taken := c.pending[d.RequestID]
 	c.mu.Unlock()
@@ -232,11 +236,39 @@ func (c *Client) Authorize(ctx context.Context, call Call) (schemas.Decision, er
 	if err != nil {
 		return schemas.Decision{}, err
 	}
-	if _, err := c.js.PublishMsg(ctx, msg, jetstream.WithMsgID(call.ID)); err != nil {
-		if apiErr := (*jetstream.APIError)(nil); errors.As(err, &apiErr) {
-			return schemas.Decision{}, fmt.Errorf("%w: request %s: %v", ErrBusRefused, call.ID, err)
+	ack, err := c.publish(ctx, msg, call.ID, call.ID)
+	if err != nil {
+		return schemas.Decision{}, err
+	}
+	resend := false
+	if ack.Duplicate {
+		d, ok, again := c.firstCopy(ctx, ch, ack)
+		if ok {
+			return d, nil
 		}
-		return schemas.Decision{}, fmt.Errorf("aigov client: publish request %s: %w", call.ID, err)
+		resend = again // else wait below for the first copy's decision
+	}
+	if resend {
+		// The request stream had this request id (a retry within its
+		// duplicate window) and dropped the copy; the first copy is
+		// decided and its decision did not come here. Resent under a new
+		// Nats-Msg-Id, with the same request id, authn answers it with
+		// the decision already stored for the id (or denies
+		// request_id_reused, under the retry's own id, when another
+		// token, action or resource sent it first).
+		retryID := schemas.NewID()
+		c.mu.Lock()
+		c.pending[retryID] = p
+		c.mu.Unlock()
+		defer func() {
+			c.mu.Lock()
+			delete(c.pending, retryID)
+			c.mu.Unlock()
+		}()
+		msg.Header.Set(schemas.HeaderMsgID, retryID)
+		if _, err := c.publish(ctx, msg, call.ID, retryID); err != nil {
+			return schemas.Decision{}, err
+		}
 	}
 	select {
 	case d := <-ch:
@@ -244,6 +276,52 @@ func (c *Client) Authorize(ctx context.Context, call Call) (schemas.Decision, er
 	case <-ctx.Done():
 		return schemas.Decision{}, fmt.Errorf("%w: request %s: %v", ErrTimeout, call.ID, ctx.Err())
 	}
+}
+
+// RetryGrace bounds how long a retry the request stream dropped as a
+// duplicate waits for the first copy's decision before it is resent: a
+// decision on its way to this client's inbox (the same subject for the
+// same request id) arrives within it.
+const RetryGrace = 250 * time.Millisecond
+
+// firstCopy waits, for a request the stream dropped as a duplicate of the
+// one it stored at ack's sequence, up to RetryGrace for the first copy's
+// decision (ok), then reports whether the request must be resent (again):
+// not while the first copy is still queued or being decided, which the
+// authn consumer's ack floor tells (its decision comes to this inbox);
+// yes once it is past it, or when the consumer cannot be read (a tenant's
+// account, a deployment without the grant): authn answers a resent copy
+// of a request still in flight once that is decided.
+func (c *Client) firstCopy(ctx context.Context, ch <-chan schemas.Decision, ack *jetstream.PubAck) (d schemas.Decision, ok, again bool) {
+	deadline, _ := ctx.Deadline()
+	wait := time.NewTimer(min(RetryGrace, time.Until(deadline)/4))
+	defer wait.Stop()
+	select {
+	case d = <-ch:
+		return d, true, false
+	case <-ctx.Done():
+		return d, false, false
+	case <-wait.C:
+	}
+	ictx, cancel := context.WithTimeout(ctx, max(time.Millisecond, min(2*time.Second, time.Until(deadline)/4)))
+	defer cancel()
+	cons, err := c.js.Consumer(ictx, ack.Stream, schemas.ConsumerAuthn)
+	if err != nil {
+		return d, false, true
+	}
+	return d, false, cons.CachedInfo().AckFloor.Stream >= ack.Sequence
+}
+
+// publish stores the request message under the de-duplication id msgID.
+func (c *Client) publish(ctx context.Context, msg *nats.Msg, id, msgID string) (*jetstream.PubAck, error) {
+	ack, err := c.js.PublishMsg(ctx, msg, jetstream.WithMsgID(msgID))
+	if err != nil {
+		if apiErr := (*jetstream.APIError)(nil); errors.As(err, &apiErr) {
+			return nil, fmt.Errorf("%w: request %s: %v", ErrBusRefused, id, err)
+		}
+		return nil, fmt.Errorf("aigov client: publish request %s: %w", id, err)
+	}
+	return ack, nil
 }
 
 // Message builds the NATS message for a call without sending it, for

@@ -697,3 +697,48 @@ func TestAuthorizeIgnoresAnotherRequestsDecision(t *testing.T) {
 		t.Fatalf("the client took another request's decision: %s %s on %s (token %s)", d.Decision, d.Action, d.Resource, d.TokenFingerprint)
 	}
 }
+
+// A retry of a request already decided, whose decision never reached the
+// caller (issue 18 a), is resent under a new Nats-Msg-Id with the same
+// request id, so that authn can answer it with the stored decision; the
+// retry of a request still queued is not (TestAuthorizeTimeoutAndRetry).
+func TestRetryOfADecidedRequestIsResent(t *testing.T) {
+	t.Parallel()
+	b := startBus(t)
+	c := b.newClient(t, client.Options{})
+	call := client.Call{ID: "req-lost-reply", Token: "token", Request: schemas.Request{Action: "model.deploy", Resource: schemas.Resource{Type: "Model", ID: "m-4"}}}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	_, err := c.Authorize(ctx, call)
+	cancel()
+	if !errors.Is(err, client.ErrTimeout) {
+		t.Fatalf("first copy: %v, want ErrTimeout", err)
+	}
+	// Decided (consumed and acked) after the caller gave up: the one
+	// reply goes to no one.
+	ctx, cancel = context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for s := range b.decider(ctx, t, 1, true) {
+		if s.err != nil || s.msgID != call.ID {
+			t.Fatalf("first copy seen as %+v", s)
+		}
+	}
+	time.Sleep(300 * time.Millisecond) // the lost reply has come and gone
+
+	observed := b.decider(ctx, t, 1, true)
+	d, err := c.Authorize(ctx, call)
+	if err != nil {
+		t.Fatalf("retry: %v", err)
+	}
+	if d.RequestID != call.ID || !d.Allowed() {
+		t.Fatalf("retry got %+v, want the allow of %s", d, call.ID)
+	}
+	for s := range observed {
+		if s.err != nil || s.event.ID != call.ID || s.msgID == call.ID || s.msgID == "" {
+			t.Fatalf("resent copy: event id %q, Nats-Msg-Id %q (%v); want the request id under a new Nats-Msg-Id", s.event.ID, s.msgID, s.err)
+		}
+	}
+	if st := b.requestStream(t); st.LastSeq != 2 {
+		t.Fatalf("request stream last seq %d, want 2: the first copy and the resent one", st.LastSeq)
+	}
+}

@@ -92,6 +92,18 @@ func (p *Publisher) Publish(ctx context.Context, o Outgoing) (*nats.Msg, error) 
 	return msg, nil
 }
 
+// PublishNow publishes one event and waits for its ack even in a pipelined
+// runner's handler, for a handler whose next step depends on whether the
+// stream already held the event (the ack's Duplicate and Sequence).
+func (p *Publisher) PublishNow(ctx context.Context, o Outgoing) (*nats.Msg, *jetstream.PubAck, error) {
+	ev, err := schemas.NewEvent(o.ID, p.source, o.Type, o.Time, o.Data)
+	if err != nil {
+		return nil, nil, err
+	}
+	ev.Subject = o.Subject
+	return schemas.PublishEvent(ctx, p.js, p.signer, o.NATSSubject, ev)
+}
+
 // Reply sends a stored decision, with its signature, to the requester's
 // inbox, best effort like any core NATS message: the decision itself is
 // already durable. Only a literal _INBOX. subject is answered, so a

@@ -83,10 +83,23 @@ func ExponentialBackoff(first, max time.Duration) func(uint64) time.Duration {
 	}
 }
 
+// PullExpiry and PullHeartbeat shape the pull requests of every runner:
+// the server answers an idle pull with a heartbeat every PullHeartbeat,
+// and two missed ones (ErrNoHeartbeat) make the client pull again. With
+// nats.go's defaults (30 s expiry, 15 s heartbeat) a paused server, or a
+// link that drops packets without closing, went unnoticed for 30 s; with
+// these, within about 2 × PullHeartbeat (4 s). An idle consumer sends one
+// pull request every PullExpiry.
+const (
+	PullExpiry    = 10 * time.Second
+	PullHeartbeat = 2 * time.Second
+)
+
 // pump feeds messages from the consumer into out until ctx ends; then it
 // drains what was already pulled and closes out.
 func (r *Runner) pump(ctx context.Context, cons jetstream.Consumer, buffer int, out chan<- jetstream.Msg) error {
-	it, err := cons.Messages(jetstream.PullMaxMessages(buffer))
+	it, err := cons.Messages(jetstream.PullMaxMessages(buffer),
+		jetstream.PullExpiry(PullExpiry), jetstream.PullHeartbeat(PullHeartbeat))
 	if err != nil {
 		close(out)
 		return fmt.Errorf("consume %s: %w", r.name, err)
@@ -102,9 +115,18 @@ func (r *Runner) pump(ctx context.Context, cons jetstream.Consumer, buffer int, 
 			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
 				return
 			}
+			if errors.Is(err, jetstream.ErrNoHeartbeat) {
+				// The server stopped answering (PullHeartbeat): the
+				// iterator pulls again by itself. No pause: the error
+				// comes at most once per two heartbeats, and while the
+				// loop is not reading, the statuses a recovered server
+				// sends at once would overflow the iterator's buffer.
+				r.log.Warn().Err(err).Msg("pull interrupted")
+				continue
+			}
 			if err != nil {
-				// Missed heartbeats and the like: the iterator recovers by
-				// itself; pause so a broken link cannot spin the loop.
+				// Other errors: the iterator recovers by itself; pause so
+				// a broken link cannot spin the loop.
 				r.log.Warn().Err(err).Msg("pull interrupted")
 				select {
 				case <-time.After(200 * time.Millisecond):

@@ -131,11 +131,21 @@ func (a *Audit) Workers() []runtime.Worker {
 	out := make([]runtime.Worker, 0, len(a.lanes)+1)
 	for _, l := range a.lanes {
 		out = append(out, func(ctx context.Context) error {
+			// Each lane signs its own rows within the checkpoint interval,
+			// whatever the traffic of its stream or the others'.
+			tctx, stopTicker := context.WithCancel(ctx)
+			ticker := make(chan struct{})
+			go func() {
+				defer close(ticker)
+				l.stream.RunTicker(tctx)
+			}()
 			err := l.runner.RunBatches(ctx, l.consumer, opts, l.handle)
+			stopTicker()
+			<-ticker
 			// The last batch is flushed: sign where the chain stands, so a
 			// restart (or verify) finds the newest head.
 			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-			l.stream.checkpoint(cctx)
+			l.stream.Sign(cctx)
 			cancel()
 			return err
 		})

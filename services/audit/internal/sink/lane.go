@@ -3,7 +3,6 @@ package sink
 import (
 	"context"
 	"crypto/ed25519"
-	"encoding/json"
 	"errors"
 	"fmt"
 	goruntime "runtime"
@@ -27,10 +26,12 @@ import (
 const MaxGapFill = 20000
 
 // streamLane writes one audited stream. It is driven by one RunBatches
-// loop, so its chain head needs no lock: one writer per stream per
-// process. Across replicas the chain stays single because it is a pure
-// function of the stream: see package chain.
+// loop: one writer per stream per process; mu only lets the lane's
+// checkpoint ticker (SignIfDue) sign the head between batches. Across
+// replicas the chain stays single because it is a pure function of the
+// stream: see package chain.
 type streamLane struct {
+	mu       sync.Mutex
 	stream   string
 	consumer string
 	deadLtr  bool // the lane reads the dead-letter stream itself
@@ -91,6 +92,8 @@ type item struct {
 // linking each to its predecessor. It returns nil only once every row is
 // committed and every dead letter published.
 func (l *streamLane) Handle(ctx context.Context, msgs []jetstream.Msg) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	if !l.haveHead {
 		if err := l.loadHead(ctx); err != nil {
 			return err
@@ -272,13 +275,9 @@ func (l *streamLane) fillGaps(ctx context.Context, items []item) ([]item, error)
 
 func (l *streamLane) publishDeadLetter(ctx context.Context, dl schemas.DeadLetter) error {
 	id := schemas.DerivedID(dl.Stream+":"+strconv.FormatUint(dl.StreamSeq, 10)+":"+dl.Kind, "deadletter")
-	ev, err := schemas.NewEvent(id, "aigov/audit", schemas.TypeDeadLetter, time.Now(), dl)
+	raw, err := deadLetterEvent(id, dl, time.Now(), schemas.MaxDeadLetterBytes-deadLetterHeadroom)
 	if err != nil {
 		return err
-	}
-	raw, err := json.Marshal(ev)
-	if err != nil {
-		return fmt.Errorf("encode dead letter: %w", err)
 	}
 	m := nats.NewMsg(l.subjects.DeadLetter(dl.Stream, dl.Consumer))
 	m.Data = raw
@@ -346,9 +345,52 @@ func (l *streamLane) refreshHead(ctx context.Context, next uint64) {
 	}
 }
 
-// checkpoint signs the head and stores it in the checkpoint stream. A failure is logged, not
-// returned: the rows are committed and the chain intact; the next batch
-// (or shutdown) signs again.
+// SignIfDue signs the head when rows written since the last checkpoint
+// have waited the checkpoint interval: a batch signs only when the
+// interval has passed since the last checkpoint, so without this the
+// last rows of a quiet stream would wait, unsigned, for its next event.
+// The lane's ticker calls it; a batch being written signs by itself.
+func (l *streamLane) SignIfDue(ctx context.Context) {
+	if !l.mu.TryLock() {
+		return
+	}
+	defer l.mu.Unlock()
+	if time.Since(l.signedAt) >= l.every {
+		l.checkpoint(ctx)
+	}
+}
+
+// Sign signs the head if it moved since the last checkpoint (shutdown).
+func (l *streamLane) Sign(ctx context.Context) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.checkpoint(ctx)
+}
+
+// RunTicker calls SignIfDue four times per checkpoint interval until ctx
+// ends, so a row waits at most about 1.25 intervals for its signature.
+func (l *streamLane) RunTicker(ctx context.Context) {
+	if l.every <= 0 {
+		return
+	}
+	tick := time.NewTicker(max(l.every/4, 10*time.Millisecond))
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+			cctx, cancel := context.WithTimeout(ctx, max(l.every, time.Second))
+			l.SignIfDue(cctx)
+			cancel()
+		}
+	}
+}
+
+// checkpoint signs the head and stores it in the checkpoint stream; the
+// caller holds mu. A failure is logged, not returned: the rows are
+// committed and the chain intact; the next batch, tick (or shutdown)
+// signs again.
 func (l *streamLane) checkpoint(ctx context.Context) {
 	if !l.haveHead || (l.head.Seq == l.signedSeq && !l.signedAt.IsZero()) {
 		return

@@ -59,6 +59,7 @@ type Deps struct {
 type Verifier struct {
 	auth     *Authenticator
 	log      zerolog.Logger
+	nc       *nats.Conn
 	js       jetstream.JetStream
 	pub      *runtime.Publisher
 	topo     schemas.Topology
@@ -96,6 +97,7 @@ func New(cfg Config, deps Deps) (*Verifier, error) {
 	v := &Verifier{
 		auth:     auth,
 		log:      deps.Log,
+		nc:       deps.NC,
 		js:       deps.JS,
 		pub:      pub,
 		topo:     deps.Topology,
@@ -193,6 +195,9 @@ type request struct {
 	started    time.Time
 	tokenFP    string
 	identity   *Identity
+	// retryID is the Nats-Msg-Id of a retry: a request stored under
+	// another de-duplication id than its request id ("" otherwise).
+	retryID string
 }
 
 // Handle processes one request message. It returns nil once a verified
@@ -205,9 +210,19 @@ func (v *Verifier) Handle(ctx context.Context, m jetstream.Msg) error {
 		r.receivedAt, seq = md.Timestamp, md.Sequence.Stream
 	}
 	h := m.Headers()
-	r.replyTo = h.Get(schemas.HeaderReplyTo)
+	if r.replyTo = h.Get(schemas.HeaderReplyTo); len(r.replyTo) > schemas.MaxReplySubject {
+		// Never answered (schemas.ValidInbox): not carried on either.
+		v.log.Warn().Int("bytes", len(r.replyTo)).Msg("reply subject too long: not carried")
+		r.replyTo = ""
+	}
 
 	malformed := v.parse(m, seq, &r)
+	if mid := h.Get(schemas.HeaderMsgID); mid != "" && mid != r.id && len(mid) <= schemas.MaxIDLength {
+		// Stored under another de-duplication id than its request id: a
+		// retry the SDK resent because the stream had dropped it as a
+		// duplicate (see passRetry and denyRetry).
+		r.retryID = mid
+	}
 	token, d := bearer(h.Values(schemas.HeaderAuthorization), v.auth.maxBytes)
 	if token != "" {
 		// Even a malformed request's deny names the token it carried, so
@@ -258,6 +273,9 @@ func (v *Verifier) Handle(ctx context.Context, m jetstream.Msg) error {
 			return v.deny(ctx, r, d)
 		}
 	}
+	if r.retryID != "" {
+		return v.passRetry(ctx, r, r.retryID)
+	}
 	return v.pass(ctx, r)
 }
 
@@ -298,6 +316,9 @@ func (v *Verifier) parse(m jetstream.Msg, seq uint64, r *request) *Denial {
 		return deny(schemas.CodeMalformedRequest, "event type %s is not %s", quoteTrunc(ev.Type, 80), schemas.TypeRequest)
 	case subjErr != nil || !validAction(subjAction):
 		return deny(schemas.CodeMalformedRequest, "subject does not name a valid action")
+	case len(ev.Source) > schemas.MaxSourceLength:
+		r.source = "" // not carried on
+		return deny(schemas.CodeSourceTooLong, "the event source is %d bytes, more than %d", len(ev.Source), schemas.MaxSourceLength)
 	}
 	if err := r.data.Validate(); err != nil {
 		return deny(schemas.CodeMalformedRequest, "%s", reasonOf(err))
@@ -408,7 +429,20 @@ func (v *Verifier) tokenIDs(ctx context.Context) (jetstream.KeyValue, error) {
 // pass publishes the verified event.
 func (v *Verifier) pass(ctx context.Context, r request) error {
 	now := v.now()
-	data := schemas.Verified{
+	data := v.verified(r, now)
+	id := schemas.DerivedID(r.id, schemas.KindVerified)
+	if _, err := v.publish(ctx, v.subjects.Verified(r.action), id, schemas.TypeVerified, now, data); err != nil {
+		return err
+	}
+	v.outcomes.WithLabelValues(outcomeVerified).Inc()
+	v.log.Debug().Str("request_id", r.id).Str("action", r.action).Str("principal", r.identity.Principal.ID).
+		Str("session_key", r.identity.SessionKey).Str("token_fingerprint", r.tokenFP).Msg("request verified")
+	return nil
+}
+
+// verified is the verified event's data for r.
+func (v *Verifier) verified(r request, now time.Time) schemas.Verified {
+	return schemas.Verified{
 		RequestID:        r.id,
 		Source:           r.source,
 		Request:          r.data,
@@ -420,18 +454,22 @@ func (v *Verifier) pass(ctx context.Context, r request) error {
 		ReceivedAt:       r.receivedAt.UTC(),
 		VerifiedAt:       now.UTC(),
 	}
-	id := schemas.DerivedID(r.id, schemas.KindVerified)
-	if _, err := v.publish(ctx, v.subjects.Verified(r.action), id, schemas.TypeVerified, now, data); err != nil {
-		return err
-	}
-	v.outcomes.WithLabelValues(outcomeVerified).Inc()
-	v.log.Debug().Str("request_id", r.id).Str("action", r.action).Str("principal", r.identity.Principal.ID).
-		Str("session_key", r.identity.SessionKey).Str("token_fingerprint", r.tokenFP).Msg("request verified")
-	return nil
 }
 
 // deny publishes an authn deny decision, then replies to the requester.
 func (v *Verifier) deny(ctx context.Context, r request, d *Denial) error {
+	if r.retryID != "" {
+		if done, err := v.denyRetry(ctx, r, d); done || err != nil {
+			return err
+		}
+	}
+	return v.denyAs(ctx, r, d, r.id)
+}
+
+// denyAs is deny for a decision under requestID, which is r.id but for
+// a reused request id (passRetry).
+func (v *Verifier) denyAs(ctx context.Context, r request, d *Denial, requestID string) error {
+	r.id = requestID
 	now := v.now()
 	data := schemas.Decision{
 		RequestID:        r.id,

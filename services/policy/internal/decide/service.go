@@ -30,7 +30,7 @@ const EventSource = "aigov/policy"
 // PolicyDecisionKind derives a policy decision's event id from its request
 // id (schemas.DerivedID); it differs from authn's deny kind, so the two
 // never share a de-duplication id.
-const PolicyDecisionKind = "policy.decision"
+const PolicyDecisionKind = schemas.KindPolicyDecision
 
 // Deps are what the policy service runs on.
 type Deps struct {

@@ -1,0 +1,71 @@
+package sink
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/aigov/aigov/schemas"
+)
+
+// TestOversizedDeadLetterFitsTheStream (issue 18 c): a message as large as
+// the request stream takes (near 1 MiB), all '<', is given up on by
+// authn's consumer. Carried as text, its body JSON-escapes six-fold, far
+// over the dead-letter stream's 2 MiB: before, the dead-letter worker's
+// publish was refused at every attempt, without end. Now the body is cut
+// to fit, its size recorded, and the give-up reaches the anomalies table.
+func TestOversizedDeadLetterFitsTheStream(t *testing.T) {
+	t.Parallel()
+	h := startHarness(t, harnessOptions{})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	spec, err := h.topo.Consumer(schemas.ConsumerAuthn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec.Config.MaxDeliver, spec.Config.AckWait = 2, time.Second
+	cons, err := h.admin.CreateOrUpdateConsumer(ctx, spec.Stream, spec.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Raw '<' (valid JSON, as a non-Go publisher writes it): 900 KiB on
+	// the request stream, 5.4 MiB once escaped in a dead letter.
+	blob := strings.Repeat("<", 900<<10)
+	raw := []byte(`{"specversion":"1.0","id":"req-huge","source":"test","type":"` + schemas.TypeRequest +
+		`","time":"2026-11-25T10:00:00Z","data":{"action":"model.retrain","context":{"blob":"` + blob + `"}}}`)
+	h.publish(h.subjects.Request("model.retrain"), raw, "req-huge")
+	// Not terminated: a work queue drops a terminated message, and the
+	// dead letter carries no body then.
+	for range 3 {
+		batch, err := cons.Fetch(1, jetstream.FetchMaxWait(2*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for m := range batch.Messages() {
+			_ = m.Nak()
+		}
+	}
+	h.waitCount(1, 40*time.Second, "SELECT count() FROM "+h.db+".anomalies FINAL WHERE kind = 'max_deliveries' AND consumer = 'authn' AND stream_seq = 1 AND position(reason, 'truncated') > 0 AND startsWith(data, '{')")
+
+	dlq, err := h.admin.Stream(ctx, h.topo.StreamDeadLetter())
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := dlq.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := dlq.GetMsg(ctx, info.State.LastSeq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(m.Data) > schemas.MaxDeadLetterBytes || len(m.Data) < schemas.MaxDeadLetterBytes/2 {
+		t.Errorf("the dead letter is %d bytes; want it cut to fit %d, not emptied", len(m.Data), schemas.MaxDeadLetterBytes)
+	}
+	if !strings.Contains(string(m.Data), `"data_bytes":`+itoa(len(raw))) {
+		t.Errorf("the dead letter does not record the body's %d bytes", len(raw))
+	}
+}
