@@ -165,6 +165,10 @@ type Common struct {
 	SigningLinger time.Duration
 	// Pprof serves Go's profiles on the health port (AIGOV_PPROF).
 	Pprof bool
+	// ClockOffset shifts the clock the service decides by
+	// (AIGOV_DEV_CLOCK_OFFSET, e.g. -2m): a dev and chaos-test setting that
+	// models a host whose clock is off. Zero in production.
+	ClockOffset time.Duration
 	// TrustFile lists the public keys of every signing role
 	// (AIGOV_TRUST_FILE; required by the services that verify: policy,
 	// audit). It is the operator's: no service writes it.
@@ -199,11 +203,22 @@ func LoadCommon(e *Env, service, defaultHTTP string) Common {
 		TrustFile:       e.String("AIGOV_TRUST_FILE", ""),
 		SigningLinger:   e.Duration("AIGOV_SIGNING_LINGER", DefaultSigningLinger),
 		Pprof:           e.Bool("AIGOV_PPROF", false),
+		ClockOffset:     e.Duration("AIGOV_DEV_CLOCK_OFFSET", 0),
 	}
 	if err := c.NATS().Validate(); err != nil {
 		e.Fail("AIGOV_NATS_*: %w", err)
 	}
 	return c
+}
+
+// Clock is the clock the service decides by: time.Now, shifted by
+// ClockOffset when one is set.
+func (c Common) Clock() func() time.Time {
+	if c.ClockOffset == 0 {
+		return time.Now
+	}
+	off := c.ClockOffset
+	return func() time.Time { return time.Now().Add(off) }
 }
 
 // NATS is how this service reaches the bus, for natsconn.
