@@ -102,5 +102,5 @@ tidy:
 
 ## clean: remove build output and demo data
 clean:
-	rm -rf bin .run .run-bench
+	rm -rf bin .run .run-bench .run-chaos
 .PHONY: clean
