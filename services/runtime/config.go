@@ -69,6 +69,20 @@ func (e *Env) Duration(key string, def time.Duration) time.Duration {
 	return d
 }
 
+// SignedDuration parses a duration that may be negative (a clock offset).
+func (e *Env) SignedDuration(key string, def time.Duration) time.Duration {
+	v, ok := e.raw(key)
+	if !ok {
+		return def
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		e.errs = append(e.errs, fmt.Errorf("%s=%q is not a duration such as -2m", key, v))
+		return def
+	}
+	return d
+}
+
 // Int parses a whole number no smaller than min.
 func (e *Env) Int(key string, def, min int) int {
 	v, ok := e.raw(key)
@@ -203,7 +217,7 @@ func LoadCommon(e *Env, service, defaultHTTP string) Common {
 		TrustFile:       e.String("AIGOV_TRUST_FILE", ""),
 		SigningLinger:   e.Duration("AIGOV_SIGNING_LINGER", DefaultSigningLinger),
 		Pprof:           e.Bool("AIGOV_PPROF", false),
-		ClockOffset:     e.Duration("AIGOV_DEV_CLOCK_OFFSET", 0),
+		ClockOffset:     e.SignedDuration("AIGOV_DEV_CLOCK_OFFSET", 0),
 	}
 	if err := c.NATS().Validate(); err != nil {
 		e.Fail("AIGOV_NATS_*: %w", err)

@@ -57,8 +57,13 @@ func Chaos(ctx context.Context, args []string, out io.Writer) error {
 	failed := 0
 	for _, f := range list {
 		res, err := r.Run(ctx, strings.TrimSpace(f))
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
 		if err != nil {
-			return err
+			// A fault that could not be injected (or undone) counts as a
+			// failure; the next faults still run.
+			res.Fault, res.Verify, res.Notes = strings.TrimSpace(f), "error", err.Error()
 		}
 		results = append(results, res)
 		if !res.OK() {

@@ -376,6 +376,7 @@ type row struct {
 	rows      uint64
 	decisions []string
 	codes     []string
+	stages    []string
 }
 
 // account waits until every acknowledged request is in ClickHouse
@@ -447,7 +448,7 @@ func (r *Runner) account(ctx context.Context, fault string, recs []record, prefi
 			}
 			what := "none"
 			if ok {
-				what = strings.Join(g.decisions, "+") + "/" + strings.Join(g.codes, "+")
+				what = strings.Join(g.decisions, "+") + "/" + strings.Join(g.codes, "+") + "@" + strings.Join(g.stages, "+")
 			} else if !rec.acked {
 				what = "not-acked"
 			}
@@ -476,7 +477,7 @@ func (r *Runner) account(ctx context.Context, fault string, recs []record, prefi
 func (r *Runner) rows(ctx context.Context, prefix string) (map[string]row, error) {
 	qctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
-	rs, err := r.st.DB.Query(qctx, `SELECT request_id, count(), groupUniqArray(toString(decision)), groupUniqArray(code)
+	rs, err := r.st.DB.Query(qctx, `SELECT request_id, count(), groupUniqArray(toString(decision)), groupUniqArray(code), groupUniqArray(stage)
 		FROM aigov.decisions FINAL WHERE request_id LIKE ? GROUP BY request_id`, prefix+"%")
 	if err != nil {
 		return nil, err
@@ -486,11 +487,12 @@ func (r *Runner) rows(ctx context.Context, prefix string) (map[string]row, error
 	for rs.Next() {
 		var id string
 		var g row
-		if err := rs.Scan(&id, &g.rows, &g.decisions, &g.codes); err != nil {
+		if err := rs.Scan(&id, &g.rows, &g.decisions, &g.codes, &g.stages); err != nil {
 			return nil, err
 		}
 		slices.Sort(g.decisions)
 		slices.Sort(g.codes)
+		slices.Sort(g.stages)
 		out[id] = g
 	}
 	return out, rs.Err()
