@@ -78,6 +78,11 @@ bench: deps
 	@PKG='$(PKG)' bash scripts/bench.sh
 .PHONY: bench
 
+## chaos: the stack on a 3-node NATS cluster under steady load, each fault injected in turn (kills, pauses, outages, poison, revocation, clock skew); fails on any lost, duplicated or wrongly allowed request (RATE=200)
+chaos: deps
+	go run ./services/devstack chaos -rate $${RATE:-200}
+.PHONY: chaos
+
 ## images: build the container images with docker (deploy/Dockerfile); IMAGE_PREFIX=aigov IMAGE_TAG=dev by default
 images:
 	@prefix=$${IMAGE_PREFIX:-aigov}; tag=$${IMAGE_TAG:-dev}; \
@@ -96,5 +101,5 @@ tidy:
 
 ## clean: remove build output and demo data
 clean:
-	rm -rf bin .run .run-bench
+	rm -rf bin .run .run-bench .run-chaos
 .PHONY: clean

@@ -33,6 +33,7 @@ func run(ctx context.Context, lookup runtime.Lookup) error {
 		Topology: svc.Topology,
 		Registry: svc.HTTP.Registry,
 		Signer:   svc.Signer,
+		Clock:    common.Clock(),
 
 		SigningLinger: common.SigningLinger,
 	})

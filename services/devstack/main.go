@@ -1,5 +1,5 @@
 // Command devstack runs aigov on one machine for `make run` (the demo) and
-// `make bench` (the load generator).
+// `make bench` (the load generator) and `make chaos` (fault injection).
 package main
 
 import (
@@ -25,8 +25,10 @@ func main() {
 		err = app.Demo(ctx, args, os.Stdout)
 	case "bench":
 		err = app.Bench(ctx, args, os.Stdout)
+	case "chaos":
+		err = app.Chaos(ctx, args, os.Stdout)
 	default:
-		err = fmt.Errorf("unknown command %q: want run or bench", cmd)
+		err = fmt.Errorf("unknown command %q: want run, bench or chaos", cmd)
 	}
 	if err != nil && ctx.Err() != nil {
 		// Ctrl-C is how the demo ends: whatever it interrupted, the stack

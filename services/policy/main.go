@@ -45,7 +45,7 @@ func run(ctx context.Context, lookup runtime.Lookup) error {
 		NC: svc.NC, JS: svc.JS, Topology: svc.Topology, Seed: set, SeedEntities: store.Entities(),
 		ApprovalTeams: cfg.ApprovalTeams, ApprovalTTL: cfg.ApprovalTTL,
 		Log: svc.Log, Registry: svc.HTTP.Registry, Workers: cfg.Workers, RevocationsMax: cfg.RevocationsMax, SessionLimits: cfg.SessionLimits,
-		Signer: svc.Signer, Trust: svc.Trust, SigningLinger: common.SigningLinger,
+		Signer: svc.Signer, Trust: svc.Trust, SigningLinger: common.SigningLinger, Clock: common.Clock(),
 	})
 	if err != nil {
 		svc.NC.Close()

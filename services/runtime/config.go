@@ -69,6 +69,20 @@ func (e *Env) Duration(key string, def time.Duration) time.Duration {
 	return d
 }
 
+// SignedDuration parses a duration that may be negative (a clock offset).
+func (e *Env) SignedDuration(key string, def time.Duration) time.Duration {
+	v, ok := e.raw(key)
+	if !ok {
+		return def
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		e.errs = append(e.errs, fmt.Errorf("%s=%q is not a duration such as -2m", key, v))
+		return def
+	}
+	return d
+}
+
 // Int parses a whole number no smaller than min.
 func (e *Env) Int(key string, def, min int) int {
 	v, ok := e.raw(key)
@@ -168,6 +182,10 @@ type Common struct {
 	// GCPercent is the garbage collector's target (AIGOV_GOGC, as GOGC;
 	// -1 turns it off), set when the service starts.
 	GCPercent int
+	// ClockOffset shifts the clock the service decides by
+	// (AIGOV_DEV_CLOCK_OFFSET, e.g. -2m): a dev and chaos-test setting that
+	// models a host whose clock is off. Zero in production.
+	ClockOffset time.Duration
 	// TrustFile lists the public keys of every signing role
 	// (AIGOV_TRUST_FILE; required by the services that verify: policy,
 	// audit). It is the operator's: no service writes it.
@@ -211,11 +229,22 @@ func LoadCommon(e *Env, service, defaultHTTP string) Common {
 		SigningLinger:   e.Duration("AIGOV_SIGNING_LINGER", DefaultSigningLinger),
 		Pprof:           e.Bool("AIGOV_PPROF", false),
 		GCPercent:       e.Int("AIGOV_GOGC", DefaultGCPercent, -1),
+		ClockOffset:     e.SignedDuration("AIGOV_DEV_CLOCK_OFFSET", 0),
 	}
 	if err := c.NATS().Validate(); err != nil {
 		e.Fail("AIGOV_NATS_*: %w", err)
 	}
 	return c
+}
+
+// Clock is the clock the service decides by: time.Now, shifted by
+// ClockOffset when one is set.
+func (c Common) Clock() func() time.Time {
+	if c.ClockOffset == 0 {
+		return time.Now
+	}
+	off := c.ClockOffset
+	return func() time.Time { return time.Now().Add(off) }
 }
 
 // NATS is how this service reaches the bus, for natsconn.

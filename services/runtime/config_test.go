@@ -110,3 +110,21 @@ func TestLoadCommonNATSSecurity(t *testing.T) {
 		t.Fatalf("want an error for a certificate without its key, got %v", err)
 	}
 }
+
+// A dev clock offset may be negative and shifts Clock; without one Clock
+// is the wall clock.
+func TestClockOffset(t *testing.T) {
+	t.Parallel()
+	e := runtime.NewEnv(runtime.MapLookup(map[string]string{"AIGOV_DEV_CLOCK_OFFSET": "-2m"}))
+	c := runtime.LoadCommon(e, "authn", "127.0.0.1:8081")
+	if err := e.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Until(c.Clock()()); d > -119*time.Second || d < -121*time.Second {
+		t.Fatalf("clock is %s from now, want -2m", d)
+	}
+	plain := runtime.LoadCommon(runtime.NewEnv(runtime.MapLookup(nil)), "authn", "127.0.0.1:8081")
+	if d := time.Until(plain.Clock()()); d > time.Second || d < -time.Second {
+		t.Fatalf("clock without offset is %s from now", d)
+	}
+}

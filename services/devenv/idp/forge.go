@@ -61,3 +61,35 @@ func Forge(token string) (string, error) {
 	}
 	return obj.CompactSerialize()
 }
+
+// Rekey returns token's payload signed with a fresh RSA key under a new
+// kid, as if the IdP had rotated to a key no verifier has seen: a
+// verifier must fetch the JWKS to judge it (and, the key being in no
+// JWKS, deny it).
+func Rekey(token string) (string, error) {
+	jws, err := jose.ParseSigned(token, forgeableAlgs)
+	if err != nil {
+		return "", fmt.Errorf("idp: rekey: parse: %w", err)
+	}
+	if len(jws.Signatures) != 1 {
+		return "", errors.New("idp: rekey: want exactly one signature")
+	}
+	key, err := rsa.GenerateKey(rand.Reader, rsaBits)
+	if err != nil {
+		return "", fmt.Errorf("idp: rekey: generate key: %w", err)
+	}
+	kid, err := randomString()
+	if err != nil {
+		return "", err
+	}
+	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.RS256, Key: jose.JSONWebKey{Key: key, KeyID: "rotated-" + kid, Algorithm: string(jose.RS256)}},
+		(&jose.SignerOptions{}).WithType("JWT"))
+	if err != nil {
+		return "", fmt.Errorf("idp: rekey: signer: %w", err)
+	}
+	obj, err := signer.Sign(jws.UnsafePayloadWithoutVerification())
+	if err != nil {
+		return "", fmt.Errorf("idp: rekey: sign: %w", err)
+	}
+	return obj.CompactSerialize()
+}

@@ -31,6 +31,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
@@ -106,9 +107,17 @@ type Provider struct {
 	// wait behind a token flow.
 	serve sync.Mutex
 
+	// jwksDown makes the JWKS endpoint fail (SetJWKSDown), as an IdP
+	// outage would.
+	jwksDown atomic.Bool
+
 	closeOnce sync.Once
 	closeErr  error
 }
+
+// SetJWKSDown makes the JWKS endpoint answer 503 (down) or serve the keys
+// again: a verifier keeps the keys it knows and cannot learn new ones.
+func (p *Provider) SetJWKSDown(down bool) { p.jwksDown.Store(down) }
 
 // TokenOption adjusts a single token issued by Provider.Token.
 type TokenOption func(*tokenOptions)
@@ -233,7 +242,12 @@ func Start(ctx context.Context, opts Options) (*Provider, error) {
 func (p *Provider) serializeStateful(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
-		case mockoidc.DiscoveryEndpoint, mockoidc.JWKSEndpoint:
+		case mockoidc.JWKSEndpoint:
+			if p.jwksDown.Load() {
+				http.Error(w, "jwks down (dev fail switch)", http.StatusServiceUnavailable)
+				return
+			}
+		case mockoidc.DiscoveryEndpoint:
 		default:
 			p.serve.Lock()
 			defer p.serve.Unlock()

@@ -463,3 +463,44 @@ func TestCloseIsIdempotent(t *testing.T) {
 		t.Error("provider still serving after Close")
 	}
 }
+
+// TestJWKSDown: the fail switch makes the JWKS endpoint answer 503 until
+// it is turned off; Rekey signs under a kid the JWKS does not hold.
+func TestJWKSDown(t *testing.T) {
+	ctx := context.Background()
+	p, err := idp.Start(ctx, idp.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	get := func() int {
+		resp, err := http.Get(p.Issuer() + "/.well-known/jwks.json")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if c := get(); c != http.StatusOK {
+		t.Fatalf("jwks: %d", c)
+	}
+	p.SetJWKSDown(true)
+	if c := get(); c != http.StatusServiceUnavailable {
+		t.Fatalf("jwks while down: %d, want 503", c)
+	}
+	p.SetJWKSDown(false)
+	if c := get(); c != http.StatusOK {
+		t.Fatalf("jwks back up: %d", c)
+	}
+	tok, err := p.Token(ctx, "alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	re, err := idp.Rekey(tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if re == tok || strings.Split(re, ".")[1] != strings.Split(tok, ".")[1] {
+		t.Fatal("Rekey must keep the payload and change the signature")
+	}
+}

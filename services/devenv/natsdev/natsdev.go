@@ -15,6 +15,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
 	"path/filepath"
 	"strings"
 	"time"
@@ -66,6 +67,8 @@ type Options struct {
 // Server is a running embedded nats-server.
 type Server struct {
 	srv       *server.Server
+	sopts     *server.Options
+	jsAccount bool
 	topo      schemas.Topology
 	certs     *devcerts.Bundle
 	passwords map[string]string
@@ -153,6 +156,10 @@ func Start(opts Options) (*Server, error) {
 	}
 	s.srv = srv
 	s.topo = topo
+	// A restart listens on the same port.
+	sopts.Port = srv.Addr().(*net.TCPAddr).Port
+	s.sopts = sopts
+	s.jsAccount = len(sopts.Accounts) > 0
 	if len(sopts.Accounts) > 0 {
 		// Only the aigov account has JetStream: a tenant's $JS.API stays
 		// in its own account and finds nothing to answer it.
@@ -370,6 +377,28 @@ func (s *Server) InboxPrefix(user string) string {
 		return p
 	}
 	return schemas.InboxPrefix(user)
+}
+
+// Restart shuts the server down and starts it again on the same store,
+// port and users (a broker restart, as clients see it).
+func (s *Server) Restart() error {
+	s.Shutdown()
+	srv, err := server.NewServer(s.sopts.Clone())
+	if err != nil {
+		return fmt.Errorf("natsdev: restart: %w", err)
+	}
+	go srv.Start()
+	if !srv.ReadyForConnections(readyTimeout) {
+		srv.Shutdown()
+		return fmt.Errorf("natsdev: restarted server not ready within %s", readyTimeout)
+	}
+	s.srv = srv
+	if s.jsAccount {
+		if err := enableJetStream(srv, schemas.AccountAigov); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Shutdown stops the server and waits for it.

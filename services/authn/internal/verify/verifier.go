@@ -53,6 +53,9 @@ type Deps struct {
 	// SigningLinger is how long the runner gathers events to sign and
 	// publish as one batch (runtime.Common.SigningLinger).
 	SigningLinger time.Duration
+	// Clock is what token lifetimes are checked against; time.Now when
+	// nil (runtime.Common.Clock shifts it for dev clock-skew tests).
+	Clock func() time.Time
 }
 
 // Verifier consumes requests and publishes verified events or denies.
@@ -108,6 +111,9 @@ func New(cfg Config, deps Deps) (*Verifier, error) {
 		}, []string{"code"}),
 		now:    time.Now,
 		limits: cfg.SessionLimits,
+	}
+	if deps.Clock != nil {
+		v.now, auth.now = deps.Clock, deps.Clock
 	}
 	if err := deps.Registry.Register(v.outcomes); err != nil {
 		return nil, fmt.Errorf("authn: register metrics: %w", err)

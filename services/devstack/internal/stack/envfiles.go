@@ -38,7 +38,7 @@ func (st *Stack) WriteTokens(ctx context.Context, dir string) error {
 // the URL, the user and its dev password (generated at start), and the dev
 // CA the server's certificate chains to, the trust file of the services'
 // public keys and, for a role that signs events, its signing key.
-func WriteEnvFiles(ns *natsdev.Server, keys *devkeys.Set, dir string) error {
+func WriteEnvFiles(ns natsdev.Bus, keys *devkeys.Set, dir string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
@@ -54,7 +54,7 @@ func WriteEnvFiles(ns *natsdev.Server, keys *devkeys.Set, dir string) error {
 // role's credentials (user and password, or its client certificate when
 // the server maps users from certificates), then AIGOV_NATS_TLS_CA, then
 // AIGOV_TRUST_FILE and, for a role that signs, AIGOV_SIGNING_KEY.
-func EnvFile(ns *natsdev.Server, keys *devkeys.Set, role string) string {
+func EnvFile(ns natsdev.Bus, keys *devkeys.Set, role string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "AIGOV_NATS_URL=%s\nAIGOV_NATS_USER=%s\n", ns.URL(), role)
 	if pw := ns.Password(role); pw != "" {

@@ -82,13 +82,23 @@ type Options struct {
 	Issuers string
 	// NATSSyncAlways fsyncs every JetStream write (natsdev.Options.SyncAlways).
 	NATSSyncAlways bool
+	// ClusterNodes > 0 runs NATS as a JetStream cluster of that many node
+	// processes (natsdev.StartCluster) instead of one embedded server; the
+	// topology is provisioned with min(nodes, 3) replicas and the services
+	// get AIGOV_REPLICAS to match. Not with Tenants.
+	ClusterNodes int
 }
 
 // Stack is a running pipeline.
 type Stack struct {
-	Root       string
-	Dir        string
-	NATS       *natsdev.Server
+	Root string
+	Dir  string
+	// NATS is the bus: Server or, with Options.ClusterNodes, Cluster.
+	NATS natsdev.Bus
+	// Server is the embedded server (nil on a cluster); Cluster the node
+	// processes (nil on one server).
+	Server     *natsdev.Server
+	Cluster    *natsdev.Cluster
 	IdP        *idp.Provider
 	ClickHouse *clickhouse.Server
 	// DB is a ClickHouse connection to the audit database.
@@ -118,6 +128,9 @@ type Stack struct {
 	// gatewayAddr is where the gateway's API listens once StartGateway ran.
 	gatewayAddr string
 	gatewayEnv  []string
+	// extraEnv is added to one service's environment from its next start
+	// (SetServiceEnv).
+	extraEnv map[string][]string
 }
 
 // Database is the audit database the stack's audit service writes.
@@ -150,7 +163,7 @@ const Gateway = "gateway"
 // Build compiles the four services, the gateway and the aigov CLI into
 // binDir.
 func Build(ctx context.Context, root, binDir string) error {
-	pkgs := []string{"./services/aigov", "./services/" + Gateway, "./services/devenv/mcpdemo/cmd/mcpdemo"}
+	pkgs := []string{"./services/aigov", "./services/" + Gateway, "./services/devenv/mcpdemo/cmd/mcpdemo", "./services/devenv/natsnode"}
 	for _, s := range Services {
 		pkgs = append(pkgs, "./services/"+s)
 	}
@@ -187,7 +200,7 @@ func Start(ctx context.Context, opts Options) (st *Stack, err error) {
 	if opts.Progress == nil {
 		opts.Progress = io.Discard
 	}
-	st = &Stack{Root: opts.Root, Dir: opts.Dir, procs: map[string]*process{}, addrs: map[string]string{}, opts: opts}
+	st = &Stack{Root: opts.Root, Dir: opts.Dir, procs: map[string]*process{}, addrs: map[string]string{}, extraEnv: map[string][]string{}, opts: opts}
 	defer func() {
 		if err != nil {
 			st.Stop()
@@ -202,11 +215,21 @@ func Start(ctx context.Context, opts Options) (st *Stack, err error) {
 	if st.Keys, err = devkeys.Generate(filepath.Join(opts.Dir, "keys")); err != nil {
 		return st, fmt.Errorf("stack: signing keys: %w", err)
 	}
-	st.NATS, err = natsdev.Start(natsdev.Options{Dir: filepath.Join(opts.Dir, "nats"), Port: opts.NATSPort, Tenants: opts.Tenants, SyncAlways: opts.NATSSyncAlways})
-	if err != nil {
-		return st, err
+	if opts.ClusterNodes > 0 {
+		st.Cluster, err = natsdev.StartCluster(ctx, natsdev.ClusterOptions{Dir: filepath.Join(opts.Dir, "nats"), NodeBin: filepath.Join(opts.BinDir, "natsnode"), Nodes: opts.ClusterNodes})
+		if err != nil {
+			return st, err
+		}
+		st.NATS = st.Cluster
+		fmt.Fprintf(opts.Progress, "nats        %s (JetStream cluster of %d node processes, R%d, TLS with dev CA %s)\n", st.NATS.URL(), opts.ClusterNodes, st.Cluster.Topology().Replicas, st.NATS.CAFile())
+	} else {
+		st.Server, err = natsdev.Start(natsdev.Options{Dir: filepath.Join(opts.Dir, "nats"), Port: opts.NATSPort, Tenants: opts.Tenants, SyncAlways: opts.NATSSyncAlways})
+		if err != nil {
+			return st, err
+		}
+		st.NATS = st.Server
+		fmt.Fprintf(opts.Progress, "nats        %s (JetStream, TLS with dev CA %s, one user per service)\n", st.NATS.URL(), st.NATS.CAFile())
 	}
-	fmt.Fprintf(opts.Progress, "nats        %s (JetStream, TLS with dev CA %s, one user per service)\n", st.NATS.URL(), st.NATS.CAFile())
 
 	idpAddr := "127.0.0.1:0"
 	if opts.IdPPort != 0 {
@@ -289,7 +312,13 @@ func (st *Stack) env(name, httpAddr string) []string {
 		"AIGOV_LOG_LEVEL=" + st.opts.LogLevel,
 		"AIGOV_TRUST_FILE=" + st.Keys.TrustFile,
 	}
+	if st.Cluster != nil {
+		e = append(e, "AIGOV_REPLICAS="+strconv.Itoa(st.Cluster.Topology().Replicas))
+	}
 	e = append(e, st.opts.ServiceEnv...)
+	st.mu.Lock()
+	e = append(e, st.extraEnv[name]...)
+	st.mu.Unlock()
 	if slices.Contains(devkeys.Roles, name) {
 		e = append(e, "AIGOV_SIGNING_KEY="+st.Keys.KeyFile(name))
 	}
@@ -497,6 +526,8 @@ func (st *Stack) StopService(name string) error {
 	if !ok {
 		return nil
 	}
+	// A paused service must run again to see the SIGTERM.
+	_ = p.cmd.Process.Signal(syscall.SIGCONT)
 	_ = p.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-p.done:
@@ -540,6 +571,63 @@ func (st *Stack) StartService(ctx context.Context, name string) error {
 		port, _ = strconv.Atoi(p)
 	}
 	return st.startService(ctx, name, port)
+}
+
+// RestartService stops a service cleanly (SIGTERM) and starts it again
+// with the same environment and HTTP address.
+func (st *Stack) RestartService(ctx context.Context, name string) error {
+	if err := st.StopService(name); err != nil {
+		return err
+	}
+	return st.StartService(ctx, name)
+}
+
+// SetServiceEnv adds KEY=value settings to one service's environment from
+// its next start (e.g. a dev clock offset); nil clears them.
+func (st *Stack) SetServiceEnv(name string, env []string) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	st.extraEnv[name] = env
+}
+
+// PauseService SIGSTOPs a service: it holds its connections and its
+// messages in flight but does nothing until ResumeService.
+func (st *Stack) PauseService(name string) error { return st.signal(name, syscall.SIGSTOP) }
+
+// ResumeService SIGCONTs a paused service.
+func (st *Stack) ResumeService(name string) error { return st.signal(name, syscall.SIGCONT) }
+
+func (st *Stack) signal(name string, sig syscall.Signal) error {
+	st.mu.Lock()
+	p, ok := st.procs[name]
+	st.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("stack: %s is not running", name)
+	}
+	if err := p.cmd.Process.Signal(sig); err != nil {
+		return fmt.Errorf("stack: signal %s: %w", name, err)
+	}
+	return nil
+}
+
+// Pid is the process id of a running service, 0 when it is not running.
+func (st *Stack) Pid(name string) int {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if p, ok := st.procs[name]; ok {
+		return p.cmd.Process.Pid
+	}
+	return 0
+}
+
+// RestartNATS restarts the bus on the same store, ports and passwords: the
+// embedded server, or every node of the cluster (stopped cleanly, then
+// started again). The services ride it out by reconnecting.
+func (st *Stack) RestartNATS(ctx context.Context) error {
+	if st.Cluster != nil {
+		return st.Cluster.RestartAll(ctx, false)
+	}
+	return st.Server.Restart()
 }
 
 // Stop shuts everything down: services first (so they drain and flush),
