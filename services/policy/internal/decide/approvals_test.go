@@ -303,3 +303,76 @@ func TestApprovalRequestRejectedAndExpired(t *testing.T) {
 		t.Errorf("%d expired events, want 1", n)
 	}
 }
+
+// decisions returns every stored decision on action's subject by request id.
+func (h *harness) decisions(t *testing.T, action string) map[string]schemas.Decision {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := h.js.OrderedConsumer(ctx, h.topo.StreamDecisions(), jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{h.topo.Subjects.Decision(action)},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := c.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]schemas.Decision{}
+	for range info.NumPending {
+		m, err := c.Next(jetstream.FetchMaxWait(2 * time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, d := decodeDecision(t, m.Data())
+		out[d.RequestID] = d
+	}
+	return out
+}
+
+// TestApprovalUsedOnceUnderConcurrency: retries of an approved request
+// decided at the same time by several workers spend its single use once:
+// one is allowed; the others are denied, approval_used (the first after the
+// use, which opens a new approval request) or approval_required (pending on
+// that new request).
+func TestApprovalUsedOnceUnderConcurrency(t *testing.T) {
+	t.Parallel()
+	h := startHarness(t, 4)
+	churn := schemas.Resource{Type: "Model", ID: "churn-predictor"}
+	ctx := map[string]any{"environment": "production", "model_version": "v11"}
+	id := h.decideOne(t, principalRequest(t, "fiona", []string{"ml-platform"}, "deploy-c0", "model.deploy", churn, ctx)).ApprovalID
+	a := h.approvalRequest(t, id)
+	for _, r := range []string{"rita", "ravi"} {
+		g := maps.Clone(a.Context)
+		g[schemas.ContextApprovedAction], g[schemas.ContextApprovalID] = a.Action, a.ID
+		if d := h.decideOne(t, principalRequest(t, r, []string{"risk-reviewers"}, "grant-c-"+r, schemas.ActionApprovalGrant, churn, g)); !d.Allowed() {
+			t.Fatalf("%s's grant: %s/%s %q", r, d.Decision, d.Code, d.Reason)
+		}
+	}
+	const retries = 4
+	for i := range retries {
+		v := principalRequest(t, "fiona", []string{"ml-platform"}, "deploy-c"+string(rune('1'+i)), "model.deploy", churn, ctx)
+		h.publishVerified(t, v, "verified-"+v.RequestID)
+	}
+	h.settled += retries
+	h.waitSettled(t, h.settled)
+	allowed, used := 0, 0
+	for i := range retries {
+		d := h.decisions(t, "model.deploy")["deploy-c"+string(rune('1'+i))]
+		switch {
+		case d.Allowed():
+			allowed++
+		case d.Code == schemas.CodeApprovalUsed || d.Code == schemas.CodeApprovalRequired && d.ApprovalID != id:
+			used++
+		default:
+			t.Errorf("retry %d: %s/%s %q", i, d.Decision, d.Code, d.Reason)
+		}
+	}
+	if allowed != 1 || used != retries-1 {
+		t.Fatalf("%d allowed and %d denied of %d concurrent retries, want 1 and %d", allowed, used, retries, retries-1)
+	}
+	if got := h.approvalRequest(t, id); got.Uses != 1 || got.Status != schemas.StatusUsed {
+		t.Fatalf("after the retries: %d uses, %s", got.Uses, got.Status)
+	}
+}
