@@ -376,3 +376,34 @@ func TestApprovalUsedOnceUnderConcurrency(t *testing.T) {
 		t.Fatalf("after the retries: %d uses, %s", got.Uses, got.Status)
 	}
 }
+
+// TestLapsedApprovalRequestsAreSwept: a request nobody touches again is
+// marked expired by the sweep once its TTL passed, and announced.
+func TestLapsedApprovalRequestsAreSwept(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, 2)
+	notes := &recordingNotifier{}
+	h.svc.notify, h.svc.sweep = notes, 20*time.Millisecond
+	h.start(t)
+	churn := schemas.Resource{Type: "Model", ID: "churn-predictor"}
+	id := h.decideOne(t, principalRequest(t, "fiona", []string{"ml-platform"}, "deploy-s1", "model.deploy", churn,
+		map[string]any{"environment": "production", "model_version": "v12"})).ApprovalID
+	time.Sleep(100 * time.Millisecond)
+	if got := h.approvalRequest(t, id); got.Status != schemas.StatusPending {
+		t.Fatalf("swept before its TTL: %s", got.Status)
+	}
+	h.skew.Store(int64(2 * time.Hour))
+	deadline := time.Now().Add(5 * time.Second)
+	for h.approvalRequest(t, id).Status != schemas.StatusExpired {
+		if time.Now().After(deadline) {
+			t.Fatal("lapsed request not swept")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n := countEvents(h.approvalEvents(t, schemas.ApprovalExpired), id); n != 1 {
+		t.Errorf("%d expired events, want 1", n)
+	}
+	if got := strings.Join(notes.events(), ","); got != "requested,expired" {
+		t.Errorf("notified %s", got)
+	}
+}
