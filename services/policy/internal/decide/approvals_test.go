@@ -1,6 +1,7 @@
 package decide
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"maps"
@@ -12,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aigov/aigov/schemas"
+	"github.com/aigov/aigov/services/policy/engine"
 )
 
 // principal is a verified event of a requester or reviewer made of a
@@ -405,5 +407,53 @@ func TestLapsedApprovalRequestsAreSwept(t *testing.T) {
 	}
 	if got := strings.Join(notes.events(), ","); got != "requested,expired" {
 		t.Errorf("notified %s", got)
+	}
+}
+
+// TestApprovalAllowsStatedUses: a policy stating @uses("2") lets one
+// approval allow the requester's same request twice, and the third try is
+// denied approval_used.
+func TestApprovalAllowsStatedUses(t *testing.T) {
+	t.Parallel()
+	files, err := engine.ReadDir(policyDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, f := range files {
+		if f.Name == "models.cedar" {
+			files[i].Data = bytes.ReplaceAll(f.Data, []byte(`@uses("1")`), []byte(`@uses("2")`))
+		}
+	}
+	set, err := engine.Compile(files)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := newHarness(t, 2)
+	h.svc.seed = set
+	h.start(t)
+	churn := schemas.Resource{Type: "Model", ID: "churn-predictor"}
+	ctx := map[string]any{"environment": "production", "model_version": "v13"}
+	deploy := func(reqID string) schemas.Decision {
+		return h.decideOne(t, principalRequest(t, "fiona", []string{"ml-platform"}, reqID, "model.deploy", churn, ctx))
+	}
+	id := deploy("deploy-u0").ApprovalID
+	a := h.approvalRequest(t, id)
+	if a.MaxUses != 2 {
+		t.Fatalf("max uses %d, want 2", a.MaxUses)
+	}
+	for _, r := range []string{"rita", "ravi"} {
+		g := maps.Clone(a.Context)
+		g[schemas.ContextApprovedAction], g[schemas.ContextApprovalID] = a.Action, a.ID
+		if d := h.decideOne(t, principalRequest(t, r, []string{"risk-reviewers"}, "grant-u-"+r, schemas.ActionApprovalGrant, churn, g)); !d.Allowed() {
+			t.Fatalf("%s's grant: %s/%s %q", r, d.Decision, d.Code, d.Reason)
+		}
+	}
+	for i, want := range []string{"use 1 of 2", "use 2 of 2"} {
+		if d := deploy("deploy-u" + string(rune('1'+i))); !d.Allowed() || d.ApprovalID != id || !strings.Contains(d.Reason, want) {
+			t.Fatalf("use %d: %s/%s %q", i+1, d.Decision, d.Code, d.Reason)
+		}
+	}
+	if d := deploy("deploy-u3"); d.Allowed() || d.Code != schemas.CodeApprovalUsed || !strings.Contains(d.Reason, "2 of 2 uses") {
+		t.Fatalf("third try: %s/%s %q", d.Decision, d.Code, d.Reason)
 	}
 }
