@@ -10,6 +10,7 @@ import (
 
 	"github.com/aigov/aigov/services/policy/engine"
 	"github.com/aigov/aigov/services/policy/internal/decide"
+	"github.com/aigov/aigov/services/policy/internal/notify"
 	"github.com/aigov/aigov/services/runtime"
 )
 
@@ -35,22 +36,42 @@ func run(ctx context.Context, lookup runtime.Lookup) error {
 	if err := set.ValidateEntities(store.Entities()); err != nil {
 		return fmt.Errorf("%s: %w", cfg.EntitiesFile, err)
 	}
+	// Webhooks are read before connecting too: a broken file stops the start.
+	var hookCfg map[string]notify.Hook
+	if cfg.ApprovalWebhooksFile != "" {
+		if hookCfg, err = notify.LoadFile(cfg.ApprovalWebhooksFile); err != nil {
+			return err
+		}
+	}
 	svc, err := runtime.Start(ctx, common)
 	if err != nil {
 		return err
 	}
 	svc.Log.Info().Str("seed_version", set.Version()).Int("policies", len(set.PolicyIDs())).
 		Int("entities", store.Len()).Str("policy_dir", cfg.PolicyDir).Msg("seed policy set loaded")
-	d, err := decide.NewService(decide.Deps{
+	deps := decide.Deps{
 		NC: svc.NC, JS: svc.JS, Topology: svc.Topology, Seed: set, SeedEntities: store.Entities(),
 		ApprovalTeams: cfg.ApprovalTeams, ApprovalTTL: cfg.ApprovalTTL,
 		Log: svc.Log, Registry: svc.HTTP.Registry, Workers: cfg.Workers, RevocationsMax: cfg.RevocationsMax, SessionLimits: cfg.SessionLimits,
 		Signer: svc.Signer, Trust: svc.Trust, SigningLinger: common.SigningLinger, Clock: common.Clock(),
-	})
+	}
+	var hooks *notify.Webhooks
+	if hookCfg != nil {
+		if hooks, err = notify.New(notify.Options{Hooks: hookCfg, Log: svc.Log}); err != nil {
+			svc.NC.Close()
+			return err
+		}
+		deps.Notifier = hooks
+	}
+	d, err := decide.NewService(deps)
 	if err != nil {
 		svc.NC.Close()
 		return err
 	}
 	svc.HTTP.AddCheck("revocations", d.Ready)
-	return svc.Run(ctx, d.Run)
+	workers := []runtime.Worker{d.Run}
+	if hooks != nil {
+		workers = append(workers, hooks.Run)
+	}
+	return svc.Run(ctx, workers...)
 }

@@ -471,6 +471,16 @@ func TestCompileRejects(t *testing.T) {
 			{Name: "notes.txt", Data: []byte(`x`)},
 		}, want: []string{"a.cedar:1", "b.cedar", "notes.txt"}},
 		{name: "no files", want: []string{"no policy files"}},
+		{name: "approval without quorum", files: []File{{Name: "a.cedar", Data: []byte(`@id("q") @approval("risk") forbid(principal, action, resource);`)}},
+			want: []string{`policy "q"`, `needs @quorum`}},
+		{name: "quorum without approval", files: []File{{Name: "a.cedar", Data: []byte(`@id("q") @quorum("2") forbid(principal, action, resource);`)}},
+			want: []string{`need @approval`}},
+		{name: "quorum out of range", files: []File{{Name: "a.cedar", Data: []byte(`@id("q") @approval("risk") @quorum("0") forbid(principal, action, resource);`)}},
+			want: []string{`@quorum("0") must be a whole number from 1 to 20`}},
+		{name: "uses not a number", files: []File{{Name: "a.cedar", Data: []byte(`@id("q") @approval("risk") @quorum("1") @uses("many") forbid(principal, action, resource);`)}},
+			want: []string{`@uses("many")`}},
+		{name: "approval on a shadow policy", files: []File{{Name: "a.cedar", Data: []byte(`@id("q") @shadow("") @approval("risk") @quorum("1") forbid(principal, action, resource);`)}},
+			want: []string{`@shadow`}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -609,4 +619,93 @@ func compileWith(files []File, entities string) (*Set, *Store, error) {
 		return nil, nil, err
 	}
 	return set, NewStore(m), nil
+}
+
+// An @approval policy gates its actions: their approvals come from the
+// requester's approved approval request for the exact request only, a deny
+// that approvals would lift is approval_required with what it needs, and a
+// request approved for another requester or digest, used up, or expired
+// does not count.
+func TestApprovalRequestsGateActions(t *testing.T) {
+	t.Parallel()
+	set, err := LoadDir(policyDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	store, err := LoadStore(filepath.Join(policyDir, "entities.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !set.Gates("model.deploy") || !set.Gates("dataset.promote") || set.Gates("policy.update") || set.Gates("model.retrain") {
+		t.Fatal("gated actions: want model.deploy and dataset.promote, not policy.update or model.retrain")
+	}
+	v := verified(t, "fiona", "model.deploy", "Model", "churn-predictor", map[string]any{"environment": "production", "model_version": "v7"})
+	v.Principal.AMR = []string{"pwd", "hwk"}
+	digest, err := schemas.RequestDigest("model.deploy", v.Request.Resource, v.Request.Context, set.Version())
+	if err != nil {
+		t.Fatal(err)
+	}
+	approved := schemas.ApprovalRequest{ID: "apr-1", Status: schemas.StatusApproved, RequesterID: v.Principal.ID, Digest: digest,
+		Requirements: []schemas.ApprovalRequirement{{Team: "risk-reviewers", Quorum: 2}}, MaxUses: 2, Uses: 1, ExpiresAt: testNow.Add(time.Hour)}
+	legacy := []schemas.Approval{{ApproverID: "rita", Teams: []string{"risk-reviewers"}, ExpiresAt: testNow.Add(time.Hour)}}
+	eval := func(ar *schemas.ApprovalRequest) Result {
+		ev, err := NewEvaluator(set, store, Options{Clock: func() time.Time { return testNow },
+			Approvals: func(d string) []schemas.Approval { // digest approvals of any digest: ignored for a gated action
+				out := slices.Clone(legacy)
+				for i := range out {
+					out[i].Digest = d
+				}
+				return out
+			},
+			Requests: func(requester, d string) (schemas.ApprovalRequest, bool) {
+				if ar == nil || requester != ar.RequesterID || d != ar.Digest {
+					return schemas.ApprovalRequest{}, false
+				}
+				return *ar, true
+			}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ev.Evaluate(v)
+	}
+	res := eval(nil)
+	if d := res.Decision; d.Code != schemas.CodeApprovalRequired || res.RequestDigest != digest || res.MaxUses != 1 ||
+		len(res.Need) != 1 || res.Need[0].Team != "risk-reviewers" || res.Need[0].Quorum != 2 || len(d.Approvals) != 0 {
+		t.Fatalf("without a request: %s/%s need %+v uses %d approvals %v", d.Decision, d.Code, res.Need, res.MaxUses, d.Approvals)
+	}
+	if res := eval(&approved); !res.Decision.Allowed() || !res.Granted || res.Decision.ApprovalID != "apr-1" ||
+		!slices.Equal(res.Decision.Approvals, []string{"risk-reviewers"}) {
+		t.Fatalf("approved, a use left: %s/%s granted %v", res.Decision.Decision, res.Decision.Code, res.Granted)
+	}
+	for name, mutate := range map[string]func(*schemas.ApprovalRequest){
+		"used up":           func(a *schemas.ApprovalRequest) { a.Uses = 2 },
+		"pending":           func(a *schemas.ApprovalRequest) { a.Status = schemas.StatusPending },
+		"expired":           func(a *schemas.ApprovalRequest) { a.ExpiresAt = testNow },
+		"another requester": func(a *schemas.ApprovalRequest) { a.RequesterID = "someone-else" },
+		"another digest":    func(a *schemas.ApprovalRequest) { a.Digest = "sha256:00" },
+	} {
+		a := approved
+		mutate(&a)
+		if res := eval(&a); res.Decision.Allowed() || res.Granted || res.Decision.Code != schemas.CodeApprovalRequired {
+			t.Errorf("%s: %s/%s granted %v", name, res.Decision.Decision, res.Decision.Code, res.Granted)
+		}
+	}
+	// Used by this very request: its redelivery is decided as it was.
+	a := approved
+	a.Uses, a.Status, a.UsedBy = 2, schemas.StatusUsed, []string{v.RequestID}
+	if res := eval(&a); !res.Decision.Allowed() || !res.Granted {
+		t.Fatalf("redelivery of the request that used it: %s/%s", res.Decision.Decision, res.Decision.Code)
+	}
+	// Denied for another reason too (no second factor): no approval helps.
+	erin := verified(t, "erin", "model.deploy", "Model", "churn-predictor", map[string]any{"environment": "production"})
+	ev, _ := NewEvaluator(set, store, Options{Clock: func() time.Time { return testNow }})
+	if res := ev.Evaluate(erin); res.Decision.Code != schemas.CodePolicyDenied || len(res.Need) != 0 {
+		t.Fatalf("erin without MFA: %s need %+v", res.Decision.Code, res.Need)
+	}
+	// The digest covers the whole context: an added field is another request.
+	other, _ := schemas.RequestDigest("model.deploy", v.Request.Resource, map[string]any{"environment": "production", "model_version": "v7", "note": "x"}, set.Version())
+	again, _ := schemas.RequestDigest("model.deploy", v.Request.Resource, map[string]any{"environment": "production", "model_version": "v7", "mfa": true, "approvals": []any{"x"}}, set.Version())
+	if other == digest || again != digest {
+		t.Fatal("RequestDigest must cover every requester field and no derived one")
+	}
 }

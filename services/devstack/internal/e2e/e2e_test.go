@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -129,6 +130,7 @@ func TestPipelineEndToEnd(t *testing.T) {
 				s.Step.Decision, s.Step.Code, s.Step.Policy)
 		}
 	}
+	checkApprovalRows(ctx, t, st)
 
 	// Every service shuts down cleanly on SIGTERM (exit status 0).
 	stopped = true
@@ -370,4 +372,38 @@ type testWriter struct{ t *testing.T }
 func (w testWriter) Write(b []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(b), "\n"))
 	return len(b), nil
+}
+
+// checkApprovalRows: the production release's approval request reached
+// ClickHouse as its lifecycle, one row per event: opened twice (the first
+// deny, and the deny after its single use), granted by rita and ravi,
+// approved once, used once by fiona's allowed deploy.
+func checkApprovalRows(ctx context.Context, t *testing.T, st *stack.Stack) {
+	t.Helper()
+	want := map[string]uint64{"requested": 2, "granted": 2, "approved": 1, "used": 1}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		got := map[string]uint64{}
+		rows, err := st.DB.Query(ctx, `SELECT status, count() FROM aigov.approvals FINAL
+			WHERE approval_id LIKE 'apr-%' AND action = 'model.deploy' GROUP BY status`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for rows.Next() {
+			var status string
+			var n uint64
+			if err := rows.Scan(&status, &n); err != nil {
+				t.Fatal(err)
+			}
+			got[status] = n
+		}
+		rows.Close()
+		if maps.Equal(got, want) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("approval request rows by status %v, want %v", got, want)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }

@@ -87,6 +87,54 @@ func (x *requestIndex) remove(id string) {
 	}
 }
 
+// expiredLive returns the ids of requests still pending or approved whose
+// ExpiresAt passed, at most limit of them.
+func (x *requestIndex) expiredLive(now time.Time, limit int) []string {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	var ids []string
+	for id, a := range x.byID {
+		if len(ids) >= limit {
+			break
+		}
+		if (a.Status == schemas.StatusPending || a.Status == schemas.StatusApproved) && !now.Before(a.ExpiresAt) {
+			ids = append(ids, id)
+		}
+	}
+	return ids
+}
+
+// DefaultExpirySweep is how often a replica marks lapsed approval requests
+// expired (and announces it), when nobody retried or reviewed them.
+const DefaultExpirySweep = time.Minute
+
+// maxExpiredPerSweep bounds the work of one sweep.
+const maxExpiredPerSweep = 1000
+
+// sweepExpired marks lapsed live requests expired until ctx ends. Replicas
+// all sweep: the compare-and-set lets one of them win each request, and
+// the event id makes its expired event one.
+func (s *Service) sweepExpired(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for _, id := range s.state.requests.expiredLive(s.clock(), maxExpiredPerSweep) {
+			a, rev, found, err := s.getRequest(ctx, id)
+			if err != nil || !found || a.Status != schemas.StatusPending && a.Status != schemas.StatusApproved || s.clock().Before(a.ExpiresAt) {
+				continue
+			}
+			if _, err := s.expire(ctx, a, rev, ""); err != nil && ctx.Err() == nil {
+				s.log.Debug().Err(err).Str("approval_id", id).Msg("approval request not expired by this replica")
+			}
+		}
+	}
+}
+
 // watchRequests keeps the in-memory approval requests equal to the bucket.
 func (s *Service) watchRequests(ctx context.Context) error {
 	w, err := s.kv.requests.WatchAll(ctx)

@@ -1,6 +1,7 @@
 package decide
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"maps"
@@ -12,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aigov/aigov/schemas"
+	"github.com/aigov/aigov/services/policy/engine"
 )
 
 // principal is a verified event of a requester or reviewer made of a
@@ -301,5 +303,157 @@ func TestApprovalRequestRejectedAndExpired(t *testing.T) {
 	}
 	if n := countEvents(h.approvalEvents(t, schemas.ApprovalExpired), id); n != 1 {
 		t.Errorf("%d expired events, want 1", n)
+	}
+}
+
+// decisions returns every stored decision on action's subject by request id.
+func (h *harness) decisions(t *testing.T, action string) map[string]schemas.Decision {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := h.js.OrderedConsumer(ctx, h.topo.StreamDecisions(), jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{h.topo.Subjects.Decision(action)},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := c.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]schemas.Decision{}
+	for range info.NumPending {
+		m, err := c.Next(jetstream.FetchMaxWait(2 * time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, d := decodeDecision(t, m.Data())
+		out[d.RequestID] = d
+	}
+	return out
+}
+
+// TestApprovalUsedOnceUnderConcurrency: retries of an approved request
+// decided at the same time by several workers spend its single use once:
+// one is allowed; the others are denied, approval_used (the first after the
+// use, which opens a new approval request) or approval_required (pending on
+// that new request).
+func TestApprovalUsedOnceUnderConcurrency(t *testing.T) {
+	t.Parallel()
+	h := startHarness(t, 4)
+	churn := schemas.Resource{Type: "Model", ID: "churn-predictor"}
+	ctx := map[string]any{"environment": "production", "model_version": "v11"}
+	id := h.decideOne(t, principalRequest(t, "fiona", []string{"ml-platform"}, "deploy-c0", "model.deploy", churn, ctx)).ApprovalID
+	a := h.approvalRequest(t, id)
+	for _, r := range []string{"rita", "ravi"} {
+		g := maps.Clone(a.Context)
+		g[schemas.ContextApprovedAction], g[schemas.ContextApprovalID] = a.Action, a.ID
+		if d := h.decideOne(t, principalRequest(t, r, []string{"risk-reviewers"}, "grant-c-"+r, schemas.ActionApprovalGrant, churn, g)); !d.Allowed() {
+			t.Fatalf("%s's grant: %s/%s %q", r, d.Decision, d.Code, d.Reason)
+		}
+	}
+	const retries = 4
+	for i := range retries {
+		v := principalRequest(t, "fiona", []string{"ml-platform"}, "deploy-c"+string(rune('1'+i)), "model.deploy", churn, ctx)
+		h.publishVerified(t, v, "verified-"+v.RequestID)
+	}
+	h.settled += retries
+	h.waitSettled(t, h.settled)
+	allowed, used := 0, 0
+	for i := range retries {
+		d := h.decisions(t, "model.deploy")["deploy-c"+string(rune('1'+i))]
+		switch {
+		case d.Allowed():
+			allowed++
+		case d.Code == schemas.CodeApprovalUsed || d.Code == schemas.CodeApprovalRequired && d.ApprovalID != id:
+			used++
+		default:
+			t.Errorf("retry %d: %s/%s %q", i, d.Decision, d.Code, d.Reason)
+		}
+	}
+	if allowed != 1 || used != retries-1 {
+		t.Fatalf("%d allowed and %d denied of %d concurrent retries, want 1 and %d", allowed, used, retries, retries-1)
+	}
+	if got := h.approvalRequest(t, id); got.Uses != 1 || got.Status != schemas.StatusUsed {
+		t.Fatalf("after the retries: %d uses, %s", got.Uses, got.Status)
+	}
+}
+
+// TestLapsedApprovalRequestsAreSwept: a request nobody touches again is
+// marked expired by the sweep once its TTL passed, and announced.
+func TestLapsedApprovalRequestsAreSwept(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, 2)
+	notes := &recordingNotifier{}
+	h.svc.notify, h.svc.sweep = notes, 20*time.Millisecond
+	h.start(t)
+	churn := schemas.Resource{Type: "Model", ID: "churn-predictor"}
+	id := h.decideOne(t, principalRequest(t, "fiona", []string{"ml-platform"}, "deploy-s1", "model.deploy", churn,
+		map[string]any{"environment": "production", "model_version": "v12"})).ApprovalID
+	time.Sleep(100 * time.Millisecond)
+	if got := h.approvalRequest(t, id); got.Status != schemas.StatusPending {
+		t.Fatalf("swept before its TTL: %s", got.Status)
+	}
+	h.skew.Store(int64(2 * time.Hour))
+	deadline := time.Now().Add(5 * time.Second)
+	for h.approvalRequest(t, id).Status != schemas.StatusExpired {
+		if time.Now().After(deadline) {
+			t.Fatal("lapsed request not swept")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n := countEvents(h.approvalEvents(t, schemas.ApprovalExpired), id); n != 1 {
+		t.Errorf("%d expired events, want 1", n)
+	}
+	if got := strings.Join(notes.events(), ","); got != "requested,expired" {
+		t.Errorf("notified %s", got)
+	}
+}
+
+// TestApprovalAllowsStatedUses: a policy stating @uses("2") lets one
+// approval allow the requester's same request twice, and the third try is
+// denied approval_used.
+func TestApprovalAllowsStatedUses(t *testing.T) {
+	t.Parallel()
+	files, err := engine.ReadDir(policyDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, f := range files {
+		if f.Name == "models.cedar" {
+			files[i].Data = bytes.ReplaceAll(f.Data, []byte(`@uses("1")`), []byte(`@uses("2")`))
+		}
+	}
+	set, err := engine.Compile(files)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := newHarness(t, 2)
+	h.svc.seed = set
+	h.start(t)
+	churn := schemas.Resource{Type: "Model", ID: "churn-predictor"}
+	ctx := map[string]any{"environment": "production", "model_version": "v13"}
+	deploy := func(reqID string) schemas.Decision {
+		return h.decideOne(t, principalRequest(t, "fiona", []string{"ml-platform"}, reqID, "model.deploy", churn, ctx))
+	}
+	id := deploy("deploy-u0").ApprovalID
+	a := h.approvalRequest(t, id)
+	if a.MaxUses != 2 {
+		t.Fatalf("max uses %d, want 2", a.MaxUses)
+	}
+	for _, r := range []string{"rita", "ravi"} {
+		g := maps.Clone(a.Context)
+		g[schemas.ContextApprovedAction], g[schemas.ContextApprovalID] = a.Action, a.ID
+		if d := h.decideOne(t, principalRequest(t, r, []string{"risk-reviewers"}, "grant-u-"+r, schemas.ActionApprovalGrant, churn, g)); !d.Allowed() {
+			t.Fatalf("%s's grant: %s/%s %q", r, d.Decision, d.Code, d.Reason)
+		}
+	}
+	for i, want := range []string{"use 1 of 2", "use 2 of 2"} {
+		if d := deploy("deploy-u" + string(rune('1'+i))); !d.Allowed() || d.ApprovalID != id || !strings.Contains(d.Reason, want) {
+			t.Fatalf("use %d: %s/%s %q", i+1, d.Decision, d.Code, d.Reason)
+		}
+	}
+	if d := deploy("deploy-u3"); d.Allowed() || d.Code != schemas.CodeApprovalUsed || !strings.Contains(d.Reason, "2 of 2 uses") {
+		t.Fatalf("third try: %s/%s %q", d.Decision, d.Code, d.Reason)
 	}
 }

@@ -25,8 +25,12 @@ type Config struct {
 	// ApprovalTeams are the groups whose members' approvals count as teams
 	// in context.approvals (AIGOV_APPROVAL_TEAMS, comma-separated).
 	ApprovalTeams []string
-	// ApprovalTTL is how long a granted approval counts (AIGOV_APPROVAL_TTL).
+	// ApprovalTTL is how long a granted approval counts, and how long an
+	// approval request stays open (AIGOV_APPROVAL_TTL).
 	ApprovalTTL time.Duration
+	// ApprovalWebhooksFile names the teams' webhooks for approval request
+	// events (AIGOV_APPROVAL_WEBHOOKS_FILE, notify.LoadFile); empty: none.
+	ApprovalWebhooksFile string
 	// RevocationsMax bounds the revocation keys held in memory for the
 	// decision-time recheck (AIGOV_POLICY_REVOCATIONS_MAX); above it every
 	// request reads the revocation bucket.
@@ -46,12 +50,13 @@ func LoadConfig(e *runtime.Env) Config {
 	e.Required("AIGOV_TRUST_FILE")
 	dir := e.String("AIGOV_POLICY_DIR", "policies")
 	return Config{
-		PolicyDir:      dir,
-		EntitiesFile:   e.String("AIGOV_ENTITIES_FILE", filepath.Join(dir, "entities.json")),
-		Workers:        e.Int("AIGOV_POLICY_WORKERS", 32, 1),
-		ApprovalTeams:  e.List("AIGOV_APPROVAL_TEAMS", []string{"risk-reviewers", "security"}),
-		ApprovalTTL:    e.Duration("AIGOV_APPROVAL_TTL", 24*time.Hour),
-		RevocationsMax: e.Int("AIGOV_POLICY_REVOCATIONS_MAX", DefaultRevocationsMax, 1),
-		SessionLimits:  runtime.LoadSessionLimits(e),
+		PolicyDir:            dir,
+		EntitiesFile:         e.String("AIGOV_ENTITIES_FILE", filepath.Join(dir, "entities.json")),
+		Workers:              e.Int("AIGOV_POLICY_WORKERS", 32, 1),
+		ApprovalTeams:        e.List("AIGOV_APPROVAL_TEAMS", []string{"risk-reviewers", "security"}),
+		ApprovalTTL:          e.Duration("AIGOV_APPROVAL_TTL", 24*time.Hour),
+		ApprovalWebhooksFile: e.String("AIGOV_APPROVAL_WEBHOOKS_FILE", ""),
+		RevocationsMax:       e.Int("AIGOV_POLICY_REVOCATIONS_MAX", DefaultRevocationsMax, 1),
+		SessionLimits:        runtime.LoadSessionLimits(e),
 	}
 }

@@ -52,6 +52,9 @@ type Deps struct {
 	ApprovalTTL time.Duration
 	// Notifier is told of approval request events (nil: nobody is).
 	Notifier Notifier
+	// ExpirySweep is how often lapsed approval requests are marked
+	// expired; zero means DefaultExpirySweep.
+	ExpirySweep time.Duration
 	// Clock defaults to time.Now.
 	Clock func() time.Time
 	Log   zerolog.Logger
@@ -87,6 +90,7 @@ type Service struct {
 	teams     []string
 	ttl       time.Duration
 	notify    Notifier
+	sweep     time.Duration
 	clock     func() time.Time
 	kv        buckets
 	log       zerolog.Logger
@@ -127,6 +131,7 @@ func NewService(d Deps) (*Service, error) {
 		teams:    d.ApprovalTeams,
 		ttl:      d.ApprovalTTL,
 		notify:   d.Notifier,
+		sweep:    d.ExpirySweep,
 		clock:    d.Clock,
 		trust:    d.Trust,
 		limits:   d.SessionLimits,
@@ -148,6 +153,9 @@ func NewService(d Deps) (*Service, error) {
 	}
 	if s.clock == nil {
 		s.clock = time.Now
+	}
+	if s.sweep <= 0 {
+		s.sweep = DefaultExpirySweep
 	}
 	s.state = newState(s.log, s.clock)
 	revsMax := d.RevocationsMax
@@ -211,6 +219,7 @@ func (s *Service) Run(ctx context.Context) (err error) {
 	wg.Go(func() { errs <- s.watchEntities(wctx, entitiesReady) })
 	wg.Go(func() { errs <- s.watchApprovals(wctx) })
 	wg.Go(func() { errs <- s.watchRequests(wctx) })
+	wg.Go(func() { s.sweepExpired(wctx, s.sweep) })
 	wg.Go(func() { s.revs.Run(wctx) }) // rewatches by itself; lookups fail closed meanwhile
 	// Stop before waiting: the watchers run until wctx ends, also when Run
 	// returns early with an error.
