@@ -12,6 +12,7 @@ import (
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/schemas/signing"
 	"github.com/aigov/aigov/services/audit/chain"
+	"github.com/aigov/aigov/services/audit/privacy"
 	"github.com/aigov/aigov/services/runtime"
 )
 
@@ -72,7 +73,17 @@ func start(ctx context.Context, cfg Config, svc *runtime.Service, conn driver.Co
 	if err != nil {
 		return nil, err
 	}
-	mask, err := newMasker(cfg.MaskFields, cfg.MaskMode)
+	var pseud privacy.Pseudonymizer
+	if cfg.PseudonymKey != "" {
+		pk, err := privacy.LoadOrCreateKey(cfg.PseudonymKey, cfg.CreatePseudonymKey)
+		if err != nil {
+			return nil, err
+		}
+		if pseud, err = privacy.NewPseudonymizer(pk); err != nil {
+			return nil, err
+		}
+	}
+	mask, err := newMasker(cfg.MaskFields, cfg.MaskMode, pseud)
 	if err != nil {
 		return nil, err
 	}

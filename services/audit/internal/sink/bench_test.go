@@ -104,7 +104,7 @@ func benchSetup(b *testing.B, batch int, compression string) (*Writer, *streamLa
 	if err != nil {
 		b.Fatal(err)
 	}
-	mask, err := newMasker([]string{"prompt"}, MaskHash)
+	mask, err := newMasker([]string{"prompt"}, MaskHash, testPseudonymizer(b))
 	if err != nil {
 		b.Fatal(err)
 	}

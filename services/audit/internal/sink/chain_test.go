@@ -14,6 +14,7 @@ import (
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/schemas/signing"
 	"github.com/aigov/aigov/services/audit/chain"
+	"github.com/aigov/aigov/services/audit/privacy"
 )
 
 // verify runs what `aigov audit verify` runs on one stream.
@@ -323,7 +324,7 @@ func TestMaskedFieldsNeverReachClickHouse(t *testing.T) {
 	if err := json.Unmarshal([]byte(ctxJSON), &c); err != nil {
 		t.Fatal(err)
 	}
-	if !strings.HasPrefix(c["prompt"], "sha256:") || c["environment"] != "staging" {
+	if !strings.HasPrefix(c["prompt"], privacy.PseudonymPrefix) || c["environment"] != "staging" {
 		t.Errorf("masked context = %v", c)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/aigov/aigov/services/audit/internal/migrate"
+	"github.com/aigov/aigov/services/audit/privacy"
 	"github.com/aigov/aigov/services/runtime"
 )
 
@@ -63,6 +64,14 @@ type Config struct {
 	// for "sha256:<hex>", redact for "***").
 	MaskFields []string
 	MaskMode   string
+	// PseudonymKey is the file holding the secret key of the keyed
+	// pseudonyms (AIGOV_AUDIT_PSEUDONYM_KEY: 32 bytes in hex): the
+	// subject_pseudonym columns and mask mode hash are HMAC-SHA256 under
+	// it. Empty leaves subject_pseudonym empty and refuses mask mode hash
+	// with fields to mask. CreatePseudonymKey generates the file when
+	// missing (AIGOV_AUDIT_PSEUDONYM_KEY_CREATE, for development).
+	PseudonymKey       string
+	CreatePseudonymKey bool
 	// RetentionDays adds a TTL to the tables created on servers with TTL
 	// (AIGOV_AUDIT_RETENTION_DAYS; 0, the default, keeps rows for ever).
 	RetentionDays int
@@ -136,6 +145,8 @@ func LoadConfig(env *runtime.Env) Config {
 		CheckpointInterval: env.Duration("AIGOV_AUDIT_CHECKPOINT_INTERVAL", time.Second),
 		MaskFields:         env.List("AIGOV_AUDIT_MASK_FIELDS", nil),
 		MaskMode:           env.String("AIGOV_AUDIT_MASK_MODE", MaskHash),
+		PseudonymKey:       env.String("AIGOV_AUDIT_PSEUDONYM_KEY", ""),
+		CreatePseudonymKey: env.Bool("AIGOV_AUDIT_PSEUDONYM_KEY_CREATE", false),
 		RetentionDays:      env.Int("AIGOV_AUDIT_RETENTION_DAYS", 0, 0),
 	}
 	c.ClickHouse.RetentionDays = c.RetentionDays
@@ -183,7 +194,12 @@ func (c Config) validate(env *runtime.Env) {
 	if err := migrate.ValidateDatabase(c.ClickHouse.Database); err != nil {
 		env.Fail("AIGOV_CLICKHOUSE_DATABASE: %v", err)
 	}
-	if _, err := newMasker(c.MaskFields, c.MaskMode); err != nil {
+	// The key is read at start; here only whether there is one counts.
+	var pseud privacy.Pseudonymizer
+	if c.PseudonymKey != "" {
+		pseud, _ = privacy.NewPseudonymizer(make([]byte, privacy.KeySize))
+	}
+	if _, err := newMasker(c.MaskFields, c.MaskMode, pseud); err != nil {
 		env.Fail("AIGOV_AUDIT_MASK_MODE: %v", err)
 	}
 	if c.CheckpointInterval < 0 {

@@ -17,6 +17,7 @@ import (
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/schemas/signing"
 	"github.com/aigov/aigov/services/audit/internal/chtest"
+	"github.com/aigov/aigov/services/audit/privacy"
 	"github.com/aigov/aigov/services/devenv/clickhouse"
 	"github.com/aigov/aigov/services/devenv/devkeys"
 	"github.com/aigov/aigov/services/devenv/natsdev"
@@ -42,6 +43,8 @@ type harness struct {
 	stop     func() // shuts the service down and waits for it
 	ns       *natsdev.Server
 	keyFile  string
+	// pseud derives pseudonyms under the service's pseudonym key.
+	pseud privacy.Pseudonymizer
 	// keys sign what the harness publishes as the services would.
 	keys *devkeys.Set
 }
@@ -52,6 +55,9 @@ type harnessOptions struct {
 	maskFields    string
 	// keyFile is the signing key; a new one in a temp dir when empty.
 	keyFile string
+	// pseudonymKey is the pseudonym key file; pseudonym.key next to
+	// keyFile (created) when empty.
+	pseudonymKey string
 	// ns reuses a NATS server (a restarted service); a new one when nil.
 	ns *natsdev.Server
 	// db reuses a database; a new one when empty.
@@ -71,6 +77,9 @@ func startHarness(t *testing.T, o harnessOptions) *harness {
 	}
 	if o.keyFile == "" {
 		o.keyFile = t.TempDir() + "/audit-signing.key"
+	}
+	if o.pseudonymKey == "" {
+		o.pseudonymKey = filepath.Join(filepath.Dir(o.keyFile), "pseudonym.key")
 	}
 	ns := o.ns
 	if ns == nil {
@@ -97,20 +106,22 @@ func startHarness(t *testing.T, o harnessOptions) *harness {
 		t.Fatal(err)
 	}
 	vars := map[string]string{
-		"AIGOV_TRUST_FILE":                keys.TrustFile,
-		"AIGOV_NATS_URL":                  ns.URL(),
-		"AIGOV_NATS_TLS_CA":               ns.CAFile(),
-		"AIGOV_NATS_PASSWORD":             ns.Password(schemas.RoleAudit),
-		"AIGOV_HTTP_ADDR":                 "127.0.0.1:0",
-		"AIGOV_LOG_LEVEL":                 "warn",
-		"AIGOV_CLICKHOUSE_ADDR":           server.Addr(),
-		"AIGOV_CLICKHOUSE_DATABASE":       db,
-		"AIGOV_AUDIT_BATCH_SIZE":          itoa(o.batchSize),
-		"AIGOV_AUDIT_FLUSH_INTERVAL":      o.flushInterval.String(),
-		"AIGOV_AUDIT_SIGNING_KEY":         o.keyFile,
-		"AIGOV_AUDIT_SIGNING_KEY_CREATE":  "true",
-		"AIGOV_AUDIT_MASK_FIELDS":         o.maskFields,
-		"AIGOV_AUDIT_CHECKPOINT_INTERVAL": "100ms",
+		"AIGOV_TRUST_FILE":                 keys.TrustFile,
+		"AIGOV_NATS_URL":                   ns.URL(),
+		"AIGOV_NATS_TLS_CA":                ns.CAFile(),
+		"AIGOV_NATS_PASSWORD":              ns.Password(schemas.RoleAudit),
+		"AIGOV_HTTP_ADDR":                  "127.0.0.1:0",
+		"AIGOV_LOG_LEVEL":                  "warn",
+		"AIGOV_CLICKHOUSE_ADDR":            server.Addr(),
+		"AIGOV_CLICKHOUSE_DATABASE":        db,
+		"AIGOV_AUDIT_BATCH_SIZE":           itoa(o.batchSize),
+		"AIGOV_AUDIT_FLUSH_INTERVAL":       o.flushInterval.String(),
+		"AIGOV_AUDIT_SIGNING_KEY":          o.keyFile,
+		"AIGOV_AUDIT_SIGNING_KEY_CREATE":   "true",
+		"AIGOV_AUDIT_MASK_FIELDS":          o.maskFields,
+		"AIGOV_AUDIT_PSEUDONYM_KEY":        o.pseudonymKey,
+		"AIGOV_AUDIT_PSEUDONYM_KEY_CREATE": "true",
+		"AIGOV_AUDIT_CHECKPOINT_INTERVAL":  "100ms",
 	}
 	if o.secureCH {
 		vars["AIGOV_CLICKHOUSE_ADDR"] = server.SecureAddr()
@@ -161,6 +172,13 @@ func startHarness(t *testing.T, o harnessOptions) *harness {
 	t.Cleanup(stop)
 	h := &harness{t: t, subjects: cfg.Common.Topology().Subjects, topo: cfg.Common.Topology(), db: db,
 		ch: chtest.Open(t, server, db), admin: admin, svc: svc, stop: stop, ns: ns, keyFile: o.keyFile, keys: keys}
+	pk, err := privacy.LoadOrCreateKey(o.pseudonymKey, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.pseud, err = privacy.NewPseudonymizer(pk); err != nil {
+		t.Fatal(err)
+	}
 	h.waitReady(true, 5*time.Second)
 	return h
 }

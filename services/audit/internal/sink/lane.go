@@ -220,6 +220,12 @@ func (l *streamLane) decodeItem(it item) decoded {
 	if it.gap == 0 {
 		d := decode(l.mask.event(it.raw), it.md, l.consumer, l.deadLtr)
 		l.checkSignature(&d, it)
+		if d.decision != nil {
+			d.decision.SubjectPseudonym = l.mask.pseud.Subject(d.decision.Issuer, d.decision.Subject)
+		}
+		if d.session != nil {
+			d.session.SubjectPseudonym = l.mask.pseud.Subject(d.session.Issuer, d.session.Subject)
+		}
 		return d
 	}
 	var d decoded

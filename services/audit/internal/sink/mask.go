@@ -2,21 +2,23 @@ package sink
 
 import (
 	"bytes"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 
 	gojson "github.com/goccy/go-json"
 
 	"github.com/aigov/aigov/schemas"
+	"github.com/aigov/aigov/services/audit/privacy"
 )
 
 // Masking modes (AIGOV_AUDIT_MASK_MODE).
 const (
-	// MaskHash replaces a value with "sha256:<hex>" of its JSON text, so
-	// equal values still compare equal in SQL without being readable.
+	// MaskHash replaces a value with "hmac-sha256:<hex>", the keyed
+	// pseudonym of its JSON text (privacy.Pseudonymizer.Value), so equal
+	// values still compare equal in SQL without being readable, and a
+	// dictionary attack needs the pseudonym key (AIGOV_AUDIT_PSEUDONYM_KEY).
 	MaskHash = "hash"
 	// MaskRedact replaces a value with "***".
 	MaskRedact = "redact"
@@ -29,18 +31,25 @@ type masker struct {
 	fields map[string]bool // lower case
 	lower  []string        // the same names, for scanning
 	mode   string
+	pseud  privacy.Pseudonymizer
 }
 
-func newMasker(fields []string, mode string) (masker, error) {
+// errNoPseudonymKey is newMasker's error for hash masking without a key.
+var errNoPseudonymKey = errors.New("mask mode hash needs a pseudonym key (AIGOV_AUDIT_PSEUDONYM_KEY): an unkeyed hash of an email is reversed by a dictionary")
+
+func newMasker(fields []string, mode string, pseud privacy.Pseudonymizer) (masker, error) {
 	if mode != MaskHash && mode != MaskRedact {
 		return masker{}, fmt.Errorf("mask mode %q must be %s or %s", mode, MaskHash, MaskRedact)
 	}
-	m := masker{fields: map[string]bool{}, mode: mode}
+	m := masker{fields: map[string]bool{}, mode: mode, pseud: pseud}
 	for _, f := range fields {
 		if f = asciiLower(strings.TrimSpace(f)); f != "" && !m.fields[f] {
 			m.fields[f] = true
 			m.lower = append(m.lower, f)
 		}
+	}
+	if len(m.fields) > 0 && mode == MaskHash && !pseud.Enabled() {
+		return masker{}, errNoPseudonymKey
 	}
 	return m, nil
 }
@@ -54,8 +63,7 @@ func (m masker) value(raw json.RawMessage) json.RawMessage {
 		buf.Reset()
 		buf.Write(raw)
 	}
-	sum := sha256.Sum256(buf.Bytes())
-	return json.RawMessage(`"sha256:` + hex.EncodeToString(sum[:]) + `"`)
+	return json.RawMessage(`"` + m.pseud.Value(buf.Bytes()) + `"`)
 }
 
 // event masks the fields of data.context in a CloudEvent, and of the

@@ -13,7 +13,7 @@ import (
 // stored event must not keep a shadowed copy either.
 func TestMaskCoversEveryKeySpelling(t *testing.T) {
 	t.Parallel()
-	m, err := newMasker([]string{"prompt"}, MaskHash)
+	m, err := newMasker([]string{"prompt"}, MaskHash, testPseudonymizer(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,7 +86,7 @@ func TestContainsFold(t *testing.T) {
 // masking configured: an event whose context holds a masked field (parsed,
 // masked and re-encoded), and one that names none (scanned only).
 func BenchmarkDecodeMasked(b *testing.B) {
-	m, err := newMasker([]string{"prompt"}, MaskHash)
+	m, err := newMasker([]string{"prompt"}, MaskHash, testPseudonymizer(b))
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -81,6 +81,9 @@ type decisionRow struct {
 	Seq              uint64
 	SignerKeyID      string
 	Signature        string
+	// SubjectPseudonym is the keyed pseudonym of Issuer+Subject
+	// (privacy.Pseudonymizer.Subject), set by the lane.
+	SubjectPseudonym string
 }
 
 // sessionRow is one row of the session_events table.
@@ -103,6 +106,8 @@ type sessionRow struct {
 	TimeUS           uint64
 	NATSSubject      string
 	Seq              uint64
+	// SubjectPseudonym is as in decisionRow.
+	SubjectPseudonym string
 }
 
 // DateTime holds whole seconds from 1970 to 2105, and the driver wraps

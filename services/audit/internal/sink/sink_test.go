@@ -23,7 +23,7 @@ func (h *harness) readDecision(requestID string) (decisionRow, time.Time) {
 		&r.ResourceType, &r.ResourceID, &r.PrincipalID, &r.PrincipalType, &r.Issuer, &r.Subject, &r.Email, &r.Groups, &r.Scopes,
 		&r.Decision, &r.Code, &r.Reason, &r.Stage, &r.PolicyIDs, &r.PolicyErrors, &r.PolicyVersion, &r.SessionKey,
 		&r.TokenFingerprint, &r.Context, &r.AuthnUS, &r.PolicyUS, &r.TotalUS, &r.NATSSubject, &r.Seq, &inserted, &insertedUS,
-		&r.SignerKeyID, &r.Signature)
+		&r.SignerKeyID, &r.Signature, &r.SubjectPseudonym)
 	if err != nil {
 		h.t.Fatalf("read decision %s: %v", requestID, err)
 	}
@@ -37,7 +37,7 @@ func (h *harness) readSession(eventID string) sessionRow {
 	err := h.ch.QueryRow(context.Background(), "SELECT "+sessionColumns+" FROM "+h.db+".session_events FINAL WHERE event_id = ?", eventID).Scan(
 		&r.EventID, &r.Type, &r.SessionKey, &r.Issuer, &r.Subject, &r.PrincipalID, &r.SID, &r.Reason, &r.By,
 		&r.RequestID, &r.TokenFingerprint, &r.AuthTime, &r.FirstSeen, &r.LastSeen, &r.Time, &r.TimeUS,
-		&r.NATSSubject, &r.Seq, &inserted)
+		&r.NATSSubject, &r.Seq, &inserted, &r.SubjectPseudonym)
 	if err != nil {
 		h.t.Fatalf("read session event %s: %v", eventID, err)
 	}
@@ -109,6 +109,7 @@ func TestWritesEveryEvent(t *testing.T) {
 	want := normalize(expectedDecision(d, schemas.DerivedID(d.RequestID, "decision"), h.subjects.Decision(d.Action), i+1))
 	// The harness signs as policy does.
 	want.SignerKeyID, want.Signature = h.keys.Signer(schemas.RolePolicy).KeyID(), string(signing.Valid)
+	want.SubjectPseudonym = h.pseud.Subject(d.Principal.Issuer, d.Principal.Subject)
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("decision row:\n got %+v\nwant %+v", got, want)
 	}
@@ -127,6 +128,7 @@ func TestWritesEveryEvent(t *testing.T) {
 		SID: s.SessionID, Reason: "kill switch", By: "rita", RequestID: "req-1", AuthTime: &authSecond,
 		FirstSeen: authSecond, LastSeen: decidedAt.Truncate(time.Second), Time: decidedAt.Add(3 * time.Millisecond).Truncate(time.Second),
 		TimeUS: uint64(decidedAt.Add(3 * time.Millisecond).UnixMicro()), NATSSubject: h.subjects.Session("revoked"), Seq: 4,
+		SubjectPseudonym: h.pseud.Subject(s.Issuer, s.Subject),
 	}
 	if gotS := h.readSession(id); !reflect.DeepEqual(gotS, wantS) {
 		t.Fatalf("session row:\n got %+v\nwant %+v", gotS, wantS)

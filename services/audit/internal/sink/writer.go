@@ -24,7 +24,7 @@ const (
 		"resource_type, resource_id, principal_id, principal_type, issuer, subject, email, groups, scopes, " +
 		"decision, code, reason, stage, policy_ids, policy_errors, policy_version, session_key, " +
 		"token_fingerprint, context, authn_us, policy_us, total_us, nats_subject, stream_seq, inserted_at, inserted_us, " +
-		"signer_key_id, signature"
+		"signer_key_id, signature, subject_pseudonym"
 	logColumns = "stream, stream_seq, prev_seq, event_id, type, source, nats_subject, event_time, event_time_us, " +
 		"data, invalid_reason, row_hash, chain_hash, inserted_at, inserted_us, signer_key_id, signature"
 	approvalColumns = "event_id, type, approval_id, status, request_id, action, resource_type, resource_id, approver, " +
@@ -35,7 +35,7 @@ const (
 		"event_time_us, dlq_seq, inserted_at"
 	sessionColumns = "event_id, type, session_key, issuer, subject, principal_id, sid, reason, `by`, " +
 		"request_id, token_fingerprint, auth_time, first_seen, last_seen, event_time, event_time_us, " +
-		"nats_subject, stream_seq, inserted_at"
+		"nats_subject, stream_seq, inserted_at, subject_pseudonym"
 )
 
 // Table names, also the values of the rows metric's table label.
@@ -284,6 +284,7 @@ func (w *Writer) insertDecisions(ctx context.Context, rows []*decisionRow) error
 		repeat(len(rows), us),
 		columnOf(rows, func(r *r) string { return r.SignerKeyID }),
 		columnOf(rows, func(r *r) string { return r.Signature }),
+		columnOf(rows, func(r *r) string { return r.SubjectPseudonym }),
 	})
 }
 
@@ -413,6 +414,6 @@ func (w *Writer) insertSessions(ctx context.Context, rows []sessionRow) error {
 		r := &rows[i]
 		return b.Append(r.EventID, r.Type, r.SessionKey, r.Issuer, r.Subject, r.PrincipalID, r.SID, r.Reason, r.By,
 			r.RequestID, r.TokenFingerprint, r.AuthTime, r.FirstSeen, r.LastSeen, r.Time, r.TimeUS,
-			r.NATSSubject, r.Seq, at)
+			r.NATSSubject, r.Seq, at, r.SubjectPseudonym)
 	})
 }

@@ -347,7 +347,9 @@ func (st *Stack) env(name, httpAddr string) []string {
 			"AIGOV_CLICKHOUSE_TLS_CA="+st.ClickHouse.CAFile(), "AIGOV_CLICKHOUSE_DATABASE="+Database,
 			// A dev signing key for the audit's checkpoints, made on first start;
 			// `aigov audit verify` reads its .pub next to it.
-			"AIGOV_AUDIT_SIGNING_KEY="+st.AuditKeyPath(), "AIGOV_AUDIT_SIGNING_KEY_CREATE=true")
+			"AIGOV_AUDIT_SIGNING_KEY="+st.AuditKeyPath(), "AIGOV_AUDIT_SIGNING_KEY_CREATE=true",
+			// And a dev pseudonym key (HMAC of subjects and masked values).
+			"AIGOV_AUDIT_PSEUDONYM_KEY="+st.PseudonymKeyPath(), "AIGOV_AUDIT_PSEUDONYM_KEY_CREATE=true")
 	case "reaper":
 		e = append(e, "AIGOV_REAPER_INTERVAL="+st.opts.ReaperInterval.String(),
 			// Back-channel logout for the dev IdP's sessions.
@@ -495,6 +497,9 @@ func (st *Stack) HTTPAddr(name string) string {
 // AuditKeyPath is the audit's checkpoint signing key; the public key is
 // next to it with a .pub suffix.
 func (st *Stack) AuditKeyPath() string { return filepath.Join(st.Dir, "audit-signing.key") }
+
+// PseudonymKeyPath is the audit's pseudonym key (docs/privacy.md).
+func (st *Stack) PseudonymKeyPath() string { return filepath.Join(st.Dir, "audit-pseudonym.key") }
 
 // PeakRSS is the most memory a running service's process has held (its
 // VmHWM), in bytes; 0 when it is not running or the system does not say
