@@ -7,20 +7,12 @@ package main
 import (
 	"context"
 	"errors"
-	"os"
-	"runtime/debug"
 
 	"github.com/aigov/aigov/services/audit/internal/sink"
 	"github.com/aigov/aigov/services/runtime"
 )
 
-func main() {
-	// GOGC in the environment still decides, as it does for any Go program.
-	if _, set := os.LookupEnv("GOGC"); !set {
-		debug.SetGCPercent(sink.GCPercent)
-	}
-	runtime.Main("audit", run)
-}
+func main() { runtime.Main("audit", run) }
 
 // run is main without the process: tests call it with a map of variables.
 func run(ctx context.Context, lookup runtime.Lookup) error {

@@ -197,12 +197,25 @@ type Common struct {
 // costs each event at most that much latency per signing hop.
 const DefaultSigningLinger = 2 * time.Millisecond
 
+// GCPercent reads AIGOV_GOGC; unset, GOGC (as Go itself reads it, "off"
+// included) and then def.
+func (e *Env) GCPercent(def int) int {
+	if v, ok := e.raw("GOGC"); ok {
+		if v == "off" {
+			def = -1
+		} else if n, err := strconv.Atoi(v); err == nil && n >= -1 {
+			def = n
+		}
+	}
+	return e.Int("AIGOV_GOGC", def, -1)
+}
+
 // DefaultGCPercent is AIGOV_GOGC's default. The hot-path services live on
 // heaps of a few MiB, so Go's default of 100 collects every few hundred
 // decisions: at 400, measured flat out on 2 cores, policy's GC went from
 // 129 cycles and 6-8 % of wall time paused to 17 cycles and 0.9 %, the
 // pipeline's CPU per decision fell 12-20 %, and each service stayed under
-// 40 MiB. The audit writer, whose heap is its batches, keeps Go's 100.
+// 40 MiB. The audit writer has its own (sink.GCPercent).
 const DefaultGCPercent = 400
 
 // LoadCommon reads the shared variables. defaultHTTP differs per service so
@@ -228,7 +241,7 @@ func LoadCommon(e *Env, service, defaultHTTP string) Common {
 		TrustFile:       e.String("AIGOV_TRUST_FILE", ""),
 		SigningLinger:   e.Duration("AIGOV_SIGNING_LINGER", DefaultSigningLinger),
 		Pprof:           e.Bool("AIGOV_PPROF", false),
-		GCPercent:       e.Int("AIGOV_GOGC", DefaultGCPercent, -1),
+		GCPercent:       e.GCPercent(DefaultGCPercent),
 		ClockOffset:     e.SignedDuration("AIGOV_DEV_CLOCK_OFFSET", 0),
 	}
 	if err := c.NATS().Validate(); err != nil {

@@ -77,10 +77,11 @@ func TestLoadCommon(t *testing.T) {
 	if c.GCPercent != runtime.DefaultGCPercent {
 		t.Errorf("GCPercent %d, want the default %d", c.GCPercent, runtime.DefaultGCPercent)
 	}
-	for v, want := range map[string]int{"150": 150, "-1": -1} {
-		e := runtime.NewEnv(runtime.MapLookup(map[string]string{"AIGOV_GOGC": v}))
+	for env, want := range map[string]int{"AIGOV_GOGC=150": 150, "AIGOV_GOGC=-1": -1, "GOGC=off": -1, "GOGC=50": 50} {
+		k, v, _ := strings.Cut(env, "=")
+		e := runtime.NewEnv(runtime.MapLookup(map[string]string{k: v}))
 		if c := runtime.LoadCommon(e, "policy", ":0"); e.Err() != nil || c.GCPercent != want {
-			t.Errorf("AIGOV_GOGC=%s: %d, %v; want %d", v, c.GCPercent, e.Err(), want)
+			t.Errorf("%s: %d, %v; want %d", env, c.GCPercent, e.Err(), want)
 		}
 	}
 	bad := runtime.NewEnv(runtime.MapLookup(map[string]string{"AIGOV_GOGC": "-5"}))

@@ -20,8 +20,8 @@ const DefaultBatchSize = 50000
 // redeliver messages the writer still holds.
 const HandlerTimeout = 30 * time.Second
 
-// GCPercent is the audit writer's garbage-collection target (GOGC), set by
-// its main unless GOGC is in the environment. The writer's heap is mostly
+// GCPercent is the audit writer's default AIGOV_GOGC (runtime.Common's
+// GCPercent, set when the service starts; GOGC still decides when set). The writer's heap is mostly
 // batch buffers that live for one insert: at Go's default of 100 it
 // collected about once a batch and faulted fresh pages in for the next;
 // at 200 BenchmarkWriterPath spends about 2 µs less CPU per event. Peak
@@ -114,13 +114,9 @@ type ClickHouseConfig struct {
 	StartupTimeout time.Duration
 }
 
-// AuditGCPercent is the audit's AIGOV_GOGC default: its heap is the batches
-// in flight, which runtime.DefaultGCPercent would let grow past 150 MB.
-const AuditGCPercent = 100
-
 func auditCommon(env *runtime.Env) runtime.Common {
 	c := runtime.LoadCommon(env, "audit", "127.0.0.1:8083")
-	c.GCPercent = env.Int("AIGOV_GOGC", AuditGCPercent, -1)
+	c.GCPercent = env.GCPercent(GCPercent)
 	return c
 }
 

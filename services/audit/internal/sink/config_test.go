@@ -33,8 +33,8 @@ func TestLoadConfig(t *testing.T) {
 			if c.Common.Service != "audit" || c.Common.HTTPAddr != "127.0.0.1:8083" || c.Common.NATSUser != "audit" {
 				t.Errorf("Common = %+v", c.Common)
 			}
-			if c.Common.GCPercent != AuditGCPercent {
-				t.Errorf("GCPercent %d, want the audit's own default %d", c.Common.GCPercent, AuditGCPercent)
+			if c.Common.GCPercent != GCPercent {
+				t.Errorf("GCPercent %d, want the audit's own default %d", c.Common.GCPercent, GCPercent)
 			}
 		}},
 		{name: "everything set", env: map[string]string{
