@@ -104,3 +104,43 @@ func TestWrongPasswordRefused(t *testing.T) {
 		t.Fatalf("want authorization error, got %v", err)
 	}
 }
+
+// Restart brings the embedded server back on the same port, store and
+// passwords: a published request is still in its stream, and a role
+// connects with the password it had.
+func TestRestartKeepsStoreAndPasswords(t *testing.T) {
+	t.Parallel()
+	srv := natsdev.StartT(t, natsdev.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	url, pw := srv.URL(), srv.Password(schemas.RolePlatform)
+	nc, err := srv.Connect(schemas.RolePlatform)
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, _ := jetstream.New(nc)
+	topo := schemas.NewTopology("")
+	if _, err := js.Publish(ctx, topo.Subjects.Request("model.retrain"), []byte("{}"), jetstream.WithMsgID("restart-1")); err != nil {
+		t.Fatal(err)
+	}
+	nc.Close()
+	if err := srv.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	if srv.URL() != url || srv.Password(schemas.RolePlatform) != pw {
+		t.Fatalf("restart moved the server or changed passwords: %s → %s", url, srv.URL())
+	}
+	admin, err := srv.Connect(natsdev.AdminUser)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	ajs, _ := jetstream.New(admin)
+	s, err := ajs.Stream(ctx, topo.StreamRequests())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := s.CachedInfo().State.Msgs; n != 1 {
+		t.Fatalf("requests stream holds %d messages after the restart, want 1", n)
+	}
+}
