@@ -217,7 +217,7 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 		}
 		if opts.TLS {
 			for s.securePort == 0 || s.securePort == s.tcpPort || s.securePort == s.httpPort {
-				if s.securePort, err = freePort(); err != nil {
+				if s.securePort, err = proc.FreePort(); err != nil {
 					return nil, err
 				}
 			}
@@ -239,26 +239,16 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 func pickPorts(tcp, http int) (int, int, error) {
 	var err error
 	if tcp == 0 {
-		if tcp, err = freePort(); err != nil {
+		if tcp, err = proc.FreePort(); err != nil {
 			return 0, 0, err
 		}
 	}
 	for http == 0 || http == tcp {
-		if http, err = freePort(); err != nil {
+		if http, err = proc.FreePort(); err != nil {
 			return 0, 0, err
 		}
 	}
 	return tcp, http, nil
-}
-
-// freePort asks the kernel for an unused loopback port.
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("clickhouse: pick a free port: %w", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 // Addr is the native-protocol address, "127.0.0.1:<tcp port>", for

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -22,6 +21,7 @@ import (
 
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/services/devenv/devcerts"
+	"github.com/aigov/aigov/services/devenv/proc"
 )
 
 // Bus is what the dev stack needs of NATS, whether one embedded server
@@ -136,7 +136,7 @@ func StartCluster(ctx context.Context, opts ClusterOptions) (c *Cluster, err err
 	for i := range opts.Nodes {
 		n := &node{name: fmt.Sprintf("aigov-n%d", i)}
 		for _, p := range []*int{&n.port, &n.routePort, &n.mPort} {
-			if *p, err = freePort(); err != nil {
+			if *p, err = proc.FreePort(); err != nil {
 				return c, err
 			}
 		}
@@ -297,7 +297,7 @@ func (c *Cluster) WaitHealthy(ctx context.Context, i int, timeout time.Duration)
 	for time.Now().Before(deadline) {
 		select {
 		case <-done:
-			return fmt.Errorf("natsdev: node %s exited during start; last log lines:\n%s", n.name, tail(n.logPath, 10))
+			return fmt.Errorf("natsdev: node %s exited during start; last log lines:\n%s", n.name, proc.Tail(n.logPath, 10))
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(100 * time.Millisecond):
@@ -310,7 +310,7 @@ func (c *Cluster) WaitHealthy(ctx context.Context, i int, timeout time.Duration)
 			}
 		}
 	}
-	return fmt.Errorf("natsdev: node %s not healthy within %s; last log lines:\n%s", n.name, timeout, tail(n.logPath, 10))
+	return fmt.Errorf("natsdev: node %s not healthy within %s; last log lines:\n%s", n.name, timeout, proc.Tail(n.logPath, 10))
 }
 
 func (c *Cluster) provision(ctx context.Context) error {
@@ -544,26 +544,4 @@ func (c *Cluster) Shutdown() {
 	for i := range c.nodes {
 		_ = c.Stop(i)
 	}
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("natsdev: pick a free port: %w", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
-// tail returns the last n lines of a file, for error messages.
-func tail(path string, n int) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "(no log: " + err.Error() + ")"
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }

@@ -16,7 +16,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -267,7 +266,7 @@ func Start(ctx context.Context, opts Options) (st *Stack, err error) {
 	logoutPort := 0
 	if opts.HTTPBasePort != 0 {
 		logoutPort = opts.HTTPBasePort + logoutOffset
-	} else if logoutPort, err = freePort(); err != nil {
+	} else if logoutPort, err = proc.FreePort(); err != nil {
 		return st, err
 	}
 	st.logoutAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(logoutPort))
@@ -398,7 +397,7 @@ func (st *Stack) StartReplica(ctx context.Context, service, replica string) erro
 func (st *Stack) StartGateway(ctx context.Context, apiPort, httpPort int, env ...string) error {
 	if apiPort == 0 {
 		var err error
-		if apiPort, err = freePort(); err != nil {
+		if apiPort, err = proc.FreePort(); err != nil {
 			return err
 		}
 	}
@@ -426,7 +425,7 @@ func (st *Stack) LogoutURL() string { return "http://" + st.logoutAddr + "/backc
 func (st *Stack) startProcess(ctx context.Context, name, bin string, port int) error {
 	if port == 0 {
 		var err error
-		if port, err = freePort(); err != nil {
+		if port, err = proc.FreePort(); err != nil {
 			return err
 		}
 	}
@@ -468,7 +467,7 @@ func waitReady(ctx context.Context, p *process, timeout time.Duration) error {
 	for time.Now().Before(deadline) {
 		select {
 		case <-p.done:
-			return fmt.Errorf("stack: %s exited during start (%v); last log lines:\n%s", p.name, p.err, tail(p.logPath, 20))
+			return fmt.Errorf("stack: %s exited during start (%v); last log lines:\n%s", p.name, p.err, proc.Tail(p.logPath, 20))
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(50 * time.Millisecond):
@@ -481,7 +480,7 @@ func waitReady(ctx context.Context, p *process, timeout time.Duration) error {
 			}
 		}
 	}
-	return fmt.Errorf("stack: %s not ready within %s; last log lines:\n%s", p.name, timeout, tail(p.logPath, 20))
+	return fmt.Errorf("stack: %s not ready within %s; last log lines:\n%s", p.name, timeout, proc.Tail(p.logPath, 20))
 }
 
 // HTTPAddr is the health/metrics address of a running service.
@@ -682,26 +681,4 @@ func (st *Stack) Stop() []error {
 		st.NATS.Shutdown()
 	}
 	return errs
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("stack: pick a free port: %w", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
-// tail returns the last n lines of a file, for error messages.
-func tail(path string, n int) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "(no log: " + err.Error() + ")"
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }
