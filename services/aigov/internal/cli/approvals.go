@@ -64,17 +64,13 @@ func approvalsCmd(ctx context.Context, args []string, stdout, stderr io.Writer, 
 	if sub != "list" && fs.NArg() != 1 {
 		return fail(ExitUsage, errors.New("name one approval request id (apr-...)"))
 	}
-	nc, js, err := of.connect()
+	cctx, cancel := context.WithTimeout(ctx, *of.timeout)
+	defer cancel()
+	nc, kv, err := of.bucket(cctx, schemas.Topology.BucketApprovalRequests)
 	if err != nil {
 		return fail(ExitError, err)
 	}
 	defer nc.Close()
-	cctx, cancel := context.WithTimeout(ctx, *of.timeout)
-	defer cancel()
-	kv, err := js.KeyValue(cctx, schemas.NewTopology(of.conn.prefix).BucketApprovalRequests())
-	if err != nil {
-		return fail(ExitError, fmt.Errorf("approval requests bucket: %w", err))
-	}
 	if sub == "list" {
 		list, err := listApprovals(cctx, kv, *status)
 		if err != nil {

@@ -129,17 +129,13 @@ func entitiesCmd(ctx context.Context, args []string, stdout, stderr io.Writer, l
 		fmt.Fprintf(stderr, "aigov entities: unknown subcommand %q\n\n%s", sub, entitiesUsage)
 		return ExitUsage
 	}
-	nc, js, err := of.connect()
+	cctx, cancel := context.WithTimeout(ctx, *of.timeout)
+	defer cancel()
+	nc, kv, err := of.bucket(cctx, schemas.Topology.BucketEntities)
 	if err != nil {
 		return fail(ExitError, err)
 	}
 	defer nc.Close()
-	cctx, cancel := context.WithTimeout(ctx, *of.timeout)
-	defer cancel()
-	kv, err := js.KeyValue(cctx, schemas.NewTopology(of.conn.prefix).BucketEntities())
-	if err != nil {
-		return fail(ExitError, fmt.Errorf("open entity bucket: %w", err))
-	}
 	if err := run(cctx, kv); err != nil {
 		return fail(ExitError, err)
 	}

@@ -45,6 +45,22 @@ func (o operatorFlags) connect() (*nats.Conn, jetstream.JetStream, error) {
 	return nc, js, nil
 }
 
+// bucket connects and opens the KV bucket that name picks from the
+// topology; the caller closes the connection.
+func (o operatorFlags) bucket(ctx context.Context, name func(schemas.Topology) string) (*nats.Conn, jetstream.KeyValue, error) {
+	nc, js, err := o.connect()
+	if err != nil {
+		return nil, nil, err
+	}
+	bucket := name(schemas.NewTopology(o.conn.prefix))
+	kv, err := js.KeyValue(ctx, bucket)
+	if err != nil {
+		nc.Close()
+		return nil, nil, fmt.Errorf("open bucket %s: %w", bucket, err)
+	}
+	return nc, kv, nil
+}
+
 // governed sends one request with the caller's token on nc and waits for
 // its decision.
 func (o operatorFlags) governed(ctx context.Context, nc *nats.Conn, token string, req schemas.Request) (schemas.Decision, error) {
