@@ -7,6 +7,7 @@
 package schemas
 
 import (
+	"bytes"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
@@ -116,7 +117,7 @@ func ParseEvent(b []byte) (Event, error) {
 // DecodeData decodes the event's data into v, rejecting unknown fields so
 // that a typo in a request is an error rather than a silently ignored field.
 func (e Event) DecodeData(v any) error {
-	dec := json.NewDecoder(strings.NewReader(string(e.Data)))
+	dec := json.NewDecoder(bytes.NewReader(e.Data)) // no copy of the data
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		return fmt.Errorf("%w: %s data: %v", ErrInvalidEvent, e.Type, err)

@@ -342,18 +342,12 @@ func NewRequestMessage(subjects schemas.Subjects, source string, call Call, repl
 	if call.ID == "" {
 		call.ID = schemas.NewID()
 	}
-	ev, err := schemas.NewEvent(call.ID, source, schemas.TypeRequest, time.Now(), call.Request)
+	// The bytes of NewEvent encoded whole, with the data encoded once.
+	msg, err := schemas.NewEventMessage(subjects.Request(call.Request.Action), call.ID, source, schemas.TypeRequest,
+		call.Request.Resource.String(), time.Now(), call.Request)
 	if err != nil {
 		return nil, fmt.Errorf("aigov client: %w", err)
 	}
-	ev.Subject = call.Request.Resource.String()
-	body, err := json.Marshal(ev)
-	if err != nil {
-		return nil, fmt.Errorf("aigov client: encode request: %w", err)
-	}
-	msg := nats.NewMsg(subjects.Request(call.Request.Action))
-	msg.Data = body
-	msg.Header.Set(schemas.HeaderMsgID, call.ID)
 	if call.Token != "" {
 		msg.Header.Set(schemas.HeaderAuthorization, "Bearer "+call.Token)
 	}

@@ -194,13 +194,18 @@ func (r *Runner) flushLoop(in <-chan settled, out chan<- inFlight, o *PipelineOp
 // (after its replies) when all its events are stored, nak otherwise.
 func (r *Runner) settleBatch(b inFlight, js jetstream.JetStream, timeout time.Duration) {
 	end := time.Now().Add(timeout)
+	// One timer for the whole batch, not one per event; once it has fired,
+	// each remaining event still gets a millisecond, as before.
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	expired := false
 	for i, it := range b.items {
 		var err error
 		reply := true
 		for j, fut := range b.futures[i] {
-			wait := time.NewTimer(max(time.Until(end), time.Millisecond))
-			select {
-			case ack := <-fut.Ok():
+			ack, ferr, timedOut := awaitAck(fut, deadline, &expired)
+			switch {
+			case ferr == nil && !timedOut:
 				if m := it.s.out[j]; ack != nil && ack.Duplicate && it.s.replied[m] {
 					ctx, cancel := context.WithDeadline(context.Background(), end.Add(time.Second))
 					if cerr := storedCopy(ctx, js, m, ack); cerr != nil {
@@ -211,12 +216,11 @@ func (r *Runner) settleBatch(b inFlight, js jetstream.JetStream, timeout time.Du
 					}
 					cancel()
 				}
-			case e := <-fut.Err():
-				err = fmt.Errorf("publish %s: %w", fut.Msg().Subject, e)
-			case <-wait.C:
+			case timedOut:
 				err = fmt.Errorf("publish %s: no PubAck within %s", fut.Msg().Subject, timeout)
+			default:
+				err = fmt.Errorf("publish %s: %w", fut.Msg().Subject, ferr)
 			}
-			wait.Stop()
 			if err != nil {
 				break
 			}
@@ -225,6 +229,35 @@ func (r *Runner) settleBatch(b inFlight, js jetstream.JetStream, timeout time.Du
 			runAfter(it.s)
 		}
 		r.settle(it.m, err)
+	}
+}
+
+// awaitAck waits for fut's PubAck or error until the batch's deadline; a
+// settled future always wins over the deadline. Once the deadline has
+// fired (*expired), each further future still gets a millisecond.
+func awaitAck(fut jetstream.PubAckFuture, deadline *time.Timer, expired *bool) (*jetstream.PubAck, error, bool) {
+	ok, failed := fut.Ok(), fut.Err()
+	select {
+	case ack := <-ok:
+		return ack, nil, false
+	case e := <-failed:
+		return nil, e, false
+	default:
+	}
+	wait := deadline.C
+	if *expired {
+		t := time.NewTimer(time.Millisecond)
+		defer t.Stop()
+		wait = t.C
+	}
+	select {
+	case ack := <-ok:
+		return ack, nil, false
+	case e := <-failed:
+		return nil, e, false
+	case <-wait:
+		*expired = true
+		return nil, nil, true
 	}
 }
 

@@ -66,19 +66,20 @@ type Outgoing struct {
 // the handler of a pipelined runner, it only queues the event: the runner
 // signs and stores it (in a batch) before it acks the input.
 func (p *Publisher) Publish(ctx context.Context, o Outgoing) (*nats.Msg, error) {
-	ev, err := schemas.NewEvent(o.ID, p.source, o.Type, o.Time, o.Data)
-	if err != nil {
-		return nil, err
-	}
-	ev.Subject = o.Subject
 	if s := settlementOf(ctx); s != nil {
-		msg, err := schemas.EventMessage(o.NATSSubject, ev)
+		// The same bytes as NewEvent and EventMessage, data encoded once.
+		msg, err := schemas.NewEventMessage(o.NATSSubject, o.ID, p.source, o.Type, o.Subject, o.Time, o.Data)
 		if err != nil {
 			return nil, err
 		}
 		s.add(msg)
 		return msg, nil
 	}
+	ev, err := schemas.NewEvent(o.ID, p.source, o.Type, o.Time, o.Data)
+	if err != nil {
+		return nil, err
+	}
+	ev.Subject = o.Subject
 	msg, ack, err := schemas.PublishEvent(ctx, p.js, p.signer, o.NATSSubject, ev)
 	if err != nil {
 		return nil, err

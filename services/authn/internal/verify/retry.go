@@ -50,7 +50,7 @@ func (v *Verifier) passRetry(ctx context.Context, r request, retryID string) err
 		return err
 	}
 	if !ack.Duplicate {
-		v.outcomes.WithLabelValues(outcomeVerified).Inc()
+		v.passed.Inc()
 		return nil
 	}
 	first, at, err := v.storedVerified(ctx, ack)

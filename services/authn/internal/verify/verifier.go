@@ -69,6 +69,7 @@ type Verifier struct {
 	subjects schemas.Subjects
 	runner   *runtime.Runner
 	outcomes *prometheus.CounterVec
+	passed   prometheus.Counter // outcomes{verified}, looked up once
 	now      func() time.Time
 
 	revs *revocation.Set
@@ -118,6 +119,7 @@ func New(cfg Config, deps Deps) (*Verifier, error) {
 	if err := deps.Registry.Register(v.outcomes); err != nil {
 		return nil, fmt.Errorf("authn: register metrics: %w", err)
 	}
+	v.passed = v.outcomes.WithLabelValues(outcomeVerified)
 	cacheEntries := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "aigov_authn_cache_entries",
 		Help: "Verified tokens held by the verification cache.",
@@ -440,7 +442,7 @@ func (v *Verifier) pass(ctx context.Context, r request) error {
 	if _, err := v.publish(ctx, v.subjects.Verified(r.action), id, schemas.TypeVerified, now, data); err != nil {
 		return err
 	}
-	v.outcomes.WithLabelValues(outcomeVerified).Inc()
+	v.passed.Inc()
 	v.log.Debug().Str("request_id", r.id).Str("action", r.action).Str("principal", r.identity.Principal.ID).
 		Str("session_key", r.identity.SessionKey).Str("token_fingerprint", r.tokenFP).Msg("request verified")
 	return nil

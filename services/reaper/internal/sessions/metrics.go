@@ -21,6 +21,8 @@ type metrics struct {
 	// lookups counts verified requests by where their session was read:
 	// memory (the live view) or kv (the bucket path).
 	lookups *prometheus.CounterVec
+	// lookupsMemory and lookupsKV are its children, looked up once.
+	lookupsMemory, lookupsKV prometheus.Counter
 	// conflicts counts compare-and-set writes of a record from the
 	// in-memory view that another writer won.
 	conflicts prometheus.Counter
@@ -70,8 +72,6 @@ func newMetrics(reg prometheus.Registerer) (metrics, error) {
 	for _, reason := range []string{schemas.ReasonMaxAge, schemas.ReasonIdle} {
 		m.expired.WithLabelValues(reason)
 	}
-	for _, via := range []string{"memory", "kv"} {
-		m.lookups.WithLabelValues(via)
-	}
+	m.lookupsMemory, m.lookupsKV = m.lookups.WithLabelValues("memory"), m.lookups.WithLabelValues("kv")
 	return m, nil
 }

@@ -196,7 +196,7 @@ func (r *Reaper) Track(ctx context.Context, m jetstream.Msg) error {
 			r.log.Debug().Str("session_key", v.SessionKey).Str("request_id", v.RequestID).Msg("request of an ended session ignored")
 			return nil
 		}
-		r.metrics.lookups.WithLabelValues("memory").Inc()
+		r.metrics.lookupsMemory.Inc()
 		for range maxUpdateAttempts {
 			done, err := r.touch(ctx, e.rec, e.rev, v)
 			if err != nil || done {
@@ -210,7 +210,7 @@ func (r *Reaper) Track(ctx context.Context, m jetstream.Msg) error {
 			}
 		}
 	}
-	r.metrics.lookups.WithLabelValues("kv").Inc()
+	r.metrics.lookupsKV.Inc()
 	return r.trackFromBucket(ctx, v)
 }
 
