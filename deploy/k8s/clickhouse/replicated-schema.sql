@@ -27,7 +27,11 @@ CREATE TABLE IF NOT EXISTS aigov.event_log ON CLUSTER '{cluster}' (`stream` Stri
 
 CREATE TABLE IF NOT EXISTS aigov.events ON CLUSTER '{cluster}' (`event_id` String, `type` String, `source` String, `nats_subject` String, `stream` String, `stream_seq` UInt64, `event_time` DateTime('UTC'), `event_time_us` UInt64, `data` String, `invalid_reason` String, `inserted_at` DateTime('UTC')) ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/{table}', '{replica}', stream_seq) PARTITION BY toYYYYMM(event_time) ORDER BY (type, event_id) SETTINGS index_granularity = 8192;
 
+CREATE TABLE IF NOT EXISTS aigov.legal_holds ON CLUSTER '{cluster}' (`partition_id` UInt32, `reason` String, `held_by` String, `held_at` DateTime('UTC') DEFAULT now()) ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/{database}/{table}', '{replica}') ORDER BY partition_id SETTINGS index_granularity = 8192;
+
 CREATE TABLE IF NOT EXISTS aigov.policy_changes ON CLUSTER '{cluster}' (`event_id` String, `type` String, `kind` String, `version` String, `previous` String, `changed_by` String, `entity_type` String, `entity_id` String, `summary` String, `event_time` DateTime('UTC'), `event_time_us` UInt64, `data` String, `nats_subject` String, `stream` String, `stream_seq` UInt64, `inserted_at` DateTime('UTC')) ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/{table}', '{replica}') PARTITION BY toYYYYMM(event_time) ORDER BY (kind, event_id) SETTINGS index_granularity = 8192;
+
+CREATE TABLE IF NOT EXISTS aigov.retirements ON CLUSTER '{cluster}' (`stream` String, `from_seq` UInt64, `to_seq` UInt64, `chain_hash` String, `partition_id` UInt32, `reason` String, `retired_at` String, `key_id` String, `signature` String) ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/{table}', '{replica}') ORDER BY (stream, from_seq, to_seq) SETTINGS index_granularity = 8192;
 
 CREATE TABLE IF NOT EXISTS aigov.schema_migrations ON CLUSTER '{cluster}' (`version` UInt32, `name` String, `checksum` String, `applied_at` DateTime('UTC')) ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/{table}', '{replica}') ORDER BY version SETTINGS index_granularity = 8192;
 

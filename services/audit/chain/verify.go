@@ -29,6 +29,11 @@ type Report struct {
 	// newest one's position. Rows after it are covered by the chain only.
 	Checkpoints int
 	Signed      uint64
+	// Retired are the ranges of positions dropped by the retention policy,
+	// each named by a signed retirement (Retirement) and linked across;
+	// RetiredPositions counts them. They are not missing.
+	Retired          []Span `json:",omitempty"`
+	RetiredPositions uint64
 	// Broken is nil when every link holds.
 	Broken *Break
 }
@@ -44,6 +49,15 @@ var identPattern = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,63}$`)
 // forged second copy of a position is seen. The first broken link ends the
 // check and is returned in the report; err is for failures to read.
 func VerifyStream(ctx context.Context, conn driver.Conn, db, stream string, cps []Checkpoint, pub ed25519.PublicKey) (Report, error) {
+	return VerifyStreamRetired(ctx, conn, db, stream, cps, nil, pub)
+}
+
+// VerifyStreamRetired is VerifyStream where positions may have been
+// dropped by the retention policy: a range of missing positions that a
+// retirement of rets (all must verify with pub) names exactly is reported
+// in Report.Retired, and the chain continues from the retirement's chain
+// hash; any other missing position is still a break.
+func VerifyStreamRetired(ctx context.Context, conn driver.Conn, db, stream string, cps []Checkpoint, rets []Retirement, pub ed25519.PublicKey) (Report, error) {
 	if !identPattern.MatchString(db) {
 		return Report{}, fmt.Errorf("database name %q is not a plain identifier", db)
 	}
@@ -81,6 +95,16 @@ func VerifyStream(ctx context.Context, conn driver.Conn, db, stream string, cps 
 		rep.Signed = max(rep.Signed, c.Seq)
 	}
 	rep.Start = cps[0].Start
+	for _, r := range rets {
+		if err := r.Verify(pub); err != nil {
+			rep.Broken = &Break{Seq: r.From, Reason: err.Error()}
+			return rep, nil
+		}
+		if r.Stream != stream || r.To < r.From {
+			rep.Broken = &Break{Seq: r.From, Reason: fmt.Sprintf("retirement of stream %s seq %d..%d among retirements of %s", r.Stream, r.From, r.To, stream)}
+			return rep, nil
+		}
+	}
 	rows, err := conn.Query(ctx, "SELECT stream_seq, prev_seq, event_id, type, source, nats_subject, event_time_us, data, invalid_reason, signer_key_id, signature, row_hash, chain_hash FROM "+
 		db+".event_log WHERE stream = ? AND stream_seq > ? ORDER BY stream_seq, row_hash", stream, rep.Start)
 	if err != nil {
@@ -92,6 +116,37 @@ func VerifyStream(ctx context.Context, conn driver.Conn, db, stream string, cps 
 	brk := func(seq uint64, format string, args ...any) (Report, error) {
 		rep.Broken = &Break{Seq: seq, Reason: fmt.Sprintf(format, args...)}
 		return rep, nil
+	}
+	// retire moves head across retired ranges that start right after it
+	// and end at or before limit; each range is used once, so the loop
+	// ends after len(rets) steps at most. It returns a break reason.
+	used := make([]bool, len(rets))
+	retire := func(limit uint64) (uint64, string) {
+		for range rets {
+			found := false
+			for i, r := range rets {
+				if used[i] || r.From != head.Seq+1 || r.To > limit {
+					continue
+				}
+				used[i], found = true, true
+				for s, c := range bySeq {
+					if s == r.To && c.Hash != r.ChainHash {
+						return r.To, "a signed retirement disagrees with the checkpoint at its end"
+					}
+					if s == r.To {
+						rep.Checkpoints++
+					}
+				}
+				head = Head{Stream: stream, Start: head.Start, Seq: r.To, Hash: r.ChainHash}
+				rep.Retired = append(rep.Retired, Span{From: r.From, To: r.To})
+				rep.RetiredPositions += r.To - r.From + 1
+				break
+			}
+			if !found {
+				break
+			}
+		}
+		return 0, ""
 	}
 	for rows.Next() {
 		r := Row{Stream: stream}
@@ -105,6 +160,11 @@ func VerifyStream(ctx context.Context, conn driver.Conn, db, stream string, cps 
 				return brk(r.Seq, "two different rows claim this position (forged or altered copy)")
 			}
 			continue
+		}
+		if r.PrevSeq > head.Seq {
+			if seq, why := retire(r.PrevSeq); why != "" {
+				return brk(seq, "%s", why)
+			}
 		}
 		if r.PrevSeq != head.Seq {
 			if r.PrevSeq > head.Seq {
@@ -140,6 +200,10 @@ func VerifyStream(ctx context.Context, conn driver.Conn, db, stream string, cps 
 	}
 	if err := rows.Err(); err != nil {
 		return rep, fmt.Errorf("read %s.event_log: %w", db, err)
+	}
+	// The newest rows may be retired too.
+	if seq, why := retire(^uint64(0)); why != "" {
+		return brk(seq, "%s", why)
 	}
 	if rep.Signed > head.Seq {
 		return brk(head.Seq+1, "rows truncated: a checkpoint signed seq %d, the log ends at seq %d", rep.Signed, head.Seq)

@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -21,6 +22,9 @@ import (
 	"github.com/aigov/aigov/schemas/signing"
 	"github.com/aigov/aigov/services/audit/chain"
 )
+
+// chUnknownTable is ClickHouse's error code for a table that does not exist.
+const chUnknownTable = 60
 
 // auditCmd is `aigov audit verify`: it recomputes the hash chain of every
 // audited stream from ClickHouse and checks it against the signed
@@ -139,7 +143,18 @@ func auditCmd(ctx context.Context, args []string, stdout, stderr io.Writer, look
 			fmt.Fprintf(stderr, "aigov audit verify: %v\n", err)
 			return ExitError
 		}
-		rep, err := chain.VerifyStream(ctx, conn, *db, s, cps, pub)
+		// Positions dropped by the retention policy are named by signed
+		// retirements; a database from before retention has none.
+		rets, err := chain.ReadRetirements(ctx, conn, *db, s)
+		var ex *ch.Exception
+		if errors.As(err, &ex) && ex.Code == chUnknownTable {
+			rets, err = nil, nil
+		}
+		if err != nil {
+			fmt.Fprintf(stderr, "aigov audit verify: %v\n", err)
+			return ExitError
+		}
+		rep, err := chain.VerifyStreamRetired(ctx, conn, *db, s, cps, rets, pub)
 		if err != nil {
 			fmt.Fprintf(stderr, "aigov audit verify: %v\n", err)
 			return ExitError
@@ -154,6 +169,10 @@ func auditCmd(ctx context.Context, args []string, stdout, stderr io.Writer, look
 					s, rep.Rows, rep.Start+1, rep.LastSeq, rep.Checkpoints, rep.Signed)
 			} else {
 				fmt.Fprintf(stdout, "%-22s BROKEN  first broken link at seq %d: %s\n", s, rep.Broken.Seq, rep.Broken.Reason)
+			}
+			// Retired by policy is not missing: reported on its own line.
+			for _, sp := range rep.Retired {
+				fmt.Fprintf(stdout, "%-22s retired by policy: seq %d..%d (signed retirement)\n", s, sp.From, sp.To)
 			}
 		}
 	}

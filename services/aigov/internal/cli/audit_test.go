@@ -121,6 +121,59 @@ func TestAuditVerifyReadsTheCheckpointStream(t *testing.T) {
 		t.Fatalf("verify with an unsigned stream: exit %d, want 3\n%s%s", code, out, errOut)
 	}
 
+	// Positions 1..2 dropped by the retention policy, with a signed
+	// retirement, are reported as retired and the chain still verifies;
+	// a row deleted by hand is still missing.
+	retiredHead := chain.NewHead(signed, 0)
+	for i := 1; i <= 2; i++ {
+		r := chain.Row{Stream: signed, Seq: uint64(i), PrevSeq: uint64(i - 1), EventID: "ev-" + signed + "-" + strconv.Itoa(i),
+			Type: schemas.TypeDecision, Source: "aigov/policy", Subject: "aigov.decision.model.deploy", TimeUS: uint64(i), Data: `{}`}
+		retiredHead = retiredHead.Extend(&r)
+	}
+	ret := chain.SignRetirement(chain.Retirement{Stream: signed, From: 1, To: 2, ChainHash: retiredHead.Hash, Partition: 197001,
+		Reason: "retention", At: time.Now()}, key)
+	for _, q := range []string{`CREATE TABLE aigov.retirements (stream String, from_seq UInt64, to_seq UInt64, chain_hash String,
+		partition_id UInt32, reason String, retired_at String, key_id String, signature String) ENGINE = ReplacingMergeTree ORDER BY (stream, from_seq, to_seq)`,
+		"ALTER TABLE aigov.event_log DELETE WHERE stream = '" + signed + "' AND stream_seq <= 2"} {
+		if err := conn.Exec(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	rb, err := conn.PrepareBatch(ctx, "INSERT INTO aigov.retirements ("+chain.RetirementColumns+")")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rb.Append(ret.Values()...); err != nil {
+		t.Fatal(err)
+	}
+	if err := rb.Send(); err != nil {
+		t.Fatal(err)
+	}
+	waitRows := func(q string, want uint64) {
+		t.Helper()
+		for range 200 {
+			var n uint64
+			if err := conn.QueryRow(ctx, q).Scan(&n); err == nil && n == want {
+				return
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		t.Fatalf("%s never gave %d", q, want)
+	}
+	waitRows("SELECT count() FROM aigov.event_log WHERE stream = '"+signed+"'", 3)
+	code, out, errOut = verify("--stream", signed)
+	if code != 0 || !strings.Contains(out, "ok") || !strings.Contains(out, "retired by policy: seq 1..2") {
+		t.Fatalf("verify after retirement: exit %d, want 0\n%s%s", code, out, errOut)
+	}
+	if err := conn.Exec(ctx, "ALTER TABLE aigov.event_log DELETE WHERE stream = '"+signed+"' AND stream_seq = 4"); err != nil {
+		t.Fatal(err)
+	}
+	waitRows("SELECT count() FROM aigov.event_log WHERE stream = '"+signed+"'", 2)
+	code, out, errOut = verify("--stream", signed)
+	if code != 3 || !strings.Contains(out, "BROKEN  first broken link at seq 4: row missing") || !strings.Contains(out, "retired by policy: seq 1..2") {
+		t.Fatalf("verify after a hand deletion: exit %d, want 3\n%s%s", code, out, errOut)
+	}
+
 	// Only the server's admin can delete the checkpoint stream; verify
 	// then fails every stream with rows.
 	admin, err := ns.Connect(natsdev.AdminUser)

@@ -33,6 +33,7 @@ commands:
   sessions    list live sessions, or revoke by --session, --subject or --issuer (kill switch)
   leases      list live job leases
   audit       audit verify: recompute the audit hash chain against its signed checkpoints
+  privacy     privacy export --subject ISS SUB: everything the audit holds about a person, as JSON Lines
   policy      policy test|validate|push: run case files, validate a set, push it (governed by policy.update)
   entities    entities put|get|list|delete: edit the trusted entity store (as the operator user)
   approvals   approvals list|show|approve|reject: review the approval requests that approval_required denies open
@@ -57,6 +58,8 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer, lookup fu
 		return sessionsCmd(ctx, args[1:], stdout, stderr, lookup)
 	case "leases":
 		return leasesCmd(ctx, args[1:], stdout, stderr, lookup)
+	case "privacy":
+		return privacyCmd(ctx, args[1:], stdout, stderr, lookup)
 	case "audit":
 		return auditCmd(ctx, args[1:], stdout, stderr, lookup)
 	case "policy":

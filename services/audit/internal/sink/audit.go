@@ -29,6 +29,8 @@ type Audit struct {
 	dead       *deadLetters
 	deadCons   jetstream.Consumer
 	deadRunner *runtime.Runner
+	// retirer drops expired partitions (Config.Retention).
+	retirer retirer
 }
 
 // lane is one consumer and the runner and handler that drain it.
@@ -92,6 +94,8 @@ func start(ctx context.Context, cfg Config, svc *runtime.Service, conn driver.Co
 		return nil, err
 	}
 	a := &Audit{cfg: cfg, conn: conn, writer: w}
+	a.retirer = retirer{conn: conn, db: cfg.ClickHouse.Database, key: key, policy: cfg.Retention, topo: svc.Topology,
+		log: svc.Log.With().Str("component", "retention").Logger()}
 	newRunner := func(name string) *runtime.Runner {
 		r := runtime.NewRunner(name, svc.Log, svc.HTTP.Registry, 1)
 		r.HandlerTimeout = HandlerTimeout
@@ -164,6 +168,9 @@ func (a *Audit) Workers() []runtime.Worker {
 	out = append(out, func(ctx context.Context) error {
 		return a.deadRunner.Run(ctx, a.deadCons, a.dead.Handle)
 	})
+	if a.cfg.Retention.Enabled() {
+		out = append(out, a.retirer.worker(a.cfg.RetentionInterval))
+	}
 	return out
 }
 

@@ -72,6 +72,14 @@ type Config struct {
 	// missing (AIGOV_AUDIT_PSEUDONYM_KEY_CREATE, for development).
 	PseudonymKey       string
 	CreatePseudonymKey bool
+	// Retention is the per-class retention the audit's retention job
+	// enforces by dropping whole expired monthly partitions, on every
+	// server version (AIGOV_AUDIT_RETENTION_DECISIONS_DAYS,
+	// _SESSIONS_DAYS, _GOVERNANCE_DAYS; 0 keeps for ever), every
+	// RetentionInterval (AIGOV_AUDIT_RETENTION_INTERVAL). Partitions in
+	// the legal_holds table are kept. See docs/privacy.md.
+	Retention         Retention
+	RetentionInterval time.Duration
 	// RetentionDays adds a TTL to the tables created on servers with TTL
 	// (AIGOV_AUDIT_RETENTION_DAYS; 0, the default, keeps rows for ever).
 	RetentionDays int
@@ -144,6 +152,12 @@ func LoadConfig(env *runtime.Env) Config {
 		PseudonymKey:       env.String("AIGOV_AUDIT_PSEUDONYM_KEY", ""),
 		CreatePseudonymKey: env.Bool("AIGOV_AUDIT_PSEUDONYM_KEY_CREATE", false),
 		RetentionDays:      env.Int("AIGOV_AUDIT_RETENTION_DAYS", 0, 0),
+		Retention: Retention{
+			Decisions:  env.Int("AIGOV_AUDIT_RETENTION_DECISIONS_DAYS", 0, 0),
+			Sessions:   env.Int("AIGOV_AUDIT_RETENTION_SESSIONS_DAYS", 0, 0),
+			Governance: env.Int("AIGOV_AUDIT_RETENTION_GOVERNANCE_DAYS", 0, 0),
+		},
+		RetentionInterval: env.Duration("AIGOV_AUDIT_RETENTION_INTERVAL", time.Hour),
 	}
 	c.ClickHouse.RetentionDays = c.RetentionDays
 	// Two inserts at a time per lane, plus the readiness ping and the
@@ -197,6 +211,9 @@ func (c Config) validate(env *runtime.Env) {
 	}
 	if _, err := newMasker(c.MaskFields, c.MaskMode, pseud); err != nil {
 		env.Fail("AIGOV_AUDIT_MASK_MODE: %v", err)
+	}
+	if c.RetentionInterval <= 0 {
+		env.Fail("AIGOV_AUDIT_RETENTION_INTERVAL must be positive")
 	}
 	if c.CheckpointInterval < 0 {
 		env.Fail("AIGOV_AUDIT_CHECKPOINT_INTERVAL must not be negative")
