@@ -84,24 +84,28 @@ func TestRunFailsClosedAndStops(t *testing.T) {
 		}))
 	}()
 	base := "http://" + addr
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		resp, err := http.Get(base + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				break
+	waitReady := func() {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			resp, err := http.Get(base + "/readyz")
+			if err == nil {
+				resp.Body.Close()
+				if resp.StatusCode == http.StatusOK {
+					break
+				}
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("gateway not ready: %v", err)
+			}
+			select {
+			case err := <-done:
+				t.Fatalf("run ended: %v", err)
+			case <-time.After(50 * time.Millisecond):
 			}
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("gateway not ready: %v", err)
-		}
-		select {
-		case err := <-done:
-			t.Fatalf("run ended: %v", err)
-		case <-time.After(50 * time.Millisecond):
-		}
 	}
+	waitReady()
 
 	token := "e30." + base64.RawURLEncoding.EncodeToString([]byte(`{"iss":"`+issuer+`","sub":"alice","exp":`+
 		strconv.FormatInt(time.Now().Add(time.Hour).Unix(), 10)+`}`)) + ".c2ln"
@@ -119,6 +123,9 @@ func TestRunFailsClosedAndStops(t *testing.T) {
 		t.Errorf("no pipeline: %d %v, want 504 decision_timeout", resp.StatusCode, body)
 	}
 
+	// The gateway is ready again (its bus connection up) before the MCP
+	// part: under load a reconnect after the 504 was seen to race it.
+	waitReady()
 	c := mcp.NewClient(&mcp.Implementation{Name: "test", Version: "1"}, nil)
 	cs, err := c.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: base + "/mcp", MaxRetries: -1,
 		HTTPClient: &http.Client{Transport: bearer{token}}}, nil)
