@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/services/audit/internal/chtest"
@@ -66,15 +65,7 @@ func TestRunWritesAndStops(t *testing.T) {
 		}))
 	}()
 
-	nc, err := ns.Connect(natsdev.AdminUser)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := ns.ConnectT(t, natsdev.AdminUser)
 	at := time.Now().UTC()
 	d := schemas.Decision{RequestID: "req-main", Action: "model.retrain", Resource: schemas.Resource{Type: "Model", ID: "m"},
 		Decision: schemas.Deny, Code: schemas.CodeMissingToken, Stage: schemas.StageAuthn, Timings: schemas.Timings{ReceivedAt: at, DecidedAt: at}}

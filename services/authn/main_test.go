@@ -5,8 +5,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/schemas/client"
 	"github.com/aigov/aigov/services/devenv/devkeys"
@@ -42,11 +40,7 @@ func TestRun(t *testing.T) {
 		}))
 	}()
 
-	nc, err := srv.Connect(schemas.RolePlatform)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
+	nc, _ := srv.ConnectT(t, schemas.RolePlatform)
 	c, err := client.New(nc, client.Options{Timeout: 15 * time.Second, Trust: keys.Trust()})
 	if err != nil {
 		t.Fatal(err)
@@ -57,12 +51,7 @@ func TestRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Publish once authn's consumer exists, i.e. run has started serving.
-	admin, err := srv.Connect(natsdev.AdminUser)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer admin.Close()
-	ajs, _ := jetstream.New(admin)
+	_, ajs := srv.ConnectT(t, natsdev.AdminUser)
 	topo := schemas.NewTopology("")
 	deadline := time.Now().Add(15 * time.Second)
 	for {

@@ -58,11 +58,7 @@ func TestRunWithTenants(t *testing.T) {
 		}
 	}()
 
-	bc, err := srv.Connect(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer bc.Close()
+	bc, _ := srv.ConnectT(t, b)
 	bSub, err := bc.SubscribeSync(schemas.TenantInboxPrefix(b) + ".>")
 	if err != nil {
 		t.Fatal(err)
@@ -70,11 +66,7 @@ func TestRunWithTenants(t *testing.T) {
 	if err := bc.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	nc, err := srv.Connect(a)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
+	nc, _ := srv.ConnectT(t, a)
 	c, err := client.New(nc, client.Options{Timeout: 30 * time.Second, Trust: keys.Trust()})
 	if err != nil {
 		t.Fatal(err)
@@ -95,12 +87,7 @@ func TestRunWithTenants(t *testing.T) {
 	}
 
 	// Forged reply header: the deny is published, never sent to b.
-	admin, err := srv.Connect(natsdev.AdminUser)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer admin.Close()
-	ajs, _ := jetstream.New(admin)
+	_, ajs := srv.ConnectT(t, natsdev.AdminUser)
 	topo := schemas.NewTopology("")
 	forged, err := c.Message(client.Call{ID: "forged-1", Token: expired, Request: req}, schemas.TenantInboxPrefix(b)+".x.forged")
 	if err != nil {
@@ -110,7 +97,7 @@ func TestRunWithTenants(t *testing.T) {
 	if _, err := js.PublishMsg(ctx, forged); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(ctx, t, ajs, topo.StreamDecisions(), topo.Subjects.Decision(req.Action), "forged-1")
+	awaitEvent(ctx, t, ajs, topo.StreamDecisions(), topo.Subjects.Decision(req.Action), "forged-1")
 	if m, err := bSub.NextMsg(300 * time.Millisecond); err == nil {
 		t.Fatalf("%s received %s on %s", b, m.Data, m.Subject)
 	}
@@ -127,7 +114,7 @@ func TestRunWithTenants(t *testing.T) {
 	if _, err := js.PublishMsg(ctx, ok); err != nil {
 		t.Fatal(err)
 	}
-	data := waitFor(ctx, t, ajs, topo.StreamVerified(), topo.Subjects.Verified(req.Action), "valid-1")
+	data := awaitEvent(ctx, t, ajs, topo.StreamVerified(), topo.Subjects.Verified(req.Action), "valid-1")
 	var v schemas.Verified
 	if err := json.Unmarshal(data, &v); err != nil || v.Tenant != a || v.ReplyTo != schemas.TenantInboxPrefix(a)+".x.valid" {
 		t.Fatalf("verified %+v (%v): want tenant %s and its reply subject", v, err, a)
@@ -136,7 +123,7 @@ func TestRunWithTenants(t *testing.T) {
 
 // waitFor returns the data of the last event on subject of stream once it
 // is the one for request id.
-func waitFor(ctx context.Context, t *testing.T, js jetstream.JetStream, stream, subject, id string) json.RawMessage {
+func awaitEvent(ctx context.Context, t *testing.T, js jetstream.JetStream, stream, subject, id string) json.RawMessage {
 	t.Helper()
 	st, err := js.Stream(ctx, stream)
 	if err != nil {

@@ -9,8 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/services/devenv/devkeys"
 	"github.com/aigov/aigov/services/devenv/natsdev"
@@ -22,24 +20,12 @@ import (
 func TestRun(t *testing.T) {
 	t.Parallel()
 	srv := natsdev.StartT(t, natsdev.Options{})
-	admin, err := srv.Connect(natsdev.AdminUser)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer admin.Close()
-	js, err := jetstream.New(admin)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := srv.ConnectT(t, natsdev.AdminUser)
 	topo := schemas.NewTopology("")
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	// natsdev.Start provisioned the topology (as aigov bus provision does).
-	platform, err := srv.Connect(schemas.RolePlatform)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer platform.Close()
+	platform, _ := srv.ConnectT(t, schemas.RolePlatform)
 	inbox := "_INBOX.platform.main-test"
 	sub, err := platform.SubscribeSync(inbox)
 	if err != nil {

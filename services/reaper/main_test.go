@@ -43,12 +43,7 @@ func TestRunTracksAndExpiresThenStops(t *testing.T) {
 	}()
 	waitReady(t, addr, done)
 
-	admin, err := srv.Connect(natsdev.AdminUser)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer admin.Close()
-	js, _ := jetstream.New(admin)
+	_, js := srv.ConnectT(t, natsdev.AdminUser)
 	topo := schemas.NewTopology("")
 	p := schemas.Principal{ID: schemas.PrincipalID("https://idp.test", "alice"), Issuer: "https://idp.test", Subject: "alice", SessionID: "sid-main"}
 	v := schemas.Verified{RequestID: "req-main", Principal: p, SessionKey: schemas.SessionKey(p), TokenFingerprint: schemas.Fingerprint("t")}

@@ -59,12 +59,7 @@ func TestRestartDuringPendingExpiries(t *testing.T) {
 		}
 	}
 
-	admin, err := srv.Connect(natsdev.AdminUser)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer admin.Close()
-	js, _ := jetstream.New(admin)
+	_, js := srv.ConnectT(t, natsdev.AdminUser)
 	topo := schemas.NewTopology("")
 
 	// Instance 1 tracks the sessions; its passes run hourly after the
@@ -86,7 +81,7 @@ func TestRestartDuringPendingExpiries(t *testing.T) {
 	}
 	sessionsKV, _ := js.KeyValue(ctx, topo.BucketSessions())
 	revocations, _ := js.KeyValue(ctx, topo.BucketRevocations())
-	waitFor(t, 20*time.Second, "sessions tracked", func() bool {
+	natsdev.WaitFor(t, 20*time.Second, "sessions tracked", func() bool {
 		for _, k := range keys {
 			if _, err := sessionsKV.Get(ctx, k); err != nil {
 				return false
@@ -104,7 +99,7 @@ func TestRestartDuringPendingExpiries(t *testing.T) {
 	}
 
 	stop2 := start("50ms")
-	waitFor(t, 20*time.Second, "every pending session ended", func() bool {
+	natsdev.WaitFor(t, 20*time.Second, "every pending session ended", func() bool {
 		for _, k := range keys {
 			if _, err := revocations.Get(ctx, k); err != nil {
 				return false
@@ -161,15 +156,4 @@ func expiredEvents(ctx context.Context, t *testing.T, js jetstream.JetStream, to
 		out[ev.Subject]++
 	}
 	return out
-}
-
-func waitFor(t *testing.T, timeout time.Duration, what string, ok func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !ok() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %s", what, timeout)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }

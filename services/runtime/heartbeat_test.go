@@ -109,12 +109,7 @@ func TestPullNoticesAPausedServer(t *testing.T) {
 	}
 	f := startFreezer(t, u.Host)
 	proxied := u.Scheme + "://" + f.ln.Addr().String()
-	nc, err := srv.Connect("test", func(o *nats.Options) error { o.Servers = []string{proxied}; return nil })
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, _ := jetstream.New(nc)
+	_, js := srv.ConnectT(t, "test", func(o *nats.Options) error { o.Servers = []string{proxied}; return nil })
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "T", Subjects: []string{"t.>"}}); err != nil {
@@ -124,12 +119,7 @@ func TestPullNoticesAPausedServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	direct, err := srv.Connect("test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(direct.Close)
-	djs, _ := jetstream.New(direct)
+	_, djs := srv.ConnectT(t, "test")
 
 	logs := &lockedBuffer{}
 	r := runtime.NewRunner("c", zerolog.New(logs), prometheus.NewRegistry(), 1)

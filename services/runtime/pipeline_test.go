@@ -88,7 +88,7 @@ func TestPipelinedRunnerStoresBeforeItAcksAndReplies(t *testing.T) {
 		t.Fatal("the input whose event was refused got a reply")
 	}
 	// The refused input is retried (never acked), up to MaxDeliver.
-	waitFor(t, "the refused input retried", func() bool { return refused.Load() >= 2 })
+	natsdev.WaitFor(t, 10*time.Second, "the refused input retried", func() bool { return refused.Load() >= 2 })
 	info, _ := out.Info(ctx)
 	if info.State.Msgs != n-1 {
 		t.Fatalf("OUT holds %d events, want %d", info.State.Msgs, n-1)
@@ -192,12 +192,7 @@ type pipelineBus struct {
 func newPipelineBus(t *testing.T) pipelineBus {
 	t.Helper()
 	srv := natsdev.StartT(t, natsdev.Options{Open: true})
-	nc, err := srv.Connect("test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, _ := jetstream.New(nc)
+	nc, js := srv.ConnectT(t, "test")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	for _, sc := range []jetstream.StreamConfig{

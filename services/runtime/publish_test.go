@@ -20,12 +20,7 @@ import (
 func TestPublisherDeduplicatesAndRepliesOnlyToInboxes(t *testing.T) {
 	t.Parallel()
 	srv := natsdev.StartT(t, natsdev.Options{Open: true})
-	nc, err := srv.Connect("test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, _ := jetstream.New(nc)
+	nc, js := srv.ConnectT(t, "test")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	st, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "E", Subjects: []string{"e.>"}, Duplicates: time.Minute})
@@ -106,12 +101,7 @@ func TestReplyStaysWithinTheRequestersTenant(t *testing.T) {
 	t.Parallel()
 	const a, b = "platform-a", "platform-b"
 	srv := natsdev.StartT(t, natsdev.Options{Tenants: []string{a, b}})
-	nc, err := srv.Connect(schemas.RoleAuthn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, _ := jetstream.New(nc)
+	nc, js := srv.ConnectT(t, schemas.RoleAuthn)
 	p, err := runtime.NewPublisher(js, nc, devkeys.New(t).Signer(schemas.RoleAuthn), "aigov/test", zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)

@@ -26,12 +26,7 @@ type bus struct {
 func newBus(t *testing.T, ackWait time.Duration) bus {
 	t.Helper()
 	srv := natsdev.StartT(t, natsdev.Options{Open: true})
-	nc, err := srv.Connect("test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, _ := jetstream.New(nc)
+	_, js := srv.ConnectT(t, "test")
 	ctx := context.Background()
 	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "T", Subjects: []string{"t.>"}}); err != nil {
 		t.Fatal(err)
@@ -60,18 +55,6 @@ func (b bus) pending(t *testing.T) (ackPending int, undelivered uint64) {
 		t.Fatal(err)
 	}
 	return info.NumAckPending, info.NumPending
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		if cond() {
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatalf("timed out waiting for %s", what)
 }
 
 func newRunner(workers int) *runtime.Runner {
@@ -111,7 +94,7 @@ func TestRunnerAcksNaksTermsAndRecoversPanics(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
 	go func() { errc <- newRunner(2).Run(ctx, b.cons, h) }()
-	waitFor(t, "all messages settled", func() bool {
+	natsdev.WaitFor(t, 10*time.Second, "all messages settled", func() bool {
 		ack, undelivered := b.pending(t)
 		mu.Lock()
 		defer mu.Unlock()
@@ -159,7 +142,7 @@ func TestRunnerFinishesInFlightWorkOnShutdown(t *testing.T) {
 	if !finished.Load() {
 		t.Fatal("in-flight handler was cancelled by shutdown")
 	}
-	waitFor(t, "ack", func() bool { ack, undelivered := b.pending(t); return ack == 0 && undelivered == 0 })
+	natsdev.WaitFor(t, 10*time.Second, "ack", func() bool { ack, undelivered := b.pending(t); return ack == 0 && undelivered == 0 })
 }
 
 func TestRunBatchesFlushesOnSizeAndTimeAndRetriesInPlace(t *testing.T) {
@@ -188,8 +171,8 @@ func TestRunBatchesFlushesOnSizeAndTimeAndRetriesInPlace(t *testing.T) {
 	go func() {
 		errc <- newRunner(1).RunBatches(ctx, b.cons, runtime.BatchOptions{MaxMessages: 10, MaxWait: 100 * time.Millisecond}, h)
 	}()
-	waitFor(t, "25 rows written", func() bool { mu.Lock(); defer mu.Unlock(); return written == 25 })
-	waitFor(t, "all acked", func() bool { ack, undelivered := b.pending(t); return ack == 0 && undelivered == 0 })
+	natsdev.WaitFor(t, 10*time.Second, "25 rows written", func() bool { mu.Lock(); defer mu.Unlock(); return written == 25 })
+	natsdev.WaitFor(t, 10*time.Second, "all acked", func() bool { ack, undelivered := b.pending(t); return ack == 0 && undelivered == 0 })
 	cancel()
 	if err := <-errc; err != nil {
 		t.Fatal(err)
@@ -237,7 +220,7 @@ func TestRunBatchesHoldsMessagesWhileSinkIsDown(t *testing.T) {
 		t.Fatalf("ack pending %d while the sink is down, want 3", ack)
 	}
 	down.Store(false)
-	waitFor(t, "all acked", func() bool { ack, undelivered := b.pending(t); return ack == 0 && undelivered == 0 })
+	natsdev.WaitFor(t, 10*time.Second, "all acked", func() bool { ack, undelivered := b.pending(t); return ack == 0 && undelivered == 0 })
 	cancel()
 	if err := <-errc; err != nil {
 		t.Fatal(err)
@@ -289,7 +272,7 @@ func TestRunBatchesFillOnABacklog(t *testing.T) {
 		go func() {
 			errc <- newRunner(1).RunBatches(ctx, b.cons, runtime.BatchOptions{MaxMessages: max, MaxWait: time.Millisecond, BacklogWait: backlogWait}, h)
 		}()
-		waitFor(t, "every message written", func() bool { mu.Lock(); defer mu.Unlock(); return written == n })
+		natsdev.WaitFor(t, 10*time.Second, "every message written", func() bool { mu.Lock(); defer mu.Unlock(); return written == n })
 		took := time.Since(start)
 		cancel()
 		if err := <-errc; err != nil {

@@ -22,15 +22,7 @@ func TestSubjectKeysCryptoShredding(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	ns := natsdev.StartT(t, natsdev.Options{})
-	nc, err := ns.Connect(natsdev.AdminUser)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := ns.ConnectT(t, natsdev.AdminUser)
 	kv, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "test_subject_keys", History: 1})
 	if err != nil {
 		t.Fatal(err)

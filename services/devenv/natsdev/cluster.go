@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -31,6 +32,7 @@ type Bus interface {
 	CAFile() string
 	Password(role string) string
 	Connect(role string, extra ...nats.Option) (*nats.Conn, error)
+	ConnectT(tb testing.TB, role string, extra ...nats.Option) (*nats.Conn, jetstream.JetStream)
 	InboxPrefix(user string) string
 	ClientCert(role string) (certFile, keyFile string)
 	Shutdown()
@@ -102,7 +104,30 @@ func BuildNode(ctx context.Context, root, dir string) (string, error) {
 // StartCluster writes each node's configuration, starts the nodes, waits
 // until every one reports healthy JetStream and provisions the topology.
 // On error whatever started is shut down.
-func StartCluster(ctx context.Context, opts ClusterOptions) (c *Cluster, err error) {
+func StartCluster(ctx context.Context, opts ClusterOptions) (*Cluster, error) {
+	// Ports are picked free and bound by a node a moment later, so another
+	// process can take one in between (seen on a loaded machine). A fresh
+	// cluster then starts again on new ports, a bounded number of times.
+	for attempt := 1; ; attempt++ {
+		c, err := startCluster(ctx, opts)
+		if err == nil || attempt == startAttempts || !errors.Is(err, errPortTaken) {
+			return c, err
+		}
+		for _, n := range c.nodes {
+			if err := os.RemoveAll(filepath.Join(opts.Dir, n.name)); err != nil {
+				return nil, fmt.Errorf("natsdev: clear %s for a new start: %w", n.name, err)
+			}
+		}
+	}
+}
+
+// startAttempts bounds StartCluster's restarts after a port was taken.
+const startAttempts = 3
+
+// errPortTaken marks a node that could not bind a port it was given.
+var errPortTaken = errors.New("port taken")
+
+func startCluster(ctx context.Context, opts ClusterOptions) (c *Cluster, err error) {
 	if opts.Dir == "" || opts.NodeBin == "" {
 		return nil, errors.New("natsdev: ClusterOptions.Dir and NodeBin are required")
 	}
@@ -297,7 +322,11 @@ func (c *Cluster) WaitHealthy(ctx context.Context, i int, timeout time.Duration)
 	for time.Now().Before(deadline) {
 		select {
 		case <-done:
-			return fmt.Errorf("natsdev: node %s exited during start; last log lines:\n%s", n.name, proc.Tail(n.logPath, 10))
+			tail := proc.Tail(n.logPath, 10)
+			if strings.Contains(tail, "address already in use") {
+				return fmt.Errorf("natsdev: node %s: %w; last log lines:\n%s", n.name, errPortTaken, tail)
+			}
+			return fmt.Errorf("natsdev: node %s exited during start; last log lines:\n%s", n.name, tail)
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(100 * time.Millisecond):

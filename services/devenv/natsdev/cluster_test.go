@@ -59,15 +59,7 @@ func TestClusterSurvivesNodeKill(t *testing.T) {
 	c := startCluster(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	nc, err := c.Connect(natsdev.AdminUser, nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	nc, js := c.ConnectT(t, natsdev.AdminUser, nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
 	topo := c.Topology()
 	info, err := js.Stream(ctx, topo.StreamRequests())
 	if err != nil {
@@ -179,11 +171,7 @@ func TestClusterSurvivesNodeKill(t *testing.T) {
 func TestClusterRoles(t *testing.T) {
 	c := startCluster(t)
 	topo := schemas.NewTopology("")
-	nc, err := c.Connect(schemas.RolePlatform)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
+	nc, _ := c.ConnectT(t, schemas.RolePlatform)
 	errs := make(chan error, 1)
 	nc.SetErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
 		select {

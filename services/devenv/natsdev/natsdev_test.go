@@ -23,12 +23,7 @@ func TestPlatformCannotPublishPipelineSubjects(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 
-	admin, err := srv.Connect(natsdev.AdminUser)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer admin.Close()
-	ajs, _ := jetstream.New(admin)
+	_, ajs := srv.ConnectT(t, natsdev.AdminUser)
 	topo := schemas.NewTopology("")
 	if err := topo.Ensure(ctx, ajs); err != nil {
 		t.Fatal(err)
@@ -130,12 +125,7 @@ func TestRestartKeepsStoreAndPasswords(t *testing.T) {
 	if srv.URL() != url || srv.Password(schemas.RolePlatform) != pw {
 		t.Fatalf("restart moved the server or changed passwords: %s → %s", url, srv.URL())
 	}
-	admin, err := srv.Connect(natsdev.AdminUser)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer admin.Close()
-	ajs, _ := jetstream.New(admin)
+	_, ajs := srv.ConnectT(t, natsdev.AdminUser)
 	s, err := ajs.Stream(ctx, topo.StreamRequests())
 	if err != nil {
 		t.Fatal(err)

@@ -44,12 +44,7 @@ func TestEveryRoleHasLeastPrivilege(t *testing.T) {
 	topo := schemas.NewTopology("")
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	admin, err := srv.Connect(natsdev.AdminUser)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer admin.Close()
-	ajs, _ := jetstream.New(admin)
+	_, ajs := srv.ConnectT(t, natsdev.AdminUser)
 	// One decision in the stream, so that a purge or a delete has
 	// something to remove.
 	if _, err := ajs.Publish(ctx, "aigov.decision.model.deploy", []byte(`{}`)); err != nil {

@@ -47,12 +47,7 @@ func apiCall(ctx context.Context, nc *nats.Conn, subject string) error {
 // there. It returns the subjects the requests were stored under.
 func respond(ctx context.Context, t *testing.T, srv *natsdev.Server, keys *devkeys.Set) <-chan string {
 	t.Helper()
-	nc, err := srv.Connect(schemas.RoleAuthn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, _ := jetstream.New(nc)
+	nc, js := srv.ConnectT(t, schemas.RoleAuthn)
 	topo := schemas.NewTopology("")
 	cons, err := topo.Bind(ctx, js, schemas.ConsumerAuthn)
 	if err != nil {
@@ -105,21 +100,13 @@ func TestTenantRequestGetsItsDecision(t *testing.T) {
 	keys := devkeys.New(t)
 	stored := respond(ctx, t, srv, keys)
 
-	b, err := srv.Connect(tenantB)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
+	b, _ := srv.ConnectT(t, tenantB)
 	bSub, err := b.SubscribeSync(schemas.TenantInboxPrefix(tenantB) + ".>")
 	if err != nil {
 		t.Fatal(err)
 	}
 
-	nc, err := srv.Connect(tenantA)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
+	nc, _ := srv.ConnectT(t, tenantA)
 	c, err := client.New(nc, client.Options{Timeout: 20 * time.Second, Trust: keys.Trust()})
 	if err != nil {
 		t.Fatal(err)
@@ -141,11 +128,7 @@ func TestTenantRequestGetsItsDecision(t *testing.T) {
 	}
 
 	// The aigov account's own platform keeps working beside the tenants.
-	pc, err := srv.Connect(schemas.RolePlatform)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pc.Close()
+	pc, _ := srv.ConnectT(t, schemas.RolePlatform)
 	pcl, err := client.New(pc, client.Options{Timeout: 20 * time.Second, Trust: keys.Trust()})
 	if err != nil {
 		t.Fatal(err)
@@ -181,17 +164,8 @@ func tenantAttacks(t *testing.T, unrestricted bool) {
 	topo := schemas.NewTopology("")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	admin, err := srv.Connect(natsdev.AdminUser)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer admin.Close()
-	ajs, _ := jetstream.New(admin)
-	authn, err := srv.Connect(schemas.RoleAuthn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer authn.Close()
+	_, ajs := srv.ConnectT(t, natsdev.AdminUser)
+	authn, _ := srv.ConnectT(t, schemas.RoleAuthn)
 	requests := func() uint64 {
 		st, err := ajs.Stream(ctx, topo.StreamRequests())
 		if err != nil {
@@ -205,11 +179,7 @@ func tenantAttacks(t *testing.T, unrestricted bool) {
 
 	// reads: subscribe as the attacker, have aigov send what it must not
 	// see, and check that nothing arrives.
-	b, err := srv.Connect(tenantB)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
+	b, _ := srv.ConnectT(t, tenantB)
 	bSub, err := b.SubscribeSync(schemas.TenantInboxPrefix(tenantB) + ".>")
 	if err != nil {
 		t.Fatal(err)
@@ -350,12 +320,7 @@ func tenantAttacks(t *testing.T, unrestricted bool) {
 
 	// The control: what a tenant may do, it can. Its request lands in the
 	// aigov request stream under its own subject.
-	nc, err := srv.Connect(tenantA)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
+	_, js := srv.ConnectT(t, tenantA)
 	ack, err := js.Publish(ctx, topo.Subjects.Request("model.deploy"), []byte(`{}`))
 	if err != nil || ack.Stream != topo.StreamRequests() {
 		t.Fatalf("tenant request: ack %+v, %v", ack, err)
@@ -374,12 +339,7 @@ func TestTenantWithClientCertificate(t *testing.T) {
 	if cert, _ := srv.ClientCert(tenantA); cert == "" {
 		t.Fatal("no client certificate for the tenant")
 	}
-	nc, err := srv.Connect(tenantA)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
+	_, js := srv.ConnectT(t, tenantA)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	ack, err := js.Publish(ctx, schemas.NewSubjects("").Request("model.deploy"), []byte(`{}`))

@@ -62,11 +62,7 @@ func TestServerRequiresTLS(t *testing.T) {
 		t.Fatalf("connect trusting another CA: want an unknown-authority error, got %v", err)
 	}
 
-	nc, err := srv.Connect(role)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
+	nc, _ := srv.ConnectT(t, role)
 	st, err := nc.TLSConnectionState()
 	if err != nil || !st.HandshakeComplete {
 		t.Fatalf("connection is not TLS: %v", err)

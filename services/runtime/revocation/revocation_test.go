@@ -35,19 +35,9 @@ func startRevocationsB(t testing.TB, max int, preload ...string) *revEnv {
 	ctx := context.Background()
 	srv := natsdev.StartT(t, natsdev.Options{})
 	topo := schemas.NewTopology("")
-	nc, err := srv.Connect(schemas.RoleAuthn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, _ := jetstream.New(nc)
+	nc, js := srv.ConnectT(t, schemas.RoleAuthn)
 	// natsdev.Start provisioned the topology (as aigov bus provision does).
-	admin, err := srv.Connect(natsdev.AdminUser)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(admin.Close)
-	ajs, _ := jetstream.New(admin)
+	_, ajs := srv.ConnectT(t, natsdev.AdminUser)
 	kv, err := ajs.KeyValue(ctx, topo.BucketRevocations())
 	if err != nil {
 		t.Fatal(err)

@@ -7,8 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/services/aigov/internal/cli"
 	"github.com/aigov/aigov/services/devenv/natsdev"
@@ -19,15 +17,7 @@ import (
 func TestApprovalsListAndShow(t *testing.T) {
 	t.Parallel()
 	srv := natsdev.StartT(t, natsdev.Options{})
-	admin, err := srv.Connect(natsdev.AdminUser)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer admin.Close()
-	js, err := jetstream.New(admin)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := srv.ConnectT(t, natsdev.AdminUser)
 	ctx := context.Background()
 	kv, err := js.KeyValue(ctx, schemas.NewTopology("").BucketApprovalRequests())
 	if err != nil {

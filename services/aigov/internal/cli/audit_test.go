@@ -12,7 +12,6 @@ import (
 	"time"
 
 	ch "github.com/ClickHouse/clickhouse-go/v2"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/schemas/signing"
@@ -82,12 +81,7 @@ func TestAuditVerifyReadsTheCheckpointStream(t *testing.T) {
 		t.Fatal(err)
 	}
 	ns := natsdev.StartT(t, natsdev.Options{})
-	anc, err := ns.Connect(schemas.RoleAudit)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer anc.Close()
-	ajs, _ := jetstream.New(anc)
+	_, ajs := ns.ConnectT(t, schemas.RoleAudit)
 	store, err := chain.OpenStore(ctx, ajs, topo, false)
 	if err != nil {
 		t.Fatal(err)
@@ -176,12 +170,7 @@ func TestAuditVerifyReadsTheCheckpointStream(t *testing.T) {
 
 	// Only the server's admin can delete the checkpoint stream; verify
 	// then fails every stream with rows.
-	admin, err := ns.Connect(natsdev.AdminUser)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer admin.Close()
-	adm, _ := jetstream.New(admin)
+	_, adm := ns.ConnectT(t, natsdev.AdminUser)
 	if err := adm.DeleteStream(ctx, topo.StreamAuditCheckpoints()); err != nil {
 		t.Fatal(err)
 	}

@@ -95,11 +95,7 @@ func TestConnectionFromEnvironment(t *testing.T) {
 		"AIGOV_NATS_PASSWORD": srv.Password(schemas.RoleReaper),
 		"AIGOV_NATS_TLS_CA":   srv.CAFile(),
 	}
-	admin, err := srv.Connect(natsdev.AdminUser)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer admin.Close()
+	admin, _ := srv.ConnectT(t, natsdev.AdminUser)
 	if err := ensureTopology(admin); err != nil {
 		t.Fatal(err)
 	}
@@ -120,11 +116,7 @@ func TestConnectionFromEnvironment(t *testing.T) {
 func TestClientCertificateFlags(t *testing.T) {
 	t.Parallel()
 	srv := natsdev.StartT(t, natsdev.Options{ClientCerts: true})
-	admin, err := srv.Connect(natsdev.AdminUser)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer admin.Close()
+	admin, _ := srv.ConnectT(t, natsdev.AdminUser)
 	if err := ensureTopology(admin); err != nil {
 		t.Fatal(err)
 	}

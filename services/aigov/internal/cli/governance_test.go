@@ -119,11 +119,6 @@ permit (principal, action == Action::"model.retrain", resource);
 func TestEntities(t *testing.T) {
 	t.Parallel()
 	srv := natsdev.StartT(t, natsdev.Options{})
-	admin, err := srv.Connect(natsdev.AdminUser)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer admin.Close()
 	// natsdev.Start provisioned the topology (as aigov bus provision does).
 	bus := []string{"--nats", srv.URL(), "--tls-ca", srv.CAFile(), "--password", srv.Password(schemas.RoleOperator)}
 	file := filepath.Join(t.TempDir(), "e.json")

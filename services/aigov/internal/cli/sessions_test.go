@@ -34,12 +34,7 @@ type killBus struct {
 func newKillBus(t *testing.T) *killBus {
 	t.Helper()
 	srv := natsdev.StartT(t, natsdev.Options{})
-	nc, err := srv.Connect(natsdev.AdminUser)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, _ := jetstream.New(nc)
+	_, js := srv.ConnectT(t, natsdev.AdminUser)
 	ctx := context.Background()
 	b := &killBus{srv: srv, js: js, topo: schemas.NewTopology("")}
 	// natsdev.Start provisioned the topology (as aigov bus provision does).

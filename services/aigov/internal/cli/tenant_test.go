@@ -28,12 +28,7 @@ func TestAuthorizeAsTenant(t *testing.T) {
 	srv := natsdev.StartT(t, natsdev.Options{Tenants: []string{tenant}})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	nc, err := srv.Connect(schemas.RoleAuthn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
+	nc, js := srv.ConnectT(t, schemas.RoleAuthn)
 	topo := schemas.NewTopology("")
 	cons, err := topo.Bind(ctx, js, schemas.ConsumerAuthn)
 	if err != nil {

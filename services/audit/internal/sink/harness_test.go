@@ -85,15 +85,7 @@ func startHarness(t *testing.T, o harnessOptions) *harness {
 	if ns == nil {
 		ns = natsdev.StartT(t, natsdev.Options{})
 	}
-	adminNC, err := ns.Connect(natsdev.AdminUser)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(adminNC.Close)
-	admin, err := jetstream.New(adminNC)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, admin := ns.ConnectT(t, natsdev.AdminUser)
 
 	db := o.db
 	if db == "" {

@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
@@ -98,12 +97,7 @@ func TestRevokeThenRequestIsDenied(t *testing.T) {
 func TestNotReadyUntilRevocationsLoad(t *testing.T) {
 	t.Parallel()
 	srv := natsdev.StartT(t, natsdev.Options{})
-	nc, err := srv.Connect(schemas.RoleAuthn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, _ := jetstream.New(nc)
+	nc, js := srv.ConnectT(t, schemas.RoleAuthn)
 	topo := schemas.NewTopology("")
 	// natsdev.Start provisioned the topology (as aigov bus provision does).
 	v, err := verify.New(verify.Config{Workers: 1, HTTPTimeout: time.Second, Issuers: []verify.Issuer{{URL: "https://idp.example", Audiences: []string{"aigov"}}}},

@@ -99,28 +99,10 @@ func startEnvTopo(t *testing.T, topo schemas.Topology) *env {
 		t.Fatal(err)
 	}
 
-	authnNC, err := srv.Connect(schemas.RoleAuthn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(authnNC.Close)
-	authnJS, err := jetstream.New(authnNC)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// The service ensures the topology at start (runtime.Start), as its
-	// own user.
+	authnNC, authnJS := srv.ConnectT(t, schemas.RoleAuthn)
 	// natsdev.Start provisioned the topology (as aigov bus provision does).
-	if e.adminNC, err = srv.Connect(natsdev.AdminUser); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(e.adminNC.Close)
-	e.adminJS, _ = jetstream.New(e.adminNC)
-	if e.platNC, err = srv.Connect(schemas.RolePlatform); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(e.platNC.Close)
-	e.platJS, _ = jetstream.New(e.platNC)
+	e.adminNC, e.adminJS = srv.ConnectT(t, natsdev.AdminUser)
+	e.platNC, e.platJS = srv.ConnectT(t, schemas.RolePlatform)
 	e.out = collect(t, e.adminJS, e.topo.StreamVerified(), e.topo.StreamDecisions())
 
 	cfg := verify.Config{

@@ -154,11 +154,7 @@ func TestNatsCLIWithEnvFile(t *testing.T) {
 		"--inbox-prefix", schemas.InboxPrefix(schemas.RolePlatform), "--timeout", "10s"}
 	withCA := append([]string{"--tlsca", env["AIGOV_NATS_TLS_CA"]}, base...)
 
-	admin, err := ns.Connect(natsdev.AdminUser)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer admin.Close()
+	admin, _ := ns.ConnectT(t, natsdev.AdminUser)
 	requests, err := admin.SubscribeSync("aigov.request.>")
 	if err != nil {
 		t.Fatal(err)

@@ -13,12 +13,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/schemas/client"
 	"github.com/aigov/aigov/schemas/killswitch"
 	"github.com/aigov/aigov/schemas/signing"
+	"github.com/aigov/aigov/services/devenv/natsdev"
 	"github.com/aigov/aigov/services/devstack/internal/demo"
 	"github.com/aigov/aigov/services/devstack/internal/stack"
 )
@@ -78,7 +77,7 @@ func TestKillSwitchEndToEnd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(ctx, t, 20*time.Second, "alice's session tracked", func() bool {
+	natsdev.WaitFor(t, 20*time.Second, "alice's session tracked", func() bool {
 		_, err := sessionsKV.Get(ctx, key)
 		return err == nil
 	})
@@ -114,7 +113,7 @@ func TestKillSwitchEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	var by, reason string
-	waitUntil(ctx, t, 30*time.Second, "session.revoked row in aigov.session_events", func() bool {
+	natsdev.WaitFor(t, 30*time.Second, "session.revoked row in aigov.session_events", func() bool {
 		err := st.DB.QueryRow(ctx, `SELECT by, reason FROM aigov.session_events FINAL WHERE type = 'revoked' AND session_key = ?`, key).Scan(&by, &reason)
 		return err == nil
 	})
@@ -158,7 +157,7 @@ func checkLease(ctx context.Context, t *testing.T, st *stack.Stack, heartbeatTTL
 		t.Fatal(err)
 	}
 	lkey := schemas.LeaseRevocationKey(start.Lease.ID)
-	waitUntil(ctx, t, 10*time.Second, "lease recorded", func() bool {
+	natsdev.WaitFor(t, 10*time.Second, "lease recorded", func() bool {
 		_, err := leasesKV.Get(ctx, lkey)
 		return err == nil
 	})
@@ -172,7 +171,7 @@ func checkLease(ctx context.Context, t *testing.T, st *stack.Stack, heartbeatTTL
 	}
 	// Heartbeats stop; the reaper ends the lease.
 	revs, _ := st.AdminJS.KeyValue(ctx, schemas.NewTopology("").BucketRevocations())
-	waitUntil(ctx, t, heartbeatTTL+15*time.Second, "lease ended after heartbeats stopped", func() bool {
+	natsdev.WaitFor(t, heartbeatTTL+15*time.Second, "lease ended after heartbeats stopped", func() bool {
 		_, err := revs.Get(ctx, lkey)
 		return err == nil
 	})
@@ -181,7 +180,7 @@ func checkLease(ctx context.Context, t *testing.T, st *stack.Stack, heartbeatTTL
 		t.Fatalf("heartbeat after the lease ended: %s/%s (%s), want deny lease_expired", late.Decision, late.Code, late.Reason)
 	}
 	var reason string
-	waitUntil(ctx, t, 30*time.Second, "lease_expired row in aigov.session_events", func() bool {
+	natsdev.WaitFor(t, 30*time.Second, "lease_expired row in aigov.session_events", func() bool {
 		return st.DB.QueryRow(ctx, `SELECT reason FROM aigov.session_events FINAL WHERE type = 'lease_expired' AND request_id = ?`, start.RequestID).Scan(&reason) == nil
 	})
 	if reason != schemas.ReasonMissedHeartbeat {
@@ -199,12 +198,7 @@ func checkLease(ctx context.Context, t *testing.T, st *stack.Stack, heartbeatTTL
 // asserted, since timing depends on the machine.
 func measureRevocationLatency(ctx context.Context, t *testing.T, st *stack.Stack) {
 	t.Helper()
-	nc, err := st.NATS.Connect(schemas.RoleReaper)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
+	_, js := st.NATS.ConnectT(t, schemas.RoleReaper)
 	sw, err := killswitch.New(ctx, js, schemas.NewTopology(""), nil, time.Now)
 	if err != nil {
 		t.Fatal(err)
@@ -297,15 +291,4 @@ func authorize(ctx context.Context, t *testing.T, st *stack.Stack, token string,
 		t.Fatalf("%s: no decision: %v", req.Action, err)
 	}
 	return d
-}
-
-func waitUntil(ctx context.Context, t *testing.T, timeout time.Duration, what string, ok func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !ok() {
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			t.Fatalf("%s: not within %s", what, timeout)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/aigov/aigov/schemas/client"
 	"github.com/aigov/aigov/schemas/killswitch"
 	"github.com/aigov/aigov/services/devenv/idp"
+	"github.com/aigov/aigov/services/devenv/natsdev"
 	"github.com/aigov/aigov/services/devstack/internal/demo"
 	"github.com/aigov/aigov/services/devstack/internal/stack"
 )
@@ -50,15 +51,7 @@ func TestQueuedRequestsAreRecheckedEndToEnd(t *testing.T) {
 		t.Fatalf("alice before the revocation: %s/%s, want allow", d.Decision, d.Code)
 	}
 	ids := queueVerified(ctx, t, st, token, "revoked", n)
-	reaper, err := st.NATS.Connect(schemas.RoleReaper)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer reaper.Close()
-	rjs, err := jetstream.New(reaper)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, rjs := st.NATS.ConnectT(t, schemas.RoleReaper)
 	sw, err := killswitch.New(ctx, rjs, schemas.NewTopology(""), nil, time.Now)
 	if err != nil {
 		t.Fatal(err)
@@ -127,7 +120,7 @@ func queueVerified(ctx context.Context, t *testing.T, st *stack.Stack, token, ta
 			t.Fatalf("publish request %d: %v", i, err)
 		}
 	}
-	waitUntil(ctx, t, 30*time.Second, strconv.Itoa(n)+" requests verified and queued", func() bool {
+	natsdev.WaitFor(t, 30*time.Second, strconv.Itoa(n)+" requests verified and queued", func() bool {
 		info, err := verified.Info(ctx)
 		return err == nil && info.State.Msgs >= before.State.Msgs+uint64(n)
 	})

@@ -11,6 +11,7 @@ import (
 
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/services/devenv/idp"
+	"github.com/aigov/aigov/services/devenv/natsdev"
 	"github.com/aigov/aigov/services/devstack/internal/demo"
 	"github.com/aigov/aigov/services/devstack/internal/stack"
 )
@@ -83,7 +84,7 @@ func TestSessionEndsNotThePersonEndToEnd(t *testing.T) {
 		t.Fatalf("alice's first login: %s/%s in session %s, want allow in %s", d.Decision, d.Code, d.SessionKey, firstKey)
 	}
 	// The reaper ends it at its max age.
-	waitUntil(ctx, t, 30*time.Second, "the reaper ends alice's first session", func() bool {
+	natsdev.WaitFor(t, 30*time.Second, "the reaper ends alice's first session", func() bool {
 		r, ok := revocation(firstKey)
 		return ok && r.Code == schemas.CodeSessionExpired && r.By == schemas.ByReaper
 	})

@@ -41,11 +41,7 @@ func TestTenantsEndToEnd(t *testing.T) {
 		clients[tenant] = c
 	}
 	// Spy on b's inbox from b's own account: a's traffic must never show.
-	bnc, err := st.NATS.Connect(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(bnc.Close)
+	bnc, _ := st.NATS.ConnectT(t, b)
 	spy, err := bnc.SubscribeSync(schemas.TenantInboxPrefix(b) + ".>")
 	if err != nil {
 		t.Fatal(err)

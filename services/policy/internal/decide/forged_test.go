@@ -19,11 +19,7 @@ import (
 func TestForgedVerifiedEventsAreDenied(t *testing.T) {
 	t.Parallel()
 	h := startHarness(t, 2)
-	platform, err := h.srv.Connect(schemas.RolePlatform)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer platform.Close()
+	platform, _ := h.srv.ConnectT(t, schemas.RolePlatform)
 	inbox := schemas.InboxPrefix(schemas.RolePlatform) + ".forged"
 	sub, err := platform.SubscribeSync(inbox)
 	if err != nil {

@@ -13,21 +13,14 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/aigov/aigov/schemas"
+	"github.com/aigov/aigov/services/devenv/natsdev"
 	"github.com/aigov/aigov/services/policy/engine"
 )
 
 // addReplica starts a second policy service on the harness's server.
 func (h *harness) addReplica(t *testing.T) *Service {
 	t.Helper()
-	nc, err := h.srv.Connect(schemas.RolePolicy)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	nc, js := h.srv.ConnectT(t, schemas.RolePolicy)
 	svc, err := NewService(Deps{
 		NC: nc, JS: js, Topology: h.topo, Seed: seedSet(t), SeedEntities: sampleStore(t).Entities(),
 		ApprovalTeams: []string{"risk-reviewers"}, ApprovalTTL: time.Hour,
@@ -103,17 +96,6 @@ func (h *harness) governanceEvents(t *testing.T, subject string) []json.RawMessa
 	}
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 func persona(t *testing.T, name, action string, res schemas.Resource, ctx map[string]any, id string, groups ...string) schemas.Verified {
 	v := verified(t, "oscar", action, res.Type, res.ID, ctx)
 	v.RequestID = id
@@ -133,7 +115,7 @@ func TestPolicyPushAcrossReplicas(t *testing.T) {
 	r2 := h.addReplica(t)
 	replicas := []*Service{h.svc, r2}
 	seed := seedSet(t)
-	waitFor(t, "both replicas loaded", func() bool {
+	natsdev.WaitFor(t, 10*time.Second, "both replicas loaded", func() bool {
 		return h.svc.state.snapshot() != nil && r2.state.snapshot() != nil
 	})
 
@@ -179,7 +161,7 @@ when { context has environment && context.environment == "staging" };`)})
 	}
 	digest, _ := schemas.ApprovalDigest(schemas.ActionPolicyUpdate, policySet, map[string]any{schemas.ContextPolicyHash: hash})
 	for _, r := range replicas {
-		waitFor(t, "approvals seen by a replica", func() bool { return len(r.state.lookupApprovals(digest)) == 2 })
+		natsdev.WaitFor(t, 10*time.Second, "approvals seen by a replica", func() bool { return len(r.state.lookupApprovals(digest)) == 2 })
 	}
 	// A push of another set is not covered by this approval.
 	other := stage(append(seed.Files(), engine.File{Name: "zz-other.cedar", Data: []byte(`@id("x") forbid (principal, action, resource) when { false };`)}))
@@ -192,7 +174,7 @@ when { context has environment && context.environment == "staging" };`)})
 		t.Fatalf("approved push: %s/%s %q version %s approvals %v", d.Decision, d.Code, d.Reason, d.PolicyVersion, d.Approvals)
 	}
 	for _, r := range replicas {
-		waitFor(t, "replica on the new set", func() bool { return r.state.snapshot().eval.Set().Version() == hash })
+		natsdev.WaitFor(t, 10*time.Second, "replica on the new set", func() bool { return r.state.snapshot().eval.Set().Version() == hash })
 	}
 	var changes []schemas.PolicyChange
 	for _, raw := range h.governanceEvents(t, "aigov.policy.changed") {
@@ -229,7 +211,7 @@ when { context has environment && context.environment == "staging" };`)})
 	}
 	badDigest, _ := schemas.ApprovalDigest(schemas.ActionPolicyUpdate, policySet, map[string]any{schemas.ContextPolicyHash: bad})
 	for _, r := range replicas {
-		waitFor(t, "approval of the bad set", func() bool { return len(r.state.lookupApprovals(badDigest)) == 1 })
+		natsdev.WaitFor(t, 10*time.Second, "approval of the bad set", func() bool { return len(r.state.lookupApprovals(badDigest)) == 1 })
 	}
 	if d := push("push-bad", bad); d.Decision != schemas.Deny || d.Code != schemas.CodePolicyInvalid || !strings.Contains(d.Reason, "enviroment") {
 		t.Fatalf("invalid push: %s/%s %s", d.Decision, d.Code, d.Reason)
@@ -270,7 +252,7 @@ func TestDigestApprovalsDoNotUnlockGatedActions(t *testing.T) {
 		}
 	}
 	digest, _ := schemas.ApprovalDigest("model.deploy", churn, prod)
-	waitFor(t, "approvals stored", func() bool { return len(h.svc.state.lookupApprovals(digest)) == 2 })
+	natsdev.WaitFor(t, 10*time.Second, "approvals stored", func() bool { return len(h.svc.state.lookupApprovals(digest)) == 2 })
 	d := deploy("deploy-2", prod)
 	if d.Allowed() || d.Code != schemas.CodeApprovalRequired || len(d.Approvals) != 0 || d.ApprovalID == "" {
 		t.Fatalf("deploy with digest approvals: %s/%s %q approvals %v", d.Decision, d.Code, d.Reason, d.Approvals)
@@ -284,7 +266,7 @@ func TestDigestApprovalsDoNotUnlockGatedActions(t *testing.T) {
 func TestEntityStoreChanges(t *testing.T) {
 	t.Parallel()
 	h := startHarness(t, 2)
-	waitFor(t, "loaded", func() bool { return h.svc.state.snapshot() != nil })
+	natsdev.WaitFor(t, 10*time.Second, "loaded", func() bool { return h.svc.state.snapshot() != nil })
 	kv, err := h.js.KeyValue(context.Background(), h.topo.BucketEntities())
 	if err != nil {
 		t.Fatal(err)
@@ -295,10 +277,10 @@ func TestEntityStoreChanges(t *testing.T) {
 		t.Fatal(err)
 	}
 	v := verified(t, "alice", "model.retrain", "Model", "new-model", map[string]any{"environment": "staging"})
-	waitFor(t, "entity loaded", func() bool { return h.svc.state.snapshot().eval.Decide(v).Allowed() })
+	natsdev.WaitFor(t, 10*time.Second, "entity loaded", func() bool { return h.svc.state.snapshot().eval.Decide(v).Allowed() })
 	if err := kv.Delete(context.Background(), key); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "entity deleted", func() bool { return h.svc.state.snapshot().eval.Decide(v).Code == schemas.CodeUnknownResource })
-	waitFor(t, "entity events", func() bool { return len(h.governanceEvents(t, "aigov.entity.changed")) == 2 })
+	natsdev.WaitFor(t, 10*time.Second, "entity deleted", func() bool { return h.svc.state.snapshot().eval.Decide(v).Code == schemas.CodeUnknownResource })
+	natsdev.WaitFor(t, 10*time.Second, "entity events", func() bool { return len(h.governanceEvents(t, "aigov.entity.changed")) == 2 })
 }

@@ -52,27 +52,11 @@ func startHarness(t *testing.T, workers int) *harness {
 func newHarness(t *testing.T, workers int, edit ...func(*Deps)) *harness {
 	t.Helper()
 	srv := natsdev.StartT(t, natsdev.Options{})
-	admin, err := srv.Connect(natsdev.AdminUser)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(admin.Close)
-	js, err := jetstream.New(admin)
-	if err != nil {
-		t.Fatal(err)
-	}
+	admin, js := srv.ConnectT(t, natsdev.AdminUser)
 	topo := schemas.NewTopology("")
 	// natsdev.Start provisioned the topology (as aigov bus provision does).
 
-	nc, err := srv.Connect(schemas.RolePolicy)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	pjs, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	nc, pjs := srv.ConnectT(t, schemas.RolePolicy)
 	reg := prometheus.NewRegistry()
 	keys := devkeys.New(t)
 	skew := new(atomic.Int64)
@@ -228,11 +212,7 @@ func decodeDecision(t *testing.T, body []byte) (schemas.Event, schemas.Decision)
 func TestServiceDecidesAndReplies(t *testing.T) {
 	t.Parallel()
 	h := startHarness(t, 4)
-	platform, err := h.srv.Connect(schemas.RolePlatform)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer platform.Close()
+	platform, _ := h.srv.ConnectT(t, schemas.RolePlatform)
 	inbox := schemas.InboxPrefix(schemas.RolePlatform) + ".decide-test"
 	sub, err := platform.SubscribeSync(inbox)
 	if err != nil {
@@ -416,15 +396,7 @@ func TestServiceIgnoresForeignReplySubjects(t *testing.T) {
 func TestNewServiceRejectsMissingDeps(t *testing.T) {
 	t.Parallel()
 	srv := natsdev.StartT(t, natsdev.Options{})
-	nc, err := srv.Connect(schemas.RolePolicy)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	nc, js := srv.ConnectT(t, schemas.RolePolicy)
 	keys := devkeys.New(t)
 	full := Deps{NC: nc, JS: js, Topology: schemas.NewTopology(""), ApprovalTTL: time.Hour, Registry: prometheus.NewRegistry(), Workers: 1,
 		Signer: keys.Signer(schemas.RolePolicy), Trust: keys.Trust()}
@@ -493,11 +465,7 @@ func TestDecodeVerified(t *testing.T) {
 func TestAllowIsStoredAfterAuthnDenyOfSameRequestID(t *testing.T) {
 	t.Parallel()
 	h := startHarness(t, 2)
-	platform, err := h.srv.Connect(schemas.RolePlatform)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer platform.Close()
+	platform, _ := h.srv.ConnectT(t, schemas.RolePlatform)
 	inbox := schemas.InboxPrefix(schemas.RolePlatform) + ".collide"
 	sub, err := platform.SubscribeSync(inbox)
 	if err != nil {

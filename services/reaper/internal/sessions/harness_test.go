@@ -89,21 +89,14 @@ func newHarnessJS(t *testing.T, cfg sessions.Config, wrap func(jetstream.JetStre
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	t.Cleanup(cancel)
 
-	adminNC, err := srv.Connect(natsdev.AdminUser)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(adminNC.Close)
-	admin, err := jetstream.New(adminNC)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, admin := srv.ConnectT(t, natsdev.AdminUser)
 	h := &harness{t: t, ctx: ctx, srv: srv, cfg: cfg, topo: schemas.NewTopology(""), admin: admin, clock: &clock{now: t0}, keys: devkeys.New(t)}
 
 	// The reaper ensures the topology and its consumer itself, as
 	// runtime.Start does, so its role's permissions are exercised.
 	rjs := h.connectReaper()
 	// natsdev.Start provisioned the topology (as aigov bus provision does).
+	var err error
 	h.cons, err = h.topo.Bind(ctx, rjs, schemas.ConsumerReaper)
 	if err != nil {
 		t.Fatal(err)

@@ -290,12 +290,7 @@ func TestBadVerifiedEventsAreTerminated(t *testing.T) {
 func TestNewRejectsMissingDeps(t *testing.T) {
 	t.Parallel()
 	srv := natsdev.StartT(t, natsdev.Options{})
-	nc, err := srv.Connect(schemas.RoleReaper)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, _ := jetstream.New(nc)
+	_, js := srv.ConnectT(t, schemas.RoleReaper)
 	topo := schemas.NewTopology("")
 	// Cleanup, not defer: the parallel subtests run after this body returns.
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
