@@ -42,8 +42,9 @@ const (
 	// CodeBadEventSignature: the verified event policy received is not
 	// signed by authn's key (a forgery on the bus); nothing is decided.
 	CodeBadEventSignature Code = "bad_event_signature"
-	// CodePolicyInvalid: a policy.update was allowed but its set failed to
-	// parse or validate; the previous set stays active.
+	// CodePolicyInvalid: a policy.update names a set that is not staged,
+	// fails to parse or validate, or is already active; the previous set
+	// stays active and no approval request is opened for it.
 	CodePolicyInvalid Code = "policy_invalid"
 	// CodeApprovalRequired: the request is denied only because a policy
 	// annotated @approval needs reviewers' approval of this exact request
@@ -96,7 +97,7 @@ var Codes = map[Code]string{
 	CodeTokenReplayed:       "the token's jti was already used by another request, and its issuer has replay protection on",
 	CodeContextTooLarge:     "the request's context is larger than 16 KiB (schemas.MaxContextBytes) as encoded by the requester",
 	CodeBadEventSignature:   "the verified event reaching policy is unsigned or not signed by a key the trust file gives to authn: a forgery on the bus; denied without evaluating any policy",
-	CodePolicyInvalid:       "a pushed policy set failed to parse or validate against the schema; it was rejected whole and the previous set stays active",
+	CodePolicyInvalid:       "a pushed policy set is not staged, failed to parse or validate against the schema, or is already the active set; it was rejected whole, the previous set stays active, and no approval request is opened for it",
 	CodeApprovalRequired:    "the request is denied only because a policy annotated @approval needs approval of this exact request (same requester, same digest) by a quorum of reviewers; Decision.approval_id names the approval request to review",
 	CodeApprovalUsed:        "the approval of this exact request was already used as many times as its policy allows (once by default); a new approval request is opened and named",
 	CodeSourceTooLong:       "the request event's source is longer than 256 bytes (schemas.MaxSourceLength); refused before the token is looked at",

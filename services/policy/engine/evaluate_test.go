@@ -636,8 +636,8 @@ func TestApprovalRequestsGateActions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !set.Gates("model.deploy") || !set.Gates("dataset.promote") || set.Gates("policy.update") || set.Gates("model.retrain") {
-		t.Fatal("gated actions: want model.deploy and dataset.promote, not policy.update or model.retrain")
+	if !set.Gates("model.deploy") || !set.Gates("dataset.promote") || !set.Gates("policy.update") || set.Gates("model.retrain") || set.Gates("approval.grant") {
+		t.Fatal("gated actions: want model.deploy, dataset.promote and policy.update, not model.retrain or approval.grant")
 	}
 	v := verified(t, "fiona", "model.deploy", "Model", "churn-predictor", map[string]any{"environment": "production", "model_version": "v7"})
 	v.Principal.AMR = []string{"pwd", "hwk"}

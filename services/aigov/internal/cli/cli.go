@@ -37,7 +37,7 @@ commands:
   policy      policy test|validate|push: run case files, validate a set, push it (governed by policy.update)
   entities    entities put|get|list|delete: edit the trusted entity store (as the operator user)
   approvals   approvals list|show|approve|reject: review the approval requests that approval_required denies open
-  approve     approve one exact request by digest (approval.grant), for actions no @approval policy covers
+  approve     legacy: approve one exact request by digest (approval.grant), for actions no @approval policy covers
   bus         bus provision: create or update the streams, buckets and consumers (as the provisioner)
   keys        keys gen|add|remove|list: event signing keys and the trust file (key rotation)
   dev-certs   make a dev CA and a server certificate (compose, k8s demos; not a production PKI)

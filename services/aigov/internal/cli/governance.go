@@ -97,6 +97,11 @@ func printDecision(stdout io.Writer, d schemas.Decision, asJSON bool) int {
 // approveCmd is `aigov approve`: a reviewer's approval.grant of one exact
 // request, named by the action, resource and context the requester will
 // send. The digest is what the approval is bound to.
+//
+// Legacy (docs/approvals.md): digest approvals count only for actions no
+// @approval policy names, and no action of the repository's set is such
+// an action any more; they stay for sets of operators' own until those
+// move to approval requests.
 func approveCmd(ctx context.Context, args []string, stdout, stderr io.Writer, lookup func(string) (string, bool)) int {
 	fs := flag.NewFlagSet("aigov approve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -131,7 +136,7 @@ func approveCmd(ctx context.Context, args []string, stdout, stderr io.Writer, lo
 		grantCtx[k] = v
 	}
 	grantCtx[schemas.ContextApprovedAction] = approved.Action
-	fmt.Fprintf(stderr, "approving %s on %s, digest %s\n", approved.Action, approved.Resource, digest)
+	fmt.Fprintf(stderr, "legacy digest approval (counts only for actions no @approval policy names; see docs/approvals.md): approving %s on %s, digest %s\n", approved.Action, approved.Resource, digest)
 	nc, _, err := of.connect()
 	if err != nil {
 		fmt.Fprintf(stderr, "aigov approve: %v\n", err)

@@ -175,7 +175,7 @@ func TestPushAndApproveUsage(t *testing.T) {
 	}
 	code, _, errOut = run(t, "approve", "--nats", "nats://127.0.0.1:1", "--timeout", "500ms", "--action", "model.deploy", "--resource", "Model:churn-predictor", "--context", `{"environment":"production"}`)
 	digest, _ := schemas.ApprovalDigest("model.deploy", schemas.Resource{Type: "Model", ID: "churn-predictor"}, map[string]any{"environment": "production"})
-	if code != cli.ExitError || !strings.Contains(errOut, digest) {
+	if code != cli.ExitError || !strings.Contains(errOut, digest) || !strings.Contains(errOut, "legacy digest approval") {
 		t.Fatalf("approve without a server: exit %d %s (want the digest %s and an error)", code, errOut, digest)
 	}
 }

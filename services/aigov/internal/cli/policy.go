@@ -196,9 +196,9 @@ func policyPush(ctx context.Context, args []string, stdout, stderr io.Writer, lo
 		return ExitError
 	}
 	code := printDecision(stdout, d, *asJSON)
-	if code != ExitAllow && d.Code == schemas.CodePolicyDenied {
-		fmt.Fprintf(stderr, "not activated; an approver can approve exactly this set with:\n  aigov approve --action %s --resource '%s:%s' --context '{\"%s\":\"%s\"}' --token-file <approver token>\nthen push again.\n",
-			schemas.ActionPolicyUpdate, res.Type, res.ID, schemas.ContextPolicyHash, hash)
+	if code != ExitAllow && d.ApprovalID != "" {
+		fmt.Fprintf(stderr, "not activated; approval request %s awaits the reviewers:\n  aigov approvals show %s\n  aigov approvals approve %s --token-file <reviewer token>\nthen push the same set again (you cannot review your own push).\n",
+			d.ApprovalID, d.ApprovalID, d.ApprovalID)
 	}
 	return code
 }

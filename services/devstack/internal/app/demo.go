@@ -96,6 +96,9 @@ func Demo(ctx context.Context, args []string, out io.Writer) error {
 		Root: root, Dir: work, BinDir: bin,
 		NATSPort: demoNATSPort, IdPPort: demoIdPPort, ClickHousePort: demoClickHousePort, HTTPBasePort: demoHTTPBasePort,
 		SessionMaxAge: *maxAge, Progress: out, Issuers: *issuers,
+		// The risk reviewers' approval notifications arrive at a local
+		// receiver, which checks their signature; the flows print them.
+		ApprovalWebhooks: []string{"risk-reviewers"},
 	})
 	if err != nil {
 		return err
@@ -172,6 +175,15 @@ func serve(ctx context.Context, st *stack.Stack, work, issuers string, out io.Wr
 	if issuers != "" {
 		fmt.Fprintf(out, "authn also trusts the issuers of %s (.run/authn-issuers.yaml is what it reads).\n", issuers)
 	}
+	if st.Webhooks != nil {
+		fmt.Fprintf(out, "Approval notifications for the risk reviewers arrive at %s and are printed here.\n", st.Webhooks.URL("risk-reviewers"))
+	}
+	var seen uint64
+	if st.Webhooks != nil {
+		if notes := st.Webhooks.Since(0); len(notes) > 0 {
+			seen = notes[len(notes)-1].Seq // the demo's, already printed
+		}
+	}
 	tick := time.NewTicker(5 * time.Second)
 	defer tick.Stop()
 	for {
@@ -181,6 +193,12 @@ func serve(ctx context.Context, st *stack.Stack, work, issuers string, out io.Wr
 		case <-tick.C:
 			if err := st.WriteTokens(ctx, tokens); err != nil && !errors.Is(err, context.Canceled) {
 				fmt.Fprintln(out, "refresh tokens:", err)
+			}
+			if st.Webhooks != nil {
+				for _, n := range st.Webhooks.Since(seen) {
+					fmt.Fprintln(out, n)
+					seen = n.Seq
+				}
 			}
 		}
 	}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/services/devstack/internal/stack"
+	"github.com/aigov/aigov/services/devstack/internal/webhook"
 )
 
 // A Flow is a governance story the demo plays with the aigov CLI, as a user
@@ -31,8 +32,8 @@ type Step struct {
 	Persona string
 	// Role is the NATS role whose env file the command sources.
 	Role string
-	// Args follow "aigov"; {tokens}, {work} and {policy_hash} are filled in
-	// when the flow is played.
+	// Args follow "aigov"; {tokens}, {work} and {approval_id} (of the last
+	// decision that named one) are filled in when the flow is played.
 	Args []string
 	// Decision and Code are what the command must print; Policy, when set,
 	// must be among the determining policies.
@@ -54,8 +55,9 @@ permit (principal in Group::"ml-platform", action == Action::"endpoint.invoke", 
 // Flows are the two governance flows that need more than one request: a
 // production release, which takes a second factor and two risk reviewers'
 // approval of the approval request the first deny opens, used once; and a
-// policy change, which takes a policy admin's push and a risk reviewer's
-// approval of exactly that set.
+// policy change, which takes a policy admin's push and two risk reviewers'
+// approval of the approval request it opens for exactly that set, after
+// which a push of the same set has nothing left to activate.
 func Flows() []Flow {
 	deploy := []string{"--action", "model.deploy", "--resource", "Model:churn-predictor", "--context", `{"environment":"production"}`}
 	invoke := []string{"--action", "endpoint.invoke", "--resource", "Endpoint:fraud-scoring"}
@@ -81,14 +83,17 @@ func Flows() []Flow {
 			{Persona: "erin", Role: schemas.RolePlatform, Args: authorize("erin", invoke),
 				Decision: schemas.Deny, Code: schemas.CodePolicyDenied},
 			{Persona: "paul", Role: schemas.RoleOperator, Args: []string{"policy", "push", "{work}/policy-change", "--token-file", "{tokens}/paul.jwt"},
-				Decision: schemas.Deny, Code: schemas.CodePolicyDenied},
-			{Persona: "rita", Role: schemas.RoleOperator, Args: []string{"approve", "--token-file", "{tokens}/rita.jwt",
-				"--action", schemas.ActionPolicyUpdate, "--resource", "PolicySet:active", "--context", `{"policy_hash":"{policy_hash}"}`},
+				Decision: schemas.Deny, Code: schemas.CodeApprovalRequired},
+			{Persona: "rita", Role: schemas.RoleOperator, Args: []string{"approvals", "approve", "{approval_id}", "--token-file", "{tokens}/rita.jwt"},
+				Decision: schemas.Allow, Policy: "risk-reviewers-approve-policy-updates"},
+			{Persona: "ravi", Role: schemas.RoleOperator, Args: []string{"approvals", "approve", "{approval_id}", "--token-file", "{tokens}/ravi.jwt"},
 				Decision: schemas.Allow, Policy: "risk-reviewers-approve-policy-updates"},
 			{Persona: "paul", Role: schemas.RoleOperator, Args: []string{"policy", "push", "{work}/policy-change", "--token-file", "{tokens}/paul.jwt"},
 				Decision: schemas.Allow, Policy: "policy-admins-update-policies"},
 			{Persona: "erin", Role: schemas.RolePlatform, Args: authorize("erin", invoke),
 				Decision: schemas.Allow, Policy: "ml-platform-invoke-endpoints"},
+			{Persona: "paul", Role: schemas.RoleOperator, Args: []string{"policy", "push", "{work}/policy-change", "--token-file", "{tokens}/paul.jwt"},
+				Decision: schemas.Deny, Code: schemas.CodePolicyInvalid},
 		}},
 	}
 }
@@ -100,7 +105,9 @@ type StepResult struct {
 	Decision      string
 	Code          string
 	Policies      []string
-	Err           error
+	// ApprovalID is the approval request the decision named, if any.
+	ApprovalID string
+	Err        error
 }
 
 // OK reports whether the step printed the decision it must.
@@ -132,7 +139,6 @@ const stepWait = 10 * time.Second
 var (
 	summaryCode     = regexp.MustCompile(`\bcode=(\S+)`)
 	summaryPolicies = regexp.MustCompile(`\bpolicies=(\S+)`)
-	stagedHash      = regexp.MustCompile(`staged policy set (sha256:[0-9a-f]{64})`)
 	approvalID      = regexp.MustCompile(`\bapproval=(apr-[0-9a-f]+)`)
 )
 
@@ -145,11 +151,12 @@ func PlayFlows(ctx context.Context, st *stack.Stack, p Paths, out io.Writer) ([]
 		return nil, err
 	}
 	var results []StepResult
-	hash, approval := "", ""
+	approval := ""
+	var seen uint64 // the webhook notes printed so far
 	for _, f := range Flows() {
 		fmt.Fprintf(out, "\n-- %s\n", f.Name)
 		for _, s := range f.Steps {
-			cmd := p.command(s, hash, approval)
+			cmd := p.command(s, approval)
 			fmt.Fprintf(out, "[%s] $ %s\n", s.Persona, cmd)
 			r := StepResult{Flow: f.Name, Command: cmd, Step: s}
 			deadline := time.Now().Add(stepWait)
@@ -161,11 +168,9 @@ func PlayFlows(ctx context.Context, st *stack.Stack, p Paths, out io.Writer) ([]
 				}
 				stdout, stderr, err := runBash(ctx, st.Root, cmd)
 				r.Decision, r.Code, r.Policies, r.Err = parseSummary(stdout, err)
-				if m := stagedHash.FindStringSubmatch(stderr); m != nil {
-					hash = m[1]
-				}
+				r.ApprovalID = ""
 				if m := approvalID.FindStringSubmatch(stdout); m != nil {
-					approval = m[1]
+					approval, r.ApprovalID = m[1], m[1]
 				}
 				if r.OK() || time.Now().After(deadline) || ctx.Err() != nil {
 					if r.Err != nil {
@@ -176,17 +181,51 @@ func PlayFlows(ctx context.Context, st *stack.Stack, p Paths, out io.Writer) ([]
 				time.Sleep(200 * time.Millisecond)
 			}
 			fmt.Fprintf(out, "    %s %s %s\n", r.Decision, dash(r.Code), dash(strings.Join(r.Policies, ",")))
+			seen = printNotes(ctx, st, s, r, approval, seen, out)
 			results = append(results, r)
 		}
 	}
 	return results, nil
 }
 
+// noteWait bounds how long a step waits for the webhook delivery it
+// causes: the policy service sends it right after the decision.
+const noteWait = 5 * time.Second
+
+// printNotes prints the webhook deliveries that arrived since note seen,
+// after waiting for the one step r must cause, if any: the "requested" of
+// the approval request a deny opened, or the "granted" of a review. It
+// returns the last note printed. Without a receiver it prints nothing.
+func printNotes(ctx context.Context, st *stack.Stack, s Step, r StepResult, approval string, seen uint64, out io.Writer) uint64 {
+	if st.Webhooks == nil {
+		return seen
+	}
+	want := ""
+	switch {
+	case r.Code == string(schemas.CodeApprovalRequired) || r.Code == string(schemas.CodeApprovalUsed):
+		want = schemas.ApprovalRequested
+	case len(s.Args) > 1 && s.Args[0] == "approvals" && s.Args[1] == "approve" && r.Decision == schemas.Allow:
+		want = schemas.ApprovalGranted
+	}
+	if want != "" && approval != "" {
+		wctx, cancel := context.WithTimeout(ctx, noteWait)
+		_, err := st.Webhooks.Wait(wctx, func(n webhook.Note) bool { return n.Seq > seen && n.ApprovalID == approval && n.Event == want })
+		cancel()
+		if err != nil {
+			fmt.Fprintf(out, "    (no webhook delivery of %s %s within %s)\n", approval, want, noteWait)
+		}
+	}
+	for _, n := range st.Webhooks.Since(seen) {
+		fmt.Fprintf(out, "    %s\n", n)
+		seen = n.Seq
+	}
+	return seen
+}
+
 // command is the shell line of a step: source the role's env file, run the
 // aigov binary.
-func (p Paths) command(s Step, hash, approval string) string {
-	fill := strings.NewReplacer("{tokens}", p.rel(filepath.Join(p.Work, "tokens")), "{work}", p.rel(p.Work), "{policy_hash}", hash,
-		"{approval_id}", approval)
+func (p Paths) command(s Step, approval string) string {
+	fill := strings.NewReplacer("{tokens}", p.rel(filepath.Join(p.Work, "tokens")), "{work}", p.rel(p.Work), "{approval_id}", approval)
 	args := make([]string, len(s.Args))
 	for i, a := range s.Args {
 		args[i] = shellQuote(fill.Replace(a))

@@ -32,6 +32,9 @@ func TestPipelineEndToEnd(t *testing.T) {
 	st, err := stack.Start(ctx, stack.Options{
 		Root: root, Dir: t.TempDir(), BinDir: bin,
 		SessionMaxAge: maxAge, ReaperInterval: 200 * time.Millisecond,
+		// make run's webhook receiver, failing the first delivery so
+		// that the policy service's retry is what delivers it.
+		ApprovalWebhooks: []string{"risk-reviewers"}, WebhookFailFirst: 1,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -121,8 +124,8 @@ func TestPipelineEndToEnd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(steps) != 11 {
-		t.Fatalf("%d flow steps played, want 11", len(steps))
+	if len(steps) != 13 {
+		t.Fatalf("%d flow steps played, want 13", len(steps))
 	}
 	for _, s := range steps {
 		if !s.OK() {
@@ -131,6 +134,7 @@ func TestPipelineEndToEnd(t *testing.T) {
 		}
 	}
 	checkApprovalRows(ctx, t, st)
+	checkWebhookNotes(t, st, steps)
 
 	// Every service shuts down cleanly on SIGTERM (exit status 0).
 	stopped = true
@@ -405,5 +409,45 @@ func checkApprovalRows(ctx context.Context, t *testing.T, st *stack.Stack) {
 			t.Fatalf("approval request rows by status %v, want %v", got, want)
 		}
 		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// checkWebhookNotes: every approval request the flows opened reached the
+// risk reviewers' webhook receiver, signed (the receiver verified each
+// with the team's secret), with its grants and its approval; the first
+// delivery was refused 503 on purpose, so one arrived by retry; no
+// delivery was refused as unsigned or stale.
+func checkWebhookNotes(t *testing.T, st *stack.Stack, steps []demo.StepResult) {
+	t.Helper()
+	notes := st.Webhooks.Notes()
+	events := map[string][]string{}
+	for _, n := range notes {
+		if n.Team != "risk-reviewers" || n.Type != schemas.TypeOfApprovalEvent(n.Event) || n.Delivery == "" {
+			t.Errorf("webhook note %+v", n)
+		}
+		events[n.ApprovalID] = append(events[n.ApprovalID], n.Event)
+	}
+	opened := 0
+	for _, s := range steps {
+		if s.Code != string(schemas.CodeApprovalRequired) && s.Code != string(schemas.CodeApprovalUsed) {
+			continue
+		}
+		opened++
+		if !slices.Contains(events[s.ApprovalID], schemas.ApprovalRequested) {
+			t.Errorf("%s: approval request %q: webhook events %v, no requested", s.Command, s.ApprovalID, events[s.ApprovalID])
+		}
+	}
+	approved := 0
+	for _, evs := range events {
+		if slices.Contains(evs, schemas.ApprovalApproved) && slices.Equal(slices.DeleteFunc(slices.Clone(evs), func(e string) bool { return e != schemas.ApprovalGranted }), []string{"granted", "granted"}) {
+			approved++
+		}
+	}
+	// The release and the policy change: each approved by two reviewers.
+	if opened < 2 || approved != 2 {
+		t.Errorf("%d approval_required steps, %d requests notified as granted twice and approved: %v", opened, approved, events)
+	}
+	if tries, rejected := st.Webhooks.Stats(); tries != len(notes)+1 || rejected != 0 {
+		t.Errorf("webhook receiver: %d tries for %d notes (want one more: the refused first), %d refused as unsigned", tries, len(notes), rejected)
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -32,6 +33,7 @@ import (
 	"github.com/aigov/aigov/services/devenv/idp"
 	"github.com/aigov/aigov/services/devenv/natsdev"
 	"github.com/aigov/aigov/services/devenv/proc"
+	"github.com/aigov/aigov/services/devstack/internal/webhook"
 )
 
 // Services are the four pipeline binaries, in start order: the sink first,
@@ -86,6 +88,12 @@ type Options struct {
 	// topology is provisioned with min(nodes, 3) replicas and the services
 	// get AIGOV_REPLICAS to match. Not with Tenants.
 	ClusterNodes int
+	// ApprovalWebhooks runs a local webhook receiver (Stack.Webhooks) for
+	// these teams and points the policy service's
+	// AIGOV_APPROVAL_WEBHOOKS_FILE at it; WebhookFailFirst answers its
+	// first deliveries 503, so the policy service's retry is seen.
+	ApprovalWebhooks []string
+	WebhookFailFirst int
 }
 
 // Stack is a running pipeline.
@@ -112,6 +120,11 @@ type Stack struct {
 	// Keys are the dev signing keys of every signing role and the trust
 	// file listing them (in Dir/keys, kept across restarts).
 	Keys *devkeys.Set
+	// Webhooks receives the policy service's approval notifications, with
+	// Options.ApprovalWebhooks; nil without.
+	Webhooks *webhook.Receiver
+	// webhooksFile is the policy service's AIGOV_APPROVAL_WEBHOOKS_FILE.
+	webhooksFile string
 
 	mu    sync.Mutex
 	procs map[string]*process
@@ -263,6 +276,16 @@ func Start(ctx context.Context, opts Options) (st *Stack, err error) {
 		}
 	}
 
+	if len(opts.ApprovalWebhooks) > 0 {
+		if st.Webhooks, err = webhook.Start(webhook.Options{Teams: opts.ApprovalWebhooks, FailFirst: opts.WebhookFailFirst}); err != nil {
+			return st, err
+		}
+		if st.webhooksFile, err = st.Webhooks.WriteConfig(filepath.Join(opts.Dir, "webhooks")); err != nil {
+			return st, err
+		}
+		fmt.Fprintf(opts.Progress, "webhooks    %s (approval notifications for %s, signatures verified)\n", st.Webhooks.URL("<team>"), strings.Join(opts.ApprovalWebhooks, ", "))
+	}
+
 	logoutPort := 0
 	if opts.HTTPBasePort != 0 {
 		logoutPort = opts.HTTPBasePort + logoutOffset
@@ -340,6 +363,9 @@ func (st *Stack) env(name, httpAddr string) []string {
 		st.mu.Unlock()
 	case "policy":
 		e = append(e, "AIGOV_POLICY_DIR="+filepath.Join(st.Root, "policies"))
+		if st.webhooksFile != "" {
+			e = append(e, "AIGOV_APPROVAL_WEBHOOKS_FILE="+st.webhooksFile)
+		}
 	case "audit":
 		// The audit writes over TLS, verifying ClickHouse against its dev CA.
 		e = append(e, "AIGOV_CLICKHOUSE_ADDR="+st.ClickHouse.SecureAddr(), "AIGOV_CLICKHOUSE_SECURE=true",
@@ -676,6 +702,11 @@ func (st *Stack) Stop() []error {
 	}
 	if st.IdP != nil {
 		_ = st.IdP.Close()
+	}
+	if st.Webhooks != nil {
+		if err := st.Webhooks.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("webhooks: %w", err))
+		}
 	}
 	if st.NATS != nil {
 		st.NATS.Shutdown()

@@ -87,6 +87,20 @@ func (x *requestIndex) remove(id string) {
 	}
 }
 
+// usedBy returns requester's approval request that request requestID
+// used. It scans every request held (at most MaxApprovalRequests): only a
+// push of the set already active asks, which is rare.
+func (x *requestIndex) usedBy(requester, requestID string) (schemas.ApprovalRequest, bool) {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	for _, a := range x.byID {
+		if a.RequesterID == requester && slices.Contains(a.UsedBy, requestID) {
+			return a, true
+		}
+	}
+	return schemas.ApprovalRequest{}, false
+}
+
 // expiredLive returns the ids of requests still pending or approved whose
 // ExpiresAt passed, at most limit of them.
 func (x *requestIndex) expiredLive(now time.Time, limit int) []string {
@@ -340,6 +354,13 @@ func (s *Service) useApproval(ctx context.Context, v schemas.Verified, d *schema
 			return err
 		}
 	}
+	return s.publishUse(ctx, v, d, a)
+}
+
+// publishUse records that v used approval request a (already written to
+// the bucket): d names it, and aigov.approval.used is published under an
+// id derived from the request, so a redelivery publishes it once.
+func (s *Service) publishUse(ctx context.Context, v schemas.Verified, d *schemas.Decision, a schemas.ApprovalRequest) error {
 	use := schemas.ApprovalUse{
 		ApprovalID: a.ID, RequestID: v.RequestID, Digest: a.Digest, Action: d.Action, Resource: d.Resource,
 		PrincipalID: v.Principal.ID, Teams: a.Teams(), PolicyIDs: d.PolicyIDs, PolicyVersion: d.PolicyVersion,

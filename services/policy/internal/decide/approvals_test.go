@@ -218,6 +218,11 @@ func TestApprovalRequestLifecycle(t *testing.T) {
 	if d := deploy("deploy-extra", "riley", extra); d.Allowed() || d.Code != schemas.CodeApprovalRequired || d.ApprovalID == id {
 		t.Fatalf("an extra context field: %s/%s id %q", d.Decision, d.Code, d.ApprovalID)
 	}
+	other := maps.Clone(deployCtx)
+	other["canary_percent"] = 50
+	if d := deploy("deploy-changed", "riley", other); d.Allowed() || d.Code != schemas.CodeApprovalRequired || d.ApprovalID == id {
+		t.Fatalf("a changed context value: %s/%s id %q", d.Decision, d.Code, d.ApprovalID)
+	}
 
 	// Used once.
 	d = deploy("deploy-4", "riley", deployCtx)
@@ -244,7 +249,7 @@ func TestApprovalRequestLifecycle(t *testing.T) {
 	if n := countEvents(h.approvalEvents(t, schemas.ApprovalUsed), id); n != 1 {
 		t.Errorf("%d used events for %s, want 1", n, id)
 	}
-	if got := strings.Join(notes.events(), ","); !strings.HasPrefix(got, "requested,granted,granted,approved,requested,requested,requested") {
+	if got := strings.Join(notes.events(), ","); !strings.HasPrefix(got, "requested,granted,granted,approved,requested,requested,requested,requested") {
 		t.Errorf("notified %s", got)
 	}
 }
@@ -455,5 +460,47 @@ func TestApprovalAllowsStatedUses(t *testing.T) {
 	}
 	if d := deploy("deploy-u3"); d.Allowed() || d.Code != schemas.CodeApprovalUsed || !strings.Contains(d.Reason, "2 of 2 uses") {
 		t.Fatalf("third try: %s/%s %q", d.Decision, d.Code, d.Reason)
+	}
+}
+
+// TestGrantNeedsARequiredTeam: a reviewer whom Cedar lets grant
+// (approval.grant) but who is in none of the teams the request requires
+// does not count towards its quorum: here a set that lets security grant
+// production releases, which need two risk reviewers.
+func TestGrantNeedsARequiredTeam(t *testing.T) {
+	t.Parallel()
+	files, err := engine.ReadDir(policyDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	files = append(files, engine.File{Name: "zz-security-grants.cedar", Data: []byte(`@id("security-approves-releases")
+permit (principal in Group::"security", action == Action::"approval.grant", resource is Model);`)})
+	set, err := engine.Compile(files)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := newHarness(t, 2)
+	h.svc.seed = set
+	h.start(t)
+	churn := schemas.Resource{Type: "Model", ID: "churn-predictor"}
+	ctx := map[string]any{"environment": "production", "model_version": "v14"}
+	id := h.decideOne(t, principalRequest(t, "fiona", []string{"ml-platform"}, "deploy-t0", "model.deploy", churn, ctx)).ApprovalID
+	a := h.approvalRequest(t, id)
+	grant := func(reqID, sub string, groups ...string) schemas.Decision {
+		g := maps.Clone(a.Context)
+		g[schemas.ContextApprovedAction], g[schemas.ContextApprovalID] = a.Action, a.ID
+		return h.decideOne(t, principalRequest(t, sub, groups, reqID, schemas.ActionApprovalGrant, churn, g))
+	}
+	if d := grant("grant-sam", "sam", "security"); d.Allowed() || d.Code != schemas.CodePolicyDenied || !strings.Contains(d.Reason, "in none of the teams") {
+		t.Fatalf("security's grant: %s/%s %q", d.Decision, d.Code, d.Reason)
+	}
+	if d := grant("grant-rita", "rita", "risk-reviewers"); !d.Allowed() || !strings.Contains(d.Reason, "risk-reviewers 1/2") {
+		t.Fatalf("rita's grant: %s/%s %q", d.Decision, d.Code, d.Reason)
+	}
+	if got := h.approvalRequest(t, id); got.Status != schemas.StatusPending || len(got.Grants) != 1 {
+		t.Fatalf("after security and one risk reviewer: %s with %d grants", got.Status, len(got.Grants))
+	}
+	if d := h.decideOne(t, principalRequest(t, "fiona", []string{"ml-platform"}, "deploy-t1", "model.deploy", churn, ctx)); d.Allowed() || d.ApprovalID != id {
+		t.Fatalf("deploy with security's and one risk reviewer's grant: %s/%s %q", d.Decision, d.Code, d.Reason)
 	}
 }

@@ -31,11 +31,15 @@ func (s *Service) publishEvent(ctx context.Context, subject, id, typ string, dat
 // decision into a deny (a set that does not validate). An error leaves
 // the message to be redelivered, and every effect is idempotent.
 func (s *Service) effects(ctx context.Context, v schemas.Verified, d *schemas.Decision, res engine.Result, snap *snapshot) error {
+	spent := false
 	switch v.Request.Action {
 	case schemas.ActionPolicyUpdate:
-		if err := s.activate(ctx, v, d, snap); err != nil {
+		// activate spends a granted approval request itself, between
+		// checking the set and activating it.
+		if err := s.activate(ctx, v, d, res, snap); err != nil {
 			return err
 		}
+		spent = true
 	case schemas.ActionApprovalGrant:
 		review := s.grant
 		if id, ok := v.Request.Context[schemas.ContextApprovalID]; ok && id != nil {
@@ -45,7 +49,7 @@ func (s *Service) effects(ctx context.Context, v schemas.Verified, d *schemas.De
 			return err
 		}
 	}
-	if d.Allowed() && res.Granted {
+	if d.Allowed() && res.Granted && !spent {
 		return s.useApproval(ctx, v, d, res)
 	}
 	if d.Allowed() && len(res.Approvals) > 0 {
@@ -63,65 +67,146 @@ func (s *Service) effects(ctx context.Context, v schemas.Verified, d *schemas.De
 	return nil
 }
 
+// push is a policy.update's set: the staged bundle context.policy_hash
+// names, compiled; set is nil when the hash is the active set's.
+type push struct {
+	hash   string
+	set    *engine.Set
+	bundle []byte
+	change schemas.PolicyChange
+}
+
+// loadPush checks a policy.update's context.policy_hash and reads and
+// compiles the staged set it names. A set that cannot be activated is
+// rejected: d becomes policy_invalid, policy.rejected is published, and
+// ok is false.
+func (s *Service) loadPush(ctx context.Context, v schemas.Verified, d *schemas.Decision, snap *snapshot) (p push, ok bool, err error) {
+	p.hash, _ = v.Request.Context[schemas.ContextPolicyHash].(string)
+	current := snap.eval.Set()
+	p.change = schemas.PolicyChange{PolicyVersion: p.hash, PreviousVersion: current.Version(), By: v.Principal.ID, Email: v.Principal.Email, RequestID: v.RequestID, At: s.clock().UTC()}
+	if !strings.HasPrefix(p.hash, "sha256:") || len(p.hash) != len("sha256:")+64 {
+		return p, false, s.rejectPush(ctx, v, d, &p, "context.policy_hash must be the sha256: hash of a staged policy set")
+	}
+	if p.hash == current.Version() {
+		return p, true, nil
+	}
+	entry, err := s.kv.proposals.Get(ctx, engine.HexOf(p.hash))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return p, false, s.rejectPush(ctx, v, d, &p, "no staged policy set "+p.hash+" (push it to the proposals bucket first; staged sets expire)")
+	}
+	if err != nil {
+		return p, false, fmt.Errorf("read staged policy set %s: %w", p.hash, err)
+	}
+	if p.set, err = engine.CompileBundle(entry.Value()); err != nil {
+		return p, false, s.rejectPush(ctx, v, d, &p, err.Error())
+	}
+	if p.set.Version() != p.hash {
+		return p, false, s.rejectPush(ctx, v, d, &p, fmt.Sprintf("staged set hashes to %s, not %s", p.set.Version(), p.hash))
+	}
+	p.bundle = entry.Value()
+	return p, true, nil
+}
+
+// rejectPush denies a policy.update policy_invalid and publishes
+// policy.rejected; the active set is unchanged.
+func (s *Service) rejectPush(ctx context.Context, v schemas.Verified, d *schemas.Decision, p *push, errs ...string) error {
+	p.change.Errors = errs
+	d.Decision, d.Code, d.Lease = schemas.Deny, schemas.CodePolicyInvalid, nil
+	d.Reason = "policy set rejected, the active set is unchanged: " + strings.Join(errs, "; ")
+	s.log.Warn().Str("request_id", v.RequestID).Str("principal_id", v.Principal.ID).Str("policy_version", p.hash).
+		Strs("errors", errs).Msg("policy set rejected")
+	return s.publishEvent(ctx, s.topo.Subjects.Governance(schemas.KindPolicy, schemas.PolicyRejected),
+		schemas.DerivedID(v.RequestID, "policy.rejected"), schemas.TypePolicyRejected, p.change)
+}
+
+// publishChanged announces the activation of p by v.
+func (s *Service) publishChanged(ctx context.Context, v schemas.Verified, d *schemas.Decision, p push, set *engine.Set) error {
+	p.change.PolicyIDs, p.change.ShadowIDs = set.PolicyIDs(), set.ShadowIDs()
+	d.Reason += "; activated policy set " + p.hash
+	return s.publishEvent(ctx, s.topo.Subjects.Governance(schemas.KindPolicy, schemas.PolicyChanged),
+		schemas.DerivedID(v.RequestID, "policy.changed"), schemas.TypePolicyChanged, p.change)
+}
+
 // activate makes the staged set named by context.policy_hash the active
 // one, only if the set that allowed the push is still the active one
 // (compare-and-set on the policy bucket's revision): a push decided under
 // an outdated set is retried, and so re-decided, once this replica has
-// caught up. A redelivered push finds its set already active and only
-// re-publishes its (de-duplicated) event.
-func (s *Service) activate(ctx context.Context, v schemas.Verified, d *schemas.Decision, snap *snapshot) error {
-	hash, _ := v.Request.Context[schemas.ContextPolicyHash].(string)
-	current := snap.eval.Set()
-	change := schemas.PolicyChange{PolicyVersion: hash, PreviousVersion: current.Version(), By: v.Principal.ID, Email: v.Principal.Email, RequestID: v.RequestID, At: s.clock().UTC()}
-	reject := func(errs ...string) error {
-		change.Errors = errs
-		d.Decision, d.Code = schemas.Deny, schemas.CodePolicyInvalid
-		d.Reason = "policy set rejected, the active set is unchanged: " + strings.Join(errs, "; ")
-		s.log.Warn().Str("request_id", v.RequestID).Str("principal_id", v.Principal.ID).Str("policy_version", hash).
-			Strs("errors", errs).Msg("policy set rejected")
-		return s.publishEvent(ctx, s.topo.Subjects.Governance(schemas.KindPolicy, schemas.PolicyRejected),
-			schemas.DerivedID(v.RequestID, "policy.rejected"), schemas.TypePolicyRejected, change)
+// caught up.
+//
+// A push allowed by an approval request spends its use first, and only
+// then activates: a use lost to a race (or a request rejected since)
+// activates nothing. So that a use is not spent on a push bound to lose
+// its compare-and-set, the active set's revision is read again first.
+func (s *Service) activate(ctx context.Context, v schemas.Verified, d *schemas.Decision, res engine.Result, snap *snapshot) error {
+	p, ok, err := s.loadPush(ctx, v, d, snap)
+	if err != nil || !ok {
+		return err
 	}
-	if !strings.HasPrefix(hash, "sha256:") || len(hash) != len("sha256:")+64 {
-		return reject("context.policy_hash must be the sha256: hash of a staged policy set")
+	if res.Granted {
+		if p.set != nil {
+			e, err := s.kv.policy.Get(ctx, schemas.PolicyActiveKey)
+			if err != nil {
+				return fmt.Errorf("read the active policy set: %w", err)
+			}
+			if e.Revision() != snap.setRev {
+				return fmt.Errorf("push %s decided under policy revision %d, now %d: decided again once in force", v.RequestID, snap.setRev, e.Revision())
+			}
+		}
+		if err := s.useApproval(ctx, v, d, res); err != nil || !d.Allowed() {
+			return err
+		}
 	}
-	changed := func(set *engine.Set) error {
-		change.PolicyIDs, change.ShadowIDs = set.PolicyIDs(), set.ShadowIDs()
-		d.Reason += "; activated policy set " + hash
-		return s.publishEvent(ctx, s.topo.Subjects.Governance(schemas.KindPolicy, schemas.PolicyChanged),
-			schemas.DerivedID(v.RequestID, "policy.changed"), schemas.TypePolicyChanged, change)
+	if p.set == nil {
+		// Already active: a no-op push allowed without an approval
+		// request (a set with no @approval on policy.update).
+		p.change.PreviousVersion = ""
+		return s.publishChanged(ctx, v, d, p, snap.eval.Set())
 	}
-	if hash == current.Version() {
-		// Already active: this push's own redelivery, or a no-op push.
-		change.PreviousVersion = ""
-		return changed(current)
-	}
-	entry, err := s.kv.proposals.Get(ctx, engine.HexOf(hash))
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return reject("no staged policy set " + hash + " (push it to the proposals bucket first; staged sets expire)")
-	}
-	if err != nil {
-		return fmt.Errorf("read staged policy set %s: %w", hash, err)
-	}
-	set, err := engine.CompileBundle(entry.Value())
-	if err != nil {
-		return reject(err.Error())
-	}
-	if set.Version() != hash {
-		return reject(fmt.Sprintf("staged set hashes to %s, not %s", set.Version(), hash))
-	}
-	rev, err := s.kv.policy.Update(ctx, schemas.PolicyActiveKey, entry.Value(), snap.setRev)
+	rev, err := s.kv.policy.Update(ctx, schemas.PolicyActiveKey, p.bundle, snap.setRev)
 	if err != nil {
 		// Someone activated another set since this replica's view: retry,
 		// so that the push is decided again under the set now in force.
-		return fmt.Errorf("activate policy set %s over revision %d: %w", hash, snap.setRev, err)
+		return fmt.Errorf("activate policy set %s over revision %d: %w", p.hash, snap.setRev, err)
 	}
 	if !s.state.policySeen.wait(ctx, rev) {
 		s.log.Warn().Uint64("revision", rev).Msg("activated set not yet in force on this replica; answering anyway")
 	}
-	s.log.Info().Str("request_id", v.RequestID).Str("principal_id", v.Principal.ID).Str("policy_version", hash).
-		Str("previous_version", current.Version()).Msg("policy set activated")
-	return changed(set)
+	s.log.Info().Str("request_id", v.RequestID).Str("principal_id", v.Principal.ID).Str("policy_version", p.hash).
+		Str("previous_version", p.change.PreviousVersion).Msg("policy set activated")
+	return s.publishChanged(ctx, v, d, p, p.set)
+}
+
+// pushNeedsApproval completes a policy.update denied approval_required.
+// It reports handled when the push must not open an approval request:
+// reviewers are never asked about a set that cannot be activated (not
+// staged, invalid: policy_invalid), nor about the set already active. A
+// push of the active set that itself activated it, with an approval
+// request, is that push redelivered and decided under the set it
+// activated: it is answered as the first delivery was.
+func (s *Service) pushNeedsApproval(ctx context.Context, v schemas.Verified, d *schemas.Decision, snap *snapshot) (bool, error) {
+	p, ok, err := s.loadPush(ctx, v, d, snap)
+	if err != nil || !ok {
+		return true, err
+	}
+	if p.set != nil {
+		return false, nil
+	}
+	a, used := s.state.requests.usedBy(v.Principal.ID, v.RequestID)
+	if !used || a.Action != schemas.ActionPolicyUpdate || a.Context[schemas.ContextPolicyHash] != p.hash {
+		return true, s.rejectPush(ctx, v, d, &p, "policy set "+p.hash+" is already the active set; there is nothing to activate")
+	}
+	ids := make([]string, 0, len(a.Requirements))
+	for _, r := range a.Requirements {
+		ids = append(ids, r.PolicyID)
+	}
+	slices.Sort(ids)
+	d.Decision, d.Code, d.PolicyIDs, d.Approvals = schemas.Allow, "", slices.Compact(ids), a.Teams()
+	d.Reason = "permitted by " + strings.Join(d.PolicyIDs, ", ") + " (this push, redelivered)"
+	if err := s.publishUse(ctx, v, d, a); err != nil {
+		return true, err
+	}
+	p.change.PreviousVersion = a.PolicyVersion
+	return true, s.publishChanged(ctx, v, d, p, snap.eval.Set())
 }
 
 // grant records an approval.grant: the approval of the request made of

@@ -3,6 +3,7 @@ package decide
 import (
 	"context"
 	"encoding/json"
+	"maps"
 	"slices"
 	"strings"
 	"testing"
@@ -96,6 +97,21 @@ func (h *harness) governanceEvents(t *testing.T, subject string) []json.RawMessa
 	}
 }
 
+// drained waits until the policy consumer has nothing pending or unacked.
+func (h *harness) drained(t *testing.T) {
+	t.Helper()
+	natsdev.WaitFor(t, 10*time.Second, "the policy consumer drained", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		cons, err := h.js.Consumer(ctx, h.topo.StreamVerified(), schemas.ConsumerPolicy)
+		if err != nil {
+			return false
+		}
+		info, err := cons.Info(ctx)
+		return err == nil && info.NumPending == 0 && info.NumAckPending == 0
+	})
+}
+
 func persona(t *testing.T, name, action string, res schemas.Resource, ctx map[string]any, id string, groups ...string) schemas.Verified {
 	v := verified(t, "oscar", action, res.Type, res.ID, ctx)
 	v.RequestID = id
@@ -105,10 +121,13 @@ func persona(t *testing.T, name, action string, res schemas.Resource, ctx map[st
 	return v
 }
 
-// A push is a governed request: it needs a policy admin and the risk
-// reviewers' approval of exactly that set; once allowed, both running
-// replicas switch to the new set without restart, and the change is an
-// audited event. A set that fails validation is rejected whole.
+// A push is a governed request: it needs a policy admin and an approval
+// request for exactly that set over the active one, approved by two risk
+// reviewers, never the pusher; once allowed, both running replicas switch
+// to the new set without restart, and the change is an audited event. The
+// approval is used once: after a rollback it cannot activate the set
+// again. A set that fails validation is rejected whole, before any
+// reviewer is asked.
 func TestPolicyPushAcrossReplicas(t *testing.T) {
 	t.Parallel()
 	h := startHarness(t, 4)
@@ -140,37 +159,65 @@ when { context has environment && context.environment == "staging" };`)})
 	}
 	hash := stage(files)
 	policySet := schemas.Resource{Type: schemas.PolicySetType, ID: schemas.PolicySetID}
-	push := func(id, hash string) schemas.Decision {
-		return h.decideVia(t, persona(t, "paula", schemas.ActionPolicyUpdate, policySet, map[string]any{schemas.ContextPolicyHash: hash}, id, "policy-admins"))
+	// paula is a policy admin who also reviews risk: she may review
+	// others' requests, never her own push.
+	paula := []string{"policy-admins", "risk-reviewers"}
+	push := func(id, who, hash string) schemas.Decision {
+		return h.decideVia(t, persona(t, who, schemas.ActionPolicyUpdate, policySet, map[string]any{schemas.ContextPolicyHash: hash}, id, paula...))
+	}
+	review := func(id, who, aprID string, groups ...string) schemas.Decision {
+		a := h.approvalRequest(t, aprID)
+		ctx := maps.Clone(a.Context)
+		ctx[schemas.ContextApprovedAction], ctx[schemas.ContextApprovalID] = a.Action, a.ID
+		return h.decideVia(t, persona(t, who, schemas.ActionApprovalGrant, policySet, ctx, id, groups...))
 	}
 
-	// Without the approval the push is denied and nothing changes.
-	if d := push("push-1", hash); d.Decision != schemas.Deny || d.Code != schemas.CodePolicyDenied {
+	// Without the approval the push is denied, an approval request is
+	// opened for it, and nothing changes.
+	d := push("push-1", "paula", hash)
+	if d.Decision != schemas.Deny || d.Code != schemas.CodeApprovalRequired || d.ApprovalID == "" || !strings.Contains(d.Reason, "2 of risk-reviewers (policy-admins-update-policies)") {
 		t.Fatalf("unapproved push: %s/%s %s", d.Decision, d.Code, d.Reason)
 	}
-	// The pusher cannot approve her own push; a risk reviewer can.
-	self := h.decideVia(t, persona(t, "paula", schemas.ActionApprovalGrant, policySet,
-		map[string]any{schemas.ContextApprovedAction: schemas.ActionPolicyUpdate, schemas.ContextPolicyHash: hash}, "approve-self", "policy-admins", "risk-reviewers"))
-	if !self.Allowed() {
-		t.Fatalf("self approval grant: %s/%s %s", self.Decision, self.Code, self.Reason)
+	id := d.ApprovalID
+	if a := h.approvalRequest(t, id); a.Action != schemas.ActionPolicyUpdate || a.Context[schemas.ContextPolicyHash] != hash || a.PolicyVersion != seed.Version() {
+		t.Fatalf("approval request %+v", a)
 	}
-	grant := h.decideVia(t, persona(t, "rita", schemas.ActionApprovalGrant, policySet,
-		map[string]any{schemas.ContextApprovedAction: schemas.ActionPolicyUpdate, schemas.ContextPolicyHash: hash}, "approve-1", "risk-reviewers"))
-	if !grant.Allowed() || !strings.Contains(grant.Reason, "risk-reviewers") {
-		t.Fatalf("approval grant: %s/%s %s", grant.Decision, grant.Code, grant.Reason)
+	// The pusher cannot approve her own push, though she is a risk reviewer.
+	if self := review("approve-self", "paula", id, paula...); self.Allowed() || !strings.Contains(self.Reason, "self-approval refused") {
+		t.Fatalf("self approval: %s/%s %s", self.Decision, self.Code, self.Reason)
 	}
-	digest, _ := schemas.ApprovalDigest(schemas.ActionPolicyUpdate, policySet, map[string]any{schemas.ContextPolicyHash: hash})
+	// A policy admin who is no risk reviewer may not approve at all.
+	if g := review("approve-paul", "paul", id, "policy-admins"); g.Allowed() || g.Code != schemas.CodePolicyDenied {
+		t.Fatalf("policy admin's approval: %s/%s %s", g.Decision, g.Code, g.Reason)
+	}
+	if g := review("approve-rita", "rita", id, "risk-reviewers"); !g.Allowed() || !strings.Contains(g.Reason, "risk-reviewers 1/2") {
+		t.Fatalf("rita's approval: %s/%s %s", g.Decision, g.Code, g.Reason)
+	}
+	if d := push("push-half", "paula", hash); d.Allowed() || d.Code != schemas.CodeApprovalRequired || d.ApprovalID != id {
+		t.Fatalf("push with one of two approvals: %s/%s %s", d.Decision, d.Code, d.Reason)
+	}
+	if g := review("approve-ravi", "ravi", id, "risk-reviewers"); !g.Allowed() || !strings.Contains(g.Reason, "approved") {
+		t.Fatalf("ravi's approval: %s/%s %s", g.Decision, g.Code, g.Reason)
+	}
 	for _, r := range replicas {
-		natsdev.WaitFor(t, 10*time.Second, "approvals seen by a replica", func() bool { return len(r.state.lookupApprovals(digest)) == 2 })
+		natsdev.WaitFor(t, 10*time.Second, "the approved request seen by a replica", func() bool {
+			a, ok := r.state.requests.lookup(schemas.PrincipalID(testIss, "paula"), h.approvalRequest(t, id).Digest)
+			return ok && a.Status == schemas.StatusApproved
+		})
 	}
-	// A push of another set is not covered by this approval.
+	// Bound to the pusher and to the set: another admin's push of the same
+	// set, or paula's push of another set, needs its own approval.
+	if d := push("push-other-admin", "pat", hash); d.Allowed() || d.Code != schemas.CodeApprovalRequired || d.ApprovalID == id {
+		t.Fatalf("another admin's push: %s/%s %s", d.Decision, d.Code, d.Reason)
+	}
 	other := stage(append(seed.Files(), engine.File{Name: "zz-other.cedar", Data: []byte(`@id("x") forbid (principal, action, resource) when { false };`)}))
-	if d := push("push-other", other); d.Decision != schemas.Deny {
-		t.Fatalf("push of an unapproved set: %s", d.Decision)
+	if d := push("push-other", "paula", other); d.Allowed() || d.Code != schemas.CodeApprovalRequired || d.ApprovalID == id {
+		t.Fatalf("push of an unapproved set: %s/%s %s", d.Decision, d.Code, d.Reason)
 	}
 
-	d := push("push-2", hash)
-	if !d.Allowed() || d.PolicyVersion != seed.Version() || !slices.Equal(d.Approvals, []string{"risk-reviewers"}) {
+	d = push("push-2", "paula", hash)
+	if !d.Allowed() || d.PolicyVersion != seed.Version() || !slices.Equal(d.Approvals, []string{"risk-reviewers"}) || d.ApprovalID != id ||
+		!strings.Contains(d.Reason, "use 1 of 1") || !strings.Contains(d.Reason, "activated policy set "+hash) {
 		t.Fatalf("approved push: %s/%s %q version %s approvals %v", d.Decision, d.Code, d.Reason, d.PolicyVersion, d.Approvals)
 	}
 	for _, r := range replicas {
@@ -189,8 +236,8 @@ when { context has environment && context.environment == "staging" };`)})
 		t.Fatalf("policy.changed events (seed, push) = %+v", changes)
 	}
 	var used schemas.ApprovalUse
-	if evs := h.governanceEvents(t, "aigov.approval.used"); len(evs) != 1 || json.Unmarshal(evs[0], &used) != nil ||
-		!slices.Equal(used.Approvers, []string{schemas.PrincipalID(testIss, "rita")}) || used.RequestID != "push-2" {
+	if evs := h.governanceEvents(t, "aigov.approval.used"); len(evs) != 1 || json.Unmarshal(evs[0], &used) != nil || used.ApprovalID != id ||
+		!slices.Equal(used.Approvers, []string{schemas.PrincipalID(testIss, "ravi"), schemas.PrincipalID(testIss, "rita")}) || used.RequestID != "push-2" {
 		t.Fatalf("approval.used events: %s", evs)
 	}
 
@@ -203,24 +250,65 @@ when { context has environment && context.environment == "staging" };`)})
 		}
 	}
 
-	// A set that does not validate is rejected whole, and audited.
-	bad := stage(append(seed.Files(), engine.File{Name: "zz-bad.cedar", Data: []byte(`@id("typo") permit (principal, action, resource is Model) when { resource.enviroment == "staging" };`)}))
-	for _, id := range []string{"approve-bad"} {
-		h.decideVia(t, persona(t, "rita", schemas.ActionApprovalGrant, policySet,
-			map[string]any{schemas.ContextApprovedAction: schemas.ActionPolicyUpdate, schemas.ContextPolicyHash: bad}, id, "risk-reviewers"))
+	// The push redelivered, now decided under the set it activated, is
+	// answered as it was; a new push of the active set is refused, and
+	// opens no approval request.
+	h.publishVerified(t, persona(t, "paula", schemas.ActionPolicyUpdate, policySet, map[string]any{schemas.ContextPolicyHash: hash}, "push-2", paula...), "redelivered-push-2")
+	h.drained(t)
+	for _, raw := range h.governanceEvents(t, "aigov.policy.rejected") {
+		if strings.Contains(string(raw), `"push-2"`) {
+			t.Fatalf("the redelivered push was rejected: %s", raw)
+		}
 	}
-	badDigest, _ := schemas.ApprovalDigest(schemas.ActionPolicyUpdate, policySet, map[string]any{schemas.ContextPolicyHash: bad})
+	if evs := h.governanceEvents(t, "aigov.approval.used"); len(evs) != 1 {
+		t.Fatalf("approval.used events after the redelivery: %s", evs)
+	}
+	if a := h.approvalRequest(t, id); a.Uses != 1 || a.Status != schemas.StatusUsed {
+		t.Fatalf("after the redelivery: %d uses, %s", a.Uses, a.Status)
+	}
+	if d := push("push-again", "paula", hash); d.Allowed() || d.Code != schemas.CodePolicyInvalid || d.ApprovalID != "" || !strings.Contains(d.Reason, "already the active set") {
+		t.Fatalf("push of the active set: %s/%s %s", d.Decision, d.Code, d.Reason)
+	}
+
+	// Roll back to the seed (its own approval), then replay: the first
+	// approval of "this set over the seed" was used, so it activates
+	// nothing again.
+	if got := stage(seed.Files()); got != seed.Version() {
+		t.Fatalf("the seed staged as %s, not %s", got, seed.Version())
+	}
+	back := push("push-back", "paula", seed.Version())
+	if back.Code != schemas.CodeApprovalRequired {
+		t.Fatalf("rollback push: %s/%s %s", back.Decision, back.Code, back.Reason)
+	}
+	for _, r := range []string{"rita", "ravi"} {
+		if g := review("approve-back-"+r, r, back.ApprovalID, "risk-reviewers"); !g.Allowed() {
+			t.Fatalf("%s's approval of the rollback: %s/%s %s", r, g.Decision, g.Code, g.Reason)
+		}
+	}
+	if d := push("push-back-2", "paula", seed.Version()); !d.Allowed() || d.ApprovalID != back.ApprovalID {
+		t.Fatalf("approved rollback: %s/%s %s", d.Decision, d.Code, d.Reason)
+	}
 	for _, r := range replicas {
-		natsdev.WaitFor(t, 10*time.Second, "approval of the bad set", func() bool { return len(r.state.lookupApprovals(badDigest)) == 1 })
+		natsdev.WaitFor(t, 10*time.Second, "replica back on the seed", func() bool { return r.state.snapshot().eval.Set().Version() == seed.Version() })
 	}
-	if d := push("push-bad", bad); d.Decision != schemas.Deny || d.Code != schemas.CodePolicyInvalid || !strings.Contains(d.Reason, "enviroment") {
+	if d := push("push-replay", "paula", hash); d.Allowed() || d.Code != schemas.CodeApprovalUsed || d.ApprovalID == id || !strings.Contains(d.Reason, "already used (1 of 1 uses)") {
+		t.Fatalf("replayed approval: %s/%s %s", d.Decision, d.Code, d.Reason)
+	}
+
+	// A set that does not validate is rejected whole, and audited, and no
+	// reviewer is asked to approve it.
+	bad := stage(append(seed.Files(), engine.File{Name: "zz-bad.cedar", Data: []byte(`@id("typo") permit (principal, action, resource is Model) when { resource.enviroment == "staging" };`)}))
+	if d := push("push-bad", "paula", bad); d.Decision != schemas.Deny || d.Code != schemas.CodePolicyInvalid || d.ApprovalID != "" || !strings.Contains(d.Reason, "enviroment") {
 		t.Fatalf("invalid push: %s/%s %s", d.Decision, d.Code, d.Reason)
 	}
-	if evs := h.governanceEvents(t, "aigov.policy.rejected"); len(evs) != 1 || !strings.Contains(string(evs[0]), "enviroment") {
-		t.Fatalf("policy.rejected events: %s", evs)
+	if d := push("push-unstaged", "paula", "sha256:"+strings.Repeat("ab", 32)); d.Code != schemas.CodePolicyInvalid || d.ApprovalID != "" || !strings.Contains(d.Reason, "no staged policy set") {
+		t.Fatalf("unstaged push: %s/%s %s", d.Decision, d.Code, d.Reason)
+	}
+	if evs := h.governanceEvents(t, "aigov.policy.rejected"); len(evs) != 3 || !strings.Contains(string(evs[1]), "enviroment") {
+		t.Fatalf("policy.rejected events (active set, bad, unstaged): %s", evs)
 	}
 	for _, r := range replicas {
-		if v := r.state.snapshot().eval.Set().Version(); v != hash {
+		if v := r.state.snapshot().eval.Set().Version(); v != seed.Version() {
 			t.Errorf("a replica moved to %s after a rejected push", v)
 		}
 	}

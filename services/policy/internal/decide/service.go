@@ -306,8 +306,16 @@ func (s *Service) Handle(ctx context.Context, m jetstream.Msg) error {
 				return err
 			}
 		case d.Code == schemas.CodeApprovalRequired && len(res.Need) > 0:
-			if err := s.requireApproval(ctx, v, &d, res); err != nil {
-				return err
+			handled := false
+			if v.Request.Action == schemas.ActionPolicyUpdate {
+				if handled, err = s.pushNeedsApproval(ctx, v, &d, snap); err != nil {
+					return err
+				}
+			}
+			if !handled {
+				if err := s.requireApproval(ctx, v, &d, res); err != nil {
+					return err
+				}
 			}
 		}
 	}
