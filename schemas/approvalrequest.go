@@ -188,7 +188,13 @@ type ApprovalRequest struct {
 	MaxUses int      `json:"max_uses"`
 	Uses    int      `json:"uses"`
 	UsedBy  []string `json:"used_by,omitempty"`
-	// RejectedBy and Reason record a rejection (or an expiry's reason).
+	// MaxRejections is how many distinct reviewers' rejections end the
+	// request (@rejections; 0, from before it existed, counts as 1).
+	// Rejections are the rejections so far, one per reviewer.
+	MaxRejections int             `json:"max_rejections,omitempty"`
+	Rejections    []ApprovalGrant `json:"rejections,omitempty"`
+	// RejectedBy and Reason record the rejection that ended it (or an
+	// expiry's reason).
 	RejectedBy string `json:"rejected_by,omitempty"`
 	Reason     string `json:"reason,omitempty"`
 	// RequestID is the denied request that opened it.

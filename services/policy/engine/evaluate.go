@@ -103,6 +103,9 @@ type Result struct {
 	// and MaxUses the fewest uses any of them allows.
 	Need    []schemas.ApprovalRequirement
 	MaxUses int
+	// MaxRejections is how many reviewers' rejections end the request:
+	// the fewest any of the policies states (@rejections, default 1).
+	MaxRejections int
 }
 
 // Decide turns a verified request into a decision. It never fails: input
@@ -366,7 +369,7 @@ func (e *Evaluator) needApproval(d *schemas.Decision, res *Result, ps cedar.Poli
 		return
 	}
 	byTeam := map[string]schemas.ApprovalRequirement{}
-	uses := 0
+	uses, rejections := 0, 0
 	for _, id := range append(slices.Clone(d.PolicyIDs), hd.PolicyIDs...) {
 		r, ok := e.set.rules[id]
 		if !ok {
@@ -377,6 +380,9 @@ func (e *Evaluator) needApproval(d *schemas.Decision, res *Result, ps cedar.Poli
 		}
 		if uses == 0 || r.Uses < uses {
 			uses = r.Uses
+		}
+		if rejections == 0 || r.Rejections < rejections {
+			rejections = r.Rejections
 		}
 	}
 	if len(byTeam) == 0 {
@@ -391,7 +397,7 @@ func (e *Evaluator) needApproval(d *schemas.Decision, res *Result, ps cedar.Poli
 	for _, r := range need {
 		parts = append(parts, fmt.Sprintf("%d of %s (%s)", r.Quorum, r.Team, r.PolicyID))
 	}
-	res.Need, res.MaxUses = need, uses
+	res.Need, res.MaxUses, res.MaxRejections = need, uses, rejections
 	d.Code = schemas.CodeApprovalRequired
 	d.Reason = "approval required from " + strings.Join(parts, ", ") + " for this exact request by this requester"
 }

@@ -479,6 +479,10 @@ func TestCompileRejects(t *testing.T) {
 			want: []string{`@quorum("0") must be a whole number from 1 to 20`}},
 		{name: "uses not a number", files: []File{{Name: "a.cedar", Data: []byte(`@id("q") @approval("risk") @quorum("1") @uses("many") forbid(principal, action, resource);`)}},
 			want: []string{`@uses("many")`}},
+		{name: "rejections out of range", files: []File{{Name: "a.cedar", Data: []byte(`@id("q") @approval("risk") @quorum("1") @rejections("21") forbid(principal, action, resource);`)}},
+			want: []string{`@rejections("21") must be a whole number from 1 to 20`}},
+		{name: "rejections without approval", files: []File{{Name: "a.cedar", Data: []byte(`@id("q") @rejections("2") forbid(principal, action, resource);`)}},
+			want: []string{`need @approval`}},
 		{name: "approval on a shadow policy", files: []File{{Name: "a.cedar", Data: []byte(`@id("q") @shadow("") @approval("risk") @quorum("1") forbid(principal, action, resource);`)}},
 			want: []string{`@shadow`}},
 	}

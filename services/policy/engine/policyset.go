@@ -54,6 +54,9 @@ const (
 	// AnnotationUses is how many allowed retries one approval unlocks
 	// ("1" to "100"); default 1, single use.
 	AnnotationUses = "uses"
+	// AnnotationRejections is how many distinct reviewers' rejections end
+	// the request ("1" to "20"); default 1, any reviewer's rejection.
+	AnnotationRejections = "rejections"
 )
 
 // Bounds of the approval annotations.
@@ -62,11 +65,12 @@ const (
 	MaxUses   = 100
 )
 
-// ApprovalRule is a policy's @approval, @quorum and @uses.
+// ApprovalRule is a policy's @approval, @quorum, @uses and @rejections.
 type ApprovalRule struct {
-	Team   string
-	Quorum int
-	Uses   int
+	Team       string
+	Quorum     int
+	Uses       int
+	Rejections int
 }
 
 // approvalRuleOf reads a policy's approval annotations; ok is false when
@@ -75,11 +79,12 @@ func approvalRuleOf(ann cedar.Annotations, shadow bool) (ApprovalRule, bool, err
 	team, hasTeam := ann[AnnotationApproval]
 	quorum, hasQuorum := ann[AnnotationQuorum]
 	uses, hasUses := ann[AnnotationUses]
+	rejections, hasRejections := ann[AnnotationRejections]
 	switch {
-	case !hasTeam && !hasQuorum && !hasUses:
+	case !hasTeam && !hasQuorum && !hasUses && !hasRejections:
 		return ApprovalRule{}, false, nil
 	case !hasTeam:
-		return ApprovalRule{}, false, errors.New("@quorum and @uses need @approval(\"<team>\")")
+		return ApprovalRule{}, false, errors.New("@quorum, @uses and @rejections need @approval(\"<team>\")")
 	case strings.TrimSpace(string(team)) == "":
 		return ApprovalRule{}, false, errors.New("@approval needs a team name")
 	case !hasQuorum:
@@ -87,7 +92,7 @@ func approvalRuleOf(ann cedar.Annotations, shadow bool) (ApprovalRule, bool, err
 	case shadow:
 		return ApprovalRule{}, false, errors.New("@approval on a @shadow policy: shadow policies are never enforced")
 	}
-	r := ApprovalRule{Team: strings.TrimSpace(string(team)), Uses: 1}
+	r := ApprovalRule{Team: strings.TrimSpace(string(team)), Uses: 1, Rejections: 1}
 	n, err := strconv.Atoi(strings.TrimSpace(string(quorum)))
 	if err != nil || n < 1 || n > MaxQuorum {
 		return ApprovalRule{}, false, fmt.Errorf("@quorum(%q) must be a whole number from 1 to %d", string(quorum), MaxQuorum)
@@ -99,6 +104,13 @@ func approvalRuleOf(ann cedar.Annotations, shadow bool) (ApprovalRule, bool, err
 			return ApprovalRule{}, false, fmt.Errorf("@uses(%q) must be a whole number from 1 to %d", string(uses), MaxUses)
 		}
 		r.Uses = n
+	}
+	if hasRejections {
+		n, err := strconv.Atoi(strings.TrimSpace(string(rejections)))
+		if err != nil || n < 1 || n > MaxQuorum {
+			return ApprovalRule{}, false, fmt.Errorf("@rejections(%q) must be a whole number from 1 to %d", string(rejections), MaxQuorum)
+		}
+		r.Rejections = n
 	}
 	return r, true, nil
 }

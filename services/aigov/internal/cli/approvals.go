@@ -229,6 +229,15 @@ func printApproval(w io.Writer, a schemas.ApprovalRequest, now time.Time) {
 		}
 		tw.Flush()
 	}
+	if len(a.Rejections) > 0 {
+		fmt.Fprintf(w, "\nrejections: %d of the %d that end it\n", len(a.Rejections), max(a.MaxRejections, 1))
+		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "REJECTED BY\tTEAMS\tAT\tREQUEST")
+		for _, g := range a.Rejections {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", g.ReviewerID, strings.Join(g.Teams, ","), g.At.UTC().Format(time.RFC3339), g.RequestID)
+		}
+		tw.Flush()
+	}
 	if len(a.UsedBy) > 0 {
 		fmt.Fprintf(w, "\nused by requests: %s\n", strings.Join(a.UsedBy, ", "))
 	}

@@ -219,8 +219,8 @@ func (s *Service) approvalEvent(ctx context.Context, a schemas.ApprovalRequest, 
 func (s *Service) approvalEventNotify(ctx context.Context, a schemas.ApprovalRequest, event, requestID, reviewer string, teams []string, notify bool) error {
 	ev := a.EventOf(event, requestID, reviewer, teams, s.clock())
 	base := a.ID
-	if event == schemas.ApprovalGranted {
-		base += "/" + reviewer
+	if event == schemas.ApprovalGranted || event == schemas.ApprovalRejected {
+		base += "/" + reviewer // one per reviewer: @rejections may need several
 	}
 	if err := s.publishEvent(ctx, s.topo.Subjects.Governance(schemas.KindApproval, event),
 		schemas.DerivedID(base, "approval."+event), schemas.TypeOfApprovalEvent(event), ev); err != nil {
@@ -232,6 +232,37 @@ func (s *Service) approvalEventNotify(ctx context.Context, a schemas.ApprovalReq
 		s.notify.Notify(ev)
 	}
 	return nil
+}
+
+// reject records a reviewer's rejection of a. The request ends, rejected,
+// once MaxRejections distinct reviewers rejected it (the first, by
+// default); until then it stays open, the rejection is an event of its
+// own, and a grant the reviewer gave earlier no longer counts.
+func (s *Service) reject(ctx context.Context, d *schemas.Decision, a schemas.ApprovalRequest, rev uint64, v schemas.Verified, teams []string, now time.Time) error {
+	reviewer := v.Principal.ID
+	need := max(a.MaxRejections, 1)
+	if slices.ContainsFunc(a.Rejections, func(g schemas.ApprovalGrant) bool { return g.ReviewerID == reviewer }) {
+		// Its own redelivery, or the same reviewer again: counted once.
+		d.Reason += fmt.Sprintf("; %s already rejected approval request %s (%d of %d rejections)", reviewer, a.ID, len(a.Rejections), need)
+		return s.approvalEventNotify(ctx, a, schemas.ApprovalRejected, v.RequestID, reviewer, teams, false)
+	}
+	a.Rejections = append(a.Rejections, schemas.ApprovalGrant{ReviewerID: reviewer, Teams: teams, RequestID: v.RequestID, At: now})
+	a.Grants = slices.DeleteFunc(a.Grants, func(g schemas.ApprovalGrant) bool { return g.ReviewerID == reviewer })
+	a.UpdatedAt = now
+	if len(a.Rejections) >= need {
+		a.Status, a.RejectedBy = schemas.StatusRejected, reviewer
+		a.Reason = "rejected by " + reviewer
+		d.Reason += "; rejected approval request " + a.ID
+	} else {
+		if a.Status == schemas.StatusApproved && !a.Quorate() {
+			a.Status = schemas.StatusPending // the withdrawn grant was part of the quorum
+		}
+		d.Reason += fmt.Sprintf("; rejection %d of the %d that end approval request %s", len(a.Rejections), need, a.ID)
+	}
+	if err := s.putRequest(ctx, a, rev); err != nil {
+		return err
+	}
+	return s.approvalEvent(ctx, a, schemas.ApprovalRejected, v.RequestID, reviewer, teams)
 }
 
 // expire marks a live request whose ExpiresAt passed as expired.
@@ -292,7 +323,7 @@ func (s *Service) requireApproval(ctx context.Context, v schemas.Verified, d *sc
 		a = schemas.ApprovalRequest{
 			ID: id, Status: schemas.StatusPending, RequesterID: v.Principal.ID, Digest: res.RequestDigest,
 			Action: v.Request.Action, Resource: v.Request.Resource, Context: reqCtx, PolicyVersion: d.PolicyVersion,
-			Requirements: res.Need, MaxUses: max(res.MaxUses, 1), RequestID: v.RequestID,
+			Requirements: res.Need, MaxUses: max(res.MaxUses, 1), MaxRejections: max(res.MaxRejections, 1), RequestID: v.RequestID,
 			CreatedAt: now, UpdatedAt: now, ExpiresAt: now.Add(s.ttl),
 		}
 		if err := s.putRequest(ctx, a, 0); errors.Is(err, jetstream.ErrKeyExists) {
@@ -387,7 +418,8 @@ func (s *Service) publishUse(ctx context.Context, v schemas.Verified, d *schemas
 // exactly the request's action, resource and context; the reviewer must not
 // be the requester and must belong to a required team; the request must be
 // pending (or approved: a further grant adds nothing) and unexpired. A
-// reject (context.approval_verdict) by any such reviewer ends it.
+// reject (context.approval_verdict) by such a reviewer ends it, or counts
+// towards the @rejections the policy states.
 func (s *Service) review(ctx context.Context, v schemas.Verified, d *schemas.Decision) error {
 	deny := func(code schemas.Code, reason string) error {
 		d.Decision, d.Code, d.Reason, d.Lease = schemas.Deny, code, reason, nil
@@ -440,13 +472,10 @@ func (s *Service) review(ctx context.Context, v schemas.Verified, d *schemas.Dec
 		return deny(schemas.CodePolicyDenied, fmt.Sprintf("%s is in none of the teams that may approve %s (%s)", reviewer, id, strings.Join(a.Teams(), ", ")))
 	}
 	if verdict == schemas.VerdictReject {
-		a.Status, a.RejectedBy, a.UpdatedAt = schemas.StatusRejected, reviewer, now
-		a.Reason = "rejected by " + reviewer
-		if err := s.putRequest(ctx, a, rev); err != nil {
-			return err
-		}
-		d.Reason += "; rejected approval request " + id
-		return s.approvalEvent(ctx, a, schemas.ApprovalRejected, v.RequestID, reviewer, teams)
+		return s.reject(ctx, d, a, rev, v, teams, now)
+	}
+	if slices.ContainsFunc(a.Rejections, func(g schemas.ApprovalGrant) bool { return g.ReviewerID == reviewer }) {
+		return deny(schemas.CodePolicyDenied, fmt.Sprintf("%s rejected approval request %s; a reviewer's rejection stands", reviewer, id))
 	}
 	if slices.ContainsFunc(a.Grants, func(g schemas.ApprovalGrant) bool { return g.ReviewerID == reviewer }) {
 		// Its own redelivery, or a second grant by the same reviewer:

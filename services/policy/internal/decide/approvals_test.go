@@ -463,6 +463,79 @@ func TestApprovalAllowsStatedUses(t *testing.T) {
 	}
 }
 
+// TestApprovalRejectionsAsStated: with @rejections("2") one objection
+// does not end a request. It is recorded as an event of its own, withdraws
+// that reviewer's grant and bars their granting again; the second
+// distinct rejection ends it, and the retry opens a new request.
+func TestApprovalRejectionsAsStated(t *testing.T) {
+	t.Parallel()
+	files, err := engine.ReadDir(policyDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, f := range files {
+		if f.Name == "models.cedar" {
+			files[i].Data = bytes.ReplaceAll(f.Data, []byte(`@uses("1")`), []byte(`@uses("1") @rejections("2")`))
+		}
+	}
+	set, err := engine.Compile(files)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := newHarness(t, 2)
+	h.svc.seed = set
+	h.start(t)
+	churn := schemas.Resource{Type: "Model", ID: "churn-predictor"}
+	ctx := map[string]any{"environment": "production", "model_version": "v14"}
+	deploy := func(reqID string) schemas.Decision {
+		return h.decideOne(t, principalRequest(t, "fiona", []string{"ml-platform"}, reqID, "model.deploy", churn, ctx))
+	}
+	id := deploy("deploy-j0").ApprovalID
+	if a := h.approvalRequest(t, id); a.MaxRejections != 2 {
+		t.Fatalf("max rejections %d, want 2", a.MaxRejections)
+	}
+	review := func(reqID, sub, verdict string) schemas.Decision {
+		a := h.approvalRequest(t, id)
+		g := maps.Clone(a.Context)
+		g[schemas.ContextApprovedAction], g[schemas.ContextApprovalID] = a.Action, a.ID
+		if verdict != "" {
+			g[schemas.ContextApprovalVerdict] = verdict
+		}
+		return h.decideOne(t, principalRequest(t, sub, []string{"risk-reviewers"}, reqID, schemas.ActionApprovalGrant, churn, g))
+	}
+	if d := review("grant-j-rita", "rita", ""); !d.Allowed() {
+		t.Fatalf("rita's grant: %s/%s %q", d.Decision, d.Code, d.Reason)
+	}
+	if d := review("reject-j-rita", "rita", schemas.VerdictReject); !d.Allowed() || !strings.Contains(d.Reason, "rejection 1 of the 2") {
+		t.Fatalf("rita's rejection: %s/%s %q", d.Decision, d.Code, d.Reason)
+	}
+	a := h.approvalRequest(t, id)
+	if a.Status != schemas.StatusPending || len(a.Grants) != 0 || len(a.Rejections) != 1 {
+		t.Fatalf("after one rejection: status %s, %d grants, %d rejections; want pending, rita's grant withdrawn, 1", a.Status, len(a.Grants), len(a.Rejections))
+	}
+	if d := review("grant-j-rita-again", "rita", ""); d.Allowed() || !strings.Contains(d.Reason, "rejection stands") {
+		t.Fatalf("rita granting after her rejection: %s/%s %q", d.Decision, d.Code, d.Reason)
+	}
+	if d := review("grant-j-ravi", "ravi", ""); !d.Allowed() {
+		t.Fatalf("ravi's grant: %s/%s %q", d.Decision, d.Code, d.Reason)
+	}
+	if d := deploy("deploy-j1"); d.Allowed() || d.Code != schemas.CodeApprovalRequired || d.ApprovalID != id {
+		t.Fatalf("deploy with one grant and one rejection: %s/%s %q", d.Decision, d.Code, d.Reason)
+	}
+	if d := review("reject-j-rosa", "rosa", schemas.VerdictReject); !d.Allowed() || !strings.Contains(d.Reason, "rejected approval request "+id) {
+		t.Fatalf("rosa's rejection: %s/%s %q", d.Decision, d.Code, d.Reason)
+	}
+	if a := h.approvalRequest(t, id); a.Status != schemas.StatusRejected || a.RejectedBy != schemas.PrincipalID(testIss, "rosa") {
+		t.Fatalf("after two rejections: %s by %s", a.Status, a.RejectedBy)
+	}
+	if n := countEvents(h.approvalEvents(t, schemas.ApprovalRejected), id); n != 2 {
+		t.Errorf("%d rejected events, want one per rejecting reviewer (2)", n)
+	}
+	if d := deploy("deploy-j2"); d.Allowed() || d.Code != schemas.CodeApprovalRequired || d.ApprovalID == id {
+		t.Fatalf("retry after the request ended: %s/%s %q", d.Decision, d.Code, d.Reason)
+	}
+}
+
 // TestGrantNeedsARequiredTeam: a reviewer whom Cedar lets grant
 // (approval.grant) but who is in none of the teams the request requires
 // does not count towards its quorum: here a set that lets security grant
