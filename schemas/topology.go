@@ -407,7 +407,10 @@ func (t Topology) Consumer(name string) (ConsumerSpec, error) {
 	case ConsumerReaper:
 		stream, c.FilterSubject = t.StreamVerified(), s.All(KindVerified)
 	case ConsumerReaperLeases:
-		stream, c.FilterSubject = t.StreamDecisions(), s.All(KindDecision)
+		// Only the decisions that grant or extend a lease: the reaper
+		// neither fetches nor acks the rest, two messages fewer per
+		// decision on the bus.
+		stream, c.FilterSubjects = t.StreamDecisions(), []string{s.Decision(ActionJobStart), s.Decision(ActionJobHeartbeat)}
 	case ConsumerDeadLetter:
 		// Bounded, unlike the audit's lanes: a dead letter always fits
 		// its stream (the body is cut to fit), so only an outage fails

@@ -75,6 +75,8 @@ func TestTopologyConsumer(t *testing.T) {
 		{schemas.ConsumerAuthn, "AIGOV_REQUESTS", "aigov.request.> aigov.tenant.*.request.>", 20},
 		{schemas.ConsumerPolicy, "AIGOV_VERIFIED", "aigov.verified.>", 20},
 		{schemas.ConsumerReaper, "AIGOV_VERIFIED", "aigov.verified.>", 20},
+		// Leases come only from job decisions; the reaper sees no other.
+		{schemas.ConsumerReaperLeases, "AIGOV_DECISIONS", "aigov.decision.job.start aigov.decision.job.heartbeat", 20},
 		// The audit log must not lose an event to a long outage.
 		{schemas.ConsumerAuditDecisions, "AIGOV_DECISIONS", "aigov.decision.>", -1},
 		{schemas.ConsumerAuditSessions, "AIGOV_SESSIONS", "aigov.session.>", -1},

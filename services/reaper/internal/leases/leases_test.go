@@ -3,6 +3,7 @@ package leases_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -306,5 +307,33 @@ func TestLeaseEndsAfterRestart(t *testing.T) {
 	}
 	if _, ok := h.tombstone(d.Lease.ID); !ok {
 		t.Error("no tombstone")
+	}
+}
+
+// TestLeasesSeeOnlyJobDecisions: the lease consumer filters the decision
+// stream to job.start and job.heartbeat, so the reaper fetches and acks
+// no other decision (two bus messages fewer per decision).
+func TestLeasesSeeOnlyJobDecisions(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	h.run(h.replica())
+	for i, action := range []string{"model.deploy", "dataset.promote", "agent.tool_call"} {
+		d := schemas.Decision{RequestID: fmt.Sprintf("other-%d", i), Action: action, Decision: schemas.Allow, Stage: schemas.StagePolicy}
+		ev, err := schemas.NewEvent(schemas.DerivedID(d.RequestID, "decision"), "aigov/policy", schemas.TypeDecision, h.clock.Now(), d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := json.Marshal(ev)
+		if _, err := h.admin.Publish(h.ctx, h.topo.Subjects.Decision(action), b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h.decide("job-only", schemas.ActionJobStart, alice, nil)
+	info, err := h.cons.Info(h.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Delivered.Consumer != 1 || info.NumPending != 0 {
+		t.Fatalf("lease consumer delivered %d, %d pending; want only the job.start (1, 0)", info.Delivered.Consumer, info.NumPending)
 	}
 }
