@@ -67,6 +67,17 @@ test-race: deps
 	go test $(GOFLAGS_TEST) -race $(PKG)
 .PHONY: test-race
 
+## generate: rewrite what is generated from code (the settings reference from each service's declarations, the deny code table, NATS users, the policies ConfigMap and the other deploy files), then check it
+generate:
+	cd services/devstack && { go test -count=1 ./internal/deploycheck -update >/dev/null || true; }
+	$(MAKE) generate-check
+.PHONY: generate
+
+## generate-check: fail when a generated file differs from what the code generates (make test runs these tests with the others)
+generate-check:
+	cd services/devstack && go test -count=1 ./internal/deploycheck
+.PHONY: generate-check
+
 ## vet: go vet and gofmt on every module
 vet:
 	go vet $(PKG)

@@ -11,10 +11,18 @@ import (
 	"github.com/aigov/aigov/services/runtime"
 )
 
-func main() { runtime.Main("authn", run) }
+func main() { runtime.Main(settings(), run) }
+
+// settings are what authn reads from the environment, declared: reading
+// anything else fails the start, and docs/configuration.md is generated
+// from them.
+func settings() runtime.Settings {
+	return runtime.Settings{Service: "authn", Sections: []runtime.Section{runtime.CommonSettings(), runtime.SessionLimitSettings(), verify.Settings()}}
+}
 
 func run(ctx context.Context, lookup runtime.Lookup) error {
 	env := runtime.NewEnv(lookup)
+	env.Declare(settings())
 	common := runtime.LoadCommon(env, "authn", "127.0.0.1:8081")
 	// authn signs every verified event and deny (LoadCommon reads the key).
 	env.Required("AIGOV_SIGNING_KEY")

@@ -14,10 +14,18 @@ import (
 	"github.com/aigov/aigov/services/runtime"
 )
 
-func main() { runtime.Main("gateway", run) }
+func main() { runtime.Main(settings(), run) }
+
+// settings are what gateway reads from the environment, declared: reading
+// anything else fails the start, and docs/configuration.md is generated
+// from them.
+func settings() runtime.Settings {
+	return runtime.Settings{Service: "gateway", Sections: []runtime.Section{runtime.CommonSettings(), config.Settings()}}
+}
 
 func run(ctx context.Context, lookup runtime.Lookup) error {
 	env := runtime.NewEnv(lookup)
+	env.Declare(settings())
 	common := runtime.LoadCommon(env, "gateway", config.DefaultHTTPAddr)
 	// Decisions are taken only when authn or policy signed them.
 	env.Required("AIGOV_TRUST_FILE")

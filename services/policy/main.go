@@ -14,10 +14,18 @@ import (
 	"github.com/aigov/aigov/services/runtime"
 )
 
-func main() { runtime.Main("policy", run) }
+func main() { runtime.Main(settings(), run) }
+
+// settings are what policy reads from the environment, declared: reading
+// anything else fails the start, and docs/configuration.md is generated
+// from them.
+func settings() runtime.Settings {
+	return runtime.Settings{Service: "policy", Sections: []runtime.Section{runtime.CommonSettings(), runtime.SessionLimitSettings(), decide.Settings()}}
+}
 
 func run(ctx context.Context, lookup runtime.Lookup) error {
 	env := runtime.NewEnv(lookup)
+	env.Declare(settings())
 	common := runtime.LoadCommon(env, "policy", "127.0.0.1:8082")
 	cfg := decide.LoadConfig(env)
 	if err := env.Err(); err != nil {

@@ -13,11 +13,19 @@ import (
 	"github.com/aigov/aigov/services/runtime"
 )
 
-func main() { runtime.Main("reaper", run) }
+func main() { runtime.Main(settings(), run) }
+
+// settings are what reaper reads from the environment, declared: reading
+// anything else fails the start, and docs/configuration.md is generated
+// from them.
+func settings() runtime.Settings {
+	return runtime.Settings{Service: "reaper", Sections: []runtime.Section{runtime.CommonSettings(), runtime.SessionLimitSettings(), service.Settings()}}
+}
 
 // run is main without the process: tests call it with a map of variables.
 func run(ctx context.Context, lookup runtime.Lookup) error {
 	env := runtime.NewEnv(lookup)
+	env.Declare(settings())
 	cfg := service.LoadConfig(env)
 	if err := env.Err(); err != nil {
 		return err

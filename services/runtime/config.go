@@ -27,12 +27,17 @@ func MapLookup(m map[string]string) Lookup {
 type Env struct {
 	lookup Lookup
 	errs   []error
+	// declared, once Declare was called, are the variables the service
+	// may read; undeclared lists those read without a declaration.
+	declared   map[string]bool
+	undeclared []string
 }
 
 // NewEnv reads from lookup.
 func NewEnv(lookup Lookup) *Env { return &Env{lookup: lookup} }
 
 func (e *Env) raw(key string) (string, bool) {
+	e.read(key)
 	v, ok := e.lookup(key)
 	v = strings.TrimSpace(v)
 	return v, ok && v != ""

@@ -189,7 +189,24 @@ func (s *Service) Run(ctx context.Context, workers ...Worker) error {
 // Main runs a service's run function with a context that ends on SIGINT or
 // SIGTERM, and exits non-zero with the error if it fails. It is all a
 // service's main function needs to do.
-func Main(name string, run func(ctx context.Context, lookup Lookup) error) {
+func Main(settings Settings, run func(ctx context.Context, lookup Lookup) error) {
+	name := settings.Service
+	// -h lists the settings (names and defaults, never values); the
+	// reference's generator reads -settings-json. Nothing else is a flag.
+	switch args := os.Args[1:]; {
+	case len(args) == 1 && (args[0] == "-h" || args[0] == "-help" || args[0] == "--help"):
+		settings.WriteHelp(os.Stdout)
+		return
+	case len(args) == 1 && args[0] == "-settings-json":
+		if err := settings.WriteJSON(os.Stdout); err != nil {
+			fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
+			os.Exit(1)
+		}
+		return
+	case len(args) > 0:
+		fmt.Fprintf(os.Stderr, "%s: unexpected arguments %q: configuration is read from the environment (%s -h lists it)\n", name, args, name)
+		os.Exit(2)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	err := run(ctx, os.LookupEnv)
 	stop()

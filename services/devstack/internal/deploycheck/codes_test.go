@@ -55,6 +55,6 @@ func TestDenyCodesDoc(t *testing.T) {
 		return
 	}
 	if doc != want {
-		t.Errorf("%s's deny codes differ from schemas/codes.go; regenerate with\n  cd services/devstack && go test ./internal/deploycheck -run TestDenyCodesDoc -update", rel)
+		t.Errorf("%s's deny codes differ from schemas/codes.go; regenerate with\n  make generate", rel)
 	}
 }

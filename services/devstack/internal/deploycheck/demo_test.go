@@ -77,7 +77,7 @@ func TestDemoScenariosAreMakeRuns(t *testing.T) {
 		}
 	}
 	if !bytes.Equal(readFile(t, rel), want) {
-		t.Errorf("%s differs from demo.Scenarios(); regenerate it with\n  cd services/devstack && go test ./internal/deploycheck -run TestDemoScenariosAreMakeRuns -update", rel)
+		t.Errorf("%s differs from demo.Scenarios(); regenerate it with\n  make generate", rel)
 	}
 	for kind, name := range tokenKinds {
 		if !strings.Contains(string(readFile(t, "deploy/demo/play.sh")), "\t"+name+")") {

@@ -671,7 +671,7 @@ func TestK8sPoliciesConfigMap(t *testing.T) {
 		}
 	}
 	if !bytes.Equal(readFile(t, policiesConfigMap), want) {
-		t.Errorf("%s differs from policies/; regenerate it with\n  cd services/devstack && go test ./internal/deploycheck -run TestK8sPoliciesConfigMap -update", policiesConfigMap)
+		t.Errorf("%s differs from policies/; regenerate it with\n  make generate", policiesConfigMap)
 	}
 	var cm struct {
 		Data map[string]string `yaml:"data"`

@@ -256,7 +256,7 @@ func TestNATSAuthConfIsGenerated(t *testing.T) {
 			}
 		}
 		if got := string(readFile(t, rel)); got != want {
-			t.Errorf("%s differs from schemas.Topology.Accounts; regenerate it with\n  cd services/devstack && go test ./internal/deploycheck -run TestNATSAuthConfIsGenerated -update", rel)
+			t.Errorf("%s differs from schemas.Topology.Accounts; regenerate it with\n  make generate", rel)
 		}
 	}
 }

@@ -155,7 +155,7 @@ func checkReplicatedSchema(ctx context.Context, t *testing.T, st *stack.Stack) {
 	}
 	got := string(readFile(t, replicatedSchemaFile))
 	if got != want {
-		t.Errorf("%s differs from the tables the migrations create; regenerate it with\n  cd services/devstack && go test ./internal/deploycheck -run TestDemoScriptAndDashboardAgainstDevStack -update", replicatedSchemaFile)
+		t.Errorf("%s differs from the tables the migrations create; regenerate it with\n  make generate", replicatedSchemaFile)
 	}
 	// Every table the migrations create is in it, replicated.
 	for name := range migrationObjects(t) {

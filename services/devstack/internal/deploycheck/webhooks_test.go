@@ -104,7 +104,7 @@ func TestK8sApprovalWebhooks(t *testing.T) {
 			}
 		}
 		if got, err := os.ReadFile(repoPath(t, rel)); err != nil || !bytes.Equal(got, want) {
-			t.Errorf("%s is not a copy of %s/%s (%v); regenerate it with\n  cd services/devstack && go test ./internal/deploycheck -run TestK8sApprovalWebhooks -update", rel, webhooksDir, e.Name(), err)
+			t.Errorf("%s is not a copy of %s/%s (%v); regenerate it with\n  make generate", rel, webhooksDir, e.Name(), err)
 		}
 	}
 

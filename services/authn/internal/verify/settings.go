@@ -1,0 +1,20 @@
+package verify
+
+import "github.com/aigov/aigov/services/runtime"
+
+// Settings are the settings authn reads besides the common ones: the
+// source of its -h and of its table in docs/configuration.md.
+func Settings() runtime.Section {
+	return runtime.Section{Title: "authn", Settings: []runtime.Setting{
+		{Names: []string{"AIGOV_OIDC_ISSUERS"}, Default: "required unless `AIGOV_OIDC_CONFIG`", Doc: "comma-separated exact issuer URLs (the simple form; not together with `AIGOV_OIDC_CONFIG`). The reaper reads it too, for back-channel logout"},
+		{Names: []string{"AIGOV_OIDC_AUDIENCE"}, Default: "`aigov`", Doc: "the audience of every issuer of `AIGOV_OIDC_ISSUERS`; also the reaper's default logout audience"},
+		{Names: []string{"AIGOV_OIDC_CONFIG"}, Default: "—", Doc: "YAML or JSON file of issuers (see [Configuring issuers](issuers.md)); replaces the two above"},
+		{Names: []string{"AIGOV_OIDC_HTTP_TIMEOUT"}, Default: "`5s`", Doc: "discovery and JWKS fetches (the reaper's logout verification too)"},
+		{Names: []string{"AIGOV_OIDC_KEYS_REFRESH"}, Default: "`10m`", Doc: "every issuer's JWKS is refetched this often; a removed key stops verifying, cached tokens included"},
+		{Names: []string{"AIGOV_OIDC_CLOCK_SKEW"}, Default: "`30s`", Doc: "how far `nbf` and `iat` may be ahead (at most `5m`); `exp` gets none"},
+		{Names: []string{"AIGOV_OIDC_MAX_TOKEN_BYTES"}, Default: "`16384`", Doc: "larger bearer tokens are `token_too_large`, unparsed (at least `1024`)"},
+		{Names: []string{"AIGOV_AUTHN_CACHE_SIZE"}, Default: "`10000`", Doc: "verified tokens cached by SHA-256 (`-1` turns it off); gauge `aigov_authn_cache_entries`"},
+		{Names: []string{"AIGOV_AUTHN_REVOCATIONS_MAX"}, Default: "`500000`", Doc: "keys of `aigov_revocations` held in memory (a few hundred bytes each); above it every request reads the bucket instead"},
+		{Names: []string{"AIGOV_AUTHN_WORKERS"}, Default: "`32`", Doc: "requests verified at once"},
+	}}
+}
