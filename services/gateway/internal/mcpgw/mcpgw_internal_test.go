@@ -112,3 +112,13 @@ func TestVisibilityCacheIsBounded(t *testing.T) {
 		t.Error("the newest entry is missing")
 	}
 }
+
+// The configuration files compose and the dev cluster mount load as the
+// gateway loads them (deploycheck checks them against the deployments).
+func TestDeployConfigsLoad(t *testing.T) {
+	for _, p := range []string{"../../../../deploy/gateway/mcp.json", "../../../../deploy/k8s/overlays/dev/gateway-mcp.json"} {
+		if _, err := LoadFile(p); err != nil {
+			t.Errorf("%s: %v", p, err)
+		}
+	}
+}
