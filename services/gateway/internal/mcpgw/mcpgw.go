@@ -510,8 +510,10 @@ func (v *visibility) put(key string, allowed bool) {
 				delete(v.m, k)
 			}
 		}
-		for k := range v.m { // still full: drop arbitrary entries
-			if len(v.m) < v.max {
+		// Still full: drop arbitrary entries down to 90 %, so that the
+		// sweep above, O(max), runs once per max/10 puts, not on each.
+		for k := range v.m {
+			if len(v.m) < v.max-v.max/10 {
 				break
 			}
 			delete(v.m, k)
