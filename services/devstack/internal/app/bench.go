@@ -231,7 +231,7 @@ func Bench(ctx context.Context, args []string, out io.Writer) error {
 	if err := st.StartGateway(ctx, 0, 0, "AIGOV_GATEWAY_MAX_IN_FLIGHT="+strconv.Itoa(gatewayMaxInFlight)); err != nil {
 		return err
 	}
-	g, err := newGatewayCaller(st, req)
+	g, err := newGatewayCaller(st.GatewayURL(), req)
 	if err != nil {
 		return err
 	}
@@ -241,7 +241,7 @@ func Bench(ctx context.Context, args []string, out io.Writer) error {
 		}
 	}
 	if *gatewayRate > 0 {
-		return benchGatewayRate(ctx, st, g, tokens, req, *gatewayRate, *gatewayDuration, *profile, out)
+		return benchGatewayRate(ctx, st, work, tokens, req, *gatewayRate, *gatewayDuration, *profile, out)
 	}
 	return nil
 }
@@ -253,7 +253,7 @@ type gatewayCaller struct {
 	hc   *http.Client
 }
 
-func newGatewayCaller(st *stack.Stack, req schemas.Request) (*gatewayCaller, error) {
+func newGatewayCaller(base string, req schemas.Request) (*gatewayCaller, error) {
 	body, err := json.Marshal(map[string]any{"action": req.Action, "resource": req.Resource, "context": req.Context})
 	if err != nil {
 		return nil, fmt.Errorf("bench: gateway body: %w", err)
@@ -263,7 +263,7 @@ func newGatewayCaller(st *stack.Stack, req schemas.Request) (*gatewayCaller, err
 	// load generator's cost, not the gateway's.
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.MaxIdleConns, tr.MaxIdleConnsPerHost = 1024, 1024
-	return &gatewayCaller{url: st.GatewayURL() + "/v1/authorize", body: body, hc: &http.Client{Timeout: 30 * time.Second, Transport: tr}}, nil
+	return &gatewayCaller{url: base + "/v1/authorize", body: body, hc: &http.Client{Timeout: 30 * time.Second, Transport: tr}}, nil
 }
 
 func (g *gatewayCaller) authorize(ctx context.Context, token string) error {
@@ -284,100 +284,6 @@ func (g *gatewayCaller) authorize(ctx context.Context, token string) error {
 	if err := json.NewDecoder(resp.Body).Decode(&d); err != nil || resp.StatusCode != http.StatusOK || d.Decision == "" {
 		return fmt.Errorf("gateway answered %d (%v)", resp.StatusCode, err)
 	}
-	return nil
-}
-
-// gatewayBlock is how long -gateway-rate sends on one path before it
-// switches to the other: short enough that both see the stack, the
-// machine and its other load in the same state, long enough for many
-// calls per block.
-const gatewayBlock = time.Second
-
-// gatewayMaxInFlight bounds the calls -gateway-rate has open; past it the
-// sender waits, and the wait counts in the latency (measured from each
-// call's due time), so a saturated path shows as slow, never as fast.
-const gatewayMaxInFlight = 2048
-
-// benchGatewayRate measures the latency the gateway adds at an open-loop
-// rate: calls are due every 1/rate whatever the latency of earlier ones,
-// through POST /v1/authorize and directly with the SDK in alternating
-// blocks of gatewayBlock, the same requests (principal i%len(tokens)) on
-// both. The first block of each path is a warm-up and not counted.
-//
-// With profile set, the gateway's CPU profile over the measured blocks is
-// written to profile/gateway-rate/gateway.pprof (the services' beside it).
-func benchGatewayRate(ctx context.Context, st *stack.Stack, g *gatewayCaller, tokens []string, req schemas.Request, rate int, dur time.Duration, profile string, out io.Writer) error {
-	blocks := int(dur / gatewayBlock)
-	perBlock := int(int64(rate) * int64(gatewayBlock) / int64(time.Second))
-	interval := time.Second / time.Duration(rate)
-	fmt.Fprintf(out, "\n== %d calls/s open loop for %s, through the gateway and direct in alternating %s blocks (first block of each a warm-up)\n",
-		rate, dur, gatewayBlock)
-	var mu sync.Mutex
-	lat := [2][]time.Duration{make([]time.Duration, 0, blocks/2*perBlock), make([]time.Duration, 0, blocks/2*perBlock)}
-	var failures atomic.Int64
-	var firstErr atomic.Value
-	sem := make(chan struct{}, gatewayMaxInFlight)
-	var wg sync.WaitGroup
-	var profiles sync.WaitGroup
-	if profile != "" {
-		profiles.Go(func() {
-			time.Sleep(2 * gatewayBlock) // past the warm-up
-			secs := max(1, int((dur-3*gatewayBlock)/time.Second))
-			if err := profileServices(ctx, st, filepath.Join(profile, "gateway-rate"), time.Duration(secs)*time.Second, append([]string{stack.Gateway}, stack.Services...)...); err != nil {
-				fmt.Fprintln(out, "profile:", err)
-			}
-		})
-	}
-	start := time.Now()
-	for b := 0; b < blocks && ctx.Err() == nil; b++ {
-		path := b % 2 // 0: gateway, 1: direct
-		warm := b < 2
-		for i := 0; i < perBlock && ctx.Err() == nil; i++ {
-			due := start.Add(time.Duration(b)*gatewayBlock + time.Duration(i)*interval)
-			if d := time.Until(due); d > 0 {
-				time.Sleep(d)
-			}
-			sem <- struct{}{}
-			wg.Add(1)
-			tok := tokens[(b*perBlock+i)%len(tokens)]
-			go func() {
-				defer func() { <-sem; wg.Done() }()
-				var err error
-				if path == 0 {
-					err = g.authorize(ctx, tok)
-				} else {
-					_, err = st.Client.Authorize(ctx, client.Call{Token: tok, Request: req})
-				}
-				took := time.Since(due)
-				if err != nil {
-					failures.Add(1)
-					firstErr.CompareAndSwap(nil, err)
-					return
-				}
-				if !warm {
-					mu.Lock()
-					lat[path] = append(lat[path], took)
-					mu.Unlock()
-				}
-			}()
-		}
-	}
-	wg.Wait()
-	elapsed := time.Since(start)
-	profiles.Wait()
-	if n := failures.Load(); n > 0 {
-		return fmt.Errorf("bench: %d calls at %d/s without a decision, the first: %v", n, rate, firstErr.Load())
-	}
-	gw, direct := lat[0], lat[1]
-	if len(gw) == 0 || len(direct) == 0 {
-		return fmt.Errorf("bench: no calls measured at %d/s", rate)
-	}
-	slices.Sort(gw)
-	slices.Sort(direct)
-	load, _ := os.ReadFile("/proc/loadavg")
-	fmt.Fprintf(out, "gateway@%d/s p50 %s  p99 %s through POST /v1/authorize; direct (SDK) p50 %s  p99 %s; added p50 %s  p99 %s (%d + %d calls measured over %s; %d cores, load %s)\n",
-		rate, pct(gw, 0.50), pct(gw, 0.99), pct(direct, 0.50), pct(direct, 0.99), pct(gw, 0.50)-pct(direct, 0.50), pct(gw, 0.99)-pct(direct, 0.99),
-		len(gw), len(direct), elapsed.Round(time.Millisecond), runtime.NumCPU(), strings.Join(strings.Fields(string(load))[:3], " "))
 	return nil
 }
 
