@@ -101,8 +101,10 @@ images:
 		echo "== $$prefix/$$s:$$tag"; \
 		docker build -f deploy/Dockerfile --target service --build-arg SERVICE=$$s -t $$prefix/$$s:$$tag . || exit 1; \
 	done; \
-	echo "== $$prefix/demo:$$tag"; \
-	docker build -f deploy/Dockerfile --target demo -t $$prefix/demo:$$tag .
+	for t in demo mcpdemo; do \
+		echo "== $$prefix/$$t:$$tag"; \
+		docker build -f deploy/Dockerfile --target $$t -t $$prefix/$$t:$$tag . || exit 1; \
+	done
 .PHONY: images
 
 ## tidy: go mod tidy in every module

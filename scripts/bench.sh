@@ -6,6 +6,10 @@
 # days on these machines, a ratio from one run does not.
 #
 #   N=20000 RATE=0   requests of the whole-stack run (RATE=0: flat out)
+#   GATEWAY_RATE=1000 GATEWAY_DURATION=20s
+#                    then the gateway's added latency per call at this open-loop
+#                    rate: POST /v1/authorize against the SDK direct, alternating
+#                    1 s blocks (GATEWAY_RATE=0 skips)
 #   RELAY=1          ../shared/bench/jspipeline: 3 hops flat out, and p99 at 5,000/s
 #   OPA=1            ../shared/bench/opa: OPA 1.22.3 + RS256 JWT in Rego + console decision log
 #   SYNC=1           NATS fsyncs every write (sync_interval: always), the relay's too
@@ -15,6 +19,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 N="${N:-20000}"; RATE="${RATE:-0}"
+GATEWAY_RATE="${GATEWAY_RATE:-1000}"; GATEWAY_DURATION="${GATEWAY_DURATION:-20s}"
 SYNC_FLAG=(); if [ "${SYNC:-0}" = 1 ]; then SYNC_FLAG=(-sync-always); export SYNC_ALWAYS=1; fi
 SHARED="${SHARED:-$ROOT/../shared/bench}"
 OUT="${BENCH_OUT:-$(mktemp -d /tmp/aigov-bench.XXXX)}"; mkdir -p "$OUT"
@@ -47,13 +52,18 @@ if [ "${GOBENCH:-1}" = 1 ]; then
   echo "== Go benchmarks of the hot paths =="
   go test -run '^$' -bench . -benchmem -count=1 "${PKG:-github.com/aigov/aigov/...}"
 fi
-echo "== aigov, the whole stack (devstack bench -n $N -rate $RATE ${SYNC_FLAG[*]}) =="
-go run ./services/devstack bench -n "$N" -rate "$RATE" "${SYNC_FLAG[@]}" | tee "$OUT/aigov.txt"
+echo "== aigov, the whole stack (devstack bench -n $N -rate $RATE -gateway-rate $GATEWAY_RATE -gateway-duration $GATEWAY_DURATION ${SYNC_FLAG[*]}) =="
+go run ./services/devstack bench -n "$N" -rate "$RATE" -gateway-rate "$GATEWAY_RATE" -gateway-duration "$GATEWAY_DURATION" "${SYNC_FLAG[@]}" | tee "$OUT/aigov.txt"
 aigov_rate=$(awk '$1=="throughput" {print $2; exit}' "$OUT/aigov.txt")
 [ -n "$aigov_rate" ] || { echo "bench: no throughput line in the aigov run" >&2; exit 1; }
+gateway_line=$(grep -m1 '^gateway@' "$OUT/aigov.txt" || true)
+if [ "$GATEWAY_RATE" != 0 ] && [ -z "$gateway_line" ]; then echo "bench: no gateway@ line in the aigov run" >&2; exit 1; fi
 
 echo "== in this run (machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(go env GOVERSION)) =="
 printf '%-36s %s decisions/s\n' "aigov, flat out" "$aigov_rate"
+if [ -n "$gateway_line" ]; then
+  echo "gateway, added latency per call       ${gateway_line#gateway@}"
+fi
 if [ -n "$relay_rate" ]; then
   printf '%-36s %s msgs/s (p99 at 5,000/s: %s ms)\n' "bare 3-hop JetStream relay" "$relay_rate" "$relay_p99"
   awk -v a="$aigov_rate" -v r="$relay_rate" 'BEGIN {printf "aigov ÷ relay                        %.2f×\n", a/r}'

@@ -27,6 +27,9 @@ func main() {
 		err = app.Bench(ctx, args, os.Stdout)
 	case "chaos":
 		err = app.Chaos(ctx, args, os.Stdout)
+	case app.BenchClientCommand:
+		// The platform process of bench -gateway-rate.
+		err = app.BenchClient(ctx, args, os.Stdout)
 	default:
 		err = fmt.Errorf("unknown command %q: want run, bench or chaos", cmd)
 	}

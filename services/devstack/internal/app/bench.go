@@ -42,6 +42,8 @@ func Bench(ctx context.Context, args []string, out io.Writer) error {
 	gogc := fs.String("gogc", "", "GOGC of the four services (empty: Go's default, 100)")
 	drain := fs.Int("audit-drain", 0, "publish this many decision events with the audit stopped, then time how fast it writes them all")
 	gatewayN := fs.Int("gateway", 500, "then time this many requests through the gateway's HTTP API against as many sent directly, alternating, one at a time (0 skips)")
+	gatewayRate := fs.Int("gateway-rate", 1000, "then send calls open loop at this rate through the gateway's HTTP API and, in alternating 1 s blocks, directly with the SDK, and report the latency the gateway adds (0 skips)")
+	gatewayDuration := fs.Duration("gateway-duration", 20*time.Second, "how long -gateway-rate sends, both paths together")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -56,6 +58,9 @@ func Bench(ctx context.Context, args []string, out io.Writer) error {
 	}
 	if *n < 1 || *principals < 1 || *concurrency < 1 || *rate < 0 {
 		return fmt.Errorf("-n, -principals and -concurrency must be >= 1 and -rate >= 0")
+	}
+	if *gatewayRate < 0 || (*gatewayRate > 0 && *gatewayDuration < 4*gatewayBlock) {
+		return fmt.Errorf("-gateway-rate must be >= 0, and -gateway-duration at least %s (warm-up and at least one block of each path)", 4*gatewayBlock)
 	}
 	root, err := stack.FindRoot()
 	if err != nil {
@@ -217,8 +222,67 @@ func Bench(ctx context.Context, args []string, out io.Writer) error {
 	if failures.Load() > 0 || rows != uint64(decided) {
 		return fmt.Errorf("bench: %d requests without a decision, %d audit rows for %d decisions", failures.Load(), rows, decided)
 	}
+	if *gatewayN == 0 && *gatewayRate == 0 {
+		return nil
+	}
+	// The bench bounds the calls in flight on both paths alike
+	// (gatewayMaxInFlight); the gateway's own, lower default limit would
+	// shed the gateway path's calls with 503 where the direct path queues.
+	if err := st.StartGateway(ctx, 0, 0, "AIGOV_GATEWAY_MAX_IN_FLIGHT="+strconv.Itoa(gatewayMaxInFlight)); err != nil {
+		return err
+	}
+	g, err := newGatewayCaller(st.GatewayURL(), req)
+	if err != nil {
+		return err
+	}
 	if *gatewayN > 0 {
-		return benchGateway(ctx, st, tokens, req, *gatewayN, out)
+		if err := benchGateway(ctx, st, g, tokens, req, *gatewayN, out); err != nil {
+			return err
+		}
+	}
+	if *gatewayRate > 0 {
+		return benchGatewayRate(ctx, st, work, tokens, req, *gatewayRate, *gatewayDuration, *profile, out)
+	}
+	return nil
+}
+
+// gatewayCaller sends one request through POST /v1/authorize.
+type gatewayCaller struct {
+	url  string
+	body []byte
+	hc   *http.Client
+}
+
+func newGatewayCaller(base string, req schemas.Request) (*gatewayCaller, error) {
+	body, err := json.Marshal(map[string]any{"action": req.Action, "resource": req.Resource, "context": req.Context})
+	if err != nil {
+		return nil, fmt.Errorf("bench: gateway body: %w", err)
+	}
+	// Enough idle connections for an open-loop rate: with Go's default of
+	// 2 per host, most calls would open a new TCP connection, which is the
+	// load generator's cost, not the gateway's.
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.MaxIdleConns, tr.MaxIdleConnsPerHost = 1024, 1024
+	return &gatewayCaller{url: base + "/v1/authorize", body: body, hc: &http.Client{Timeout: 30 * time.Second, Transport: tr}}, nil
+}
+
+func (g *gatewayCaller) authorize(ctx context.Context, token string) error {
+	r, err := http.NewRequestWithContext(ctx, http.MethodPost, g.url, bytes.NewReader(g.body))
+	if err != nil {
+		return err
+	}
+	r.Header.Set("Authorization", "Bearer "+token)
+	r.Header.Set("Content-Type", "application/json")
+	resp, err := g.hc.Do(r)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	var d struct {
+		Decision string `json:"decision"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&d); err != nil || resp.StatusCode != http.StatusOK || d.Decision == "" {
+		return fmt.Errorf("gateway answered %d (%v)", resp.StatusCode, err)
 	}
 	return nil
 }
@@ -226,35 +290,7 @@ func Bench(ctx context.Context, args []string, out io.Writer) error {
 // benchGateway measures the latency the gateway adds: n requests through
 // POST /v1/authorize and n sent directly with the SDK, alternating and one
 // at a time, so both see the same stack in the same state.
-func benchGateway(ctx context.Context, st *stack.Stack, tokens []string, req schemas.Request, n int, out io.Writer) error {
-	if err := st.StartGateway(ctx, 0, 0); err != nil {
-		return err
-	}
-	body, err := json.Marshal(map[string]any{"action": req.Action, "resource": req.Resource, "context": req.Context})
-	if err != nil {
-		return fmt.Errorf("bench: gateway body: %w", err)
-	}
-	hc := &http.Client{Timeout: 30 * time.Second}
-	viaHTTP := func(token string) error {
-		r, err := http.NewRequestWithContext(ctx, http.MethodPost, st.GatewayURL()+"/v1/authorize", bytes.NewReader(body))
-		if err != nil {
-			return err
-		}
-		r.Header.Set("Authorization", "Bearer "+token)
-		r.Header.Set("Content-Type", "application/json")
-		resp, err := hc.Do(r)
-		if err != nil {
-			return err
-		}
-		defer resp.Body.Close()
-		var d struct {
-			Decision string `json:"decision"`
-		}
-		if err := json.NewDecoder(resp.Body).Decode(&d); err != nil || resp.StatusCode != http.StatusOK || d.Decision == "" {
-			return fmt.Errorf("gateway answered %d (%v)", resp.StatusCode, err)
-		}
-		return nil
-	}
+func benchGateway(ctx context.Context, st *stack.Stack, g *gatewayCaller, tokens []string, req schemas.Request, n int, out io.Writer) error {
 	fmt.Fprintf(out, "\n== %d requests through the gateway, %d direct, alternating, one at a time\n", n, n)
 	direct := make([]time.Duration, 0, n)
 	gw := make([]time.Duration, 0, n)
@@ -265,14 +301,14 @@ func benchGateway(ctx context.Context, st *stack.Stack, tokens []string, req sch
 			return fmt.Errorf("bench: direct request: %w", err)
 		}
 		t1 := time.Now()
-		if err := viaHTTP(tok); err != nil {
+		if err := g.authorize(ctx, tok); err != nil {
 			return fmt.Errorf("bench: gateway request: %w", err)
 		}
 		direct, gw = append(direct, t1.Sub(t0)), append(gw, time.Since(t1))
 	}
 	slices.Sort(direct)
 	slices.Sort(gw)
-	fmt.Fprintf(out, "gateway      p50 %s  p99 %s through POST /v1/authorize; direct (SDK) p50 %s  p99 %s; added p50 %s  p99 %s\n",
+	fmt.Fprintf(out, "gateway      p50 %s  p99 %s through POST /v1/authorize; direct (SDK) p50 %s  p99 %s; added p50 %s  p99 %s (one at a time)\n",
 		pct(gw, 0.50), pct(gw, 0.99), pct(direct, 0.50), pct(direct, 0.99), pct(gw, 0.50)-pct(direct, 0.50), pct(gw, 0.99)-pct(direct, 0.99))
 	return nil
 }

@@ -159,15 +159,18 @@ func (s cpuSample) gcReport(elapsed time.Duration) string {
 	return "gc           " + strings.Join(parts, ", ") + " over " + elapsed.Round(time.Millisecond).String() + "\n"
 }
 
-// profileServices takes a CPU profile of every service at once, for d,
-// into dir/<service>.pprof (`go tool pprof -top dir/policy.pprof`).
-func profileServices(ctx context.Context, st *stack.Stack, dir string, d time.Duration) error {
+// profileServices takes a CPU profile of every service at once (or of
+// the names given), for d, into dir/<service>.pprof (`go tool pprof -top dir/policy.pprof`).
+func profileServices(ctx context.Context, st *stack.Stack, dir string, d time.Duration, names ...string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
+	if len(names) == 0 {
+		names = stack.Services
+	}
 	var wg sync.WaitGroup
-	errs := make([]error, len(stack.Services))
-	for i, name := range stack.Services {
+	errs := make([]error, len(names))
+	for i, name := range names {
 		wg.Go(func() {
 			ctx, cancel := context.WithTimeout(ctx, d+10*time.Second)
 			defer cancel()

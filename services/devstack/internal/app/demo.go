@@ -149,6 +149,18 @@ func Demo(ctx context.Context, args []string, out io.Writer) error {
 			failed++
 		}
 	}
+	fmt.Fprintf(out, "\n== an agent's MCP tool calls through the gateway (%s/mcp, a go-sdk client, persona tokens)\n", st.GatewayURL())
+	calls := demo.PlayToolCalls(ctx, st, st.GatewayURL()+"/mcp", out)
+	fmt.Fprintln(out)
+	demo.PrintToolCalls(out, calls)
+	for _, c := range calls {
+		if !c.OK() {
+			failed++
+		}
+		if c.RequestID != "" {
+			ids = append(ids, c.RequestID)
+		}
+	}
 	fmt.Fprintln(out, "\n== audit analytics (ClickHouse, database aigov)")
 	if err := demo.WaitAudited(ctx, st.DB, ids, 30*time.Second); err != nil {
 		return err
@@ -159,7 +171,7 @@ func Demo(ctx context.Context, args []string, out io.Writer) error {
 		}
 	}
 	if failed > 0 {
-		return fmt.Errorf("%d scenarios or flow steps did not get the decision they must", failed)
+		return fmt.Errorf("%d scenarios, flow steps or tool calls did not get the decision they must", failed)
 	}
 	if !*keep {
 		return nil
@@ -260,11 +272,7 @@ func personaNames() string {
 // startGateway runs the gateway on its fixed ports, its MCP endpoint
 // fronting the demo upstream (mcpdemo over stdio).
 func startGateway(ctx context.Context, st *stack.Stack, work, bin string) error {
-	cfg := map[string]any{
-		"resource":              fmt.Sprintf("http://127.0.0.1:%d/mcp", demoGatewayPort),
-		"authorization_servers": []string{st.IdP.Issuer()},
-		"servers":               []map[string]any{{"name": "demo", "command": filepath.Join(bin, "mcpdemo")}},
-	}
+	cfg := demo.GatewayMCPConfig(fmt.Sprintf("http://127.0.0.1:%d/mcp", demoGatewayPort), st.IdP.Issuer(), filepath.Join(bin, "mcpdemo"))
 	b, err := json.MarshalIndent(cfg, "", "  ")
 	if err != nil {
 		return fmt.Errorf("gateway mcp config: %w", err)

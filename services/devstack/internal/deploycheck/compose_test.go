@@ -257,6 +257,7 @@ func TestMakeImages(t *testing.T) {
 		want["aigov/"+s+":dev"] = "--target service --build-arg SERVICE=" + s
 	}
 	want["aigov/demo:dev"] = "--target demo"
+	want["aigov/mcpdemo:dev"] = "--target mcpdemo"
 	for _, call := range calls {
 		f := strings.Fields(call)
 		i := slices.Index(f, "-t")
@@ -282,8 +283,8 @@ func TestMakeImages(t *testing.T) {
 		}
 		target := s.Build.Target
 		svc := s.Build.Args["SERVICE"]
-		if target == "demo" {
-			svc = "demo"
+		if target == "demo" || target == "mcpdemo" {
+			svc = target
 		}
 		if s.Image != "aigov/"+svc+":dev" {
 			t.Errorf("compose %s: image %q, built as target %s SERVICE=%s", name, s.Image, target, s.Build.Args["SERVICE"])

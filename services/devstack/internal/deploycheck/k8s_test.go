@@ -279,6 +279,8 @@ type generated struct {
 	configMaps  map[string]map[string]string // name -> key -> value ("" for files)
 	secrets     map[string]map[string]string
 	secretFiles map[string]map[string]string // name -> key -> file, relative to the repository root
+	// configMapFiles: name -> key -> file, relative to the repository root.
+	configMapFiles map[string]map[string]string
 }
 
 // generatorKey and generatorFile split a generator's files entry, "file"
@@ -299,7 +301,8 @@ func generatorFile(entry string) string {
 
 func loadGenerated(t testing.TB, ms []manifest) generated {
 	t.Helper()
-	g := generated{configMaps: map[string]map[string]string{}, secrets: map[string]map[string]string{}, secretFiles: map[string]map[string]string{}}
+	g := generated{configMaps: map[string]map[string]string{}, secrets: map[string]map[string]string{}, secretFiles: map[string]map[string]string{},
+		configMapFiles: map[string]map[string]string{}}
 	lit := func(dst map[string]string, l string) {
 		k, v, ok := strings.Cut(l, "=")
 		if !ok {
@@ -317,8 +320,12 @@ func loadGenerated(t testing.TB, ms []manifest) generated {
 			for _, l := range c.Literals {
 				lit(g.configMaps[c.Name], l)
 			}
+			if g.configMapFiles[c.Name] == nil {
+				g.configMapFiles[c.Name] = map[string]string{}
+			}
 			for _, f := range c.Files {
 				g.configMaps[c.Name][generatorKey(f)] = ""
+				g.configMapFiles[c.Name][generatorKey(f)] = path.Join(path.Dir(m.file), generatorFile(f))
 			}
 		}
 		for _, s := range k.SecretGenerator {

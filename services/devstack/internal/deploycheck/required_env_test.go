@@ -224,6 +224,9 @@ var fileVars = []struct{ svc, name, create string }{
 	{"authn", "AIGOV_NATS_TLS_CA", ""},
 	{"policy", "AIGOV_NATS_TLS_CA", ""},
 	{"reaper", "AIGOV_NATS_TLS_CA", ""},
+	{"gateway", "AIGOV_NATS_TLS_CA", ""},
+	// The MCP gateway's upstreams and trusted issuers.
+	{"gateway", "AIGOV_GATEWAY_MCP_CONFIG", ""},
 }
 
 // under reports whether p lies under directory dir.

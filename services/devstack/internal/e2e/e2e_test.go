@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"maps"
 	"os"
 	"os/exec"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/schemas/signing"
+	"github.com/aigov/aigov/services/devenv/proc"
 	"github.com/aigov/aigov/services/devstack/internal/demo"
 	"github.com/aigov/aigov/services/devstack/internal/stack"
 )
@@ -135,6 +137,7 @@ func TestPipelineEndToEnd(t *testing.T) {
 	}
 	checkApprovalRows(ctx, t, st)
 	checkWebhookNotes(t, st, steps)
+	checkToolCalls(ctx, t, st)
 
 	// Every service shuts down cleanly on SIGTERM (exit status 0).
 	stopped = true
@@ -449,5 +452,68 @@ func checkWebhookNotes(t *testing.T, st *stack.Stack, steps []demo.StepResult) {
 	}
 	if tries, rejected := st.Webhooks.Stats(); tries != len(notes)+1 || rejected != 0 {
 		t.Errorf("webhook receiver: %d tries for %d notes (want one more: the refused first), %d refused as unsigned", tries, len(notes), rejected)
+	}
+}
+
+// checkToolCalls plays the demo's MCP tool calls through the gateway, as
+// make run does (mcpdemo over stdio behind it): each row gets the decision
+// and code it must, the allowed ones the upstream's result, and every call
+// is an audited agent.tool_call.
+func checkToolCalls(ctx context.Context, t *testing.T, st *stack.Stack) {
+	t.Helper()
+	port, err := proc.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := demo.GatewayMCPConfig(fmt.Sprintf("http://127.0.0.1:%d/mcp", port), st.IdP.Issuer(), filepath.Join(built.bin, "mcpdemo"))
+	b, _ := json.Marshal(cfg)
+	path := filepath.Join(st.Dir, "gateway-mcp.json")
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.StartGateway(ctx, port, 0, "AIGOV_GATEWAY_MCP_CONFIG="+path); err != nil {
+		t.Fatal(err)
+	}
+	calls := demo.PlayToolCalls(ctx, st, st.GatewayURL()+"/mcp", testWriter{t})
+	var table strings.Builder
+	demo.PrintToolCalls(&table, calls)
+	t.Logf("agent tool calls:\n%s", table.String())
+	var ids []string
+	allowed, denied := 0, map[string]int{}
+	for _, c := range calls {
+		if !c.OK() {
+			t.Errorf("%s (%s %s): got %s %q %q (%v), want %s %q %q", c.Call.Name, c.Call.Persona, c.Call.Tool,
+				c.Decision, c.Code, c.Result, c.Err, c.Call.Decision, c.Call.Code, c.Call.Want)
+		}
+		if c.Call.Tool == "" {
+			continue
+		}
+		ids = append(ids, c.RequestID)
+		if c.Decision == schemas.Allow {
+			allowed++
+		} else {
+			denied[c.Code]++
+		}
+	}
+	// The rows the demo must show: the upstream's answers, a write query
+	// and another group's tool denied by policy, a production deploy held
+	// for approval.
+	for _, want := range []string{"fraud-detector (staging, candidate)", "1 row (read_only=true): SELECT count() FROM features", "deployed fraud-detector 7 to staging"} {
+		if !strings.Contains(table.String(), want) {
+			t.Errorf("the tool calls' table lacks the upstream's %q", want)
+		}
+	}
+	if allowed != 3 || denied[string(schemas.CodePolicyDenied)] != 3 || denied[string(schemas.CodeApprovalRequired)] != 1 {
+		t.Errorf("tool calls: %d allowed, denies %v; want 3 allowed, 3 policy_denied, 1 approval_required", allowed, denied)
+	}
+	if err := demo.WaitAudited(ctx, st.DB, ids, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	var n uint64
+	if err := st.DB.QueryRow(ctx, `SELECT count() FROM aigov.decisions FINAL WHERE has(?, request_id) AND action = 'agent.tool_call' AND resource_type = 'Tool'`, ids).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	if n != uint64(len(ids)) {
+		t.Errorf("%d agent.tool_call audit rows for %d tool calls", n, len(ids))
 	}
 }

@@ -43,6 +43,14 @@ func TestReadmeCommandsVerbatim(t *testing.T) {
 	if !run.waitFor("== aigov is serving", 5*time.Minute) {
 		t.Fatalf("make run did not come up:\n%s", run.output())
 	}
+	// The demo shows an agent's tool calls through the MCP gateway: the
+	// upstream's answers on allow, the deny codes otherwise.
+	for _, want := range []string{"AGENT CALL", "demo.sql.query", "1 row (read_only=true)", "deployed fraud-detector 7 to staging",
+		"policy_denied", "approval_required", "(not forwarded)"} {
+		if !strings.Contains(run.output(), want) {
+			t.Errorf("make run's tool calls table lacks %q", want)
+		}
+	}
 
 	// A second make run refuses, naming the first, and the first serves on.
 	second := exec.CommandContext(ctx, "make", "run", "ISSUERS=services/authn/examples/dex.yaml")

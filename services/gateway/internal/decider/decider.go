@@ -192,12 +192,17 @@ func (d *Decider) remember(id string, r remembered) {
 	d.recent[id] = r
 	for len(d.order) > d.opts.MaxRemembered {
 		delete(d.recent, d.order[0])
+		d.order[0] = ""
 		d.order = d.order[1:]
 	}
 }
 
 // expire drops the decisions past their time; they are in expiry order
-// because every one is kept equally long. The caller holds mu.
+// because every one is kept equally long. The caller holds mu. Under a
+// steady rate every call expires one: dropping it is a reslice, O(1) (a
+// copy of the window here cost ~200 µs and 160 KB per call under mu at
+// 10,000 remembered); append reallocates with only the live ids once the
+// array's end is reached, so the dead head stays bounded by the window.
 func (d *Decider) expire(now time.Time) {
 	n := 0
 	for n < len(d.order) {
@@ -205,11 +210,10 @@ func (d *Decider) expire(now time.Time) {
 			break
 		}
 		delete(d.recent, d.order[n])
+		d.order[n] = "" // the id's memory goes with its decision
 		n++
 	}
-	if n > 0 {
-		d.order = append(d.order[:0:0], d.order[n:]...)
-	}
+	d.order = d.order[n:]
 }
 
 // Remembered is how many decisions are kept for retries.

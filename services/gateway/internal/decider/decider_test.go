@@ -3,6 +3,7 @@ package decider_test
 import (
 	"context"
 	"errors"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -159,5 +160,38 @@ func TestLateDecisionAnswersTheRetry(t *testing.T) {
 	other.Token = "another-token"
 	if _, err := d.Authorize(context.Background(), other); !errors.Is(err, decider.ErrIDConflict) {
 		t.Errorf("another token's retry of a late decision: %v, want ErrIDConflict", err)
+	}
+}
+
+// BenchmarkAuthorizeSteadyExpiry is the steady state of a gateway under a
+// constant rate: the window holds MaxRemembered decisions and every call
+// expires the oldest, which must cost O(1), not a copy of the window.
+func BenchmarkAuthorizeSteadyExpiry(b *testing.B) {
+	var now atomic.Int64
+	t0 := time.Now()
+	d, err := decider.New(&counting{}, decider.Options{Remember: 10 * time.Second, MaxRemembered: 20000,
+		Now: func() time.Time { return t0.Add(time.Duration(now.Load()) * time.Millisecond) }})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx := context.Background()
+	// Fill the window: 10,000 decisions one ms apart.
+	for i := range 10000 {
+		now.Store(int64(i))
+		if _, err := d.Authorize(ctx, call("warm-"+strconv.Itoa(i), "model.retrain")); err != nil {
+			b.Fatal(err)
+		}
+	}
+	i := 10000
+	b.ReportAllocs()
+	for b.Loop() {
+		now.Store(int64(i))
+		if _, err := d.Authorize(ctx, call("id-"+strconv.Itoa(i), "model.retrain")); err != nil {
+			b.Fatal(err)
+		}
+		i++
+	}
+	if n := d.Remembered(); n < 9000 || n > 10001 {
+		b.Fatalf("%d remembered, want the 10 s window of about 10,000", n)
 	}
 }

@@ -258,22 +258,30 @@ func (a *API) serveAuthorize(w http.ResponseWriter, r *http.Request) {
 	if call.ID == "" {
 		call.ID = schemas.NewID()
 	}
-	log := a.log.With().Str("request_id", call.ID).Str("action", req.Action).Str("resource", req.Resource.String()).
-		Str("token_fp", schemas.Fingerprint(token)).Logger()
+	// The request's fields (and the token's fingerprint, a SHA-256) are
+	// added only to an event that is logged: at warn, a decided request
+	// costs no logging work.
+	logged := func(e *zerolog.Event) *zerolog.Event {
+		if !e.Enabled() {
+			return e
+		}
+		return e.Str("request_id", call.ID).Str("action", req.Action).Str("resource", req.Resource.String()).
+			Str("token_fp", schemas.Fingerprint(token))
+	}
 
 	ctx, cancel := context.WithTimeout(r.Context(), a.opts.DecisionTimeout)
 	defer cancel()
 	d, err := a.auth.Authorize(ctx, call)
 	if err != nil {
 		status, code := ErrorStatus(err)
-		log.Warn().Err(err).Int("status", status).Msg("no decision")
+		logged(a.log.Warn()).Err(err).Int("status", status).Msg("no decision")
 		a.fail(w, status, code, errorMessage(code, err), call.ID)
 		return
 	}
 	a.metrics.latency.Observe(time.Since(start).Seconds())
 	a.metrics.decisions.WithLabelValues("http", d.Decision, string(d.Code)).Inc()
 	a.metrics.requests.WithLabelValues("200", "").Inc()
-	log.Info().Str("decision", d.Decision).Str("code", string(d.Code)).Dur("took", time.Since(start)).Msg("decided")
+	logged(a.log.Info()).Str("decision", d.Decision).Str("code", string(d.Code)).Dur("took", time.Since(start)).Msg("decided")
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
 	_ = json.NewEncoder(w).Encode(ResponseOf(d))
@@ -390,7 +398,10 @@ func (a *API) decode(w http.ResponseWriter, r *http.Request) (Request, int, stri
 	if err := (schemas.Request{Action: "a.b", Resource: schemas.Resource{Type: "Model", ID: req.Resource.ID}}).Validate(); err != nil {
 		return req, http.StatusBadRequest, ErrInvalidResourceID, validation(err)
 	}
-	if req.Context != nil {
+	// Encoded, a JSON value is at most 6 times its raw bytes (a byte
+	// escaped as \u00XX), so a small body's context needs no re-encoding
+	// to be known small enough.
+	if req.Context != nil && 6*len(body) > schemas.MaxContextBytes {
 		b, err := json.Marshal(req.Context)
 		if err != nil {
 			return req, http.StatusBadRequest, ErrInvalidJSON, fmt.Errorf("context: %w", err)

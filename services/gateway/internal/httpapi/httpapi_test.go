@@ -14,6 +14,7 @@ import (
 
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/schemas/client"
+	"github.com/aigov/aigov/services/gateway/internal/decider"
 	"github.com/aigov/aigov/services/gateway/internal/httpapi"
 )
 
@@ -74,5 +75,52 @@ func TestBadInputIsRefusedWithItsCode(t *testing.T) {
 				t.Errorf("%d %+v, want %d %s with a message", rec.Code, e, tc.status, tc.code)
 			}
 		})
+	}
+}
+
+// deciding answers every call at once, as if the pipeline took no time.
+type deciding struct{}
+
+func (deciding) Authorize(_ context.Context, call client.Call) (schemas.Decision, error) {
+	return schemas.Decision{RequestID: call.ID, Decision: schemas.Allow, Action: call.Request.Action, Resource: call.Request.Resource,
+		Stage: schemas.StagePolicy, PolicyIDs: []string{"data-scientists-retrain-staging"}, PolicyVersion: "sha256:0123456789abcdef"}, nil
+}
+
+// BenchmarkAuthorizeOverHTTP is the gateway's own cost per call, what it
+// adds to the NATS path: a POST /v1/authorize over loopback HTTP through
+// the API and the idempotency layer to an authorizer that answers at
+// once. The SDK's publish and wait are not in it (a direct caller pays
+// those too).
+func BenchmarkAuthorizeOverHTTP(b *testing.B) {
+	d, err := decider.New(deciding{}, decider.Options{Remember: 2 * time.Minute, MaxRemembered: 10000})
+	if err != nil {
+		b.Fatal(err)
+	}
+	api, err := httpapi.New(d, zerolog.Nop(), prometheus.NewRegistry(),
+		httpapi.Options{DecisionTimeout: 5 * time.Second, MaxBodyBytes: 65536, MaxInFlight: 256})
+	if err != nil {
+		b.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	api.Routes(mux)
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	body := `{"action":"model.retrain","resource":{"type":"Model","id":"fraud-detector"},"context":{"environment":"staging"}}`
+	token := "eyJhbGciOiJSUzI1NiIsImtpZCI6ImRldiJ9." + strings.Repeat("x", 600) + "." + strings.Repeat("y", 342)
+	hc := srv.Client()
+	b.ReportAllocs()
+	for b.Loop() {
+		req, _ := http.NewRequest(http.MethodPost, srv.URL+"/v1/authorize", strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+token)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := hc.Do(req)
+		if err != nil {
+			b.Fatal(err)
+		}
+		var r httpapi.Response
+		if err := json.NewDecoder(resp.Body).Decode(&r); err != nil || r.Decision != schemas.Allow {
+			b.Fatalf("%d %+v %v", resp.StatusCode, r, err)
+		}
+		resp.Body.Close()
 	}
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/base64"
 	"errors"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,6 +13,7 @@ import (
 	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/auth"
+	"github.com/modelcontextprotocol/go-sdk/mcp"
 )
 
 func TestLoadFileReportsEveryViolation(t *testing.T) {
@@ -110,5 +113,63 @@ func TestVisibilityCacheIsBounded(t *testing.T) {
 	}
 	if ok, found := v.get("e"); !ok || !found {
 		t.Error("the newest entry is missing")
+	}
+}
+
+// The configuration files compose and the dev cluster mount load as the
+// gateway loads them (deploycheck checks them against the deployments).
+func TestDeployConfigsLoad(t *testing.T) {
+	for _, p := range []string{"../../../../deploy/gateway/mcp.json", "../../../../deploy/k8s/overlays/dev/gateway-mcp.json"} {
+		if _, err := LoadFile(p); err != nil {
+			t.Errorf("%s: %v", p, err)
+		}
+	}
+}
+
+// A session that never initialized (what the SDK opens for a session-less
+// probe such as server/discover, and closes after it) does not use up the
+// session budget: with MaxSessions 1 it once refused the initialize that
+// follows the probe. An initialized session does.
+func TestProbeSessionsDoNotCount(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	g := &Gateway{cfg: File{MaxSessions: 1}, server: mcp.NewServer(&mcp.Implementation{Name: "test", Version: "1"}, nil)}
+	passed := 0
+	h := g.limitSessions(http.HandlerFunc(func(http.ResponseWriter, *http.Request) { passed++ }))
+	newSession := func() int {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/mcp", strings.NewReader(`{}`)))
+		return rec.Code
+	}
+
+	probeT, _ := mcp.NewInMemoryTransports()
+	probe, err := g.server.Connect(ctx, probeT, nil) // a session that never initializes
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer probe.Close()
+	if n := g.openSessions(); n != 0 {
+		t.Errorf("%d sessions counted with only an uninitialized one open", n)
+	}
+	if code := newSession(); code != http.StatusOK || passed != 1 {
+		t.Errorf("a new session beside a probe: %d (passed %d), want it let through", code, passed)
+	}
+
+	serverT, clientT := mcp.NewInMemoryTransports()
+	ss, err := g.server.Connect(ctx, serverT, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ss.Close()
+	cs, err := mcp.NewClient(&mcp.Implementation{Name: "agent", Version: "1"}, nil).Connect(ctx, clientT, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cs.Close()
+	if n := g.openSessions(); n != 1 {
+		t.Errorf("%d sessions counted with one initialized", n)
+	}
+	if code := newSession(); code != http.StatusServiceUnavailable || passed != 1 {
+		t.Errorf("a new session at the limit: %d (passed %d), want 503", code, passed)
 	}
 }

@@ -20,7 +20,7 @@ import (
 )
 
 func main() {
-	addr := flag.String("addr", "", "serve Streamable HTTP on this address at /mcp instead of stdio")
+	addr := flag.String("addr", "", "serve Streamable HTTP on this address at /mcp (and GET /healthz) instead of stdio")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	err := run(ctx, *addr)
@@ -42,6 +42,8 @@ func run(ctx context.Context, addr string) error {
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/mcp", d.Handler())
+	// For a container's health check (deploy/healthcheck): serving.
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
