@@ -420,22 +420,7 @@ func TestLapsedApprovalRequestsAreSwept(t *testing.T) {
 // denied approval_used.
 func TestApprovalAllowsStatedUses(t *testing.T) {
 	t.Parallel()
-	files, err := engine.ReadDir(policyDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i, f := range files {
-		if f.Name == "models.cedar" {
-			files[i].Data = bytes.ReplaceAll(f.Data, []byte(`@uses("1")`), []byte(`@uses("2")`))
-		}
-	}
-	set, err := engine.Compile(files)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := newHarness(t, 2)
-	h.svc.seed = set
-	h.start(t)
+	h := startWithModelsEdit(t, `@uses("1")`, `@uses("2")`)
 	churn := schemas.Resource{Type: "Model", ID: "churn-predictor"}
 	ctx := map[string]any{"environment": "production", "model_version": "v13"}
 	deploy := func(reqID string) schemas.Decision {
@@ -463,19 +448,17 @@ func TestApprovalAllowsStatedUses(t *testing.T) {
 	}
 }
 
-// TestApprovalRejectionsAsStated: with @rejections("2") one objection
-// does not end a request. It is recorded as an event of its own, withdraws
-// that reviewer's grant and bars their granting again; the second
-// distinct rejection ends it, and the retry opens a new request.
-func TestApprovalRejectionsAsStated(t *testing.T) {
-	t.Parallel()
+// startWithModelsEdit starts a harness whose seed is the repository's
+// policies with old replaced by new in models.cedar.
+func startWithModelsEdit(t *testing.T, old, new string) *harness {
+	t.Helper()
 	files, err := engine.ReadDir(policyDir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for i, f := range files {
 		if f.Name == "models.cedar" {
-			files[i].Data = bytes.ReplaceAll(f.Data, []byte(`@uses("1")`), []byte(`@uses("1") @rejections("2")`))
+			files[i].Data = bytes.ReplaceAll(f.Data, []byte(old), []byte(new))
 		}
 	}
 	set, err := engine.Compile(files)
@@ -485,6 +468,16 @@ func TestApprovalRejectionsAsStated(t *testing.T) {
 	h := newHarness(t, 2)
 	h.svc.seed = set
 	h.start(t)
+	return h
+}
+
+// TestApprovalRejectionsAsStated: with @rejections("2") one objection
+// does not end a request. It is recorded as an event of its own, withdraws
+// that reviewer's grant and bars their granting again; the second
+// distinct rejection ends it, and the retry opens a new request.
+func TestApprovalRejectionsAsStated(t *testing.T) {
+	t.Parallel()
+	h := startWithModelsEdit(t, `@uses("1")`, `@uses("1") @rejections("2")`)
 	churn := schemas.Resource{Type: "Model", ID: "churn-predictor"}
 	ctx := map[string]any{"environment": "production", "model_version": "v14"}
 	deploy := func(reqID string) schemas.Decision {
