@@ -41,13 +41,19 @@ func renderCodes(t *testing.T) string {
 
 // docs/decisions.md lists exactly the codes of schemas/codes.go.
 func TestDenyCodesDoc(t *testing.T) {
-	const rel = "docs/decisions.md"
+	checkGeneratedSection(t, "docs/decisions.md", codesBegin, codesEnd, renderCodes(t), "deny codes differ from schemas/codes.go")
+}
+
+// checkGeneratedSection compares the part of the file rel between the
+// markers begin and end with generated, or writes it with -update.
+func checkGeneratedSection(t *testing.T, rel, begin, end, generated, differ string) {
+	t.Helper()
 	doc := string(readFile(t, rel))
-	i, j := strings.Index(doc, codesBegin), strings.Index(doc, codesEnd)
+	i, j := strings.Index(doc, begin), strings.Index(doc, end)
 	if i < 0 || j < i {
-		t.Fatalf("%s has no generated deny code table (markers %q … %q)", rel, codesBegin, codesEnd)
+		t.Fatalf("%s has no generated section (markers %q … %q)", rel, begin, end)
 	}
-	want := doc[:i+len(codesBegin)] + renderCodes(t) + doc[j:]
+	want := doc[:i+len(begin)] + generated + doc[j:]
 	if *update {
 		if err := os.WriteFile(repoPath(t, rel), []byte(want), 0o644); err != nil {
 			t.Fatal(err)
@@ -55,6 +61,6 @@ func TestDenyCodesDoc(t *testing.T) {
 		return
 	}
 	if doc != want {
-		t.Errorf("%s's deny codes differ from schemas/codes.go; regenerate with\n  make generate", rel)
+		t.Errorf("%s: %s; regenerate with\n  make generate", rel, differ)
 	}
 }

@@ -3,7 +3,6 @@ package deploycheck
 import (
 	"encoding/json"
 	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -80,20 +79,5 @@ func renderSettings(t *testing.T) string {
 // a service that reads an undeclared variable fails at start (Env.Declare),
 // so the reference is complete.
 func TestSettingsDoc(t *testing.T) {
-	const rel = "docs/configuration.md"
-	doc := string(readFile(t, rel))
-	i, j := strings.Index(doc, settingsBegin), strings.Index(doc, settingsEnd)
-	if i < 0 || j < i {
-		t.Fatalf("%s has no generated settings (markers %q … %q)", rel, settingsBegin, settingsEnd)
-	}
-	want := doc[:i+len(settingsBegin)] + renderSettings(t) + doc[j:]
-	if *update {
-		if err := os.WriteFile(repoPath(t, rel), []byte(want), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	if doc != want {
-		t.Errorf("%s's settings differ from the services' declarations; regenerate with\n  make generate", rel)
-	}
+	checkGeneratedSection(t, "docs/configuration.md", settingsBegin, settingsEnd, renderSettings(t), "settings differ from the services' declarations")
 }
