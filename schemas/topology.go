@@ -194,6 +194,19 @@ const ApprovalRequestsMaxAge = 30 * 24 * time.Hour
 // is at most MaxContextBytes).
 const MaxApprovalRequestBytes = 64 << 10
 
+// BucketSubjectKeys holds one AES-256 key per data subject (issuer and
+// subject), under its personal.SubjectKeyID: the key that seals the
+// person's email, name and personal context fields in every retained
+// stream and audit table. Purging a key erases the person everywhere at
+// once (crypto-shredding). authn creates keys, policy reads them to decide
+// and purges one after an approved privacy.erase, the operator reads them
+// for a subject access export; no other role reaches the bucket.
+func (t Topology) BucketSubjectKeys() string { return strings.ToLower(t.name("subject_keys")) }
+
+// MaxSubjectKeyBytes bounds one stored subject key message (a 32-byte
+// key; the limit counts the subject and headers too).
+const MaxSubjectKeyBytes = 1024
+
 // PolicyActiveKey is the key of the active set in BucketPolicy.
 const PolicyActiveKey = "active"
 
@@ -368,6 +381,10 @@ func (t Topology) Buckets() []jetstream.KeyValueConfig {
 		// Each approval carries its own TTL; the bucket TTL is the outer bound.
 		{Bucket: t.BucketApprovals(), Description: "granted approvals, one per approver and request digest", History: 1, Storage: jetstream.FileStorage, Replicas: t.Replicas, TTL: 7 * 24 * time.Hour, LimitMarkerTTL: t.MarkerTTL},
 		{Bucket: t.BucketApprovalRequests(), Description: "approval requests and their lifecycle (pending, approved, rejected, expired, used)", History: 1, Storage: jetstream.FileStorage, Replicas: t.Replicas, TTL: ApprovalRequestsMaxAge, MaxValueSize: MaxApprovalRequestBytes},
+		// History 1 and no TTL: a key lives until its subject is erased,
+		// and an erasure (a purge) leaves no earlier revision behind. The
+		// replicas hold the same stream and are purged with it.
+		{Bucket: t.BucketSubjectKeys(), Description: "per-subject encryption keys; purging one erases that person (crypto-shredding)", History: 1, Storage: jetstream.FileStorage, Replicas: t.Replicas, MaxValueSize: MaxSubjectKeyBytes},
 	}
 }
 
@@ -556,7 +573,9 @@ func (t Topology) Grant(role string) (Grant, error) {
 			Publish:   []string{s.All(KindVerified), s.All(KindDecision)},
 			Replies:   true,
 			ReadKV:    []string{t.BucketRevocations()},
-			WriteKV:   []string{t.BucketTokenIDs()},
+			// Subject keys: authn seals personal fields first, so it
+			// creates a subject's key (create-if-absent).
+			WriteKV: []string{t.BucketTokenIDs(), t.BucketSubjectKeys()},
 			// A redelivered request's deny may be a duplicate of one
 			// stored before: the reply carries the stored one. A retry
 			// reads the verified event stored for its request id first,
@@ -570,8 +589,11 @@ func (t Topology) Grant(role string) (Grant, error) {
 			Replies:   true,
 			// Revocations: the re-check at decision time. Entities are
 			// written only to seed an empty store from policies/.
+			// Subject keys: policy opens sealed fields to decide, and purges
+			// a subject's key once a privacy.erase is allowed (with its
+			// approvals): no human credential can erase anyone.
 			ReadKV:  []string{t.BucketPolicyProposals(), t.BucketRevocations()},
-			WriteKV: []string{t.BucketPolicy(), t.BucketApprovals(), t.BucketEntities(), t.BucketApprovalRequests()},
+			WriteKV: []string{t.BucketPolicy(), t.BucketApprovals(), t.BucketEntities(), t.BucketApprovalRequests(), t.BucketSubjectKeys()},
 			// As authn: a reply to a redelivered request carries the
 			// decision stored first, not one decided again.
 			ReadStreams: []string{t.StreamDecisions()},
@@ -609,9 +631,11 @@ func (t Topology) Grant(role string) (Grant, error) {
 		// audit verify): it stages policy sets and edits the entity
 		// store, reads the active set and the checkpoints, and sends
 		// governed requests.
+		// It reads the subject keys for a subject access export (aigov
+		// privacy export), never writes them: erasure is policy's.
 		return Grant{
 			Publish:     []string{s.All(KindRequest)},
-			ReadKV:      []string{t.BucketPolicy(), t.BucketApprovalRequests()},
+			ReadKV:      []string{t.BucketPolicy(), t.BucketApprovalRequests(), t.BucketSubjectKeys()},
 			WriteKV:     []string{t.BucketPolicyProposals(), t.BucketEntities()},
 			ReadStreams: []string{t.StreamAuditCheckpoints(), "KV_" + t.LegacyBucketAuditCheckpoints()},
 		}, nil

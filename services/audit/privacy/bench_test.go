@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"testing"
 
+	"github.com/aigov/aigov/schemas/personal"
 	"github.com/aigov/aigov/services/audit/privacy"
 )
 
@@ -11,11 +12,11 @@ import (
 // email address) under its subject's key: what the writer would add per
 // encrypted field of an event, besides the key lookup.
 func BenchmarkEncryptField(b *testing.B) {
-	key := bytes.Repeat([]byte{3}, privacy.KeySize)
-	id := privacy.SubjectKeyID("https://idp.example", "alice")
+	key := bytes.Repeat([]byte{3}, personal.KeySize)
+	id := personal.SubjectKeyID("https://idp.example", "alice")
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, err := privacy.Encrypt(key, id, "email", "alice@example.com"); err != nil {
+		if _, err := personal.Encrypt(key, id, "email", "alice@example.com"); err != nil {
 			b.Fatal(err)
 		}
 	}

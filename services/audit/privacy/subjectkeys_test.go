@@ -9,7 +9,8 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/aigov/aigov/services/audit/privacy"
+	"github.com/aigov/aigov/schemas"
+	"github.com/aigov/aigov/schemas/personal"
 	"github.com/aigov/aigov/services/devenv/natsdev"
 )
 
@@ -35,7 +36,7 @@ func TestSubjectKeysCryptoShredding(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	keys := privacy.NewSubjectKeys(kv)
+	keys := personal.NewSubjectKeys(kv)
 	const iss = "https://idp.example"
 	ka, ida, err := keys.GetOrCreate(ctx, iss, "alice")
 	if err != nil {
@@ -49,35 +50,35 @@ func TestSubjectKeysCryptoShredding(t *testing.T) {
 	if err != nil || ida == idb {
 		t.Fatalf("bob's key: %v, same id %v", err, ida == idb)
 	}
-	ca, err := privacy.Encrypt(ka, ida, "email", "alice@example.com")
+	ca, err := personal.Encrypt(ka, ida, "email", "alice@example.com")
 	if err != nil {
 		t.Fatal(err)
 	}
-	cb, err := privacy.Encrypt(kb, idb, "email", "bob@example.com")
+	cb, err := personal.Encrypt(kb, idb, "email", "bob@example.com")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if strings.Contains(ca, "alice") || !strings.HasPrefix(ca, privacy.CipherPrefix) {
+	if strings.Contains(ca, "alice") || !strings.HasPrefix(ca, personal.CipherPrefix) {
 		t.Fatalf("ciphertext %q", ca)
 	}
-	if id, ok := privacy.CipherKeyID(ca); !ok || id != ida {
+	if id, ok := personal.CipherKeyID(ca); !ok || id != ida {
 		t.Fatalf("CipherKeyID = %q, %v", id, ok)
 	}
-	if p, err := privacy.Decrypt(ka, "email", ca); err != nil || p != "alice@example.com" {
+	if p, err := personal.Decrypt(ka, "email", ca); err != nil || p != "alice@example.com" {
 		t.Fatalf("decrypt: %q, %v", p, err)
 	}
 	// Bound to its field and key.
-	if _, err := privacy.Decrypt(ka, "name", ca); err == nil {
+	if _, err := personal.Decrypt(ka, "name", ca); err == nil {
 		t.Fatal("a value decrypted as another field")
 	}
-	if _, err := privacy.Decrypt(kb, "email", ca); err == nil {
+	if _, err := personal.Decrypt(kb, "email", ca); err == nil {
 		t.Fatal("alice's value decrypted with bob's key")
 	}
 
 	if _, err := keys.Erase(ctx, iss, "alice"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := keys.Get(ctx, ida); !errors.Is(err, privacy.ErrErased) {
+	if _, err := keys.Get(ctx, ida); !errors.Is(err, personal.ErrErased) {
 		t.Fatalf("alice's key after erase: %v, want ErrErased", err)
 	}
 	// No revision of the key is left in the bucket's stream.
@@ -91,7 +92,130 @@ func TestSubjectKeysCryptoShredding(t *testing.T) {
 	if kb2, err := keys.Get(ctx, idb); err != nil || string(kb2) != string(kb) {
 		t.Fatalf("bob's key after alice's erasure: %v", err)
 	}
-	if p, err := privacy.Decrypt(kb, "email", cb); err != nil || p != "bob@example.com" {
+	if p, err := personal.Decrypt(kb, "email", cb); err != nil || p != "bob@example.com" {
 		t.Fatalf("bob's value after alice's erasure: %q, %v", p, err)
 	}
+}
+
+// TestSealOpenAndCacheErasure, on an embedded NATS server with the real
+// topology's bucket: authn's sealer seals the email, name and a personal
+// context field (nothing readable left), policy's Open gives them back;
+// a cached key is dropped as soon as it is erased, in another process's
+// cache too, so Open then fails with ErrErased; another subject is
+// unaffected; a value sealed for one subject does not open as another's.
+func TestSealOpenAndCacheErasure(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	ns := natsdev.StartT(t, natsdev.Options{})
+	nc, err := ns.Connect(natsdev.AdminUser)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	topo := schemas.NewTopology("aigov")
+	kv, err := js.KeyValue(ctx, topo.BucketSubjectKeys())
+	if err != nil {
+		t.Fatal(err)
+	}
+	writer, reader := personal.NewCache(kv, 2), personal.NewCache(kv, 2)
+	for _, c := range []*personal.Cache{writer, reader} {
+		wctx, stop := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() { defer close(done); _ = c.Run(wctx) }()
+		t.Cleanup(func() { stop(); <-done })
+	}
+	waitFor(t, func() bool { return writer.Watching() && reader.Watching() })
+	sealer := personal.NewSealer(writer, []string{"SSN"})
+	const iss = "https://idp.example"
+	alice := schemas.Principal{ID: schemas.PrincipalID(iss, "alice"), Issuer: iss, Subject: "alice", Email: "alice@example.com", Name: "Alice Liddell"}
+	bob := schemas.Principal{ID: schemas.PrincipalID(iss, "bob"), Issuer: iss, Subject: "bob", Email: "bob@example.com"}
+	in := map[string]any{"ssn": "078-05-1120", "environment": "production"}
+	sa := alice
+	ca, err := sealer.Seal(ctx, &sa, in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if in["ssn"] != "078-05-1120" {
+		t.Fatal("Seal changed its input map")
+	}
+	for _, v := range []string{sa.Email, sa.Name, ca["ssn"].(string)} {
+		if !strings.HasPrefix(v, personal.CipherPrefix) || strings.Contains(v, "alice") || strings.Contains(v, "078") {
+			t.Fatalf("sealed value %q", v)
+		}
+	}
+	if ca["environment"] != "production" {
+		t.Fatalf("a field not configured personal was sealed: %v", ca["environment"])
+	}
+	sb := bob
+	if _, err := sealer.Seal(ctx, &sb, nil); err != nil {
+		t.Fatal(err)
+	}
+
+	oa := sa
+	opened, err := personal.Open(ctx, reader, &oa, ca)
+	if err != nil || oa.Email != alice.Email || oa.Name != alice.Name || opened["ssn"] != "078-05-1120" {
+		t.Fatalf("Open: %v %q %q %v", err, oa.Email, oa.Name, opened["ssn"])
+	}
+	if reader.Len() != 1 {
+		t.Fatalf("reader caches %d keys, want 1", reader.Len())
+	}
+	// Alice's sealed email in bob's event: refused, not opened.
+	forged := sb
+	forged.Email = sa.Email
+	if _, err := personal.Open(ctx, reader, &forged, nil); !errors.Is(err, personal.ErrWrongSubject) {
+		t.Fatalf("another subject's value: %v, want ErrWrongSubject", err)
+	}
+
+	if _, err := writer.Store().Erase(ctx, iss, "alice"); err != nil {
+		t.Fatal(err)
+	}
+	// Both caches drop it on the watch, without a lookup.
+	waitFor(t, func() bool { return reader.Len() == 1 && writer.Len() == 1 }) // bob's only
+	oa = sa
+	if _, err := personal.Open(ctx, reader, &oa, ca); !errors.Is(err, personal.ErrErased) {
+		t.Fatalf("Open after erasure: %v, want ErrErased", err)
+	}
+	ob := sb
+	if _, err := personal.Open(ctx, reader, &ob, nil); err != nil || ob.Email != bob.Email {
+		t.Fatalf("bob after alice's erasure: %v %q", err, ob.Email)
+	}
+	// Alice comes back: a new key, under which the old values still do
+	// not open.
+	again := alice
+	if _, err := sealer.Seal(ctx, &again, nil); err != nil {
+		t.Fatal(err)
+	}
+	oa = sa
+	if _, err := personal.Open(ctx, reader, &oa, ca); !errors.Is(err, personal.ErrUnreadable) {
+		t.Fatalf("old value under alice's new key: %v, want ErrUnreadable", err)
+	}
+	// Bounded: a third subject in a cache of two evicts one.
+	third := schemas.Principal{Issuer: iss, Subject: "carol", Email: "carol@example.com"}
+	if _, err := sealer.Seal(ctx, &third, nil); err != nil {
+		t.Fatal(err)
+	}
+	if n := writer.Len(); n > 2 {
+		t.Fatalf("cache of 2 holds %d keys", n)
+	}
+	if k, ok := personal.ReservedField(map[string]any{"x": 1, "note": personal.CipherPrefix + "abc"}); !ok || k != "note" {
+		t.Fatalf("ReservedField = %q, %v", k, ok)
+	}
+	if got := sealer.Redact(map[string]any{"Ssn": "1", "a": "b"}); got["Ssn"] != personal.Redacted || got["a"] != "b" {
+		t.Fatalf("Redact = %v", got)
+	}
+}
+
+func waitFor(t *testing.T, ok func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if ok() {
+			return
+		}
+	}
+	t.Fatal("condition not met within 10s")
 }

@@ -1,4 +1,10 @@
-package privacy
+// Package personal encrypts a data subject's personal fields under a key
+// of their own (AES-256-GCM), held in a JetStream KV bucket: destroying
+// the key erases the person from every stored copy at once
+// (crypto-shredding), while the stored ciphertext, and the audit's hash
+// chain over it, stay intact. authn seals events before they reach any
+// retained stream; policy and the operator's export open them.
+package personal
 
 import (
 	"context"
@@ -105,6 +111,9 @@ func newGCM(key []byte) (cipher.AEAD, error) {
 	return gcm, nil
 }
 
+// KeySize is the length of a subject key in bytes (AES-256).
+const KeySize = 32
+
 // SubjectKeys is the store of per-subject keys: a JetStream KV bucket, one
 // key per data subject (SubjectKeyID), readable only by the audit and the
 // erasure role. Erasing a subject deletes and purges its key, after which
@@ -161,13 +170,31 @@ func (s *SubjectKeys) get(ctx context.Context, keyID string) ([]byte, error) {
 	return e.Value(), nil
 }
 
-// Erase destroys the key of issuer+subject: a purge, which removes every
-// stored revision of the key (KV buckets allow rollups), so no history
-// keeps it. Erasing a subject with no key is not an error.
+// Erase destroys the key of issuer+subject (EraseID).
 func (s *SubjectKeys) Erase(ctx context.Context, issuer, subject string) (keyID string, err error) {
 	keyID = SubjectKeyID(issuer, subject)
-	if err := s.kv.Purge(ctx, keyID); err != nil {
-		return keyID, fmt.Errorf("erase subject key %s: %w", keyID, err)
+	return keyID, s.EraseID(ctx, keyID)
+}
+
+// EraseID destroys the key with id keyID: a purge, which removes every
+// stored revision of the key (KV buckets allow rollups), so no history
+// keeps it; what is left is a purge marker without a value. Erasing a
+// subject with no key is not an error.
+func (s *SubjectKeys) EraseID(ctx context.Context, keyID string) error {
+	if !ValidKeyID(keyID) {
+		return fmt.Errorf("erase subject key: %q is not a subject key id (64 hex digits)", keyID)
 	}
-	return keyID, nil
+	if err := s.kv.Purge(ctx, keyID); err != nil {
+		return fmt.Errorf("erase subject key %s: %w", keyID, err)
+	}
+	return nil
+}
+
+// ValidKeyID reports whether id has the shape of a SubjectKeyID.
+func ValidKeyID(id string) bool {
+	if len(id) != 2*sha256.Size {
+		return false
+	}
+	_, err := hex.DecodeString(id)
+	return err == nil && strings.ToLower(id) == id
 }
