@@ -273,7 +273,7 @@ func (t Topology) Streams() []jetstream.StreamConfig {
 	dlq.MaxMsgSize = MaxDeadLetterBytes
 	out = append(out, dlq)
 	gov := base(t.StreamGovernance(), s.All(KindPolicy), t.EventMaxAge)
-	gov.Subjects = append(gov.Subjects, s.All(KindEntity), s.All(KindApproval))
+	gov.Subjects = append(gov.Subjects, s.All(KindEntity), s.All(KindApproval), s.All(KindPrivacy))
 	out = append(out, gov)
 	// The checkpoints: never aged out (a checkpoint must outlive the rows
 	// it vouches for), the newest CheckpointHistory of each stream kept.
@@ -585,7 +585,7 @@ func (t Topology) Grant(role string) (Grant, error) {
 	case RolePolicy:
 		return Grant{
 			Consumers: []string{ConsumerPolicy},
-			Publish:   []string{s.All(KindDecision), s.All(KindPolicy), s.All(KindEntity), s.All(KindApproval)},
+			Publish:   []string{s.All(KindDecision), s.All(KindPolicy), s.All(KindEntity), s.All(KindApproval), s.All(KindPrivacy)},
 			Replies:   true,
 			// Revocations: the re-check at decision time. Entities are
 			// written only to seed an empty store from policies/.
