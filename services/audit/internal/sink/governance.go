@@ -196,7 +196,7 @@ func erasureRow(ev schemas.Event, raw []byte, md meta) (changeRow, error) {
 	if e.ApprovalID != "" {
 		summary += "; approval " + e.ApprovalID + " by " + strings.Join(e.Approvals, ",")
 	}
-	return changeRow{EventID: ev.ID, Type: ev.Type, Kind: ChangePrivacy, Version: e.SubjectKeyID, Previous: e.PolicyVersion,
+	return changeRow{EventID: ev.ID, Type: ev.Type, Kind: ChangePrivacy, Version: e.SubjectKeyID,
 		ChangedBy: e.By, EntityType: schemas.DataSubjectsType, EntityID: schemas.DataSubjectsID, Summary: truncate(summary, 4000),
 		Time: ev.Time.UTC(), TimeUS: micros(ev.Time), Data: string(raw), Subject: md.Subject, Stream: md.Stream, Seq: md.Seq}, nil
 }
