@@ -26,7 +26,7 @@ type Cache struct {
 	max   int
 
 	mu       sync.Mutex
-	keys     map[string][]byte
+	keys     map[string]*Key
 	gen      uint64 // bumped by every erasure seen, and when the watch stops
 	watching bool
 }
@@ -37,7 +37,7 @@ func NewCache(kv jetstream.KeyValue, max int) *Cache {
 	if max <= 0 {
 		max = DefaultCacheSize
 	}
-	return &Cache{store: NewSubjectKeys(kv), kv: kv, max: max, keys: map[string][]byte{}}
+	return &Cache{store: NewSubjectKeys(kv), kv: kv, max: max, keys: map[string]*Key{}}
 }
 
 // Store is the bucket behind the cache.
@@ -52,35 +52,42 @@ func (c *Cache) Len() int {
 
 // KeyFor returns issuer+subject's key, creating it on first use (the
 // writer that first stores their personal data: authn).
-func (c *Cache) KeyFor(ctx context.Context, issuer, subject string) (key []byte, keyID string, err error) {
-	keyID = SubjectKeyID(issuer, subject)
-	k, gen, ok := c.cached(keyID)
-	if ok {
-		return k, keyID, nil
-	}
-	if key, _, err = c.store.GetOrCreate(ctx, issuer, subject); err != nil {
-		return nil, keyID, err
-	}
-	c.put(keyID, key, gen)
-	return key, keyID, nil
-}
-
-// Get returns the key with id keyID, or an error wrapping ErrErased when
-// there is none (readers: policy, the export).
-func (c *Cache) Get(ctx context.Context, keyID string) ([]byte, error) {
+func (c *Cache) KeyFor(ctx context.Context, issuer, subject string) (*Key, error) {
+	keyID := SubjectKeyID(issuer, subject)
 	k, gen, ok := c.cached(keyID)
 	if ok {
 		return k, nil
 	}
-	k, err := c.store.Get(ctx, keyID)
+	raw, _, err := c.store.GetOrCreate(ctx, issuer, subject)
 	if err != nil {
+		return nil, err
+	}
+	if k, err = NewKey(keyID, raw); err != nil {
 		return nil, err
 	}
 	c.put(keyID, k, gen)
 	return k, nil
 }
 
-func (c *Cache) cached(keyID string) ([]byte, uint64, bool) {
+// Get returns the key with id keyID, or an error wrapping ErrErased when
+// there is none (readers: policy, the export).
+func (c *Cache) Get(ctx context.Context, keyID string) (*Key, error) {
+	k, gen, ok := c.cached(keyID)
+	if ok {
+		return k, nil
+	}
+	raw, err := c.store.Get(ctx, keyID)
+	if err != nil {
+		return nil, err
+	}
+	if k, err = NewKey(keyID, raw); err != nil {
+		return nil, err
+	}
+	c.put(keyID, k, gen)
+	return k, nil
+}
+
+func (c *Cache) cached(keyID string) (*Key, uint64, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	k, ok := c.keys[keyID]
@@ -89,7 +96,7 @@ func (c *Cache) cached(keyID string) ([]byte, uint64, bool) {
 
 // put caches a key read under generation gen, unless an erasure was seen
 // since (the key read may be the one just erased) or no watch runs.
-func (c *Cache) put(keyID string, key []byte, gen uint64) {
+func (c *Cache) put(keyID string, key *Key, gen uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if !c.watching || c.gen != gen {

@@ -45,17 +45,45 @@ func aad(keyID, field string) []byte { return []byte("aigov-enc-v1\x00" + keyID 
 
 // Encrypt seals plaintext for field under key (32 bytes, AES-256-GCM).
 func Encrypt(key []byte, keyID, field, plaintext string) (string, error) {
-	gcm, err := newGCM(key)
+	k, err := NewKey(keyID, key)
 	if err != nil {
 		return "", err
 	}
+	return k.Seal(field, plaintext)
+}
+
+// Key is a subject key ready to seal and open: its AES-GCM state is built
+// once, not per value (what a Cache holds).
+type Key struct {
+	id   string
+	aead cipher.AEAD
+}
+
+// NewKey prepares key (KeySize bytes) with id keyID.
+func NewKey(keyID string, key []byte) (*Key, error) {
+	gcm, err := newGCM(key)
+	if err != nil {
+		return nil, err
+	}
+	return &Key{id: keyID, aead: gcm}, nil
+}
+
+// ID is the key's id (SubjectKeyID).
+func (k *Key) ID() string { return k.id }
+
+// Seal encrypts plaintext for field.
+func (k *Key) Seal(field, plaintext string) (string, error) {
+	gcm := k.aead
 	nonce := make([]byte, gcm.NonceSize(), gcm.NonceSize()+len(plaintext)+gcm.Overhead())
 	if _, err := rand.Read(nonce); err != nil {
 		return "", fmt.Errorf("encrypt: nonce: %w", err)
 	}
-	sealed := gcm.Seal(nonce, nonce, []byte(plaintext), aad(keyID, field))
-	return CipherPrefix + keyID + ":" + base64.RawStdEncoding.EncodeToString(sealed), nil
+	sealed := gcm.Seal(nonce, nonce, []byte(plaintext), aad(k.id, field))
+	return CipherPrefix + k.id + ":" + base64.RawStdEncoding.EncodeToString(sealed), nil
 }
+
+// Open decrypts a value Seal sealed for field.
+func (k *Key) Open(field, v string) (string, error) { return open(k.aead, field, v) }
 
 // CipherKeyID returns the key id of an encrypted value, or false when v is
 // not one.
@@ -70,6 +98,14 @@ func CipherKeyID(v string) (string, bool) {
 
 // Decrypt opens a value Encrypt sealed for field under key.
 func Decrypt(key []byte, field, v string) (string, error) {
+	gcm, err := newGCM(key)
+	if err != nil {
+		return "", err
+	}
+	return open(gcm, field, v)
+}
+
+func open(gcm cipher.AEAD, field, v string) (string, error) {
 	rest, ok := strings.CutPrefix(v, CipherPrefix)
 	if !ok {
 		return "", errors.New("decrypt: not an encrypted value")
@@ -81,10 +117,6 @@ func Decrypt(key []byte, field, v string) (string, error) {
 	sealed, err := base64.RawStdEncoding.DecodeString(body)
 	if err != nil {
 		return "", fmt.Errorf("decrypt: %w", err)
-	}
-	gcm, err := newGCM(key)
-	if err != nil {
-		return "", err
 	}
 	if len(sealed) < gcm.NonceSize()+gcm.Overhead() {
 		return "", errors.New("decrypt: value too short")

@@ -64,17 +64,17 @@ func (s *Sealer) Seal(ctx context.Context, p *schemas.Principal, c map[string]an
 	if p.Email == "" && p.Name == "" && !s.anyPersonal(c) {
 		return c, nil
 	}
-	key, keyID, err := s.keys.KeyFor(ctx, p.Issuer, p.Subject)
+	key, err := s.keys.KeyFor(ctx, p.Issuer, p.Subject)
 	if err != nil {
 		return nil, fmt.Errorf("subject key of %s: %w", p.ID, err)
 	}
 	if p.Email != "" {
-		if p.Email, err = Encrypt(key, keyID, FieldEmail, p.Email); err != nil {
+		if p.Email, err = key.Seal(FieldEmail, p.Email); err != nil {
 			return nil, err
 		}
 	}
 	if p.Name != "" {
-		if p.Name, err = Encrypt(key, keyID, FieldName, p.Name); err != nil {
+		if p.Name, err = key.Seal(FieldName, p.Name); err != nil {
 			return nil, err
 		}
 	}
@@ -91,7 +91,7 @@ func (s *Sealer) Seal(ctx context.Context, p *schemas.Principal, c map[string]an
 		if err != nil {
 			return nil, fmt.Errorf("seal context.%s: %w", k, err)
 		}
-		if out[k], err = Encrypt(key, keyID, FieldContextPrefix+k, string(b)); err != nil {
+		if out[k], err = key.Seal(FieldContextPrefix+k, string(b)); err != nil {
 			return nil, err
 		}
 	}
@@ -145,7 +145,7 @@ var ErrUnreadable = errors.New("sealed value does not open")
 
 // KeyGetter reads subject keys by id (a Cache).
 type KeyGetter interface {
-	Get(ctx context.Context, keyID string) ([]byte, error)
+	Get(ctx context.Context, keyID string) (*Key, error)
 }
 
 // Sealed reports whether p or c hold a sealed value.
@@ -178,7 +178,7 @@ func Open(ctx context.Context, keys KeyGetter, p *schemas.Principal, c map[strin
 		if id, _ := CipherKeyID(v); id != keyID {
 			return "", fmt.Errorf("%s: %w", field, ErrWrongSubject)
 		}
-		plain, err := Decrypt(key, field, v)
+		plain, err := key.Open(field, v)
 		if err != nil {
 			return "", fmt.Errorf("%s: %w: %v", field, ErrUnreadable, err)
 		}
