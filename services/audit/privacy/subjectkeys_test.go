@@ -219,3 +219,59 @@ func waitFor(t *testing.T, ok func() bool) {
 	}
 	t.Fatal("condition not met within 10s")
 }
+
+// TestKeyCreationRace: many writers (two processes' caches, several
+// workers each) seeing a new subject at once agree on one key: KV Create
+// lets one win and the others read its key.
+func TestKeyCreationRace(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	ns := natsdev.StartT(t, natsdev.Options{})
+	var caches []*personal.Cache
+	for range 2 {
+		nc, err := ns.Connect(natsdev.AdminUser)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer nc.Close()
+		js, err := jetstream.New(nc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		kv, err := js.KeyValue(ctx, schemas.NewTopology("aigov").BucketSubjectKeys())
+		if err != nil {
+			t.Fatal(err)
+		}
+		caches = append(caches, personal.NewCache(kv, 0))
+	}
+	const workers = 16
+	sealed := make([]string, workers)
+	errs := make(chan error, workers)
+	start := make(chan struct{})
+	for i := range workers {
+		go func() {
+			<-start
+			k, err := caches[i%2].KeyFor(ctx, "https://idp.example", "newcomer")
+			if err == nil {
+				sealed[i], err = k.Seal("principal.email", "newcomer@example.com")
+			}
+			errs <- err
+		}()
+	}
+	close(start)
+	for range workers {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	key, err := caches[0].Store().Get(ctx, personal.SubjectKeyID("https://idp.example", "newcomer"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, v := range sealed {
+		if p, err := personal.Decrypt(key, "principal.email", v); err != nil || p != "newcomer@example.com" {
+			t.Fatalf("worker %d sealed under another key: %v", i, err)
+		}
+	}
+}
