@@ -319,6 +319,9 @@ func (s *Service) erase(ctx context.Context, v schemas.Verified, d *schemas.Deci
 			return err
 		}
 	}
+	if s.keys == nil {
+		return errors.New("subject keys not open yet")
+	}
 	if err := s.keys.Store().EraseID(ctx, keyID); err != nil {
 		return err
 	}

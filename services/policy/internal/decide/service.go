@@ -423,6 +423,9 @@ func (s *Service) open(ctx context.Context, v schemas.Verified, snap *snapshot) 
 	if !personal.Sealed(v.Principal, v.Request.Context) {
 		return v, nil, nil
 	}
+	if s.keys == nil {
+		return v, nil, errors.New("subject keys not open yet")
+	}
 	clear := v
 	c, err := personal.Open(ctx, s.keys, &clear.Principal, v.Request.Context)
 	switch {
