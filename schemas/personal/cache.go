@@ -129,15 +129,19 @@ func (c *Cache) setWatching(on bool) {
 }
 
 // Run watches the bucket for erasures until ctx ends, rewatching after a
-// failure (at most every watchRetry); it is a runtime.Worker.
-func (c *Cache) Run(ctx context.Context) error {
+// failure (at most every watchRetry). onErr (when not nil) is told of each
+// failure: the cache then works uncached, one KV read per lookup, until the
+// watch is back.
+func (c *Cache) Run(ctx context.Context, onErr func(error)) error {
 	for {
 		err := c.watch(ctx)
 		c.setWatching(false)
 		if ctx.Err() != nil {
 			return nil
 		}
-		_ = err // the cache works without the watch, uncached, until it is back
+		if onErr != nil {
+			onErr(err)
+		}
 		select {
 		case <-ctx.Done():
 			return nil

@@ -92,7 +92,7 @@ func sealFixture(b *testing.B) (*personal.Sealer, schemas.Principal, map[string]
 	}
 	cache := personal.NewCache(kv, 0)
 	done := make(chan struct{})
-	go func() { defer close(done); _ = cache.Run(ctx) }()
+	go func() { defer close(done); _ = cache.Run(ctx, nil) }()
 	b.Cleanup(func() { cancel(); <-done })
 	for !cache.Watching() {
 		time.Sleep(time.Millisecond)

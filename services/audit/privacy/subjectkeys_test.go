@@ -126,7 +126,7 @@ func TestSealOpenAndCacheErasure(t *testing.T) {
 	for _, c := range []*personal.Cache{writer, reader} {
 		wctx, stop := context.WithCancel(ctx)
 		done := make(chan struct{})
-		go func() { defer close(done); _ = c.Run(wctx) }()
+		go func() { defer close(done); _ = c.Run(wctx, nil) }()
 		t.Cleanup(func() { stop(); <-done })
 	}
 	waitFor(t, func() bool { return writer.Watching() && reader.Watching() })

@@ -182,7 +182,10 @@ func (v *Verifier) Run(ctx context.Context) error {
 		keysDone := make(chan struct{})
 		go func() {
 			defer close(keysDone)
-			_ = cache.Run(kctx) // rewatches by itself until kctx ends
+			// Rewatches by itself until kctx ends.
+			_ = cache.Run(kctx, func(err error) {
+				v.log.Warn().Err(err).Msg("subject key watch failed: keys uncached until it is back")
+			})
 		}()
 		defer func() { stop(); <-keysDone }()
 	}

@@ -232,8 +232,12 @@ func (s *Service) Run(ctx context.Context) (err error) {
 	wg.Go(func() { errs <- s.watchApprovals(wctx) })
 	wg.Go(func() { errs <- s.watchRequests(wctx) })
 	wg.Go(func() { s.sweepExpired(wctx, s.sweep) })
-	wg.Go(func() { s.revs.Run(wctx) })     // rewatches by itself; lookups fail closed meanwhile
-	wg.Go(func() { _ = s.keys.Run(wctx) }) // rewatches by itself; uncached meanwhile
+	wg.Go(func() { s.revs.Run(wctx) }) // rewatches by itself; lookups fail closed meanwhile
+	wg.Go(func() {                     // rewatches by itself; uncached meanwhile
+		_ = s.keys.Run(wctx, func(err error) {
+			s.log.Warn().Err(err).Msg("subject key watch failed: keys uncached until it is back")
+		})
+	})
 	// Stop before waiting: the watchers run until wctx ends, also when Run
 	// returns early with an error.
 	defer func() { stop(); wg.Wait() }()
