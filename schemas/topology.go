@@ -203,6 +203,30 @@ const MaxApprovalRequestBytes = 64 << 10
 // for a subject access export; no other role reaches the bucket.
 func (t Topology) BucketSubjectKeys() string { return strings.ToLower(t.name("subject_keys")) }
 
+// SubjectKeysStream is the stream behind BucketSubjectKeys: what
+// CreateKeyValue would make of its Buckets entry, except that it allows
+// deleting a message. A KV purge only drops a key's message from the
+// index, its bytes stay in the store's block file until the block is
+// compacted (seen on disk); an erasure must overwrite them, which only
+// a secure message delete does (personal.SubjectKeys.EraseID), and KV
+// streams deny every delete. Ensure creates this instead of the bucket;
+// it stays a KV bucket to every client.
+func (t Topology) SubjectKeysStream() jetstream.StreamConfig {
+	b := t.BucketSubjectKeys()
+	var kv jetstream.KeyValueConfig
+	for _, c := range t.Buckets() {
+		if c.Bucket == b {
+			kv = c
+		}
+	}
+	return jetstream.StreamConfig{
+		Name: "KV_" + b, Description: kv.Description, Subjects: []string{"$KV." + b + ".>"},
+		MaxMsgsPerSubject: int64(kv.History), MaxBytes: -1, MaxMsgSize: kv.MaxValueSize, Storage: kv.Storage,
+		Replicas: kv.Replicas, AllowRollup: true, DenyDelete: false, Duplicates: 2 * time.Minute,
+		MaxMsgs: -1, MaxConsumers: -1, AllowDirect: true, Discard: jetstream.DiscardNew,
+	}
+}
+
 // MaxSubjectKeyBytes bounds one stored subject key message (a 32-byte
 // key; the limit counts the subject and headers too).
 const MaxSubjectKeyBytes = 1024
@@ -503,6 +527,12 @@ func (t Topology) Ensure(ctx context.Context, js jetstream.JetStream) error {
 		}
 	}
 	for _, cfg := range t.Buckets() {
+		if cfg.Bucket == t.BucketSubjectKeys() {
+			if _, err := js.CreateOrUpdateStream(ctx, t.SubjectKeysStream()); err != nil {
+				return fmt.Errorf("ensure bucket %s: %w", cfg.Bucket, err)
+			}
+			continue
+		}
 		if _, err := js.CreateOrUpdateKeyValue(ctx, cfg); err != nil {
 			return fmt.Errorf("ensure bucket %s: %w", cfg.Bucket, err)
 		}
@@ -551,6 +581,9 @@ type Grant struct {
 	// ReadKV are the buckets the role reads or watches; WriteKV those it
 	// also writes (put, create, delete). No role may purge a bucket's stream.
 	ReadKV, WriteKV []string
+	// EraseKV are buckets whose messages the role may securely delete
+	// (overwritten on disk): the subject keys, for an erasure.
+	EraseKV []string
 	// ReadStreams are the streams whose messages the role fetches by
 	// sequence or subject (stream info and message get only).
 	ReadStreams []string
@@ -594,6 +627,7 @@ func (t Topology) Grant(role string) (Grant, error) {
 			// approvals): no human credential can erase anyone.
 			ReadKV:  []string{t.BucketPolicyProposals(), t.BucketRevocations()},
 			WriteKV: []string{t.BucketPolicy(), t.BucketApprovals(), t.BucketEntities(), t.BucketApprovalRequests(), t.BucketSubjectKeys()},
+			EraseKV: []string{t.BucketSubjectKeys()},
 			// As authn: a reply to a redelivered request carries the
 			// decision stored first, not one decided again.
 			ReadStreams: []string{t.StreamDecisions()},
@@ -704,6 +738,9 @@ func (t Topology) Permissions(role string) (Permissions, error) {
 	for _, b := range g.WriteKV {
 		pub = append(pub, kvRead(b)...)
 		pub = append(pub, "$KV."+b+".>")
+	}
+	for _, b := range g.EraseKV {
+		pub = append(pub, api+"STREAM.MSG.DELETE.KV_"+b)
 	}
 	if len(g.ReadKV)+len(g.WriteKV) > 0 {
 		// Flow control of KV watchers, which otherwise stall on a large

@@ -153,10 +153,20 @@ const KeySize = 32
 // chain over their ciphertext, stay intact.
 type SubjectKeys struct {
 	kv jetstream.KeyValue
+	// stream is the bucket's stream, for the secure delete of an
+	// erasure; nil until WithStream.
+	stream jetstream.Stream
 }
 
 // NewSubjectKeys uses bucket kv.
 func NewSubjectKeys(kv jetstream.KeyValue) *SubjectKeys { return &SubjectKeys{kv: kv} }
+
+// WithStream lets EraseID overwrite the key on disk: st is the bucket's
+// stream (schemas.Topology.SubjectKeysStream, which allows it).
+func (s *SubjectKeys) WithStream(st jetstream.Stream) *SubjectKeys {
+	s.stream = st
+	return s
+}
 
 // GetOrCreate returns the key of issuer+subject, creating it on first use.
 // Two writers creating one subject's key at once agree: Create fails for
@@ -208,13 +218,28 @@ func (s *SubjectKeys) Erase(ctx context.Context, issuer, subject string) (keyID 
 	return keyID, s.EraseID(ctx, keyID)
 }
 
-// EraseID destroys the key with id keyID: a purge, which removes every
-// stored revision of the key (KV buckets allow rollups), so no history
-// keeps it; what is left is a purge marker without a value. Erasing a
-// subject with no key is not an error.
+// EraseID destroys the key with id keyID. With the bucket's stream
+// (WithStream) the key's message is first deleted securely: the server
+// overwrites its bytes in the store (and on every replica), which a purge
+// alone does not do. Then a purge removes any other revision and leaves a
+// marker without a value, which every watching cache sees. Erasing a
+// subject with no key is not an error; an erasure that failed half way is
+// completed by running it again.
 func (s *SubjectKeys) EraseID(ctx context.Context, keyID string) error {
 	if !ValidKeyID(keyID) {
 		return fmt.Errorf("erase subject key: %q is not a subject key id (64 hex digits)", keyID)
+	}
+	if s.stream != nil {
+		e, err := s.kv.Get(ctx, keyID)
+		switch {
+		case errors.Is(err, jetstream.ErrKeyNotFound):
+		case err != nil:
+			return fmt.Errorf("erase subject key %s: %w", keyID, err)
+		default:
+			if err := s.stream.SecureDeleteMsg(ctx, e.Revision()); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+				return fmt.Errorf("erase subject key %s: overwrite revision %d: %w", keyID, e.Revision(), err)
+			}
+		}
 	}
 	if err := s.kv.Purge(ctx, keyID); err != nil {
 		return fmt.Errorf("erase subject key %s: %w", keyID, err)

@@ -1,8 +1,12 @@
 package privacy_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -16,13 +20,16 @@ import (
 
 // TestSubjectKeysCryptoShredding, on an embedded NATS server: a subject's
 // values decrypt with its key; after Erase the key is gone from the bucket
-// (no revision left), the values no longer decrypt, and another subject's
-// still do.
+// (no revision left) and from the server's store on disk (its bytes
+// overwritten, not only unindexed: without the secure delete they are
+// still in the block file), the values no longer decrypt, and another
+// subject's still do.
 func TestSubjectKeysCryptoShredding(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	ns := natsdev.StartT(t, natsdev.Options{})
+	dir := t.TempDir()
+	ns := natsdev.StartT(t, natsdev.Options{Dir: dir})
 	nc, err := ns.Connect(natsdev.AdminUser)
 	if err != nil {
 		t.Fatal(err)
@@ -32,11 +39,32 @@ func TestSubjectKeysCryptoShredding(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	kv, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "test_subject_keys", History: 1})
+	topo := schemas.NewTopology("aigov")
+	kv, err := js.KeyValue(ctx, topo.BucketSubjectKeys())
 	if err != nil {
 		t.Fatal(err)
 	}
-	keys := personal.NewSubjectKeys(kv)
+	stream, err := js.Stream(ctx, "KV_"+topo.BucketSubjectKeys())
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := personal.NewSubjectKeys(kv).WithStream(stream)
+	onDisk := func(key []byte) bool {
+		t.Helper()
+		found := false
+		err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+			if err != nil || d.IsDir() {
+				return err
+			}
+			b, err := os.ReadFile(p)
+			found = found || bytes.Contains(b, key)
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return found
+	}
 	const iss = "https://idp.example"
 	ka, ida, err := keys.GetOrCreate(ctx, iss, "alice")
 	if err != nil {
@@ -75,18 +103,23 @@ func TestSubjectKeysCryptoShredding(t *testing.T) {
 		t.Fatal("alice's value decrypted with bob's key")
 	}
 
+	if !onDisk(ka) || !onDisk(kb) {
+		t.Fatal("the keys are not in the store before the erasure: the search below would prove nothing")
+	}
 	if _, err := keys.Erase(ctx, iss, "alice"); err != nil {
 		t.Fatal(err)
+	}
+	if onDisk(ka) {
+		t.Fatal("alice's key is still in the NATS store on disk after the erasure")
+	}
+	if !onDisk(kb) {
+		t.Fatal("bob's key left the store with alice's")
 	}
 	if _, err := keys.Get(ctx, ida); !errors.Is(err, personal.ErrErased) {
 		t.Fatalf("alice's key after erase: %v, want ErrErased", err)
 	}
 	// No revision of the key is left in the bucket's stream.
-	st, err := js.Stream(ctx, "KV_test_subject_keys")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if m, err := st.GetLastMsgForSubject(ctx, "$KV.test_subject_keys."+ida); err != nil || len(m.Data) != 0 {
+	if m, err := stream.GetLastMsgForSubject(ctx, "$KV."+topo.BucketSubjectKeys()+"."+ida); err != nil || len(m.Data) != 0 {
 		t.Fatalf("after erase the stream holds %d bytes for the key (%v)", len(m.Data), err)
 	}
 	if kb2, err := keys.Get(ctx, idb); err != nil || string(kb2) != string(kb) {

@@ -241,6 +241,19 @@ func TestPrivacyErasureEndToEnd(t *testing.T) {
 		t.Fatalf("erase without approval: %s/%s approval %q, want approval_required", d.Decision, d.Code, d.ApprovalID)
 	}
 	checkClear("erin") // nothing erased yet
+	// erin's key as stored, to look for it on disk after the erasure.
+	ajs, err := jetstream.New(st.Admin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	akv, err := ajs.KeyValue(ctx, schemas.NewTopology(schemas.DefaultPrefix).BucketSubjectKeys())
+	if err != nil {
+		t.Fatal(err)
+	}
+	erinRaw, err := personal.NewSubjectKeys(akv).Get(ctx, personal.SubjectKeyID(iss, "erin"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, reviewer := range []string{"rita", "ravi"} {
 		if code, out, errOut := aigov(append([]string{"approvals", "approve", d.ApprovalID, "--token-file", tokenFile(reviewer)}, bus...)...); code != 0 {
 			t.Fatalf("approve as %s: exit %d %s%s", reviewer, code, out, errOut)
@@ -334,6 +347,20 @@ func TestPrivacyErasureEndToEnd(t *testing.T) {
 			erinKey, schemas.PrincipalID(iss, "paula")) == 1
 	})
 	grepStore()
+	// The key's bytes are overwritten in the store, not only unindexed.
+	err = filepath.WalkDir(filepath.Join(dir, "nats"), func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		b, err := os.ReadFile(path)
+		if bytes.Contains(b, erinRaw) {
+			t.Errorf("erin's erased key is still on disk: %s", path)
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
 	if out, code := auditVerify(ctx, t, st, bin); code != 0 || strings.Contains(out, "BROKEN") {
 		t.Fatalf("audit verify after the erasure: exit %d\n%s", code, out)
 	}

@@ -206,6 +206,13 @@ func (s *Service) Run(ctx context.Context) (err error) {
 	}
 	s.kv = b
 	s.keys = personal.NewCache(b.subjectKeys, s.keyCache)
+	// An erasure overwrites the key's message in the store: it needs the
+	// bucket's stream, not only the KV view of it.
+	keyStream, err := s.js.Stream(ctx, "KV_"+s.topo.BucketSubjectKeys())
+	if err != nil {
+		return fmt.Errorf("open the stream of bucket %s: %w", s.topo.BucketSubjectKeys(), err)
+	}
+	s.keys.Store().WithStream(keyStream)
 	if seeded, err := seedPolicy(ctx, b.policy, s.seed); err != nil {
 		return err
 	} else if seeded {
