@@ -146,6 +146,31 @@ func TestEveryRoleHasLeastPrivilege(t *testing.T) {
 				return err
 			},
 			effect: func(context.Context, string, jetstream.JetStream) bool { return false }},
+		// The erasure's secure delete: policy's alone (after an allowed
+		// privacy.erase); the operator who reads keys cannot destroy one.
+		{name: "securely delete a subject key", allowed: []string{schemas.RolePolicy},
+			try: func(ctx context.Context, _ string, _ *nats.Conn, js jetstream.JetStream) error {
+				st, err := js.Stream(ctx, "KV_"+topo.BucketSubjectKeys())
+				if err != nil {
+					return err
+				}
+				m, err := st.GetLastMsgForSubject(ctx, "$KV."+topo.BucketSubjectKeys()+"."+subjectKey)
+				if err != nil {
+					return err
+				}
+				return st.SecureDeleteMsg(ctx, m.Sequence)
+			},
+			effect: func(ctx context.Context, _ string, js jetstream.JetStream) bool {
+				kv, err := js.KeyValue(ctx, topo.BucketSubjectKeys())
+				if err != nil {
+					return false
+				}
+				if _, err := kv.Get(ctx, subjectKey); err == nil {
+					return false
+				}
+				_, _ = kv.Put(ctx, subjectKey, make([]byte, 32)) // reset for the next role
+				return true
+			}},
 		{name: "write a subject key", allowed: []string{schemas.RoleAuthn, schemas.RolePolicy},
 			try:    kvPut(topo.BucketSubjectKeys(), "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210"),
 			effect: kvHas(topo.BucketSubjectKeys(), "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210")},
