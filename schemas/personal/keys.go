@@ -147,8 +147,9 @@ func newGCM(key []byte) (cipher.AEAD, error) {
 const KeySize = 32
 
 // SubjectKeys is the store of per-subject keys: a JetStream KV bucket, one
-// key per data subject (SubjectKeyID), readable only by the audit and the
-// erasure role. Erasing a subject deletes and purges its key, after which
+// key per data subject (SubjectKeyID), readable only by authn (which
+// creates keys), policy (which opens and erases) and the operator (export;
+// schemas.Topology.Grant). Erasing a subject overwrites and purges its key, after which
 // every value encrypted under it is unreadable while the rows, and the hash
 // chain over their ciphertext, stay intact.
 type SubjectKeys struct {
