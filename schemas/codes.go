@@ -62,6 +62,11 @@ const (
 	// CodeSourceTooLong: the request event's source is longer than
 	// MaxSourceLength.
 	CodeSourceTooLong Code = "source_too_long"
+	// CodeSubjectErased: policy could not open the request's sealed
+	// personal fields (schemas/personal): the subject's key was erased
+	// while the request was in flight, or the value was not sealed for
+	// this subject.
+	CodeSubjectErased Code = "subject_erased"
 )
 
 // Codes documents every deny code. schemas/json/decision.json enumerates
@@ -101,6 +106,7 @@ var Codes = map[Code]string{
 	CodeApprovalRequired:    "the request is denied only because a policy annotated @approval needs approval of this exact request (same requester, same digest) by a quorum of reviewers; Decision.approval_id names the approval request to review",
 	CodeApprovalUsed:        "the approval of this exact request was already used as many times as its policy allows (once by default); a new approval request is opened and named",
 	CodeSourceTooLong:       "the request event's source is longer than 256 bytes (schemas.MaxSourceLength); refused before the token is looked at",
+	CodeSubjectErased:       "the request's personal fields are sealed under a subject key that is gone (the subject was erased while the request was in flight) or did not open; nothing is decided on data aigov cannot read",
 	CodeRequestIDReused:     "a retried request names a request id already decided for another token, action or resource; the deny carries the retry's own id (its Nats-Msg-Id) and the first decision stays the only one recorded for the id",
 }
 
@@ -143,4 +149,5 @@ var CodeStages = map[Code]string{
 	CodeApprovalUsed:        "policy",
 	CodeRequestIDReused:     "authn",
 	CodeSourceTooLong:       "authn",
+	CodeSubjectErased:       "policy",
 }

@@ -61,6 +61,8 @@ func SchemaFor(eventType string) (string, error) {
 		return SchemaPolicy, nil
 	case TypeEntityChanged:
 		return SchemaEntity, nil
+	case TypeSubjectErased:
+		return SchemaPrivacy, nil
 	case TypeApprovalUsed:
 		return SchemaApproval, nil
 	case TypeApprovalRequested, TypeApprovalGranted, TypeApprovalApproved, TypeApprovalRejected, TypeApprovalExpired:

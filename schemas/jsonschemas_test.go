@@ -25,6 +25,7 @@ var allSchemaFiles = []string{
 	schemas.SchemaEvent, schemas.SchemaRequest, schemas.SchemaVerified,
 	schemas.SchemaDecision, schemas.SchemaSession, schemas.SchemaRevocation,
 	schemas.SchemaPolicy, schemas.SchemaEntity, schemas.SchemaApproval, schemas.SchemaApprovalRequest,
+	schemas.SchemaPrivacy,
 }
 
 // allEventTypes is every CloudEvent type of the wire contract.
@@ -36,6 +37,7 @@ var allEventTypes = []string{
 	schemas.TypePolicyChanged, schemas.TypePolicyRejected, schemas.TypeEntityChanged, schemas.TypeApprovalUsed,
 	schemas.TypeApprovalRequested, schemas.TypeApprovalGranted, schemas.TypeApprovalApproved,
 	schemas.TypeApprovalRejected, schemas.TypeApprovalExpired,
+	schemas.TypeSubjectErased,
 }
 
 // compileSchemas loads every embedded schema into one compiler, so relative
@@ -422,6 +424,7 @@ func TestGoValuesValidate(t *testing.T) {
 		{"policy changed full", schemas.TypePolicyChanged, schemas.SchemaPolicy, fullPolicyChange()},
 		{"policy seeded minimal", schemas.TypePolicyChanged, schemas.SchemaPolicy, schemas.PolicyChange{PolicyVersion: "sha256:1", By: "aigov/policy", At: at(0)}},
 		{"policy rejected", schemas.TypePolicyRejected, schemas.SchemaPolicy, rejectedPolicy()},
+		{"subject erased", schemas.TypeSubjectErased, schemas.SchemaPrivacy, schemas.SubjectErasure{SubjectKeyID: strings.Repeat("ab", 32), RequestID: "r1", By: "iss#admin", ApprovalID: "apr-1", Approvals: []string{"risk-reviewers"}, PolicyIDs: []string{"p"}, PolicyVersion: "sha256:1", At: at(0)}},
 		{"entity put", schemas.TypeEntityChanged, schemas.SchemaEntity, schemas.EntityChange{Op: "put", Entity: schemas.Resource{Type: "Model", ID: "m"}, Revision: 7, ValueSHA256: "ab", At: at(0)}},
 		{"entity delete", schemas.TypeEntityChanged, schemas.SchemaEntity, schemas.EntityChange{Op: "delete", Entity: schemas.Resource{Type: "Model", ID: "m"}, Revision: 8, At: at(0)}},
 		{"approval used", schemas.TypeApprovalUsed, schemas.SchemaApproval, fullApprovalUse()},
@@ -717,6 +720,7 @@ func TestSchemasMatchGoStructs(t *testing.T) {
 		{reflect.TypeOf(schemas.Revocation{}), schemas.SchemaRevocation, "#", true},
 		{reflect.TypeOf(schemas.PolicyChange{}), schemas.SchemaPolicy, "#", true},
 		{reflect.TypeOf(schemas.EntityChange{}), schemas.SchemaEntity, "#", true},
+		{reflect.TypeOf(schemas.SubjectErasure{}), schemas.SchemaPrivacy, "#", true},
 		{reflect.TypeOf(schemas.ApprovalUse{}), schemas.SchemaApproval, "#", true},
 		{reflect.TypeOf(schemas.Approval{}), schemas.SchemaApproval, "#/$defs/approval", true},
 		{reflect.TypeOf(schemas.ApprovalEvent{}), schemas.SchemaApprovalRequest, "#", true},

@@ -194,6 +194,43 @@ const ApprovalRequestsMaxAge = 30 * 24 * time.Hour
 // is at most MaxContextBytes).
 const MaxApprovalRequestBytes = 64 << 10
 
+// BucketSubjectKeys holds one AES-256 key per data subject (issuer and
+// subject), under its personal.SubjectKeyID: the key that seals the
+// person's email, name and personal context fields in every retained
+// stream and audit table. Purging a key erases the person everywhere at
+// once (crypto-shredding). authn creates keys, policy reads them to decide
+// and purges one after an approved privacy.erase, the operator reads them
+// for a subject access export; no other role reaches the bucket.
+func (t Topology) BucketSubjectKeys() string { return strings.ToLower(t.name("subject_keys")) }
+
+// SubjectKeysStream is the stream behind BucketSubjectKeys: what
+// CreateKeyValue would make of its Buckets entry, except that it allows
+// deleting a message. A KV purge only drops a key's message from the
+// index, its bytes stay in the store's block file until the block is
+// compacted (seen on disk); an erasure must overwrite them, which only
+// a secure message delete does (personal.SubjectKeys.EraseID), and KV
+// streams deny every delete. Ensure creates this instead of the bucket;
+// it stays a KV bucket to every client.
+func (t Topology) SubjectKeysStream() jetstream.StreamConfig {
+	b := t.BucketSubjectKeys()
+	var kv jetstream.KeyValueConfig
+	for _, c := range t.Buckets() {
+		if c.Bucket == b {
+			kv = c
+		}
+	}
+	return jetstream.StreamConfig{
+		Name: "KV_" + b, Description: kv.Description, Subjects: []string{"$KV." + b + ".>"},
+		MaxMsgsPerSubject: int64(kv.History), MaxBytes: -1, MaxMsgSize: kv.MaxValueSize, Storage: kv.Storage,
+		Replicas: kv.Replicas, AllowRollup: true, DenyDelete: false, Duplicates: 2 * time.Minute,
+		MaxMsgs: -1, MaxConsumers: -1, AllowDirect: true, Discard: jetstream.DiscardNew,
+	}
+}
+
+// MaxSubjectKeyBytes bounds one stored subject key message (a 32-byte
+// key; the limit counts the subject and headers too).
+const MaxSubjectKeyBytes = 1024
+
 // PolicyActiveKey is the key of the active set in BucketPolicy.
 const PolicyActiveKey = "active"
 
@@ -260,7 +297,7 @@ func (t Topology) Streams() []jetstream.StreamConfig {
 	dlq.MaxMsgSize = MaxDeadLetterBytes
 	out = append(out, dlq)
 	gov := base(t.StreamGovernance(), s.All(KindPolicy), t.EventMaxAge)
-	gov.Subjects = append(gov.Subjects, s.All(KindEntity), s.All(KindApproval))
+	gov.Subjects = append(gov.Subjects, s.All(KindEntity), s.All(KindApproval), s.All(KindPrivacy))
 	out = append(out, gov)
 	// The checkpoints: never aged out (a checkpoint must outlive the rows
 	// it vouches for), the newest CheckpointHistory of each stream kept.
@@ -368,6 +405,10 @@ func (t Topology) Buckets() []jetstream.KeyValueConfig {
 		// Each approval carries its own TTL; the bucket TTL is the outer bound.
 		{Bucket: t.BucketApprovals(), Description: "granted approvals, one per approver and request digest", History: 1, Storage: jetstream.FileStorage, Replicas: t.Replicas, TTL: 7 * 24 * time.Hour, LimitMarkerTTL: t.MarkerTTL},
 		{Bucket: t.BucketApprovalRequests(), Description: "approval requests and their lifecycle (pending, approved, rejected, expired, used)", History: 1, Storage: jetstream.FileStorage, Replicas: t.Replicas, TTL: ApprovalRequestsMaxAge, MaxValueSize: MaxApprovalRequestBytes},
+		// History 1 and no TTL: a key lives until its subject is erased,
+		// and an erasure (a purge) leaves no earlier revision behind. The
+		// replicas hold the same stream and are purged with it.
+		{Bucket: t.BucketSubjectKeys(), Description: "per-subject encryption keys; purging one erases that person (crypto-shredding)", History: 1, Storage: jetstream.FileStorage, Replicas: t.Replicas, MaxValueSize: MaxSubjectKeyBytes},
 	}
 }
 
@@ -489,6 +530,12 @@ func (t Topology) Ensure(ctx context.Context, js jetstream.JetStream) error {
 		}
 	}
 	for _, cfg := range t.Buckets() {
+		if cfg.Bucket == t.BucketSubjectKeys() {
+			if _, err := js.CreateOrUpdateStream(ctx, t.SubjectKeysStream()); err != nil {
+				return fmt.Errorf("ensure bucket %s: %w", cfg.Bucket, err)
+			}
+			continue
+		}
 		if _, err := js.CreateOrUpdateKeyValue(ctx, cfg); err != nil {
 			return fmt.Errorf("ensure bucket %s: %w", cfg.Bucket, err)
 		}
@@ -537,6 +584,9 @@ type Grant struct {
 	// ReadKV are the buckets the role reads or watches; WriteKV those it
 	// also writes (put, create, delete). No role may purge a bucket's stream.
 	ReadKV, WriteKV []string
+	// EraseKV are buckets whose messages the role may securely delete
+	// (overwritten on disk): the subject keys, for an erasure.
+	EraseKV []string
 	// ReadStreams are the streams whose messages the role fetches by
 	// sequence or subject (stream info and message get only).
 	ReadStreams []string
@@ -559,7 +609,9 @@ func (t Topology) Grant(role string) (Grant, error) {
 			Publish:   []string{s.All(KindVerified), s.All(KindDecision)},
 			Replies:   true,
 			ReadKV:    []string{t.BucketRevocations()},
-			WriteKV:   []string{t.BucketTokenIDs()},
+			// Subject keys: authn seals personal fields first, so it
+			// creates a subject's key (create-if-absent).
+			WriteKV: []string{t.BucketTokenIDs(), t.BucketSubjectKeys()},
 			// A redelivered request's deny may be a duplicate of one
 			// stored before: the reply carries the stored one. A retry
 			// reads the verified event stored for its request id first,
@@ -569,12 +621,16 @@ func (t Topology) Grant(role string) (Grant, error) {
 	case RolePolicy:
 		return Grant{
 			Consumers: []string{ConsumerPolicy},
-			Publish:   []string{s.All(KindDecision), s.All(KindPolicy), s.All(KindEntity), s.All(KindApproval)},
+			Publish:   []string{s.All(KindDecision), s.All(KindPolicy), s.All(KindEntity), s.All(KindApproval), s.All(KindPrivacy)},
 			Replies:   true,
 			// Revocations: the re-check at decision time. Entities are
 			// written only to seed an empty store from policies/.
+			// Subject keys: policy opens sealed fields to decide, and purges
+			// a subject's key once a privacy.erase is allowed (with its
+			// approvals): no human credential can erase anyone.
 			ReadKV:  []string{t.BucketPolicyProposals(), t.BucketRevocations()},
-			WriteKV: []string{t.BucketPolicy(), t.BucketApprovals(), t.BucketEntities(), t.BucketApprovalRequests()},
+			WriteKV: []string{t.BucketPolicy(), t.BucketApprovals(), t.BucketEntities(), t.BucketApprovalRequests(), t.BucketSubjectKeys()},
+			EraseKV: []string{t.BucketSubjectKeys()},
 			// As authn: a reply to a redelivered request carries the
 			// decision stored first, not one decided again.
 			ReadStreams: []string{t.StreamDecisions()},
@@ -612,9 +668,11 @@ func (t Topology) Grant(role string) (Grant, error) {
 		// audit verify): it stages policy sets and edits the entity
 		// store, reads the active set and the checkpoints, and sends
 		// governed requests.
+		// It reads the subject keys for a subject access export (aigov
+		// privacy export), never writes them: erasure is policy's.
 		return Grant{
 			Publish:     []string{s.All(KindRequest)},
-			ReadKV:      []string{t.BucketPolicy(), t.BucketApprovalRequests()},
+			ReadKV:      []string{t.BucketPolicy(), t.BucketApprovalRequests(), t.BucketSubjectKeys()},
 			WriteKV:     []string{t.BucketPolicyProposals(), t.BucketEntities()},
 			ReadStreams: []string{t.StreamAuditCheckpoints(), "KV_" + t.LegacyBucketAuditCheckpoints()},
 		}, nil
@@ -683,6 +741,9 @@ func (t Topology) Permissions(role string) (Permissions, error) {
 	for _, b := range g.WriteKV {
 		pub = append(pub, kvRead(b)...)
 		pub = append(pub, "$KV."+b+".>")
+	}
+	for _, b := range g.EraseKV {
+		pub = append(pub, api+"STREAM.MSG.DELETE.KV_"+b)
 	}
 	if len(g.ReadKV)+len(g.WriteKV) > 0 {
 		// Flow control of KV watchers, which otherwise stall on a large

@@ -60,7 +60,7 @@ func run(ctx context.Context, lookup runtime.Lookup) error {
 	deps := decide.Deps{
 		NC: svc.NC, JS: svc.JS, Topology: svc.Topology, Seed: set, SeedEntities: store.Entities(),
 		ApprovalTeams: cfg.ApprovalTeams, ApprovalTTL: cfg.ApprovalTTL,
-		Log: svc.Log, Registry: svc.HTTP.Registry, Workers: cfg.Workers, RevocationsMax: cfg.RevocationsMax, SessionLimits: cfg.SessionLimits,
+		Log: svc.Log, Registry: svc.HTTP.Registry, Workers: cfg.Workers, RevocationsMax: cfg.RevocationsMax, SubjectKeyCacheSize: cfg.SubjectKeyCacheSize, SessionLimits: cfg.SessionLimits,
 		Signer: svc.Signer, Trust: svc.Trust, SigningLinger: common.SigningLinger, Clock: common.Clock(),
 	}
 	var hooks *notify.Webhooks

@@ -119,7 +119,56 @@ func TestEveryRoleHasLeastPrivilege(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// A subject key, for the roles that may read one and the rest that
+	// may not (the audit stores ciphertext and needs none).
+	const subjectKey = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+	skv, err := ajs.KeyValue(ctx, topo.BucketSubjectKeys())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := skv.Put(ctx, subjectKey, make([]byte, 32)); err != nil {
+		t.Fatal(err)
+	}
+
 	attacks := []attack{
+		{name: "read a subject key", allowed: []string{schemas.RoleAuthn, schemas.RolePolicy, schemas.RoleOperator},
+			try: func(ctx context.Context, _ string, _ *nats.Conn, js jetstream.JetStream) error {
+				kv, err := js.KeyValue(ctx, topo.BucketSubjectKeys())
+				if err != nil {
+					return err
+				}
+				_, err = kv.Get(ctx, subjectKey)
+				return err
+			},
+			effect: func(context.Context, string, jetstream.JetStream) bool { return false }},
+		// The erasure's secure delete: policy's alone (after an allowed
+		// privacy.erase); the operator who reads keys cannot destroy one.
+		{name: "securely delete a subject key", allowed: []string{schemas.RolePolicy},
+			try: func(ctx context.Context, _ string, _ *nats.Conn, js jetstream.JetStream) error {
+				st, err := js.Stream(ctx, "KV_"+topo.BucketSubjectKeys())
+				if err != nil {
+					return err
+				}
+				m, err := st.GetLastMsgForSubject(ctx, "$KV."+topo.BucketSubjectKeys()+"."+subjectKey)
+				if err != nil {
+					return err
+				}
+				return st.SecureDeleteMsg(ctx, m.Sequence)
+			},
+			effect: func(ctx context.Context, _ string, js jetstream.JetStream) bool {
+				kv, err := js.KeyValue(ctx, topo.BucketSubjectKeys())
+				if err != nil {
+					return false
+				}
+				if _, err := kv.Get(ctx, subjectKey); err == nil {
+					return false
+				}
+				_, _ = kv.Put(ctx, subjectKey, make([]byte, 32)) // reset for the next role
+				return true
+			}},
+		{name: "write a subject key", allowed: []string{schemas.RoleAuthn, schemas.RolePolicy},
+			try:    kvPut(topo.BucketSubjectKeys(), "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210"),
+			effect: kvHas(topo.BucketSubjectKeys(), "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210")},
 		{name: "overwrite the active policy set", allowed: []string{schemas.RolePolicy},
 			try: kvPut(topo.BucketPolicy(), schemas.PolicyActiveKey), effect: kvHas(topo.BucketPolicy(), schemas.PolicyActiveKey)},
 		{name: "forge an approval", allowed: []string{schemas.RolePolicy},

@@ -7,6 +7,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -16,8 +17,10 @@ import (
 
 	ch "github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aigov/aigov/schemas"
+	"github.com/aigov/aigov/schemas/personal"
 )
 
 // exportQueries are what aigov holds about a person, one query per kind:
@@ -42,14 +45,24 @@ var exportQueries = []struct {
 // maxExportRows bounds one export per kind.
 const maxExportRows = 10_000_000
 
-// privacyCmd is `aigov privacy export --subject ISS SUB`: everything the
-// audit tables hold about one data subject, as JSON Lines on stdout (one
-// object per event, with "kind"), and the count on stderr as it goes.
+// privacyCmd is `aigov privacy export|erase --subject ISS SUB`.
 func privacyCmd(ctx context.Context, args []string, stdout, stderr io.Writer, lookup func(string) (string, bool)) int {
+	if len(args) > 0 && args[0] == "erase" {
+		return eraseCmd(ctx, args[1:], stdout, stderr, lookup)
+	}
 	if len(args) == 0 || args[0] != "export" {
-		fmt.Fprint(stderr, "usage: aigov privacy export --subject ISSUER SUBJECT [flags]\n")
+		fmt.Fprint(stderr, "usage: aigov privacy export|erase --subject ISSUER SUBJECT [flags]\n")
 		return ExitUsage
 	}
+	return exportCmd(ctx, args[1:], stdout, stderr, lookup)
+}
+
+// exportCmd is `aigov privacy export --subject ISS SUB`: everything the
+// audit tables hold about one data subject, as JSON Lines on stdout (one
+// object per event, with "kind"), its sealed fields opened with the
+// subject's key (read from the subject keys bucket as the operator), and
+// the count on stderr as it goes.
+func exportCmd(ctx context.Context, args []string, stdout, stderr io.Writer, lookup func(string) (string, bool)) int {
 	fs := flag.NewFlagSet("aigov privacy export", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var (
@@ -63,7 +76,10 @@ func privacyCmd(ctx context.Context, args []string, stdout, stderr io.Writer, lo
 		every   = fs.Int("progress-every", 10000, "print progress on stderr every this many events")
 		timeout = fs.Duration("timeout", 30*time.Minute, "how long the command may take")
 	)
-	if err := parseArgs(fs, args[1:]); err != nil {
+	// The subject's key is read on the first sealed value met, as the
+	// operator (who may read the subject keys bucket, never write it).
+	conn := addConnFlags(fs, lookup, schemas.RoleOperator)
+	if err := parseArgs(fs, args); err != nil {
 		return ExitUsage
 	}
 	if !*subject || fs.NArg() != 2 || fs.Arg(0) == "" || fs.Arg(1) == "" || *every < 1 {
@@ -94,14 +110,31 @@ func privacyCmd(ctx context.Context, args []string, stdout, stderr io.Writer, lo
 			}
 		}
 	}
-	conn, err := ch.Open(opts)
+	db2, err := ch.Open(opts)
 	if err != nil {
 		fmt.Fprintf(stderr, "aigov privacy export: clickhouse: %v\n", err)
 		return ExitError
 	}
-	defer conn.Close()
+	defer db2.Close()
+	key := &subjectKey{id: personal.SubjectKeyID(iss, sub), fetch: func(ctx context.Context, id string) ([]byte, error) {
+		nc, err := conn.dial(30 * time.Second)
+		if err != nil {
+			return nil, err
+		}
+		defer nc.Close()
+		js, err := jetstream.New(nc)
+		if err != nil {
+			return nil, fmt.Errorf("jetstream: %w", err)
+		}
+		bucket := schemas.NewTopology(conn.prefix).BucketSubjectKeys()
+		kv, err := js.KeyValue(ctx, bucket)
+		if err != nil {
+			return nil, fmt.Errorf("open bucket %s: %w", bucket, err)
+		}
+		return personal.NewSubjectKeys(kv).Get(ctx, id)
+	}}
 	out := bufio.NewWriter(stdout)
-	n, err := exportSubject(ctx, conn, *db, iss, sub, out, func(n int) {
+	n, err := exportSubject(ctx, db2, *db, iss, sub, key, out, func(n int) {
 		if n%*every == 0 {
 			fmt.Fprintf(stderr, "aigov privacy export: %d events…\n", n)
 		}
@@ -113,8 +146,83 @@ func privacyCmd(ctx context.Context, args []string, stdout, stderr io.Writer, lo
 		fmt.Fprintf(stderr, "aigov privacy export: %v\n", err)
 		return ExitError
 	}
-	fmt.Fprintf(stderr, "aigov privacy export: %d events of %s\n", n, schemas.PrincipalID(iss, sub))
+	pid := schemas.PrincipalID(iss, sub)
+	fmt.Fprintf(stderr, "aigov privacy export: %d events of %s\n", n, pid)
+	switch {
+	case key.erased:
+		fmt.Fprintf(stderr, "aigov privacy export: %s WAS ERASED: its key is destroyed, and %d sealed values are exported as stored (enc:v1:…), readable by no one\n", pid, key.unreadable)
+	case key.unreadable > 0:
+		fmt.Fprintf(stderr, "aigov privacy export: %d sealed values of %s do not open under its key: sealed under an earlier key, erased before this subject came back\n", key.unreadable, pid)
+	}
 	return ExitAllow
+}
+
+// subjectKey opens the sealed values of one subject's rows, reading the
+// key once, when the first sealed value is met (an export of clear rows
+// needs no bus). Values that do not open are exported as stored, counted.
+type subjectKey struct {
+	id    string
+	fetch func(ctx context.Context, id string) ([]byte, error)
+
+	key        []byte
+	fetched    bool
+	erased     bool
+	unreadable int
+}
+
+func (k *subjectKey) open(ctx context.Context, field, v string) (string, error) {
+	if !strings.HasPrefix(v, personal.CipherPrefix) {
+		return v, nil
+	}
+	if !k.fetched {
+		key, err := k.fetch(ctx, k.id)
+		switch {
+		case errors.Is(err, personal.ErrErased):
+			k.erased = true
+		case err != nil:
+			return "", fmt.Errorf("read the subject's key: %w", err)
+		}
+		k.key, k.fetched = key, true
+	}
+	if k.key == nil {
+		k.unreadable++
+		return v, nil
+	}
+	plain, err := personal.Decrypt(k.key, field, v)
+	if err != nil {
+		k.unreadable++
+		return v, nil
+	}
+	return plain, nil
+}
+
+// openContext opens the sealed top-level values of a context column.
+func (k *subjectKey) openContext(ctx context.Context, raw string) (json.RawMessage, error) {
+	if !strings.Contains(raw, personal.CipherPrefix) {
+		return json.RawMessage(raw), nil
+	}
+	var c map[string]json.RawMessage
+	if err := json.Unmarshal([]byte(raw), &c); err != nil {
+		return json.RawMessage(raw), nil
+	}
+	for f, v := range c {
+		var s string
+		if json.Unmarshal(v, &s) != nil || !strings.HasPrefix(s, personal.CipherPrefix) {
+			continue
+		}
+		plain, err := k.open(ctx, personal.FieldContextPrefix+f, s)
+		if err != nil {
+			return nil, err
+		}
+		if plain != s && json.Valid([]byte(plain)) {
+			c[f] = json.RawMessage(plain)
+		}
+	}
+	b, err := json.Marshal(c)
+	if err != nil {
+		return nil, fmt.Errorf("export: context: %w", err)
+	}
+	return b, nil
 }
 
 func identOK(db string) bool {
@@ -131,7 +239,7 @@ func identOK(db string) bool {
 
 // exportSubject writes every event of issuer+subject as a JSON line and
 // calls progress after each; it returns how many it wrote.
-func exportSubject(ctx context.Context, conn driver.Conn, db, iss, sub string, w io.Writer, progress func(int)) (int, error) {
+func exportSubject(ctx context.Context, conn driver.Conn, db, iss, sub string, key *subjectKey, w io.Writer, progress func(int)) (int, error) {
 	enc := json.NewEncoder(w)
 	n := 0
 	pid := schemas.PrincipalID(iss, sub)
@@ -156,11 +264,24 @@ func exportSubject(ctx context.Context, conn driver.Conn, db, iss, sub string, w
 			}
 			obj := map[string]any{"kind": q.kind}
 			for i, c := range q.cols {
-				if c == "context" && json.Valid([]byte(vals[i])) {
-					obj[c] = json.RawMessage(vals[i])
+				v := vals[i]
+				switch {
+				case c == "context" && json.Valid([]byte(v)):
+					raw, err := key.openContext(ctx, v)
+					if err != nil {
+						rows.Close()
+						return n, err
+					}
+					obj[c] = raw
 					continue
+				case c == "email":
+					var err error
+					if v, err = key.open(ctx, personal.FieldEmail, v); err != nil {
+						rows.Close()
+						return n, err
+					}
 				}
-				obj[c] = vals[i]
+				obj[c] = v
 			}
 			if err := enc.Encode(obj); err != nil {
 				rows.Close()
@@ -176,4 +297,58 @@ func exportSubject(ctx context.Context, conn driver.Conn, db, iss, sub string, w
 		}
 	}
 	return n, nil
+}
+
+// eraseCmd is `aigov privacy erase --subject ISS SUB`: the governed
+// request privacy.erase for that subject's key id. Cedar decides it (in
+// the shipped policies: asked by a policy admin, approved by two risk
+// reviewers); once allowed, the policy service destroys the key and
+// publishes the subject_erased governance event. The operator's
+// credential cannot touch the key itself.
+func eraseCmd(ctx context.Context, args []string, stdout, stderr io.Writer, lookup func(string) (string, bool)) int {
+	fs := flag.NewFlagSet("aigov privacy erase", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	of := addOperatorFlags(fs, lookup)
+	var (
+		subject   = fs.Bool("subject", false, "the data subject: the next two arguments are its ISSUER and SUBJECT")
+		token     = fs.String("token", "", "your bearer token (prefer --token-file or $AIGOV_TOKEN)")
+		tokenFile = fs.String("token-file", "", "file holding your bearer token")
+		asJSON    = fs.Bool("json", false, "print the decision as JSON")
+	)
+	if err := parseArgs(fs, args); err != nil {
+		return ExitUsage
+	}
+	if !*subject || fs.NArg() != 2 || fs.Arg(0) == "" || fs.Arg(1) == "" {
+		fmt.Fprintln(stderr, "aigov privacy erase: --subject ISSUER SUBJECT is required")
+		return ExitUsage
+	}
+	tok, err := readToken(*token, *tokenFile, lookup)
+	if err != nil {
+		fmt.Fprintf(stderr, "aigov privacy erase: %v\n", err)
+		return ExitUsage
+	}
+	keyID := personal.SubjectKeyID(fs.Arg(0), fs.Arg(1))
+	nc, _, err := of.connect()
+	if err != nil {
+		fmt.Fprintf(stderr, "aigov privacy erase: %v\n", err)
+		return ExitError
+	}
+	defer nc.Close()
+	req := schemas.Request{Action: schemas.ActionPrivacyErase, Resource: schemas.Resource{Type: schemas.DataSubjectsType, ID: schemas.DataSubjectsID},
+		Context: map[string]any{schemas.ContextSubjectKeyID: keyID}}
+	d, err := of.governed(ctx, nc, tok, req)
+	if err != nil {
+		fmt.Fprintf(stderr, "aigov privacy erase: %v\n", err)
+		return ExitError
+	}
+	code := printDecision(stdout, d, *asJSON)
+	switch {
+	case d.Allowed():
+		fmt.Fprintf(stderr, "erased %s (subject key %s): every stored value sealed under its key is unreadable from now on; see docs/privacy.md for external backups\n",
+			schemas.PrincipalID(fs.Arg(0), fs.Arg(1)), keyID)
+	case d.ApprovalID != "":
+		fmt.Fprintf(stderr, "not erased: approval request %s needs its reviewers (aigov approvals show %s; each reviewer runs aigov approvals approve %s), then run this command again\n",
+			d.ApprovalID, d.ApprovalID, d.ApprovalID)
+	}
+	return code
 }

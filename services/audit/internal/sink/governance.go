@@ -29,6 +29,9 @@ const (
 const (
 	ChangePolicy = "policy"
 	ChangeEntity = "entity"
+	// ChangePrivacy: a data subject was erased (its version is the
+	// erased subject key id).
+	ChangePrivacy = "privacy"
 )
 
 // approvalUseRows maps an approval.used event (schemas.ApprovalUse) to one
@@ -177,4 +180,23 @@ func entityChangeRow(ev schemas.Event, raw []byte, md meta) (changeRow, error) {
 	return changeRow{EventID: ev.ID, Type: ev.Type, Kind: ChangeEntity, Version: strconv.FormatInt(c.Revision, 10),
 		EntityType: c.Entity.Type, EntityID: c.Entity.ID, Summary: summary, Time: ev.Time.UTC(), TimeUS: micros(ev.Time),
 		Data: string(raw), Subject: md.Subject, Stream: md.Stream, Seq: md.Seq}, nil
+}
+
+// erasureRow maps a subject_erased event (schemas.SubjectErasure): kind
+// privacy, version the erased subject key id, changed_by who asked.
+func erasureRow(ev schemas.Event, raw []byte, md meta) (changeRow, error) {
+	var e schemas.SubjectErasure
+	if err := json.Unmarshal(ev.Data, &e); err != nil {
+		return changeRow{}, fmt.Errorf("%w: subject erasure data: %v", schemas.ErrInvalidEvent, err)
+	}
+	if e.SubjectKeyID == "" || e.RequestID == "" {
+		return changeRow{}, fmt.Errorf("%w: subject erasure needs subject_key_id and request_id", schemas.ErrInvalidEvent)
+	}
+	summary := "subject erased (key destroyed); request " + e.RequestID
+	if e.ApprovalID != "" {
+		summary += "; approval " + e.ApprovalID + " by " + strings.Join(e.Approvals, ",")
+	}
+	return changeRow{EventID: ev.ID, Type: ev.Type, Kind: ChangePrivacy, Version: e.SubjectKeyID,
+		ChangedBy: e.By, EntityType: schemas.DataSubjectsType, EntityID: schemas.DataSubjectsID, Summary: truncate(summary, 4000),
+		Time: ev.Time.UTC(), TimeUS: micros(ev.Time), Data: string(raw), Subject: md.Subject, Stream: md.Stream, Seq: md.Seq}, nil
 }

@@ -3,6 +3,7 @@ package sink
 import (
 	"context"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -53,6 +54,9 @@ func TestGovernanceEventsMapExactly(t *testing.T) {
 		RequestID: "req-push-2", Errors: []string{"line 3: unknown entity type"}, At: at}
 	put := schemas.EntityChange{Op: "put", Entity: schemas.Resource{Type: "Dataset", ID: "transactions"}, Revision: 42, ValueSHA256: "ab12", At: at}
 	del := schemas.EntityChange{Op: "delete", Entity: schemas.Resource{Type: "Dataset", ID: "old"}, Revision: 43, At: at}
+	erasedKey := strings.Repeat("ab", 32)
+	erased := schemas.SubjectErasure{SubjectKeyID: erasedKey, RequestID: "req-erase", By: "https://idp.example#paula", ApprovalID: "apr-1",
+		Approvals: []string{"risk-reviewers"}, PolicyIDs: []string{"policy-admins-erase-subjects"}, PolicyVersion: "sha256:bb", At: at}
 	pub := []struct {
 		subject, id, typ string
 		data             any
@@ -61,13 +65,14 @@ func TestGovernanceEventsMapExactly(t *testing.T) {
 		{h.subjects.Governance(schemas.KindPolicy, schemas.PolicyRejected), "ev-rejected", schemas.TypePolicyRejected, rejected},
 		{h.subjects.Governance(schemas.KindEntity, schemas.EntityChanged), "ev-put", schemas.TypeEntityChanged, put},
 		{h.subjects.Governance(schemas.KindEntity, schemas.EntityChanged), "ev-del", schemas.TypeEntityChanged, del},
+		{h.subjects.Governance(schemas.KindPrivacy, schemas.SubjectErasedEvent), "ev-erased", schemas.TypeSubjectErased, erased},
 	}
 	for _, p := range pub {
 		h.publish(p.subject, encode(t, p.id, p.typ, at, p.data), p.id)
 	}
 
 	h.waitCount(3, 20*time.Second, "SELECT count() FROM "+h.db+".approvals FINAL")
-	h.waitCount(4, 20*time.Second, "SELECT count() FROM "+h.db+".policy_changes FINAL")
+	h.waitCount(5, 20*time.Second, "SELECT count() FROM "+h.db+".policy_changes FINAL")
 
 	type appr struct{ EventID, ApprovalID, Status, RequestID, Action, RType, RID, Approver, Requester, Reason string }
 	rows, err := h.ch.Query(context.Background(), "SELECT event_id, approval_id, status, request_id, action, resource_type, resource_id, "+
@@ -126,6 +131,8 @@ func TestGovernanceEventsMapExactly(t *testing.T) {
 			"activated; policies p1,p2; shadow s1; request req-push"},
 		{"ev-rejected", schemas.TypePolicyRejected, ChangePolicy, "sha256:cc", "sha256:bb", "https://idp.example#pat", "", "",
 			"rejected: line 3: unknown entity type; request req-push-2"},
+		{"ev-erased", schemas.TypeSubjectErased, ChangePrivacy, erasedKey, "", "https://idp.example#paula", schemas.DataSubjectsType, schemas.DataSubjectsID,
+			"subject erased (key destroyed); request req-erase; approval apr-1 by risk-reviewers"},
 	}
 	if !reflect.DeepEqual(gotC, wantC) {
 		t.Fatalf("policy_changes rows:\n got %+v\nwant %+v", gotC, wantC)
@@ -136,8 +143,8 @@ func TestGovernanceEventsMapExactly(t *testing.T) {
 	h.publish(h.subjects.Governance(schemas.KindEntity, schemas.EntityChanged),
 		encode(t, "ev-bad", schemas.TypeEntityChanged, at, map[string]any{"op": "rename"}), "ev-bad")
 	h.waitCount(1, 20*time.Second, "SELECT count() FROM "+h.db+".anomalies_final WHERE kind = 'poison'")
-	if n := h.count("SELECT count() FROM " + h.db + ".policy_changes FINAL"); n != 4 {
-		t.Fatalf("%d policy_changes rows after a poison entity change, want 4", n)
+	if n := h.count("SELECT count() FROM " + h.db + ".policy_changes FINAL"); n != 5 {
+		t.Fatalf("%d policy_changes rows after a poison entity change, want 5", n)
 	}
 }
 

@@ -183,6 +183,12 @@ func (out *decoded) typed(ev schemas.Event, raw []byte, md meta) error {
 			return err
 		}
 		out.change = &c
+	case t == schemas.TypeSubjectErased:
+		c, err := erasureRow(ev, raw, md)
+		if err != nil {
+			return err
+		}
+		out.change = &c
 	case t == schemas.TypeEntityChanged:
 		c, err := entityChangeRow(ev, raw, md)
 		if err != nil {

@@ -9,12 +9,25 @@ import (
 	"time"
 
 	"github.com/aigov/aigov/schemas"
+	"github.com/aigov/aigov/schemas/personal"
 	"github.com/aigov/aigov/schemas/sessionlimits"
 	"github.com/aigov/aigov/services/runtime"
 )
 
 // Config is the authn service's configuration.
 type Config struct {
+	// Encrypt seals every verified subject's email, name and
+	// PersonalContextFields under their own key (the subject keys bucket)
+	// before any event leaves authn (AIGOV_PERSONAL_ENCRYPTION, default
+	// true; docs/privacy.md).
+	Encrypt bool
+	// PersonalContextFields are the request context fields (top-level,
+	// matched ignoring case) that are personal data, sealed like the email
+	// (AIGOV_PERSONAL_CONTEXT_FIELDS).
+	PersonalContextFields []string
+	// SubjectKeyCacheSize bounds the subject keys held in memory
+	// (AIGOV_SUBJECT_KEY_CACHE_SIZE).
+	SubjectKeyCacheSize int
 	// Issuers are the trusted OIDC issuers, from AIGOV_OIDC_CONFIG (a file)
 	// or, in the simple form, AIGOV_OIDC_ISSUERS with AIGOV_OIDC_AUDIENCE.
 	Issuers []Issuer
@@ -171,6 +184,10 @@ func LoadConfig(e *runtime.Env) Config {
 		MaxTokenBytes:  e.Int("AIGOV_OIDC_MAX_TOKEN_BYTES", DefaultMaxTokenBytes, 1024),
 		RevocationsMax: e.Int("AIGOV_AUTHN_REVOCATIONS_MAX", DefaultRevocationsMax, 1),
 		SessionLimits:  runtime.LoadSessionLimits(e),
+
+		Encrypt:               e.Bool("AIGOV_PERSONAL_ENCRYPTION", true),
+		PersonalContextFields: e.List("AIGOV_PERSONAL_CONTEXT_FIELDS", nil),
+		SubjectKeyCacheSize:   e.Int("AIGOV_SUBJECT_KEY_CACHE_SIZE", personal.DefaultCacheSize, 1),
 	}
 	file := e.String("AIGOV_OIDC_CONFIG", "")
 	urls := e.List("AIGOV_OIDC_ISSUERS", nil)

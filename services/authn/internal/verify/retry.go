@@ -41,7 +41,10 @@ var errDecisionPending = errors.New("the request is verified but not decided yet
 // the one recorded.
 func (v *Verifier) passRetry(ctx context.Context, r request, retryID string) error {
 	now := v.now()
-	data := v.verified(r, now)
+	data, err := v.verified(ctx, r, now)
+	if err != nil {
+		return err
+	}
 	_, ack, err := v.pub.PublishNow(ctx, runtime.Outgoing{
 		NATSSubject: v.subjects.Verified(r.action), ID: schemas.DerivedID(r.id, schemas.KindVerified),
 		Type: schemas.TypeVerified, Time: now, Data: data,

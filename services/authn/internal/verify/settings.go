@@ -16,5 +16,8 @@ func Settings() runtime.Section {
 		{Names: []string{"AIGOV_AUTHN_CACHE_SIZE"}, Default: "`10000`", Doc: "verified tokens cached by SHA-256 (`-1` turns it off); gauge `aigov_authn_cache_entries`"},
 		{Names: []string{"AIGOV_AUTHN_REVOCATIONS_MAX"}, Default: "`500000`", Doc: "keys of `aigov_revocations` held in memory (a few hundred bytes each); above it every request reads the bucket instead"},
 		{Names: []string{"AIGOV_AUTHN_WORKERS"}, Default: "`32`", Doc: "requests verified at once"},
+		{Names: []string{"AIGOV_PERSONAL_ENCRYPTION"}, Default: "`true`", Doc: "seal each verified subject's email, name and `AIGOV_PERSONAL_CONTEXT_FIELDS` under their own key (bucket `aigov_subject_keys`) before any event leaves authn ([privacy.md](privacy.md))"},
+		{Names: []string{"AIGOV_PERSONAL_CONTEXT_FIELDS"}, Default: "—", Doc: "comma-separated top-level request context fields that are personal data (matched ignoring case), sealed like the email; a request sending a value that starts with `enc:v1:` is `malformed_request`"},
+		{Names: []string{"AIGOV_SUBJECT_KEY_CACHE_SIZE"}, Default: "`100000`", Doc: "subject keys held in memory by authn and policy (dropped at once when erased); a miss is one KV read"},
 	}}
 }

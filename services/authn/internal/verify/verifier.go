@@ -23,6 +23,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/aigov/aigov/schemas"
+	"github.com/aigov/aigov/schemas/personal"
 	"github.com/aigov/aigov/schemas/sessionlimits"
 	"github.com/aigov/aigov/schemas/signing"
 	"github.com/aigov/aigov/services/runtime"
@@ -78,6 +79,13 @@ type Verifier struct {
 
 	kvMu    sync.Mutex
 	usedIDs jetstream.KeyValue // token id bucket, opened on first use
+
+	// encrypt turns sealing on; sealer is set by Run, before any request
+	// is taken (it needs the subject keys bucket).
+	encrypt  bool
+	personal []string
+	keyCache int
+	sealer   *personal.Sealer
 }
 
 // New builds a verifier; it does no I/O.
@@ -112,6 +120,10 @@ func New(cfg Config, deps Deps) (*Verifier, error) {
 		}, []string{"code"}),
 		now:    time.Now,
 		limits: cfg.SessionLimits,
+
+		encrypt:  cfg.Encrypt,
+		personal: cfg.PersonalContextFields,
+		keyCache: cfg.SubjectKeyCacheSize,
 	}
 	if deps.Clock != nil {
 		v.now, auth.now = deps.Clock, deps.Clock
@@ -155,6 +167,27 @@ func (v *Verifier) Run(ctx context.Context) error {
 			return nil // stopped while starting: a clean stop
 		}
 		return err
+	}
+	if v.encrypt {
+		kv, err := v.js.KeyValue(ctx, v.topo.BucketSubjectKeys())
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("open subject keys bucket %s (has the bus been provisioned? run 'aigov bus provision'): %w", v.topo.BucketSubjectKeys(), err)
+		}
+		cache := personal.NewCache(kv, v.keyCache)
+		v.sealer = personal.NewSealer(cache, v.personal)
+		kctx, stop := context.WithCancel(ctx)
+		keysDone := make(chan struct{})
+		go func() {
+			defer close(keysDone)
+			// Rewatches by itself until kctx ends.
+			_ = cache.Run(kctx, func(err error) {
+				v.log.Warn().Err(err).Msg("subject key watch failed: keys uncached until it is back")
+			})
+		}()
+		defer func() { stop(); <-keysDone }()
 	}
 	refresher := make(chan struct{})
 	go func() {
@@ -225,6 +258,13 @@ func (v *Verifier) Handle(ctx context.Context, m jetstream.Msg) error {
 	}
 
 	malformed := v.parse(m, seq, &r)
+	if malformed == nil && v.encrypt {
+		if k, ok := personal.ReservedField(r.data.Context); ok {
+			// Only authn seals: a requester's "enc:v1:" value would be
+			// opened by policy as if authn had sealed it.
+			malformed = deny(schemas.CodeMalformedRequest, "context field %s starts with %q, which is reserved for the values aigov encrypts", quoteTrunc(k, 64), personal.CipherPrefix)
+		}
+	}
 	if mid := h.Get(schemas.HeaderMsgID); mid != "" && mid != r.id && len(mid) <= schemas.MaxIDLength {
 		// Stored under another de-duplication id than its request id: a
 		// retry the SDK resent because the stream had dropped it as a
@@ -437,7 +477,10 @@ func (v *Verifier) tokenIDs(ctx context.Context) (jetstream.KeyValue, error) {
 // pass publishes the verified event.
 func (v *Verifier) pass(ctx context.Context, r request) error {
 	now := v.now()
-	data := v.verified(r, now)
+	data, err := v.verified(ctx, r, now)
+	if err != nil {
+		return err
+	}
 	id := schemas.DerivedID(r.id, schemas.KindVerified)
 	if _, err := v.publish(ctx, v.subjects.Verified(r.action), id, schemas.TypeVerified, now, data); err != nil {
 		return err
@@ -448,9 +491,10 @@ func (v *Verifier) pass(ctx context.Context, r request) error {
 	return nil
 }
 
-// verified is the verified event's data for r.
-func (v *Verifier) verified(r request, now time.Time) schemas.Verified {
-	return schemas.Verified{
+// verified is the verified event's data for r, its personal fields
+// sealed under the subject's key.
+func (v *Verifier) verified(ctx context.Context, r request, now time.Time) (schemas.Verified, error) {
+	data := schemas.Verified{
 		RequestID:        r.id,
 		Source:           r.source,
 		Request:          r.data,
@@ -462,6 +506,14 @@ func (v *Verifier) verified(r request, now time.Time) schemas.Verified {
 		ReceivedAt:       r.receivedAt.UTC(),
 		VerifiedAt:       now.UTC(),
 	}
+	if v.sealer != nil {
+		c, err := v.sealer.Seal(ctx, &data.Principal, data.Request.Context)
+		if err != nil {
+			return schemas.Verified{}, fmt.Errorf("seal request %s: %w", r.id, err)
+		}
+		data.Request.Context = c
+	}
+	return data, nil
 }
 
 // deny publishes an authn deny decision, then replies to the requester.
@@ -499,6 +551,18 @@ func (v *Verifier) denyAs(ctx context.Context, r request, d *Denial, requestID s
 	if r.identity != nil {
 		p := r.identity.Principal
 		data.Principal, data.SessionKey = &p, r.identity.SessionKey
+	}
+	if v.sealer != nil {
+		if data.Principal != nil {
+			c, err := v.sealer.Seal(ctx, data.Principal, data.Context)
+			if err != nil {
+				return fmt.Errorf("seal deny of request %s: %w", r.id, err)
+			}
+			data.Context = c
+		} else {
+			// No verified subject, no key to seal for: not kept at all.
+			data.Context = v.sealer.Redact(data.Context)
+		}
 	}
 	id := schemas.DerivedID(r.id, schemas.KindDecision)
 	body, err := v.publish(ctx, v.subjects.Decision(r.action), id, schemas.TypeDecision, now, data)

@@ -82,8 +82,9 @@ func startEnv(t *testing.T) *env {
 	return startEnvTopo(t, schemas.NewTopology(""))
 }
 
-// startEnvTopo is startEnv with a topology of the test's choosing.
-func startEnvTopo(t *testing.T, topo schemas.Topology) *env {
+// startEnvTopo is startEnv with a topology of the test's choosing, and
+// edits of the verifier's configuration.
+func startEnvTopo(t *testing.T, topo schemas.Topology, edit ...func(*verify.Config)) *env {
 	t.Helper()
 	ctx := context.Background()
 	srv := natsdev.StartT(t, natsdev.Options{})
@@ -115,6 +116,9 @@ func startEnvTopo(t *testing.T, topo schemas.Topology) *env {
 			{URL: e.replay.Issuer(), Audiences: []string{"aigov"}, ReplayProtection: true},
 		},
 		SessionLimits: sessionlimits.Limits{MaxAge: testMaxAge},
+	}
+	for _, f := range edit {
+		f(&cfg)
 	}
 	v, err := verify.New(cfg, verify.Deps{
 		Log:      zerolog.New(e.logs).Level(zerolog.DebugLevel),

@@ -41,6 +41,7 @@ func Bench(ctx context.Context, args []string, out io.Writer) error {
 	syncAlways := fs.Bool("sync-always", false, "NATS fsyncs every JetStream write (sync_interval: always) instead of every 2 minutes")
 	gogc := fs.String("gogc", "", "GOGC of the four services (empty: Go's default, 100)")
 	drain := fs.Int("audit-drain", 0, "publish this many decision events with the audit stopped, then time how fast it writes them all")
+	encrypt := fs.Bool("personal-encryption", true, "authn seals each subject's email, name and personal context fields (AIGOV_PERSONAL_ENCRYPTION); false measures the pipeline without")
 	gatewayN := fs.Int("gateway", 500, "then time this many requests through the gateway's HTTP API against as many sent directly, alternating, one at a time (0 skips)")
 	gatewayRate := fs.Int("gateway-rate", 1000, "then send calls open loop at this rate through the gateway's HTTP API and, in alternating 1 s blocks, directly with the SDK, and report the latency the gateway adds (0 skips)")
 	gatewayDuration := fs.Duration("gateway-duration", 20*time.Second, "how long -gateway-rate sends, both paths together")
@@ -83,7 +84,7 @@ func Bench(ctx context.Context, args []string, out io.Writer) error {
 		personas[names[i]] = idp.Persona{Subject: names[i], Email: names[i] + "@load.example", Name: names[i], Groups: groups}
 	}
 	st, err := stack.Start(ctx, stack.Options{Root: root, Dir: work, BinDir: bin, Personas: personas, LogLevel: "warn", Progress: out, NATSSyncAlways: *syncAlways,
-		ServiceEnv: serviceEnv(*linger, *profile != "", *gogc)})
+		ServiceEnv: append(serviceEnv(*linger, *profile != "", *gogc), "AIGOV_PERSONAL_ENCRYPTION="+strconv.FormatBool(*encrypt))})
 	if err != nil {
 		return err
 	}
@@ -97,7 +98,7 @@ func Bench(ctx context.Context, args []string, out io.Writer) error {
 	}
 	req := schemas.Request{Action: "model.retrain", Resource: schemas.Resource{Type: "Model", ID: "fraud-detector"}, Context: map[string]any{"environment": "staging"}}
 
-	fmt.Fprintf(out, "\n== sending %d requests from %d principals (rate %s, %d in flight at most, signing linger %s)\n", *n, *principals, rateText(*rate), *concurrency, *linger)
+	fmt.Fprintf(out, "\n== sending %d requests from %d principals (rate %s, %d in flight at most, signing linger %s, personal encryption %v)\n", *n, *principals, rateText(*rate), *concurrency, *linger, *encrypt)
 	latencies := make([]time.Duration, *n)
 	// When each decision came back: with the row poller, the time from the
 	// decision to its row being visible in ClickHouse (see rowPoller; the

@@ -165,7 +165,7 @@ func Demo(ctx context.Context, args []string, out io.Writer) error {
 	if err := demo.WaitAudited(ctx, st.DB, ids, 30*time.Second); err != nil {
 		return err
 	}
-	for _, q := range demo.Queries("alice@aigov.example") {
+	for _, q := range demo.Queries("alice") {
 		if err := demo.PrintQuery(ctx, out, st.DB, q); err != nil {
 			return err
 		}

@@ -18,11 +18,14 @@ type Query struct {
 	SQL      string
 }
 
-// Queries are the questions the demo answers from the audit tables.
-func Queries(email string) []Query {
+// Queries are the questions the demo answers from the audit tables. A
+// person is found by their subject (principal_id is issuer#subject): the
+// email column is sealed under the subject's key (docs/privacy.md), so
+// SQL cannot match it.
+func Queries(subject string) []Query {
 	return []Query{
 		{"Who retrained which model, and was it allowed?",
-			`SELECT toString(event_time) AS at, email, resource_id AS model, decision, code
+			`SELECT toString(event_time) AS at, principal_id, resource_id AS model, decision, code
 FROM aigov.decisions FINAL
 WHERE action = 'model.retrain'
 ORDER BY event_time_us`},
@@ -32,10 +35,10 @@ FROM aigov.decisions FINAL
 WHERE decision = 'deny'
 GROUP BY code, stage
 ORDER BY denies DESC, code`},
-		{"What did " + email + " touch?",
+		{"What did " + subject + " touch?",
 			`SELECT toString(event_time) AS at, action, resource_type, resource_id, decision, code
 FROM aigov.decisions FINAL
-WHERE email = '` + email + `'
+WHERE principal_id LIKE '%#` + subject + `'
 ORDER BY event_time_us`},
 	}
 }

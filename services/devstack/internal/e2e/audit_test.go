@@ -198,7 +198,7 @@ func checkNoVisibleDuplicates(ctx context.Context, t *testing.T, st *stack.Stack
 	}
 	queries := map[string]string{
 		"decisions FINAL":          "SELECT count(), uniqExact(request_id) FROM aigov.decisions FINAL",
-		"documented: what did Z":   "SELECT count(), uniqExact(request_id) FROM aigov.resource_access WHERE email = 'loader-1@load.example'",
+		"documented: what did Z":   "SELECT count(), uniqExact(request_id) FROM aigov.resource_access WHERE principal_id LIKE '%#loader-1'",
 		"documented: retrains":     "SELECT count(), uniqExact(request_id) FROM aigov.model_changes WHERE model = 'fraud-detector' AND action IN ('model.retrain', 'model.update_hyperparameters')",
 		"event_log_final":          "SELECT count(), uniqExact(stream, stream_seq) FROM aigov.event_log_final",
 		"event_log_final decision": "SELECT count(), uniqExact(event_id) FROM aigov.event_log_final WHERE stream = 'AIGOV_DECISIONS'",

@@ -74,7 +74,7 @@ func TestReadmeCommandsVerbatim(t *testing.T) {
 		{"aigov authorize", []string{"aigov authorize"}, []string{"allow model.retrain"}},
 		{"the nats CLI", []string{"nats --server", " sub ", " pub "}, []string{`"decision":"allow"`, "Aigov-Signature"}},
 		{"a policy change", []string{"aigov policy push", "aigov approvals approve"}, []string{"valid", "deny  policy.update", "code=approval_required", "risk-reviewers 1/2", "allow policy.update", "activated policy set", "use 1 of 1"}},
-		{"the audit", []string{"clickhouse-client", "aigov audit verify"}, []string{"model.retrain", "alice@aigov.example", "AIGOV_DECISIONS"}},
+		{"the audit", []string{"clickhouse-client", "aigov audit verify"}, []string{"model.retrain", "#alice", "AIGOV_DECISIONS"}},
 	}
 	if len(blocks)-1 != len(checks) {
 		t.Fatalf("the README has %d shell blocks after make run, this test knows %d: teach it the new ones\n%q", len(blocks)-1, len(checks), blocks[1:])

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/aigov/aigov/schemas/personal"
 	"github.com/aigov/aigov/schemas/sessionlimits"
 	"github.com/aigov/aigov/services/runtime"
 )
@@ -35,6 +36,9 @@ type Config struct {
 	// decision-time recheck (AIGOV_POLICY_REVOCATIONS_MAX); above it every
 	// request reads the revocation bucket.
 	RevocationsMax int
+	// SubjectKeyCacheSize bounds the subject keys held in memory
+	// (AIGOV_SUBJECT_KEY_CACHE_SIZE).
+	SubjectKeyCacheSize int
 	// SessionLimits are the session max age and its rules
 	// (AIGOV_SESSION_MAX_AGE, AIGOV_REAPER_CONFIG), checked again at
 	// decision time.
@@ -57,6 +61,7 @@ func LoadConfig(e *runtime.Env) Config {
 		ApprovalTTL:          e.Duration("AIGOV_APPROVAL_TTL", 24*time.Hour),
 		ApprovalWebhooksFile: e.String("AIGOV_APPROVAL_WEBHOOKS_FILE", ""),
 		RevocationsMax:       e.Int("AIGOV_POLICY_REVOCATIONS_MAX", DefaultRevocationsMax, 1),
+		SubjectKeyCacheSize:  e.Int("AIGOV_SUBJECT_KEY_CACHE_SIZE", personal.DefaultCacheSize, 1),
 		SessionLimits:        runtime.LoadSessionLimits(e),
 	}
 }

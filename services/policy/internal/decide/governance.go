@@ -14,6 +14,7 @@ import (
 
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/schemas/killswitch"
+	"github.com/aigov/aigov/schemas/personal"
 	"github.com/aigov/aigov/services/policy/engine"
 	"github.com/aigov/aigov/services/runtime"
 )
@@ -33,6 +34,8 @@ func (s *Service) publishEvent(ctx context.Context, subject, id, typ string, dat
 func (s *Service) effects(ctx context.Context, v schemas.Verified, d *schemas.Decision, res engine.Result, snap *snapshot) error {
 	spent := false
 	switch v.Request.Action {
+	case schemas.ActionPrivacyErase:
+		return s.erase(ctx, v, d, res)
 	case schemas.ActionPolicyUpdate:
 		// activate spends a granted approval request itself, between
 		// checking the set and activating it.
@@ -381,4 +384,41 @@ func (s *Service) watchApprovals(ctx context.Context) error {
 			s.log.Error().Err(err).Str("key", e.Key()).Msg("approval ignored")
 		}
 	})
+}
+
+// erase carries out an allowed privacy.erase: it spends the approval that
+// unlocked it (so an approval erases once), destroys the key named by
+// context.subject_key_id (a purge: no revision left, in every replica of
+// the bucket), and publishes the signed subject_erased governance event.
+// A redelivery purges again and re-publishes the same (de-duplicated)
+// event: both are idempotent.
+func (s *Service) erase(ctx context.Context, v schemas.Verified, d *schemas.Decision, res engine.Result) error {
+	keyID, _ := v.Request.Context[schemas.ContextSubjectKeyID].(string)
+	if !personal.ValidKeyID(keyID) {
+		d.Decision, d.Code = schemas.Deny, schemas.CodeMalformedRequest
+		d.Reason = "context.subject_key_id must be a subject key id (64 lower-case hex digits: aigov privacy erase computes it from the issuer and subject)"
+		return nil
+	}
+	if res.Granted {
+		if err := s.useApproval(ctx, v, d, res); err != nil || !d.Allowed() {
+			return err
+		}
+	}
+	if s.keys == nil {
+		return errors.New("subject keys not open yet")
+	}
+	if err := s.keys.Store().EraseID(ctx, keyID); err != nil {
+		return err
+	}
+	ev := schemas.SubjectErasure{
+		SubjectKeyID: keyID, RequestID: v.RequestID, By: v.Principal.ID, ApprovalID: d.ApprovalID,
+		Approvals: d.Approvals, PolicyIDs: d.PolicyIDs, PolicyVersion: d.PolicyVersion, At: s.clock().UTC(),
+	}
+	if err := s.publishEvent(ctx, s.topo.Subjects.Governance(schemas.KindPrivacy, schemas.SubjectErasedEvent),
+		schemas.DerivedID(v.RequestID, "privacy.subject_erased"), schemas.TypeSubjectErased, ev); err != nil {
+		return err
+	}
+	s.log.Info().Str("request_id", v.RequestID).Str("subject_key_id", keyID).Str("principal_id", v.Principal.ID).
+		Str("approval_id", d.ApprovalID).Msg("data subject erased")
+	return nil
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/aigov/aigov/schemas"
+	"github.com/aigov/aigov/schemas/personal"
 	"github.com/aigov/aigov/schemas/sessionlimits"
 	"github.com/aigov/aigov/schemas/signing"
 	"github.com/aigov/aigov/services/policy/engine"
@@ -77,6 +78,9 @@ type Deps struct {
 	// SigningLinger is how long the runner gathers decisions to sign and
 	// publish as one batch (runtime.Common.SigningLinger).
 	SigningLinger time.Duration
+	// SubjectKeyCacheSize bounds the subject keys held in memory to open
+	// sealed personal fields (zero: personal.DefaultCacheSize).
+	SubjectKeyCacheSize int
 }
 
 // Service consumes verified requests and publishes a decision for each.
@@ -101,6 +105,10 @@ type Service struct {
 	decisions *prometheus.CounterVec
 	allowed   prometheus.Counter // decisions{allow, none}
 	evalTime  prometheus.Histogram
+	// keys opens the sealed personal fields of verified events (set by
+	// Run, before any is taken); keyCache bounds it.
+	keys     *personal.Cache
+	keyCache int
 }
 
 // NewService checks the dependencies and registers the metrics.
@@ -136,6 +144,7 @@ func NewService(d Deps) (*Service, error) {
 		clock:    d.Clock,
 		trust:    d.Trust,
 		limits:   d.SessionLimits,
+		keyCache: d.SubjectKeyCacheSize,
 		log:      d.Log.With().Str("component", "decide").Logger(),
 		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "aigov_policy_decisions_total",
@@ -196,6 +205,14 @@ func (s *Service) Run(ctx context.Context) (err error) {
 		return err
 	}
 	s.kv = b
+	s.keys = personal.NewCache(b.subjectKeys, s.keyCache)
+	// An erasure overwrites the key's message in the store: it needs the
+	// bucket's stream, not only the KV view of it.
+	keyStream, err := s.js.Stream(ctx, "KV_"+s.topo.BucketSubjectKeys())
+	if err != nil {
+		return fmt.Errorf("open the stream of bucket %s: %w", s.topo.BucketSubjectKeys(), err)
+	}
+	s.keys.Store().WithStream(keyStream)
 	if seeded, err := seedPolicy(ctx, b.policy, s.seed); err != nil {
 		return err
 	} else if seeded {
@@ -223,6 +240,11 @@ func (s *Service) Run(ctx context.Context) (err error) {
 	wg.Go(func() { errs <- s.watchRequests(wctx) })
 	wg.Go(func() { s.sweepExpired(wctx, s.sweep) })
 	wg.Go(func() { s.revs.Run(wctx) }) // rewatches by itself; lookups fail closed meanwhile
+	wg.Go(func() {                     // rewatches by itself; uncached meanwhile
+		_ = s.keys.Run(wctx, func(err error) {
+			s.log.Warn().Err(err).Msg("subject key watch failed: keys uncached until it is back")
+		})
+	})
 	// Stop before waiting: the watchers run until wctx ends, also when Run
 	// returns early with an error.
 	defer func() { stop(); wg.Wait() }()
@@ -295,11 +317,19 @@ func (s *Service) Handle(ctx context.Context, m jetstream.Msg) error {
 		return err
 	} else if denied != nil {
 		d = *denied
+	} else if clear, denied, err := s.open(ctx, v, snap); err != nil {
+		return err
+	} else if denied != nil {
+		d = *denied
 	} else {
 		start := time.Now()
-		res := snap.eval.Evaluate(v)
+		res := snap.eval.Evaluate(clear)
 		s.evalTime.Observe(time.Since(start).Seconds())
 		d = res.Decision
+		// Cedar saw the clear values; what is published, stored and
+		// answered keeps authn's sealed ones.
+		sealed := v.Principal
+		d.Principal, d.Context = &sealed, v.Request.Context
 		switch {
 		case d.Allowed():
 			if err := s.effects(ctx, v, &d, res, snap); err != nil {
@@ -402,4 +432,34 @@ func decodeVerified(b []byte) (schemas.Verified, error) {
 		return schemas.Verified{}, fmt.Errorf("%w: request_id must be 1 to %d characters", schemas.ErrInvalidEvent, schemas.MaxIDLength)
 	}
 	return v, nil
+}
+
+// open returns v with its sealed personal fields opened (the principal's
+// email and name, sealed context fields) for Cedar to evaluate. A value
+// that cannot be opened is a subject_erased deny, decided on nothing
+// unreadable; a key store that cannot be reached is an error (redelivery).
+func (s *Service) open(ctx context.Context, v schemas.Verified, snap *snapshot) (schemas.Verified, *schemas.Decision, error) {
+	if !personal.Sealed(v.Principal, v.Request.Context) {
+		return v, nil, nil
+	}
+	if s.keys == nil {
+		return v, nil, errors.New("subject keys not open yet")
+	}
+	clear := v
+	c, err := personal.Open(ctx, s.keys, &clear.Principal, v.Request.Context)
+	switch {
+	case errors.Is(err, personal.ErrErased), errors.Is(err, personal.ErrWrongSubject), errors.Is(err, personal.ErrUnreadable):
+		p := v.Principal
+		return v, &schemas.Decision{
+			RequestID: v.RequestID, Action: v.Request.Action, Resource: v.Request.Resource, Context: v.Request.Context,
+			Principal: &p, Decision: schemas.Deny, Code: schemas.CodeSubjectErased,
+			Reason: "the request's personal fields cannot be opened: " + err.Error(), Stage: schemas.StagePolicy,
+			PolicyVersion: snap.eval.Set().Version(), SessionKey: v.SessionKey, TokenFingerprint: v.TokenFingerprint,
+			Timings: engine.Timings(v, s.clock()),
+		}, nil
+	case err != nil:
+		return v, nil, fmt.Errorf("open personal fields of request %s: %w", v.RequestID, err)
+	}
+	clear.Request.Context = c
+	return clear, nil, nil
 }

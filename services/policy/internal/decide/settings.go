@@ -13,5 +13,6 @@ func Settings() runtime.Section {
 		{Names: []string{"AIGOV_APPROVAL_TTL"}, Default: "`24h`", Doc: "how long an `approval.grant` counts, and how long an approval request stays open (pending or approved and unused)"},
 		{Names: []string{"AIGOV_APPROVAL_WEBHOOKS_FILE"}, Default: "—", Doc: "JSON file of team → webhook (`url`, `secret_file`, `format` `json` or `slack`): approval request events are POSTed to each required team's hook, signed with HMAC-SHA256 ([approvals.md](approvals.md#notifications))"},
 		{Names: []string{"AIGOV_POLICY_REVOCATIONS_MAX"}, Default: "`500000`", Doc: "keys of `aigov_revocations` held in memory for the decision-time re-check; above it every request reads the bucket instead (as `AIGOV_AUTHN_REVOCATIONS_MAX` for authn)"},
+		{Names: []string{"AIGOV_SUBJECT_KEY_CACHE_SIZE"}, Default: "`100000`", Doc: "subject keys held in memory to open sealed fields for Cedar ([privacy.md](privacy.md))"},
 	}}
 }

@@ -199,7 +199,7 @@ func (s *state) unpend(a schemas.Approval) {
 
 // buckets are the KV buckets the service works with.
 type buckets struct {
-	policy, proposals, entities, approvals, requests jetstream.KeyValue
+	policy, proposals, entities, approvals, requests, subjectKeys jetstream.KeyValue
 }
 
 func openBuckets(ctx context.Context, js jetstream.JetStream, t schemas.Topology) (buckets, error) {
@@ -210,7 +210,7 @@ func openBuckets(ctx context.Context, js jetstream.JetStream, t schemas.Topology
 	}{
 		{t.BucketPolicy(), &b.policy}, {t.BucketPolicyProposals(), &b.proposals},
 		{t.BucketEntities(), &b.entities}, {t.BucketApprovals(), &b.approvals},
-		{t.BucketApprovalRequests(), &b.requests},
+		{t.BucketApprovalRequests(), &b.requests}, {t.BucketSubjectKeys(), &b.subjectKeys},
 	} {
 		kv, err := js.KeyValue(ctx, x.name)
 		if err != nil {

@@ -1,4 +1,10 @@
-package privacy
+// Package personal encrypts a data subject's personal fields under a key
+// of their own (AES-256-GCM), held in a JetStream KV bucket: destroying
+// the key erases the person from every stored copy at once
+// (crypto-shredding), while the stored ciphertext, and the audit's hash
+// chain over it, stay intact. authn seals events before they reach any
+// retained stream; policy and the operator's export open them.
+package personal
 
 import (
 	"context"
@@ -39,17 +45,45 @@ func aad(keyID, field string) []byte { return []byte("aigov-enc-v1\x00" + keyID 
 
 // Encrypt seals plaintext for field under key (32 bytes, AES-256-GCM).
 func Encrypt(key []byte, keyID, field, plaintext string) (string, error) {
-	gcm, err := newGCM(key)
+	k, err := NewKey(keyID, key)
 	if err != nil {
 		return "", err
 	}
+	return k.Seal(field, plaintext)
+}
+
+// Key is a subject key ready to seal and open: its AES-GCM state is built
+// once, not per value (what a Cache holds).
+type Key struct {
+	id   string
+	aead cipher.AEAD
+}
+
+// NewKey prepares key (KeySize bytes) with id keyID.
+func NewKey(keyID string, key []byte) (*Key, error) {
+	gcm, err := newGCM(key)
+	if err != nil {
+		return nil, err
+	}
+	return &Key{id: keyID, aead: gcm}, nil
+}
+
+// ID is the key's id (SubjectKeyID).
+func (k *Key) ID() string { return k.id }
+
+// Seal encrypts plaintext for field.
+func (k *Key) Seal(field, plaintext string) (string, error) {
+	gcm := k.aead
 	nonce := make([]byte, gcm.NonceSize(), gcm.NonceSize()+len(plaintext)+gcm.Overhead())
 	if _, err := rand.Read(nonce); err != nil {
 		return "", fmt.Errorf("encrypt: nonce: %w", err)
 	}
-	sealed := gcm.Seal(nonce, nonce, []byte(plaintext), aad(keyID, field))
-	return CipherPrefix + keyID + ":" + base64.RawStdEncoding.EncodeToString(sealed), nil
+	sealed := gcm.Seal(nonce, nonce, []byte(plaintext), aad(k.id, field))
+	return CipherPrefix + k.id + ":" + base64.RawStdEncoding.EncodeToString(sealed), nil
 }
+
+// Open decrypts a value Seal sealed for field.
+func (k *Key) Open(field, v string) (string, error) { return open(k.aead, field, v) }
 
 // CipherKeyID returns the key id of an encrypted value, or false when v is
 // not one.
@@ -64,6 +98,14 @@ func CipherKeyID(v string) (string, bool) {
 
 // Decrypt opens a value Encrypt sealed for field under key.
 func Decrypt(key []byte, field, v string) (string, error) {
+	gcm, err := newGCM(key)
+	if err != nil {
+		return "", err
+	}
+	return open(gcm, field, v)
+}
+
+func open(gcm cipher.AEAD, field, v string) (string, error) {
 	rest, ok := strings.CutPrefix(v, CipherPrefix)
 	if !ok {
 		return "", errors.New("decrypt: not an encrypted value")
@@ -75,10 +117,6 @@ func Decrypt(key []byte, field, v string) (string, error) {
 	sealed, err := base64.RawStdEncoding.DecodeString(body)
 	if err != nil {
 		return "", fmt.Errorf("decrypt: %w", err)
-	}
-	gcm, err := newGCM(key)
-	if err != nil {
-		return "", err
 	}
 	if len(sealed) < gcm.NonceSize()+gcm.Overhead() {
 		return "", errors.New("decrypt: value too short")
@@ -105,17 +143,31 @@ func newGCM(key []byte) (cipher.AEAD, error) {
 	return gcm, nil
 }
 
+// KeySize is the length of a subject key in bytes (AES-256).
+const KeySize = 32
+
 // SubjectKeys is the store of per-subject keys: a JetStream KV bucket, one
-// key per data subject (SubjectKeyID), readable only by the audit and the
-// erasure role. Erasing a subject deletes and purges its key, after which
+// key per data subject (SubjectKeyID), readable only by authn (which
+// creates keys), policy (which opens and erases) and the operator (export;
+// schemas.Topology.Grant). Erasing a subject overwrites and purges its key, after which
 // every value encrypted under it is unreadable while the rows, and the hash
 // chain over their ciphertext, stay intact.
 type SubjectKeys struct {
 	kv jetstream.KeyValue
+	// stream is the bucket's stream, for the secure delete of an
+	// erasure; nil until WithStream.
+	stream jetstream.Stream
 }
 
 // NewSubjectKeys uses bucket kv.
 func NewSubjectKeys(kv jetstream.KeyValue) *SubjectKeys { return &SubjectKeys{kv: kv} }
+
+// WithStream lets EraseID overwrite the key on disk: st is the bucket's
+// stream (schemas.Topology.SubjectKeysStream, which allows it).
+func (s *SubjectKeys) WithStream(st jetstream.Stream) *SubjectKeys {
+	s.stream = st
+	return s
+}
 
 // GetOrCreate returns the key of issuer+subject, creating it on first use.
 // Two writers creating one subject's key at once agree: Create fails for
@@ -161,13 +213,46 @@ func (s *SubjectKeys) get(ctx context.Context, keyID string) ([]byte, error) {
 	return e.Value(), nil
 }
 
-// Erase destroys the key of issuer+subject: a purge, which removes every
-// stored revision of the key (KV buckets allow rollups), so no history
-// keeps it. Erasing a subject with no key is not an error.
+// Erase destroys the key of issuer+subject (EraseID).
 func (s *SubjectKeys) Erase(ctx context.Context, issuer, subject string) (keyID string, err error) {
 	keyID = SubjectKeyID(issuer, subject)
-	if err := s.kv.Purge(ctx, keyID); err != nil {
-		return keyID, fmt.Errorf("erase subject key %s: %w", keyID, err)
+	return keyID, s.EraseID(ctx, keyID)
+}
+
+// EraseID destroys the key with id keyID. With the bucket's stream
+// (WithStream) the key's message is first deleted securely: the server
+// overwrites its bytes in the store (and on every replica), which a purge
+// alone does not do. Then a purge removes any other revision and leaves a
+// marker without a value, which every watching cache sees. Erasing a
+// subject with no key is not an error; an erasure that failed half way is
+// completed by running it again.
+func (s *SubjectKeys) EraseID(ctx context.Context, keyID string) error {
+	if !ValidKeyID(keyID) {
+		return fmt.Errorf("erase subject key: %q is not a subject key id (64 hex digits)", keyID)
 	}
-	return keyID, nil
+	if s.stream != nil {
+		e, err := s.kv.Get(ctx, keyID)
+		switch {
+		case errors.Is(err, jetstream.ErrKeyNotFound):
+		case err != nil:
+			return fmt.Errorf("erase subject key %s: %w", keyID, err)
+		default:
+			if err := s.stream.SecureDeleteMsg(ctx, e.Revision()); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+				return fmt.Errorf("erase subject key %s: overwrite revision %d: %w", keyID, e.Revision(), err)
+			}
+		}
+	}
+	if err := s.kv.Purge(ctx, keyID); err != nil {
+		return fmt.Errorf("erase subject key %s: %w", keyID, err)
+	}
+	return nil
+}
+
+// ValidKeyID reports whether id has the shape of a SubjectKeyID.
+func ValidKeyID(id string) bool {
+	if len(id) != 2*sha256.Size {
+		return false
+	}
+	_, err := hex.DecodeString(id)
+	return err == nil && strings.ToLower(id) == id
 }

@@ -1,0 +1,50 @@
+package schemas
+
+import "time"
+
+// Erasure of a data subject (docs/privacy.md): the governed request
+// privacy.erase on DataSubjects::"all" with context.subject_key_id, which
+// policy executes once Cedar allows it (with its approvals) by purging the
+// subject's key from BucketSubjectKeys, then publishes a subject_erased
+// governance event. The request names the subject by key id only
+// (personal.SubjectKeyID), so the erasure's own record names nobody.
+const (
+	// ActionPrivacyErase erases the subject whose key id is
+	// context.subject_key_id.
+	ActionPrivacyErase = "privacy.erase"
+	// ContextSubjectKeyID is its context field.
+	ContextSubjectKeyID = "subject_key_id"
+	// DataSubjectsType and DataSubjectsID are its resource:
+	// DataSubjects::"all", in the entity store like PolicySet::"active".
+	DataSubjectsType = "DataSubjects"
+	DataSubjectsID   = "all"
+
+	// KindPrivacy is the second subject token of privacy governance
+	// events (aigov.privacy.subject_erased), in the governance stream.
+	KindPrivacy = "privacy"
+	// SubjectErasedEvent is the third token.
+	SubjectErasedEvent = "subject_erased"
+	// TypeSubjectErased: a subject's key was destroyed (SubjectErasure).
+	TypeSubjectErased = "dev.aigov.privacy.subject_erased.v1"
+	// SchemaPrivacy is the JSON Schema of its data.
+	SchemaPrivacy = "privacy.json"
+)
+
+// SubjectErasure is the data of a subject_erased event.
+type SubjectErasure struct {
+	// SubjectKeyID names the erased subject's key (personal.SubjectKeyID).
+	SubjectKeyID string `json:"subject_key_id"`
+	// RequestID is the allowed privacy.erase request.
+	RequestID string `json:"request_id"`
+	// By is the principal id of who asked for the erasure.
+	By string `json:"by"`
+	// ApprovalID is the approval request its reviewers approved, if any.
+	ApprovalID string `json:"approval_id,omitempty"`
+	// Approvals are the approving teams.
+	Approvals []string `json:"approvals,omitempty"`
+	// PolicyIDs are the policies that allowed it; PolicyVersion their set.
+	PolicyIDs     []string `json:"policy_ids,omitempty"`
+	PolicyVersion string   `json:"policy_version"`
+	// At is when the key was purged.
+	At time.Time `json:"at"`
+}
