@@ -63,7 +63,7 @@ const (
 	// MaxSourceLength.
 	CodeSourceTooLong Code = "source_too_long"
 	// CodeSubjectErased: policy could not open the request's sealed
-	// personal fields (schemas/personal): the subject's key was erased
+	// personal fields (services/servicekit/personal): the subject's key was erased
 	// while the request was in flight, or the value was not sealed for
 	// this subject.
 	CodeSubjectErased Code = "subject_erased"

@@ -10,6 +10,7 @@ require (
 )
 
 require (
+	github.com/aigov/aigov/services/servicekit v0.0.0
 	github.com/antithesishq/antithesis-sdk-go v0.8.0-default-no-op // indirect
 	github.com/google/go-tpm v0.9.8 // indirect
 	github.com/klauspost/compress v1.20.3 // indirect
@@ -21,3 +22,5 @@ require (
 	golang.org/x/text v0.43.0 // indirect
 	golang.org/x/time v0.16.0 // indirect
 )
+
+replace github.com/aigov/aigov/services/servicekit => ../services/servicekit

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aigov/aigov/services/servicekit/topology"
+
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -30,7 +32,7 @@ const adminUser = "admin"
 // the topology's permissions, plus an unrestricted admin for setup.
 type bus struct {
 	url     string
-	topo    schemas.Topology
+	topo    topology.Topology
 	signers map[string]*signing.Signer
 	trust   *signing.Trust
 }
@@ -52,7 +54,7 @@ func (b *bus) signed(t *testing.T, role, replyTo string, ev schemas.Event, d sch
 
 func startBus(t *testing.T) *bus {
 	t.Helper()
-	topo := schemas.NewTopology("")
+	topo := topology.New("")
 	opts := &server.Options{
 		Host: "127.0.0.1", Port: server.RANDOM_PORT,
 		JetStream: true, StoreDir: t.TempDir(),

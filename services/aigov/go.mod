@@ -8,7 +8,7 @@ require (
 	github.com/aigov/aigov/services/audit v0.0.0
 	github.com/aigov/aigov/services/devenv v0.0.0
 	github.com/aigov/aigov/services/policy v0.0.0
-	github.com/aigov/aigov/services/runtime v0.0.0
+	github.com/aigov/aigov/services/servicekit v0.0.0
 	github.com/cedar-policy/cedar-go v1.9.1
 	github.com/nats-io/nats.go v1.55.0
 )
@@ -47,6 +47,6 @@ replace github.com/aigov/aigov/services/audit => ../audit
 
 replace github.com/aigov/aigov/services/policy => ../policy
 
-replace github.com/aigov/aigov/services/runtime => ../runtime
+replace github.com/aigov/aigov/services/servicekit => ../servicekit
 
 replace github.com/aigov/aigov/services/devenv => ../devenv

@@ -41,7 +41,7 @@ require (
 	github.com/ClickHouse/clickhouse-go/v2 v2.51.0
 	github.com/aigov/aigov/schemas v0.0.0
 	github.com/aigov/aigov/services/devenv v0.0.0
-	github.com/aigov/aigov/services/runtime v0.0.0
+	github.com/aigov/aigov/services/servicekit v0.0.0
 	github.com/chdb-io/chdb-go v1.11.0
 	github.com/goccy/go-json v0.12.0
 	github.com/nats-io/nats.go v1.55.0
@@ -52,5 +52,5 @@ require (
 replace (
 	github.com/aigov/aigov/schemas => ../../schemas
 	github.com/aigov/aigov/services/devenv => ../devenv
-	github.com/aigov/aigov/services/runtime => ../runtime
+	github.com/aigov/aigov/services/servicekit => ../servicekit
 )

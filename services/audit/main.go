@@ -9,27 +9,27 @@ import (
 	"errors"
 
 	"github.com/aigov/aigov/services/audit/internal/sink"
-	"github.com/aigov/aigov/services/runtime"
+	"github.com/aigov/aigov/services/servicekit"
 )
 
-func main() { runtime.Main(settings(), run) }
+func main() { servicekit.Main(settings(), run) }
 
 // settings are what audit reads from the environment, declared: reading
 // anything else fails the start, and docs/configuration.md is generated
 // from them.
-func settings() runtime.Settings {
-	return runtime.Settings{Service: "audit", Sections: []runtime.Section{runtime.CommonSettings(), sink.Settings()}}
+func settings() servicekit.Settings {
+	return servicekit.Settings{Service: "audit", Sections: []servicekit.Section{servicekit.CommonSettings(), sink.Settings()}}
 }
 
 // run is main without the process: tests call it with a map of variables.
-func run(ctx context.Context, lookup runtime.Lookup) error {
-	env := runtime.NewEnv(lookup)
+func run(ctx context.Context, lookup servicekit.Lookup) error {
+	env := servicekit.NewEnv(lookup)
 	env.Declare(settings())
 	cfg := sink.LoadConfig(env)
 	if err := env.Err(); err != nil {
 		return err
 	}
-	svc, err := runtime.Start(ctx, cfg.Common)
+	svc, err := servicekit.Start(ctx, cfg.Common)
 	if err != nil {
 		return err
 	}

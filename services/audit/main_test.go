@@ -15,7 +15,7 @@ import (
 	"github.com/aigov/aigov/services/devenv/clickhouse"
 	"github.com/aigov/aigov/services/devenv/devkeys"
 	"github.com/aigov/aigov/services/devenv/natsdev"
-	"github.com/aigov/aigov/services/runtime"
+	"github.com/aigov/aigov/services/servicekit"
 )
 
 var server *clickhouse.Server
@@ -24,7 +24,7 @@ func TestMain(m *testing.M) { os.Exit(chtest.Main(m, &server)) }
 
 func TestRunRejectsBadConfig(t *testing.T) {
 	t.Parallel()
-	err := run(context.Background(), runtime.MapLookup(map[string]string{
+	err := run(context.Background(), servicekit.MapLookup(map[string]string{
 		"AIGOV_AUDIT_FLUSH_INTERVAL": "2m",
 		"AIGOV_CLICKHOUSE_DATABASE":  "no-dashes",
 	}))
@@ -51,7 +51,7 @@ func TestRunWritesAndStops(t *testing.T) {
 	defer cancel()
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, runtime.MapLookup(map[string]string{
+		done <- run(ctx, servicekit.MapLookup(map[string]string{
 			"AIGOV_NATS_URL":                 ns.URL(),
 			"AIGOV_NATS_TLS_CA":              ns.CAFile(),
 			"AIGOV_NATS_PASSWORD":            ns.Password(schemas.RoleAudit),

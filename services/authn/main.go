@@ -1,36 +1,36 @@
 // Command authn is aigov's authentication service: it verifies the OIDC
 // bearer token of every request event and publishes a verified event or an
 // authn deny. Configuration is read from the environment (AIGOV_*); see
-// internal/verify.LoadConfig and runtime.LoadCommon.
+// internal/verify.LoadConfig and servicekit.LoadCommon.
 package main
 
 import (
 	"context"
 
 	"github.com/aigov/aigov/services/authn/internal/verify"
-	"github.com/aigov/aigov/services/runtime"
+	"github.com/aigov/aigov/services/servicekit"
 )
 
-func main() { runtime.Main(settings(), run) }
+func main() { servicekit.Main(settings(), run) }
 
 // settings are what authn reads from the environment, declared: reading
 // anything else fails the start, and docs/configuration.md is generated
 // from them.
-func settings() runtime.Settings {
-	return runtime.Settings{Service: "authn", Sections: []runtime.Section{runtime.CommonSettings(), runtime.SessionLimitSettings(), verify.Settings()}}
+func settings() servicekit.Settings {
+	return servicekit.Settings{Service: "authn", Sections: []servicekit.Section{servicekit.CommonSettings(), servicekit.SessionLimitSettings(), verify.Settings()}}
 }
 
-func run(ctx context.Context, lookup runtime.Lookup) error {
-	env := runtime.NewEnv(lookup)
+func run(ctx context.Context, lookup servicekit.Lookup) error {
+	env := servicekit.NewEnv(lookup)
 	env.Declare(settings())
-	common := runtime.LoadCommon(env, "authn", "127.0.0.1:8081")
+	common := servicekit.LoadCommon(env, "authn", "127.0.0.1:8081")
 	// authn signs every verified event and deny (LoadCommon reads the key).
 	env.Required("AIGOV_SIGNING_KEY")
 	cfg := verify.LoadConfig(env)
 	if err := env.Err(); err != nil {
 		return err
 	}
-	svc, err := runtime.Start(ctx, common)
+	svc, err := servicekit.Start(ctx, common)
 	if err != nil {
 		return err
 	}

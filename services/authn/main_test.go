@@ -5,12 +5,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aigov/aigov/services/servicekit/topology"
+
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/schemas/client"
 	"github.com/aigov/aigov/services/devenv/devkeys"
 	"github.com/aigov/aigov/services/devenv/idp"
 	"github.com/aigov/aigov/services/devenv/natsdev"
-	"github.com/aigov/aigov/services/runtime"
+	"github.com/aigov/aigov/services/servicekit"
 )
 
 // TestRun wires the binary as main does, from environment variables, and
@@ -29,7 +31,7 @@ func TestRun(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, runtime.MapLookup(map[string]string{
+		done <- run(ctx, servicekit.MapLookup(map[string]string{
 			"AIGOV_NATS_URL":      srv.URL(),
 			"AIGOV_NATS_TLS_CA":   srv.CAFile(),
 			"AIGOV_NATS_PASSWORD": srv.Password(schemas.RoleAuthn),
@@ -52,7 +54,7 @@ func TestRun(t *testing.T) {
 	}
 	// Publish once authn's consumer exists, i.e. run has started serving.
 	_, ajs := srv.ConnectT(t, natsdev.AdminUser)
-	topo := schemas.NewTopology("")
+	topo := topology.New("")
 	deadline := time.Now().Add(15 * time.Second)
 	for {
 		if _, err := ajs.Consumer(ctx, topo.StreamRequests(), schemas.ConsumerAuthn); err == nil {

@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aigov/aigov/services/servicekit/topology"
+
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aigov/aigov/schemas"
@@ -13,7 +15,7 @@ import (
 	"github.com/aigov/aigov/services/devenv/devkeys"
 	"github.com/aigov/aigov/services/devenv/idp"
 	"github.com/aigov/aigov/services/devenv/natsdev"
-	"github.com/aigov/aigov/services/runtime"
+	"github.com/aigov/aigov/services/servicekit"
 )
 
 // The real authn against a server with two tenant accounts: platform-a's
@@ -36,7 +38,7 @@ func TestRunWithTenants(t *testing.T) {
 	runCtx, stop := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() {
-		done <- run(runCtx, runtime.MapLookup(map[string]string{
+		done <- run(runCtx, servicekit.MapLookup(map[string]string{
 			"AIGOV_NATS_URL":      srv.URL(),
 			"AIGOV_NATS_TLS_CA":   srv.CAFile(),
 			"AIGOV_NATS_PASSWORD": srv.Password(schemas.RoleAuthn),
@@ -88,7 +90,7 @@ func TestRunWithTenants(t *testing.T) {
 
 	// Forged reply header: the deny is published, never sent to b.
 	_, ajs := srv.ConnectT(t, natsdev.AdminUser)
-	topo := schemas.NewTopology("")
+	topo := topology.New("")
 	forged, err := c.Message(client.Call{ID: "forged-1", Token: expired, Request: req}, schemas.TenantInboxPrefix(b)+".x.forged")
 	if err != nil {
 		t.Fatal(err)

@@ -35,6 +35,7 @@ require (
 require (
 	github.com/ClickHouse/clickhouse-go/v2 v2.51.0
 	github.com/aigov/aigov/schemas v0.0.0
+	github.com/aigov/aigov/services/servicekit v0.0.0
 	github.com/coreos/go-oidc/v3 v3.21.0
 	github.com/go-jose/go-jose/v4 v4.1.9
 	github.com/golang-jwt/jwt/v5 v5.3.1
@@ -45,3 +46,5 @@ require (
 )
 
 replace github.com/aigov/aigov/schemas => ../../schemas
+
+replace github.com/aigov/aigov/services/servicekit => ../servicekit

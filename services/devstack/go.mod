@@ -14,6 +14,8 @@ require (
 
 require (
 	github.com/ClickHouse/ch-go v0.75.0 // indirect
+	github.com/aigov/aigov/services/audit v0.0.0
+	github.com/aigov/aigov/services/servicekit v0.0.0
 	github.com/andybalholm/brotli v1.2.7 // indirect
 	github.com/antithesishq/antithesis-sdk-go v0.8.0-default-no-op // indirect
 	github.com/cespare/xxhash/v2 v2.3.0 // indirect
@@ -44,3 +46,7 @@ replace (
 	github.com/aigov/aigov/schemas => ../../schemas
 	github.com/aigov/aigov/services/devenv => ../devenv
 )
+
+replace github.com/aigov/aigov/services/servicekit => ../servicekit
+
+replace github.com/aigov/aigov/services/audit => ../audit

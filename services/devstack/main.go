@@ -9,7 +9,7 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/aigov/aigov/services/devstack/internal/app"
+	"github.com/aigov/aigov/services/devstack/internal/commands"
 )
 
 func main() {
@@ -22,14 +22,14 @@ func main() {
 	var err error
 	switch cmd {
 	case "run":
-		err = app.Demo(ctx, args, os.Stdout)
+		err = commands.Demo(ctx, args, os.Stdout)
 	case "bench":
-		err = app.Bench(ctx, args, os.Stdout)
+		err = commands.Bench(ctx, args, os.Stdout)
 	case "chaos":
-		err = app.Chaos(ctx, args, os.Stdout)
-	case app.BenchClientCommand:
+		err = commands.Chaos(ctx, args, os.Stdout)
+	case commands.BenchClientCommand:
 		// The platform process of bench -gateway-rate.
-		err = app.BenchClient(ctx, args, os.Stdout)
+		err = commands.BenchClient(ctx, args, os.Stdout)
 	default:
 		err = fmt.Errorf("unknown command %q: want run, bench or chaos", cmd)
 	}

@@ -3,7 +3,7 @@
 // aigov request event with the caller's own bearer token and answers with
 // the decision, and an MCP gateway (/mcp) that makes every agent tool call
 // such a request. It decides nothing itself. Configuration is read from the
-// environment (AIGOV_*); see internal/config.Load and runtime.LoadCommon.
+// environment (AIGOV_*); see internal/config.Load and servicekit.LoadCommon.
 package main
 
 import (
@@ -11,29 +11,29 @@ import (
 
 	"github.com/aigov/aigov/services/gateway/internal/config"
 	"github.com/aigov/aigov/services/gateway/internal/server"
-	"github.com/aigov/aigov/services/runtime"
+	"github.com/aigov/aigov/services/servicekit"
 )
 
-func main() { runtime.Main(settings(), run) }
+func main() { servicekit.Main(settings(), run) }
 
 // settings are what gateway reads from the environment, declared: reading
 // anything else fails the start, and docs/configuration.md is generated
 // from them.
-func settings() runtime.Settings {
-	return runtime.Settings{Service: "gateway", Sections: []runtime.Section{runtime.CommonSettings(), config.Settings()}}
+func settings() servicekit.Settings {
+	return servicekit.Settings{Service: "gateway", Sections: []servicekit.Section{servicekit.CommonSettings(), config.Settings()}}
 }
 
-func run(ctx context.Context, lookup runtime.Lookup) error {
-	env := runtime.NewEnv(lookup)
+func run(ctx context.Context, lookup servicekit.Lookup) error {
+	env := servicekit.NewEnv(lookup)
 	env.Declare(settings())
-	common := runtime.LoadCommon(env, "gateway", config.DefaultHTTPAddr)
+	common := servicekit.LoadCommon(env, "gateway", config.DefaultHTTPAddr)
 	// Decisions are taken only when authn or policy signed them.
 	env.Required("AIGOV_TRUST_FILE")
 	cfg := config.Load(env)
 	if err := env.Err(); err != nil {
 		return err
 	}
-	svc, err := runtime.Start(ctx, common)
+	svc, err := servicekit.Start(ctx, common)
 	if err != nil {
 		return err
 	}

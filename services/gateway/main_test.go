@@ -20,13 +20,13 @@ import (
 	"github.com/aigov/aigov/services/devenv/devkeys"
 	"github.com/aigov/aigov/services/devenv/mcpdemo"
 	"github.com/aigov/aigov/services/devenv/natsdev"
-	"github.com/aigov/aigov/services/runtime"
+	"github.com/aigov/aigov/services/servicekit"
 )
 
 // Every bad setting is reported at once, before anything starts.
 func TestRunReportsEveryConfigError(t *testing.T) {
 	t.Parallel()
-	err := run(context.Background(), runtime.MapLookup(map[string]string{
+	err := run(context.Background(), servicekit.MapLookup(map[string]string{
 		"AIGOV_GATEWAY_DECISION_TIMEOUT": "soon",
 		"AIGOV_GATEWAY_MAX_IN_FLIGHT":    "0",
 		"AIGOV_GATEWAY_MAX_BODY_BYTES":   "99999999",
@@ -71,7 +71,7 @@ func TestRunFailsClosedAndStops(t *testing.T) {
 	defer cancel()
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, runtime.MapLookup(map[string]string{
+		done <- run(ctx, servicekit.MapLookup(map[string]string{
 			"AIGOV_NATS_URL":                 srv.URL(),
 			"AIGOV_NATS_TLS_CA":              srv.CAFile(),
 			"AIGOV_NATS_PASSWORD":            srv.Password(schemas.RoleGateway),

@@ -5,7 +5,7 @@ go 1.26.8
 require (
 	github.com/aigov/aigov/schemas v0.0.0
 	github.com/aigov/aigov/services/devenv v0.0.0
-	github.com/aigov/aigov/services/runtime v0.0.0
+	github.com/aigov/aigov/services/servicekit v0.0.0
 	github.com/cedar-policy/cedar-go v1.9.1
 	github.com/nats-io/nats.go v1.55.0
 	github.com/prometheus/client_golang v1.25.0
@@ -44,5 +44,5 @@ require (
 replace (
 	github.com/aigov/aigov/schemas => ../../schemas
 	github.com/aigov/aigov/services/devenv => ../devenv
-	github.com/aigov/aigov/services/runtime => ../runtime
+	github.com/aigov/aigov/services/servicekit => ../servicekit
 )

@@ -11,22 +11,22 @@ import (
 	"github.com/aigov/aigov/services/policy/engine"
 	"github.com/aigov/aigov/services/policy/internal/decide"
 	"github.com/aigov/aigov/services/policy/internal/notify"
-	"github.com/aigov/aigov/services/runtime"
+	"github.com/aigov/aigov/services/servicekit"
 )
 
-func main() { runtime.Main(settings(), run) }
+func main() { servicekit.Main(settings(), run) }
 
 // settings are what policy reads from the environment, declared: reading
 // anything else fails the start, and docs/configuration.md is generated
 // from them.
-func settings() runtime.Settings {
-	return runtime.Settings{Service: "policy", Sections: []runtime.Section{runtime.CommonSettings(), runtime.SessionLimitSettings(), decide.Settings()}}
+func settings() servicekit.Settings {
+	return servicekit.Settings{Service: "policy", Sections: []servicekit.Section{servicekit.CommonSettings(), servicekit.SessionLimitSettings(), decide.Settings()}}
 }
 
-func run(ctx context.Context, lookup runtime.Lookup) error {
-	env := runtime.NewEnv(lookup)
+func run(ctx context.Context, lookup servicekit.Lookup) error {
+	env := servicekit.NewEnv(lookup)
 	env.Declare(settings())
-	common := runtime.LoadCommon(env, "policy", "127.0.0.1:8082")
+	common := servicekit.LoadCommon(env, "policy", "127.0.0.1:8082")
 	cfg := decide.LoadConfig(env)
 	if err := env.Err(); err != nil {
 		return err
@@ -51,7 +51,7 @@ func run(ctx context.Context, lookup runtime.Lookup) error {
 			return err
 		}
 	}
-	svc, err := runtime.Start(ctx, common)
+	svc, err := servicekit.Start(ctx, common)
 	if err != nil {
 		return err
 	}
@@ -77,7 +77,7 @@ func run(ctx context.Context, lookup runtime.Lookup) error {
 		return err
 	}
 	svc.HTTP.AddCheck("revocations", d.Ready)
-	workers := []runtime.Worker{d.Run}
+	workers := []servicekit.Worker{d.Run}
 	if hooks != nil {
 		workers = append(workers, hooks.Run)
 	}

@@ -9,10 +9,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aigov/aigov/services/servicekit/topology"
+
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/services/devenv/devkeys"
 	"github.com/aigov/aigov/services/devenv/natsdev"
-	"github.com/aigov/aigov/services/runtime"
+	"github.com/aigov/aigov/services/servicekit"
 )
 
 // TestRun wires the real main path: config from a map, the policy role
@@ -21,7 +23,7 @@ func TestRun(t *testing.T) {
 	t.Parallel()
 	srv := natsdev.StartT(t, natsdev.Options{})
 	_, js := srv.ConnectT(t, natsdev.AdminUser)
-	topo := schemas.NewTopology("")
+	topo := topology.New("")
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	// natsdev.Start provisioned the topology (as aigov bus provision does).
@@ -40,7 +42,7 @@ func TestRun(t *testing.T) {
 	defer stop()
 	done := make(chan error, 1)
 	go func() {
-		done <- run(runCtx, runtime.MapLookup(map[string]string{
+		done <- run(runCtx, servicekit.MapLookup(map[string]string{
 			"AIGOV_NATS_URL":       srv.URL(),
 			"AIGOV_NATS_TLS_CA":    srv.CAFile(),
 			"AIGOV_NATS_PASSWORD":  srv.Password(schemas.RolePolicy),
@@ -69,7 +71,7 @@ func TestRun(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := schemas.PublishEvent(ctx, js, keys.Signer(schemas.RoleAuthn), topo.Subjects.Verified(v.Request.Action), ev); err != nil {
+	if _, _, err := servicekit.PublishEvent(ctx, js, keys.Signer(schemas.RoleAuthn), topo.Subjects.Verified(v.Request.Action), ev); err != nil {
 		t.Fatal(err)
 	}
 
@@ -143,7 +145,7 @@ func TestRunRejectsBadStart(t *testing.T) {
 			// No NATS is running: each must fail before connecting.
 			tc.env["AIGOV_NATS_URL"] = "nats://127.0.0.1:1"
 			tc.env["AIGOV_HTTP_ADDR"] = "127.0.0.1:0"
-			err := run(ctx, runtime.MapLookup(tc.env))
+			err := run(ctx, servicekit.MapLookup(tc.env))
 			if err == nil {
 				t.Fatal("started")
 			}

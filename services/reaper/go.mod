@@ -5,7 +5,7 @@ go 1.26.8
 require (
 	github.com/aigov/aigov/schemas v0.0.0
 	github.com/aigov/aigov/services/devenv v0.0.0
-	github.com/aigov/aigov/services/runtime v0.0.0
+	github.com/aigov/aigov/services/servicekit v0.0.0
 	github.com/coreos/go-oidc/v3 v3.21.0
 	github.com/go-jose/go-jose/v4 v4.1.9
 	github.com/nats-io/nats.go v1.55.0
@@ -41,5 +41,5 @@ require (
 replace (
 	github.com/aigov/aigov/schemas => ../../schemas
 	github.com/aigov/aigov/services/devenv => ../devenv
-	github.com/aigov/aigov/services/runtime => ../runtime
+	github.com/aigov/aigov/services/servicekit => ../servicekit
 )

@@ -9,32 +9,32 @@ import (
 	"context"
 	"fmt"
 
-	"github.com/aigov/aigov/services/reaper/internal/service"
-	"github.com/aigov/aigov/services/runtime"
+	"github.com/aigov/aigov/services/reaper/internal/reap"
+	"github.com/aigov/aigov/services/servicekit"
 )
 
-func main() { runtime.Main(settings(), run) }
+func main() { servicekit.Main(settings(), run) }
 
 // settings are what reaper reads from the environment, declared: reading
 // anything else fails the start, and docs/configuration.md is generated
 // from them.
-func settings() runtime.Settings {
-	return runtime.Settings{Service: "reaper", Sections: []runtime.Section{runtime.CommonSettings(), runtime.SessionLimitSettings(), service.Settings()}}
+func settings() servicekit.Settings {
+	return servicekit.Settings{Service: "reaper", Sections: []servicekit.Section{servicekit.CommonSettings(), servicekit.SessionLimitSettings(), reap.Settings()}}
 }
 
 // run is main without the process: tests call it with a map of variables.
-func run(ctx context.Context, lookup runtime.Lookup) error {
-	env := runtime.NewEnv(lookup)
+func run(ctx context.Context, lookup servicekit.Lookup) error {
+	env := servicekit.NewEnv(lookup)
 	env.Declare(settings())
-	cfg := service.LoadConfig(env)
+	cfg := reap.LoadConfig(env)
 	if err := env.Err(); err != nil {
 		return err
 	}
-	svc, err := runtime.Start(ctx, cfg.Sessions.Common)
+	svc, err := servicekit.Start(ctx, cfg.Sessions.Common)
 	if err != nil {
 		return fmt.Errorf("start: %w", err)
 	}
-	workers, err := service.Workers(ctx, svc, cfg)
+	workers, err := reap.Workers(ctx, svc, cfg)
 	if err != nil {
 		svc.NC.Close()
 		return err

@@ -9,12 +9,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aigov/aigov/services/servicekit/topology"
+
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/services/devenv/devkeys"
 	"github.com/aigov/aigov/services/devenv/natsdev"
-	"github.com/aigov/aigov/services/runtime"
+	"github.com/aigov/aigov/services/servicekit"
 )
 
 // The binary's wiring: it serves readiness, tracks a verified event's
@@ -30,7 +32,7 @@ func TestRunTracksAndExpiresThenStops(t *testing.T) {
 	runCtx, stop := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() {
-		done <- run(runCtx, runtime.MapLookup(map[string]string{
+		done <- run(runCtx, servicekit.MapLookup(map[string]string{
 			"AIGOV_NATS_URL":        srv.URL(),
 			"AIGOV_NATS_TLS_CA":     srv.CAFile(),
 			"AIGOV_NATS_PASSWORD":   srv.Password(schemas.RoleReaper),
@@ -44,7 +46,7 @@ func TestRunTracksAndExpiresThenStops(t *testing.T) {
 	waitReady(t, addr, done)
 
 	_, js := srv.ConnectT(t, natsdev.AdminUser)
-	topo := schemas.NewTopology("")
+	topo := topology.New("")
 	p := schemas.Principal{ID: schemas.PrincipalID("https://idp.test", "alice"), Issuer: "https://idp.test", Subject: "alice", SessionID: "sid-main"}
 	v := schemas.Verified{RequestID: "req-main", Principal: p, SessionKey: schemas.SessionKey(p), TokenFingerprint: schemas.Fingerprint("t")}
 	ev, _ := schemas.NewEvent("", "test", schemas.TypeVerified, time.Now(), v)
@@ -99,7 +101,7 @@ func TestRunTracksAndExpiresThenStops(t *testing.T) {
 
 func TestRunReportsEveryConfigError(t *testing.T) {
 	t.Parallel()
-	err := run(context.Background(), runtime.MapLookup(map[string]string{
+	err := run(context.Background(), servicekit.MapLookup(map[string]string{
 		"AIGOV_SESSION_MAX_AGE": "forever",
 		"AIGOV_REAPER_MAX_SCAN": "-1",
 	}))

@@ -7,12 +7,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aigov/aigov/services/servicekit/topology"
+
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/services/devenv/devkeys"
 	"github.com/aigov/aigov/services/devenv/natsdev"
-	"github.com/aigov/aigov/services/runtime"
+	"github.com/aigov/aigov/services/servicekit"
 )
 
 // A reaper stopped while sessions are due to end, one of them half ended
@@ -25,8 +27,8 @@ func TestRestartDuringPendingExpiries(t *testing.T) {
 	signKeys := devkeys.New(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	env := func(interval string) runtime.Lookup {
-		return runtime.MapLookup(map[string]string{
+	env := func(interval string) servicekit.Lookup {
+		return servicekit.MapLookup(map[string]string{
 			"AIGOV_NATS_URL":        srv.URL(),
 			"AIGOV_NATS_TLS_CA":     srv.CAFile(),
 			"AIGOV_NATS_PASSWORD":   srv.Password(schemas.RoleReaper),
@@ -60,7 +62,7 @@ func TestRestartDuringPendingExpiries(t *testing.T) {
 	}
 
 	_, js := srv.ConnectT(t, natsdev.AdminUser)
-	topo := schemas.NewTopology("")
+	topo := topology.New("")
 
 	// Instance 1 tracks the sessions; its passes run hourly after the
 	// first, so none of them is ended before it stops.
@@ -128,7 +130,7 @@ func TestRestartDuringPendingExpiries(t *testing.T) {
 
 // expiredEvents counts the expired events on the sessions stream per
 // session key.
-func expiredEvents(ctx context.Context, t *testing.T, js jetstream.JetStream, topo schemas.Topology) map[string]int {
+func expiredEvents(ctx context.Context, t *testing.T, js jetstream.JetStream, topo topology.Topology) map[string]int {
 	t.Helper()
 	st, err := js.Stream(ctx, topo.StreamSessions())
 	if err != nil {

@@ -7,6 +7,8 @@ import (
 	"sort"
 	"strconv"
 
+	"github.com/aigov/aigov/services/servicekit/topology"
+
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -23,7 +25,7 @@ import (
 // the audit's and the operator's credentials allow on these streams.
 type Store struct {
 	js     jetstream.JetStream
-	topo   schemas.Topology
+	topo   topology.Topology
 	stream jetstream.Stream // nil: the checkpoint stream is missing
 	legacy jetstream.Stream // nil: no legacy bucket
 }
@@ -36,7 +38,7 @@ var ErrNoCheckpointStream = errors.New("checkpoint stream not found")
 // missing checkpoint stream is ErrNoCheckpointStream unless tolerate is
 // set, which verify uses: there every stream with rows is then reported
 // as having no checkpoint, which is a failure.
-func OpenStore(ctx context.Context, js jetstream.JetStream, topo schemas.Topology, tolerate bool) (*Store, error) {
+func OpenStore(ctx context.Context, js jetstream.JetStream, topo topology.Topology, tolerate bool) (*Store, error) {
 	s := &Store{js: js, topo: topo}
 	st, err := js.Stream(ctx, topo.StreamAuditCheckpoints())
 	switch {

@@ -6,10 +6,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aigov/aigov/services/servicekit/topology"
+
 	"github.com/aigov/aigov/schemas"
-	"github.com/aigov/aigov/schemas/personal"
 	"github.com/aigov/aigov/services/audit/privacy"
 	"github.com/aigov/aigov/services/devenv/natsdev"
+	"github.com/aigov/aigov/services/servicekit/personal"
 )
 
 // BenchmarkEncryptField is the cost of sealing one personal field (an
@@ -76,7 +78,7 @@ func sealFixture(b *testing.B) (*personal.Sealer, schemas.Principal, map[string]
 	ns := natsdev.StartT(b, natsdev.Options{})
 	_, js := ns.ConnectT(b, natsdev.AdminUser)
 	ctx, cancel := context.WithCancel(context.Background())
-	kv, err := js.KeyValue(ctx, schemas.NewTopology("aigov").BucketSubjectKeys())
+	kv, err := js.KeyValue(ctx, topology.New("aigov").BucketSubjectKeys())
 	if err != nil {
 		b.Fatal(err)
 	}

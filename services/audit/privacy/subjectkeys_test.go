@@ -11,11 +11,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aigov/aigov/services/servicekit/topology"
+
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aigov/aigov/schemas"
-	"github.com/aigov/aigov/schemas/personal"
 	"github.com/aigov/aigov/services/devenv/natsdev"
+	"github.com/aigov/aigov/services/servicekit/personal"
 )
 
 // TestSubjectKeysCryptoShredding, on an embedded NATS server: a subject's
@@ -31,7 +33,7 @@ func TestSubjectKeysCryptoShredding(t *testing.T) {
 	dir := t.TempDir()
 	ns := natsdev.StartT(t, natsdev.Options{Dir: dir})
 	_, js := ns.ConnectT(t, natsdev.AdminUser)
-	topo := schemas.NewTopology("aigov")
+	topo := topology.New("aigov")
 	kv, err := js.KeyValue(ctx, topo.BucketSubjectKeys())
 	if err != nil {
 		t.Fatal(err)
@@ -134,7 +136,7 @@ func TestSealOpenAndCacheErasure(t *testing.T) {
 	defer cancel()
 	ns := natsdev.StartT(t, natsdev.Options{})
 	_, js := ns.ConnectT(t, natsdev.AdminUser)
-	topo := schemas.NewTopology("aigov")
+	topo := topology.New("aigov")
 	kv, err := js.KeyValue(ctx, topo.BucketSubjectKeys())
 	if err != nil {
 		t.Fatal(err)
@@ -256,7 +258,7 @@ func TestKeyCreationRace(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		kv, err := js.KeyValue(ctx, schemas.NewTopology("aigov").BucketSubjectKeys())
+		kv, err := js.KeyValue(ctx, topology.New("aigov").BucketSubjectKeys())
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aigov/aigov/services/servicekit/topology"
+
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -55,7 +57,7 @@ type ClusterOptions struct {
 	Nodes int
 	// Topology supplies the per-role permissions; its Replicas is set to
 	// the number of nodes (at most 3) for provisioning.
-	Topology *schemas.Topology
+	Topology *topology.Topology
 	// NoProvision leaves the bus empty.
 	NoProvision bool
 }
@@ -67,7 +69,7 @@ type ClusterOptions struct {
 type Cluster struct {
 	dir       string
 	bin       string
-	topo      schemas.Topology
+	topo      topology.Topology
 	certs     *devcerts.Bundle
 	passwords map[string]string
 	inboxes   map[string]string
@@ -137,7 +139,7 @@ func startCluster(ctx context.Context, opts ClusterOptions) (c *Cluster, err err
 	if opts.Nodes < 1 || opts.Nodes > 9 {
 		return nil, fmt.Errorf("natsdev: %d nodes: want 1 to 9", opts.Nodes)
 	}
-	topo := schemas.NewTopology("")
+	topo := topology.New("")
 	if opts.Topology != nil {
 		topo = *opts.Topology
 	}
@@ -209,7 +211,7 @@ func (c *Cluster) users() ([]confUser, error) {
 		return nil, fmt.Errorf("natsdev: %w", err)
 	}
 	users := []confUser{}
-	add := func(name string, perms *schemas.Permissions) {
+	add := func(name string, perms *topology.Permissions) {
 		c.passwords[name] = randomPassword()
 		u := confUser{User: name, Password: c.passwords[name]}
 		if perms != nil {
@@ -374,7 +376,7 @@ func (c *Cluster) provision(ctx context.Context) error {
 }
 
 // Topology is the provisioned topology (Replicas set for the cluster).
-func (c *Cluster) Topology() schemas.Topology { return c.topo }
+func (c *Cluster) Topology() topology.Topology { return c.topo }
 
 // Nodes is the number of nodes.
 func (c *Cluster) Nodes() int { return len(c.nodes) }

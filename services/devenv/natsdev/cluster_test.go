@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aigov/aigov/services/servicekit/topology"
+
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -170,7 +172,7 @@ func TestClusterSurvivesNodeKill(t *testing.T) {
 // a single server: a role's user cannot publish another's events.
 func TestClusterRoles(t *testing.T) {
 	c := startCluster(t)
-	topo := schemas.NewTopology("")
+	topo := topology.New("")
 	nc, _ := c.ConnectT(t, schemas.RolePlatform)
 	errs := make(chan error, 1)
 	nc.SetErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {

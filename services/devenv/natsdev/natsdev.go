@@ -20,6 +20,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/aigov/aigov/services/servicekit/topology"
+
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -37,7 +39,7 @@ type Options struct {
 	Port int
 	// Topology supplies the per-role permissions; zero value means the
 	// default topology.
-	Topology *schemas.Topology
+	Topology *topology.Topology
 	// Open disables authentication: anyone may do anything. Only for tests
 	// of a single component that are not about permissions. TLS stays on.
 	Open bool
@@ -50,7 +52,7 @@ type Options struct {
 	// topology (streams, buckets, durable consumers) as the provisioner,
 	// as aigov bus provision does before any service starts.
 	NoProvision bool
-	// Tenants run the server with accounts (schemas.Topology.Accounts):
+	// Tenants run the server with accounts (topology.Topology.Accounts):
 	// every role in the aigov account, each tenant in an account of its
 	// own with one user of its name (Connect(tenant)). It overrides the
 	// topology's Tenants. Ignored when Open.
@@ -69,7 +71,7 @@ type Server struct {
 	srv       *server.Server
 	sopts     *server.Options
 	jsAccount bool
-	topo      schemas.Topology
+	topo      topology.Topology
 	certs     *devcerts.Bundle
 	passwords map[string]string
 	// inboxes is the inbox prefix each user's connection must use.
@@ -101,7 +103,7 @@ func Start(opts Options) (*Server, error) {
 	if opts.Dir == "" {
 		return nil, errors.New("natsdev: Options.Dir is required for the JetStream store")
 	}
-	topo := schemas.NewTopology("")
+	topo := topology.New("")
 	if opts.Topology != nil {
 		topo = *opts.Topology
 	}
@@ -205,13 +207,13 @@ func (s *Server) Provision() error {
 // accounts of the topology: the roles and the admin in the aigov account,
 // each tenant's user in its own. Without tenants every user is in the
 // global account, as in a server without accounts.
-func (s *Server) addUsers(sopts *server.Options, topo schemas.Topology, mapCerts, unrestrictedTenants bool) error {
+func (s *Server) addUsers(sopts *server.Options, topo topology.Topology, mapCerts, unrestrictedTenants bool) error {
 	accs, err := topo.Accounts()
 	if err != nil {
 		return fmt.Errorf("natsdev: %w", err)
 	}
 	// The admin may do anything in the aigov account.
-	accs[0].Users = append(accs[0].Users, schemas.NATSUser{Name: AdminUser, Inbox: schemas.InboxPrefix(AdminUser)})
+	accs[0].Users = append(accs[0].Users, topology.NATSUser{Name: AdminUser, Inbox: schemas.InboxPrefix(AdminUser)})
 	byName := map[string]*server.Account{}
 	if len(topo.Tenants) > 0 {
 		for _, a := range accs {
@@ -250,7 +252,7 @@ func (s *Server) addUsers(sopts *server.Options, topo schemas.Topology, mapCerts
 
 // link adds the accounts' exports and imports, as nats-server does for the
 // accounts of a config file.
-func link(accs []schemas.NATSAccount, byName map[string]*server.Account) error {
+func link(accs []topology.NATSAccount, byName map[string]*server.Account) error {
 	for _, a := range accs {
 		acc := byName[a.Name]
 		for _, e := range a.Exports {

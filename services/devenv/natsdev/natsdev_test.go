@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aigov/aigov/services/servicekit/topology"
+
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -24,7 +26,7 @@ func TestPlatformCannotPublishPipelineSubjects(t *testing.T) {
 	defer cancel()
 
 	_, ajs := srv.ConnectT(t, natsdev.AdminUser)
-	topo := schemas.NewTopology("")
+	topo := topology.New("")
 	if err := topo.Ensure(ctx, ajs); err != nil {
 		t.Fatal(err)
 	}
@@ -114,7 +116,7 @@ func TestRestartKeepsStoreAndPasswords(t *testing.T) {
 		t.Fatal(err)
 	}
 	js, _ := jetstream.New(nc)
-	topo := schemas.NewTopology("")
+	topo := topology.New("")
 	if _, err := js.Publish(ctx, topo.Subjects.Request("model.retrain"), []byte("{}"), jetstream.WithMsgID("restart-1")); err != nil {
 		t.Fatal(err)
 	}

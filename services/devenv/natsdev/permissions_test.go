@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aigov/aigov/services/servicekit/topology"
+
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -41,7 +43,7 @@ func TestEveryRoleHasLeastPrivilege(t *testing.T) {
 	}
 	t.Parallel()
 	srv := natsdev.StartT(t, natsdev.Options{})
-	topo := schemas.NewTopology("")
+	topo := topology.New("")
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	_, ajs := srv.ConnectT(t, natsdev.AdminUser)
@@ -170,7 +172,7 @@ func TestEveryRoleHasLeastPrivilege(t *testing.T) {
 			try:    kvPut(topo.BucketSubjectKeys(), "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210"),
 			effect: kvHas(topo.BucketSubjectKeys(), "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210")},
 		{name: "overwrite the active policy set", allowed: []string{schemas.RolePolicy},
-			try: kvPut(topo.BucketPolicy(), schemas.PolicyActiveKey), effect: kvHas(topo.BucketPolicy(), schemas.PolicyActiveKey)},
+			try: kvPut(topo.BucketPolicy(), topology.PolicyActiveKey), effect: kvHas(topo.BucketPolicy(), topology.PolicyActiveKey)},
 		{name: "forge an approval", allowed: []string{schemas.RolePolicy},
 			try: kvPut(topo.BucketApprovals(), "digest.risk"), effect: kvHas(topo.BucketApprovals(), "digest.risk")},
 		{name: "write a revocation", allowed: []string{schemas.RoleReaper},

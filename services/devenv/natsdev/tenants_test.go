@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aigov/aigov/services/servicekit/topology"
+
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -48,7 +50,7 @@ func apiCall(ctx context.Context, nc *nats.Conn, subject string) error {
 func respond(ctx context.Context, t *testing.T, srv *natsdev.Server, keys *devkeys.Set) <-chan string {
 	t.Helper()
 	nc, js := srv.ConnectT(t, schemas.RoleAuthn)
-	topo := schemas.NewTopology("")
+	topo := topology.New("")
 	cons, err := topo.Bind(ctx, js, schemas.ConsumerAuthn)
 	if err != nil {
 		t.Fatal(err)
@@ -161,7 +163,7 @@ func TestTenantCannotReachBeyondItsAccount(t *testing.T) {
 
 func tenantAttacks(t *testing.T, unrestricted bool) {
 	srv := natsdev.StartT(t, natsdev.Options{Tenants: []string{tenantA, tenantB}, UnrestrictedTenants: unrestricted})
-	topo := schemas.NewTopology("")
+	topo := topology.New("")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	_, ajs := srv.ConnectT(t, natsdev.AdminUser)
@@ -272,7 +274,7 @@ func tenantAttacks(t *testing.T, unrestricted bool) {
 			if err != nil {
 				return err
 			}
-			_, err = kv.Get(ctx, schemas.PolicyActiveKey)
+			_, err = kv.Get(ctx, topology.PolicyActiveKey)
 			return err
 		}, func() bool { return false }},
 		{"read a revocation", func(ctx context.Context, nc *nats.Conn, _ jetstream.JetStream) error {
@@ -343,7 +345,7 @@ func TestTenantWithClientCertificate(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	ack, err := js.Publish(ctx, schemas.NewSubjects("").Request("model.deploy"), []byte(`{}`))
-	if err != nil || ack.Stream != schemas.NewTopology("").StreamRequests() {
+	if err != nil || ack.Stream != topology.New("").StreamRequests() {
 		t.Fatalf("tenant request over mutual TLS: ack %+v, %v", ack, err)
 	}
 }

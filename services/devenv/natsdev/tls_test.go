@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aigov/aigov/services/servicekit/topology"
+
 	"github.com/nats-io/nats.go"
 
 	"github.com/aigov/aigov/schemas"
@@ -107,7 +109,7 @@ func TestClientCertIdentity(t *testing.T) {
 		t.Fatalf("connect with the role's certificate: %v", err)
 	}
 	defer nc.Close()
-	topo := schemas.NewTopology("")
+	topo := topology.New("")
 	if err := nc.Publish(topo.Subjects.Decision("model.deploy"), []byte("{}")); err != nil {
 		t.Fatal(err)
 	}

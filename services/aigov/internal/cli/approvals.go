@@ -13,6 +13,8 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/aigov/aigov/services/servicekit/topology"
+
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aigov/aigov/schemas"
@@ -66,7 +68,7 @@ func approvalsCmd(ctx context.Context, args []string, stdout, stderr io.Writer, 
 	}
 	cctx, cancel := context.WithTimeout(ctx, *of.timeout)
 	defer cancel()
-	nc, kv, err := of.bucket(cctx, schemas.Topology.BucketApprovalRequests)
+	nc, kv, err := of.bucket(cctx, topology.Topology.BucketApprovalRequests)
 	if err != nil {
 		return fail(ExitError, err)
 	}

@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aigov/aigov/services/servicekit/topology"
+
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/services/aigov/internal/cli"
 	"github.com/aigov/aigov/services/devenv/natsdev"
@@ -19,7 +21,7 @@ func TestApprovalsListAndShow(t *testing.T) {
 	srv := natsdev.StartT(t, natsdev.Options{})
 	_, js := srv.ConnectT(t, natsdev.AdminUser)
 	ctx := context.Background()
-	kv, err := js.KeyValue(ctx, schemas.NewTopology("").BucketApprovalRequests())
+	kv, err := js.KeyValue(ctx, topology.New("").BucketApprovalRequests())
 	if err != nil {
 		t.Fatal(err)
 	}

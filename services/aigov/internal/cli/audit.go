@@ -15,6 +15,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/aigov/aigov/services/servicekit/topology"
+
 	ch "github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -80,7 +82,7 @@ func auditCmd(ctx context.Context, args []string, stdout, stderr io.Writer, look
 	}
 	// A missing checkpoint stream is not an error to stop at: every
 	// stream with rows is then reported BROKEN for want of a checkpoint.
-	topo := schemas.NewTopology(bus.prefix)
+	topo := topology.New(bus.prefix)
 	store, err := chain.OpenStore(ctx, js, topo, true)
 	if err != nil {
 		fmt.Fprintf(stderr, "aigov audit verify: %v\n", err)

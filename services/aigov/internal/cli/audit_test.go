@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aigov/aigov/services/servicekit/topology"
+
 	ch "github.com/ClickHouse/clickhouse-go/v2"
 
 	"github.com/aigov/aigov/schemas"
@@ -40,7 +42,7 @@ func TestAuditVerifyReadsTheCheckpointStream(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	// The columns verify reads, as schemas/migrations create them.
+	// The columns verify reads, as services/audit/migrations create them.
 	for _, q := range []string{"CREATE DATABASE aigov", `CREATE TABLE aigov.event_log (stream String, stream_seq UInt64, event_id String,
 		type String, source String, nats_subject String, event_time_us UInt64, data String, invalid_reason String, prev_seq UInt64,
 		row_hash String, chain_hash String, signer_key_id String, signature String) ENGINE = MergeTree ORDER BY (stream, stream_seq)`} {
@@ -48,7 +50,7 @@ func TestAuditVerifyReadsTheCheckpointStream(t *testing.T) {
 			t.Fatalf("%s: %v", q, err)
 		}
 	}
-	topo := schemas.NewTopology("")
+	topo := topology.New("")
 	signed, unsigned := topo.StreamDecisions(), topo.StreamSessions()
 	writeChain := func(stream string, n int) chain.Head {
 		head := chain.NewHead(stream, 0)

@@ -7,6 +7,8 @@ import (
 	"io"
 	"time"
 
+	"github.com/aigov/aigov/services/servicekit/topology"
+
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aigov/aigov/schemas"
@@ -43,7 +45,7 @@ func busCmd(ctx context.Context, args []string, stdout, stderr io.Writer, lookup
 		fmt.Fprintf(stderr, "aigov bus provision: jetstream: %v\n", err)
 		return ExitError
 	}
-	topo := schemas.NewTopology(bus.prefix)
+	topo := topology.New(bus.prefix)
 	topo.Replicas = *replicas
 	cctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()

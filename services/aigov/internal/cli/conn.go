@@ -10,7 +10,7 @@ import (
 
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/schemas/signing"
-	"github.com/aigov/aigov/services/runtime/natsconn"
+	"github.com/aigov/aigov/services/servicekit/natsconn"
 )
 
 // defaultNATSURL is where the CLI looks for the bus when neither

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aigov/aigov/services/servicekit/topology"
+
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -140,7 +142,7 @@ func ensureTopology(admin *nats.Conn) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	return schemas.NewTopology("").Ensure(ctx, js)
+	return topology.New("").Ensure(ctx, js)
 }
 
 // `aigov dev-certs` makes a CA and a server certificate valid for the

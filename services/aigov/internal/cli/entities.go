@@ -11,10 +11,11 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/aigov/aigov/services/servicekit/topology"
+
 	"github.com/cedar-policy/cedar-go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/services/policy/engine"
 )
 
@@ -131,7 +132,7 @@ func entitiesCmd(ctx context.Context, args []string, stdout, stderr io.Writer, l
 	}
 	cctx, cancel := context.WithTimeout(ctx, *of.timeout)
 	defer cancel()
-	nc, kv, err := of.bucket(cctx, schemas.Topology.BucketEntities)
+	nc, kv, err := of.bucket(cctx, topology.Topology.BucketEntities)
 	if err != nil {
 		return fail(ExitError, err)
 	}

@@ -8,6 +8,8 @@ import (
 	"io"
 	"time"
 
+	"github.com/aigov/aigov/services/servicekit/topology"
+
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -47,12 +49,12 @@ func (o operatorFlags) connect() (*nats.Conn, jetstream.JetStream, error) {
 
 // bucket connects and opens the KV bucket that name picks from the
 // topology; the caller closes the connection.
-func (o operatorFlags) bucket(ctx context.Context, name func(schemas.Topology) string) (*nats.Conn, jetstream.KeyValue, error) {
+func (o operatorFlags) bucket(ctx context.Context, name func(topology.Topology) string) (*nats.Conn, jetstream.KeyValue, error) {
 	nc, js, err := o.connect()
 	if err != nil {
 		return nil, nil, err
 	}
-	bucket := name(schemas.NewTopology(o.conn.prefix))
+	bucket := name(topology.New(o.conn.prefix))
 	kv, err := js.KeyValue(ctx, bucket)
 	if err != nil {
 		nc.Close()

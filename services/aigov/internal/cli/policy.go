@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/aigov/aigov/services/servicekit/topology"
+
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aigov/aigov/schemas"
@@ -183,7 +185,7 @@ func policyPush(ctx context.Context, args []string, stdout, stderr io.Writer, lo
 		return ExitError
 	}
 	defer nc.Close()
-	if err := stage(ctx, js, schemas.NewTopology(of.conn.prefix).BucketPolicyProposals(), engine.HexOf(hash), bundle); err != nil {
+	if err := stage(ctx, js, topology.New(of.conn.prefix).BucketPolicyProposals(), engine.HexOf(hash), bundle); err != nil {
 		fmt.Fprintf(stderr, "aigov policy push: %v\n", err)
 		return ExitError
 	}

@@ -15,12 +15,14 @@ import (
 	"strings"
 	"time"
 
+	"github.com/aigov/aigov/services/servicekit/topology"
+
 	ch "github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aigov/aigov/schemas"
-	"github.com/aigov/aigov/schemas/personal"
+	"github.com/aigov/aigov/services/servicekit/personal"
 )
 
 // exportQueries are what aigov holds about a person, one query per kind:
@@ -126,7 +128,7 @@ func exportCmd(ctx context.Context, args []string, stdout, stderr io.Writer, loo
 		if err != nil {
 			return nil, fmt.Errorf("jetstream: %w", err)
 		}
-		bucket := schemas.NewTopology(conn.prefix).BucketSubjectKeys()
+		bucket := topology.New(conn.prefix).BucketSubjectKeys()
 		kv, err := js.KeyValue(ctx, bucket)
 		if err != nil {
 			return nil, fmt.Errorf("open bucket %s: %w", bucket, err)

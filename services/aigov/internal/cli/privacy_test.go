@@ -33,7 +33,7 @@ func TestPrivacyExportIsExactlyTheSubject(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	// The columns export reads, as schemas/migrations create them.
+	// The columns export reads, as services/audit/migrations create them.
 	for _, q := range []string{"CREATE DATABASE aigov",
 		`CREATE TABLE aigov.decisions (event_id String, request_id String, event_time DateTime('UTC'), event_time_us UInt64, action String,
 		resource_type String, resource_id String, principal_id String, issuer String, subject String, email String, decision String, code String,

@@ -9,10 +9,12 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/aigov/aigov/services/servicekit/topology"
+
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aigov/aigov/schemas"
-	"github.com/aigov/aigov/schemas/killswitch"
+	"github.com/aigov/aigov/services/servicekit/killswitch"
 )
 
 // busFlags are the connection flags of the kill switch commands. They
@@ -48,7 +50,7 @@ func (b busFlags) open(ctx context.Context) (*killswitch.Switch, func(), error) 
 		nc.Close()
 		return nil, nil, err
 	}
-	sw, err := killswitch.New(ctx, js, schemas.NewTopology(b.conn.prefix), signer, time.Now)
+	sw, err := killswitch.New(ctx, js, topology.New(b.conn.prefix), signer, time.Now)
 	if err != nil {
 		nc.Close()
 		return nil, nil, err

@@ -9,12 +9,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aigov/aigov/services/servicekit/topology"
+
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aigov/aigov/schemas"
-	"github.com/aigov/aigov/schemas/killswitch"
 	"github.com/aigov/aigov/services/aigov/internal/cli"
 	"github.com/aigov/aigov/services/devenv/natsdev"
+	"github.com/aigov/aigov/services/servicekit/killswitch"
 )
 
 // killBus is an embedded JetStream with the topology and two of alice's
@@ -23,7 +25,7 @@ import (
 type killBus struct {
 	srv            *natsdev.Server
 	js             jetstream.JetStream
-	topo           schemas.Topology
+	topo           topology.Topology
 	alice1, alice2 string
 	bob            string
 	sessions, revs jetstream.KeyValue
@@ -36,7 +38,7 @@ func newKillBus(t *testing.T) *killBus {
 	srv := natsdev.StartT(t, natsdev.Options{})
 	_, js := srv.ConnectT(t, natsdev.AdminUser)
 	ctx := context.Background()
-	b := &killBus{srv: srv, js: js, topo: schemas.NewTopology("")}
+	b := &killBus{srv: srv, js: js, topo: topology.New("")}
 	// natsdev.Start provisioned the topology (as aigov bus provision does).
 	b.sessions, _ = js.KeyValue(ctx, b.topo.BucketSessions())
 	b.revs, _ = js.KeyValue(ctx, b.topo.BucketRevocations())

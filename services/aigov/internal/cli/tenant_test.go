@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aigov/aigov/services/servicekit/topology"
+
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -29,7 +31,7 @@ func TestAuthorizeAsTenant(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	nc, js := srv.ConnectT(t, schemas.RoleAuthn)
-	topo := schemas.NewTopology("")
+	topo := topology.New("")
 	cons, err := topo.Bind(ctx, js, schemas.ConsumerAuthn)
 	if err != nil {
 		t.Fatal(err)

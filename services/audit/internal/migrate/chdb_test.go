@@ -14,9 +14,9 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/chdb-io/chdb-go/chdb"
+	"github.com/aigov/aigov/services/audit/migrations"
 
-	"github.com/aigov/aigov/schemas"
+	"github.com/chdb-io/chdb-go/chdb"
 )
 
 func chdbQuery(t *testing.T, s *chdb.Session, q string) string {
@@ -51,7 +51,7 @@ func TestMigrationsAndQueriesOnCurrentEngine(t *testing.T) {
 
 	const db = "aigov"
 	chdbQuery(t, s, "CREATE DATABASE IF NOT EXISTS "+db)
-	ms, err := Load(schemas.Migrations())
+	ms, err := Load(migrations.FS())
 	if err != nil {
 		t.Fatal(err)
 	}

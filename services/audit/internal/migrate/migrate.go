@@ -1,5 +1,5 @@
 // Package migrate applies aigov's versioned ClickHouse migrations
-// (schemas.Migrations) to one database and records each applied version in
+// (services/audit/migrations) to one database and records each applied version in
 // <db>.schema_migrations.
 //
 // ClickHouse has no transactions and no locks, so safety with several

@@ -11,9 +11,10 @@ import (
 	"testing/fstest"
 	"time"
 
+	"github.com/aigov/aigov/services/audit/migrations"
+
 	"github.com/rs/zerolog"
 
-	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/services/audit/internal/chtest"
 	"github.com/aigov/aigov/services/audit/internal/migrate"
 	"github.com/aigov/aigov/services/devenv/clickhouse"
@@ -25,9 +26,9 @@ func TestMain(m *testing.M) { os.Exit(chtest.Main(m, &server)) }
 
 func load(t *testing.T) []migrate.Migration {
 	t.Helper()
-	ms, err := migrate.Load(schemas.Migrations())
+	ms, err := migrate.Load(migrations.FS())
 	if err != nil {
-		t.Fatalf("Load(schemas.Migrations()): %v", err)
+		t.Fatalf("Load(migrations.FS()): %v", err)
 	}
 	return ms
 }

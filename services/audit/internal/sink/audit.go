@@ -13,10 +13,10 @@ import (
 	"github.com/aigov/aigov/schemas/signing"
 	"github.com/aigov/aigov/services/audit/chain"
 	"github.com/aigov/aigov/services/audit/privacy"
-	"github.com/aigov/aigov/services/runtime"
+	"github.com/aigov/aigov/services/servicekit"
 )
 
-// Audit is the audit service's logic on a started runtime.Service: the
+// Audit is the audit service's logic on a started servicekit.Service: the
 // ClickHouse pool, the writer and a batch runner per durable consumer.
 type Audit struct {
 	cfg    Config
@@ -28,7 +28,7 @@ type Audit struct {
 	dlqLane    *streamLane
 	dead       *deadLetters
 	deadCons   jetstream.Consumer
-	deadRunner *runtime.Runner
+	deadRunner *servicekit.Runner
 	// retirer drops expired partitions (Config.Retention).
 	retirer retirer
 }
@@ -36,15 +36,15 @@ type Audit struct {
 // lane is one consumer and the runner and handler that drain it.
 type lane struct {
 	consumer jetstream.Consumer
-	runner   *runtime.Runner
-	handle   runtime.BatchHandler
+	runner   *servicekit.Runner
+	handle   servicekit.BatchHandler
 	stream   *streamLane
 }
 
 // Start connects to ClickHouse (waiting for it up to the startup timeout),
 // applies the migrations, ensures both audit consumers and registers the
 // ClickHouse readiness check and the writer's metrics on svc.
-func Start(ctx context.Context, cfg Config, svc *runtime.Service) (*Audit, error) {
+func Start(ctx context.Context, cfg Config, svc *servicekit.Service) (*Audit, error) {
 	if svc == nil || svc.JS == nil || svc.HTTP == nil {
 		return nil, errors.New("audit: nil or unstarted runtime service")
 	}
@@ -66,7 +66,7 @@ func Start(ctx context.Context, cfg Config, svc *runtime.Service) (*Audit, error
 	return a, nil
 }
 
-func start(ctx context.Context, cfg Config, svc *runtime.Service, conn driver.Conn) (*Audit, error) {
+func start(ctx context.Context, cfg Config, svc *servicekit.Service, conn driver.Conn) (*Audit, error) {
 	w, err := NewWriter(conn, cfg.ClickHouse.Database, svc.HTTP.Registry, svc.Log)
 	if err != nil {
 		return nil, err
@@ -96,12 +96,12 @@ func start(ctx context.Context, cfg Config, svc *runtime.Service, conn driver.Co
 	a := &Audit{cfg: cfg, conn: conn, writer: w}
 	a.retirer = retirer{conn: conn, db: cfg.ClickHouse.Database, key: key, policy: cfg.Retention, topo: svc.Topology,
 		log: svc.Log.With().Str("component", "retention").Logger()}
-	newRunner := func(name string) *runtime.Runner {
-		r := runtime.NewRunner(name, svc.Log, svc.HTTP.Registry, 1)
+	newRunner := func(name string) *servicekit.Runner {
+		r := servicekit.NewRunner(name, svc.Log, svc.HTTP.Registry, 1)
 		r.HandlerTimeout = HandlerTimeout
 		// An outage of ClickHouse is retried in place; a short cap on the
 		// pause means the backlog starts moving soon after it returns.
-		r.Backoff = runtime.ExponentialBackoff(250*time.Millisecond, 5*time.Second)
+		r.Backoff = servicekit.ExponentialBackoff(250*time.Millisecond, 5*time.Second)
 		return r
 	}
 	// One lane per audited stream: whatever stream the topology gains is
@@ -139,11 +139,11 @@ func start(ctx context.Context, cfg Config, svc *runtime.Service, conn driver.Co
 	return a, nil
 }
 
-// Workers returns one batch loop per consumer, for runtime.Service.Run.
+// Workers returns one batch loop per consumer, for servicekit.Service.Run.
 // Each flushes its last batch when its context ends.
-func (a *Audit) Workers() []runtime.Worker {
-	opts := runtime.BatchOptions{MaxMessages: a.cfg.BatchSize, MaxWait: a.cfg.FlushInterval, BacklogWait: a.cfg.BacklogWait()}
-	out := make([]runtime.Worker, 0, len(a.lanes)+1)
+func (a *Audit) Workers() []servicekit.Worker {
+	opts := servicekit.BatchOptions{MaxMessages: a.cfg.BatchSize, MaxWait: a.cfg.FlushInterval, BacklogWait: a.cfg.BacklogWait()}
+	out := make([]servicekit.Worker, 0, len(a.lanes)+1)
 	for _, l := range a.lanes {
 		out = append(out, func(ctx context.Context) error {
 			// Each lane signs its own rows within the checkpoint interval,

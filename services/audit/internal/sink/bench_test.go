@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aigov/aigov/services/audit/migrations"
+
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
@@ -93,7 +95,7 @@ func benchSetup(b *testing.B, batch int, compression string) (*Writer, *streamLa
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { _ = conn.Close() })
-	ms, err := migrate.Load(schemas.Migrations())
+	ms, err := migrate.Load(migrations.FS())
 	if err != nil {
 		b.Fatal(err)
 	}

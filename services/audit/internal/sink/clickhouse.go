@@ -9,11 +9,12 @@ import (
 	"os"
 	"time"
 
+	"github.com/aigov/aigov/services/audit/migrations"
+
 	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/rs/zerolog"
 
-	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/services/audit/internal/migrate"
 )
 
@@ -99,7 +100,7 @@ func (c ClickHouseConfig) tlsConfig() (*tls.Config, error) {
 // while ClickHouse is unreachable, up to c.StartupTimeout, because the
 // writer and the database often start together.
 func Open(ctx context.Context, c ClickHouseConfig, log zerolog.Logger) (driver.Conn, error) {
-	ms, err := migrate.Load(schemas.Migrations())
+	ms, err := migrate.Load(migrations.FS())
 	if err != nil {
 		return nil, fmt.Errorf("load migrations: %w", err)
 	}

@@ -9,7 +9,7 @@ import (
 
 	"github.com/aigov/aigov/services/audit/internal/migrate"
 	"github.com/aigov/aigov/services/audit/privacy"
-	"github.com/aigov/aigov/services/runtime"
+	"github.com/aigov/aigov/services/servicekit"
 )
 
 // DefaultBatchSize is AIGOV_AUDIT_BATCH_SIZE when unset.
@@ -20,7 +20,7 @@ const DefaultBatchSize = 50000
 // redeliver messages the writer still holds.
 const HandlerTimeout = 30 * time.Second
 
-// GCPercent is the audit writer's default AIGOV_GOGC (runtime.Common's
+// GCPercent is the audit writer's default AIGOV_GOGC (servicekit.Common's
 // GCPercent, set when the service starts; GOGC still decides when set). The writer's heap is mostly
 // batch buffers that live for one insert: at Go's default of 100 it
 // collected about once a batch and faulted fresh pages in for the next;
@@ -32,7 +32,7 @@ const GCPercent = 200
 // Config is the audit service's whole configuration.
 type Config struct {
 	// Common is what every service reads (NATS, HTTP, logging).
-	Common runtime.Common
+	Common servicekit.Common
 	// ClickHouse says where to write.
 	ClickHouse ClickHouseConfig
 	// BatchSize flushes a batch when it holds this many messages
@@ -122,14 +122,14 @@ type ClickHouseConfig struct {
 	StartupTimeout time.Duration
 }
 
-func auditCommon(env *runtime.Env) runtime.Common {
-	c := runtime.LoadCommon(env, "audit", "127.0.0.1:8083")
+func auditCommon(env *servicekit.Env) servicekit.Common {
+	c := servicekit.LoadCommon(env, "audit", "127.0.0.1:8083")
 	c.GCPercent = env.GCPercent(GCPercent)
 	return c
 }
 
 // LoadConfig reads the configuration; violations are collected in env.
-func LoadConfig(env *runtime.Env) Config {
+func LoadConfig(env *servicekit.Env) Config {
 	c := Config{
 		Common: auditCommon(env),
 		ClickHouse: ClickHouseConfig{
@@ -188,7 +188,7 @@ func (c Config) consumerLimits() (ackWait time.Duration, maxPending int) {
 func batchWaitLimit(ackWait time.Duration) time.Duration { return (ackWait - HandlerTimeout) / 2 }
 
 // BacklogWait is how long a batch may wait to fill while a backlog is
-// pending (runtime.BatchOptions.BacklogWait): four flush intervals, within
+// pending (servicekit.BatchOptions.BacklogWait): four flush intervals, within
 // the same limit as the flush interval. Draining a backlog, batches cut at
 // the flush interval held half the messages they could, and ClickHouse
 // spent about 70% more CPU per event on them.
@@ -197,7 +197,7 @@ func (c Config) BacklogWait() time.Duration {
 	return min(4*c.FlushInterval, batchWaitLimit(ackWait))
 }
 
-func (c Config) validate(env *runtime.Env) {
+func (c Config) validate(env *servicekit.Env) {
 	if len(c.ClickHouse.Addrs) == 0 {
 		env.Fail("AIGOV_CLICKHOUSE_ADDR must name at least one host:port")
 	}

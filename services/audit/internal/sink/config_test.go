@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/aigov/aigov/services/runtime"
+	"github.com/aigov/aigov/services/servicekit"
 )
 
 func TestLoadConfig(t *testing.T) {
@@ -68,7 +68,7 @@ func TestLoadConfig(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
-			env := runtime.NewEnv(runtime.MapLookup(c.env))
+			env := servicekit.NewEnv(servicekit.MapLookup(c.env))
 			cfg := LoadConfig(env)
 			err := env.Err()
 			if len(c.errs) == 0 {

@@ -7,11 +7,13 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/aigov/aigov/services/servicekit/topology"
+
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
 	"github.com/aigov/aigov/schemas"
-	"github.com/aigov/aigov/services/runtime"
+	"github.com/aigov/aigov/services/servicekit"
 )
 
 // advisory is the part of a JetStream max-deliveries or terminated
@@ -36,16 +38,16 @@ type deadLetters struct {
 	log  zerolog.Logger
 }
 
-// Handle is the worker's runtime.Handler.
+// Handle is the worker's servicekit.Handler.
 func (d *deadLetters) Handle(ctx context.Context, m jetstream.Msg) error {
 	var a advisory
 	if err := json.Unmarshal(m.Data(), &a); err != nil || a.Stream == "" || a.StreamSeq == 0 {
 		// Not an advisory we understand; keeping it would block nothing
 		// but teach nothing either. It stays in the advisories stream.
-		return runtime.Permanent(fmt.Errorf("advisory on %s: not a consumer advisory", m.Subject()))
+		return servicekit.Permanent(fmt.Errorf("advisory on %s: not a consumer advisory", m.Subject()))
 	}
 	kind, reason := schemas.DeadLetterMaxDeliveries, fmt.Sprintf("consumer %s gave up after %d deliveries", a.Consumer, a.Deliveries)
-	if strings.HasPrefix(m.Subject(), schemas.AdvisoryTerminated) {
+	if strings.HasPrefix(m.Subject(), topology.AdvisoryTerminated) {
 		kind, reason = schemas.DeadLetterTerminated, "terminated by consumer "+a.Consumer
 		if a.Reason != "" {
 			reason += ": " + a.Reason

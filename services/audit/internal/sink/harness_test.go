@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aigov/aigov/services/servicekit/topology"
+
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -21,7 +23,7 @@ import (
 	"github.com/aigov/aigov/services/devenv/clickhouse"
 	"github.com/aigov/aigov/services/devenv/devkeys"
 	"github.com/aigov/aigov/services/devenv/natsdev"
-	"github.com/aigov/aigov/services/runtime"
+	"github.com/aigov/aigov/services/servicekit"
 )
 
 // server is the package's one ClickHouse process; each test has its own
@@ -35,11 +37,11 @@ func TestMain(m *testing.M) { os.Exit(chtest.Main(m, &server)) }
 type harness struct {
 	t        *testing.T
 	subjects schemas.Subjects
-	topo     schemas.Topology
+	topo     topology.Topology
 	db       string
 	ch       driver.Conn // reads the audit database
 	admin    jetstream.JetStream
-	svc      *runtime.Service
+	svc      *servicekit.Service
 	stop     func() // shuts the service down and waits for it
 	ns       *natsdev.Server
 	keyFile  string
@@ -120,7 +122,7 @@ func startHarness(t *testing.T, o harnessOptions) *harness {
 		vars["AIGOV_CLICKHOUSE_SECURE"] = "true"
 		vars["AIGOV_CLICKHOUSE_TLS_CA"] = server.CAFile()
 	}
-	env := runtime.NewEnv(runtime.MapLookup(vars))
+	env := servicekit.NewEnv(servicekit.MapLookup(vars))
 	cfg := LoadConfig(env)
 	if err := env.Err(); err != nil {
 		t.Fatalf("config: %v", err)
@@ -129,10 +131,10 @@ func startHarness(t *testing.T, o harnessOptions) *harness {
 		t.Fatalf("service connects as %q, want the audit role", cfg.Common.NATSUser)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	svc, err := runtime.Start(ctx, cfg.Common)
+	svc, err := servicekit.Start(ctx, cfg.Common)
 	if err != nil {
 		cancel()
-		t.Fatalf("runtime.Start: %v", err)
+		t.Fatalf("servicekit.Start: %v", err)
 	}
 	a, err := Start(ctx, cfg, svc)
 	if err != nil {

@@ -87,7 +87,7 @@ type item struct {
 	gap uint64 // > 0: positions gap..md.Seq are gone from the stream
 }
 
-// Handle is the lane's runtime.BatchHandler: it writes every position of
+// Handle is the lane's servicekit.BatchHandler: it writes every position of
 // the batch, and any position missing in front of it, in stream order,
 // linking each to its predecessor. It returns nil only once every row is
 // committed and every dead letter published.

@@ -7,10 +7,11 @@ import (
 	"slices"
 	"time"
 
+	"github.com/aigov/aigov/services/servicekit/topology"
+
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/rs/zerolog"
 
-	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/services/audit/chain"
 )
 
@@ -39,7 +40,7 @@ type retirer struct {
 	db     string
 	key    ed25519.PrivateKey
 	policy Retention
-	topo   schemas.Topology
+	topo   topology.Topology
 	log    zerolog.Logger
 }
 

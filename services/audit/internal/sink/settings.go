@@ -1,11 +1,11 @@
 package sink
 
-import "github.com/aigov/aigov/services/runtime"
+import "github.com/aigov/aigov/services/servicekit"
 
 // Settings are the settings the audit writer reads besides the common ones: the
 // source of its -h and of its table in docs/configuration.md.
-func Settings() runtime.Section {
-	return runtime.Section{Title: "audit", Settings: []runtime.Setting{
+func Settings() servicekit.Section {
+	return servicekit.Section{Title: "audit", Settings: []servicekit.Setting{
 		{Names: []string{"AIGOV_CLICKHOUSE_ADDR"}, Default: "`127.0.0.1:9000`", Doc: "native-protocol `host:port`, comma-separated for several"},
 		{Names: []string{"AIGOV_CLICKHOUSE_DATABASE"}, Default: "`aigov`", Doc: "created if missing; a plain identifier"},
 		{Names: []string{"AIGOV_CLICKHOUSE_USER"}, Default: "`default`", Doc: "the ClickHouse user the audit writes as"},

@@ -10,7 +10,7 @@ import (
 
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/services/devenv/devcerts"
-	"github.com/aigov/aigov/services/runtime"
+	"github.com/aigov/aigov/services/servicekit"
 )
 
 // The audit writes every event over ClickHouse's secure native port when
@@ -65,7 +65,7 @@ func TestRefusesUntrustedClickHouse(t *testing.T) {
 // a configuration error.
 func TestTLSCAWithoutSecureIsRefused(t *testing.T) {
 	t.Parallel()
-	env := runtime.NewEnv(runtime.MapLookup(map[string]string{
+	env := servicekit.NewEnv(servicekit.MapLookup(map[string]string{
 		"AIGOV_AUDIT_SIGNING_KEY": "k", "AIGOV_CLICKHOUSE_TLS_CA": "/ca.pem",
 	}))
 	LoadConfig(env)

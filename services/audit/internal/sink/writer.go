@@ -49,7 +49,7 @@ const (
 )
 
 // Writer turns batches of JetStream messages into ClickHouse rows. Its
-// handlers are runtime.BatchHandlers: they return nil only once every row
+// handlers are servicekit.BatchHandlers: they return nil only once every row
 // of the batch is committed, so the runner acks nothing that is not stored.
 type Writer struct {
 	conn    driver.Conn

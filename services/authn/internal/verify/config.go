@@ -9,9 +9,9 @@ import (
 	"time"
 
 	"github.com/aigov/aigov/schemas"
-	"github.com/aigov/aigov/schemas/personal"
-	"github.com/aigov/aigov/schemas/sessionlimits"
-	"github.com/aigov/aigov/services/runtime"
+	"github.com/aigov/aigov/services/servicekit"
+	"github.com/aigov/aigov/services/servicekit/personal"
+	"github.com/aigov/aigov/services/servicekit/sessionlimits"
 )
 
 // Config is the authn service's configuration.
@@ -174,7 +174,7 @@ func (c ClaimMapping) withDefaults() ClaimMapping {
 
 // LoadConfig reads the authn variables; violations are recorded in e so
 // that they are reported together with the common ones.
-func LoadConfig(e *runtime.Env) Config {
+func LoadConfig(e *servicekit.Env) Config {
 	cfg := Config{
 		Workers:        e.Int("AIGOV_AUTHN_WORKERS", DefaultWorkers, 1),
 		HTTPTimeout:    e.Duration("AIGOV_OIDC_HTTP_TIMEOUT", DefaultHTTPTimeout),
@@ -183,7 +183,7 @@ func LoadConfig(e *runtime.Env) Config {
 		CacheSize:      e.Int("AIGOV_AUTHN_CACHE_SIZE", DefaultCacheSize, -1),
 		MaxTokenBytes:  e.Int("AIGOV_OIDC_MAX_TOKEN_BYTES", DefaultMaxTokenBytes, 1024),
 		RevocationsMax: e.Int("AIGOV_AUTHN_REVOCATIONS_MAX", DefaultRevocationsMax, 1),
-		SessionLimits:  runtime.LoadSessionLimits(e),
+		SessionLimits:  servicekit.LoadSessionLimits(e),
 
 		Encrypt:               e.Bool("AIGOV_PERSONAL_ENCRYPTION", true),
 		PersonalContextFields: e.List("AIGOV_PERSONAL_CONTEXT_FIELDS", nil),

@@ -5,7 +5,7 @@ import (
 	"fmt"
 
 	"github.com/aigov/aigov/schemas"
-	"github.com/aigov/aigov/services/runtime/oidcfile"
+	"github.com/aigov/aigov/services/servicekit/oidcfile"
 )
 
 // Workload presets.

@@ -1,6 +1,6 @@
 package verify
 
-import "github.com/aigov/aigov/services/runtime/revocation"
+import "github.com/aigov/aigov/services/servicekit/revocation"
 
 // leaseDenial denies a request whose context names a job lease the reaper
 // has ended (context.lease_id; tombstone under schemas.LeaseRevocationKey

@@ -10,7 +10,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/aigov/aigov/schemas"
-	"github.com/aigov/aigov/services/runtime"
+	"github.com/aigov/aigov/services/servicekit"
 )
 
 // TestExampleConfigsLoad: every shipped example loads and validates, and
@@ -40,7 +40,7 @@ func TestExampleConfigsLoad(t *testing.T) {
 		})
 	}
 	// Through the environment, as the service loads it.
-	env := runtime.NewEnv(runtime.MapLookup(map[string]string{"AIGOV_OIDC_CONFIG": "../../examples/entra.yaml"}))
+	env := servicekit.NewEnv(servicekit.MapLookup(map[string]string{"AIGOV_OIDC_CONFIG": "../../examples/entra.yaml"}))
 	cfg := LoadConfig(env)
 	if err := env.Err(); err != nil || len(cfg.Issuers) != 1 || cfg.Issuers[0].Tenant == "" {
 		t.Fatalf("AIGOV_OIDC_CONFIG: %v %+v", err, cfg.Issuers)

@@ -12,7 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aigov/aigov/schemas"
-	"github.com/aigov/aigov/services/runtime"
+	"github.com/aigov/aigov/services/servicekit"
 )
 
 // MaxRetryScan bounds the decisions a retry's lookup reads: the stored
@@ -45,7 +45,7 @@ func (v *Verifier) passRetry(ctx context.Context, r request, retryID string) err
 	if err != nil {
 		return err
 	}
-	_, ack, err := v.pub.PublishNow(ctx, runtime.Outgoing{
+	_, ack, err := v.pub.PublishNow(ctx, servicekit.Outgoing{
 		NATSSubject: v.subjects.Verified(r.action), ID: schemas.DerivedID(r.id, schemas.KindVerified),
 		Type: schemas.TypeVerified, Time: now, Data: data,
 	})
@@ -93,7 +93,7 @@ func (v *Verifier) storedVerified(ctx context.Context, ack *jetstream.PubAck) (s
 		err = ev.DecodeData(&out)
 	}
 	if err != nil {
-		return out, time.Time{}, runtime.Permanent(fmt.Errorf("stored verified event %s/%d: %w", ack.Stream, ack.Sequence, err))
+		return out, time.Time{}, servicekit.Permanent(fmt.Errorf("stored verified event %s/%d: %w", ack.Stream, ack.Sequence, err))
 	}
 	return out, raw.Time, nil
 }
@@ -123,7 +123,7 @@ func (v *Verifier) denyRetry(ctx context.Context, r request, d *Denial) (done bo
 		err = json.Unmarshal(ev.Data, &first)
 	}
 	if err != nil {
-		return false, runtime.Permanent(fmt.Errorf("stored decision of request %s: %w", r.id, err))
+		return false, servicekit.Permanent(fmt.Errorf("stored decision of request %s: %w", r.id, err))
 	}
 	if first.Action != r.action || first.Resource != r.data.Resource || first.TokenFingerprint != r.tokenFP {
 		v.log.Warn().Str("request_id", r.id).Str("retry_id", r.retryID).Str("token_fingerprint", r.tokenFP).

@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aigov/aigov/services/servicekit/topology"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
@@ -98,7 +100,7 @@ func TestNotReadyUntilRevocationsLoad(t *testing.T) {
 	t.Parallel()
 	srv := natsdev.StartT(t, natsdev.Options{})
 	nc, js := srv.ConnectT(t, schemas.RoleAuthn)
-	topo := schemas.NewTopology("")
+	topo := topology.New("")
 	// natsdev.Start provisioned the topology (as aigov bus provision does).
 	v, err := verify.New(verify.Config{Workers: 1, HTTPTimeout: time.Second, Issuers: []verify.Issuer{{URL: "https://idp.example", Audiences: []string{"aigov"}}}},
 		verify.Deps{Log: zerolog.Nop(), NC: nc, JS: js, Topology: topo, Registry: prometheus.NewRegistry(), Signer: devkeys.New(t).Signer(schemas.RoleAuthn)})

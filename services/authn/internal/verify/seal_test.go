@@ -7,10 +7,12 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/aigov/aigov/services/servicekit/topology"
+
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/schemas/client"
-	"github.com/aigov/aigov/schemas/personal"
 	"github.com/aigov/aigov/services/authn/internal/verify"
+	"github.com/aigov/aigov/services/servicekit/personal"
 )
 
 // TestAuthnSealsPersonalFields: with sealing on, the verified event authn
@@ -21,7 +23,7 @@ import (
 // seal for and keeps the personal field as "***".
 func TestAuthnSealsPersonalFields(t *testing.T) {
 	t.Parallel()
-	e := startEnvTopo(t, schemas.NewTopology(""), func(c *verify.Config) {
+	e := startEnvTopo(t, topology.New(""), func(c *verify.Config) {
 		c.Encrypt, c.PersonalContextFields, c.SubjectKeyCacheSize = true, []string{"Patient_Ref"}, 10
 	})
 	ctx := context.Background()

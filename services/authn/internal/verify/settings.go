@@ -1,11 +1,11 @@
 package verify
 
-import "github.com/aigov/aigov/services/runtime"
+import "github.com/aigov/aigov/services/servicekit"
 
 // Settings are the settings authn reads besides the common ones: the
 // source of its -h and of its table in docs/configuration.md.
-func Settings() runtime.Section {
-	return runtime.Section{Title: "authn", Settings: []runtime.Setting{
+func Settings() servicekit.Section {
+	return servicekit.Section{Title: "authn", Settings: []servicekit.Setting{
 		{Names: []string{"AIGOV_OIDC_ISSUERS"}, Default: "required unless `AIGOV_OIDC_CONFIG`", Doc: "comma-separated exact issuer URLs (the simple form; not together with `AIGOV_OIDC_CONFIG`). The reaper reads it too, for back-channel logout"},
 		{Names: []string{"AIGOV_OIDC_AUDIENCE"}, Default: "`aigov`", Doc: "the audience of every issuer of `AIGOV_OIDC_ISSUERS`; also the reaper's default logout audience"},
 		{Names: []string{"AIGOV_OIDC_CONFIG"}, Default: "—", Doc: "YAML or JSON file of issuers (see [Configuring issuers](issuers.md)); replaces the two above"},

@@ -17,17 +17,19 @@ import (
 	"sync"
 	"time"
 
+	"github.com/aigov/aigov/services/servicekit/topology"
+
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
 	"github.com/aigov/aigov/schemas"
-	"github.com/aigov/aigov/schemas/personal"
-	"github.com/aigov/aigov/schemas/sessionlimits"
 	"github.com/aigov/aigov/schemas/signing"
-	"github.com/aigov/aigov/services/runtime"
-	"github.com/aigov/aigov/services/runtime/revocation"
+	"github.com/aigov/aigov/services/servicekit"
+	"github.com/aigov/aigov/services/servicekit/personal"
+	"github.com/aigov/aigov/services/servicekit/revocation"
+	"github.com/aigov/aigov/services/servicekit/sessionlimits"
 )
 
 // Source is the CloudEvents source of everything authn publishes.
@@ -45,17 +47,17 @@ type Deps struct {
 	Log      zerolog.Logger
 	NC       *nats.Conn
 	JS       jetstream.JetStream
-	Topology schemas.Topology
+	Topology topology.Topology
 	// Registry receives the service's metrics.
 	Registry prometheus.Registerer
 	// Signer signs every verified event and deny, so that policy, the
 	// audit and the requester can tell them from forgeries.
 	Signer *signing.Signer
 	// SigningLinger is how long the runner gathers events to sign and
-	// publish as one batch (runtime.Common.SigningLinger).
+	// publish as one batch (servicekit.Common.SigningLinger).
 	SigningLinger time.Duration
 	// Clock is what token lifetimes are checked against; time.Now when
-	// nil (runtime.Common.Clock shifts it for dev clock-skew tests).
+	// nil (servicekit.Common.Clock shifts it for dev clock-skew tests).
 	Clock func() time.Time
 }
 
@@ -65,10 +67,10 @@ type Verifier struct {
 	log      zerolog.Logger
 	nc       *nats.Conn
 	js       jetstream.JetStream
-	pub      *runtime.Publisher
-	topo     schemas.Topology
+	pub      *servicekit.Publisher
+	topo     topology.Topology
 	subjects schemas.Subjects
-	runner   *runtime.Runner
+	runner   *servicekit.Runner
 	outcomes *prometheus.CounterVec
 	passed   prometheus.Counter // outcomes{verified}, looked up once
 	now      func() time.Time
@@ -102,7 +104,7 @@ func New(cfg Config, deps Deps) (*Verifier, error) {
 	if err != nil {
 		return nil, err
 	}
-	pub, err := runtime.NewPublisher(deps.JS, deps.NC, deps.Signer, Source, deps.Log)
+	pub, err := servicekit.NewPublisher(deps.JS, deps.NC, deps.Signer, Source, deps.Log)
 	if err != nil {
 		return nil, fmt.Errorf("authn: %w", err)
 	}
@@ -149,7 +151,7 @@ func New(cfg Config, deps Deps) (*Verifier, error) {
 	}); err != nil {
 		return nil, fmt.Errorf("authn: %w", err)
 	}
-	v.runner = runtime.NewRunner(schemas.ConsumerAuthn, deps.Log, deps.Registry, cfg.Workers)
+	v.runner = servicekit.NewRunner(schemas.ConsumerAuthn, deps.Log, deps.Registry, cfg.Workers)
 	if err := v.runner.Pipeline(pub.PipelineOptions(deps.SigningLinger)); err != nil {
 		return nil, fmt.Errorf("authn: %w", err)
 	}
@@ -579,7 +581,7 @@ func (v *Verifier) denyAs(ctx context.Context, r request, d *Denial, requestID s
 // publish sends one event to JetStream and waits for its ack. The msg id
 // makes a redelivered request's event a duplicate the stream drops.
 func (v *Verifier) publish(ctx context.Context, subject, id, typ string, at time.Time, data any) (*nats.Msg, error) {
-	return v.pub.Publish(ctx, runtime.Outgoing{NATSSubject: subject, ID: id, Type: typ, Time: at, Data: data})
+	return v.pub.Publish(ctx, servicekit.Outgoing{NATSSubject: subject, ID: id, Type: typ, Time: at, Data: data})
 }
 
 // reply sends a decision to the requester's inbox, best effort: the

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aigov/aigov/services/servicekit/topology"
+
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
@@ -19,18 +21,18 @@ import (
 
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/schemas/client"
-	"github.com/aigov/aigov/schemas/sessionlimits"
 	"github.com/aigov/aigov/services/authn/internal/verify"
 	"github.com/aigov/aigov/services/devenv/devkeys"
 	"github.com/aigov/aigov/services/devenv/idp"
 	"github.com/aigov/aigov/services/devenv/natsdev"
+	"github.com/aigov/aigov/services/servicekit/sessionlimits"
 )
 
 // env is one embedded JetStream, the authn Verifier running on it as the
 // authn user, a platform connection that publishes requests, an admin
 // connection that only observes, and dev OIDC providers over HTTP.
 type env struct {
-	topo     schemas.Topology
+	topo     topology.Topology
 	platJS   jetstream.JetStream
 	platNC   *nats.Conn
 	adminNC  *nats.Conn
@@ -79,12 +81,12 @@ func startIDP(t *testing.T, opts idp.Options) *idp.Provider {
 
 func startEnv(t *testing.T) *env {
 	t.Helper()
-	return startEnvTopo(t, schemas.NewTopology(""))
+	return startEnvTopo(t, topology.New(""))
 }
 
 // startEnvTopo is startEnv with a topology of the test's choosing, and
 // edits of the verifier's configuration.
-func startEnvTopo(t *testing.T, topo schemas.Topology, edit ...func(*verify.Config)) *env {
+func startEnvTopo(t *testing.T, topo topology.Topology, edit ...func(*verify.Config)) *env {
 	t.Helper()
 	ctx := context.Background()
 	srv := natsdev.StartT(t, natsdev.Options{})
@@ -878,7 +880,7 @@ func TestReplayProtection(t *testing.T) {
 // token would serve two operations (here the second is another action).
 func TestReplayWithReusedRequestIDAfterDuplicateWindow(t *testing.T) {
 	t.Parallel()
-	topo := schemas.NewTopology("")
+	topo := topology.New("")
 	topo.DuplicateWindow = time.Second
 	e := startEnvTopo(t, topo)
 	ctx := context.Background()

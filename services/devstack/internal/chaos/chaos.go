@@ -19,15 +19,17 @@ import (
 	"sync"
 	"time"
 
+	"github.com/aigov/aigov/services/servicekit/topology"
+
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/schemas/client"
-	"github.com/aigov/aigov/schemas/killswitch"
 	"github.com/aigov/aigov/services/devenv/idp"
 	"github.com/aigov/aigov/services/devstack/internal/demo"
 	"github.com/aigov/aigov/services/devstack/internal/stack"
+	"github.com/aigov/aigov/services/servicekit/killswitch"
 )
 
 // Faults are every fault, in the order `devstack chaos` injects them.
@@ -595,7 +597,7 @@ func sleep(ctx context.Context, d time.Duration) error {
 // pausePolicy SIGSTOPs policy for longer than its consumer's AckWait, so
 // the server redelivers what it held, then SIGCONTs it.
 func (r *Runner) pausePolicy(ctx context.Context, _ *sender) (string, error) {
-	spec, err := schemas.NewTopology("").Consumer(schemas.ConsumerPolicy)
+	spec, err := topology.New("").Consumer(schemas.ConsumerPolicy)
 	if err != nil {
 		return "", err
 	}
@@ -619,7 +621,7 @@ func (r *Runner) leader(ctx context.Context) (int, error) {
 	for range 20 {
 		lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		var i int
-		i, err = r.st.Cluster.StreamLeader(lctx, r.st.AdminJS, schemas.NewTopology("").StreamRequests())
+		i, err = r.st.Cluster.StreamLeader(lctx, r.st.AdminJS, topology.New("").StreamRequests())
 		cancel()
 		if err == nil {
 			return i, nil
@@ -729,7 +731,7 @@ func (r *Runner) revokeWhileQueued(ctx context.Context, s *sender) (string, erro
 	if err != nil {
 		return "", fmt.Errorf("chaos: %w", err)
 	}
-	sw, err := killswitch.New(ctx, rjs, schemas.NewTopology(""), nil, time.Now)
+	sw, err := killswitch.New(ctx, rjs, topology.New(""), nil, time.Now)
 	if err != nil {
 		return "", fmt.Errorf("chaos: kill switch: %w", err)
 	}
@@ -744,7 +746,7 @@ func (r *Runner) revokeWhileQueued(ctx context.Context, s *sender) (string, erro
 // an audited deny with a code.
 func (r *Runner) poison(ctx context.Context, s *sender) (string, error) {
 	tok := r.tokens[0]
-	topo := schemas.NewTopology("")
+	topo := topology.New("")
 	event := func(id string, mutate func(map[string]any)) []byte {
 		ev := map[string]any{"specversion": schemas.SpecVersion, "id": id, "source": "aigov-chaos", "type": schemas.TypeRequest,
 			"time": time.Now().UTC().Format(time.RFC3339Nano), "datacontenttype": "application/json",

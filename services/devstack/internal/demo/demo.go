@@ -14,6 +14,8 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/aigov/aigov/services/servicekit/topology"
+
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aigov/aigov/schemas"
@@ -149,7 +151,7 @@ func WaitSessionEnded(ctx context.Context, st *stack.Stack, token string, timeou
 	if err != nil {
 		return err
 	}
-	kv, err := st.AdminJS.KeyValue(ctx, schemas.NewTopology("").BucketRevocations())
+	kv, err := st.AdminJS.KeyValue(ctx, topology.New("").BucketRevocations())
 	if err != nil {
 		return fmt.Errorf("open revocations: %w", err)
 	}

@@ -11,9 +11,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aigov/aigov/services/audit/migrations"
+
 	"gopkg.in/yaml.v3"
 
-	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/services/devstack/internal/stack"
 )
 
@@ -176,11 +177,11 @@ func migrationObjects(t testing.TB) map[string]bool {
 	t.Helper()
 	re := regexp.MustCompile(`(?i)CREATE\s+(?:TABLE|(?:MATERIALIZED\s+)?VIEW)\s+(?:IF\s+NOT\s+EXISTS\s+)?\{\{\s*db\s*\}\}\.` + "`?" + `(\w+)`)
 	out := map[string]bool{}
-	err := fs.WalkDir(schemas.Migrations(), ".", func(path string, d fs.DirEntry, err error) error {
+	err := fs.WalkDir(migrations.FS(), ".", func(path string, d fs.DirEntry, err error) error {
 		if err != nil || d.IsDir() || !strings.HasSuffix(path, ".sql") {
 			return err
 		}
-		b, err := fs.ReadFile(schemas.Migrations(), path)
+		b, err := fs.ReadFile(migrations.FS(), path)
 		if err != nil {
 			return err
 		}

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aigov/aigov/services/servicekit/topology"
+
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -68,8 +70,8 @@ func natsClientPort(t testing.TB) (string, int) {
 
 // deployTopology is the topology of the compose and Kubernetes configs:
 // the default one with the example tenants (schemas.ExampleTenants).
-func deployTopology() schemas.Topology {
-	topo := schemas.NewTopology("")
+func deployTopology() topology.Topology {
+	topo := topology.New("")
 	topo.Tenants = schemas.ExampleTenants()
 	return topo
 }
@@ -77,7 +79,7 @@ func deployTopology() schemas.Topology {
 // natsUser is a user of the deploy configs and the account it belongs to.
 type natsUser struct {
 	account string
-	schemas.NATSUser
+	topology.NATSUser
 }
 
 // deployUsers are the users of the deploy configs, by name: one per role
@@ -88,7 +90,7 @@ func deployUsers(t testing.TB) map[string]natsUser {
 	if err != nil {
 		t.Fatal(err)
 	}
-	users := map[string]natsUser{adminUser: {account: schemas.AccountAigov, NATSUser: schemas.NATSUser{Name: adminUser}}}
+	users := map[string]natsUser{adminUser: {account: schemas.AccountAigov, NATSUser: topology.NATSUser{Name: adminUser}}}
 	for _, a := range accs {
 		for _, u := range a.Users {
 			users[u.Name] = natsUser{account: a.Name, NATSUser: u}
@@ -107,7 +109,7 @@ func deployUserNames(t testing.TB) []string {
 	return names
 }
 
-// checkUsers compares a config's users with schemas.Topology.Accounts: one
+// checkUsers compares a config's users with topology.Topology.Accounts: one
 // user per role with exactly the role's publish and subscribe allow lists
 // (and no deny lists), plus an unrestricted admin, all in the aigov
 // account, one user per tenant in the tenant's account, and nobody else.
@@ -142,7 +144,7 @@ func checkUsers(t *testing.T, where string, users []*server.User, passwords map[
 		}
 		pub, sub := u.Permissions.Publish, u.Permissions.Subscribe
 		if !slices.Equal(sortedCopy(pub.Allow), sortedCopy(p.Publish)) || len(pub.Deny) > 0 {
-			t.Errorf("%s: user %s publish allow %q deny %q, want allow %q (schemas.Topology.Accounts)", where, u.Username, pub.Allow, pub.Deny, p.Publish)
+			t.Errorf("%s: user %s publish allow %q deny %q, want allow %q (topology.Topology.Accounts)", where, u.Username, pub.Allow, pub.Deny, p.Publish)
 		}
 		if !slices.Equal(sub.Allow, []string{w.Inbox + ".>"}) || len(sub.Deny) > 0 {
 			t.Errorf("%s: user %s may subscribe to %q deny %q, want only its own inbox %s.>", where, u.Username, sub.Allow, sub.Deny, w.Inbox)
@@ -154,7 +156,7 @@ func checkUsers(t *testing.T, where string, users []*server.User, passwords map[
 }
 
 // authConfFiles hold the NATS accounts of docker-compose.yml and of the
-// Kubernetes cluster; both are generated from schemas.Topology.Accounts.
+// Kubernetes cluster; both are generated from topology.Topology.Accounts.
 var authConfFiles = []string{"deploy/nats/auth.conf", "deploy/k8s/nats/auth.conf"}
 
 // renderAuthConf writes the NATS accounts of the deploy topology: the
@@ -166,7 +168,7 @@ func renderAuthConf() string {
 		panic(err)
 	}
 	var b strings.Builder
-	b.WriteString(`# GENERATED from schemas.Topology.Accounts by
+	b.WriteString(`# GENERATED from topology.Topology.Accounts by
 # services/devstack/internal/deploycheck (TestNATSAuthConfIsGenerated); do not
 # edit. After a change of the topology's roles, permissions or tenants
 # (deployTopology: schemas.ExampleTenants), regenerate:
@@ -256,7 +258,7 @@ func TestNATSAuthConfIsGenerated(t *testing.T) {
 			}
 		}
 		if got := string(readFile(t, rel)); got != want {
-			t.Errorf("%s differs from schemas.Topology.Accounts; regenerate it with\n  make generate", rel)
+			t.Errorf("%s differs from topology.Topology.Accounts; regenerate it with\n  make generate", rel)
 		}
 	}
 }

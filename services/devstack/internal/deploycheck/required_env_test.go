@@ -25,7 +25,7 @@ type requiredVar struct {
 	at   string // file:line, relative to the repository root
 }
 
-// requiredEnv scans the non-test Go source of services/runtime and of each
+// requiredEnv scans the non-test Go source of services/servicekit and of each
 // of the four services for env.Required calls and returns, by service, the
 // variables each one requires. The runtime's apply to all four. An argument
 // that is neither a string literal nor a constant of the same package fails
@@ -105,7 +105,7 @@ func requiredEnv(t testing.TB) map[string][]requiredVar {
 		}
 		return out
 	}
-	runtimeVars := scan("services/runtime")
+	runtimeVars := scan("services/servicekit")
 	out := map[string][]requiredVar{}
 	total := 0
 	for _, svc := range sortedKeys(pipelineServices) {

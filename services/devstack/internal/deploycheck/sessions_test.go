@@ -4,7 +4,7 @@ import "testing"
 
 // sessionVars are the session limits the reaper ends sessions by and authn
 // and policy check again from the token, so that max age holds while the
-// reaper is down (schemas/sessionlimits). The three must agree: a shorter
+// reaper is down (services/servicekit/sessionlimits). The three must agree: a shorter
 // value in authn would deny sessions the reaper keeps, a longer one would
 // let a session past the reaper's max age in during a reaper outage.
 var sessionVars = []string{"AIGOV_SESSION_MAX_AGE", "AIGOV_REAPER_CONFIG"}

@@ -13,13 +13,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aigov/aigov/services/servicekit/topology"
+
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/schemas/client"
-	"github.com/aigov/aigov/schemas/killswitch"
 	"github.com/aigov/aigov/schemas/signing"
 	"github.com/aigov/aigov/services/devenv/natsdev"
 	"github.com/aigov/aigov/services/devstack/internal/demo"
 	"github.com/aigov/aigov/services/devstack/internal/stack"
+	"github.com/aigov/aigov/services/servicekit/killswitch"
 )
 
 // retrain is alice's allowed request in the demo.
@@ -73,7 +75,7 @@ func TestKillSwitchEndToEnd(t *testing.T) {
 	if !d.Allowed() || d.SessionKey != key {
 		t.Fatalf("alice before revocation: %s/%s session %s, want allow in %s", d.Decision, d.Code, d.SessionKey, key)
 	}
-	sessionsKV, err := st.AdminJS.KeyValue(ctx, schemas.NewTopology("").BucketSessions())
+	sessionsKV, err := st.AdminJS.KeyValue(ctx, topology.New("").BucketSessions())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -152,7 +154,7 @@ func checkLease(ctx context.Context, t *testing.T, st *stack.Stack, heartbeatTTL
 	if !start.Allowed() || start.Lease == nil {
 		t.Fatalf("job.start: %s/%s (%s) lease %+v, want allow with a lease", start.Decision, start.Code, start.Reason, start.Lease)
 	}
-	leasesKV, err := st.AdminJS.KeyValue(ctx, schemas.NewTopology("").BucketLeases())
+	leasesKV, err := st.AdminJS.KeyValue(ctx, topology.New("").BucketLeases())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -170,7 +172,7 @@ func checkLease(ctx context.Context, t *testing.T, st *stack.Stack, heartbeatTTL
 		t.Fatalf("heartbeat of a live lease: %s/%s (%s)", hb.Decision, hb.Code, hb.Reason)
 	}
 	// Heartbeats stop; the reaper ends the lease.
-	revs, _ := st.AdminJS.KeyValue(ctx, schemas.NewTopology("").BucketRevocations())
+	revs, _ := st.AdminJS.KeyValue(ctx, topology.New("").BucketRevocations())
 	natsdev.WaitFor(t, heartbeatTTL+15*time.Second, "lease ended after heartbeats stopped", func() bool {
 		_, err := revs.Get(ctx, lkey)
 		return err == nil
@@ -199,7 +201,7 @@ func checkLease(ctx context.Context, t *testing.T, st *stack.Stack, heartbeatTTL
 func measureRevocationLatency(ctx context.Context, t *testing.T, st *stack.Stack) {
 	t.Helper()
 	_, js := st.NATS.ConnectT(t, schemas.RoleReaper)
-	sw, err := killswitch.New(ctx, js, schemas.NewTopology(""), nil, time.Now)
+	sw, err := killswitch.New(ctx, js, topology.New(""), nil, time.Now)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,13 +15,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aigov/aigov/services/servicekit/topology"
+
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/schemas/client"
-	"github.com/aigov/aigov/schemas/personal"
 	"github.com/aigov/aigov/services/devenv/idp"
 	"github.com/aigov/aigov/services/devstack/internal/stack"
+	"github.com/aigov/aigov/services/servicekit/personal"
 )
 
 // TestPrivacyErasureEndToEnd runs the whole stack: authn seals each
@@ -246,7 +248,7 @@ func TestPrivacyErasureEndToEnd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	akv, err := ajs.KeyValue(ctx, schemas.NewTopology(schemas.DefaultPrefix).BucketSubjectKeys())
+	akv, err := ajs.KeyValue(ctx, topology.New(schemas.DefaultPrefix).BucketSubjectKeys())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -268,7 +270,7 @@ func TestPrivacyErasureEndToEnd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	topo := schemas.NewTopology(schemas.DefaultPrefix)
+	topo := topology.New(schemas.DefaultPrefix)
 	kv, err := js.KeyValue(ctx, topo.BucketSubjectKeys())
 	if err != nil {
 		t.Fatal(err)

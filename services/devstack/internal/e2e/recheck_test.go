@@ -6,15 +6,17 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aigov/aigov/services/servicekit/topology"
+
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/schemas/client"
-	"github.com/aigov/aigov/schemas/killswitch"
 	"github.com/aigov/aigov/services/devenv/idp"
 	"github.com/aigov/aigov/services/devenv/natsdev"
 	"github.com/aigov/aigov/services/devstack/internal/demo"
 	"github.com/aigov/aigov/services/devstack/internal/stack"
+	"github.com/aigov/aigov/services/servicekit/killswitch"
 )
 
 // The decision-time recheck end to end (issue 11 part 4), with the real
@@ -52,7 +54,7 @@ func TestQueuedRequestsAreRecheckedEndToEnd(t *testing.T) {
 	}
 	ids := queueVerified(ctx, t, st, token, "revoked", n)
 	_, rjs := st.NATS.ConnectT(t, schemas.RoleReaper)
-	sw, err := killswitch.New(ctx, rjs, schemas.NewTopology(""), nil, time.Now)
+	sw, err := killswitch.New(ctx, rjs, topology.New(""), nil, time.Now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,7 +98,7 @@ func queueVerified(ctx context.Context, t *testing.T, st *stack.Stack, token, ta
 	if err := st.StopService("policy"); err != nil {
 		t.Fatalf("stop policy: %v", err)
 	}
-	topo := schemas.NewTopology("")
+	topo := topology.New("")
 	verified, err := st.AdminJS.Stream(ctx, topo.StreamVerified())
 	if err != nil {
 		t.Fatal(err)

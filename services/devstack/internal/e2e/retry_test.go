@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aigov/aigov/services/servicekit/topology"
+
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aigov/aigov/schemas"
@@ -40,7 +42,7 @@ func TestRetriedRequestGetsItsDecision(t *testing.T) {
 			st.Stop()
 		}
 	})
-	topo := schemas.NewTopology("")
+	topo := topology.New("")
 	token, err := st.IdP.Token(ctx, "alice")
 	if err != nil {
 		t.Fatal(err)

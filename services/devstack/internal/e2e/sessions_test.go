@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aigov/aigov/services/servicekit/topology"
+
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aigov/aigov/schemas"
@@ -43,7 +45,7 @@ func TestSessionEndsNotThePersonEndToEnd(t *testing.T) {
 			st.Stop()
 		}
 	})
-	revocations, err := st.AdminJS.KeyValue(ctx, schemas.NewTopology("").BucketRevocations())
+	revocations, err := st.AdminJS.KeyValue(ctx, topology.New("").BucketRevocations())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,10 +4,10 @@ package config
 import (
 	"time"
 
-	"github.com/aigov/aigov/services/runtime"
+	"github.com/aigov/aigov/services/servicekit"
 )
 
-// Config is the gateway's own configuration; runtime.Common holds the
+// Config is the gateway's own configuration; servicekit.Common holds the
 // settings every service shares (NATS, health port, logging, trust file).
 type Config struct {
 	// Addr serves the authorize API and the MCP gateway
@@ -46,7 +46,7 @@ const (
 )
 
 // Load reads the gateway's variables; violations are recorded in e.
-func Load(e *runtime.Env) Config {
+func Load(e *servicekit.Env) Config {
 	c := Config{
 		Addr:            e.String("AIGOV_GATEWAY_ADDR", DefaultAddr),
 		DecisionTimeout: e.Duration("AIGOV_GATEWAY_DECISION_TIMEOUT", DefaultDecisionTimeout),

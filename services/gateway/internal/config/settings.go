@@ -1,11 +1,11 @@
 package config
 
-import "github.com/aigov/aigov/services/runtime"
+import "github.com/aigov/aigov/services/servicekit"
 
 // Settings are the settings the gateway reads besides the common ones: the
 // source of its -h and of its table in docs/configuration.md.
-func Settings() runtime.Section {
-	return runtime.Section{Title: "gateway", Settings: []runtime.Setting{
+func Settings() servicekit.Section {
+	return servicekit.Section{Title: "gateway", Settings: []servicekit.Setting{
 		{Names: []string{"AIGOV_GATEWAY_ADDR"}, Default: "`127.0.0.1:8090`", Doc: "the API (and MCP) listener; also serves `/healthz`, `/readyz`"},
 		{Names: []string{"AIGOV_GATEWAY_DECISION_TIMEOUT"}, Default: "`5s`", Doc: "wait for a decision before a 504"},
 		{Names: []string{"AIGOV_GATEWAY_MAX_BODY_BYTES"}, Default: "`65536`", Doc: "larger bodies get 413"},

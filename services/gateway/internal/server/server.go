@@ -25,7 +25,7 @@ import (
 	"github.com/aigov/aigov/services/gateway/internal/mcpgw"
 )
 
-// Deps are what the gateway runs on, from runtime.Start.
+// Deps are what the gateway runs on, from servicekit.Start.
 type Deps struct {
 	Log zerolog.Logger
 	// NC is the gateway's own NATS connection (user gateway: it may
@@ -37,7 +37,7 @@ type Deps struct {
 	// Prefix of aigov subjects.
 	Prefix   string
 	Registry prometheus.Registerer
-	// Ready reports the service's readiness (runtime.Server.Ready), for
+	// Ready reports the service's readiness (servicekit.Server.Ready), for
 	// /readyz on the API port.
 	Ready func(ctx context.Context) error
 }

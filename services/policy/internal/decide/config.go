@@ -7,12 +7,12 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/aigov/aigov/schemas/personal"
-	"github.com/aigov/aigov/schemas/sessionlimits"
-	"github.com/aigov/aigov/services/runtime"
+	"github.com/aigov/aigov/services/servicekit"
+	"github.com/aigov/aigov/services/servicekit/personal"
+	"github.com/aigov/aigov/services/servicekit/sessionlimits"
 )
 
-// Config is the policy service's own configuration, next to runtime.Common.
+// Config is the policy service's own configuration, next to servicekit.Common.
 type Config struct {
 	// PolicyDir holds the *.cedar files and the schema (AIGOV_POLICY_DIR);
 	// they seed the policy bucket when it has no active set.
@@ -47,9 +47,9 @@ type Config struct {
 
 // LoadConfig reads the policy service's variables; violations are recorded
 // in e and reported by e.Err together with every other one.
-func LoadConfig(e *runtime.Env) Config {
+func LoadConfig(e *servicekit.Env) Config {
 	// Policy signs its decisions and checks authn's signature on every
-	// verified event (runtime.Common loads both).
+	// verified event (servicekit.Common loads both).
 	e.Required("AIGOV_SIGNING_KEY")
 	e.Required("AIGOV_TRUST_FILE")
 	dir := e.String("AIGOV_POLICY_DIR", "policies")
@@ -62,6 +62,6 @@ func LoadConfig(e *runtime.Env) Config {
 		ApprovalWebhooksFile: e.String("AIGOV_APPROVAL_WEBHOOKS_FILE", ""),
 		RevocationsMax:       e.Int("AIGOV_POLICY_REVOCATIONS_MAX", DefaultRevocationsMax, 1),
 		SubjectKeyCacheSize:  e.Int("AIGOV_SUBJECT_KEY_CACHE_SIZE", personal.DefaultCacheSize, 1),
-		SessionLimits:        runtime.LoadSessionLimits(e),
+		SessionLimits:        servicekit.LoadSessionLimits(e),
 	}
 }

@@ -10,7 +10,7 @@ import (
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/schemas/signing"
 	"github.com/aigov/aigov/services/policy/engine"
-	"github.com/aigov/aigov/services/runtime"
+	"github.com/aigov/aigov/services/servicekit"
 )
 
 // ForgedDecisionKind derives the event id of the deny of a verified event
@@ -27,17 +27,17 @@ const ForgedDecisionKind = "policy.forged"
 func (s *Service) refuseForged(ctx context.Context, m jetstream.Msg, verr error) error {
 	md, err := m.Metadata()
 	if err != nil {
-		return runtime.Permanent(fmt.Errorf("forged verified event on %s: no metadata: %w", m.Subject(), err))
+		return servicekit.Permanent(fmt.Errorf("forged verified event on %s: no metadata: %w", m.Subject(), err))
 	}
 	v, derr := decodeVerified(m.Data())
 	if derr != nil {
 		// Not even an event: the audit keeps it raw from the verified
 		// stream; there is nothing to decide or answer.
-		return runtime.Permanent(fmt.Errorf("unsigned and undecodable verified event on %s (%v): %w", m.Subject(), verr, derr))
+		return servicekit.Permanent(fmt.Errorf("unsigned and undecodable verified event on %s (%v): %w", m.Subject(), verr, derr))
 	}
 	subject, err := s.decisionSubject(v, m.Subject())
 	if err != nil {
-		return runtime.Permanent(err)
+		return servicekit.Permanent(err)
 	}
 	now := s.clock()
 	d := schemas.Decision{
@@ -54,7 +54,7 @@ func (s *Service) refuseForged(ctx context.Context, m jetstream.Msg, verr error)
 		d.PolicyVersion = snap.eval.Set().Version()
 	}
 	id := schemas.DerivedID(v.RequestID+"@"+strconv.FormatUint(md.Sequence.Stream, 10), ForgedDecisionKind)
-	if _, err := s.pub.Publish(ctx, runtime.Outgoing{
+	if _, err := s.pub.Publish(ctx, servicekit.Outgoing{
 		NATSSubject: subject, ID: id, Type: schemas.TypeDecision,
 		Subject: d.Resource.String(), Time: now, Data: d,
 	}); err != nil {

@@ -9,20 +9,22 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/aigov/aigov/services/servicekit/topology"
+
 	"github.com/cedar-policy/cedar-go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aigov/aigov/schemas"
-	"github.com/aigov/aigov/schemas/killswitch"
-	"github.com/aigov/aigov/schemas/personal"
 	"github.com/aigov/aigov/services/policy/engine"
-	"github.com/aigov/aigov/services/runtime"
+	"github.com/aigov/aigov/services/servicekit"
+	"github.com/aigov/aigov/services/servicekit/killswitch"
+	"github.com/aigov/aigov/services/servicekit/personal"
 )
 
 // publishEvent stores one governance event; the id is its Nats-Msg-Id, so
 // replicas and redeliveries that publish the same event store it once.
 func (s *Service) publishEvent(ctx context.Context, subject, id, typ string, data any) error {
-	_, err := s.pub.Publish(ctx, runtime.Outgoing{NATSSubject: subject, ID: id, Type: typ, Time: s.clock(), Data: data})
+	_, err := s.pub.Publish(ctx, servicekit.Outgoing{NATSSubject: subject, ID: id, Type: typ, Time: s.clock(), Data: data})
 	return err
 }
 
@@ -147,7 +149,7 @@ func (s *Service) activate(ctx context.Context, v schemas.Verified, d *schemas.D
 	}
 	if res.Granted {
 		if p.set != nil {
-			e, err := s.kv.policy.Get(ctx, schemas.PolicyActiveKey)
+			e, err := s.kv.policy.Get(ctx, topology.PolicyActiveKey)
 			if err != nil {
 				return fmt.Errorf("read the active policy set: %w", err)
 			}
@@ -165,7 +167,7 @@ func (s *Service) activate(ctx context.Context, v schemas.Verified, d *schemas.D
 		p.change.PreviousVersion = ""
 		return s.publishChanged(ctx, v, d, p, snap.eval.Set())
 	}
-	rev, err := s.kv.policy.Update(ctx, schemas.PolicyActiveKey, p.bundle, snap.setRev)
+	rev, err := s.kv.policy.Update(ctx, topology.PolicyActiveKey, p.bundle, snap.setRev)
 	if err != nil {
 		// Someone activated another set since this replica's view: retry,
 		// so that the push is decided again under the set now in force.
@@ -292,7 +294,7 @@ func follow(ctx context.Context, w jetstream.KeyWatcher, what string, loaded fun
 // set. A stored set that does not compile is rejected (logged and
 // audited) and the previous set stays in force.
 func (s *Service) watchPolicy(ctx context.Context, ready chan<- struct{}) error {
-	w, err := s.kv.policy.Watch(ctx, schemas.PolicyActiveKey)
+	w, err := s.kv.policy.Watch(ctx, topology.PolicyActiveKey)
 	if err != nil {
 		return fmt.Errorf("watch policy set: %w", err)
 	}

@@ -6,8 +6,8 @@ import (
 	"time"
 
 	"github.com/aigov/aigov/schemas"
-	"github.com/aigov/aigov/schemas/sessionlimits"
 	"github.com/aigov/aigov/services/policy/engine"
+	"github.com/aigov/aigov/services/servicekit/sessionlimits"
 )
 
 // DefaultRevocationsMax is the default of Deps.RevocationsMax (keys of the

@@ -11,8 +11,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/aigov/aigov/schemas"
-	"github.com/aigov/aigov/schemas/killswitch"
-	"github.com/aigov/aigov/schemas/sessionlimits"
+	"github.com/aigov/aigov/services/servicekit/killswitch"
+	"github.com/aigov/aigov/services/servicekit/sessionlimits"
 )
 
 // allowedRequest is alice's request that the sample policies allow

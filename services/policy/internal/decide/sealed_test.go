@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/aigov/aigov/schemas"
-	"github.com/aigov/aigov/schemas/personal"
+	"github.com/aigov/aigov/services/servicekit/personal"
 )
 
 // TestServiceOpensSealedFields: a verified event as authn seals it (email,

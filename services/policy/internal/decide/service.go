@@ -9,6 +9,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/aigov/aigov/services/servicekit/topology"
+
 	"github.com/cedar-policy/cedar-go"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -16,12 +18,12 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/aigov/aigov/schemas"
-	"github.com/aigov/aigov/schemas/personal"
-	"github.com/aigov/aigov/schemas/sessionlimits"
 	"github.com/aigov/aigov/schemas/signing"
 	"github.com/aigov/aigov/services/policy/engine"
-	"github.com/aigov/aigov/services/runtime"
-	"github.com/aigov/aigov/services/runtime/revocation"
+	"github.com/aigov/aigov/services/servicekit"
+	"github.com/aigov/aigov/services/servicekit/personal"
+	"github.com/aigov/aigov/services/servicekit/revocation"
+	"github.com/aigov/aigov/services/servicekit/sessionlimits"
 )
 
 // EventSource is the CloudEvents source of every decision this service
@@ -39,7 +41,7 @@ type Deps struct {
 	NC *nats.Conn
 	JS jetstream.JetStream
 	// Topology names the subjects and the durable consumer.
-	Topology schemas.Topology
+	Topology topology.Topology
 	// Seed is the policy set stored as the active one when the policy bucket
 	// has none (first start); nil seeds nothing and waits for a push.
 	Seed *engine.Set
@@ -76,7 +78,7 @@ type Deps struct {
 	// authn is denied bad_event_signature, never decided.
 	Trust *signing.Trust
 	// SigningLinger is how long the runner gathers decisions to sign and
-	// publish as one batch (runtime.Common.SigningLinger).
+	// publish as one batch (servicekit.Common.SigningLinger).
 	SigningLinger time.Duration
 	// SubjectKeyCacheSize bounds the subject keys held in memory to open
 	// sealed personal fields (zero: personal.DefaultCacheSize).
@@ -86,8 +88,8 @@ type Deps struct {
 // Service consumes verified requests and publishes a decision for each.
 type Service struct {
 	js        jetstream.JetStream
-	pub       *runtime.Publisher
-	topo      schemas.Topology
+	pub       *servicekit.Publisher
+	topo      topology.Topology
 	state     *state
 	seed      *engine.Set
 	seedEnts  cedar.EntityMap
@@ -98,7 +100,7 @@ type Service struct {
 	clock     func() time.Time
 	kv        buckets
 	log       zerolog.Logger
-	runner    *runtime.Runner
+	runner    *servicekit.Runner
 	revs      *revocation.Set
 	limits    sessionlimits.Limits
 	trust     *signing.Trust
@@ -127,7 +129,7 @@ func NewService(d Deps) (*Service, error) {
 	case d.Trust == nil:
 		return nil, errors.New("decide: no trust file: verified events cannot be checked")
 	}
-	pub, err := runtime.NewPublisher(d.JS, d.NC, d.Signer, EventSource, d.Log)
+	pub, err := servicekit.NewPublisher(d.JS, d.NC, d.Signer, EventSource, d.Log)
 	if err != nil {
 		return nil, fmt.Errorf("decide: %w", err)
 	}
@@ -179,7 +181,7 @@ func NewService(d Deps) (*Service, error) {
 	}); err != nil {
 		return nil, fmt.Errorf("decide: %w", err)
 	}
-	s.runner = runtime.NewRunner(schemas.ConsumerPolicy, d.Log, d.Registry, d.Workers)
+	s.runner = servicekit.NewRunner(schemas.ConsumerPolicy, d.Log, d.Registry, d.Workers)
 	if err := s.runner.Pipeline(pub.PipelineOptions(d.SigningLinger)); err != nil {
 		return nil, fmt.Errorf("decide: %w", err)
 	}
@@ -187,12 +189,12 @@ func NewService(d Deps) (*Service, error) {
 }
 
 // Run ensures the durable consumer and decides messages until ctx ends; it
-// is a runtime.Worker.
+// is a servicekit.Worker.
 //
 // Before consuming it seeds the policy and entity buckets when they are
 // empty, starts the watchers that keep this replica's policy set, entity
 // store and approvals current, and waits until the set and store loaded.
-// Stopped while still starting, it returns nil like any runtime.Worker
+// Stopped while still starting, it returns nil like any servicekit.Worker
 // whose ctx ended: the start-up calls' cancellation is not a failure.
 func (s *Service) Run(ctx context.Context) (err error) {
 	defer func() {
@@ -301,11 +303,11 @@ func (s *Service) Handle(ctx context.Context, m jetstream.Msg) error {
 	if err != nil {
 		// authn wrote this event, so retrying cannot fix it: it is a bug to
 		// look at, and the runner logs it as terminated.
-		return runtime.Permanent(fmt.Errorf("decode verified event on %s: %w", m.Subject(), err))
+		return servicekit.Permanent(fmt.Errorf("decode verified event on %s: %w", m.Subject(), err))
 	}
 	subject, err := s.decisionSubject(v, m.Subject())
 	if err != nil {
-		return runtime.Permanent(err)
+		return servicekit.Permanent(err)
 	}
 
 	snap := s.state.snapshot()
@@ -357,7 +359,7 @@ func (s *Service) Handle(ctx context.Context, m jetstream.Msg) error {
 	// the reply still carried it: an allow with no audit record.
 	eventID := schemas.DerivedID(v.RequestID, PolicyDecisionKind)
 	resource := d.Resource.String()
-	stored, err := s.pub.Publish(ctx, runtime.Outgoing{
+	stored, err := s.pub.Publish(ctx, servicekit.Outgoing{
 		NATSSubject: subject, ID: eventID, Type: schemas.TypeDecision,
 		Subject: resource, Time: d.Timings.DecidedAt, Data: d,
 	})

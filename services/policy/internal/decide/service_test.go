@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aigov/aigov/services/servicekit/topology"
+
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
@@ -27,7 +29,7 @@ type harness struct {
 	srv   *natsdev.Server
 	admin *nats.Conn
 	js    jetstream.JetStream
-	topo  schemas.Topology
+	topo  topology.Topology
 	svc   *Service
 	reg   *prometheus.Registry
 	keys  *devkeys.Set
@@ -53,7 +55,7 @@ func newHarness(t *testing.T, workers int, edit ...func(*Deps)) *harness {
 	t.Helper()
 	srv := natsdev.StartT(t, natsdev.Options{})
 	admin, js := srv.ConnectT(t, natsdev.AdminUser)
-	topo := schemas.NewTopology("")
+	topo := topology.New("")
 	// natsdev.Start provisioned the topology (as aigov bus provision does).
 
 	nc, pjs := srv.ConnectT(t, schemas.RolePolicy)
@@ -398,7 +400,7 @@ func TestNewServiceRejectsMissingDeps(t *testing.T) {
 	srv := natsdev.StartT(t, natsdev.Options{})
 	nc, js := srv.ConnectT(t, schemas.RolePolicy)
 	keys := devkeys.New(t)
-	full := Deps{NC: nc, JS: js, Topology: schemas.NewTopology(""), ApprovalTTL: time.Hour, Registry: prometheus.NewRegistry(), Workers: 1,
+	full := Deps{NC: nc, JS: js, Topology: topology.New(""), ApprovalTTL: time.Hour, Registry: prometheus.NewRegistry(), Workers: 1,
 		Signer: keys.Signer(schemas.RolePolicy), Trust: keys.Trust()}
 	for name, edit := range map[string]func(*Deps){
 		"signer":   func(d *Deps) { d.Signer = nil },
@@ -407,7 +409,7 @@ func TestNewServiceRejectsMissingDeps(t *testing.T) {
 		"js":       func(d *Deps) { d.JS = nil },
 		"ttl":      func(d *Deps) { d.ApprovalTTL = 0 },
 		"registry": func(d *Deps) { d.Registry = nil },
-		"topology": func(d *Deps) { d.Topology = schemas.Topology{} },
+		"topology": func(d *Deps) { d.Topology = topology.Topology{} },
 	} {
 		d := full
 		edit(&d)

@@ -1,11 +1,11 @@
 package decide
 
-import "github.com/aigov/aigov/services/runtime"
+import "github.com/aigov/aigov/services/servicekit"
 
 // Settings are the settings policy reads besides the common ones: the
 // source of its -h and of its table in docs/configuration.md.
-func Settings() runtime.Section {
-	return runtime.Section{Title: "policy", Settings: []runtime.Setting{
+func Settings() servicekit.Section {
+	return servicekit.Section{Title: "policy", Settings: []servicekit.Setting{
 		{Names: []string{"AIGOV_POLICY_DIR"}, Default: "`policies`", Doc: "the seed policy set; stored only when `aigov_policy` has no active set; afterwards push with `aigov policy push`. A broken seed stops the start"},
 		{Names: []string{"AIGOV_ENTITIES_FILE"}, Default: "`<AIGOV_POLICY_DIR>/entities.json`", Doc: "the seed entity store; stored only when `aigov_entities` is empty; afterwards use `aigov entities`"},
 		{Names: []string{"AIGOV_POLICY_WORKERS"}, Default: "`32`", Doc: "requests decided at once"},

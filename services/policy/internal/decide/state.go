@@ -11,13 +11,15 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/aigov/aigov/services/servicekit/topology"
+
 	"github.com/cedar-policy/cedar-go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/services/policy/engine"
-	"github.com/aigov/aigov/services/runtime"
+	"github.com/aigov/aigov/services/servicekit"
 )
 
 // MaxApprovals bounds the approvals held in memory. Past it new approvals
@@ -202,7 +204,7 @@ type buckets struct {
 	policy, proposals, entities, approvals, requests, subjectKeys jetstream.KeyValue
 }
 
-func openBuckets(ctx context.Context, js jetstream.JetStream, t schemas.Topology) (buckets, error) {
+func openBuckets(ctx context.Context, js jetstream.JetStream, t topology.Topology) (buckets, error) {
 	var b buckets
 	for _, x := range []struct {
 		name string
@@ -231,7 +233,7 @@ func seedPolicy(ctx context.Context, kv jetstream.KeyValue, seed *engine.Set) (b
 	if err != nil {
 		return false, err
 	}
-	_, err = kv.Create(ctx, schemas.PolicyActiveKey, b)
+	_, err = kv.Create(ctx, topology.PolicyActiveKey, b)
 	switch {
 	case err == nil:
 		return true, nil
@@ -278,4 +280,4 @@ func sha256Hex(b []byte) string {
 }
 
 // runtimePermanent marks an error retrying cannot fix.
-func runtimePermanent(err error) error { return runtime.Permanent(err) }
+func runtimePermanent(err error) error { return servicekit.Permanent(err) }

@@ -13,13 +13,15 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/aigov/aigov/services/servicekit/topology"
+
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
 	"github.com/aigov/aigov/schemas"
-	"github.com/aigov/aigov/schemas/killswitch"
 	"github.com/aigov/aigov/services/reaper/internal/kvttl"
-	"github.com/aigov/aigov/services/runtime"
+	"github.com/aigov/aigov/services/servicekit"
+	"github.com/aigov/aigov/services/servicekit/killswitch"
 )
 
 // maxUpdateAttempts bounds compare-and-set retries of one heartbeat.
@@ -47,7 +49,7 @@ type Config struct {
 // Deps are what Leases works with; every field is required.
 type Deps struct {
 	JS       jetstream.JetStream
-	Topology schemas.Topology
+	Topology topology.Topology
 	Switch   *killswitch.Switch
 	Log      zerolog.Logger
 	Now      func() time.Time
@@ -91,20 +93,20 @@ func New(ctx context.Context, cfg Config, d Deps) (*Leases, error) {
 		log: d.Log.With().Str("component", "leases").Logger(), now: d.Now}, nil
 }
 
-// Handle is the runtime.Handler of the reaper-leases consumer on the
+// Handle is the servicekit.Handler of the reaper-leases consumer on the
 // decisions stream. Only allowed job.start and job.heartbeat decisions
 // matter; everything else is acked untouched.
 func (l *Leases) Handle(ctx context.Context, m jetstream.Msg) error {
 	ev, err := schemas.ParseEvent(m.Data())
 	if err != nil {
-		return runtime.Permanent(fmt.Errorf("decode decision: %w", err))
+		return servicekit.Permanent(fmt.Errorf("decode decision: %w", err))
 	}
 	if ev.Type != schemas.TypeDecision {
-		return runtime.Permanent(fmt.Errorf("decode decision %s: type %q", ev.ID, ev.Type))
+		return servicekit.Permanent(fmt.Errorf("decode decision %s: type %q", ev.ID, ev.Type))
 	}
 	var d schemas.Decision
 	if err := ev.DecodeData(&d); err != nil {
-		return runtime.Permanent(fmt.Errorf("decode decision %s: %w", ev.ID, err))
+		return servicekit.Permanent(fmt.Errorf("decode decision %s: %w", ev.ID, err))
 	}
 	if !d.Allowed() || d.Principal == nil {
 		return nil
@@ -180,7 +182,7 @@ func (l *Leases) heartbeat(ctx context.Context, d schemas.Decision) error {
 		}
 		var rec killswitch.Lease
 		if err := json.Unmarshal(e.Value(), &rec); err != nil {
-			return runtime.Permanent(fmt.Errorf("decode lease %s: %w", id, err))
+			return servicekit.Permanent(fmt.Errorf("decode lease %s: %w", id, err))
 		}
 		now := l.now().UTC()
 		switch {
@@ -279,7 +281,7 @@ func (l *Leases) Sweep(ctx context.Context) (SweepResult, error) {
 	return res, nil
 }
 
-// Run sweeps every Interval until ctx ends (a runtime.Worker).
+// Run sweeps every Interval until ctx ends (a servicekit.Worker).
 func (l *Leases) Run(ctx context.Context) error {
 	tick := time.NewTicker(l.cfg.Interval)
 	defer tick.Stop()
@@ -313,7 +315,7 @@ const (
 
 // LoadConfig reads the lease variables; interval, grace and scan bound are
 // the session reaper's.
-func LoadConfig(e *runtime.Env, interval, grace time.Duration, maxScan int) Config {
+func LoadConfig(e *servicekit.Env, interval, grace time.Duration, maxScan int) Config {
 	c := Config{
 		HeartbeatTTL: e.Duration("AIGOV_LEASE_HEARTBEAT_TTL", DefaultHeartbeatTTL),
 		MaxDuration:  e.Duration("AIGOV_LEASE_MAX_DURATION", DefaultMaxDuration),

@@ -8,15 +8,17 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aigov/aigov/services/servicekit/topology"
+
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
 	"github.com/aigov/aigov/schemas"
-	"github.com/aigov/aigov/schemas/killswitch"
 	"github.com/aigov/aigov/services/devenv/natsdev"
 	"github.com/aigov/aigov/services/reaper/internal/leases"
-	"github.com/aigov/aigov/services/runtime"
+	"github.com/aigov/aigov/services/servicekit"
+	"github.com/aigov/aigov/services/servicekit/killswitch"
 )
 
 var t0 = time.Date(2026, 11, 25, 9, 0, 0, 0, time.UTC)
@@ -37,7 +39,7 @@ type harness struct {
 	t     *testing.T
 	ctx   context.Context
 	srv   *natsdev.Server
-	topo  schemas.Topology
+	topo  topology.Topology
 	admin jetstream.JetStream
 	clock *clock
 	cfg   leases.Config
@@ -49,7 +51,7 @@ func newHarness(t *testing.T) *harness {
 	srv := natsdev.StartT(t, natsdev.Options{})
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	t.Cleanup(cancel)
-	h := &harness{t: t, ctx: ctx, srv: srv, topo: schemas.NewTopology(""), clock: &clock{now: t0},
+	h := &harness{t: t, ctx: ctx, srv: srv, topo: topology.New(""), clock: &clock{now: t0},
 		cfg: leases.Config{HeartbeatTTL: 5 * time.Minute, MaxDuration: time.Hour, Interval: time.Second, TTLGrace: time.Hour, MaxScan: 1000}}
 	h.admin = h.js(natsdev.AdminUser)
 	rjs := h.js(schemas.RoleReaper)
@@ -92,7 +94,7 @@ func (h *harness) replica() *leases.Leases {
 
 // run consumes decisions with l until the test ends.
 func (h *harness) run(l *leases.Leases) {
-	runner := runtime.NewRunner(schemas.ConsumerReaperLeases, zerolog.Nop(), prometheus.NewRegistry(), 2)
+	runner := servicekit.NewRunner(schemas.ConsumerReaperLeases, zerolog.Nop(), prometheus.NewRegistry(), 2)
 	ctx, stop := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- runner.Run(ctx, h.cons, l.Handle) }()

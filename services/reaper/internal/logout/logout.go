@@ -18,15 +18,17 @@ import (
 	"sync"
 	"time"
 
+	"github.com/aigov/aigov/services/servicekit/topology"
+
 	"github.com/coreos/go-oidc/v3/oidc"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
 	"github.com/aigov/aigov/schemas"
-	"github.com/aigov/aigov/schemas/killswitch"
 	"github.com/aigov/aigov/services/reaper/internal/kvttl"
-	"github.com/aigov/aigov/services/runtime"
-	"github.com/aigov/aigov/services/runtime/oidcfile"
+	"github.com/aigov/aigov/services/servicekit"
+	"github.com/aigov/aigov/services/servicekit/killswitch"
+	"github.com/aigov/aigov/services/servicekit/oidcfile"
 )
 
 // EventBackchannelLogout is the member of the events claim that marks a
@@ -61,7 +63,7 @@ type Config struct {
 // Deps are the handler's collaborators; every field is required.
 type Deps struct {
 	JS       jetstream.JetStream
-	Topology schemas.Topology
+	Topology topology.Topology
 	Switch   *killswitch.Switch
 	Log      zerolog.Logger
 	Now      func() time.Time
@@ -308,7 +310,7 @@ const (
 
 // LoadConfig reads the logout variables. addr is empty when the endpoint is
 // off (AIGOV_LOGOUT_ADDR unset); then nothing else is required.
-func LoadConfig(e *runtime.Env) (addr string, c Config) {
+func LoadConfig(e *servicekit.Env) (addr string, c Config) {
 	addr = e.String("AIGOV_LOGOUT_ADDR", "")
 	c = Config{
 		Audience:    e.String("AIGOV_LOGOUT_AUDIENCE", e.String("AIGOV_OIDC_AUDIENCE", "aigov")),
@@ -348,7 +350,7 @@ func LoadConfig(e *runtime.Env) (addr string, c Config) {
 }
 
 // Serve serves the handler on addr until ctx ends, then shuts down within
-// timeout (a runtime.Worker once bound).
+// timeout (a servicekit.Worker once bound).
 func Serve(ctx context.Context, addr string, h http.Handler, timeout time.Duration) error {
 	mux := http.NewServeMux()
 	mux.Handle(Path, h)

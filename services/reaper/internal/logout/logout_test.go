@@ -16,15 +16,17 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aigov/aigov/services/servicekit/topology"
+
 	"github.com/go-jose/go-jose/v4"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
 	"github.com/aigov/aigov/schemas"
-	"github.com/aigov/aigov/schemas/killswitch"
 	"github.com/aigov/aigov/services/devenv/natsdev"
 	"github.com/aigov/aigov/services/reaper/internal/logout"
-	"github.com/aigov/aigov/services/runtime"
+	"github.com/aigov/aigov/services/servicekit"
+	"github.com/aigov/aigov/services/servicekit/killswitch"
 )
 
 // idp serves OIDC discovery and a JWKS over real HTTP, and signs tokens.
@@ -92,7 +94,7 @@ type env struct {
 	ctx   context.Context
 	idp   *idp
 	admin jetstream.JetStream
-	topo  schemas.Topology
+	topo  topology.Topology
 	url   string
 }
 
@@ -118,7 +120,7 @@ func newEnvConfig(t *testing.T, cfg func(issuer string) logout.Config) *env {
 		js, _ := jetstream.New(nc)
 		return js
 	}
-	e := &env{t: t, ctx: ctx, idp: newIDP(t), admin: connect(natsdev.AdminUser), topo: schemas.NewTopology("")}
+	e := &env{t: t, ctx: ctx, idp: newIDP(t), admin: connect(natsdev.AdminUser), topo: topology.New("")}
 	js := connect(schemas.RoleReaper)
 	// natsdev.Start provisioned the topology (as aigov bus provision does).
 	sw, err := killswitch.New(ctx, js, e.topo, nil, time.Now)
@@ -269,7 +271,7 @@ func TestLogoutTrustsIssuersFromConfigFile(t *testing.T) {
 		if err := os.WriteFile(path, []byte(doc), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		env := runtime.NewEnv(runtime.MapLookup(map[string]string{"AIGOV_LOGOUT_ADDR": "127.0.0.1:0", "AIGOV_OIDC_CONFIG": path}))
+		env := servicekit.NewEnv(servicekit.MapLookup(map[string]string{"AIGOV_LOGOUT_ADDR": "127.0.0.1:0", "AIGOV_OIDC_CONFIG": path}))
 		_, loaded = logout.LoadConfig(env)
 		if err := env.Err(); err != nil {
 			t.Fatalf("config from file: %v", err)
@@ -289,7 +291,7 @@ func TestLogoutTrustsIssuersFromConfigFile(t *testing.T) {
 		t.Fatalf("logout from an issuer configured by file: %d %v, want 200", code, body)
 	}
 
-	both := runtime.NewEnv(runtime.MapLookup(map[string]string{"AIGOV_LOGOUT_ADDR": "127.0.0.1:0",
+	both := servicekit.NewEnv(servicekit.MapLookup(map[string]string{"AIGOV_LOGOUT_ADDR": "127.0.0.1:0",
 		"AIGOV_OIDC_CONFIG": "/nonexistent.yaml", "AIGOV_OIDC_ISSUERS": "https://idp.example"}))
 	logout.LoadConfig(both)
 	if err := both.Err(); err == nil || !strings.Contains(err.Error(), "not both") {

@@ -5,8 +5,8 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/aigov/aigov/schemas/sessionlimits"
-	"github.com/aigov/aigov/services/runtime"
+	"github.com/aigov/aigov/services/servicekit"
+	"github.com/aigov/aigov/services/servicekit/sessionlimits"
 )
 
 // Defaults of the reaper's settings.
@@ -41,7 +41,7 @@ const minInterval = 10 * time.Millisecond
 
 // Config is the reaper's whole configuration.
 type Config struct {
-	runtime.Common
+	servicekit.Common
 	// MaxAge bounds a session's life, measured from its start
 	// (killswitch.Session.Start: auth_time, else the iat of a one-token
 	// session, else when the reaper first saw it) (AIGOV_SESSION_MAX_AGE;
@@ -90,9 +90,9 @@ type Config struct {
 
 // LoadConfig reads the reaper's variables, recording every violation in e
 // so that the caller reports them all at once with e.Err().
-func LoadConfig(e *runtime.Env) Config {
+func LoadConfig(e *servicekit.Env) Config {
 	c := Config{
-		Common:      runtime.LoadCommon(e, "reaper", "127.0.0.1:8084"),
+		Common:      servicekit.LoadCommon(e, "reaper", "127.0.0.1:8084"),
 		MaxAge:      e.Duration("AIGOV_SESSION_MAX_AGE", DefaultMaxAge),
 		IdleTimeout: e.Duration("AIGOV_SESSION_IDLE_TIMEOUT", DefaultIdleTimeout),
 		Interval:    e.Duration("AIGOV_REAPER_INTERVAL", DefaultInterval),

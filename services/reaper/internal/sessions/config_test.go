@@ -5,14 +5,16 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aigov/aigov/services/servicekit/topology"
+
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/services/reaper/internal/sessions"
-	"github.com/aigov/aigov/services/runtime"
+	"github.com/aigov/aigov/services/servicekit"
 )
 
 func TestLoadConfigDefaults(t *testing.T) {
 	t.Parallel()
-	env := runtime.NewEnv(runtime.MapLookup(nil))
+	env := servicekit.NewEnv(servicekit.MapLookup(nil))
 	c := sessions.LoadConfig(env)
 	if err := env.Err(); err != nil {
 		t.Fatal(err)
@@ -27,7 +29,7 @@ func TestLoadConfigDefaults(t *testing.T) {
 
 func TestLoadConfigReadsVariables(t *testing.T) {
 	t.Parallel()
-	env := runtime.NewEnv(runtime.MapLookup(map[string]string{
+	env := servicekit.NewEnv(servicekit.MapLookup(map[string]string{
 		"AIGOV_SESSION_MAX_AGE":      "10s",
 		"AIGOV_SESSION_IDLE_TIMEOUT": "5s",
 		"AIGOV_REAPER_INTERVAL":      "250ms",
@@ -47,7 +49,7 @@ func TestLoadConfigReadsVariables(t *testing.T) {
 // all in one go.
 func TestLoadConfigReportsAllErrorsAtOnce(t *testing.T) {
 	t.Parallel()
-	env := runtime.NewEnv(runtime.MapLookup(map[string]string{
+	env := servicekit.NewEnv(servicekit.MapLookup(map[string]string{
 		"AIGOV_SESSION_MAX_AGE":      "eight hours",
 		"AIGOV_SESSION_IDLE_TIMEOUT": "0s",
 		"AIGOV_REAPER_INTERVAL":      "1ms",
@@ -78,8 +80,8 @@ func TestLoadConfigReportsAllErrorsAtOnce(t *testing.T) {
 // idle sessions vanish from the bucket without ever being ended.
 func TestLoadConfigRejectsIdleTimeoutBeyondRetention(t *testing.T) {
 	t.Parallel()
-	retention := schemas.NewTopology("").EventMaxAge
-	env := runtime.NewEnv(runtime.MapLookup(map[string]string{"AIGOV_SESSION_IDLE_TIMEOUT": retention.String()}))
+	retention := topology.New("").EventMaxAge
+	env := servicekit.NewEnv(servicekit.MapLookup(map[string]string{"AIGOV_SESSION_IDLE_TIMEOUT": retention.String()}))
 	sessions.LoadConfig(env)
 	if err := env.Err(); err == nil || !strings.Contains(err.Error(), "retention") {
 		t.Errorf("got %v, want an error about the bucket's retention", err)

@@ -10,8 +10,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aigov/aigov/schemas"
-	"github.com/aigov/aigov/schemas/killswitch"
-	"github.com/aigov/aigov/schemas/sessionlimits"
+	"github.com/aigov/aigov/services/servicekit/killswitch"
+	"github.com/aigov/aigov/services/servicekit/sessionlimits"
 )
 
 // SweepResult summarises one expiry pass.
@@ -31,7 +31,7 @@ type SweepResult struct {
 	Lapsed int
 }
 
-// RunExpiry is the reaper's expiry worker (a runtime.Worker): one pass at
+// RunExpiry is the reaper's expiry worker (a servicekit.Worker): one pass at
 // once, then one every Interval until ctx ends. A failed pass is logged and
 // retried at the next tick, so a broker outage does not stop the service.
 func (r *Reaper) RunExpiry(ctx context.Context) error {

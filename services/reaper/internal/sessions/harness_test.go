@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aigov/aigov/services/servicekit/topology"
+
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
@@ -16,7 +18,7 @@ import (
 	"github.com/aigov/aigov/services/devenv/devkeys"
 	"github.com/aigov/aigov/services/devenv/natsdev"
 	"github.com/aigov/aigov/services/reaper/internal/sessions"
-	"github.com/aigov/aigov/services/runtime"
+	"github.com/aigov/aigov/services/servicekit"
 )
 
 // t0 is the fake clock's start.
@@ -67,7 +69,7 @@ type harness struct {
 	ctx    context.Context
 	srv    *natsdev.Server
 	cfg    sessions.Config
-	topo   schemas.Topology
+	topo   topology.Topology
 	admin  jetstream.JetStream
 	clock  *clock
 	reaper *sessions.Reaper
@@ -90,10 +92,10 @@ func newHarnessJS(t *testing.T, cfg sessions.Config, wrap func(jetstream.JetStre
 	t.Cleanup(cancel)
 
 	_, admin := srv.ConnectT(t, natsdev.AdminUser)
-	h := &harness{t: t, ctx: ctx, srv: srv, cfg: cfg, topo: schemas.NewTopology(""), admin: admin, clock: &clock{now: t0}, keys: devkeys.New(t)}
+	h := &harness{t: t, ctx: ctx, srv: srv, cfg: cfg, topo: topology.New(""), admin: admin, clock: &clock{now: t0}, keys: devkeys.New(t)}
 
 	// The reaper ensures the topology and its consumer itself, as
-	// runtime.Start does, so its role's permissions are exercised.
+	// servicekit.Start does, so its role's permissions are exercised.
 	rjs := h.connectReaper()
 	// natsdev.Start provisioned the topology (as aigov bus provision does).
 	var err error
@@ -103,7 +105,7 @@ func newHarnessJS(t *testing.T, cfg sessions.Config, wrap func(jetstream.JetStre
 	}
 	h.reaper, h.reg = h.newReaper(wrap(rjs))
 
-	runner := runtime.NewRunner(schemas.ConsumerReaper, zerolog.Nop(), h.reg, cfg.Workers)
+	runner := servicekit.NewRunner(schemas.ConsumerReaper, zerolog.Nop(), h.reg, cfg.Workers)
 	runCtx, stop := context.WithCancel(context.Background())
 	done := make(chan error, 2)
 	// The in-memory views run as in the service, and are loaded before the

@@ -13,7 +13,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/aigov/aigov/schemas"
-	"github.com/aigov/aigov/services/runtime"
+	"github.com/aigov/aigov/services/servicekit"
 )
 
 // kvOps counts the KV operations the reaper makes, by operation and
@@ -203,7 +203,7 @@ func TestReplicasWithViewsLoseNoWrite(t *testing.T) {
 	if err := second.ViewsLoaded(h.ctx); err != nil {
 		t.Fatal(err)
 	}
-	runner := runtime.NewRunner(schemas.ConsumerReaper, zerolog.Nop(), reg, cfg.Workers)
+	runner := servicekit.NewRunner(schemas.ConsumerReaper, zerolog.Nop(), reg, cfg.Workers)
 	go func() { done <- runner.Run(runCtx, cons, second.Track) }()
 	t.Cleanup(func() {
 		stop()

@@ -3,7 +3,7 @@ package sessions
 import (
 	"time"
 
-	"github.com/aigov/aigov/schemas/sessionlimits"
+	"github.com/aigov/aigov/services/servicekit/sessionlimits"
 )
 
 // The limits file's shape and rules are shared with authn and policy,

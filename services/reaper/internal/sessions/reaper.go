@@ -13,16 +13,18 @@ import (
 	"sync"
 	"time"
 
+	"github.com/aigov/aigov/services/servicekit/topology"
+
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
 	"github.com/aigov/aigov/schemas"
-	"github.com/aigov/aigov/schemas/killswitch"
 	"github.com/aigov/aigov/schemas/signing"
 	"github.com/aigov/aigov/services/reaper/internal/kvttl"
-	"github.com/aigov/aigov/services/runtime"
-	"github.com/aigov/aigov/services/runtime/revocation"
+	"github.com/aigov/aigov/services/servicekit"
+	"github.com/aigov/aigov/services/servicekit/killswitch"
+	"github.com/aigov/aigov/services/servicekit/revocation"
 )
 
 // Source is the CloudEvents source of the reaper's events. It is the same
@@ -43,7 +45,7 @@ type Deps struct {
 	// JS publishes session events and opens the KV buckets.
 	JS jetstream.JetStream
 	// Topology names the buckets and subjects.
-	Topology schemas.Topology
+	Topology topology.Topology
 	// Log receives the reaper's structured logs.
 	Log zerolog.Logger
 	// Registry receives the reaper's metrics.
@@ -79,7 +81,7 @@ type Reaper struct {
 }
 
 // New opens the sessions and revocation buckets, which must exist
-// (schemas.Topology.Ensure), and registers the reaper's metrics.
+// (topology.Topology.Ensure), and registers the reaper's metrics.
 func New(ctx context.Context, cfg Config, d Deps) (*Reaper, error) {
 	switch {
 	case d.JS == nil:
@@ -168,7 +170,7 @@ func (r *Reaper) ViewsLoaded(ctx context.Context) error {
 	return nil
 }
 
-// Track is the runtime.Handler of the reaper's consumer on the verified
+// Track is the servicekit.Handler of the reaper's consumer on the verified
 // stream: it records the session of each verified request, announcing a
 // new one on aigov.session.started. A session that was ended is never
 // revived.
@@ -185,7 +187,7 @@ func (r *Reaper) Track(ctx context.Context, m jetstream.Msg) error {
 	if err != nil {
 		// Verified events come from our own authn: a bad one is a bug that
 		// no retry fixes.
-		return runtime.Permanent(err)
+		return servicekit.Permanent(err)
 	}
 	if e, ok := r.live.get(v.SessionKey); ok {
 		recs, err := r.revs.Peek(ctx, v.SessionKey)

@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/aigov/aigov/schemas"
-	"github.com/aigov/aigov/schemas/killswitch"
+	"github.com/aigov/aigov/services/servicekit/killswitch"
 )
 
 // Record is a live session as the reaper keeps it; the kill switch reads

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aigov/aigov/services/servicekit/topology"
+
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
@@ -291,7 +293,7 @@ func TestNewRejectsMissingDeps(t *testing.T) {
 	t.Parallel()
 	srv := natsdev.StartT(t, natsdev.Options{})
 	_, js := srv.ConnectT(t, schemas.RoleReaper)
-	topo := schemas.NewTopology("")
+	topo := topology.New("")
 	// Cleanup, not defer: the parallel subtests run after this body returns.
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	t.Cleanup(cancel)
@@ -316,7 +318,7 @@ func TestNewRejectsMissingDeps(t *testing.T) {
 		"zero max scan": {deps: valid, cfg: func(c *sessions.Config) { c.MaxScan = 0 }, want: "max scan"},
 		"no buckets": {deps: func() sessions.Deps {
 			d := valid()
-			d.Topology = schemas.NewTopology("other")
+			d.Topology = topology.New("other")
 			return d
 		}, want: "open bucket other_sessions"},
 	}
