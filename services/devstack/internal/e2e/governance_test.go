@@ -3,10 +3,8 @@ package e2e
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"maps"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -16,6 +14,7 @@ import (
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/schemas/client"
 	"github.com/aigov/aigov/services/devenv/idp"
+	"github.com/aigov/aigov/services/devenv/natsdev"
 	"github.com/aigov/aigov/services/devstack/internal/stack"
 )
 
@@ -47,31 +46,10 @@ func TestGovernanceEndToEnd(t *testing.T) {
 	}
 	t.Cleanup(func() { st.Stop() })
 
-	tokenFile := func(persona string) string {
-		tok, err := st.IdP.Token(ctx, persona)
-		if err != nil {
-			t.Fatal(err)
-		}
-		f := filepath.Join(t.TempDir(), persona+".jwt")
-		if err := os.WriteFile(f, []byte(tok), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return f
-	}
+	tokenFile := func(persona string) string { return personaToken(ctx, t, st, persona) }
 	aigov := func(args ...string) (int, string, string) {
 		t.Helper()
-		cmd := exec.CommandContext(ctx, filepath.Join(bin, "aigov"), args...)
-		var stderr strings.Builder
-		cmd.Stderr = &stderr
-		out, err := cmd.Output()
-		var ee *exec.ExitError
-		switch {
-		case errors.As(err, &ee):
-			return ee.ExitCode(), string(out), stderr.String()
-		case err != nil:
-			t.Fatal(err)
-		}
-		return 0, string(out), stderr.String()
+		return runCLI(ctx, t, bin, args...)
 	}
 	bus := []string{"--nats", st.NATS.URL(), "--tls-ca", st.NATS.CAFile(), "--trust-file", st.Keys.TrustFile, "--password", st.NATS.Password(schemas.RoleOperator)}
 	decision := func(what, out string) schemas.Decision {
@@ -93,16 +71,6 @@ func TestGovernanceEndToEnd(t *testing.T) {
 			t.Fatal(err)
 		}
 		return d
-	}
-	eventually := func(what string, cond func() bool) {
-		t.Helper()
-		deadline := time.Now().Add(15 * time.Second)
-		for !cond() {
-			if time.Now().After(deadline) {
-				t.Fatalf("timed out waiting for %s", what)
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
 	}
 
 	// validate and test the repository's set, as `make test` does.
@@ -286,7 +254,7 @@ permit (principal in Group::"data-scientists", action == Action::"model.deploy",
 	if code, out, errOut := aigov(append(append([]string{"entities", "put"}, bus...), ents)...); code != 0 {
 		t.Fatalf("entities put: exit %d %s%s", code, out, errOut)
 	}
-	eventually("the new entity", func() bool {
+	natsdev.WaitFor(t, 15*time.Second, "the new entity", func() bool {
 		d := authorize("alice", "model.retrain", newModel, staging)
 		return d.Allowed() && slices.Equal(d.PolicyIDs, []string{"data-scientists-retrain-staging"})
 	})

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -22,6 +21,7 @@ import (
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/schemas/client"
 	"github.com/aigov/aigov/services/devenv/idp"
+	"github.com/aigov/aigov/services/devenv/natsdev"
 	"github.com/aigov/aigov/services/devstack/internal/stack"
 	"github.com/aigov/aigov/services/servicekit/personal"
 )
@@ -57,42 +57,13 @@ func TestPrivacyErasureEndToEnd(t *testing.T) {
 	t.Cleanup(func() { st.Stop() })
 	iss := st.IdP.Issuer()
 
-	tokenFile := func(persona string) string {
-		tok, err := st.IdP.Token(ctx, persona)
-		if err != nil {
-			t.Fatal(err)
-		}
-		f := filepath.Join(t.TempDir(), persona+".jwt")
-		if err := os.WriteFile(f, []byte(tok), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return f
-	}
+	tokenFile := func(persona string) string { return personaToken(ctx, t, st, persona) }
 	aigov := func(args ...string) (int, string, string) {
 		t.Helper()
-		cmd := exec.CommandContext(ctx, filepath.Join(bin, "aigov"), args...)
-		var stderr strings.Builder
-		cmd.Stderr = &stderr
-		out, err := cmd.Output()
-		var ee *exec.ExitError
-		switch {
-		case errors.As(err, &ee):
-			return ee.ExitCode(), string(out), stderr.String()
-		case err != nil:
-			t.Fatal(err)
-		}
-		return 0, string(out), stderr.String()
+		return runCLI(ctx, t, bin, args...)
 	}
 	bus := []string{"--nats", st.NATS.URL(), "--tls-ca", st.NATS.CAFile(), "--trust-file", st.Keys.TrustFile, "--password", st.NATS.Password(schemas.RoleOperator)}
 	chFlags := []string{"--clickhouse", st.ClickHouse.SecureAddr(), "--clickhouse-tls", "--clickhouse-tls-ca", st.ClickHouse.CAFile(), "--database", stack.Database}
-	eventually := func(what string, cond func() bool) {
-		t.Helper()
-		for deadline := time.Now().Add(30 * time.Second); !cond(); time.Sleep(200 * time.Millisecond) {
-			if time.Now().After(deadline) {
-				t.Fatalf("timed out waiting for %s", what)
-			}
-		}
-	}
 	count := func(q string, args ...any) uint64 {
 		t.Helper()
 		var n uint64
@@ -121,7 +92,7 @@ func TestPrivacyErasureEndToEnd(t *testing.T) {
 			ids = append(ids, d.RequestID)
 		}
 	}
-	eventually("the four decisions in ClickHouse", func() bool {
+	natsdev.WaitFor(t, 30*time.Second, "the four decisions in ClickHouse", func() bool {
 		return count("SELECT count() FROM aigov.decisions FINAL WHERE has(?, request_id)", ids) == 4
 	})
 
@@ -344,7 +315,7 @@ func TestPrivacyErasureEndToEnd(t *testing.T) {
 	if n := count("SELECT count() FROM aigov.decisions FINAL WHERE subject = 'erin'"); n != 2 {
 		t.Fatalf("erin has %d decision rows after the erasure, want 2 (kept, sealed)", n)
 	}
-	eventually("the signed erasure in policy_changes", func() bool {
+	natsdev.WaitFor(t, 30*time.Second, "the signed erasure in policy_changes", func() bool {
 		return count("SELECT count() FROM aigov.policy_changes FINAL WHERE kind = 'privacy' AND version = ? AND changed_by = ?",
 			erinKey, schemas.PrincipalID(iss, "paula")) == 1
 	})
