@@ -43,7 +43,13 @@ fi
 if [ "${OPA:-0}" = 1 ]; then
   need_shared opa
   [ -x "$GOBIN_DIR/opa" ] || go install github.com/open-policy-agent/opa@v1.22.3
-  command -v wrk > /dev/null || { echo "bench: OPA=1 needs wrk (apt-get install wrk)" >&2; exit 2; }
+  # The OPA reference drives its HTTP API with wrk; Debian packages it.
+  if ! command -v wrk > /dev/null; then
+    sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo -n"
+    echo "bench: OPA=1 needs wrk: installing it (apt-get install wrk)" >&2
+    $sudo apt-get install -y -qq wrk > /dev/null 2>&1 || { $sudo apt-get update -qq > /dev/null 2>&1 && $sudo apt-get install -y -qq wrk > /dev/null 2>&1; } ||
+      { echo "bench: could not install wrk; install it (apt-get install wrk) and run again" >&2; exit 2; }
+  fi
   echo "== OPA + RS256 JWT in Rego + console decision log (../shared/bench/opa) =="
   TARGETS="opa+log:jwt" OUTDIR="$OUT/opa" bash "$SHARED/opa/run.sh" 1 10 | tee "$OUT/opa.md"
   opa_rate=$(row_median "$OUT/opa.md" "opa+log:jwt" "decisions/s (c=16)")
