@@ -188,6 +188,11 @@ type ApprovalRequest struct {
 	MaxUses int      `json:"max_uses"`
 	Uses    int      `json:"uses"`
 	UsedBy  []string `json:"used_by,omitempty"`
+	// UsedAt is, for each use in UsedBy, when authn verified the request
+	// that spent it: a redelivery of that verified event carries the same
+	// time, a new request under a reused id (after JetStream's duplicate
+	// window) another one, and must not ride on the old use.
+	UsedAt []time.Time `json:"used_at,omitempty"`
 	// MaxRejections is how many distinct reviewers' rejections end the
 	// request (@rejections; 0, from before it existed, counts as 1).
 	// Rejections are the rejections so far, one per reviewer.
@@ -242,6 +247,18 @@ func (a ApprovalRequest) Progress() string {
 		parts = append(parts, fmt.Sprintf("%s %d/%d", r.Team, min(a.Count(r.Team), r.Quorum), r.Quorum))
 	}
 	return strings.Join(parts, ", ")
+}
+
+// UsedByDelivery reports whether the verified request requestID,
+// verified at verifiedAt, is the one that spent a use: the same delivery
+// again, not a replay of its id.
+func (a ApprovalRequest) UsedByDelivery(requestID string, verifiedAt time.Time) bool {
+	for i, id := range a.UsedBy {
+		if id == requestID && i < len(a.UsedAt) && a.UsedAt[i].Equal(verifiedAt) {
+			return true
+		}
+	}
+	return false
 }
 
 // Live reports whether the request can still be granted or used at now.

@@ -325,7 +325,7 @@ func (e *Evaluator) request(v schemas.Verified, now time.Time) (cedar.Request, *
 				res.Request = &ar
 				// A redelivery of the request that used it is decided as
 				// the first delivery was.
-				if ar.Status == schemas.StatusApproved && ar.Uses < ar.MaxUses && now.Before(ar.ExpiresAt) || slices.Contains(ar.UsedBy, v.RequestID) {
+				if ar.Status == schemas.StatusApproved && ar.Uses < ar.MaxUses && now.Before(ar.ExpiresAt) || ar.UsedByDelivery(v.RequestID, v.VerifiedAt) {
 					res.Granted, teams = true, ar.Teams()
 				}
 			}

@@ -696,9 +696,15 @@ func TestApprovalRequestsGateActions(t *testing.T) {
 	}
 	// Used by this very request: its redelivery is decided as it was.
 	a := approved
-	a.Uses, a.Status, a.UsedBy = 2, schemas.StatusUsed, []string{v.RequestID}
+	a.Uses, a.Status, a.UsedBy, a.UsedAt = 2, schemas.StatusUsed, []string{v.RequestID}, []time.Time{v.VerifiedAt}
 	if res := eval(&a); !res.Decision.Allowed() || !res.Granted {
 		t.Fatalf("redelivery of the request that used it: %s/%s", res.Decision.Decision, res.Decision.Code)
+	}
+	// Its id reused by a new request (verified again, after JetStream's
+	// duplicate window): no redelivery, and the approval is spent.
+	a.UsedAt = []time.Time{v.VerifiedAt.Add(-time.Hour)}
+	if res := eval(&a); res.Decision.Allowed() || res.Granted {
+		t.Fatalf("a new request under the used request's id: %s/%s granted %v", res.Decision.Decision, res.Decision.Code, res.Granted)
 	}
 	// Denied for another reason too (no second factor): no approval helps.
 	erin := verified(t, "erin", "model.deploy", "Model", "churn-predictor", map[string]any{"environment": "production"})

@@ -122,9 +122,12 @@ func (c *Cache) setWatching(on bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.watching = on
+	// Either way a new generation: a read that began before a (re)started
+	// watch may have fetched a key erased before the watch could see it,
+	// and must not be cached under the watch.
+	c.gen++
 	if !on {
 		clear(c.keys)
-		c.gen++
 	}
 }
 

@@ -90,11 +90,11 @@ func (x *requestIndex) remove(id string) {
 // usedBy returns requester's approval request that request requestID
 // used. It scans every request held (at most MaxApprovalRequests): only a
 // push of the set already active asks, which is rare.
-func (x *requestIndex) usedBy(requester, requestID string) (schemas.ApprovalRequest, bool) {
+func (x *requestIndex) usedBy(requester, requestID string, verifiedAt time.Time) (schemas.ApprovalRequest, bool) {
 	x.mu.RLock()
 	defer x.mu.RUnlock()
 	for _, a := range x.byID {
-		if a.RequesterID == requester && slices.Contains(a.UsedBy, requestID) {
+		if a.RequesterID == requester && a.UsedByDelivery(requestID, verifiedAt) {
 			return a, true
 		}
 	}
@@ -361,7 +361,7 @@ func (s *Service) useApproval(ctx context.Context, v schemas.Verified, d *schema
 		d.Reason = "approval request " + res.Request.ID + " is gone; retry the request to open a new one"
 		return nil
 	}
-	if !slices.Contains(a.UsedBy, v.RequestID) {
+	if !a.UsedByDelivery(v.RequestID, v.VerifiedAt) {
 		if a.Status == schemas.StatusApproved && !now.Before(a.ExpiresAt) {
 			if _, err := s.expire(ctx, a, rev, v.RequestID); err != nil {
 				return err
@@ -376,7 +376,7 @@ func (s *Service) useApproval(ctx context.Context, v schemas.Verified, d *schema
 			return nil
 		}
 		a.Uses++
-		a.UsedBy = append(a.UsedBy, v.RequestID)
+		a.UsedBy, a.UsedAt = append(a.UsedBy, v.RequestID), append(a.UsedAt, v.VerifiedAt)
 		a.UpdatedAt = now
 		if a.Uses >= a.MaxUses {
 			a.Status = schemas.StatusUsed

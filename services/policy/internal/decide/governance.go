@@ -196,7 +196,7 @@ func (s *Service) pushNeedsApproval(ctx context.Context, v schemas.Verified, d *
 	if p.set != nil {
 		return false, nil
 	}
-	a, used := s.state.requests.usedBy(v.Principal.ID, v.RequestID)
+	a, used := s.state.requests.usedBy(v.Principal.ID, v.RequestID, v.VerifiedAt)
 	if !used || a.Action != schemas.ActionPolicyUpdate || a.Context[schemas.ContextPolicyHash] != p.hash {
 		return true, s.rejectPush(ctx, v, d, &p, "policy set "+p.hash+" is already the active set; there is nothing to activate")
 	}

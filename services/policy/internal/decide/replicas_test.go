@@ -215,7 +215,8 @@ when { context has environment && context.environment == "staging" };`)})
 		t.Fatalf("push of an unapproved set: %s/%s %s", d.Decision, d.Code, d.Reason)
 	}
 
-	d = push("push-2", "paula", hash)
+	push2 := persona(t, "paula", schemas.ActionPolicyUpdate, policySet, map[string]any{schemas.ContextPolicyHash: hash}, "push-2", paula...)
+	d = h.decideVia(t, push2)
 	if !d.Allowed() || d.PolicyVersion != seed.Version() || !slices.Equal(d.Approvals, []string{"risk-reviewers"}) || d.ApprovalID != id ||
 		!strings.Contains(d.Reason, "use 1 of 1") || !strings.Contains(d.Reason, "activated policy set "+hash) {
 		t.Fatalf("approved push: %s/%s %q version %s approvals %v", d.Decision, d.Code, d.Reason, d.PolicyVersion, d.Approvals)
@@ -253,7 +254,7 @@ when { context has environment && context.environment == "staging" };`)})
 	// The push redelivered, now decided under the set it activated, is
 	// answered as it was; a new push of the active set is refused, and
 	// opens no approval request.
-	h.publishVerified(t, persona(t, "paula", schemas.ActionPolicyUpdate, policySet, map[string]any{schemas.ContextPolicyHash: hash}, "push-2", paula...), "redelivered-push-2")
+	h.publishVerified(t, push2, "redelivered-push-2")
 	h.drained(t)
 	for _, raw := range h.governanceEvents(t, "aigov.policy.rejected") {
 		if strings.Contains(string(raw), `"push-2"`) {
@@ -291,7 +292,28 @@ when { context has environment && context.environment == "staging" };`)})
 	for _, r := range replicas {
 		natsdev.WaitFor(t, 10*time.Second, "replica back on the seed", func() bool { return r.state.snapshot().eval.Set().Version() == seed.Version() })
 	}
-	if d := push("push-replay", "paula", hash); d.Allowed() || d.Code != schemas.CodeApprovalUsed || d.ApprovalID == id || !strings.Contains(d.Reason, "already used (1 of 1 uses)") {
+	// A replay under the id of the push that used the approval (a
+	// requester may reuse an id once JetStream's duplicate window passed):
+	// a new verification of it is no redelivery, and rides on no use.
+	// (Its decision event shares the first one's id, so inside this test's
+	// duplicate window only the effects can be checked.)
+	changesBefore := len(h.governanceEvents(t, "aigov.policy.changed"))
+	h.publishVerified(t, persona(t, "paula", schemas.ActionPolicyUpdate, policySet, map[string]any{schemas.ContextPolicyHash: hash}, "push-2", paula...), "replayed-push-2")
+	h.drained(t)
+	for _, r := range replicas {
+		if v := r.state.snapshot().eval.Set().Version(); v != seed.Version() {
+			t.Fatalf("the replay under a used id activated %s", v)
+		}
+	}
+	if n := len(h.governanceEvents(t, "aigov.policy.changed")); n != changesBefore {
+		t.Fatalf("the replay under a used id changed the policy: %d policy.changed events, %d before", n, changesBefore)
+	}
+	if a := h.approvalRequest(t, id); a.Uses != 1 || len(a.UsedBy) != 1 {
+		t.Fatalf("after the replay under a used id: %d uses by %v", a.Uses, a.UsedBy)
+	}
+	// A replay under a new id: the used approval is spent (the replay above
+	// opened a new request, which this one finds pending).
+	if d := push("push-replay", "paula", hash); d.Allowed() || (d.Code != schemas.CodeApprovalUsed && d.Code != schemas.CodeApprovalRequired) || d.ApprovalID == id {
 		t.Fatalf("replayed approval: %s/%s %s", d.Decision, d.Code, d.Reason)
 	}
 

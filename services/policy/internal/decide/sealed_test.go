@@ -84,3 +84,27 @@ func TestServiceOpensSealedFields(t *testing.T) {
 		t.Fatalf("the deny does not keep the sealed email: %+v", d.Principal)
 	}
 }
+
+// Cedar quotes a value it cannot parse (ip(), decimal()) in its error: of
+// a field policy opened, only "[sealed]" may be published.
+func TestScrubOpenedValues(t *testing.T) {
+	t.Parallel()
+	sealed := schemas.Verified{Principal: schemas.Principal{Email: "enc:v1:e", Name: "enc:v1:n"},
+		Request: schemas.Request{Context: map[string]any{"client_ip": "enc:v1:c", "environment": "staging"}}}
+	clear := schemas.Verified{Principal: schemas.Principal{Email: "erin@aigov.example", Name: "Erin"},
+		Request: schemas.Request{Context: map[string]any{"client_ip": "10.0.0.999", "environment": "staging"}}}
+	d := schemas.Decision{
+		PolicyErrors: []string{`p (a.cedar:3): error parsing IP address 10.0.0.999`, `q (a.cedar:9): erin@aigov.example is not Erin`},
+		Shadow:       &schemas.ShadowOutcome{Errors: []string{`s (b.cedar:1): error parsing IP address 10.0.0.999`}},
+		Reason:       "2 policy evaluation error(s); any evaluation error denies",
+	}
+	scrubOpened(&d, sealed, clear)
+	for _, s := range append(append([]string{d.Reason}, d.PolicyErrors...), d.Shadow.Errors...) {
+		if strings.Contains(s, "10.0.0.999") || strings.Contains(s, "erin@") || strings.Contains(s, "Erin") {
+			t.Errorf("an opened value left in clear: %q", s)
+		}
+	}
+	if d.PolicyErrors[0] != `p (a.cedar:3): error parsing IP address [sealed]` {
+		t.Errorf("scrubbed error %q", d.PolicyErrors[0])
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -332,6 +333,9 @@ func (s *Service) Handle(ctx context.Context, m jetstream.Msg) error {
 		// answered keeps authn's sealed ones.
 		sealed := v.Principal
 		d.Principal, d.Context = &sealed, v.Request.Context
+		// Cedar's error messages may quote a value (an ip() or decimal()
+		// that does not parse): none of an opened one may leave in clear.
+		scrubOpened(&d, v, clear)
 		switch {
 		case d.Allowed():
 			if err := s.effects(ctx, v, &d, res, snap); err != nil {
@@ -464,4 +468,43 @@ func (s *Service) open(ctx context.Context, v schemas.Verified, snap *snapshot) 
 	}
 	clear.Request.Context = c
 	return clear, nil, nil
+}
+
+// scrubOpened replaces, in what Cedar wrote of the decision (policy
+// errors, shadow errors, the reason), every value policy opened for it —
+// the clear counterpart of a sealed field of v — with "[sealed]".
+func scrubOpened(d *schemas.Decision, v, clear schemas.Verified) {
+	var opened []string
+	add := func(sealed, open string) {
+		if open != "" && open != sealed {
+			opened = append(opened, open)
+		}
+	}
+	add(v.Principal.Email, clear.Principal.Email)
+	add(v.Principal.Name, clear.Principal.Name)
+	for k, sv := range v.Request.Context {
+		if ss, ok := sv.(string); ok {
+			if cs, ok := clear.Request.Context[k].(string); ok {
+				add(ss, cs)
+			}
+		}
+	}
+	if len(opened) == 0 {
+		return
+	}
+	scrub := func(s string) string {
+		for _, o := range opened {
+			s = strings.ReplaceAll(s, o, "[sealed]")
+		}
+		return s
+	}
+	for i := range d.PolicyErrors {
+		d.PolicyErrors[i] = scrub(d.PolicyErrors[i])
+	}
+	if d.Shadow != nil {
+		for i := range d.Shadow.Errors {
+			d.Shadow.Errors[i] = scrub(d.Shadow.Errors[i])
+		}
+	}
+	d.Reason = scrub(d.Reason)
 }
