@@ -283,6 +283,48 @@ func TestEveryRoleHasLeastPrivilege(t *testing.T) {
 				_, err := js.Stream(ctx, topo.StreamDecisions())
 				return errors.Is(err, jetstream.ErrStreamNotFound)
 			}},
+		// The roles that read keys watch the bucket, a consumer of its
+		// stream; no other, the provisioner included, may make one.
+		{name: "create a consumer on the subject keys", allowed: []string{schemas.RoleAuthn, schemas.RolePolicy, schemas.RoleOperator},
+			try: func(ctx context.Context, role string, _ *nats.Conn, js jetstream.JetStream) error {
+				_, err := js.CreateOrUpdateConsumer(ctx, "KV_"+topo.BucketSubjectKeys(), jetstream.ConsumerConfig{Durable: "key-thief", AckPolicy: jetstream.AckExplicitPolicy})
+				return err
+			},
+			effect: func(ctx context.Context, role string, js jetstream.JetStream) bool {
+				if _, err := js.Consumer(ctx, "KV_"+topo.BucketSubjectKeys(), "key-thief"); err != nil {
+					return false
+				}
+				_ = js.DeleteConsumer(ctx, "KV_"+topo.BucketSubjectKeys(), "key-thief")
+				return true
+			}},
+		{name: "mirror the subject keys into a stream of one's own", allowed: nil,
+			try: func(ctx context.Context, role string, _ *nats.Conn, js jetstream.JetStream) error {
+				_, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "KEY_THIEF", Mirror: &jetstream.StreamSource{Name: "KV_" + topo.BucketSubjectKeys()}})
+				return err
+			},
+			effect: func(ctx context.Context, role string, js jetstream.JetStream) bool {
+				if _, err := js.Stream(ctx, "KEY_THIEF"); err != nil {
+					return false
+				}
+				_ = js.DeleteStream(ctx, "KEY_THIEF")
+				return true
+			}},
+		{name: "republish every subject key", allowed: nil,
+			try: func(ctx context.Context, role string, _ *nats.Conn, js jetstream.JetStream) error {
+				cfg := topo.SubjectKeysStream()
+				cfg.RePublish = &jetstream.RePublish{Source: ">", Destination: "_INBOX." + role + ".keys.>"}
+				_, err := js.UpdateStream(ctx, cfg)
+				return err
+			},
+			effect: func(ctx context.Context, role string, js jetstream.JetStream) bool {
+				st, err := js.Stream(ctx, "KV_"+topo.BucketSubjectKeys())
+				if err != nil || st.CachedInfo().Config.RePublish == nil {
+					return false
+				}
+				cfg := topo.SubjectKeysStream()
+				_, _ = js.UpdateStream(ctx, cfg)
+				return true
+			}},
 		{name: "create a consumer on the decisions stream", allowed: []string{schemas.RoleProvisioner},
 			try: func(ctx context.Context, role string, _ *nats.Conn, js jetstream.JetStream) error {
 				_, err := js.CreateOrUpdateConsumer(ctx, topo.StreamDecisions(), jetstream.ConsumerConfig{Durable: "thief", AckPolicy: jetstream.AckExplicitPolicy})

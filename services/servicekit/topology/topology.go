@@ -480,7 +480,14 @@ func (t Topology) Ensure(ctx context.Context, js jetstream.JetStream) error {
 	}
 	for _, cfg := range t.Buckets() {
 		if cfg.Bucket == t.BucketSubjectKeys() {
-			if _, err := js.CreateOrUpdateStream(ctx, t.SubjectKeysStream()); err != nil {
+			// Created, never updated: the provisioner may not update it
+			// (Grant), and a stream that exists is left as it is.
+			if _, err := js.Stream(ctx, t.SubjectKeysStream().Name); err == nil {
+				continue
+			} else if !errors.Is(err, jetstream.ErrStreamNotFound) {
+				return fmt.Errorf("ensure bucket %s: %w", cfg.Bucket, err)
+			}
+			if _, err := js.CreateStream(ctx, t.SubjectKeysStream()); err != nil {
 				return fmt.Errorf("ensure bucket %s: %w", cfg.Bucket, err)
 			}
 			continue
@@ -696,9 +703,23 @@ func (t Topology) Permissions(role string) (Permissions, error) {
 		pub = append(pub, "$JS.FC.>")
 	}
 	if g.Provision {
-		for _, op := range []string{"INFO", "STREAM.NAMES", "STREAM.LIST", "STREAM.CREATE.>", "STREAM.UPDATE.>", "STREAM.INFO.>",
-			"CONSUMER.CREATE.>", "CONSUMER.DURABLE.CREATE.>", "CONSUMER.INFO.>", "CONSUMER.NAMES.>", "CONSUMER.LIST.>"} {
+		for _, op := range []string{"INFO", "STREAM.NAMES", "STREAM.LIST", "STREAM.INFO.>", "CONSUMER.INFO.>", "CONSUMER.NAMES.>", "CONSUMER.LIST.>"} {
 			pub = append(pub, api+op)
+		}
+		// Only the topology's own streams and buckets, by name: with any
+		// name it could mirror or source the subject keys into a stream of
+		// its own. Consumers only on the streams, never on a bucket; the
+		// subject keys' stream is created, never updated (an update could
+		// add a RePublish of every key).
+		for _, st := range t.Streams() {
+			pub = append(pub, api+"STREAM.CREATE."+st.Name, api+"STREAM.UPDATE."+st.Name,
+				api+"CONSUMER.CREATE."+st.Name, api+"CONSUMER.CREATE."+st.Name+".>", api+"CONSUMER.DURABLE.CREATE."+st.Name+".>")
+		}
+		for _, b := range t.Buckets() {
+			pub = append(pub, api+"STREAM.CREATE.KV_"+b.Bucket)
+			if b.Bucket != t.BucketSubjectKeys() {
+				pub = append(pub, api+"STREAM.UPDATE.KV_"+b.Bucket)
+			}
 		}
 	}
 	pub = append(pub, g.Publish...)
