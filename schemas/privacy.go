@@ -14,6 +14,12 @@ const (
 	ActionPrivacyErase = "privacy.erase"
 	// ContextSubjectKeyID is its context field.
 	ContextSubjectKeyID = "subject_key_id"
+	// ContextSubjectIssuer and ContextSubjectSub name the person the key
+	// id is of (the IdP's issuer and sub, as principal ids do, never the
+	// email): reviewers approve a person, not a hash, and policy refuses
+	// a key id that is not theirs.
+	ContextSubjectIssuer = "subject_issuer"
+	ContextSubjectSub    = "subject_sub"
 	// DataSubjectsType and DataSubjectsID are its resource:
 	// DataSubjects::"all", in the entity store like PolicySet::"active".
 	DataSubjectsType = "DataSubjects"

@@ -337,7 +337,7 @@ func eraseCmd(ctx context.Context, args []string, stdout, stderr io.Writer, look
 	}
 	defer nc.Close()
 	req := schemas.Request{Action: schemas.ActionPrivacyErase, Resource: schemas.Resource{Type: schemas.DataSubjectsType, ID: schemas.DataSubjectsID},
-		Context: map[string]any{schemas.ContextSubjectKeyID: keyID}}
+		Context: map[string]any{schemas.ContextSubjectKeyID: keyID, schemas.ContextSubjectIssuer: fs.Arg(0), schemas.ContextSubjectSub: fs.Arg(1)}}
 	d, err := of.governed(ctx, nc, tok, req)
 	if err != nil {
 		fmt.Fprintf(stderr, "aigov privacy erase: %v\n", err)

@@ -14,6 +14,7 @@ import (
 
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/services/policy/engine"
+	"github.com/aigov/aigov/services/servicekit/personal"
 )
 
 // principal is a verified event of a requester or reviewer made of a
@@ -568,5 +569,29 @@ permit (principal in Group::"security", action == Action::"approval.grant", reso
 	}
 	if d := h.decideOne(t, principalRequest(t, "fiona", []string{"ml-platform"}, "deploy-t1", "model.deploy", churn, ctx)); d.Allowed() || d.ApprovalID != id {
 		t.Fatalf("deploy with security's and one risk reviewer's grant: %s/%s %q", d.Decision, d.Code, d.Reason)
+	}
+}
+
+// TestEraseNamesThePerson: an erasure's key id must be the key id of the
+// person its context names, or it is malformed and no reviewer is asked;
+// a matching one opens an approval request that shows whom.
+func TestEraseNamesThePerson(t *testing.T) {
+	t.Parallel()
+	h := startHarness(t, 2)
+	subjects := schemas.Resource{Type: schemas.DataSubjectsType, ID: schemas.DataSubjectsID}
+	erase := func(reqID, sub string, keyOf string) schemas.Decision {
+		ctx := map[string]any{schemas.ContextSubjectKeyID: personal.SubjectKeyID(testIss, keyOf),
+			schemas.ContextSubjectIssuer: testIss, schemas.ContextSubjectSub: sub}
+		return h.decideOne(t, principalRequest(t, "paula", []string{"policy-admins"}, reqID, schemas.ActionPrivacyErase, subjects, ctx))
+	}
+	if d := erase("erase-mismatch", "erin", "frank"); d.Allowed() || d.Code != schemas.CodeMalformedRequest || d.ApprovalID != "" || !strings.Contains(d.Reason, "is not the key id of") {
+		t.Fatalf("erasure naming erin with frank's key id: %s/%s %q (approval %q)", d.Decision, d.Code, d.Reason, d.ApprovalID)
+	}
+	d := erase("erase-erin", "erin", "erin")
+	if d.Allowed() || d.Code != schemas.CodeApprovalRequired || d.ApprovalID == "" {
+		t.Fatalf("erasure of erin: %s/%s %q", d.Decision, d.Code, d.Reason)
+	}
+	if a := h.approvalRequest(t, d.ApprovalID); a.Context[schemas.ContextSubjectSub] != "erin" || a.Context[schemas.ContextSubjectIssuer] != testIss {
+		t.Fatalf("the approval request does not show whom: %v", a.Context)
 	}
 }

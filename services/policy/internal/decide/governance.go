@@ -396,9 +396,8 @@ func (s *Service) watchApprovals(ctx context.Context) error {
 // event: both are idempotent.
 func (s *Service) erase(ctx context.Context, v schemas.Verified, d *schemas.Decision, res engine.Result) error {
 	keyID, _ := v.Request.Context[schemas.ContextSubjectKeyID].(string)
-	if !personal.ValidKeyID(keyID) {
-		d.Decision, d.Code = schemas.Deny, schemas.CodeMalformedRequest
-		d.Reason = "context.subject_key_id must be a subject key id (64 lower-case hex digits: aigov privacy erase computes it from the issuer and subject)"
+	if why := eraseRequestError(v); why != "" {
+		d.Decision, d.Code, d.Reason = schemas.Deny, schemas.CodeMalformedRequest, why
 		return nil
 	}
 	if res.Granted {
@@ -423,4 +422,22 @@ func (s *Service) erase(ctx context.Context, v schemas.Verified, d *schemas.Deci
 	s.log.Info().Str("request_id", v.RequestID).Str("subject_key_id", keyID).Str("principal_id", v.Principal.ID).
 		Str("approval_id", d.ApprovalID).Msg("data subject erased")
 	return nil
+}
+
+// eraseRequestError says what is wrong with a privacy.erase request, or
+// is empty: its key id must be the key id of the person its context
+// names, so that what reviewers approve is that person's erasure.
+func eraseRequestError(v schemas.Verified) string {
+	keyID, _ := v.Request.Context[schemas.ContextSubjectKeyID].(string)
+	iss, _ := v.Request.Context[schemas.ContextSubjectIssuer].(string)
+	sub, _ := v.Request.Context[schemas.ContextSubjectSub].(string)
+	switch {
+	case !personal.ValidKeyID(keyID):
+		return "context.subject_key_id must be a subject key id (64 lower-case hex digits: aigov privacy erase computes it from the issuer and subject)"
+	case iss == "" || sub == "":
+		return "context.subject_issuer and context.subject_sub must name the person whose key is erased (aigov privacy erase sends them): reviewers approve a person, not a hash"
+	case personal.SubjectKeyID(iss, sub) != keyID:
+		return "context.subject_key_id is not the key id of " + schemas.PrincipalID(iss, sub) + ": refused, nothing opened for review"
+	}
+	return ""
 }

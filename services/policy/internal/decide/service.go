@@ -343,6 +343,11 @@ func (s *Service) Handle(ctx context.Context, m jetstream.Msg) error {
 			}
 		case d.Code == schemas.CodeApprovalRequired && len(res.Need) > 0:
 			handled := false
+			if why := eraseRequestError(v); v.Request.Action == schemas.ActionPrivacyErase && why != "" {
+				// Reviewers are never asked about an erasure that names
+				// another person than its key id.
+				d.Code, d.Reason, handled = schemas.CodeMalformedRequest, why, true
+			}
 			if v.Request.Action == schemas.ActionPolicyUpdate {
 				if handled, err = s.pushNeedsApproval(ctx, v, &d, snap); err != nil {
 					return err
