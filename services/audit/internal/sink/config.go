@@ -63,7 +63,11 @@ type Config struct {
 	// prompt,dataset_path); MaskMode says how (AIGOV_AUDIT_MASK_MODE: hash
 	// for "sha256:<hex>", redact for "***").
 	MaskFields []string
-	MaskMode   string
+	// PersonalContextFields are the context fields authn seals
+	// (AIGOV_PERSONAL_CONTEXT_FIELDS, the same list): a dead letter copies a
+	// request authn never sealed, so the audit redacts them there.
+	PersonalContextFields []string
+	MaskMode              string
 	// PseudonymKey is the file holding the secret key of the keyed
 	// pseudonyms (AIGOV_AUDIT_PSEUDONYM_KEY: 32 bytes in hex): the
 	// subject_pseudonym columns and mask mode hash are HMAC-SHA256 under
@@ -142,16 +146,17 @@ func LoadConfig(env *servicekit.Env) Config {
 			Compression:    env.String("AIGOV_CLICKHOUSE_COMPRESSION", CompressionNone),
 			StartupTimeout: env.Duration("AIGOV_CLICKHOUSE_STARTUP_TIMEOUT", time.Minute),
 		},
-		BatchSize:          env.Int("AIGOV_AUDIT_BATCH_SIZE", DefaultBatchSize, 1),
-		FlushInterval:      env.Duration("AIGOV_AUDIT_FLUSH_INTERVAL", 500*time.Millisecond),
-		SigningKey:         env.Required("AIGOV_AUDIT_SIGNING_KEY"),
-		CreateSigningKey:   env.Bool("AIGOV_AUDIT_SIGNING_KEY_CREATE", false),
-		CheckpointInterval: env.Duration("AIGOV_AUDIT_CHECKPOINT_INTERVAL", time.Second),
-		MaskFields:         env.List("AIGOV_AUDIT_MASK_FIELDS", nil),
-		MaskMode:           env.String("AIGOV_AUDIT_MASK_MODE", MaskHash),
-		PseudonymKey:       env.String("AIGOV_AUDIT_PSEUDONYM_KEY", ""),
-		CreatePseudonymKey: env.Bool("AIGOV_AUDIT_PSEUDONYM_KEY_CREATE", false),
-		RetentionDays:      env.Int("AIGOV_AUDIT_RETENTION_DAYS", 0, 0),
+		BatchSize:             env.Int("AIGOV_AUDIT_BATCH_SIZE", DefaultBatchSize, 1),
+		FlushInterval:         env.Duration("AIGOV_AUDIT_FLUSH_INTERVAL", 500*time.Millisecond),
+		SigningKey:            env.Required("AIGOV_AUDIT_SIGNING_KEY"),
+		CreateSigningKey:      env.Bool("AIGOV_AUDIT_SIGNING_KEY_CREATE", false),
+		CheckpointInterval:    env.Duration("AIGOV_AUDIT_CHECKPOINT_INTERVAL", time.Second),
+		MaskFields:            env.List("AIGOV_AUDIT_MASK_FIELDS", nil),
+		PersonalContextFields: env.List("AIGOV_PERSONAL_CONTEXT_FIELDS", nil),
+		MaskMode:              env.String("AIGOV_AUDIT_MASK_MODE", MaskHash),
+		PseudonymKey:          env.String("AIGOV_AUDIT_PSEUDONYM_KEY", ""),
+		CreatePseudonymKey:    env.Bool("AIGOV_AUDIT_PSEUDONYM_KEY_CREATE", false),
+		RetentionDays:         env.Int("AIGOV_AUDIT_RETENTION_DAYS", 0, 0),
 		Retention: Retention{
 			Decisions:  env.Int("AIGOV_AUDIT_RETENTION_DECISIONS_DAYS", 0, 0),
 			Sessions:   env.Int("AIGOV_AUDIT_RETENTION_SESSIONS_DAYS", 0, 0),

@@ -35,7 +35,10 @@ type advisory struct {
 type deadLetters struct {
 	js   jetstream.JetStream
 	lane *streamLane // for masking and publishing
-	log  zerolog.Logger
+	// personal redacts the context fields authn would have sealed: the
+	// original a dead letter carries was never sealed.
+	personal masker
+	log      zerolog.Logger
 }
 
 // Handle is the worker's servicekit.Handler.
@@ -67,7 +70,7 @@ func (d *deadLetters) Handle(ctx context.Context, m jetstream.Msg) error {
 		return fmt.Errorf("fetch %s seq %d: %w", a.Stream, a.StreamSeq, err)
 	default:
 		dl.Subject = orig.Subject
-		setBody(&dl, d.lane.mask.event(orig.Data))
+		setBody(&dl, d.personal.event(d.lane.mask.event(orig.Data)))
 	}
 	if err := d.lane.publishDeadLetter(ctx, dl); err != nil {
 		return err

@@ -69,3 +69,60 @@ func TestOversizedDeadLetterFitsTheStream(t *testing.T) {
 		t.Errorf("the dead letter does not record the body's %d bytes", len(raw))
 	}
 }
+
+// TestDeadLetterRedactsPersonalFields (#15): a request authn gave up on
+// (its key store down, say) was never sealed; its dead letter carries the
+// request, so the fields authn would have sealed are redacted in it, in
+// the dead-letter stream and in ClickHouse alike.
+func TestDeadLetterRedactsPersonalFields(t *testing.T) {
+	t.Parallel()
+	h := startHarness(t, harnessOptions{personalFields: "ssn, Home_Address"})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	spec, err := h.topo.Consumer(schemas.ConsumerAuthn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec.Config.MaxDeliver, spec.Config.AckWait = 2, time.Second
+	cons, err := h.admin.CreateOrUpdateConsumer(ctx, spec.Stream, spec.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw := []byte(`{"specversion":"1.0","id":"req-personal","source":"test","type":"` + schemas.TypeRequest +
+		`","time":"2026-11-25T10:00:00Z","data":{"action":"model.retrain","context":{"SSN":"078-05-1120","home_address":"1 Main St","environment":"staging"}}}`)
+	h.publish(h.subjects.Request("model.retrain"), raw, "req-personal")
+	for range 3 {
+		batch, err := cons.Fetch(1, jetstream.FetchMaxWait(2*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for m := range batch.Messages() {
+			_ = m.Nak()
+		}
+	}
+	h.waitCount(1, 40*time.Second, "SELECT count() FROM "+h.db+".anomalies FINAL WHERE kind = 'max_deliveries' AND consumer = 'authn' AND position(data, 'staging') > 0")
+	var data string
+	if err := h.ch.QueryRow(ctx, "SELECT data FROM "+h.db+".anomalies FINAL WHERE kind = 'max_deliveries' AND consumer = 'authn' LIMIT 1").Scan(&data); err != nil {
+		t.Fatal(err)
+	}
+	dlq, err := h.admin.Stream(ctx, h.topo.StreamDeadLetter())
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := dlq.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := dlq.GetMsg(ctx, info.State.LastSeq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for where, s := range map[string]string{"the dead-letter stream": string(m.Data), "anomalies.data": data} {
+		if strings.Contains(s, "078-05-1120") || strings.Contains(s, "1 Main St") {
+			t.Errorf("%s holds a personal field in clear: %s", where, s)
+		}
+		if !strings.Contains(s, "staging") || !strings.Contains(s, "***") {
+			t.Errorf("%s: want the other fields kept and the personal ones redacted: %s", where, s)
+		}
+	}
+}

@@ -55,6 +55,8 @@ type harnessOptions struct {
 	batchSize     int
 	flushInterval time.Duration
 	maskFields    string
+	// personalFields is AIGOV_PERSONAL_CONTEXT_FIELDS.
+	personalFields string
 	// keyFile is the signing key; a new one in a temp dir when empty.
 	keyFile string
 	// pseudonymKey is the pseudonym key file; pseudonym.key next to
@@ -113,6 +115,7 @@ func startHarness(t *testing.T, o harnessOptions) *harness {
 		"AIGOV_AUDIT_SIGNING_KEY":          o.keyFile,
 		"AIGOV_AUDIT_SIGNING_KEY_CREATE":   "true",
 		"AIGOV_AUDIT_MASK_FIELDS":          o.maskFields,
+		"AIGOV_PERSONAL_CONTEXT_FIELDS":    o.personalFields,
 		"AIGOV_AUDIT_PSEUDONYM_KEY":        o.pseudonymKey,
 		"AIGOV_AUDIT_PSEUDONYM_KEY_CREATE": "true",
 		"AIGOV_AUDIT_CHECKPOINT_INTERVAL":  "100ms",

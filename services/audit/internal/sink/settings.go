@@ -26,5 +26,6 @@ func Settings() servicekit.Section {
 		{Names: []string{"AIGOV_AUDIT_RETENTION_DAYS"}, Default: "`0` (forever)", Doc: "TTL on tables created on ClickHouse 20.3 or later (verify reports rows a TTL removed as missing; prefer the per-class settings below)"},
 		{Names: []string{"AIGOV_AUDIT_RETENTION_DECISIONS_DAYS", "AIGOV_AUDIT_RETENTION_SESSIONS_DAYS", "AIGOV_AUDIT_RETENTION_GOVERNANCE_DAYS"}, Default: "`0` (forever)", Doc: "per-class retention: the audit drops expired monthly partitions on every server version, records signed retirements for verify, and keeps partitions listed in `legal_holds` (docs/privacy.md)"},
 		{Names: []string{"AIGOV_AUDIT_RETENTION_INTERVAL"}, Default: "`1h`", Doc: "how often the retention job runs"},
+		{Names: []string{"AIGOV_PERSONAL_CONTEXT_FIELDS"}, Default: "—", Doc: "the same list as authn's: a dead letter copies a request authn never sealed, so the audit replaces these context fields with `***` in it ([privacy.md](privacy.md))"},
 	}}
 }
