@@ -22,32 +22,12 @@ func TestOversizedDeadLetterFitsTheStream(t *testing.T) {
 	h := startHarness(t, harnessOptions{})
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	spec, err := h.topo.Consumer(schemas.ConsumerAuthn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	spec.Config.MaxDeliver, spec.Config.AckWait = 2, time.Second
-	cons, err := h.admin.CreateOrUpdateConsumer(ctx, spec.Stream, spec.Config)
-	if err != nil {
-		t.Fatal(err)
-	}
 	// Raw '<' (valid JSON, as a non-Go publisher writes it): 900 KiB on
 	// the request stream, 5.4 MiB once escaped in a dead letter.
 	blob := strings.Repeat("<", 900<<10)
 	raw := []byte(`{"specversion":"1.0","id":"req-huge","source":"test","type":"` + schemas.TypeRequest +
 		`","time":"2026-11-25T10:00:00Z","data":{"action":"model.retrain","context":{"blob":"` + blob + `"}}}`)
-	h.publish(h.subjects.Request("model.retrain"), raw, "req-huge")
-	// Not terminated: a work queue drops a terminated message, and the
-	// dead letter carries no body then.
-	for range 3 {
-		batch, err := cons.Fetch(1, jetstream.FetchMaxWait(2*time.Second))
-		if err != nil {
-			t.Fatal(err)
-		}
-		for m := range batch.Messages() {
-			_ = m.Nak()
-		}
-	}
+	h.giveUp(ctx, raw, "req-huge")
 	h.waitCount(1, 40*time.Second, "SELECT count() FROM "+h.db+".anomalies FINAL WHERE kind = 'max_deliveries' AND consumer = 'authn' AND stream_seq = 1 AND position(reason, 'truncated') > 0 AND startsWith(data, '{')")
 
 	dlq, err := h.admin.Stream(ctx, h.topo.StreamDeadLetter())
@@ -79,27 +59,9 @@ func TestDeadLetterRedactsPersonalFields(t *testing.T) {
 	h := startHarness(t, harnessOptions{personalFields: "ssn, Home_Address"})
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	spec, err := h.topo.Consumer(schemas.ConsumerAuthn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	spec.Config.MaxDeliver, spec.Config.AckWait = 2, time.Second
-	cons, err := h.admin.CreateOrUpdateConsumer(ctx, spec.Stream, spec.Config)
-	if err != nil {
-		t.Fatal(err)
-	}
 	raw := []byte(`{"specversion":"1.0","id":"req-personal","source":"test","type":"` + schemas.TypeRequest +
 		`","time":"2026-11-25T10:00:00Z","data":{"action":"model.retrain","context":{"SSN":"078-05-1120","home_address":"1 Main St","environment":"staging"}}}`)
-	h.publish(h.subjects.Request("model.retrain"), raw, "req-personal")
-	for range 3 {
-		batch, err := cons.Fetch(1, jetstream.FetchMaxWait(2*time.Second))
-		if err != nil {
-			t.Fatal(err)
-		}
-		for m := range batch.Messages() {
-			_ = m.Nak()
-		}
-	}
+	h.giveUp(ctx, raw, "req-personal")
 	h.waitCount(1, 40*time.Second, "SELECT count() FROM "+h.db+".anomalies FINAL WHERE kind = 'max_deliveries' AND consumer = 'authn' AND position(data, 'staging') > 0")
 	var data string
 	if err := h.ch.QueryRow(ctx, "SELECT data FROM "+h.db+".anomalies FINAL WHERE kind = 'max_deliveries' AND consumer = 'authn' LIMIT 1").Scan(&data); err != nil {
@@ -123,6 +85,34 @@ func TestDeadLetterRedactsPersonalFields(t *testing.T) {
 		}
 		if !strings.Contains(s, "staging") || !strings.Contains(s, "***") {
 			t.Errorf("%s: want the other fields kept and the personal ones redacted: %s", where, s)
+		}
+	}
+}
+
+// giveUp publishes the request raw under id and has authn's consumer give
+// up on it (two deliveries, each nak'd), as an authn failing on it would.
+// Not terminated: a work queue drops a terminated message, and the dead
+// letter carries no body then.
+func (h *harness) giveUp(ctx context.Context, raw []byte, id string) {
+	t := h.t
+	t.Helper()
+	spec, err := h.topo.Consumer(schemas.ConsumerAuthn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec.Config.MaxDeliver, spec.Config.AckWait = 2, time.Second
+	cons, err := h.admin.CreateOrUpdateConsumer(ctx, spec.Stream, spec.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.publish(h.subjects.Request("model.retrain"), raw, id)
+	for range 3 {
+		batch, err := cons.Fetch(1, jetstream.FetchMaxWait(2*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for m := range batch.Messages() {
+			_ = m.Nak()
 		}
 	}
 }
