@@ -14,8 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/aigov/aigov/services/servicekit/topology"
-
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -24,6 +22,7 @@ import (
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/schemas/client"
 	"github.com/aigov/aigov/schemas/signing"
+	"github.com/aigov/aigov/services/servicekit/topology"
 )
 
 const adminUser = "admin"

@@ -6,8 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/aigov/aigov/services/servicekit/topology"
-
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aigov/aigov/schemas"
@@ -16,6 +14,7 @@ import (
 	"github.com/aigov/aigov/services/devenv/idp"
 	"github.com/aigov/aigov/services/devenv/natsdev"
 	"github.com/aigov/aigov/services/servicekit"
+	"github.com/aigov/aigov/services/servicekit/topology"
 )
 
 // The real authn against a server with two tenant accounts: platform-a's

@@ -9,14 +9,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/aigov/aigov/services/servicekit/topology"
-
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/services/devenv/devkeys"
 	"github.com/aigov/aigov/services/devenv/natsdev"
 	"github.com/aigov/aigov/services/servicekit"
+	"github.com/aigov/aigov/services/servicekit/topology"
 )
 
 // The binary's wiring: it serves readiness, tracks a verified event's

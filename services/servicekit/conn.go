@@ -6,13 +6,12 @@ import (
 	"os"
 	"time"
 
-	"github.com/aigov/aigov/services/servicekit/topology"
-
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
 	"github.com/aigov/aigov/services/servicekit/natsconn"
+	"github.com/aigov/aigov/services/servicekit/topology"
 )
 
 // NewLogger builds the service's logger: JSON lines on stderr by default.

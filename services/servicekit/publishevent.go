@@ -4,11 +4,10 @@ import (
 	"context"
 	"fmt"
 
-	"github.com/aigov/aigov/schemas"
-
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/schemas/signing"
 )
 

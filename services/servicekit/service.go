@@ -11,14 +11,13 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/aigov/aigov/services/servicekit/topology"
-
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
 	"github.com/aigov/aigov/schemas/signing"
+	"github.com/aigov/aigov/services/servicekit/topology"
 )
 
 // Service holds what every service runs on: its logger, its NATS

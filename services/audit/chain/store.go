@@ -7,12 +7,11 @@ import (
 	"sort"
 	"strconv"
 
-	"github.com/aigov/aigov/services/servicekit/topology"
-
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aigov/aigov/schemas"
+	"github.com/aigov/aigov/services/servicekit/topology"
 )
 
 // Store is where checkpoints are kept: the checkpoint stream of the

@@ -11,13 +11,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/aigov/aigov/services/servicekit/topology"
-
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/services/devenv/natsdev"
 	"github.com/aigov/aigov/services/servicekit/personal"
+	"github.com/aigov/aigov/services/servicekit/topology"
 )
 
 // TestSubjectKeysCryptoShredding, on an embedded NATS server: a subject's

@@ -17,14 +17,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/aigov/aigov/services/servicekit/topology"
-
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/services/devenv/devcerts"
 	"github.com/aigov/aigov/services/devenv/proc"
+	"github.com/aigov/aigov/services/servicekit/topology"
 )
 
 // Bus is what the dev stack needs of NATS, whether one embedded server

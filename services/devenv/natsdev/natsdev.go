@@ -20,14 +20,13 @@ import (
 	"strings"
 	"time"
 
-	"github.com/aigov/aigov/services/servicekit/topology"
-
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/services/devenv/devcerts"
+	"github.com/aigov/aigov/services/servicekit/topology"
 )
 
 // Options configure the embedded server.

@@ -7,13 +7,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/aigov/aigov/services/servicekit/topology"
-
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/services/devenv/natsdev"
+	"github.com/aigov/aigov/services/servicekit/topology"
 )
 
 // attack is one thing a holder of a role's credentials might try.

@@ -16,15 +16,13 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/aigov/aigov/services/servicekit"
-
-	"github.com/aigov/aigov/services/servicekit/topology"
-
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/schemas/signing"
+	"github.com/aigov/aigov/services/servicekit"
 	"github.com/aigov/aigov/services/servicekit/sessionlimits"
+	"github.com/aigov/aigov/services/servicekit/topology"
 )
 
 // Source is the CloudEvents source of the events published here; the

@@ -9,8 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/aigov/aigov/services/servicekit/topology"
-
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -18,6 +16,7 @@ import (
 
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/services/devenv/natsdev"
+	"github.com/aigov/aigov/services/servicekit/topology"
 )
 
 // revEnv is an embedded JetStream with the topology, a revocation set on

@@ -8,9 +8,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/aigov/aigov/schemas"
-
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/aigov/aigov/schemas"
 )
 
 // Topology is the whole JetStream layout: streams, KV buckets and durable

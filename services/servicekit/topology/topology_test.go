@@ -8,13 +8,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/aigov/aigov/services/servicekit/topology"
-
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aigov/aigov/schemas"
+	"github.com/aigov/aigov/services/servicekit/topology"
 )
 
 func TestTopologyNames(t *testing.T) {

@@ -13,11 +13,10 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/aigov/aigov/services/servicekit/topology"
-
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aigov/aigov/schemas"
+	"github.com/aigov/aigov/services/servicekit/topology"
 )
 
 const approvalsUsage = `usage: aigov approvals <list|show|approve|reject> [flags]

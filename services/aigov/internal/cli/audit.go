@@ -15,14 +15,13 @@ import (
 	"strings"
 	"time"
 
-	"github.com/aigov/aigov/services/servicekit/topology"
-
 	ch "github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/schemas/signing"
 	"github.com/aigov/aigov/services/audit/chain"
+	"github.com/aigov/aigov/services/servicekit/topology"
 )
 
 // chUnknownTable is ClickHouse's error code for a table that does not exist.

@@ -11,8 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/aigov/aigov/services/servicekit/topology"
-
 	ch "github.com/ClickHouse/clickhouse-go/v2"
 
 	"github.com/aigov/aigov/schemas"
@@ -20,6 +18,7 @@ import (
 	"github.com/aigov/aigov/services/audit/chain"
 	"github.com/aigov/aigov/services/devenv/clickhouse"
 	"github.com/aigov/aigov/services/devenv/natsdev"
+	"github.com/aigov/aigov/services/servicekit/topology"
 )
 
 // `aigov audit verify` as the operator, on the real servers: a chain whose

@@ -7,11 +7,10 @@ import (
 	"io"
 	"time"
 
-	"github.com/aigov/aigov/services/servicekit/topology"
-
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aigov/aigov/schemas"
+	"github.com/aigov/aigov/services/servicekit/topology"
 )
 
 // busCmd is `aigov bus provision`: the provisioning step that creates or

@@ -11,8 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/aigov/aigov/services/servicekit/topology"
-
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -20,6 +18,7 @@ import (
 	"github.com/aigov/aigov/services/aigov/internal/cli"
 	"github.com/aigov/aigov/services/devenv/devkeys"
 	"github.com/aigov/aigov/services/devenv/natsdev"
+	"github.com/aigov/aigov/services/servicekit/topology"
 )
 
 // `aigov <cmd> -h` with passwords in the environment (and one in the URL)

@@ -11,12 +11,11 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/aigov/aigov/services/servicekit/topology"
-
 	"github.com/cedar-policy/cedar-go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aigov/aigov/services/policy/engine"
+	"github.com/aigov/aigov/services/servicekit/topology"
 )
 
 const entitiesUsage = `usage: aigov entities <put|get|list|delete> [flags] [args]

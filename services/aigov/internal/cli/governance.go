@@ -8,13 +8,12 @@ import (
 	"io"
 	"time"
 
-	"github.com/aigov/aigov/services/servicekit/topology"
-
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/schemas/client"
+	"github.com/aigov/aigov/services/servicekit/topology"
 )
 
 // operatorFlags are the connection flags of the governance commands

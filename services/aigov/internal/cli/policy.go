@@ -9,13 +9,12 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/aigov/aigov/services/servicekit/topology"
-
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/services/policy/engine"
 	"github.com/aigov/aigov/services/policy/policytest"
+	"github.com/aigov/aigov/services/servicekit/topology"
 )
 
 const policyUsage = `usage: aigov policy <test|validate|push> [flags] [args]

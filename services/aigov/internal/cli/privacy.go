@@ -15,14 +15,13 @@ import (
 	"strings"
 	"time"
 
-	"github.com/aigov/aigov/services/servicekit/topology"
-
 	ch "github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/services/servicekit/personal"
+	"github.com/aigov/aigov/services/servicekit/topology"
 )
 
 // exportQueries are what aigov holds about a person, one query per kind:

@@ -9,12 +9,11 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/aigov/aigov/services/servicekit/topology"
-
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/services/servicekit/killswitch"
+	"github.com/aigov/aigov/services/servicekit/topology"
 )
 
 // busFlags are the connection flags of the kill switch commands. They

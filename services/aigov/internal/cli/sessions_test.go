@@ -9,14 +9,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/aigov/aigov/services/servicekit/topology"
-
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/services/aigov/internal/cli"
 	"github.com/aigov/aigov/services/devenv/natsdev"
 	"github.com/aigov/aigov/services/servicekit/killswitch"
+	"github.com/aigov/aigov/services/servicekit/topology"
 )
 
 // killBus is an embedded JetStream with the topology and two of alice's

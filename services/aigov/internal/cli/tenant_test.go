@@ -9,8 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/aigov/aigov/services/servicekit/topology"
-
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -18,6 +16,7 @@ import (
 	"github.com/aigov/aigov/services/aigov/internal/cli"
 	"github.com/aigov/aigov/services/devenv/devkeys"
 	"github.com/aigov/aigov/services/devenv/natsdev"
+	"github.com/aigov/aigov/services/servicekit/topology"
 )
 
 // aigov authorize from a tenant's account (--tenant): the request goes

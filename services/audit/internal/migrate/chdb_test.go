@@ -14,9 +14,9 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/aigov/aigov/services/audit/migrations"
-
 	"github.com/chdb-io/chdb-go/chdb"
+
+	"github.com/aigov/aigov/services/audit/migrations"
 )
 
 func chdbQuery(t *testing.T, s *chdb.Session, q string) string {

@@ -11,12 +11,11 @@ import (
 	"testing/fstest"
 	"time"
 
-	"github.com/aigov/aigov/services/audit/migrations"
-
 	"github.com/rs/zerolog"
 
 	"github.com/aigov/aigov/services/audit/internal/chtest"
 	"github.com/aigov/aigov/services/audit/internal/migrate"
+	"github.com/aigov/aigov/services/audit/migrations"
 	"github.com/aigov/aigov/services/devenv/clickhouse"
 )
 

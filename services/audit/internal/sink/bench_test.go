@@ -10,8 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/aigov/aigov/services/audit/migrations"
-
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
@@ -20,6 +18,7 @@ import (
 	"github.com/aigov/aigov/services/audit/chain"
 	"github.com/aigov/aigov/services/audit/internal/chtest"
 	"github.com/aigov/aigov/services/audit/internal/migrate"
+	"github.com/aigov/aigov/services/audit/migrations"
 )
 
 // BenchmarkWriterPath measures the writer's whole path for decision

@@ -9,13 +9,12 @@ import (
 	"os"
 	"time"
 
-	"github.com/aigov/aigov/services/audit/migrations"
-
 	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/rs/zerolog"
 
 	"github.com/aigov/aigov/services/audit/internal/migrate"
+	"github.com/aigov/aigov/services/audit/migrations"
 )
 
 // Native protocol block compressions, the values of

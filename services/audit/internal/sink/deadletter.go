@@ -7,13 +7,12 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/aigov/aigov/services/servicekit/topology"
-
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/services/servicekit"
+	"github.com/aigov/aigov/services/servicekit/topology"
 )
 
 // advisory is the part of a JetStream max-deliveries or terminated

@@ -30,18 +30,7 @@ func TestOversizedDeadLetterFitsTheStream(t *testing.T) {
 	h.giveUp(ctx, raw, "req-huge")
 	h.waitCount(1, 40*time.Second, "SELECT count() FROM "+h.db+".anomalies FINAL WHERE kind = 'max_deliveries' AND consumer = 'authn' AND stream_seq = 1 AND position(reason, 'truncated') > 0 AND startsWith(data, '{')")
 
-	dlq, err := h.admin.Stream(ctx, h.topo.StreamDeadLetter())
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := dlq.Info(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := dlq.GetMsg(ctx, info.State.LastSeq)
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := h.lastDeadLetter(ctx)
 	if len(m.Data) > schemas.MaxDeadLetterBytes || len(m.Data) < schemas.MaxDeadLetterBytes/2 {
 		t.Errorf("the dead letter is %d bytes; want it cut to fit %d, not emptied", len(m.Data), schemas.MaxDeadLetterBytes)
 	}
@@ -67,18 +56,7 @@ func TestDeadLetterRedactsPersonalFields(t *testing.T) {
 	if err := h.ch.QueryRow(ctx, "SELECT data FROM "+h.db+".anomalies FINAL WHERE kind = 'max_deliveries' AND consumer = 'authn' LIMIT 1").Scan(&data); err != nil {
 		t.Fatal(err)
 	}
-	dlq, err := h.admin.Stream(ctx, h.topo.StreamDeadLetter())
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := dlq.Info(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := dlq.GetMsg(ctx, info.State.LastSeq)
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := h.lastDeadLetter(ctx)
 	for where, s := range map[string]string{"the dead-letter stream": string(m.Data), "anomalies.data": data} {
 		if strings.Contains(s, "078-05-1120") || strings.Contains(s, "1 Main St") {
 			t.Errorf("%s holds a personal field in clear: %s", where, s)
@@ -115,4 +93,23 @@ func (h *harness) giveUp(ctx context.Context, raw []byte, id string) {
 			_ = m.Nak()
 		}
 	}
+}
+
+// lastDeadLetter is the newest message of the dead-letter stream.
+func (h *harness) lastDeadLetter(ctx context.Context) *jetstream.RawStreamMsg {
+	t := h.t
+	t.Helper()
+	dlq, err := h.admin.Stream(ctx, h.topo.StreamDeadLetter())
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := dlq.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := dlq.GetMsg(ctx, info.State.LastSeq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
 }

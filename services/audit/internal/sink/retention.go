@@ -7,12 +7,11 @@ import (
 	"slices"
 	"time"
 
-	"github.com/aigov/aigov/services/servicekit/topology"
-
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/rs/zerolog"
 
 	"github.com/aigov/aigov/services/audit/chain"
+	"github.com/aigov/aigov/services/servicekit/topology"
 )
 
 // Retention is how long each event class is kept, in days; 0 keeps it for

@@ -17,8 +17,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/aigov/aigov/services/servicekit/topology"
-
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
@@ -30,6 +28,7 @@ import (
 	"github.com/aigov/aigov/services/servicekit/personal"
 	"github.com/aigov/aigov/services/servicekit/revocation"
 	"github.com/aigov/aigov/services/servicekit/sessionlimits"
+	"github.com/aigov/aigov/services/servicekit/topology"
 )
 
 // Source is the CloudEvents source of everything authn publishes.

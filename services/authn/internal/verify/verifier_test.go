@@ -12,8 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/aigov/aigov/services/servicekit/topology"
-
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
@@ -26,6 +24,7 @@ import (
 	"github.com/aigov/aigov/services/devenv/idp"
 	"github.com/aigov/aigov/services/devenv/natsdev"
 	"github.com/aigov/aigov/services/servicekit/sessionlimits"
+	"github.com/aigov/aigov/services/servicekit/topology"
 )
 
 // env is one embedded JetStream, the authn Verifier running on it as the

@@ -19,8 +19,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/aigov/aigov/services/servicekit/topology"
-
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -30,6 +28,7 @@ import (
 	"github.com/aigov/aigov/services/devstack/internal/demo"
 	"github.com/aigov/aigov/services/devstack/internal/stack"
 	"github.com/aigov/aigov/services/servicekit/killswitch"
+	"github.com/aigov/aigov/services/servicekit/topology"
 )
 
 // Faults are every fault, in the order `devstack chaos` injects them.

@@ -14,14 +14,13 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/aigov/aigov/services/servicekit/topology"
-
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/schemas/client"
 	"github.com/aigov/aigov/services/devenv/idp"
 	"github.com/aigov/aigov/services/devstack/internal/stack"
+	"github.com/aigov/aigov/services/servicekit/topology"
 )
 
 // TokenKind says what token a scenario presents.

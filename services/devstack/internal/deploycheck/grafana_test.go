@@ -11,10 +11,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/aigov/aigov/services/audit/migrations"
-
 	"gopkg.in/yaml.v3"
 
+	"github.com/aigov/aigov/services/audit/migrations"
 	"github.com/aigov/aigov/services/devstack/internal/stack"
 )
 

@@ -12,13 +12,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/aigov/aigov/services/servicekit/topology"
-
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aigov/aigov/schemas"
+	"github.com/aigov/aigov/services/servicekit/topology"
 )
 
 // update rewrites the generated deploy files instead of failing on a

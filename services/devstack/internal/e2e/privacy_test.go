@@ -14,8 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/aigov/aigov/services/servicekit/topology"
-
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aigov/aigov/schemas"
@@ -24,6 +22,7 @@ import (
 	"github.com/aigov/aigov/services/devenv/natsdev"
 	"github.com/aigov/aigov/services/devstack/internal/stack"
 	"github.com/aigov/aigov/services/servicekit/personal"
+	"github.com/aigov/aigov/services/servicekit/topology"
 )
 
 // TestPrivacyErasureEndToEnd runs the whole stack: authn seals each

@@ -6,8 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/aigov/aigov/services/servicekit/topology"
-
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aigov/aigov/schemas"
@@ -17,6 +15,7 @@ import (
 	"github.com/aigov/aigov/services/devstack/internal/demo"
 	"github.com/aigov/aigov/services/devstack/internal/stack"
 	"github.com/aigov/aigov/services/servicekit/killswitch"
+	"github.com/aigov/aigov/services/servicekit/topology"
 )
 
 // The decision-time recheck end to end (issue 11 part 4), with the real

@@ -6,14 +6,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/aigov/aigov/services/servicekit/topology"
-
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/schemas/client"
 	"github.com/aigov/aigov/services/devstack/internal/demo"
 	"github.com/aigov/aigov/services/devstack/internal/stack"
+	"github.com/aigov/aigov/services/servicekit/topology"
 )
 
 // A retried request id gets its existing decision (issue 18 a): a request

@@ -7,8 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/aigov/aigov/services/servicekit/topology"
-
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aigov/aigov/schemas"
@@ -16,6 +14,7 @@ import (
 	"github.com/aigov/aigov/services/devenv/natsdev"
 	"github.com/aigov/aigov/services/devstack/internal/demo"
 	"github.com/aigov/aigov/services/devstack/internal/stack"
+	"github.com/aigov/aigov/services/servicekit/topology"
 )
 
 // Sessions end, people do not (issue 17), and max age holds without the

@@ -9,8 +9,6 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/aigov/aigov/services/servicekit/topology"
-
 	"github.com/cedar-policy/cedar-go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -19,6 +17,7 @@ import (
 	"github.com/aigov/aigov/services/servicekit"
 	"github.com/aigov/aigov/services/servicekit/killswitch"
 	"github.com/aigov/aigov/services/servicekit/personal"
+	"github.com/aigov/aigov/services/servicekit/topology"
 )
 
 // publishEvent stores one governance event; the id is its Nats-Msg-Id, so

@@ -10,8 +10,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/aigov/aigov/services/servicekit/topology"
-
 	"github.com/cedar-policy/cedar-go"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -25,6 +23,7 @@ import (
 	"github.com/aigov/aigov/services/servicekit/personal"
 	"github.com/aigov/aigov/services/servicekit/revocation"
 	"github.com/aigov/aigov/services/servicekit/sessionlimits"
+	"github.com/aigov/aigov/services/servicekit/topology"
 )
 
 // EventSource is the CloudEvents source of every decision this service
@@ -343,10 +342,12 @@ func (s *Service) Handle(ctx context.Context, m jetstream.Msg) error {
 			}
 		case d.Code == schemas.CodeApprovalRequired && len(res.Need) > 0:
 			handled := false
-			if why := eraseRequestError(v); v.Request.Action == schemas.ActionPrivacyErase && why != "" {
+			if v.Request.Action == schemas.ActionPrivacyErase {
 				// Reviewers are never asked about an erasure that names
 				// another person than its key id.
-				d.Code, d.Reason, handled = schemas.CodeMalformedRequest, why, true
+				if why := eraseRequestError(v); why != "" {
+					d.Code, d.Reason, handled = schemas.CodeMalformedRequest, why, true
+				}
 			}
 			if v.Request.Action == schemas.ActionPolicyUpdate {
 				if handled, err = s.pushNeedsApproval(ctx, v, &d, snap); err != nil {

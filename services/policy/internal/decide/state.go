@@ -11,8 +11,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/aigov/aigov/services/servicekit/topology"
-
 	"github.com/cedar-policy/cedar-go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
@@ -20,6 +18,7 @@ import (
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/services/policy/engine"
 	"github.com/aigov/aigov/services/servicekit"
+	"github.com/aigov/aigov/services/servicekit/topology"
 )
 
 // MaxApprovals bounds the approvals held in memory. Past it new approvals

@@ -13,8 +13,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/aigov/aigov/services/servicekit/topology"
-
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
@@ -22,6 +20,7 @@ import (
 	"github.com/aigov/aigov/services/reaper/internal/kvttl"
 	"github.com/aigov/aigov/services/servicekit"
 	"github.com/aigov/aigov/services/servicekit/killswitch"
+	"github.com/aigov/aigov/services/servicekit/topology"
 )
 
 // maxUpdateAttempts bounds compare-and-set retries of one heartbeat.

@@ -8,8 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/aigov/aigov/services/servicekit/topology"
-
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
@@ -19,6 +17,7 @@ import (
 	"github.com/aigov/aigov/services/reaper/internal/leases"
 	"github.com/aigov/aigov/services/servicekit"
 	"github.com/aigov/aigov/services/servicekit/killswitch"
+	"github.com/aigov/aigov/services/servicekit/topology"
 )
 
 var t0 = time.Date(2026, 11, 25, 9, 0, 0, 0, time.UTC)

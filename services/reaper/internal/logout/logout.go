@@ -18,8 +18,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/aigov/aigov/services/servicekit/topology"
-
 	"github.com/coreos/go-oidc/v3/oidc"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
@@ -29,6 +27,7 @@ import (
 	"github.com/aigov/aigov/services/servicekit"
 	"github.com/aigov/aigov/services/servicekit/killswitch"
 	"github.com/aigov/aigov/services/servicekit/oidcfile"
+	"github.com/aigov/aigov/services/servicekit/topology"
 )
 
 // EventBackchannelLogout is the member of the events claim that marks a

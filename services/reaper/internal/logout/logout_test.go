@@ -16,8 +16,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/aigov/aigov/services/servicekit/topology"
-
 	"github.com/go-jose/go-jose/v4"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
@@ -27,6 +25,7 @@ import (
 	"github.com/aigov/aigov/services/reaper/internal/logout"
 	"github.com/aigov/aigov/services/servicekit"
 	"github.com/aigov/aigov/services/servicekit/killswitch"
+	"github.com/aigov/aigov/services/servicekit/topology"
 )
 
 // idp serves OIDC discovery and a JWKS over real HTTP, and signs tokens.

@@ -8,8 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/aigov/aigov/services/servicekit/topology"
-
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
@@ -19,6 +17,7 @@ import (
 	"github.com/aigov/aigov/services/devenv/natsdev"
 	"github.com/aigov/aigov/services/reaper/internal/sessions"
 	"github.com/aigov/aigov/services/servicekit"
+	"github.com/aigov/aigov/services/servicekit/topology"
 )
 
 // t0 is the fake clock's start.

@@ -13,8 +13,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/aigov/aigov/services/servicekit/topology"
-
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
@@ -25,6 +23,7 @@ import (
 	"github.com/aigov/aigov/services/servicekit"
 	"github.com/aigov/aigov/services/servicekit/killswitch"
 	"github.com/aigov/aigov/services/servicekit/revocation"
+	"github.com/aigov/aigov/services/servicekit/topology"
 )
 
 // Source is the CloudEvents source of the reaper's events. It is the same
