@@ -41,6 +41,7 @@ run: deps
 test: deps vet
 	go test $(GOFLAGS_TEST) $(PKG)
 	go run ./services/aigov policy test policies/tests
+	$(MAKE) generate-check
 	$(MAKE) test-chdb
 	$(MAKE) fuzz
 .PHONY: test
@@ -69,13 +70,13 @@ test-race: deps
 
 ## generate: rewrite what is generated from code (the settings reference from each service's declarations, the deny code table, NATS users, the policies ConfigMap and the other deploy files), then check it
 generate:
-	cd services/devstack && { go test -count=1 ./internal/deploycheck -update >/dev/null || true; }
+	go run ./services/devstack generate
 	$(MAKE) generate-check
 .PHONY: generate
 
-## generate-check: fail when a generated file differs from what the code generates (make test runs these tests with the others)
+## generate-check: fail when a generated file differs from what the code generates (make test runs it; the deploy checks compare against the same renderers)
 generate-check:
-	cd services/devstack && go test -count=1 ./internal/deploycheck
+	go run ./services/devstack generate -check
 .PHONY: generate-check
 
 ## vet: go vet and gofmt on every module
@@ -114,5 +115,5 @@ tidy:
 
 ## clean: remove build output and demo data
 clean:
-	rm -rf bin .run .run-bench .run-chaos
+	rm -rf bin .run .run-bench .run-chaos .run-generate
 .PHONY: clean

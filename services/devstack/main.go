@@ -1,5 +1,6 @@
 // Command devstack runs aigov on one machine for `make run` (the demo) and
-// `make bench` (the load generator) and `make chaos` (fault injection).
+// `make bench` (the load generator) and `make chaos` (fault injection), and
+// writes the files generated from code (`make generate`).
 package main
 
 import (
@@ -27,11 +28,13 @@ func main() {
 		err = commands.Bench(ctx, args, os.Stdout)
 	case "chaos":
 		err = commands.Chaos(ctx, args, os.Stdout)
+	case "generate":
+		err = commands.Generate(ctx, args, os.Stdout)
 	case commands.BenchClientCommand:
 		// The platform process of bench -gateway-rate.
 		err = commands.BenchClient(ctx, args, os.Stdout)
 	default:
-		err = fmt.Errorf("unknown command %q: want run, bench or chaos", cmd)
+		err = fmt.Errorf("unknown command %q: want run, bench, chaos or generate", cmd)
 	}
 	if err != nil && ctx.Err() != nil {
 		// Ctrl-C is how the demo ends: whatever it interrupted, the stack

@@ -14,6 +14,7 @@ import (
 	"testing"
 
 	"github.com/aigov/aigov/schemas"
+	"github.com/aigov/aigov/services/devstack/internal/generate"
 )
 
 // pipelineServices are the four services and the gateway, and their NATS
@@ -81,9 +82,9 @@ func TestComposePipelineServices(t *testing.T) {
 			if env["AIGOV_NATS_USER"] != role {
 				t.Errorf("AIGOV_NATS_USER=%q, want %q", env["AIGOV_NATS_USER"], role)
 			}
-			pw := natsEnv[natsPasswordVar(role)]
+			pw := natsEnv[generate.NATSPasswordVar(role)]
 			if pw == "" || env["AIGOV_NATS_PASSWORD"] != pw {
-				t.Errorf("AIGOV_NATS_PASSWORD=%q, but the nats service gives %s=%q", env["AIGOV_NATS_PASSWORD"], natsPasswordVar(role), pw)
+				t.Errorf("AIGOV_NATS_PASSWORD=%q, but the nats service gives %s=%q", env["AIGOV_NATS_PASSWORD"], generate.NATSPasswordVar(role), pw)
 			}
 			if h, p := hostPort(t, env["AIGOV_NATS_URL"]); h != "nats" || p != natsPort {
 				t.Errorf("AIGOV_NATS_URL=%q, want nats://nats:%d", env["AIGOV_NATS_URL"], natsPort)
@@ -176,13 +177,6 @@ func TestComposeVolumesAndImages(t *testing.T) {
 	if img := c.service(t, "clickhouse").Image; !strings.HasPrefix(img, "clickhouse/clickhouse-server:") {
 		t.Errorf("clickhouse image %q", img)
 	}
-}
-
-// natsPasswordVar is the nats service's environment variable holding a
-// user's password (deploy/nats/auth.conf reads it): NATS_PLATFORM_A_PASSWORD
-// for tenant platform-a.
-func natsPasswordVar(user string) string {
-	return "NATS_" + strings.ToUpper(strings.ReplaceAll(user, "-", "_")) + "_PASSWORD"
 }
 
 // The probe the compose health checks run in the distroless images: built

@@ -1,7 +1,6 @@
 package deploycheck
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -18,68 +17,15 @@ import (
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/services/devenv/idp"
 	"github.com/aigov/aigov/services/devstack/internal/demo"
+	"github.com/aigov/aigov/services/devstack/internal/generate"
 	"github.com/aigov/aigov/services/devstack/internal/stack"
 )
 
-// scenarioJSON is one scenario of deploy/demo/scenarios.json, which
-// deploy/demo/play.sh reads.
-type scenarioJSON struct {
-	Name     string           `json:"name"`
-	Persona  string           `json:"persona"`
-	Token    string           `json:"token"`
-	Action   string           `json:"action"`
-	Resource schemas.Resource `json:"resource"`
-	Context  map[string]any   `json:"context"`
-	Decision string           `json:"decision"`
-	Code     string           `json:"code"`
-}
-
-// tokenKinds names demo.TokenKind in the scenarios file; play.sh knows
-// each name.
-var tokenKinds = map[demo.TokenKind]string{
-	demo.TokenGood:            "good",
-	demo.TokenExpired:         "expired",
-	demo.TokenForged:          "forged",
-	demo.TokenNone:            "none",
-	demo.TokenAfterSessionEnd: "after_session_end",
-}
-
-// renderScenarios writes demo.Scenarios (what `make run` plays) as the
-// scenarios file.
-func renderScenarios(t testing.TB) []byte {
-	t.Helper()
-	var out []scenarioJSON
-	for _, sc := range demo.Scenarios() {
-		kind, ok := tokenKinds[sc.Token]
-		if !ok {
-			t.Fatalf("scenario %q has token kind %d, which deploy/demo/play.sh does not know; teach it, then add it here", sc.Name, sc.Token)
-		}
-		out = append(out, scenarioJSON{
-			Name: sc.Name, Persona: sc.Persona, Token: kind,
-			Action: sc.Request.Action, Resource: sc.Request.Resource, Context: sc.Request.Context,
-			Decision: sc.Decision, Code: string(sc.Code),
-		})
-	}
-	b, err := json.MarshalIndent(out, "", "  ")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return append(b, '\n')
-}
-
 // The compose demo plays exactly the scenarios of `make run`.
 func TestDemoScenariosAreMakeRuns(t *testing.T) {
-	want := renderScenarios(t)
-	const rel = "deploy/demo/scenarios.json"
-	if *update {
-		if err := os.WriteFile(repoPath(t, rel), want, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if !bytes.Equal(readFile(t, rel), want) {
-		t.Errorf("%s differs from demo.Scenarios(); regenerate it with\n  make generate", rel)
-	}
-	for kind, name := range tokenKinds {
+	outs, err := generate.Scenarios()
+	checkGenerated(t, outs, err)
+	for kind, name := range generate.TokenKinds() {
 		if !strings.Contains(string(readFile(t, "deploy/demo/play.sh")), "\t"+name+")") {
 			t.Errorf("deploy/demo/play.sh has no case for token kind %q (%d)", name, kind)
 		}

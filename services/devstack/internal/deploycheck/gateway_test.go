@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/aigov/aigov/schemas"
+	"github.com/aigov/aigov/services/devstack/internal/generate"
 )
 
 // mcpConfig is the MCP gateway's configuration file
@@ -161,11 +162,11 @@ func TestComposeMCPGateway(t *testing.T) {
 
 	// The gateway's own NATS user and password, and no other role's.
 	natsEnv := c.service(t, "nats").Environment
-	if env["AIGOV_NATS_USER"] != schemas.RoleGateway || env["AIGOV_NATS_PASSWORD"] != natsEnv[natsPasswordVar(schemas.RoleGateway)] {
+	if env["AIGOV_NATS_USER"] != schemas.RoleGateway || env["AIGOV_NATS_PASSWORD"] != natsEnv[generate.NATSPasswordVar(schemas.RoleGateway)] {
 		t.Errorf("gateway connects as %q: want user gateway with NATS_GATEWAY_PASSWORD", env["AIGOV_NATS_USER"])
 	}
 	for k, v := range natsEnv {
-		if strings.HasPrefix(k, "NATS_") && strings.HasSuffix(k, "_PASSWORD") && k != natsPasswordVar(schemas.RoleGateway) {
+		if strings.HasPrefix(k, "NATS_") && strings.HasSuffix(k, "_PASSWORD") && k != generate.NATSPasswordVar(schemas.RoleGateway) {
 			for name, val := range env {
 				if val == v {
 					t.Errorf("gateway %s holds %s, another NATS user's password", name, k)

@@ -16,6 +16,8 @@ import (
 	"testing"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/aigov/aigov/services/devstack/internal/generate"
 )
 
 const k8sDir = "deploy/k8s"
@@ -612,81 +614,21 @@ func TestK8sWorkloads(t *testing.T) {
 	}
 }
 
-// policyFiles are the files of policies/ the policy service reads.
-func policyFiles(t testing.TB) map[string]string {
-	t.Helper()
-	entries, err := os.ReadDir(repoPath(t, "policies"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := map[string]string{}
-	for _, e := range entries {
-		n := e.Name()
-		if e.IsDir() || !(strings.HasSuffix(n, ".cedar") || strings.HasSuffix(n, ".cedarschema") || n == "entities.json") {
-			continue
-		}
-		out[n] = string(readFile(t, "policies/"+n))
-	}
-	if len(out) == 0 {
-		t.Fatal("no policies")
-	}
-	return out
-}
-
-const policiesConfigMap = "deploy/k8s/base/policies-configmap.yaml"
-
-func renderPoliciesConfigMap(t testing.TB) []byte {
-	t.Helper()
-	files := policyFiles(t)
-	data := &yaml.Node{Kind: yaml.MappingNode}
-	names := sortedKeys(files)
-	for _, n := range names {
-		data.Content = append(data.Content,
-			&yaml.Node{Kind: yaml.ScalarNode, Value: n},
-			&yaml.Node{Kind: yaml.ScalarNode, Value: files[n], Style: yaml.LiteralStyle})
-	}
-	doc := &yaml.Node{Kind: yaml.MappingNode, Content: []*yaml.Node{
-		{Kind: yaml.ScalarNode, Value: "apiVersion"}, {Kind: yaml.ScalarNode, Value: "v1"},
-		{Kind: yaml.ScalarNode, Value: "kind"}, {Kind: yaml.ScalarNode, Value: "ConfigMap"},
-		{Kind: yaml.ScalarNode, Value: "metadata"}, {Kind: yaml.MappingNode, Content: []*yaml.Node{
-			{Kind: yaml.ScalarNode, Value: "name"}, {Kind: yaml.ScalarNode, Value: "aigov-policies"}}},
-		{Kind: yaml.ScalarNode, Value: "data"}, data,
-	}}
-	var b bytes.Buffer
-	b.WriteString(`# GENERATED from policies/ (the *.cedar files, the *.cedarschema schema and
-# entities.json) by services/devstack/internal/deploycheck; do not edit.
-# After changing a policy, regenerate:
-#   cd services/devstack && go test ./internal/deploycheck -run TestK8sPoliciesConfigMap -update
-# The policy service reads them from AIGOV_POLICY_DIR, where policy.yaml
-# mounts this ConfigMap.
-`)
-	enc := yaml.NewEncoder(&b)
-	enc.SetIndent(2)
-	if err := enc.Encode(doc); err != nil {
-		t.Fatal(err)
-	}
-	return b.Bytes()
-}
-
 // The policies ConfigMap holds exactly the files of policies/ the service
 // reads, byte for byte (the policy set's version hashes them).
 func TestK8sPoliciesConfigMap(t *testing.T) {
-	want := renderPoliciesConfigMap(t)
-	if *update {
-		if err := os.WriteFile(repoPath(t, policiesConfigMap), want, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if !bytes.Equal(readFile(t, policiesConfigMap), want) {
-		t.Errorf("%s differs from policies/; regenerate it with\n  make generate", policiesConfigMap)
-	}
+	outs, err := generate.PoliciesConfigMap(repoRoot(t))
+	checkGenerated(t, outs, err)
 	var cm struct {
 		Data map[string]string `yaml:"data"`
 	}
-	if err := yaml.Unmarshal(readFile(t, policiesConfigMap), &cm); err != nil {
+	if err := yaml.Unmarshal(readFile(t, generate.PoliciesConfigMapFile), &cm); err != nil {
 		t.Fatal(err)
 	}
-	files := policyFiles(t)
+	files, err := generate.PolicyFiles(repoRoot(t))
+	if err != nil {
+		t.Fatal(err)
+	}
 	if !slices.Equal(sortedKeys(cm.Data), sortedKeys(files)) {
 		t.Errorf("ConfigMap keys %q, want %q", sortedKeys(cm.Data), sortedKeys(files))
 	}
@@ -718,7 +660,7 @@ func TestK8sNATSCluster(t *testing.T) {
 		case e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil:
 			ref := e.ValueFrom.SecretKeyRef
 			env[e.Name] = g.secrets[ref.Name][ref.Key]
-			if ref.Name != "aigov-nats" || natsPasswordVar(ref.Key) != e.Name {
+			if ref.Name != "aigov-nats" || generate.NATSPasswordVar(ref.Key) != e.Name {
 				t.Errorf("nats %s reads Secret %s key %s, want aigov-nats key matching the variable", e.Name, ref.Name, ref.Key)
 			}
 		}

@@ -2,8 +2,6 @@ package deploycheck
 
 import (
 	"context"
-	"flag"
-	"fmt"
 	"os"
 	"slices"
 	"strconv"
@@ -17,15 +15,9 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aigov/aigov/schemas"
+	"github.com/aigov/aigov/services/devstack/internal/generate"
 	"github.com/aigov/aigov/services/servicekit/topology"
 )
-
-// update rewrites the generated deploy files instead of failing on a
-// difference.
-var update = flag.Bool("update", false, "rewrite the generated deploy files (NATS users, policies ConfigMap, replicated schema)")
-
-// adminUser may do anything (setup and inspection), like natsdev.AdminUser.
-const adminUser = "admin"
 
 // envMu serializes the process environment changes parseNATSConf makes:
 // nats-server resolves $VARS in a config from the environment.
@@ -67,14 +59,6 @@ func natsClientPort(t testing.TB) (string, int) {
 	return o.Host, o.Port
 }
 
-// deployTopology is the topology of the compose and Kubernetes configs:
-// the default one with the example tenants (schemas.ExampleTenants).
-func deployTopology() topology.Topology {
-	topo := topology.New("")
-	topo.Tenants = schemas.ExampleTenants()
-	return topo
-}
-
 // natsUser is a user of the deploy configs and the account it belongs to.
 type natsUser struct {
 	account string
@@ -85,11 +69,11 @@ type natsUser struct {
 // and the admin in the aigov account, one per tenant in its own.
 func deployUsers(t testing.TB) map[string]natsUser {
 	t.Helper()
-	accs, err := deployTopology().Accounts()
+	accs, err := generate.DeployTopology().Accounts()
 	if err != nil {
 		t.Fatal(err)
 	}
-	users := map[string]natsUser{adminUser: {account: schemas.AccountAigov, NATSUser: topology.NATSUser{Name: adminUser}}}
+	users := map[string]natsUser{generate.AdminUser: {account: schemas.AccountAigov, NATSUser: topology.NATSUser{Name: generate.AdminUser}}}
 	for _, a := range accs {
 		for _, u := range a.Users {
 			users[u.Name] = natsUser{account: a.Name, NATSUser: u}
@@ -130,7 +114,7 @@ func checkUsers(t *testing.T, where string, users []*server.User, passwords map[
 		if u.Account == nil || u.Account.Name != w.account {
 			t.Errorf("%s: user %s is in account %v, want %s", where, u.Username, u.Account, w.account)
 		}
-		if u.Username == adminUser {
+		if u.Username == generate.AdminUser {
 			if u.Permissions != nil {
 				t.Errorf("%s: admin has permissions %+v, want none (unrestricted)", where, u.Permissions)
 			}
@@ -154,112 +138,11 @@ func checkUsers(t *testing.T, where string, users []*server.User, passwords map[
 	}
 }
 
-// authConfFiles hold the NATS accounts of docker-compose.yml and of the
-// Kubernetes cluster; both are generated from topology.Topology.Accounts.
-var authConfFiles = []string{"deploy/nats/auth.conf", "deploy/k8s/nats/auth.conf"}
-
-// renderAuthConf writes the NATS accounts of the deploy topology: the
-// aigov account with a user per role, its JetStream and its exports, and
-// one account per tenant; passwords read from $NATS_<USER>_PASSWORD.
-func renderAuthConf() string {
-	accs, err := deployTopology().Accounts()
-	if err != nil {
-		panic(err)
-	}
-	var b strings.Builder
-	b.WriteString(`# GENERATED from topology.Topology.Accounts by
-# services/devstack/internal/deploycheck (TestNATSAuthConfIsGenerated); do not
-# edit. After a change of the topology's roles, permissions or tenants
-# (deployTopology: schemas.ExampleTenants), regenerate:
-#   cd services/devstack && go test ./internal/deploycheck -run TestNATSAuthConfIsGenerated -update
-#
-# Account AIGOV holds every stream and bucket (the only account with
-# JetStream) and one NATS user per aigov role with exactly the role's
-# permissions, plus an admin for setup and inspection that no service uses.
-# Every user may subscribe only to its own inbox (_INBOX.<role>.>), so no
-# one reads another's replies; the platform may publish requests and
-# nothing else.
-#
-# Each tenant (an ML platform) has an account of its own with one user. It
-# imports two things from AIGOV, each exported to it alone: a service,
-# through which its requests (aigov.request.> in its account) land in the
-# request stream as aigov.tenant.<tenant>.request.> with the JetStream ack
-# mapped back, and the stream of its own inbox, _INBOX.tenant.<tenant>.>,
-# on which decisions come. It sees nothing else of AIGOV: no stream,
-# bucket, decision or other tenant's traffic. See docs/security.md.
-#
-# Subjects are quoted (unquoted, $JS would be read as a variable); passwords
-# are variables, resolved from the server's environment.
-accounts {
-`)
-	quote := func(ss []string) string {
-		q := make([]string, len(ss))
-		for i, s := range ss {
-			q[i] = strconv.Quote(s)
-		}
-		return strings.Join(q, ", ")
-	}
-	for _, a := range accs {
-		fmt.Fprintf(&b, "  %s: {\n", strconv.Quote(a.Name))
-		if a.JetStream {
-			b.WriteString("    jetstream: enabled\n")
-		}
-		b.WriteString("    users: [\n")
-		if a.Name == schemas.AccountAigov {
-			fmt.Fprintf(&b, "      {user: %s, password: $%s}\n", adminUser, natsPasswordVar(adminUser))
-		}
-		for _, u := range a.Users {
-			fmt.Fprintf(&b, "      {\n        user: %s, password: $%s\n        permissions: {\n", strconv.Quote(u.Name), natsPasswordVar(u.Name))
-			fmt.Fprintf(&b, "          publish: {allow: [%s]}\n", quote(u.Permissions.Publish))
-			fmt.Fprintf(&b, "          subscribe: {allow: [%s]}\n        }\n      }\n", quote(u.Permissions.Subscribe))
-		}
-		b.WriteString("    ]\n")
-		if len(a.Exports) > 0 {
-			b.WriteString("    exports: [\n")
-			for _, e := range a.Exports {
-				kind := "stream"
-				if e.Service {
-					kind = "service"
-				}
-				fmt.Fprintf(&b, "      {%s: %s, accounts: [%s]}\n", kind, strconv.Quote(e.Subject), quote(e.Accounts))
-			}
-			b.WriteString("    ]\n")
-		}
-		if len(a.Imports) > 0 {
-			b.WriteString("    imports: [\n")
-			for _, im := range a.Imports {
-				kind := "stream"
-				if im.Service {
-					kind = "service"
-				}
-				fmt.Fprintf(&b, "      {%s: {account: %s, subject: %s}", kind, strconv.Quote(im.Account), strconv.Quote(im.Subject))
-				if im.To != "" {
-					fmt.Fprintf(&b, ", to: %s", strconv.Quote(im.To))
-				}
-				b.WriteString("}\n")
-			}
-			b.WriteString("    ]\n")
-		}
-		b.WriteString("  }\n")
-	}
-	b.WriteString("}\n")
-	return b.String()
-}
-
 // TestNATSAuthConfIsGenerated keeps the users of both NATS configs equal to
-// the topology; -update rewrites them.
+// the topology (make generate writes them).
 func TestNATSAuthConfIsGenerated(t *testing.T) {
-	want := renderAuthConf()
-	for _, rel := range authConfFiles {
-		if *update {
-			if err := os.WriteFile(repoPath(t, rel), []byte(want), 0o644); err != nil {
-				t.Fatal(err)
-			}
-		}
-		if got := string(readFile(t, rel)); got != want {
-			t.Errorf("%s differs from topology.Topology.Accounts; regenerate it with\n  make generate", rel)
-		}
-	}
+	outs, err := generate.AuthConf()
+	checkGenerated(t, outs, err)
 }
 
 func TestComposeNATSConfig(t *testing.T) {
@@ -268,7 +151,7 @@ func TestComposeNATSConfig(t *testing.T) {
 	opts := composeNATS(t)
 	passwords := map[string]string{}
 	for _, u := range deployUserNames(t) {
-		passwords[u] = env[natsPasswordVar(u)]
+		passwords[u] = env[generate.NATSPasswordVar(u)]
 	}
 	checkUsers(t, "deploy/nats/nats.conf", opts.Users, passwords)
 	if !opts.JetStream {
@@ -320,7 +203,7 @@ func TestComposeNATSConfigEnforced(t *testing.T) {
 			nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
 	}
 	for _, role := range deployUserNames(t) {
-		nc, err := connect(role, env[natsPasswordVar(role)])
+		nc, err := connect(role, env[generate.NATSPasswordVar(role)])
 		if err != nil {
 			t.Errorf("%s cannot log in with its compose password: %v", role, err)
 			continue
@@ -332,7 +215,7 @@ func TestComposeNATSConfigEnforced(t *testing.T) {
 		t.Error("platform logged in with a wrong password")
 	}
 
-	nc, err := connect(schemas.RolePlatform, env[natsPasswordVar(schemas.RolePlatform)])
+	nc, err := connect(schemas.RolePlatform, env[generate.NATSPasswordVar(schemas.RolePlatform)])
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -356,7 +239,7 @@ func TestComposeNATSConfigEnforced(t *testing.T) {
 		return err
 	})
 
-	tenantsEnforced(t, func(user string) (*nats.Conn, error) { return connect(user, env[natsPasswordVar(user)]) })
+	tenantsEnforced(t, func(user string) (*nats.Conn, error) { return connect(user, env[generate.NATSPasswordVar(user)]) })
 }
 
 // tenantsEnforced runs the two example tenants against a server of a
@@ -366,7 +249,7 @@ func TestComposeNATSConfigEnforced(t *testing.T) {
 // AIGOV's JetStream.
 func tenantsEnforced(t *testing.T, connect func(user string) (*nats.Conn, error)) {
 	t.Helper()
-	topo := deployTopology()
+	topo := generate.DeployTopology()
 	a, b := topo.Tenants[0], topo.Tenants[1]
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -388,7 +271,7 @@ func tenantsEnforced(t *testing.T, connect func(user string) (*nats.Conn, error)
 	if err != nil || ack.Stream != topo.StreamRequests() {
 		t.Fatalf("%s request: ack %+v, %v; want one from %s", a, ack, err, topo.StreamRequests())
 	}
-	admin, _ := jetstream.New(conn(adminUser))
+	admin, _ := jetstream.New(conn(generate.AdminUser))
 	st, err := admin.Stream(ctx, topo.StreamRequests())
 	if err != nil {
 		t.Fatal(err)

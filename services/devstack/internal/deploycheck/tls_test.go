@@ -16,6 +16,7 @@ import (
 
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/services/devenv/devcerts"
+	"github.com/aigov/aigov/services/devstack/internal/generate"
 )
 
 // volumeFile maps a path inside service s to (named volume, path inside
@@ -143,7 +144,7 @@ func TestComposeNATSTLSEnforced(t *testing.T) {
 		t.Fatal("nats-server from the compose command line did not start")
 	}
 	role := schemas.RoleAudit
-	creds := nats.UserInfo(role, ns.Environment[natsPasswordVar(role)])
+	creds := nats.UserInfo(role, ns.Environment[generate.NATSPasswordVar(role)])
 	nc, err := nats.Connect(srv.ClientURL(), creds, nats.RootCAs(bundle.CA), nats.CustomInboxPrefix(schemas.InboxPrefix(role)), nats.NoReconnect())
 	if err != nil {
 		t.Fatalf("audit over TLS with the dev CA: %v", err)

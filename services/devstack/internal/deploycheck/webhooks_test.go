@@ -9,13 +9,14 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/aigov/aigov/services/devstack/internal/generate"
 )
 
 // The approval webhooks file compose mounts for the policy service, and
 // the Kubernetes dev overlay's generated copy.
 const (
-	webhooksDir     = "deploy/policy/approval-webhooks"
-	webhooksK8sDir  = "deploy/k8s/overlays/dev/approval-webhooks"
+	webhooksDir     = generate.WebhooksDir
 	webhooksMount   = "/etc/aigov/approval-webhooks"
 	webhooksSecret  = "aigov-approval-webhooks"
 	webhooksFile    = "webhooks.json"
@@ -83,7 +84,7 @@ func TestComposeApprovalWebhooks(t *testing.T) {
 }
 
 // The dev overlay's Secret aigov-approval-webhooks holds a copy of the
-// compose files (regenerated with -update), and the policy Deployment
+// compose files (make generate copies them), and the policy Deployment
 // mounts it where its AIGOV_APPROVAL_WEBHOOKS_FILE points.
 func TestK8sApprovalWebhooks(t *testing.T) {
 	entries, err := os.ReadDir(repoPath(t, webhooksDir))
@@ -96,17 +97,9 @@ func TestK8sApprovalWebhooks(t *testing.T) {
 			continue
 		}
 		names = append(names, e.Name())
-		want := readFile(t, webhooksDir+"/"+e.Name())
-		rel := webhooksK8sDir + "/" + e.Name()
-		if *update {
-			if err := os.WriteFile(repoPath(t, rel), want, 0o644); err != nil {
-				t.Fatal(err)
-			}
-		}
-		if got, err := os.ReadFile(repoPath(t, rel)); err != nil || !bytes.Equal(got, want) {
-			t.Errorf("%s is not a copy of %s/%s (%v); regenerate it with\n  make generate", rel, webhooksDir, e.Name(), err)
-		}
 	}
+	outs, err := generate.Webhooks(repoRoot(t))
+	checkGenerated(t, outs, err)
 
 	ms := loadManifests(t)
 	g := loadGenerated(t, ms)
