@@ -16,7 +16,6 @@ import (
 	"time"
 
 	ch "github.com/ClickHouse/clickhouse-go/v2"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/schemas/signing"
@@ -68,17 +67,12 @@ func auditCmd(ctx context.Context, args []string, stdout, stderr io.Writer, look
 		fmt.Fprintf(stderr, "aigov audit verify: %v\n", err)
 		return ExitError
 	}
-	nc, err := bus.dial(10 * time.Second)
+	nc, js, err := bus.dialJS(10 * time.Second)
 	if err != nil {
 		fmt.Fprintf(stderr, "aigov audit verify: %v\n", err)
 		return ExitError
 	}
 	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		fmt.Fprintf(stderr, "aigov audit verify: %v\n", err)
-		return ExitError
-	}
 	// A missing checkpoint stream is not an error to stop at: every
 	// stream with rows is then reported BROKEN for want of a checkpoint.
 	topo := topology.New(bus.prefix)

@@ -7,8 +7,6 @@ import (
 	"io"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/services/servicekit/topology"
 )
@@ -33,17 +31,12 @@ func busCmd(ctx context.Context, args []string, stdout, stderr io.Writer, lookup
 		fmt.Fprintln(stderr, "aigov bus provision: --replicas must be at least 1")
 		return ExitUsage
 	}
-	nc, err := bus.dial(*timeout)
+	nc, js, err := bus.dialJS(*timeout)
 	if err != nil {
 		fmt.Fprintf(stderr, "aigov bus provision: %v\n", err)
 		return ExitError
 	}
 	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		fmt.Fprintf(stderr, "aigov bus provision: jetstream: %v\n", err)
-		return ExitError
-	}
 	topo := topology.New(bus.prefix)
 	topo.Replicas = *replicas
 	cctx, cancel := context.WithTimeout(ctx, *timeout)

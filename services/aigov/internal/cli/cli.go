@@ -144,17 +144,7 @@ func authorize(ctx context.Context, args []string, stdout, stderr io.Writer, loo
 		fmt.Fprintf(stderr, "aigov authorize: %v\n", err)
 		return ExitError
 	}
-	if *asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		_ = enc.Encode(d)
-	} else {
-		fmt.Fprintln(stdout, Summary(d))
-	}
-	if d.Allowed() {
-		return ExitAllow
-	}
-	return ExitDeny
+	return printDecision(stdout, d, *asJSON)
 }
 
 func buildCall(action, resource, rawCtx, id string) (client.Call, error) {

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/schemas/signing"
@@ -93,4 +94,19 @@ func (c *connFlags) config() natsconn.Config {
 // the redacted URL and never the password.
 func (c *connFlags) dial(timeout time.Duration) (*nats.Conn, error) {
 	return natsconn.Dial(c.config(), nats.Timeout(timeout))
+}
+
+// dialJS dials and opens JetStream on the connection; the caller closes
+// the connection.
+func (c *connFlags) dialJS(timeout time.Duration) (*nats.Conn, jetstream.JetStream, error) {
+	nc, err := c.dial(timeout)
+	if err != nil {
+		return nil, nil, err
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, nil, fmt.Errorf("jetstream: %w", err)
+	}
+	return nc, js, nil
 }

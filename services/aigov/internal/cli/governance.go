@@ -34,16 +34,7 @@ func addOperatorFlags(fs *flag.FlagSet, lookup func(string) (string, bool)) oper
 
 // connect opens the operator connection; close drains it.
 func (o operatorFlags) connect() (*nats.Conn, jetstream.JetStream, error) {
-	nc, err := o.conn.dial(*o.timeout)
-	if err != nil {
-		return nil, nil, err
-	}
-	js, err := jetstream.New(nc)
-	if err != nil {
-		nc.Close()
-		return nil, nil, fmt.Errorf("jetstream: %w", err)
-	}
-	return nc, js, nil
+	return o.conn.dialJS(*o.timeout)
 }
 
 // bucket connects and opens the KV bucket that name picks from the

@@ -9,8 +9,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/services/servicekit/killswitch"
 	"github.com/aigov/aigov/services/servicekit/topology"
@@ -35,14 +33,9 @@ func addBusFlags(fs *flag.FlagSet, lookup func(string) (string, bool)) busFlags 
 
 // open connects and builds the kill switch; close releases the connection.
 func (b busFlags) open(ctx context.Context) (*killswitch.Switch, func(), error) {
-	nc, err := b.conn.dial(*b.timeout)
+	nc, js, err := b.conn.dialJS(*b.timeout)
 	if err != nil {
 		return nil, nil, err
-	}
-	js, err := jetstream.New(nc)
-	if err != nil {
-		nc.Close()
-		return nil, nil, fmt.Errorf("jetstream: %w", err)
 	}
 	signer, err := b.conn.signer()
 	if err != nil {
