@@ -558,15 +558,7 @@ func (c *Cluster) InboxPrefix(user string) string {
 
 // Connect opens a connection as role to any node of the cluster.
 func (c *Cluster) Connect(role string, extra ...nats.Option) (*nats.Conn, error) {
-	opts := []nats.Option{nats.Name("natsdev-" + role), nats.CustomInboxPrefix(c.InboxPrefix(role)), nats.RootCAs(c.certs.CA)}
-	if pw, ok := c.passwords[role]; ok {
-		opts = append(opts, nats.UserInfo(role, pw))
-	}
-	nc, err := nats.Connect(c.URL(), append(opts, extra...)...)
-	if err != nil {
-		return nil, fmt.Errorf("natsdev: connect as %s: %w", role, err)
-	}
-	return nc, nil
+	return connectAs(c.URL(), role, c.InboxPrefix(role), c.passwords, append([]nats.Option{nats.RootCAs(c.certs.CA)}, extra...))
 }
 
 // Shutdown stops every node and waits for each process to end.

@@ -360,11 +360,17 @@ func (s *Server) TLSOptions(role string) []nats.Option {
 // tenant's user, with the user's own inbox prefix as the permissions
 // require.
 func (s *Server) Connect(role string, extra ...nats.Option) (*nats.Conn, error) {
-	opts := append([]nats.Option{nats.Name("natsdev-" + role), nats.CustomInboxPrefix(s.InboxPrefix(role))}, s.TLSOptions(role)...)
-	if pw, ok := s.passwords[role]; ok {
+	return connectAs(s.URL(), role, s.InboxPrefix(role), s.passwords, append(s.TLSOptions(role), extra...))
+}
+
+// connectAs connects to url as role, with its inbox prefix and, when the
+// server gave it one, its password; a server and a cluster connect alike.
+func connectAs(url, role, inbox string, passwords map[string]string, extra []nats.Option) (*nats.Conn, error) {
+	opts := []nats.Option{nats.Name("natsdev-" + role), nats.CustomInboxPrefix(inbox)}
+	if pw, ok := passwords[role]; ok {
 		opts = append(opts, nats.UserInfo(role, pw))
 	}
-	nc, err := nats.Connect(s.URL(), append(opts, extra...)...)
+	nc, err := nats.Connect(url, append(opts, extra...)...)
 	if err != nil {
 		return nil, fmt.Errorf("natsdev: connect as %s: %w", role, err)
 	}
