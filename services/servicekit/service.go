@@ -20,19 +20,38 @@ import (
 	"github.com/aigov/aigov/services/servicekit/topology"
 )
 
-// Service holds what every service runs on: its logger, its NATS
-// connection, the topology and the health/metrics server.
-type Service struct {
-	Config   Common
+// Deps are what Start builds for a service to run on, the same for every
+// service: each one's New(cfg, deps) takes them beside its Config, which
+// holds every setting (Deps hold none).
+type Deps struct {
 	Log      zerolog.Logger
 	NC       *nats.Conn
 	JS       jetstream.JetStream
 	Topology topology.Topology
-	HTTP     *Server
+	// HTTP is the health and metrics server: a service registers its
+	// readiness checks (AddCheck) and its metrics (Registry) on it.
+	HTTP *Server
 	// Signer signs the service's events (nil without AIGOV_SIGNING_KEY);
 	// Trust verifies others' (nil without AIGOV_TRUST_FILE).
 	Signer *signing.Signer
 	Trust  *signing.Trust
+	// Clock is what the service decides by: Common.Clock (time.Now,
+	// shifted by AIGOV_DEV_CLOCK_OFFSET); nil means time.Now.
+	Clock func() time.Time
+}
+
+// Now is d.Clock, or time.Now when it is nil.
+func (d Deps) Now() func() time.Time {
+	if d.Clock == nil {
+		return time.Now
+	}
+	return d.Clock
+}
+
+// Service is a started service: its configuration and what it runs on.
+type Service struct {
+	Config Common
+	Deps
 }
 
 // SigningSecondsMetric is the time a service spent signing and verifying
@@ -131,7 +150,73 @@ func Start(ctx context.Context, c Common) (*Service, error) {
 		ev = ev.Str("signing_key_id", signer.KeyID())
 	}
 	ev.Msg("service started")
-	return &Service{Config: c, Log: log, NC: nc, JS: js, Topology: topo, HTTP: srv, Signer: signer, Trust: trust}, nil
+	return &Service{Config: c, Deps: Deps{Log: log, NC: nc, JS: js, Topology: topo, HTTP: srv, Signer: signer, Trust: trust, Clock: c.Clock()}}, nil
+}
+
+// Close releases what Start took, for a service that will not Run: the
+// NATS connection and the health port.
+func (s *Service) Close() {
+	s.NC.Close()
+	s.HTTP.close()
+}
+
+// Configured is a service's Config: a struct embedding Common, whose
+// CommonConfig it promotes.
+type Configured interface{ CommonConfig() Common }
+
+// CommonConfig is c itself, promoted to every Config that embeds Common.
+func (c Common) CommonConfig() Common { return c }
+
+// Serve is a whole service's life, the same for every service: it reads
+// the declared settings through lookup with load (which validates them
+// and collects every violation), reports them all, starts (logger, health
+// server, NATS), builds the service's workers with build and runs them
+// until ctx ends. A service's run function is one call to it.
+func Serve[C Configured](ctx context.Context, lookup Lookup, settings Settings, load func(*Env) C, build func(C, Deps) ([]Worker, error)) error {
+	env := NewEnv(lookup)
+	env.Declare(settings)
+	cfg := load(env)
+	if err := env.Err(); err != nil {
+		return err
+	}
+	svc, err := Start(ctx, cfg.CommonConfig())
+	if err != nil {
+		return err
+	}
+	workers, err := build(cfg, svc.Deps)
+	if err != nil {
+		svc.Close()
+		return err
+	}
+	return svc.Run(ctx, workers...)
+}
+
+// Group runs workers as one: until ctx ends or one of them fails, which
+// stops the others, and returns once every one has returned, with their
+// errors. A service that owns a resource its workers share closes it after
+// the group returns.
+func Group(workers ...Worker) Worker {
+	return func(ctx context.Context) error {
+		gctx, stop := context.WithCancel(ctx)
+		defer stop()
+		var (
+			wg   sync.WaitGroup
+			mu   sync.Mutex
+			errs []error
+		)
+		for _, w := range workers {
+			wg.Go(func() {
+				if err := w(gctx); err != nil {
+					mu.Lock()
+					errs = append(errs, err)
+					mu.Unlock()
+					stop()
+				}
+			})
+		}
+		wg.Wait()
+		return errors.Join(errs...)
+	}
 }
 
 // Worker is one long-running part of a service, such as a consumer loop.

@@ -18,6 +18,9 @@ type Setting struct {
 	Names   []string `json:"names"`
 	Default string   `json:"default,omitempty"`
 	Doc     string   `json:"doc"`
+	// Required settings must be set (each of Names), or the service
+	// refuses to start (Env.Declare records the violation).
+	Required bool `json:"required,omitempty"`
 }
 
 // Settings is a service's declared settings by section, in the order the
@@ -31,6 +34,27 @@ type Settings struct {
 type Section struct {
 	Title    string    `json:"title"`
 	Settings []Setting `json:"settings"`
+}
+
+// Require marks the named settings of sec required, for a service that
+// cannot start without them although other services sharing the section
+// can (the signing key, the trust file).
+func (sec Section) Require(names ...string) Section {
+	out := sec
+	out.Settings = slices.Clone(sec.Settings)
+	for _, n := range names {
+		found := false
+		for i, st := range out.Settings {
+			if slices.Contains(st.Names, n) {
+				out.Settings[i].Required, found = true, true
+			}
+		}
+		if !found {
+			// A programming error: the declaration would silently require nothing.
+			panic(fmt.Sprintf("servicekit: Require(%q): no such setting in section %q", n, sec.Title))
+		}
+	}
+	return out
 }
 
 // Names lists every declared variable.
@@ -54,6 +78,18 @@ func (e *Env) Declare(s Settings) {
 	for _, n := range s.Names() {
 		e.declared[n] = true
 	}
+	for _, sec := range s.Sections {
+		for _, st := range sec.Settings {
+			if !st.Required {
+				continue
+			}
+			for _, n := range st.Names {
+				if _, ok := e.raw(n); !ok {
+					e.errs = append(e.errs, fmt.Errorf("%s is required", n))
+				}
+			}
+		}
+	}
 }
 
 // read notes that key was read, and records a violation when the service
@@ -76,6 +112,9 @@ func (s Settings) WriteHelp(w io.Writer) {
 			def := st.Default
 			if def == "" {
 				def = "-"
+			}
+			if st.Required {
+				def = "required"
 			}
 			fmt.Fprintf(tw, "  %s\t%s\n", strings.Join(st.Names, ", "), plain(def))
 		}

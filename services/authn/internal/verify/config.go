@@ -16,6 +16,8 @@ import (
 
 // Config is the authn service's configuration.
 type Config struct {
+	// Common is what every service reads (NATS, HTTP, logging, keys).
+	servicekit.Common
 	// Encrypt seals every verified subject's email, name and
 	// PersonalContextFields under their own key (the subject keys bucket)
 	// before any event leaves authn (AIGOV_PERSONAL_ENCRYPTION, default
@@ -138,6 +140,7 @@ type ClaimMapping struct {
 
 // Defaults for Config.
 const (
+	DefaultHTTPAddr       = "127.0.0.1:8081"
 	DefaultAudience       = "aigov"
 	DefaultWorkers        = 32
 	DefaultHTTPTimeout    = 5 * time.Second
@@ -176,6 +179,7 @@ func (c ClaimMapping) withDefaults() ClaimMapping {
 // that they are reported together with the common ones.
 func LoadConfig(e *servicekit.Env) Config {
 	cfg := Config{
+		Common:         servicekit.LoadCommon(e, "authn", DefaultHTTPAddr),
 		Workers:        e.Int("AIGOV_AUTHN_WORKERS", DefaultWorkers, 1),
 		HTTPTimeout:    e.Duration("AIGOV_OIDC_HTTP_TIMEOUT", DefaultHTTPTimeout),
 		KeysRefresh:    e.Duration("AIGOV_OIDC_KEYS_REFRESH", DefaultKeysRefresh),
