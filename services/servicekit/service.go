@@ -219,6 +219,11 @@ func Group(workers ...Worker) Worker {
 	}
 }
 
+// SetupTimeout bounds the set-up a service's New does on the bus (binding
+// its consumers, opening its buckets): each step is a request the server
+// answers at once, so this is far more than a healthy bus needs.
+const SetupTimeout = 30 * time.Second
+
 // Worker is one long-running part of a service, such as a consumer loop.
 // It returns when ctx ends, after finishing the work it had taken.
 type Worker func(ctx context.Context) error

@@ -32,7 +32,7 @@ const GCPercent = 200
 // Config is the audit service's whole configuration.
 type Config struct {
 	// Common is what every service reads (NATS, HTTP, logging).
-	Common servicekit.Common
+	servicekit.Common
 	// ClickHouse says where to write.
 	ClickHouse ClickHouseConfig
 	// BatchSize flushes a batch when it holds this many messages
@@ -47,7 +47,8 @@ type Config struct {
 	// tables are at low traffic.
 	FlushInterval time.Duration
 	// SigningKey is the PEM Ed25519 private key file that signs the hash
-	// chain's checkpoints (AIGOV_AUDIT_SIGNING_KEY, required).
+	// chain's checkpoints (AIGOV_AUDIT_SIGNING_KEY, required). It shadows
+	// Common.SigningKey (AIGOV_SIGNING_KEY), which the audit does not use.
 	SigningKey string
 	// CreateSigningKey generates SigningKey (and SigningKey.pub) when the
 	// file does not exist (AIGOV_AUDIT_SIGNING_KEY_CREATE, default false:
@@ -126,8 +127,11 @@ type ClickHouseConfig struct {
 	StartupTimeout time.Duration
 }
 
+// DefaultHTTPAddr is the audit's AIGOV_HTTP_ADDR default.
+const DefaultHTTPAddr = "127.0.0.1:8083"
+
 func auditCommon(env *servicekit.Env) servicekit.Common {
-	c := servicekit.LoadCommon(env, "audit", "127.0.0.1:8083")
+	c := servicekit.LoadCommon(env, "audit", DefaultHTTPAddr)
 	c.GCPercent = env.GCPercent(GCPercent)
 	return c
 }
@@ -148,7 +152,7 @@ func LoadConfig(env *servicekit.Env) Config {
 		},
 		BatchSize:             env.Int("AIGOV_AUDIT_BATCH_SIZE", DefaultBatchSize, 1),
 		FlushInterval:         env.Duration("AIGOV_AUDIT_FLUSH_INTERVAL", 500*time.Millisecond),
-		SigningKey:            env.Required("AIGOV_AUDIT_SIGNING_KEY"),
+		SigningKey:            env.String("AIGOV_AUDIT_SIGNING_KEY", ""),
 		CreateSigningKey:      env.Bool("AIGOV_AUDIT_SIGNING_KEY_CREATE", false),
 		CheckpointInterval:    env.Duration("AIGOV_AUDIT_CHECKPOINT_INTERVAL", time.Second),
 		MaskFields:            env.List("AIGOV_AUDIT_MASK_FIELDS", nil),
@@ -169,8 +173,6 @@ func LoadConfig(env *servicekit.Env) Config {
 	// chain-head reads.
 	c.ClickHouse.Conns = 2*len(c.Common.Topology().AuditedStreams()) + 2
 	c.validate(env)
-	// Every decision's and session event's signature is checked.
-	env.Required("AIGOV_TRUST_FILE")
 	return c
 }
 

@@ -2,6 +2,15 @@ package sink
 
 import "github.com/aigov/aigov/services/servicekit"
 
+// ServiceSettings are everything the audit reads, declared: reading
+// anything else fails the start, and docs/configuration.md is generated
+// from them.
+func ServiceSettings() servicekit.Settings {
+	// Every decision's and session event's signature is checked.
+	common := servicekit.CommonSettings().Require("AIGOV_TRUST_FILE")
+	return servicekit.Settings{Service: "audit", Sections: []servicekit.Section{common, Settings()}}
+}
+
 // Settings are the settings the audit writer reads besides the common ones: the
 // source of its -h and of its table in docs/configuration.md.
 func Settings() servicekit.Section {
@@ -16,7 +25,7 @@ func Settings() servicekit.Section {
 		{Names: []string{"AIGOV_CLICKHOUSE_COMPRESSION"}, Default: "`none`", Doc: "native-protocol block compression: `none`, `lz4` or `zstd`. At 100k events/s the writer sends about 180 MB/s uncompressed; use `lz4` on links slower than 10 Gbit/s (it costs ~4% of the writer's throughput)"},
 		{Names: []string{"AIGOV_AUDIT_BATCH_SIZE"}, Default: "`50000`", Doc: "messages per insert batch; at most 50000 (half the audit consumers' `MaxAckPending`). Below ~100k events/s batches flush on the interval and stay smaller"},
 		{Names: []string{"AIGOV_AUDIT_FLUSH_INTERVAL"}, Default: "`500ms`", Doc: "longest wait before a partial batch is written; at most `15s`"},
-		{Names: []string{"AIGOV_AUDIT_SIGNING_KEY"}, Default: "required", Doc: "PEM Ed25519 private key file that signs the checkpoints"},
+		{Names: []string{"AIGOV_AUDIT_SIGNING_KEY"}, Required: true, Doc: "PEM Ed25519 private key file that signs the checkpoints"},
 		{Names: []string{"AIGOV_AUDIT_SIGNING_KEY_CREATE"}, Default: "`false`", Doc: "generate the key (and `<key>.pub`) if the file is missing; for development"},
 		{Names: []string{"AIGOV_AUDIT_CHECKPOINT_INTERVAL"}, Default: "`1s`", Doc: "least time between two checkpoints of a stream"},
 		{Names: []string{"AIGOV_AUDIT_MASK_FIELDS"}, Default: "—", Doc: "request context fields to mask, comma-separated"},
