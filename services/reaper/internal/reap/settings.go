@@ -2,6 +2,15 @@ package reap
 
 import "github.com/aigov/aigov/services/servicekit"
 
+// ServiceSettings are everything the reaper reads, declared: reading
+// anything else fails the start, and docs/configuration.md is generated
+// from them.
+func ServiceSettings() servicekit.Settings {
+	// The reaper signs every session event.
+	common := servicekit.CommonSettings().Require("AIGOV_SIGNING_KEY")
+	return servicekit.Settings{Service: "reaper", Sections: []servicekit.Section{common, servicekit.SessionLimitSettings(), Settings()}}
+}
+
 // Settings are the settings the reaper reads besides the common ones: the
 // source of its -h and of its table in docs/configuration.md.
 func Settings() servicekit.Section {
@@ -10,7 +19,7 @@ func Settings() servicekit.Section {
 		{Names: []string{"AIGOV_REAPER_INTERVAL"}, Default: "`1s`", Doc: "how often sessions and leases are checked (at least `10ms`)"},
 		{Names: []string{"AIGOV_REAPER_MAX_SCAN"}, Default: "`100000`", Doc: "sessions (and leases) examined per check"},
 		{Names: []string{"AIGOV_REAPER_WORKERS"}, Default: "`4`", Doc: "verified requests and decisions handled at once"},
-		{Names: []string{"AIGOV_REAPER_TTL_GRACE"}, Default: "`0`", Doc: "added to a record's due time for its per-key KV TTL; `0` or at least `1m`. For sessions `0` means the bucket's retention (7 days); for leases the TTL is the maximum duration plus this grace, 24 h when `0`"},
+		{Names: []string{"AIGOV_REAPER_TTL_GRACE"}, Default: "`0`", Doc: "added to a record's due time for its per-key KV TTL; `0` or at least `1s`. For sessions `0` means the bucket's retention (7 days); for leases the TTL is the maximum duration plus this grace, 24 h when `0`"},
 		{Names: []string{"AIGOV_REAPER_TOUCH_GRANULARITY"}, Default: "`5s` (at most a tenth of the shortest idle timeout)", Doc: "a request of a known token does not rewrite its session record while `last_seen` is younger than this; `0` writes every request"},
 		{Names: []string{"AIGOV_REAPER_SESSIONS_MAX"}, Default: "`100000`", Doc: "live sessions held in memory (about 1 to 3 KB each); with more in `aigov_sessions` the view is dropped and every request reads its session from the bucket until a reload a minute later fits ([Sessions](sessions.md))"},
 		{Names: []string{"AIGOV_REAPER_REVOCATIONS_MAX"}, Default: "`500000`", Doc: "keys of `aigov_revocations` held in memory by the reaper; above it requests read the bucket instead"},

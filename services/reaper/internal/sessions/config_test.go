@@ -8,6 +8,7 @@ import (
 	"github.com/aigov/aigov/services/servicekit/topology"
 
 	"github.com/aigov/aigov/schemas"
+	"github.com/aigov/aigov/services/reaper/internal/reap"
 	"github.com/aigov/aigov/services/reaper/internal/sessions"
 	"github.com/aigov/aigov/services/servicekit"
 )
@@ -22,8 +23,9 @@ func TestLoadConfigDefaults(t *testing.T) {
 	if c.MaxAge != 8*time.Hour || c.IdleTimeout != time.Hour || c.Interval != time.Second || c.MaxScan != 100000 || c.Workers != 4 {
 		t.Errorf("defaults: %+v", c)
 	}
-	if c.Service != "reaper" || c.HTTPAddr != "127.0.0.1:8084" || c.NATSUser != "reaper" {
-		t.Errorf("common defaults: service %q http %q user %q", c.Service, c.HTTPAddr, c.NATSUser)
+	// The common part is the whole reaper's, loaded beside the sessions'.
+	if rc := reap.LoadConfig(servicekit.NewEnv(servicekit.MapLookup(nil))); rc.Service != "reaper" || rc.HTTPAddr != "127.0.0.1:8084" || rc.NATSUser != "reaper" {
+		t.Errorf("common defaults: service %q http %q user %q", rc.Service, rc.HTTPAddr, rc.NATSUser)
 	}
 }
 
@@ -57,7 +59,7 @@ func TestLoadConfigReportsAllErrorsAtOnce(t *testing.T) {
 		"AIGOV_REAPER_WORKERS":       "many",
 		"AIGOV_REPLICAS":             "0",
 	}))
-	sessions.LoadConfig(env)
+	reap.LoadConfig(env)
 	err := env.Err()
 	if err == nil {
 		t.Fatal("bad configuration accepted")
