@@ -11,18 +11,9 @@ import (
 	"github.com/aigov/aigov/services/servicekit"
 )
 
-func main() { servicekit.Main(settings(), run) }
-
-// settings are what authn reads from the environment, declared: reading
-// anything else fails the start, and docs/configuration.md is generated
-// from them.
-func settings() servicekit.Settings {
-	// authn signs every verified event and deny.
-	common := servicekit.CommonSettings().Require("AIGOV_SIGNING_KEY")
-	return servicekit.Settings{Service: "authn", Sections: []servicekit.Section{common, servicekit.SessionLimitSettings(), verify.Settings()}}
-}
+func main() { servicekit.Main(verify.ServiceSettings(), run) }
 
 // run is main without the process: tests call it with a map of variables.
 func run(ctx context.Context, lookup servicekit.Lookup) error {
-	return servicekit.Serve(ctx, lookup, settings(), verify.LoadConfig, verify.New)
+	return servicekit.Serve(ctx, lookup, verify.ServiceSettings(), verify.LoadConfig, verify.New)
 }

@@ -11,19 +11,9 @@ import (
 	"github.com/aigov/aigov/services/servicekit"
 )
 
-func main() { servicekit.Main(settings(), run) }
-
-// settings are what policy reads from the environment, declared: reading
-// anything else fails the start, and docs/configuration.md is generated
-// from them.
-func settings() servicekit.Settings {
-	// Policy signs its decisions and checks authn's signature on every
-	// verified event.
-	common := servicekit.CommonSettings().Require("AIGOV_SIGNING_KEY", "AIGOV_TRUST_FILE")
-	return servicekit.Settings{Service: "policy", Sections: []servicekit.Section{common, servicekit.SessionLimitSettings(), decide.Settings()}}
-}
+func main() { servicekit.Main(decide.ServiceSettings(), run) }
 
 // run is main without the process: tests call it with a map of variables.
 func run(ctx context.Context, lookup servicekit.Lookup) error {
-	return servicekit.Serve(ctx, lookup, settings(), decide.LoadConfig, decide.New)
+	return servicekit.Serve(ctx, lookup, decide.ServiceSettings(), decide.LoadConfig, decide.New)
 }

@@ -2,6 +2,14 @@ package verify
 
 import "github.com/aigov/aigov/services/servicekit"
 
+// ServiceSettings are everything authn reads, declared: reading anything
+// else fails the start, and docs/configuration.md is generated from them.
+func ServiceSettings() servicekit.Settings {
+	// authn signs every verified event and deny.
+	common := servicekit.CommonSettings().Require("AIGOV_SIGNING_KEY")
+	return servicekit.Settings{Service: "authn", Sections: []servicekit.Section{common, servicekit.SessionLimitSettings(), Settings()}}
+}
+
 // Settings are the settings authn reads besides the common ones: the
 // source of its -h and of its table in docs/configuration.md.
 func Settings() servicekit.Section {

@@ -7,9 +7,11 @@ import (
 	"github.com/aigov/aigov/services/servicekit"
 )
 
-// Config is the gateway's own configuration; servicekit.Common holds the
-// settings every service shares (NATS, health port, logging, trust file).
+// Config is the gateway's configuration.
 type Config struct {
+	// Common holds the settings every service shares (NATS, health port,
+	// logging, trust file).
+	servicekit.Common
 	// Addr serves the authorize API and the MCP gateway
 	// (AIGOV_GATEWAY_ADDR). /healthz and /readyz are served here too;
 	// /metrics only on the health port (AIGOV_HTTP_ADDR).
@@ -45,9 +47,10 @@ const (
 	DefaultMaxInFlight     = 256
 )
 
-// Load reads the gateway's variables; violations are recorded in e.
-func Load(e *servicekit.Env) Config {
+// LoadConfig reads the gateway's variables; violations are recorded in e.
+func LoadConfig(e *servicekit.Env) Config {
 	c := Config{
+		Common:          servicekit.LoadCommon(e, "gateway", DefaultHTTPAddr),
 		Addr:            e.String("AIGOV_GATEWAY_ADDR", DefaultAddr),
 		DecisionTimeout: e.Duration("AIGOV_GATEWAY_DECISION_TIMEOUT", DefaultDecisionTimeout),
 		MaxBodyBytes:    e.Int("AIGOV_GATEWAY_MAX_BODY_BYTES", DefaultMaxBodyBytes, 1024),

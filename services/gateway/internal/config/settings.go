@@ -2,6 +2,15 @@ package config
 
 import "github.com/aigov/aigov/services/servicekit"
 
+// ServiceSettings are everything the gateway reads, declared: reading
+// anything else fails the start, and docs/configuration.md is generated
+// from them.
+func ServiceSettings() servicekit.Settings {
+	// Decisions are taken only when authn or policy signed them.
+	common := servicekit.CommonSettings().Require("AIGOV_TRUST_FILE")
+	return servicekit.Settings{Service: "gateway", Sections: []servicekit.Section{common, Settings()}}
+}
+
 // Settings are the settings the gateway reads besides the common ones: the
 // source of its -h and of its table in docs/configuration.md.
 func Settings() servicekit.Section {

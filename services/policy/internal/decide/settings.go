@@ -2,6 +2,15 @@ package decide
 
 import "github.com/aigov/aigov/services/servicekit"
 
+// ServiceSettings are everything policy reads, declared: reading anything
+// else fails the start, and docs/configuration.md is generated from them.
+func ServiceSettings() servicekit.Settings {
+	// Policy signs its decisions and checks authn's signature on every
+	// verified event.
+	common := servicekit.CommonSettings().Require("AIGOV_SIGNING_KEY", "AIGOV_TRUST_FILE")
+	return servicekit.Settings{Service: "policy", Sections: []servicekit.Section{common, servicekit.SessionLimitSettings(), Settings()}}
+}
+
 // Settings are the settings policy reads besides the common ones: the
 // source of its -h and of its table in docs/configuration.md.
 func Settings() servicekit.Section {
