@@ -21,19 +21,22 @@ var settingsServices = []string{"authn", "policy", "reaper", "audit", "gateway"}
 type declaredSettings struct {
 	Service  string `json:"service"`
 	Sections []struct {
-		Title    string `json:"title"`
-		Settings []struct {
-			Names   []string `json:"names"`
-			Default string   `json:"default"`
-			Doc     string   `json:"doc"`
-		} `json:"settings"`
+		Title    string            `json:"title"`
+		Settings []declaredSetting `json:"settings"`
 	} `json:"sections"`
 }
 
-// renderSettings builds each service and renders the tables of what they
-// declare: a section shared by several services (every service's, the
-// session limits) once, where it first appears.
-func renderSettings(t *testing.T) string {
+type declaredSetting struct {
+	Names    []string `json:"names"`
+	Default  string   `json:"default"`
+	Bounds   string   `json:"bounds"`
+	Required bool     `json:"required"`
+	Doc      string   `json:"doc"`
+}
+
+// declared builds each service and reads what it declares
+// (-settings-json), in settingsServices' order.
+func declared(t testing.TB) []declaredSettings {
 	t.Helper()
 	bin := t.TempDir()
 	args := []string{"build", "-o", bin + "/"}
@@ -45,8 +48,7 @@ func renderSettings(t *testing.T) string {
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("go build the services: %v\n%s", err, out)
 	}
-	var b strings.Builder
-	seen := map[string]bool{}
+	var all []declaredSettings
 	for _, s := range settingsServices {
 		out, err := exec.Command(filepath.Join(bin, s), "-settings-json").Output()
 		if err != nil {
@@ -56,18 +58,56 @@ func renderSettings(t *testing.T) string {
 		if err := json.Unmarshal(out, &d); err != nil {
 			t.Fatalf("%s -settings-json: %v", s, err)
 		}
+		all = append(all, d)
+	}
+	return all
+}
+
+// renderSettings renders the tables of what the services declare: a
+// section shared by several services (every service's, the session
+// limits) once, where it first appears, saying which of them require a
+// setting.
+func renderSettings(t *testing.T) string {
+	t.Helper()
+	all := declared(t)
+	// requiredBy[section][variable] are the services requiring it;
+	// users[section] those that read the section.
+	requiredBy, users := map[string]map[string][]string{}, map[string][]string{}
+	for _, d := range all {
+		for _, sec := range d.Sections {
+			users[sec.Title] = append(users[sec.Title], d.Service)
+			for _, st := range sec.Settings {
+				if st.Required {
+					if requiredBy[sec.Title] == nil {
+						requiredBy[sec.Title] = map[string][]string{}
+					}
+					requiredBy[sec.Title][st.Names[0]] = append(requiredBy[sec.Title][st.Names[0]], d.Service)
+				}
+			}
+		}
+	}
+	var b strings.Builder
+	seen := map[string]bool{}
+	for _, d := range all {
 		for _, sec := range d.Sections {
 			if seen[sec.Title] {
 				continue
 			}
 			seen[sec.Title] = true
-			fmt.Fprintf(&b, "\n**%s:**\n\n| variable | default | meaning |\n|---|---|---|\n", sec.Title)
+			fmt.Fprintf(&b, "\n**%s:**\n\n| variable | default | bounds | meaning |\n|---|---|---|---|\n", sec.Title)
 			for _, st := range sec.Settings {
 				names := make([]string, len(st.Names))
 				for i, n := range st.Names {
 					names[i] = "`" + n + "`"
 				}
-				fmt.Fprintf(&b, "| %s | %s | %s |\n", strings.Join(names, ", "), st.Default, st.Doc)
+				def := st.Default
+				switch req := requiredBy[sec.Title][st.Names[0]]; {
+				case len(req) > 0 && len(req) == len(users[sec.Title]):
+					def = "**required**"
+				case len(req) > 0:
+					def = "**required** by " + strings.Join(req, ", ")
+				}
+				fmt.Fprintf(&b, "| %s | %s | %s | %s |\n", strings.Join(names, ", "), def, st.Bounds, st.Doc)
 			}
 		}
 	}

@@ -13,7 +13,6 @@ import (
 	"github.com/aigov/aigov/services/policy/engine"
 	"github.com/aigov/aigov/services/policy/internal/notify"
 	"github.com/aigov/aigov/services/servicekit"
-	"github.com/aigov/aigov/services/servicekit/personal"
 	"github.com/aigov/aigov/services/servicekit/sessionlimits"
 )
 
@@ -74,17 +73,18 @@ const DefaultHTTPAddr = "127.0.0.1:8082"
 // the service connects: a broken seed must stop the start, even though the
 // bucket's active set (if any) is what will be enforced.
 func LoadConfig(e *servicekit.Env) Config {
-	dir := e.String("AIGOV_POLICY_DIR", "policies")
+	e.Declare(ServiceSettings()) // the defaults and bounds (again for Serve: no-op)
+	dir := e.String("AIGOV_POLICY_DIR")
 	c := Config{
 		Common:               servicekit.LoadCommon(e, "policy", DefaultHTTPAddr),
 		PolicyDir:            dir,
-		EntitiesFile:         e.String("AIGOV_ENTITIES_FILE", filepath.Join(dir, "entities.json")),
-		Workers:              e.Int("AIGOV_POLICY_WORKERS", 32, 1),
-		ApprovalTeams:        e.List("AIGOV_APPROVAL_TEAMS", []string{"risk-reviewers", "security"}),
-		ApprovalTTL:          e.Duration("AIGOV_APPROVAL_TTL", 24*time.Hour),
-		ApprovalWebhooksFile: e.String("AIGOV_APPROVAL_WEBHOOKS_FILE", ""),
-		RevocationsMax:       e.Int("AIGOV_POLICY_REVOCATIONS_MAX", DefaultRevocationsMax, 1),
-		SubjectKeyCacheSize:  e.Int("AIGOV_SUBJECT_KEY_CACHE_SIZE", personal.DefaultCacheSize, 1),
+		EntitiesFile:         e.StringOr("AIGOV_ENTITIES_FILE", filepath.Join(dir, "entities.json")),
+		Workers:              e.Int("AIGOV_POLICY_WORKERS"),
+		ApprovalTeams:        e.List("AIGOV_APPROVAL_TEAMS"),
+		ApprovalTTL:          e.Duration("AIGOV_APPROVAL_TTL"),
+		ApprovalWebhooksFile: e.String("AIGOV_APPROVAL_WEBHOOKS_FILE"),
+		RevocationsMax:       e.Int("AIGOV_POLICY_REVOCATIONS_MAX"),
+		SubjectKeyCacheSize:  e.Int("AIGOV_SUBJECT_KEY_CACHE_SIZE"),
 		SessionLimits:        servicekit.LoadSessionLimits(e),
 	}
 	set, err := engine.LoadDir(c.PolicyDir)

@@ -316,12 +316,9 @@ const (
 // the session reaper's.
 func LoadConfig(e *servicekit.Env, interval, grace time.Duration, maxScan int) Config {
 	c := Config{
-		HeartbeatTTL: e.Duration("AIGOV_LEASE_HEARTBEAT_TTL", DefaultHeartbeatTTL),
-		MaxDuration:  e.Duration("AIGOV_LEASE_MAX_DURATION", DefaultMaxDuration),
+		HeartbeatTTL: e.Duration("AIGOV_LEASE_HEARTBEAT_TTL"),
+		MaxDuration:  e.Duration("AIGOV_LEASE_MAX_DURATION"),
 		Interval:     interval, TTLGrace: grace, MaxScan: maxScan,
-	}
-	if c.HeartbeatTTL < time.Second {
-		e.Fail("AIGOV_LEASE_HEARTBEAT_TTL=%s must be at least 1s", c.HeartbeatTTL)
 	}
 	if c.MaxDuration < c.HeartbeatTTL {
 		e.Fail("AIGOV_LEASE_MAX_DURATION=%s must be at least AIGOV_LEASE_HEARTBEAT_TTL=%s", c.MaxDuration, c.HeartbeatTTL)

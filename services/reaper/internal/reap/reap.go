@@ -34,6 +34,7 @@ type Config struct {
 
 // LoadConfig reads every part's settings; env collects the violations.
 func LoadConfig(env *servicekit.Env) Config {
+	env.Declare(ServiceSettings()) // the defaults and bounds (again for Serve: no-op)
 	cfg := Config{Common: servicekit.LoadCommon(env, "reaper", DefaultHTTPAddr), Sessions: sessions.LoadConfig(env)}
 	// A lease record's TTL is its maximum plus a grace; sessions' default
 	// grace of 0 (the bucket's retention) has no meaning for it.

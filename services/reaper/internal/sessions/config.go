@@ -36,9 +36,9 @@ const (
 // idle timeout: an idle expiry may come early by up to the granularity.
 const touchGranularityDivisor = 10
 
-// minInterval keeps a mistyped interval from turning the expiry loop into a
+// MinInterval keeps a mistyped interval from turning the expiry loop into a
 // busy loop against the broker.
-const minInterval = 10 * time.Millisecond
+const MinInterval = 10 * time.Millisecond
 
 // Config is the configuration of the reaper's session tracking and
 // expiry (reap.Config holds it beside the common settings).
@@ -101,19 +101,19 @@ const minTTLGrace = time.Second
 // so that the caller reports them all at once with e.Err().
 func LoadConfig(e *servicekit.Env) Config {
 	c := Config{
-		MaxAge:      e.Duration("AIGOV_SESSION_MAX_AGE", DefaultMaxAge),
-		IdleTimeout: e.Duration("AIGOV_SESSION_IDLE_TIMEOUT", DefaultIdleTimeout),
-		Interval:    e.Duration("AIGOV_REAPER_INTERVAL", DefaultInterval),
-		MaxScan:     e.Int("AIGOV_REAPER_MAX_SCAN", DefaultMaxScan, 1),
-		Workers:     e.Int("AIGOV_REAPER_WORKERS", DefaultWorkers, 1),
-		SessionsMax: e.Int("AIGOV_REAPER_SESSIONS_MAX", DefaultSessionsMax, 1),
+		MaxAge:      e.Duration("AIGOV_SESSION_MAX_AGE"),
+		IdleTimeout: e.Duration("AIGOV_SESSION_IDLE_TIMEOUT"),
+		Interval:    e.Duration("AIGOV_REAPER_INTERVAL"),
+		MaxScan:     e.Int("AIGOV_REAPER_MAX_SCAN"),
+		Workers:     e.Int("AIGOV_REAPER_WORKERS"),
+		SessionsMax: e.Int("AIGOV_REAPER_SESSIONS_MAX"),
 
-		RevocationsMax: e.Int("AIGOV_REAPER_REVOCATIONS_MAX", DefaultRevocationsMax, 1),
-		TTLGrace:       e.Duration("AIGOV_REAPER_TTL_GRACE", DefaultTTLGrace),
+		RevocationsMax: e.Int("AIGOV_REAPER_REVOCATIONS_MAX"),
+		TTLGrace:       e.Duration("AIGOV_REAPER_TTL_GRACE"),
 
-		TouchGranularity: e.Duration("AIGOV_REAPER_TOUCH_GRANULARITY", -1),
+		TouchGranularity: e.DurationOr("AIGOV_REAPER_TOUCH_GRANULARITY", -1),
 	}
-	if path := e.String("AIGOV_REAPER_CONFIG", ""); path != "" {
+	if path := e.String("AIGOV_REAPER_CONFIG"); path != "" {
 		limits, err := LoadLimits(path)
 		if err != nil {
 			e.Fail("AIGOV_REAPER_CONFIG: %v", err)
@@ -154,8 +154,8 @@ func (c Config) violations() []error {
 	if c.IdleTimeout >= retention {
 		errs = append(errs, fmt.Errorf("AIGOV_SESSION_IDLE_TIMEOUT=%s must be shorter than the sessions bucket's retention %s", c.IdleTimeout, retention))
 	}
-	if c.Interval < minInterval {
-		errs = append(errs, fmt.Errorf("AIGOV_REAPER_INTERVAL=%s must be at least %s", c.Interval, minInterval))
+	if c.Interval < MinInterval {
+		errs = append(errs, fmt.Errorf("AIGOV_REAPER_INTERVAL=%s must be at least %s", c.Interval, MinInterval))
 	}
 	if c.TTLGrace != 0 && c.TTLGrace < minTTLGrace {
 		errs = append(errs, fmt.Errorf("AIGOV_REAPER_TTL_GRACE=%s must be 0 (the bucket's retention) or at least %s", c.TTLGrace, minTTLGrace))

@@ -15,7 +15,7 @@ import (
 
 func TestLoadConfigDefaults(t *testing.T) {
 	t.Parallel()
-	env := servicekit.NewEnv(servicekit.MapLookup(nil))
+	env := reaperEnv(nil)
 	c := sessions.LoadConfig(env)
 	if err := env.Err(); err != nil {
 		t.Fatal(err)
@@ -24,20 +24,20 @@ func TestLoadConfigDefaults(t *testing.T) {
 		t.Errorf("defaults: %+v", c)
 	}
 	// The common part is the whole reaper's, loaded beside the sessions'.
-	if rc := reap.LoadConfig(servicekit.NewEnv(servicekit.MapLookup(nil))); rc.Service != "reaper" || rc.HTTPAddr != "127.0.0.1:8084" || rc.NATSUser != "reaper" {
+	if rc := reap.LoadConfig(reaperEnv(nil)); rc.Service != "reaper" || rc.HTTPAddr != "127.0.0.1:8084" || rc.NATSUser != "reaper" {
 		t.Errorf("common defaults: service %q http %q user %q", rc.Service, rc.HTTPAddr, rc.NATSUser)
 	}
 }
 
 func TestLoadConfigReadsVariables(t *testing.T) {
 	t.Parallel()
-	env := servicekit.NewEnv(servicekit.MapLookup(map[string]string{
+	env := reaperEnv(map[string]string{
 		"AIGOV_SESSION_MAX_AGE":      "10s",
 		"AIGOV_SESSION_IDLE_TIMEOUT": "5s",
 		"AIGOV_REAPER_INTERVAL":      "250ms",
 		"AIGOV_REAPER_MAX_SCAN":      "50",
 		"AIGOV_REAPER_WORKERS":       "2",
-	}))
+	})
 	c := sessions.LoadConfig(env)
 	if err := env.Err(); err != nil {
 		t.Fatal(err)
@@ -51,14 +51,14 @@ func TestLoadConfigReadsVariables(t *testing.T) {
 // all in one go.
 func TestLoadConfigReportsAllErrorsAtOnce(t *testing.T) {
 	t.Parallel()
-	env := servicekit.NewEnv(servicekit.MapLookup(map[string]string{
+	env := reaperEnv(map[string]string{
 		"AIGOV_SESSION_MAX_AGE":      "eight hours",
 		"AIGOV_SESSION_IDLE_TIMEOUT": "0s",
 		"AIGOV_REAPER_INTERVAL":      "1ms",
 		"AIGOV_REAPER_MAX_SCAN":      "0",
 		"AIGOV_REAPER_WORKERS":       "many",
 		"AIGOV_REPLICAS":             "0",
-	}))
+	})
 	reap.LoadConfig(env)
 	err := env.Err()
 	if err == nil {
@@ -83,7 +83,7 @@ func TestLoadConfigReportsAllErrorsAtOnce(t *testing.T) {
 func TestLoadConfigRejectsIdleTimeoutBeyondRetention(t *testing.T) {
 	t.Parallel()
 	retention := topology.New("").EventMaxAge
-	env := servicekit.NewEnv(servicekit.MapLookup(map[string]string{"AIGOV_SESSION_IDLE_TIMEOUT": retention.String()}))
+	env := reaperEnv(map[string]string{"AIGOV_SESSION_IDLE_TIMEOUT": retention.String()})
 	sessions.LoadConfig(env)
 	if err := env.Err(); err == nil || !strings.Contains(err.Error(), "retention") {
 		t.Errorf("got %v, want an error about the bucket's retention", err)
@@ -116,4 +116,12 @@ func TestRecordExpired(t *testing.T) {
 			}
 		})
 	}
+}
+
+// reaperEnv reads m with the reaper's declared settings (their defaults
+// and bounds), without its required common ones.
+func reaperEnv(m map[string]string) *servicekit.Env {
+	e := servicekit.NewEnv(servicekit.MapLookup(m))
+	e.Declare(servicekit.Settings{Service: "reaper", Sections: []servicekit.Section{servicekit.SessionLimitSettings(), reap.Settings()}})
+	return e
 }
