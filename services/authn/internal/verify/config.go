@@ -152,6 +152,9 @@ const (
 	// MaxClockSkew bounds AIGOV_OIDC_CLOCK_SKEW: more would accept tokens
 	// from far in the future.
 	MaxClockSkew = 5 * time.Minute
+	// MinMaxTokenBytes is the least AIGOV_OIDC_MAX_TOKEN_BYTES: a smaller
+	// bound would refuse ordinary tokens.
+	MinMaxTokenBytes = 1024
 )
 
 // DefaultClaims are the standard OIDC claim names plus groups.
@@ -246,6 +249,14 @@ func (c Config) Validate() error {
 	}
 	if c.DiscoveryRetry < 0 || c.KeysRefresh < 0 || c.ClockSkew < 0 || c.MaxTokenBytes < 0 || c.RevocationsMax < 0 {
 		errs = append(errs, errors.New("discovery retry, keys refresh, clock skew, max token bytes and revocations max must not be negative"))
+	}
+	// The bounds the declarations give the environment hold for a Config
+	// built in code too (zero still means the default).
+	if c.ClockSkew > MaxClockSkew {
+		errs = append(errs, fmt.Errorf("clock skew %s is above %s", c.ClockSkew, MaxClockSkew))
+	}
+	if c.MaxTokenBytes != 0 && c.MaxTokenBytes < MinMaxTokenBytes {
+		errs = append(errs, fmt.Errorf("max token bytes %d is below %d", c.MaxTokenBytes, MinMaxTokenBytes))
 	}
 	return errors.Join(errs...)
 }

@@ -23,7 +23,7 @@ func Settings() servicekit.Section {
 		{Names: []string{"AIGOV_OIDC_HTTP_TIMEOUT"}, Value: DefaultHTTPTimeout, Doc: "discovery and JWKS fetches (the reaper's logout verification too)"},
 		{Names: []string{"AIGOV_OIDC_KEYS_REFRESH"}, Value: DefaultKeysRefresh, Doc: "every issuer's JWKS is refetched this often; a removed key stops verifying, cached tokens included"},
 		{Names: []string{"AIGOV_OIDC_CLOCK_SKEW"}, Value: DefaultClockSkew, Max: MaxClockSkew, Doc: "how far `nbf` and `iat` may be ahead; `exp` gets none"},
-		{Names: []string{"AIGOV_OIDC_MAX_TOKEN_BYTES"}, Value: DefaultMaxTokenBytes, Min: 1024, Doc: "larger bearer tokens are `token_too_large`, unparsed"},
+		{Names: []string{"AIGOV_OIDC_MAX_TOKEN_BYTES"}, Value: DefaultMaxTokenBytes, Min: MinMaxTokenBytes, Doc: "larger bearer tokens are `token_too_large`, unparsed"},
 		{Names: []string{"AIGOV_AUTHN_CACHE_SIZE"}, Value: DefaultCacheSize, Min: -1, Doc: "verified tokens cached by SHA-256 (`-1` turns it off); gauge `aigov_authn_cache_entries`"},
 		{Names: []string{"AIGOV_AUTHN_REVOCATIONS_MAX"}, Value: DefaultRevocationsMax, Min: 1, Doc: "keys of `aigov_revocations` held in memory (a few hundred bytes each); above it every request reads the bucket instead"},
 		{Names: []string{"AIGOV_AUTHN_WORKERS"}, Value: DefaultWorkers, Min: 1, Doc: "requests verified at once"},

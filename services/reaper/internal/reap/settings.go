@@ -30,7 +30,7 @@ func Settings() servicekit.Section {
 		{Names: []string{"AIGOV_REAPER_TOUCH_GRANULARITY"}, Default: "`5s` (at most a tenth of the shortest idle timeout)", Doc: "a request of a known token does not rewrite its session record while `last_seen` is younger than this; `0` writes every request"},
 		{Names: []string{"AIGOV_REAPER_SESSIONS_MAX"}, Value: sessions.DefaultSessionsMax, Min: 1, Doc: "live sessions held in memory (about 1 to 3 KB each); with more in `aigov_sessions` the view is dropped and every request reads its session from the bucket until a reload a minute later fits ([Sessions](sessions.md))"},
 		{Names: []string{"AIGOV_REAPER_REVOCATIONS_MAX"}, Value: sessions.DefaultRevocationsMax, Min: 1, Doc: "keys of `aigov_revocations` held in memory by the reaper; above it requests read the bucket instead"},
-		{Names: []string{"AIGOV_LEASE_HEARTBEAT_TTL"}, Value: leases.DefaultHeartbeatTTL, Min: time.Second, Doc: "how far a heartbeat moves a lease's deadline"},
+		{Names: []string{"AIGOV_LEASE_HEARTBEAT_TTL"}, Value: leases.DefaultHeartbeatTTL, Min: leases.MinHeartbeatTTL, Doc: "how far a heartbeat moves a lease's deadline"},
 		{Names: []string{"AIGOV_LEASE_MAX_DURATION"}, Value: leases.DefaultMaxDuration, Doc: "a lease's hard maximum from its start (at least the heartbeat TTL)"},
 		{Names: []string{"AIGOV_LOGOUT_ADDR"}, Default: "— (off)", Doc: "address of the back-channel logout endpoint; trusts the issuers of `AIGOV_OIDC_ISSUERS` or of the same `AIGOV_OIDC_CONFIG` file authn reads (one of the two)"},
 		{Names: []string{"AIGOV_LOGOUT_AUDIENCE"}, Default: "with `AIGOV_OIDC_CONFIG`: each issuer's first `audiences` entry; else `AIGOV_OIDC_AUDIENCE`, else `aigov`", Doc: "the `aud` logout tokens must carry"},
