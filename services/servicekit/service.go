@@ -199,24 +199,30 @@ func Group(workers ...Worker) Worker {
 	return func(ctx context.Context) error {
 		gctx, stop := context.WithCancel(ctx)
 		defer stop()
-		var (
-			wg   sync.WaitGroup
-			mu   sync.Mutex
-			errs []error
-		)
-		for _, w := range workers {
-			wg.Go(func() {
-				if err := w(gctx); err != nil {
-					mu.Lock()
-					errs = append(errs, err)
-					mu.Unlock()
-					stop()
-				}
-			})
-		}
-		wg.Wait()
-		return errors.Join(errs...)
+		return runAll(gctx, stop, workers)
 	}
+}
+
+// runAll runs workers on ctx, calls stop when one fails (ctx is stop's),
+// and returns once every one has returned.
+func runAll(ctx context.Context, stop context.CancelFunc, workers []Worker) error {
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		errs []error
+	)
+	for _, w := range workers {
+		wg.Go(func() {
+			if err := w(ctx); err != nil {
+				mu.Lock()
+				errs = append(errs, err)
+				mu.Unlock()
+				stop() // one failed part takes the others down
+			}
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
 // SetupTimeout bounds the set-up a service's New does on the bus (binding
@@ -238,26 +244,16 @@ func (s *Service) Run(ctx context.Context, workers ...Worker) error {
 	go func() { httpDone <- s.HTTP.Serve(httpCtx) }()
 
 	wctx, stopWorkers := context.WithCancel(ctx)
-	var (
-		wg   sync.WaitGroup
-		mu   sync.Mutex
-		errs []error
-	)
-	for _, w := range workers {
-		wg.Go(func() {
-			if err := w(wctx); err != nil {
-				mu.Lock()
-				errs = append(errs, err)
-				mu.Unlock()
-				stopWorkers() // one failed part takes the service down
-			}
-		})
-	}
+	done := make(chan error, 1)
+	go func() { done <- runAll(wctx, stopWorkers, workers) }()
 	s.HTTP.SetReady(true)
 	<-wctx.Done()
 	s.HTTP.SetReady(false)
 	s.Log.Info().Msg("shutting down")
-	wg.Wait()
+	var errs []error
+	if err := <-done; err != nil {
+		errs = append(errs, err)
+	}
 	stopWorkers()
 
 	if err := s.NC.Drain(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
