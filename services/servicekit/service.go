@@ -40,14 +40,6 @@ type Deps struct {
 	Clock func() time.Time
 }
 
-// Now is d.Clock, or time.Now when it is nil.
-func (d Deps) Now() func() time.Time {
-	if d.Clock == nil {
-		return time.Now
-	}
-	return d.Clock
-}
-
 // Service is a started service: its configuration and what it runs on.
 type Service struct {
 	Config Common
@@ -133,7 +125,7 @@ func Start(ctx context.Context, c Common) (*Service, error) {
 	}
 	nc, js, err := Connect(ctx, c, log)
 	if err != nil {
-		_ = srv.ln.Close()
+		srv.close()
 		return nil, err
 	}
 	// The bus was provisioned beforehand (aigov bus provision): a
@@ -142,7 +134,7 @@ func Start(ctx context.Context, c Common) (*Service, error) {
 	srv.AddCheck("nats", NATSCheck(nc))
 	if err := registerSigningMetrics(srv.Registry, signer, trust); err != nil {
 		nc.Close()
-		_ = srv.ln.Close()
+		srv.close()
 		return nil, err
 	}
 	ev := log.Info().Str("http_addr", srv.Addr()).Int("gogc", c.GCPercent).Str("nats_url", nc.ConnectedUrlRedacted())

@@ -18,7 +18,7 @@ func CommonSettings() Section {
 		{Names: []string{"AIGOV_NATS_TLS_CERT", "AIGOV_NATS_TLS_KEY"}, Doc: "client certificate and key for mutual TLS (both or neither)"},
 		{Names: []string{"AIGOV_SUBJECT_PREFIX"}, Value: "aigov", Doc: "first token of every subject; streams become `<PREFIX>_REQUESTS`…, buckets `<prefix>_sessions`…"},
 		{Names: []string{"AIGOV_REPLICAS"}, Value: 1, Min: 1, Doc: "replicas of every stream and bucket the service ensures; 3 on a cluster"},
-		{Names: []string{"AIGOV_HTTP_ADDR"}, Default: "`127.0.0.1:8081` authn, `:8082` policy, `:8083` audit, `:8084` reaper", Doc: "`/healthz`, `/readyz`, `/metrics`"},
+		{Names: []string{"AIGOV_HTTP_ADDR"}, Default: "`127.0.0.1:8081` authn, `:8082` policy, `:8083` audit, `:8084` reaper, `:8085` gateway", Doc: "`/healthz`, `/readyz`, `/metrics`"},
 		{Names: []string{"AIGOV_LOG_LEVEL"}, Value: "info", Doc: "zerolog level"},
 		{Names: []string{"AIGOV_LOG_FORMAT"}, Value: "json", Doc: "`json` or `console`"},
 		{Names: []string{"AIGOV_SHUTDOWN_TIMEOUT"}, Value: 20 * time.Second, Doc: "bound on draining and flushing at SIGTERM"},
