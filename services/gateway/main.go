@@ -3,7 +3,7 @@
 // aigov request event with the caller's own bearer token and answers with
 // the decision, and an MCP gateway (/mcp) that makes every agent tool call
 // such a request. It decides nothing itself. Configuration is read from the
-// environment (AIGOV_*); see internal/config.Load and servicekit.LoadCommon.
+// environment (AIGOV_*); see internal/config.LoadConfig.
 package main
 
 import (
@@ -14,34 +14,9 @@ import (
 	"github.com/aigov/aigov/services/servicekit"
 )
 
-func main() { servicekit.Main(settings(), run) }
+func main() { servicekit.Main(config.ServiceSettings(), run) }
 
-// settings are what gateway reads from the environment, declared: reading
-// anything else fails the start, and docs/configuration.md is generated
-// from them.
-func settings() servicekit.Settings {
-	return servicekit.Settings{Service: "gateway", Sections: []servicekit.Section{servicekit.CommonSettings(), config.Settings()}}
-}
-
+// run is main without the process: tests call it with a map of variables.
 func run(ctx context.Context, lookup servicekit.Lookup) error {
-	env := servicekit.NewEnv(lookup)
-	env.Declare(settings())
-	common := servicekit.LoadCommon(env, "gateway", config.DefaultHTTPAddr)
-	// Decisions are taken only when authn or policy signed them.
-	env.Required("AIGOV_TRUST_FILE")
-	cfg := config.Load(env)
-	if err := env.Err(); err != nil {
-		return err
-	}
-	svc, err := servicekit.Start(ctx, common)
-	if err != nil {
-		return err
-	}
-	gw, err := server.New(ctx, cfg, server.Deps{Log: svc.Log, NC: svc.NC, Trust: svc.Trust, Prefix: common.Prefix,
-		Registry: svc.HTTP.Registry, Ready: svc.HTTP.Ready})
-	if err != nil {
-		svc.NC.Close()
-		return err
-	}
-	return svc.Run(ctx, gw.Run)
+	return servicekit.Serve(ctx, lookup, config.ServiceSettings(), config.LoadConfig, server.New)
 }

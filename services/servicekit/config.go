@@ -23,13 +23,17 @@ func MapLookup(m map[string]string) Lookup {
 }
 
 // Env reads typed variables and collects every violation, so that a service
-// started with three bad settings reports all three at once.
+// started with three bad settings reports all three at once. A variable's
+// default and bounds are those of its declaration (Declare, Setting): the
+// getters take only its name, so a default is written once, where the
+// reference and -h read it too.
 type Env struct {
 	lookup Lookup
 	errs   []error
 	// declared, once Declare was called, are the variables the service
-	// may read; undeclared lists those read without a declaration.
-	declared   map[string]bool
+	// may read, with their declarations; undeclared lists those read
+	// without a declaration.
+	declared   map[string]Setting
 	undeclared []string
 }
 
@@ -43,25 +47,59 @@ func (e *Env) raw(key string) (string, bool) {
 	return v, ok && v != ""
 }
 
-// String returns the variable or def.
-func (e *Env) String(key, def string) string {
+// declaredValue is the declared default of key as a T: the zero value when
+// there is none (or key is undeclared, which read reports), and a
+// violation when the declaration's default is not a T (a programming error
+// the start, and every test of the service, reports).
+func declaredValue[T any](e *Env, key string) T {
+	var zero T
+	st, ok := e.declared[key]
+	if !ok || st.Value == nil {
+		return zero
+	}
+	v, ok := st.Value.(T)
+	if !ok {
+		e.errs = append(e.errs, fmt.Errorf("%s: its declared default %v is a %T, read as a %T", key, st.Value, st.Value, zero))
+	}
+	return v
+}
+
+// bounds are key's declared Min and Max as Ts, with whether each is set.
+func bounds[T any](e *Env, key string) (lo T, hasLo bool, hi T, hasHi bool) {
+	st := e.declared[key]
+	if st.Min != nil {
+		if lo, hasLo = st.Min.(T); !hasLo {
+			e.errs = append(e.errs, fmt.Errorf("%s: its declared minimum %v is a %T, read as a %T", key, st.Min, st.Min, lo))
+		}
+	}
+	if st.Max != nil {
+		if hi, hasHi = st.Max.(T); !hasHi {
+			e.errs = append(e.errs, fmt.Errorf("%s: its declared maximum %v is a %T, read as a %T", key, st.Max, st.Max, hi))
+		}
+	}
+	return lo, hasLo, hi, hasHi
+}
+
+// String returns the variable or its declared default.
+func (e *Env) String(key string) string { return e.StringOr(key, declaredValue[string](e, key)) }
+
+// StringOr returns the variable or def, for a default computed at load
+// time (the declaration's Default says how).
+func (e *Env) StringOr(key, def string) string {
 	if v, ok := e.raw(key); ok {
 		return v
 	}
 	return def
 }
 
-// Required returns the variable, recording an error when it is unset.
-func (e *Env) Required(key string) string {
-	v, ok := e.raw(key)
-	if !ok {
-		e.errs = append(e.errs, fmt.Errorf("%s is required", key))
-	}
-	return v
+// Duration parses a Go duration such as 30s or 5m, within the declared
+// bounds (never negative).
+func (e *Env) Duration(key string) time.Duration {
+	return e.DurationOr(key, declaredValue[time.Duration](e, key))
 }
 
-// Duration parses a Go duration such as 30s or 5m.
-func (e *Env) Duration(key string, def time.Duration) time.Duration {
+// DurationOr is Duration with a default computed at load time.
+func (e *Env) DurationOr(key string, def time.Duration) time.Duration {
 	v, ok := e.raw(key)
 	if !ok {
 		return def
@@ -71,11 +109,15 @@ func (e *Env) Duration(key string, def time.Duration) time.Duration {
 		e.errs = append(e.errs, fmt.Errorf("%s=%q is not a non-negative duration such as 30s", key, v))
 		return def
 	}
+	if !e.durationInBounds(key, d) {
+		return def
+	}
 	return d
 }
 
 // SignedDuration parses a duration that may be negative (a clock offset).
-func (e *Env) SignedDuration(key string, def time.Duration) time.Duration {
+func (e *Env) SignedDuration(key string) time.Duration {
+	def := declaredValue[time.Duration](e, key)
 	v, ok := e.raw(key)
 	if !ok {
 		return def
@@ -85,25 +127,55 @@ func (e *Env) SignedDuration(key string, def time.Duration) time.Duration {
 		e.errs = append(e.errs, fmt.Errorf("%s=%q is not a duration such as -2m", key, v))
 		return def
 	}
+	if !e.durationInBounds(key, d) {
+		return def
+	}
 	return d
 }
 
-// Int parses a whole number no smaller than min.
-func (e *Env) Int(key string, def, min int) int {
+func (e *Env) durationInBounds(key string, d time.Duration) bool {
+	lo, hasLo, hi, hasHi := bounds[time.Duration](e, key)
+	switch {
+	case hasLo && d < lo:
+		e.errs = append(e.errs, fmt.Errorf("%s=%s must be at least %s", key, d, FormatDuration(lo)))
+		return false
+	case hasHi && d > hi:
+		e.errs = append(e.errs, fmt.Errorf("%s=%s must be at most %s", key, d, FormatDuration(hi)))
+		return false
+	}
+	return true
+}
+
+// Int parses a whole number within the declared bounds.
+func (e *Env) Int(key string) int { return e.IntOr(key, declaredValue[int](e, key)) }
+
+// IntOr is Int with a default computed at load time.
+func (e *Env) IntOr(key string, def int) int {
 	v, ok := e.raw(key)
 	if !ok {
 		return def
 	}
+	lo, hasLo, hi, hasHi := bounds[int](e, key)
 	n, err := strconv.Atoi(v)
-	if err != nil || n < min {
-		e.errs = append(e.errs, fmt.Errorf("%s=%q is not a whole number >= %d", key, v, min))
+	if err != nil || (hasLo && n < lo) || (hasHi && n > hi) {
+		want := "a whole number"
+		switch {
+		case hasLo && hasHi:
+			want = fmt.Sprintf("a whole number from %d to %d", lo, hi)
+		case hasLo:
+			want = fmt.Sprintf("a whole number >= %d", lo)
+		case hasHi:
+			want = fmt.Sprintf("a whole number <= %d", hi)
+		}
+		e.errs = append(e.errs, fmt.Errorf("%s=%q is not %s", key, v, want))
 		return def
 	}
 	return n
 }
 
 // Bool parses true/false/1/0.
-func (e *Env) Bool(key string, def bool) bool {
+func (e *Env) Bool(key string) bool {
+	def := declaredValue[bool](e, key)
 	v, ok := e.raw(key)
 	if !ok {
 		return def
@@ -117,7 +189,8 @@ func (e *Env) Bool(key string, def bool) bool {
 }
 
 // List splits a comma-separated variable, dropping empty items.
-func (e *Env) List(key string, def []string) []string {
+func (e *Env) List(key string) []string {
+	def := declaredValue[[]string](e, key)
 	v, ok := e.raw(key)
 	if !ok {
 		return def
@@ -212,7 +285,7 @@ func (e *Env) GCPercent(def int) int {
 			def = n
 		}
 	}
-	return e.Int("AIGOV_GOGC", def, -1)
+	return e.IntOr("AIGOV_GOGC", def)
 }
 
 // DefaultGCPercent is AIGOV_GOGC's default. The hot-path services live on
@@ -228,26 +301,26 @@ const DefaultGCPercent = 400
 func LoadCommon(e *Env, service, defaultHTTP string) Common {
 	c := Common{
 		Service:         service,
-		NATSURL:         e.String("AIGOV_NATS_URL", "nats://127.0.0.1:4222"),
-		NATSUser:        e.String("AIGOV_NATS_USER", service),
-		NATSPassword:    e.String("AIGOV_NATS_PASSWORD", ""),
-		NATSCreds:       e.String("AIGOV_NATS_CREDS", ""),
-		NATSNKey:        e.String("AIGOV_NATS_NKEY", ""),
-		NATSTLSCA:       e.String("AIGOV_NATS_TLS_CA", ""),
-		NATSTLSCert:     e.String("AIGOV_NATS_TLS_CERT", ""),
-		NATSTLSKey:      e.String("AIGOV_NATS_TLS_KEY", ""),
-		Prefix:          e.String("AIGOV_SUBJECT_PREFIX", "aigov"),
-		Replicas:        e.Int("AIGOV_REPLICAS", 1, 1),
-		HTTPAddr:        e.String("AIGOV_HTTP_ADDR", defaultHTTP),
-		LogLevel:        e.String("AIGOV_LOG_LEVEL", "info"),
-		LogFormat:       e.String("AIGOV_LOG_FORMAT", "json"),
-		ShutdownTimeout: e.Duration("AIGOV_SHUTDOWN_TIMEOUT", 20*time.Second),
-		SigningKey:      e.String("AIGOV_SIGNING_KEY", ""),
-		TrustFile:       e.String("AIGOV_TRUST_FILE", ""),
-		SigningLinger:   e.Duration("AIGOV_SIGNING_LINGER", DefaultSigningLinger),
-		Pprof:           e.Bool("AIGOV_PPROF", false),
+		NATSURL:         e.String("AIGOV_NATS_URL"),
+		NATSUser:        e.StringOr("AIGOV_NATS_USER", service),
+		NATSPassword:    e.String("AIGOV_NATS_PASSWORD"),
+		NATSCreds:       e.String("AIGOV_NATS_CREDS"),
+		NATSNKey:        e.String("AIGOV_NATS_NKEY"),
+		NATSTLSCA:       e.String("AIGOV_NATS_TLS_CA"),
+		NATSTLSCert:     e.String("AIGOV_NATS_TLS_CERT"),
+		NATSTLSKey:      e.String("AIGOV_NATS_TLS_KEY"),
+		Prefix:          e.String("AIGOV_SUBJECT_PREFIX"),
+		Replicas:        e.Int("AIGOV_REPLICAS"),
+		HTTPAddr:        e.StringOr("AIGOV_HTTP_ADDR", defaultHTTP),
+		LogLevel:        e.String("AIGOV_LOG_LEVEL"),
+		LogFormat:       e.String("AIGOV_LOG_FORMAT"),
+		ShutdownTimeout: e.Duration("AIGOV_SHUTDOWN_TIMEOUT"),
+		SigningKey:      e.String("AIGOV_SIGNING_KEY"),
+		TrustFile:       e.String("AIGOV_TRUST_FILE"),
+		SigningLinger:   e.Duration("AIGOV_SIGNING_LINGER"),
+		Pprof:           e.Bool("AIGOV_PPROF"),
 		GCPercent:       e.GCPercent(DefaultGCPercent),
-		ClockOffset:     e.SignedDuration("AIGOV_DEV_CLOCK_OFFSET", 0),
+		ClockOffset:     e.SignedDuration("AIGOV_DEV_CLOCK_OFFSET"),
 	}
 	if err := c.NATS().Validate(); err != nil {
 		e.Fail("AIGOV_NATS_*: %w", err)

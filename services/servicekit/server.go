@@ -63,6 +63,23 @@ func NewServer(addr string) (*Server, error) {
 	return s, nil
 }
 
+// NewUnboundServer is a Server that listens nowhere: its registry and
+// readiness checks, for tests that build a service's parts without its
+// health port. Serve fails on it.
+func NewUnboundServer() *Server {
+	reg := prometheus.NewRegistry()
+	s := &Server{Registry: reg, checks: map[string]Check{}, mux: http.NewServeMux()}
+	s.http = &http.Server{Handler: s.mux, ReadHeaderTimeout: 5 * time.Second}
+	return s
+}
+
+// close releases the bound port of a server that will not Serve.
+func (s *Server) close() {
+	if s.ln != nil {
+		_ = s.ln.Close()
+	}
+}
+
 // EnableProfiling serves Go's profiles under /debug/pprof/ (for
 // benchmarks; off unless AIGOV_PPROF is set: a profile shows code paths
 // and timing, so the port must stay internal).
@@ -73,7 +90,12 @@ func (s *Server) EnableProfiling() {
 }
 
 // Addr is the bound address.
-func (s *Server) Addr() string { return s.ln.Addr().String() }
+func (s *Server) Addr() string {
+	if s.ln == nil {
+		return ""
+	}
+	return s.ln.Addr().String()
+}
 
 // AddCheck registers a readiness check.
 func (s *Server) AddCheck(name string, c Check) {
@@ -123,6 +145,9 @@ func (s *Server) serveReady(w http.ResponseWriter, r *http.Request) {
 
 // Serve blocks until ctx ends, then shuts the server down.
 func (s *Server) Serve(ctx context.Context) error {
+	if s.ln == nil {
+		return errors.New("health server: not bound (NewUnboundServer)")
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- s.http.Serve(s.ln) }()
 	select {

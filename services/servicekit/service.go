@@ -20,19 +20,30 @@ import (
 	"github.com/aigov/aigov/services/servicekit/topology"
 )
 
-// Service holds what every service runs on: its logger, its NATS
-// connection, the topology and the health/metrics server.
-type Service struct {
-	Config   Common
+// Deps are what Start builds for a service to run on, the same for every
+// service: each one's New(cfg, deps) takes them beside its Config, which
+// holds every setting (Deps hold none).
+type Deps struct {
 	Log      zerolog.Logger
 	NC       *nats.Conn
 	JS       jetstream.JetStream
 	Topology topology.Topology
-	HTTP     *Server
+	// HTTP is the health and metrics server: a service registers its
+	// readiness checks (AddCheck) and its metrics (Registry) on it.
+	HTTP *Server
 	// Signer signs the service's events (nil without AIGOV_SIGNING_KEY);
 	// Trust verifies others' (nil without AIGOV_TRUST_FILE).
 	Signer *signing.Signer
 	Trust  *signing.Trust
+	// Clock is what the service decides by: Common.Clock (time.Now,
+	// shifted by AIGOV_DEV_CLOCK_OFFSET); nil means time.Now.
+	Clock func() time.Time
+}
+
+// Service is a started service: its configuration and what it runs on.
+type Service struct {
+	Config Common
+	Deps
 }
 
 // SigningSecondsMetric is the time a service spent signing and verifying
@@ -114,7 +125,7 @@ func Start(ctx context.Context, c Common) (*Service, error) {
 	}
 	nc, js, err := Connect(ctx, c, log)
 	if err != nil {
-		_ = srv.ln.Close()
+		srv.close()
 		return nil, err
 	}
 	// The bus was provisioned beforehand (aigov bus provision): a
@@ -123,7 +134,7 @@ func Start(ctx context.Context, c Common) (*Service, error) {
 	srv.AddCheck("nats", NATSCheck(nc))
 	if err := registerSigningMetrics(srv.Registry, signer, trust); err != nil {
 		nc.Close()
-		_ = srv.ln.Close()
+		srv.close()
 		return nil, err
 	}
 	ev := log.Info().Str("http_addr", srv.Addr()).Int("gogc", c.GCPercent).Str("nats_url", nc.ConnectedUrlRedacted())
@@ -131,8 +142,85 @@ func Start(ctx context.Context, c Common) (*Service, error) {
 		ev = ev.Str("signing_key_id", signer.KeyID())
 	}
 	ev.Msg("service started")
-	return &Service{Config: c, Log: log, NC: nc, JS: js, Topology: topo, HTTP: srv, Signer: signer, Trust: trust}, nil
+	return &Service{Config: c, Deps: Deps{Log: log, NC: nc, JS: js, Topology: topo, HTTP: srv, Signer: signer, Trust: trust, Clock: c.Clock()}}, nil
 }
+
+// Close releases what Start took, for a service that will not Run: the
+// NATS connection and the health port.
+func (s *Service) Close() {
+	s.NC.Close()
+	s.HTTP.close()
+}
+
+// Configured is a service's Config: a struct embedding Common, whose
+// CommonConfig it promotes.
+type Configured interface{ CommonConfig() Common }
+
+// CommonConfig is c itself, promoted to every Config that embeds Common.
+func (c Common) CommonConfig() Common { return c }
+
+// Serve is a whole service's life, the same for every service: it reads
+// the declared settings through lookup with load (which validates them
+// and collects every violation), reports them all, starts (logger, health
+// server, NATS), builds the service's workers with build and runs them
+// until ctx ends. A service's run function is one call to it.
+func Serve[C Configured](ctx context.Context, lookup Lookup, settings Settings, load func(*Env) C, build func(C, Deps) ([]Worker, error)) error {
+	env := NewEnv(lookup)
+	env.Declare(settings)
+	cfg := load(env)
+	if err := env.Err(); err != nil {
+		return err
+	}
+	svc, err := Start(ctx, cfg.CommonConfig())
+	if err != nil {
+		return err
+	}
+	workers, err := build(cfg, svc.Deps)
+	if err != nil {
+		svc.Close()
+		return err
+	}
+	return svc.Run(ctx, workers...)
+}
+
+// Group runs workers as one: until ctx ends or one of them fails, which
+// stops the others, and returns once every one has returned, with their
+// errors. A service that owns a resource its workers share closes it after
+// the group returns.
+func Group(workers ...Worker) Worker {
+	return func(ctx context.Context) error {
+		gctx, stop := context.WithCancel(ctx)
+		defer stop()
+		return runAll(gctx, stop, workers)
+	}
+}
+
+// runAll runs workers on ctx, calls stop when one fails (ctx is stop's),
+// and returns once every one has returned.
+func runAll(ctx context.Context, stop context.CancelFunc, workers []Worker) error {
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		errs []error
+	)
+	for _, w := range workers {
+		wg.Go(func() {
+			if err := w(ctx); err != nil {
+				mu.Lock()
+				errs = append(errs, err)
+				mu.Unlock()
+				stop() // one failed part takes the others down
+			}
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// SetupTimeout bounds the set-up a service's New does on the bus (binding
+// its consumers, opening its buckets): each step is a request the server
+// answers at once, so this is far more than a healthy bus needs.
+const SetupTimeout = 30 * time.Second
 
 // Worker is one long-running part of a service, such as a consumer loop.
 // It returns when ctx ends, after finishing the work it had taken.
@@ -148,26 +236,16 @@ func (s *Service) Run(ctx context.Context, workers ...Worker) error {
 	go func() { httpDone <- s.HTTP.Serve(httpCtx) }()
 
 	wctx, stopWorkers := context.WithCancel(ctx)
-	var (
-		wg   sync.WaitGroup
-		mu   sync.Mutex
-		errs []error
-	)
-	for _, w := range workers {
-		wg.Go(func() {
-			if err := w(wctx); err != nil {
-				mu.Lock()
-				errs = append(errs, err)
-				mu.Unlock()
-				stopWorkers() // one failed part takes the service down
-			}
-		})
-	}
+	done := make(chan error, 1)
+	go func() { done <- runAll(wctx, stopWorkers, workers) }()
 	s.HTTP.SetReady(true)
 	<-wctx.Done()
 	s.HTTP.SetReady(false)
 	s.Log.Info().Msg("shutting down")
-	wg.Wait()
+	var errs []error
+	if err := <-done; err != nil {
+		errs = append(errs, err)
+	}
 	stopWorkers()
 
 	if err := s.NC.Drain(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {

@@ -9,11 +9,11 @@ import "github.com/aigov/aigov/services/servicekit/sessionlimits"
 // the same moment. The idle timeout is the reaper's alone: only it sees
 // every request.
 func LoadSessionLimits(e *Env) sessionlimits.Limits {
-	l := sessionlimits.Limits{MaxAge: e.Duration("AIGOV_SESSION_MAX_AGE", sessionlimits.DefaultMaxAge)}
+	l := sessionlimits.Limits{MaxAge: e.Duration("AIGOV_SESSION_MAX_AGE")}
 	if l.MaxAge <= 0 {
 		e.Fail("AIGOV_SESSION_MAX_AGE must be positive")
 	}
-	if path := e.String("AIGOV_REAPER_CONFIG", ""); path != "" {
+	if path := e.String("AIGOV_REAPER_CONFIG"); path != "" {
 		rules, err := sessionlimits.Load(path)
 		if err != nil {
 			e.Fail("AIGOV_REAPER_CONFIG: %v", err)

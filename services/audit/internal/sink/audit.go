@@ -16,7 +16,7 @@ import (
 	"github.com/aigov/aigov/services/servicekit"
 )
 
-// Audit is the audit service's logic on a started servicekit.Service: the
+// Audit is the audit service's logic on what servicekit.Start built: the
 // ClickHouse pool, the writer and a batch runner per durable consumer.
 type Audit struct {
 	cfg    Config
@@ -41,12 +41,34 @@ type lane struct {
 	stream   *streamLane
 }
 
-// Start connects to ClickHouse (waiting for it up to the startup timeout),
-// applies the migrations, ensures both audit consumers and registers the
-// ClickHouse readiness check and the writer's metrics on svc.
-func Start(ctx context.Context, cfg Config, svc *servicekit.Service) (*Audit, error) {
-	if svc == nil || svc.JS == nil || svc.HTTP == nil {
-		return nil, errors.New("audit: nil or unstarted runtime service")
+// New builds the audit service on what servicekit.Start built (NewAudit,
+// bounded by the ClickHouse startup timeout): one worker, which runs a
+// batch loop per consumer and closes the ClickHouse pool once every loop
+// has flushed its last batch.
+func New(cfg Config, deps servicekit.Deps) ([]servicekit.Worker, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.ClickHouse.StartupTimeout+servicekit.SetupTimeout)
+	defer cancel()
+	a, err := NewAudit(ctx, cfg, deps)
+	if err != nil {
+		return nil, err
+	}
+	return []servicekit.Worker{a.Run}, nil
+}
+
+// Run runs the workers until ctx ends, then closes the pool: the workers'
+// last flush still needs it.
+func (a *Audit) Run(ctx context.Context) error {
+	err := servicekit.Group(a.Workers()...)(ctx)
+	return errors.Join(err, a.Close())
+}
+
+// NewAudit connects to ClickHouse (waiting for it up to the startup
+// timeout), applies the migrations, ensures both audit consumers and
+// registers the ClickHouse readiness check and the writer's metrics on
+// svc.HTTP.
+func NewAudit(ctx context.Context, cfg Config, svc servicekit.Deps) (*Audit, error) {
+	if svc.JS == nil || svc.HTTP == nil {
+		return nil, errors.New("audit: nil JetStream context or health server")
 	}
 	if svc.Trust == nil {
 		return nil, errors.New("audit: no trust file (AIGOV_TRUST_FILE): the signatures of audited events cannot be checked")
@@ -66,7 +88,7 @@ func Start(ctx context.Context, cfg Config, svc *servicekit.Service) (*Audit, er
 	return a, nil
 }
 
-func start(ctx context.Context, cfg Config, svc *servicekit.Service, conn driver.Conn) (*Audit, error) {
+func start(ctx context.Context, cfg Config, svc servicekit.Deps, conn driver.Conn) (*Audit, error) {
 	w, err := NewWriter(conn, cfg.ClickHouse.Database, svc.HTTP.Registry, svc.Log)
 	if err != nil {
 		return nil, err
@@ -144,7 +166,7 @@ func start(ctx context.Context, cfg Config, svc *servicekit.Service, conn driver
 	return a, nil
 }
 
-// Workers returns one batch loop per consumer, for servicekit.Service.Run.
+// Workers returns one batch loop per consumer (Run runs them).
 // Each flushes its last batch when its context ends.
 func (a *Audit) Workers() []servicekit.Worker {
 	opts := servicekit.BatchOptions{MaxMessages: a.cfg.BatchSize, MaxWait: a.cfg.FlushInterval, BacklogWait: a.cfg.BacklogWait()}

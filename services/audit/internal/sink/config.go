@@ -32,7 +32,7 @@ const GCPercent = 200
 // Config is the audit service's whole configuration.
 type Config struct {
 	// Common is what every service reads (NATS, HTTP, logging).
-	Common servicekit.Common
+	servicekit.Common
 	// ClickHouse says where to write.
 	ClickHouse ClickHouseConfig
 	// BatchSize flushes a batch when it holds this many messages
@@ -47,7 +47,8 @@ type Config struct {
 	// tables are at low traffic.
 	FlushInterval time.Duration
 	// SigningKey is the PEM Ed25519 private key file that signs the hash
-	// chain's checkpoints (AIGOV_AUDIT_SIGNING_KEY, required).
+	// chain's checkpoints (AIGOV_AUDIT_SIGNING_KEY, required). It shadows
+	// Common.SigningKey (AIGOV_SIGNING_KEY), which the audit does not use.
 	SigningKey string
 	// CreateSigningKey generates SigningKey (and SigningKey.pub) when the
 	// file does not exist (AIGOV_AUDIT_SIGNING_KEY_CREATE, default false:
@@ -126,51 +127,53 @@ type ClickHouseConfig struct {
 	StartupTimeout time.Duration
 }
 
+// DefaultHTTPAddr is the audit's AIGOV_HTTP_ADDR default.
+const DefaultHTTPAddr = "127.0.0.1:8083"
+
 func auditCommon(env *servicekit.Env) servicekit.Common {
-	c := servicekit.LoadCommon(env, "audit", "127.0.0.1:8083")
+	c := servicekit.LoadCommon(env, "audit", DefaultHTTPAddr)
 	c.GCPercent = env.GCPercent(GCPercent)
 	return c
 }
 
 // LoadConfig reads the configuration; violations are collected in env.
 func LoadConfig(env *servicekit.Env) Config {
+	env.Declare(ServiceSettings()) // the defaults and bounds (again for Serve: no-op)
 	c := Config{
 		Common: auditCommon(env),
 		ClickHouse: ClickHouseConfig{
-			Addrs:          env.List("AIGOV_CLICKHOUSE_ADDR", []string{"127.0.0.1:9000"}),
-			Database:       env.String("AIGOV_CLICKHOUSE_DATABASE", "aigov"),
-			User:           env.String("AIGOV_CLICKHOUSE_USER", "default"),
-			Password:       env.String("AIGOV_CLICKHOUSE_PASSWORD", ""),
-			Secure:         env.Bool("AIGOV_CLICKHOUSE_SECURE", false),
-			TLSCA:          env.String("AIGOV_CLICKHOUSE_TLS_CA", ""),
-			Compression:    env.String("AIGOV_CLICKHOUSE_COMPRESSION", CompressionNone),
-			StartupTimeout: env.Duration("AIGOV_CLICKHOUSE_STARTUP_TIMEOUT", time.Minute),
+			Addrs:          env.List("AIGOV_CLICKHOUSE_ADDR"),
+			Database:       env.String("AIGOV_CLICKHOUSE_DATABASE"),
+			User:           env.String("AIGOV_CLICKHOUSE_USER"),
+			Password:       env.String("AIGOV_CLICKHOUSE_PASSWORD"),
+			Secure:         env.Bool("AIGOV_CLICKHOUSE_SECURE"),
+			TLSCA:          env.String("AIGOV_CLICKHOUSE_TLS_CA"),
+			Compression:    env.String("AIGOV_CLICKHOUSE_COMPRESSION"),
+			StartupTimeout: env.Duration("AIGOV_CLICKHOUSE_STARTUP_TIMEOUT"),
 		},
-		BatchSize:             env.Int("AIGOV_AUDIT_BATCH_SIZE", DefaultBatchSize, 1),
-		FlushInterval:         env.Duration("AIGOV_AUDIT_FLUSH_INTERVAL", 500*time.Millisecond),
-		SigningKey:            env.Required("AIGOV_AUDIT_SIGNING_KEY"),
-		CreateSigningKey:      env.Bool("AIGOV_AUDIT_SIGNING_KEY_CREATE", false),
-		CheckpointInterval:    env.Duration("AIGOV_AUDIT_CHECKPOINT_INTERVAL", time.Second),
-		MaskFields:            env.List("AIGOV_AUDIT_MASK_FIELDS", nil),
-		PersonalContextFields: env.List("AIGOV_PERSONAL_CONTEXT_FIELDS", nil),
-		MaskMode:              env.String("AIGOV_AUDIT_MASK_MODE", MaskHash),
-		PseudonymKey:          env.String("AIGOV_AUDIT_PSEUDONYM_KEY", ""),
-		CreatePseudonymKey:    env.Bool("AIGOV_AUDIT_PSEUDONYM_KEY_CREATE", false),
-		RetentionDays:         env.Int("AIGOV_AUDIT_RETENTION_DAYS", 0, 0),
+		BatchSize:             env.Int("AIGOV_AUDIT_BATCH_SIZE"),
+		FlushInterval:         env.Duration("AIGOV_AUDIT_FLUSH_INTERVAL"),
+		SigningKey:            env.String("AIGOV_AUDIT_SIGNING_KEY"),
+		CreateSigningKey:      env.Bool("AIGOV_AUDIT_SIGNING_KEY_CREATE"),
+		CheckpointInterval:    env.Duration("AIGOV_AUDIT_CHECKPOINT_INTERVAL"),
+		MaskFields:            env.List("AIGOV_AUDIT_MASK_FIELDS"),
+		PersonalContextFields: env.List("AIGOV_PERSONAL_CONTEXT_FIELDS"),
+		MaskMode:              env.String("AIGOV_AUDIT_MASK_MODE"),
+		PseudonymKey:          env.String("AIGOV_AUDIT_PSEUDONYM_KEY"),
+		CreatePseudonymKey:    env.Bool("AIGOV_AUDIT_PSEUDONYM_KEY_CREATE"),
+		RetentionDays:         env.Int("AIGOV_AUDIT_RETENTION_DAYS"),
 		Retention: Retention{
-			Decisions:  env.Int("AIGOV_AUDIT_RETENTION_DECISIONS_DAYS", 0, 0),
-			Sessions:   env.Int("AIGOV_AUDIT_RETENTION_SESSIONS_DAYS", 0, 0),
-			Governance: env.Int("AIGOV_AUDIT_RETENTION_GOVERNANCE_DAYS", 0, 0),
+			Decisions:  env.Int("AIGOV_AUDIT_RETENTION_DECISIONS_DAYS"),
+			Sessions:   env.Int("AIGOV_AUDIT_RETENTION_SESSIONS_DAYS"),
+			Governance: env.Int("AIGOV_AUDIT_RETENTION_GOVERNANCE_DAYS"),
 		},
-		RetentionInterval: env.Duration("AIGOV_AUDIT_RETENTION_INTERVAL", time.Hour),
+		RetentionInterval: env.Duration("AIGOV_AUDIT_RETENTION_INTERVAL"),
 	}
 	c.ClickHouse.RetentionDays = c.RetentionDays
 	// Two inserts at a time per lane, plus the readiness ping and the
 	// chain-head reads.
 	c.ClickHouse.Conns = 2*len(c.Common.Topology().AuditedStreams()) + 2
 	c.validate(env)
-	// Every decision's and session event's signature is checked.
-	env.Required("AIGOV_TRUST_FILE")
 	return c
 }
 

@@ -69,6 +69,7 @@ func TestLoadConfig(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
 			env := servicekit.NewEnv(servicekit.MapLookup(c.env))
+			env.Declare(ServiceSettings())
 			cfg := LoadConfig(env)
 			err := env.Err()
 			if len(c.errs) == 0 {

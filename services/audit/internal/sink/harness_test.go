@@ -138,7 +138,7 @@ func startHarness(t *testing.T, o harnessOptions) *harness {
 		cancel()
 		t.Fatalf("servicekit.Start: %v", err)
 	}
-	a, err := Start(ctx, cfg, svc)
+	a, err := NewAudit(ctx, cfg, svc.Deps)
 	if err != nil {
 		cancel()
 		svc.NC.Close()

@@ -10,12 +10,13 @@ import (
 
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/services/servicekit"
-	"github.com/aigov/aigov/services/servicekit/personal"
 	"github.com/aigov/aigov/services/servicekit/sessionlimits"
 )
 
 // Config is the authn service's configuration.
 type Config struct {
+	// Common is what every service reads (NATS, HTTP, logging, keys).
+	servicekit.Common
 	// Encrypt seals every verified subject's email, name and
 	// PersonalContextFields under their own key (the subject keys bucket)
 	// before any event leaves authn (AIGOV_PERSONAL_ENCRYPTION, default
@@ -138,6 +139,7 @@ type ClaimMapping struct {
 
 // Defaults for Config.
 const (
+	DefaultHTTPAddr       = "127.0.0.1:8081"
 	DefaultAudience       = "aigov"
 	DefaultWorkers        = 32
 	DefaultHTTPTimeout    = 5 * time.Second
@@ -147,6 +149,12 @@ const (
 	DefaultCacheSize      = 10000
 	DefaultMaxTokenBytes  = 16 << 10
 	DefaultRevocationsMax = 500000
+	// MaxClockSkew bounds AIGOV_OIDC_CLOCK_SKEW: more would accept tokens
+	// from far in the future.
+	MaxClockSkew = 5 * time.Minute
+	// MinMaxTokenBytes is the least AIGOV_OIDC_MAX_TOKEN_BYTES: a smaller
+	// bound would refuse ordinary tokens.
+	MinMaxTokenBytes = 1024
 )
 
 // DefaultClaims are the standard OIDC claim names plus groups.
@@ -175,22 +183,24 @@ func (c ClaimMapping) withDefaults() ClaimMapping {
 // LoadConfig reads the authn variables; violations are recorded in e so
 // that they are reported together with the common ones.
 func LoadConfig(e *servicekit.Env) Config {
+	e.Declare(ServiceSettings()) // the defaults and bounds (again for Serve: no-op)
 	cfg := Config{
-		Workers:        e.Int("AIGOV_AUTHN_WORKERS", DefaultWorkers, 1),
-		HTTPTimeout:    e.Duration("AIGOV_OIDC_HTTP_TIMEOUT", DefaultHTTPTimeout),
-		KeysRefresh:    e.Duration("AIGOV_OIDC_KEYS_REFRESH", DefaultKeysRefresh),
-		ClockSkew:      e.Duration("AIGOV_OIDC_CLOCK_SKEW", DefaultClockSkew),
-		CacheSize:      e.Int("AIGOV_AUTHN_CACHE_SIZE", DefaultCacheSize, -1),
-		MaxTokenBytes:  e.Int("AIGOV_OIDC_MAX_TOKEN_BYTES", DefaultMaxTokenBytes, 1024),
-		RevocationsMax: e.Int("AIGOV_AUTHN_REVOCATIONS_MAX", DefaultRevocationsMax, 1),
+		Common:         servicekit.LoadCommon(e, "authn", DefaultHTTPAddr),
+		Workers:        e.Int("AIGOV_AUTHN_WORKERS"),
+		HTTPTimeout:    e.Duration("AIGOV_OIDC_HTTP_TIMEOUT"),
+		KeysRefresh:    e.Duration("AIGOV_OIDC_KEYS_REFRESH"),
+		ClockSkew:      e.Duration("AIGOV_OIDC_CLOCK_SKEW"),
+		CacheSize:      e.Int("AIGOV_AUTHN_CACHE_SIZE"),
+		MaxTokenBytes:  e.Int("AIGOV_OIDC_MAX_TOKEN_BYTES"),
+		RevocationsMax: e.Int("AIGOV_AUTHN_REVOCATIONS_MAX"),
 		SessionLimits:  servicekit.LoadSessionLimits(e),
 
-		Encrypt:               e.Bool("AIGOV_PERSONAL_ENCRYPTION", true),
-		PersonalContextFields: e.List("AIGOV_PERSONAL_CONTEXT_FIELDS", nil),
-		SubjectKeyCacheSize:   e.Int("AIGOV_SUBJECT_KEY_CACHE_SIZE", personal.DefaultCacheSize, 1),
+		Encrypt:               e.Bool("AIGOV_PERSONAL_ENCRYPTION"),
+		PersonalContextFields: e.List("AIGOV_PERSONAL_CONTEXT_FIELDS"),
+		SubjectKeyCacheSize:   e.Int("AIGOV_SUBJECT_KEY_CACHE_SIZE"),
 	}
-	file := e.String("AIGOV_OIDC_CONFIG", "")
-	urls := e.List("AIGOV_OIDC_ISSUERS", nil)
+	file := e.String("AIGOV_OIDC_CONFIG")
+	urls := e.List("AIGOV_OIDC_ISSUERS")
 	switch {
 	case file != "" && len(urls) > 0:
 		e.Fail("set AIGOV_OIDC_CONFIG or AIGOV_OIDC_ISSUERS, not both")
@@ -203,7 +213,7 @@ func LoadConfig(e *servicekit.Env) Config {
 	case len(urls) == 0:
 		e.Fail("AIGOV_OIDC_ISSUERS is required (a comma-separated list of trusted issuer URLs), or AIGOV_OIDC_CONFIG (a file)")
 	default:
-		aud := e.String("AIGOV_OIDC_AUDIENCE", DefaultAudience)
+		aud := e.String("AIGOV_OIDC_AUDIENCE")
 		for _, u := range urls {
 			cfg.Issuers = append(cfg.Issuers, Issuer{URL: u, Audiences: []string{aud}})
 		}
@@ -218,9 +228,6 @@ func LoadConfig(e *servicekit.Env) Config {
 	}
 	if cfg.KeysRefresh <= 0 {
 		e.Fail("AIGOV_OIDC_KEYS_REFRESH must be above zero")
-	}
-	if cfg.ClockSkew < 0 || cfg.ClockSkew > 5*time.Minute {
-		e.Fail("AIGOV_OIDC_CLOCK_SKEW must be between 0 and 5m")
 	}
 	return cfg
 }
@@ -242,6 +249,14 @@ func (c Config) Validate() error {
 	}
 	if c.DiscoveryRetry < 0 || c.KeysRefresh < 0 || c.ClockSkew < 0 || c.MaxTokenBytes < 0 || c.RevocationsMax < 0 {
 		errs = append(errs, errors.New("discovery retry, keys refresh, clock skew, max token bytes and revocations max must not be negative"))
+	}
+	// The bounds the declarations give the environment hold for a Config
+	// built in code too (zero still means the default).
+	if c.ClockSkew > MaxClockSkew {
+		errs = append(errs, fmt.Errorf("clock skew %s is above %s", c.ClockSkew, MaxClockSkew))
+	}
+	if c.MaxTokenBytes != 0 && c.MaxTokenBytes < MinMaxTokenBytes {
+		errs = append(errs, fmt.Errorf("max token bytes %d is below %d", c.MaxTokenBytes, MinMaxTokenBytes))
 	}
 	return errors.Join(errs...)
 }

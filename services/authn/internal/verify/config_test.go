@@ -62,7 +62,7 @@ func TestLoadConfig(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			env := servicekit.NewEnv(servicekit.MapLookup(tc.env))
+			env := servicekit.NewEnv(servicekit.MapLookup(withKey(tc.env)))
 			cfg := verify.LoadConfig(env)
 			err := env.Err()
 			if len(tc.wantErr) == 0 {
@@ -92,11 +92,11 @@ func TestLoadConfig(t *testing.T) {
 // its floor are refused. AIGOV_AUTHN_REVOCATIONS_MAX is read too.
 func TestMaxTokenBytesFromEnv(t *testing.T) {
 	t.Parallel()
-	env := servicekit.NewEnv(servicekit.MapLookup(map[string]string{
+	env := servicekit.NewEnv(servicekit.MapLookup(withKey(map[string]string{
 		"AIGOV_OIDC_ISSUERS":          "https://a.example",
 		"AIGOV_OIDC_MAX_TOKEN_BYTES":  "2048",
 		"AIGOV_AUTHN_REVOCATIONS_MAX": "1234",
-	}))
+	})))
 	cfg := verify.LoadConfig(env)
 	if err := env.Err(); err != nil {
 		t.Fatal(err)
@@ -124,9 +124,18 @@ func TestMaxTokenBytesFromEnv(t *testing.T) {
 	if c := code(strings.Repeat("a", 2048)); c != schemas.CodeMalformedToken {
 		t.Fatalf("2048 bytes: %s", c)
 	}
-	env = servicekit.NewEnv(servicekit.MapLookup(map[string]string{"AIGOV_OIDC_ISSUERS": "https://a.example", "AIGOV_OIDC_MAX_TOKEN_BYTES": "100"}))
+	env = servicekit.NewEnv(servicekit.MapLookup(withKey(map[string]string{"AIGOV_OIDC_ISSUERS": "https://a.example", "AIGOV_OIDC_MAX_TOKEN_BYTES": "100"})))
 	verify.LoadConfig(env)
 	if err := env.Err(); err == nil || !strings.Contains(err.Error(), "AIGOV_OIDC_MAX_TOKEN_BYTES") {
 		t.Fatalf("a max under 1024 bytes: %v", err)
 	}
+}
+
+// withKey adds the signing key authn requires (its declaration) to m, for
+// the tests of the other settings.
+func withKey(m map[string]string) map[string]string {
+	if _, ok := m["AIGOV_SIGNING_KEY"]; !ok {
+		m["AIGOV_SIGNING_KEY"] = "/authn.key"
+	}
+	return m
 }

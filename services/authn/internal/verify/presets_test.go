@@ -40,7 +40,7 @@ func TestExampleConfigsLoad(t *testing.T) {
 		})
 	}
 	// Through the environment, as the service loads it.
-	env := servicekit.NewEnv(servicekit.MapLookup(map[string]string{"AIGOV_OIDC_CONFIG": "../../examples/entra.yaml"}))
+	env := servicekit.NewEnv(servicekit.MapLookup(map[string]string{"AIGOV_OIDC_CONFIG": "../../examples/entra.yaml", "AIGOV_SIGNING_KEY": "/authn.key"}))
 	cfg := LoadConfig(env)
 	if err := env.Err(); err != nil || len(cfg.Issuers) != 1 || cfg.Issuers[0].Tenant == "" {
 		t.Fatalf("AIGOV_OIDC_CONFIG: %v %+v", err, cfg.Issuers)

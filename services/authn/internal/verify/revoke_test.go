@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
 	"github.com/aigov/aigov/schemas"
@@ -15,6 +14,7 @@ import (
 	"github.com/aigov/aigov/services/devenv/devkeys"
 	"github.com/aigov/aigov/services/devenv/idp"
 	"github.com/aigov/aigov/services/devenv/natsdev"
+	"github.com/aigov/aigov/services/servicekit"
 	"github.com/aigov/aigov/services/servicekit/topology"
 )
 
@@ -101,8 +101,8 @@ func TestNotReadyUntilRevocationsLoad(t *testing.T) {
 	nc, js := srv.ConnectT(t, schemas.RoleAuthn)
 	topo := topology.New("")
 	// natsdev.Start provisioned the topology (as aigov bus provision does).
-	v, err := verify.New(verify.Config{Workers: 1, HTTPTimeout: time.Second, Issuers: []verify.Issuer{{URL: "https://idp.example", Audiences: []string{"aigov"}}}},
-		verify.Deps{Log: zerolog.Nop(), NC: nc, JS: js, Topology: topo, Registry: prometheus.NewRegistry(), Signer: devkeys.New(t).Signer(schemas.RoleAuthn)})
+	v, err := verify.NewVerifier(verify.Config{Workers: 1, HTTPTimeout: time.Second, Issuers: []verify.Issuer{{URL: "https://idp.example", Audiences: []string{"aigov"}}}},
+		servicekit.Deps{Log: zerolog.Nop(), NC: nc, JS: js, Topology: topo, HTTP: servicekit.NewUnboundServer(), Signer: devkeys.New(t).Signer(schemas.RoleAuthn)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -23,7 +23,6 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/aigov/aigov/schemas"
-	"github.com/aigov/aigov/schemas/signing"
 	"github.com/aigov/aigov/services/servicekit"
 	"github.com/aigov/aigov/services/servicekit/personal"
 	"github.com/aigov/aigov/services/servicekit/revocation"
@@ -40,25 +39,6 @@ const InvalidAction = "invalid"
 
 // outcomeVerified labels passes in the outcomes counter; denies use their code.
 const outcomeVerified = "verified"
-
-// Deps are the verifier's collaborators.
-type Deps struct {
-	Log      zerolog.Logger
-	NC       *nats.Conn
-	JS       jetstream.JetStream
-	Topology topology.Topology
-	// Registry receives the service's metrics.
-	Registry prometheus.Registerer
-	// Signer signs every verified event and deny, so that policy, the
-	// audit and the requester can tell them from forgeries.
-	Signer *signing.Signer
-	// SigningLinger is how long the runner gathers events to sign and
-	// publish as one batch (servicekit.Common.SigningLinger).
-	SigningLinger time.Duration
-	// Clock is what token lifetimes are checked against; time.Now when
-	// nil (servicekit.Common.Clock shifts it for dev clock-skew tests).
-	Clock func() time.Time
-}
 
 // Verifier consumes requests and publishes verified events or denies.
 type Verifier struct {
@@ -89,16 +69,32 @@ type Verifier struct {
 	sealer   *personal.Sealer
 }
 
-// New builds a verifier; it does no I/O.
-func New(cfg Config, deps Deps) (*Verifier, error) {
+// New builds the authn service on what servicekit.Start built: the
+// verifier, not ready until its revocation set is loaded (Run takes no
+// request before either). It does no I/O.
+func New(cfg Config, deps servicekit.Deps) ([]servicekit.Worker, error) {
+	v, err := NewVerifier(cfg, deps)
+	if err != nil {
+		return nil, err
+	}
+	deps.HTTP.AddCheck("revocations", v.Ready)
+	return []servicekit.Worker{v.Run}, nil
+}
+
+// NewVerifier builds a verifier; it does no I/O. deps.Signer signs every
+// verified event and deny, so that policy, the audit and the requester can
+// tell them from forgeries; the service's metrics go to deps.HTTP's
+// registry; token lifetimes are checked against deps.Clock.
+func NewVerifier(cfg Config, deps servicekit.Deps) (*Verifier, error) {
 	switch {
 	case deps.NC == nil:
 		return nil, errors.New("authn: nil NATS connection")
 	case deps.JS == nil:
 		return nil, errors.New("authn: nil JetStream context")
-	case deps.Registry == nil:
-		return nil, errors.New("authn: nil metrics registry")
+	case deps.HTTP == nil:
+		return nil, errors.New("authn: nil health and metrics server")
 	}
+	reg := deps.HTTP.Registry
 	auth, err := NewAuthenticator(cfg, deps.Log)
 	if err != nil {
 		return nil, err
@@ -129,7 +125,7 @@ func New(cfg Config, deps Deps) (*Verifier, error) {
 	if deps.Clock != nil {
 		v.now, auth.now = deps.Clock, deps.Clock
 	}
-	if err := deps.Registry.Register(v.outcomes); err != nil {
+	if err := reg.Register(v.outcomes); err != nil {
 		return nil, fmt.Errorf("authn: register metrics: %w", err)
 	}
 	v.passed = v.outcomes.WithLabelValues(outcomeVerified)
@@ -137,7 +133,7 @@ func New(cfg Config, deps Deps) (*Verifier, error) {
 		Name: "aigov_authn_cache_entries",
 		Help: "Verified tokens held by the verification cache.",
 	}, func() float64 { return float64(auth.cache.len()) })
-	if err := deps.Registry.Register(cacheEntries); err != nil {
+	if err := reg.Register(cacheEntries); err != nil {
 		return nil, fmt.Errorf("authn: register metrics: %w", err)
 	}
 	revsMax := cfg.RevocationsMax
@@ -146,12 +142,12 @@ func New(cfg Config, deps Deps) (*Verifier, error) {
 	}
 	if v.revs, err = revocation.New(revocation.Options{
 		JS: deps.JS, NC: deps.NC, Bucket: deps.Topology.BucketRevocations(), Max: revsMax,
-		MaxSetting: "AIGOV_AUTHN_REVOCATIONS_MAX", MetricPrefix: "aigov_authn", Log: deps.Log, Registry: deps.Registry,
+		MaxSetting: "AIGOV_AUTHN_REVOCATIONS_MAX", MetricPrefix: "aigov_authn", Log: deps.Log, Registry: reg,
 	}); err != nil {
 		return nil, fmt.Errorf("authn: %w", err)
 	}
-	v.runner = servicekit.NewRunner(schemas.ConsumerAuthn, deps.Log, deps.Registry, cfg.Workers)
-	if err := v.runner.Pipeline(pub.PipelineOptions(deps.SigningLinger)); err != nil {
+	v.runner = servicekit.NewRunner(schemas.ConsumerAuthn, deps.Log, reg, cfg.Workers)
+	if err := v.runner.Pipeline(pub.PipelineOptions(cfg.SigningLinger)); err != nil {
 		return nil, fmt.Errorf("authn: %w", err)
 	}
 	return v, nil

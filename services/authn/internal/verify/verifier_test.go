@@ -23,6 +23,7 @@ import (
 	"github.com/aigov/aigov/services/devenv/devkeys"
 	"github.com/aigov/aigov/services/devenv/idp"
 	"github.com/aigov/aigov/services/devenv/natsdev"
+	"github.com/aigov/aigov/services/servicekit"
 	"github.com/aigov/aigov/services/servicekit/sessionlimits"
 	"github.com/aigov/aigov/services/servicekit/topology"
 )
@@ -37,6 +38,7 @@ type env struct {
 	adminNC  *nats.Conn
 	adminJS  jetstream.JetStream
 	registry *prometheus.Registry
+	health   *servicekit.Server // holds registry
 	logs     *syncBuffer
 	out      *collector
 	keys     *devkeys.Set
@@ -89,7 +91,8 @@ func startEnvTopo(t *testing.T, topo topology.Topology, edit ...func(*verify.Con
 	t.Helper()
 	ctx := context.Background()
 	srv := natsdev.StartT(t, natsdev.Options{})
-	e := &env{topo: topo, registry: prometheus.NewRegistry(), logs: &syncBuffer{}, keys: devkeys.New(t)}
+	health := servicekit.NewUnboundServer()
+	e := &env{topo: topo, registry: health.Registry, health: health, logs: &syncBuffer{}, keys: devkeys.New(t)}
 
 	e.good = startIDP(t, idp.Options{})
 	e.otherAud = startIDP(t, idp.Options{ClientID: "other"})
@@ -121,12 +124,12 @@ func startEnvTopo(t *testing.T, topo topology.Topology, edit ...func(*verify.Con
 	for _, f := range edit {
 		f(&cfg)
 	}
-	v, err := verify.New(cfg, verify.Deps{
+	v, err := verify.NewVerifier(cfg, servicekit.Deps{
 		Log:      zerolog.New(e.logs).Level(zerolog.DebugLevel),
 		NC:       authnNC,
 		JS:       authnJS,
 		Topology: e.topo,
-		Registry: e.registry,
+		HTTP:     e.health,
 		Signer:   e.keys.Signer(schemas.RoleAuthn),
 	})
 	if err != nil {

@@ -5,12 +5,7 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
-	"go/ast"
-	"go/parser"
-	"go/token"
-	"io/fs"
 	"path"
-	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -18,113 +13,39 @@ import (
 	"testing"
 )
 
-// requiredVar is one env.Required("AIGOV_…") call: a variable without which
-// a service refuses to start.
+// requiredVar is one variable a service declares required: without it the
+// service refuses to start (servicekit.Env.Declare).
 type requiredVar struct {
 	name string
-	at   string // file:line, relative to the repository root
+	at   string // where it is declared: the service and the section
 }
 
-// requiredEnv scans the non-test Go source of services/servicekit and of each
-// of the four services for env.Required calls and returns, by service, the
-// variables each one requires. The runtime's apply to all four. An argument
-// that is neither a string literal nor a constant of the same package fails
-// the test: the scan must not miss a variable silently.
+// requiredEnv reads, by service, the variables each one declares required,
+// from the services' own declarations (-settings-json, the source of
+// docs/configuration.md too). A pipeline service that declares none, or
+// declares nothing at all, fails the test: the check must not pass by
+// reading nothing.
 func requiredEnv(t testing.TB) map[string][]requiredVar {
 	t.Helper()
-	scan := func(dir string) []requiredVar {
-		type call struct {
-			arg     ast.Expr
-			at, pkg string
-		}
-		consts := map[string]map[string]string{} // package directory -> constant -> value
-		var calls []call
-		root := repoPath(t, dir)
-		err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
-			if err != nil {
-				return err
-			}
-			if d.IsDir() && p != root && (d.Name() == "testdata" || d.Name() == "vendor" || strings.HasPrefix(d.Name(), ".")) {
-				return filepath.SkipDir
-			}
-			if d.IsDir() || !strings.HasSuffix(p, ".go") || strings.HasSuffix(p, "_test.go") {
-				return nil
-			}
-			fset := token.NewFileSet()
-			f, err := parser.ParseFile(fset, p, nil, parser.SkipObjectResolution)
-			if err != nil {
-				return fmt.Errorf("parse %s: %w", p, err)
-			}
-			pkg := filepath.Dir(p)
-			if consts[pkg] == nil {
-				consts[pkg] = map[string]string{}
-			}
-			rel, _ := filepath.Rel(repoRoot(t), p)
-			ast.Inspect(f, func(n ast.Node) bool {
-				switch n := n.(type) {
-				case *ast.GenDecl:
-					if n.Tok != token.CONST {
-						return true
-					}
-					for _, spec := range n.Specs {
-						vs := spec.(*ast.ValueSpec)
-						for i, name := range vs.Names {
-							if i < len(vs.Values) {
-								if s, ok := stringLit(vs.Values[i]); ok {
-									consts[pkg][name.Name] = s
-								}
-							}
-						}
-					}
-				case *ast.CallExpr:
-					if sel, ok := n.Fun.(*ast.SelectorExpr); ok && sel.Sel.Name == "Required" && len(n.Args) > 0 {
-						at := fmt.Sprintf("%s:%d", filepath.ToSlash(rel), fset.Position(n.Pos()).Line)
-						calls = append(calls, call{arg: n.Args[0], at: at, pkg: pkg})
-					}
-				}
-				return true
-			})
-			return nil
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		var out []requiredVar
-		for _, c := range calls {
-			name, ok := stringLit(c.arg)
-			if id, isIdent := c.arg.(*ast.Ident); isIdent {
-				name, ok = consts[c.pkg][id.Name]
-			}
-			if !ok {
-				t.Errorf("%s: cannot tell which variable this Required call reads; pass a string literal or a constant of the package", c.at)
-				continue
-			}
-			if strings.HasPrefix(name, "AIGOV_") {
-				out = append(out, requiredVar{name: name, at: c.at})
-			}
-		}
-		return out
-	}
-	runtimeVars := scan("services/servicekit")
 	out := map[string][]requiredVar{}
-	total := 0
-	for _, svc := range sortedKeys(pipelineServices) {
-		out[svc] = append(scan("services/"+svc), runtimeVars...)
-		total += len(out[svc])
+	for _, d := range declared(t) {
+		for _, sec := range d.Sections {
+			for _, st := range sec.Settings {
+				if !st.Required {
+					continue
+				}
+				for _, n := range st.Names {
+					out[d.Service] = append(out[d.Service], requiredVar{name: n, at: fmt.Sprintf("%s's settings, section %q", d.Service, sec.Title)})
+				}
+			}
+		}
 	}
-	if total == 0 {
-		t.Fatal(`no env.Required("AIGOV_…") call found under services/; has the runtime's Env.Required been renamed?`)
+	for _, svc := range sortedKeys(pipelineServices) {
+		if len(out[svc]) == 0 {
+			t.Errorf("%s declares no required setting; every pipeline service requires its signing key or the trust file", svc)
+		}
 	}
 	return out
-}
-
-func stringLit(e ast.Expr) (string, bool) {
-	b, ok := e.(*ast.BasicLit)
-	if !ok || b.Kind != token.STRING {
-		return "", false
-	}
-	s, err := strconv.Unquote(b.Value)
-	return s, err == nil
 }
 
 // k8sEnv resolves what a container's environment sets: each variable's
@@ -185,7 +106,7 @@ func serviceContainer(t testing.TB, ms []manifest, svc string) (podSpec, contain
 	return podSpec{}, container{}
 }
 
-// Every variable a service reads with env.Required is set for it both in
+// Every variable a service declares required is set for it both in
 // docker-compose.yml (as `docker-compose config` resolves it) and in its
 // Kubernetes Deployment (env, or envFrom a ConfigMap or Secret that defines
 // it): without it the service refuses to start. An empty value counts as
@@ -202,11 +123,11 @@ func TestRequiredEnvIsSet(t *testing.T) {
 			k8s, _ := k8sEnv(g, ctr)
 			for _, v := range required[svc] {
 				if strings.TrimSpace(env[v.name]) == "" {
-					t.Errorf("docker-compose.yml does not set %s for service %s, which requires it (env.Required at %s): it would refuse to start",
+					t.Errorf("docker-compose.yml does not set %s for service %s, which requires it (declared in %s): it would refuse to start",
 						v.name, svc, v.at)
 				}
 				if _, ok := k8s[v.name]; !ok {
-					t.Errorf("Deployment aigov-%s does not set %s, which %s requires (env.Required at %s): it would refuse to start",
+					t.Errorf("Deployment aigov-%s does not set %s, which %s requires (declared in %s): it would refuse to start",
 						svc, v.name, svc, v.at)
 				}
 			}

@@ -22,15 +22,23 @@ var SettingsServices = []string{"authn", "policy", "reaper", "audit", "gateway"}
 
 // Declared is what a service prints with -settings-json.
 type Declared struct {
-	Service  string `json:"service"`
-	Sections []struct {
-		Title    string `json:"title"`
-		Settings []struct {
-			Names   []string `json:"names"`
-			Default string   `json:"default"`
-			Doc     string   `json:"doc"`
-		} `json:"settings"`
-	} `json:"sections"`
+	Service  string            `json:"service"`
+	Sections []DeclaredSection `json:"sections"`
+}
+
+// DeclaredSection is one section of a service's declarations.
+type DeclaredSection struct {
+	Title    string            `json:"title"`
+	Settings []DeclaredSetting `json:"settings"`
+}
+
+// DeclaredSetting is one declared setting.
+type DeclaredSetting struct {
+	Names    []string `json:"names"`
+	Default  string   `json:"default"`
+	Bounds   string   `json:"bounds"`
+	Required bool     `json:"required"`
+	Doc      string   `json:"doc"`
 }
 
 // DeclaredSettings builds each service of SettingsServices and returns what
@@ -68,11 +76,28 @@ func DeclaredSettings(ctx context.Context, root string) ([]Declared, error) {
 
 // Settings is the settings reference of docs/configuration.md: a table per
 // section of declarations, a section several services share (every
-// service's, the session limits) once, where it first appears.
+// service's, the session limits) once, where it first appears, saying
+// which of them require a setting.
 func Settings(ctx context.Context, root string) ([]Output, error) {
 	all, err := DeclaredSettings(ctx, root)
 	if err != nil {
 		return nil, err
+	}
+	// requiredBy[section][variable] are the services requiring it;
+	// users[section] those that read the section.
+	requiredBy, users := map[string]map[string][]string{}, map[string][]string{}
+	for _, d := range all {
+		for _, sec := range d.Sections {
+			users[sec.Title] = append(users[sec.Title], d.Service)
+			for _, st := range sec.Settings {
+				if st.Required {
+					if requiredBy[sec.Title] == nil {
+						requiredBy[sec.Title] = map[string][]string{}
+					}
+					requiredBy[sec.Title][st.Names[0]] = append(requiredBy[sec.Title][st.Names[0]], d.Service)
+				}
+			}
+		}
 	}
 	var b strings.Builder
 	seen := map[string]bool{}
@@ -82,13 +107,20 @@ func Settings(ctx context.Context, root string) ([]Output, error) {
 				continue
 			}
 			seen[sec.Title] = true
-			fmt.Fprintf(&b, "\n**%s:**\n\n| variable | default | meaning |\n|---|---|---|\n", sec.Title)
+			fmt.Fprintf(&b, "\n**%s:**\n\n| variable | default | bounds | meaning |\n|---|---|---|---|\n", sec.Title)
 			for _, st := range sec.Settings {
 				names := make([]string, len(st.Names))
 				for i, n := range st.Names {
 					names[i] = "`" + n + "`"
 				}
-				fmt.Fprintf(&b, "| %s | %s | %s |\n", strings.Join(names, ", "), st.Default, st.Doc)
+				def := st.Default
+				switch req := requiredBy[sec.Title][st.Names[0]]; {
+				case len(req) > 0 && len(req) == len(users[sec.Title]):
+					def = "**required**"
+				case len(req) > 0:
+					def = "**required** by " + strings.Join(req, ", ")
+				}
+				fmt.Fprintf(&b, "| %s | %s | %s | %s |\n", strings.Join(names, ", "), def, st.Bounds, st.Doc)
 			}
 		}
 	}

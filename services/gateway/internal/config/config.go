@@ -7,9 +7,11 @@ import (
 	"github.com/aigov/aigov/services/servicekit"
 )
 
-// Config is the gateway's own configuration; servicekit.Common holds the
-// settings every service shares (NATS, health port, logging, trust file).
+// Config is the gateway's configuration.
 type Config struct {
+	// Common holds the settings every service shares (NATS, health port,
+	// logging, trust file).
+	servicekit.Common
 	// Addr serves the authorize API and the MCP gateway
 	// (AIGOV_GATEWAY_ADDR). /healthz and /readyz are served here too;
 	// /metrics only on the health port (AIGOV_HTTP_ADDR).
@@ -43,25 +45,27 @@ const (
 	DefaultDecisionTimeout = 5 * time.Second
 	DefaultMaxBodyBytes    = 64 << 10
 	DefaultMaxInFlight     = 256
+	// MaxBodyBytesLimit bounds AIGOV_GATEWAY_MAX_BODY_BYTES: a request's
+	// context is at most 16 KiB, so 1 MiB is far more than any needs.
+	MaxBodyBytesLimit = 1 << 20
 )
 
-// Load reads the gateway's variables; violations are recorded in e.
-func Load(e *servicekit.Env) Config {
+// LoadConfig reads the gateway's variables; violations are recorded in e.
+func LoadConfig(e *servicekit.Env) Config {
+	e.Declare(ServiceSettings()) // the defaults and bounds (again for Serve: no-op)
 	c := Config{
-		Addr:            e.String("AIGOV_GATEWAY_ADDR", DefaultAddr),
-		DecisionTimeout: e.Duration("AIGOV_GATEWAY_DECISION_TIMEOUT", DefaultDecisionTimeout),
-		MaxBodyBytes:    e.Int("AIGOV_GATEWAY_MAX_BODY_BYTES", DefaultMaxBodyBytes, 1024),
-		MaxInFlight:     e.Int("AIGOV_GATEWAY_MAX_IN_FLIGHT", DefaultMaxInFlight, 1),
-		Source:          e.String("AIGOV_GATEWAY_SOURCE", "aigov-gateway"),
-		Remember:        e.Duration("AIGOV_GATEWAY_REMEMBER", 2*time.Minute),
-		MaxRemembered:   e.Int("AIGOV_GATEWAY_MAX_REMEMBERED", 10000, 1),
-		MCPConfig:       e.String("AIGOV_GATEWAY_MCP_CONFIG", ""),
+		Common:          servicekit.LoadCommon(e, "gateway", DefaultHTTPAddr),
+		Addr:            e.String("AIGOV_GATEWAY_ADDR"),
+		DecisionTimeout: e.Duration("AIGOV_GATEWAY_DECISION_TIMEOUT"),
+		MaxBodyBytes:    e.Int("AIGOV_GATEWAY_MAX_BODY_BYTES"),
+		MaxInFlight:     e.Int("AIGOV_GATEWAY_MAX_IN_FLIGHT"),
+		Source:          e.String("AIGOV_GATEWAY_SOURCE"),
+		Remember:        e.Duration("AIGOV_GATEWAY_REMEMBER"),
+		MaxRemembered:   e.Int("AIGOV_GATEWAY_MAX_REMEMBERED"),
+		MCPConfig:       e.String("AIGOV_GATEWAY_MCP_CONFIG"),
 	}
 	if c.DecisionTimeout <= 0 {
 		e.Fail("AIGOV_GATEWAY_DECISION_TIMEOUT must be above zero")
-	}
-	if c.MaxBodyBytes > 1<<20 {
-		e.Fail("AIGOV_GATEWAY_MAX_BODY_BYTES=%d is above 1 MiB; a request's context is at most 16 KiB", c.MaxBodyBytes)
 	}
 	return c
 }

@@ -12,35 +12,16 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/schemas/client"
-	"github.com/aigov/aigov/schemas/signing"
 	"github.com/aigov/aigov/services/gateway/internal/config"
 	"github.com/aigov/aigov/services/gateway/internal/decider"
 	"github.com/aigov/aigov/services/gateway/internal/httpapi"
 	"github.com/aigov/aigov/services/gateway/internal/mcpgw"
+	"github.com/aigov/aigov/services/servicekit"
 )
-
-// Deps are what the gateway runs on, from servicekit.Start.
-type Deps struct {
-	Log zerolog.Logger
-	// NC is the gateway's own NATS connection (user gateway: it may
-	// publish requests and read its inbox, nothing else).
-	NC *nats.Conn
-	// Trust holds authn's and policy's public keys: a reply counts as a
-	// decision only when one of them signed it.
-	Trust *signing.Trust
-	// Prefix of aigov subjects.
-	Prefix   string
-	Registry prometheus.Registerer
-	// Ready reports the service's readiness (servicekit.Server.Ready), for
-	// /readyz on the API port.
-	Ready func(ctx context.Context) error
-}
 
 // Gateway is the running gateway.
 type Gateway struct {
@@ -54,23 +35,37 @@ type Gateway struct {
 	shutdownTimeout time.Duration
 }
 
-// New connects the SDK client (and, with an MCP configuration, every
-// upstream MCP server) and binds cfg.Addr, so a port clash fails start-up.
-func New(ctx context.Context, cfg config.Config, deps Deps) (*Gateway, error) {
+// New builds the gateway on what servicekit.Start built (NewGateway): its
+// one worker serves the API until the service stops. deps.NC is the
+// gateway's own connection (user gateway: it may publish requests and
+// read its inbox, nothing else); deps.Trust holds authn's and policy's
+// public keys: a reply counts as a decision only when one of them signed
+// it.
+func New(cfg config.Config, deps servicekit.Deps) ([]servicekit.Worker, error) {
+	// Each upstream MCP server's start-up is bounded on its own (mcpgw).
+	g, err := NewGateway(context.Background(), cfg, deps)
+	if err != nil {
+		return nil, err
+	}
+	return []servicekit.Worker{g.Run}, nil
+}
+
+// NewGateway connects the SDK client (and, with an MCP configuration,
+// every upstream MCP server) and binds cfg.Addr, so a port clash fails
+// start-up.
+func NewGateway(ctx context.Context, cfg config.Config, deps servicekit.Deps) (*Gateway, error) {
 	switch {
 	case deps.NC == nil:
 		return nil, errors.New("gateway: nil NATS connection")
 	case deps.Trust == nil:
 		return nil, errors.New("gateway: nil trust (AIGOV_TRUST_FILE is required)")
-	case deps.Registry == nil:
-		return nil, errors.New("gateway: nil metrics registry")
-	case deps.Ready == nil:
-		return nil, errors.New("gateway: nil readiness check")
+	case deps.HTTP == nil:
+		return nil, errors.New("gateway: nil health and metrics server")
 	}
 	// A decision that comes after its caller's 504 is kept for the
 	// retry; the decider exists only once the client does.
 	var late atomic.Pointer[decider.Decider]
-	c, err := client.New(deps.NC, client.Options{Prefix: deps.Prefix, Source: cfg.Source, Timeout: cfg.DecisionTimeout, Trust: deps.Trust,
+	c, err := client.New(deps.NC, client.Options{Prefix: cfg.Prefix, Source: cfg.Source, Timeout: cfg.DecisionTimeout, Trust: deps.Trust,
 		Unclaimed: func(dec schemas.Decision) {
 			if d := late.Load(); d != nil {
 				d.Late(dec)
@@ -85,7 +80,7 @@ func New(ctx context.Context, cfg config.Config, deps Deps) (*Gateway, error) {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
 	late.Store(d)
-	api, err := httpapi.New(d, deps.Log.With().Str("component", "authorize").Logger(), deps.Registry, httpapi.Options{
+	api, err := httpapi.New(d, deps.Log.With().Str("component", "authorize").Logger(), deps.HTTP.Registry, httpapi.Options{
 		DecisionTimeout: cfg.DecisionTimeout, MaxBodyBytes: cfg.MaxBodyBytes, MaxInFlight: cfg.MaxInFlight,
 	})
 	if err != nil {
@@ -114,7 +109,7 @@ func New(ctx context.Context, cfg config.Config, deps Deps) (*Gateway, error) {
 	}
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
-		if err := deps.Ready(r.Context()); err != nil {
+		if err := deps.HTTP.Ready(r.Context()); err != nil {
 			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
 			return
 		}

@@ -323,7 +323,7 @@ func TestQueuedRequestsPastMaxAgeAreDenied(t *testing.T) {
 	const maxAge = time.Hour
 	due := time.Now().Add(1500 * time.Millisecond)
 	authTime := due.Add(-maxAge).UTC()
-	h := newHarness(t, 32, func(d *Deps) { d.SessionLimits = sessionlimits.Limits{MaxAge: maxAge} })
+	h := newHarness(t, 32, func(c *Config) { c.SessionLimits = sessionlimits.Limits{MaxAge: maxAge} })
 	got := queueAndDecide(t, h, n, schemas.SessionKey(schemas.Principal{Issuer: testIss, SessionID: "sid-old", Subject: "alice"}),
 		func(v *schemas.Verified) { v.Principal.AuthTime, v.Principal.SessionID = &authTime, "sid-old" },
 		func() {

@@ -10,22 +10,23 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/services/devenv/natsdev"
 	"github.com/aigov/aigov/services/policy/engine"
+	"github.com/aigov/aigov/services/servicekit"
 )
 
 // addReplica starts a second policy service on the harness's server.
 func (h *harness) addReplica(t *testing.T) *Service {
 	t.Helper()
 	nc, js := h.srv.ConnectT(t, schemas.RolePolicy)
-	svc, err := NewService(Deps{
-		NC: nc, JS: js, Topology: h.topo, Seed: seedSet(t), SeedEntities: sampleStore(t).Entities(),
-		ApprovalTeams: []string{"risk-reviewers"}, ApprovalTTL: time.Hour,
-		Log: zerolog.New(zerolog.NewTestWriter(t)), Registry: prometheus.NewRegistry(), Workers: 4,
+	svc, err := NewService(Config{Seed: seedSet(t), SeedEntities: sampleStore(t).Entities(),
+		ApprovalTeams: []string{"risk-reviewers"}, ApprovalTTL: time.Hour, Workers: 4,
+	}, servicekit.Deps{
+		NC: nc, JS: js, Topology: h.topo,
+		Log: zerolog.New(zerolog.NewTestWriter(t)), HTTP: servicekit.NewUnboundServer(),
 		Signer: h.keys.Signer(schemas.RolePolicy), Trust: h.keys.Trust(),
 	})
 	if err != nil {

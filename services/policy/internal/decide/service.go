@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/cedar-policy/cedar-go"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
@@ -34,56 +33,6 @@ const EventSource = "aigov/policy"
 // id (schemas.DerivedID); it differs from authn's deny kind, so the two
 // never share a de-duplication id.
 const PolicyDecisionKind = schemas.KindPolicyDecision
-
-// Deps are what the policy service runs on.
-type Deps struct {
-	// NC sends replies with core NATS; JS publishes decisions.
-	NC *nats.Conn
-	JS jetstream.JetStream
-	// Topology names the subjects and the durable consumer.
-	Topology topology.Topology
-	// Seed is the policy set stored as the active one when the policy bucket
-	// has none (first start); nil seeds nothing and waits for a push.
-	Seed *engine.Set
-	// SeedEntities are stored when the entity bucket is empty.
-	SeedEntities cedar.EntityMap
-	// ApprovalTeams are the groups whose members' approvals count, as
-	// teams, in context.approvals.
-	ApprovalTeams []string
-	// ApprovalTTL is how long an approval counts, and how long an approval
-	// request stays open.
-	ApprovalTTL time.Duration
-	// Notifier is told of approval request events (nil: nobody is).
-	Notifier Notifier
-	// ExpirySweep is how often lapsed approval requests are marked
-	// expired; zero means DefaultExpirySweep.
-	ExpirySweep time.Duration
-	// Clock defaults to time.Now.
-	Clock func() time.Time
-	Log   zerolog.Logger
-	// Registry receives the service's and its runner's metrics.
-	Registry prometheus.Registerer
-	// Workers is how many messages are decided at once.
-	Workers int
-	// RevocationsMax bounds the revocation keys held in memory for the
-	// decision-time recheck; zero means DefaultRevocationsMax.
-	RevocationsMax int
-	// SessionLimits bound a session's age from its token at decision time
-	// (AIGOV_SESSION_MAX_AGE, AIGOV_REAPER_CONFIG); zero MaxAge checks
-	// nothing.
-	SessionLimits sessionlimits.Limits
-	// Signer signs every decision and governance event.
-	Signer *signing.Signer
-	// Trust holds authn's public keys: a verified event not signed by
-	// authn is denied bad_event_signature, never decided.
-	Trust *signing.Trust
-	// SigningLinger is how long the runner gathers decisions to sign and
-	// publish as one batch (servicekit.Common.SigningLinger).
-	SigningLinger time.Duration
-	// SubjectKeyCacheSize bounds the subject keys held in memory to open
-	// sealed personal fields (zero: personal.DefaultCacheSize).
-	SubjectKeyCacheSize int
-}
 
 // Service consumes verified requests and publishes a decision for each.
 type Service struct {
@@ -113,22 +62,26 @@ type Service struct {
 	keyCache int
 }
 
-// NewService checks the dependencies and registers the metrics.
-func NewService(d Deps) (*Service, error) {
+// NewService checks the configuration and the dependencies and registers
+// the metrics (on d.HTTP's registry). d.Signer signs every decision and
+// governance event; d.Trust holds authn's public keys: a verified event
+// not signed by authn is denied bad_event_signature, never decided.
+func NewService(cfg Config, d servicekit.Deps) (*Service, error) {
 	switch {
 	case d.NC == nil:
 		return nil, errors.New("decide: nil NATS connection")
 	case d.JS == nil:
 		return nil, errors.New("decide: nil JetStream context")
-	case d.ApprovalTTL <= 0:
+	case cfg.ApprovalTTL <= 0:
 		return nil, errors.New("decide: approval TTL must be positive")
-	case d.Registry == nil:
-		return nil, errors.New("decide: nil metrics registry")
+	case d.HTTP == nil:
+		return nil, errors.New("decide: nil health and metrics server")
 	case d.Topology.Subjects.Prefix == "":
 		return nil, errors.New("decide: topology has no subject prefix")
 	case d.Trust == nil:
 		return nil, errors.New("decide: no trust file: verified events cannot be checked")
 	}
+	reg := d.HTTP.Registry
 	pub, err := servicekit.NewPublisher(d.JS, d.NC, d.Signer, EventSource, d.Log)
 	if err != nil {
 		return nil, fmt.Errorf("decide: %w", err)
@@ -137,16 +90,15 @@ func NewService(d Deps) (*Service, error) {
 		js:       d.JS,
 		pub:      pub,
 		topo:     d.Topology,
-		seed:     d.Seed,
-		seedEnts: d.SeedEntities,
-		teams:    d.ApprovalTeams,
-		ttl:      d.ApprovalTTL,
-		notify:   d.Notifier,
-		sweep:    d.ExpirySweep,
+		seed:     cfg.Seed,
+		seedEnts: cfg.SeedEntities,
+		teams:    cfg.ApprovalTeams,
+		ttl:      cfg.ApprovalTTL,
+		sweep:    cfg.ExpirySweep,
 		clock:    d.Clock,
 		trust:    d.Trust,
-		limits:   d.SessionLimits,
-		keyCache: d.SubjectKeyCacheSize,
+		limits:   cfg.SessionLimits,
+		keyCache: cfg.SubjectKeyCacheSize,
 		log:      d.Log.With().Str("component", "decide").Logger(),
 		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "aigov_policy_decisions_total",
@@ -159,7 +111,7 @@ func NewService(d Deps) (*Service, error) {
 		}),
 	}
 	for _, c := range []prometheus.Collector{s.decisions, s.evalTime} {
-		if err := d.Registry.Register(c); err != nil {
+		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register policy metrics: %w", err)
 		}
 	}
@@ -171,18 +123,18 @@ func NewService(d Deps) (*Service, error) {
 		s.sweep = DefaultExpirySweep
 	}
 	s.state = newState(s.log, s.clock)
-	revsMax := d.RevocationsMax
+	revsMax := cfg.RevocationsMax
 	if revsMax == 0 {
 		revsMax = DefaultRevocationsMax
 	}
 	if s.revs, err = revocation.New(revocation.Options{
 		JS: d.JS, NC: d.NC, Bucket: d.Topology.BucketRevocations(), Max: revsMax,
-		MaxSetting: "AIGOV_POLICY_REVOCATIONS_MAX", MetricPrefix: "aigov_policy", Log: s.log, Registry: d.Registry,
+		MaxSetting: "AIGOV_POLICY_REVOCATIONS_MAX", MetricPrefix: "aigov_policy", Log: s.log, Registry: reg,
 	}); err != nil {
 		return nil, fmt.Errorf("decide: %w", err)
 	}
-	s.runner = servicekit.NewRunner(schemas.ConsumerPolicy, d.Log, d.Registry, d.Workers)
-	if err := s.runner.Pipeline(pub.PipelineOptions(d.SigningLinger)); err != nil {
+	s.runner = servicekit.NewRunner(schemas.ConsumerPolicy, d.Log, reg, cfg.Workers)
+	if err := s.runner.Pipeline(pub.PipelineOptions(cfg.SigningLinger)); err != nil {
 		return nil, fmt.Errorf("decide: %w", err)
 	}
 	return s, nil

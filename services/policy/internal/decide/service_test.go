@@ -19,6 +19,7 @@ import (
 	"github.com/aigov/aigov/schemas/signing"
 	"github.com/aigov/aigov/services/devenv/devkeys"
 	"github.com/aigov/aigov/services/devenv/natsdev"
+	"github.com/aigov/aigov/services/servicekit"
 	"github.com/aigov/aigov/services/servicekit/topology"
 )
 
@@ -50,7 +51,7 @@ func startHarness(t *testing.T, workers int) *harness {
 
 // newHarness is startHarness without starting the service, so a test can
 // queue verified events while policy is down (h.start starts it).
-func newHarness(t *testing.T, workers int, edit ...func(*Deps)) *harness {
+func newHarness(t *testing.T, workers int, edit ...func(*Config)) *harness {
 	t.Helper()
 	srv := natsdev.StartT(t, natsdev.Options{})
 	admin, js := srv.ConnectT(t, natsdev.AdminUser)
@@ -58,20 +59,22 @@ func newHarness(t *testing.T, workers int, edit ...func(*Deps)) *harness {
 	// natsdev.Start provisioned the topology (as aigov bus provision does).
 
 	nc, pjs := srv.ConnectT(t, schemas.RolePolicy)
-	reg := prometheus.NewRegistry()
+	health := servicekit.NewUnboundServer()
+	reg := health.Registry
 	keys := devkeys.New(t)
 	skew := new(atomic.Int64)
-	deps := Deps{
+	cfg := Config{Seed: seedSet(t), SeedEntities: sampleStore(t).Entities(),
+		ApprovalTeams: []string{"risk-reviewers"}, ApprovalTTL: time.Hour, Workers: workers}
+	deps := servicekit.Deps{
 		Clock: func() time.Time { return time.Now().Add(time.Duration(skew.Load())) },
-		NC:    nc, JS: pjs, Topology: topo, Seed: seedSet(t), SeedEntities: sampleStore(t).Entities(),
-		ApprovalTeams: []string{"risk-reviewers"}, ApprovalTTL: time.Hour,
-		Log: zerolog.New(zerolog.NewTestWriter(t)), Registry: reg, Workers: workers,
+		NC:    nc, JS: pjs, Topology: topo,
+		Log: zerolog.New(zerolog.NewTestWriter(t)), HTTP: health,
 		Signer: keys.Signer(schemas.RolePolicy), Trust: keys.Trust(),
 	}
 	for _, f := range edit {
-		f(&deps)
+		f(&cfg)
 	}
-	svc, err := NewService(deps)
+	svc, err := NewService(cfg, deps)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -399,24 +402,25 @@ func TestNewServiceRejectsMissingDeps(t *testing.T) {
 	srv := natsdev.StartT(t, natsdev.Options{})
 	nc, js := srv.ConnectT(t, schemas.RolePolicy)
 	keys := devkeys.New(t)
-	full := Deps{NC: nc, JS: js, Topology: topology.New(""), ApprovalTTL: time.Hour, Registry: prometheus.NewRegistry(), Workers: 1,
+	fullCfg := Config{ApprovalTTL: time.Hour, Workers: 1}
+	full := servicekit.Deps{NC: nc, JS: js, Topology: topology.New(""), HTTP: servicekit.NewUnboundServer(),
 		Signer: keys.Signer(schemas.RolePolicy), Trust: keys.Trust()}
-	for name, edit := range map[string]func(*Deps){
-		"signer":   func(d *Deps) { d.Signer = nil },
-		"trust":    func(d *Deps) { d.Trust = nil },
-		"nc":       func(d *Deps) { d.NC = nil },
-		"js":       func(d *Deps) { d.JS = nil },
-		"ttl":      func(d *Deps) { d.ApprovalTTL = 0 },
-		"registry": func(d *Deps) { d.Registry = nil },
-		"topology": func(d *Deps) { d.Topology = topology.Topology{} },
+	for name, edit := range map[string]func(*Config, *servicekit.Deps){
+		"signer":   func(_ *Config, d *servicekit.Deps) { d.Signer = nil },
+		"trust":    func(_ *Config, d *servicekit.Deps) { d.Trust = nil },
+		"nc":       func(_ *Config, d *servicekit.Deps) { d.NC = nil },
+		"js":       func(_ *Config, d *servicekit.Deps) { d.JS = nil },
+		"ttl":      func(c *Config, _ *servicekit.Deps) { c.ApprovalTTL = 0 },
+		"registry": func(_ *Config, d *servicekit.Deps) { d.HTTP = nil },
+		"topology": func(_ *Config, d *servicekit.Deps) { d.Topology = topology.Topology{} },
 	} {
-		d := full
-		edit(&d)
-		if _, err := NewService(d); err == nil {
+		c, d := fullCfg, full
+		edit(&c, &d)
+		if _, err := NewService(c, d); err == nil {
 			t.Errorf("missing %s accepted", name)
 		}
 	}
-	svc, err := NewService(full)
+	svc, err := NewService(fullCfg, full)
 	if err != nil {
 		t.Fatalf("complete deps rejected: %v", err)
 	}

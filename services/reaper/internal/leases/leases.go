@@ -26,6 +26,10 @@ import (
 // maxUpdateAttempts bounds compare-and-set retries of one heartbeat.
 const maxUpdateAttempts = 8
 
+// MinHeartbeatTTL is the least AIGOV_LEASE_HEARTBEAT_TTL, from the
+// environment or in code: the server's per-message TTL counts in seconds.
+const MinHeartbeatTTL = time.Second
+
 // passTimeout bounds one expiry pass.
 const passTimeout = time.Minute
 
@@ -77,7 +81,7 @@ func New(ctx context.Context, cfg Config, d Deps) (*Leases, error) {
 		return nil, errors.New("leases: nil kill switch")
 	case d.Now == nil:
 		return nil, errors.New("leases: nil clock")
-	case cfg.HeartbeatTTL <= 0 || cfg.MaxDuration < cfg.HeartbeatTTL || cfg.Interval <= 0 || cfg.TTLGrace < time.Second || cfg.MaxScan < 1:
+	case cfg.HeartbeatTTL < MinHeartbeatTTL || cfg.MaxDuration < cfg.HeartbeatTTL || cfg.Interval <= 0 || cfg.TTLGrace < time.Second || cfg.MaxScan < 1:
 		return nil, fmt.Errorf("leases: invalid config %+v", cfg)
 	}
 	kv, err := d.JS.KeyValue(ctx, d.Topology.BucketLeases())
@@ -316,12 +320,9 @@ const (
 // the session reaper's.
 func LoadConfig(e *servicekit.Env, interval, grace time.Duration, maxScan int) Config {
 	c := Config{
-		HeartbeatTTL: e.Duration("AIGOV_LEASE_HEARTBEAT_TTL", DefaultHeartbeatTTL),
-		MaxDuration:  e.Duration("AIGOV_LEASE_MAX_DURATION", DefaultMaxDuration),
+		HeartbeatTTL: e.Duration("AIGOV_LEASE_HEARTBEAT_TTL"),
+		MaxDuration:  e.Duration("AIGOV_LEASE_MAX_DURATION"),
 		Interval:     interval, TTLGrace: grace, MaxScan: maxScan,
-	}
-	if c.HeartbeatTTL < time.Second {
-		e.Fail("AIGOV_LEASE_HEARTBEAT_TTL=%s must be at least 1s", c.HeartbeatTTL)
 	}
 	if c.MaxDuration < c.HeartbeatTTL {
 		e.Fail("AIGOV_LEASE_MAX_DURATION=%s must be at least AIGOV_LEASE_HEARTBEAT_TTL=%s", c.MaxDuration, c.HeartbeatTTL)

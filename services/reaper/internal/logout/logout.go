@@ -310,18 +310,18 @@ const (
 // LoadConfig reads the logout variables. addr is empty when the endpoint is
 // off (AIGOV_LOGOUT_ADDR unset); then nothing else is required.
 func LoadConfig(e *servicekit.Env) (addr string, c Config) {
-	addr = e.String("AIGOV_LOGOUT_ADDR", "")
+	addr = e.String("AIGOV_LOGOUT_ADDR")
 	c = Config{
-		Audience:    e.String("AIGOV_LOGOUT_AUDIENCE", e.String("AIGOV_OIDC_AUDIENCE", "aigov")),
-		MaxAge:      e.Duration("AIGOV_LOGOUT_MAX_AGE", DefaultMaxAge),
+		Audience:    e.StringOr("AIGOV_LOGOUT_AUDIENCE", e.String("AIGOV_OIDC_AUDIENCE")),
+		MaxAge:      e.Duration("AIGOV_LOGOUT_MAX_AGE"),
 		Skew:        DefaultSkew,
-		HTTPTimeout: e.Duration("AIGOV_OIDC_HTTP_TIMEOUT", DefaultHTTPTimeout),
+		HTTPTimeout: e.Duration("AIGOV_OIDC_HTTP_TIMEOUT"),
 	}
 	if addr == "" {
 		return "", c
 	}
-	file := e.String("AIGOV_OIDC_CONFIG", "")
-	c.Issuers = e.List("AIGOV_OIDC_ISSUERS", nil)
+	file := e.String("AIGOV_OIDC_CONFIG")
+	c.Issuers = e.List("AIGOV_OIDC_ISSUERS")
 	switch {
 	case file != "" && len(c.Issuers) > 0:
 		e.Fail("set AIGOV_OIDC_CONFIG or AIGOV_OIDC_ISSUERS, not both")
@@ -331,7 +331,7 @@ func LoadConfig(e *servicekit.Env) (addr string, c Config) {
 			e.Fail("AIGOV_OIDC_CONFIG: %w", err)
 			break
 		}
-		audienceSet := e.String("AIGOV_LOGOUT_AUDIENCE", "") != ""
+		audienceSet := e.String("AIGOV_LOGOUT_AUDIENCE") != ""
 		c.Audiences = map[string]string{}
 		for _, is := range d.Issuers {
 			c.Issuers = append(c.Issuers, is.URL)

@@ -23,6 +23,7 @@ import (
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/services/devenv/natsdev"
 	"github.com/aigov/aigov/services/reaper/internal/logout"
+	"github.com/aigov/aigov/services/reaper/internal/reap"
 	"github.com/aigov/aigov/services/servicekit"
 	"github.com/aigov/aigov/services/servicekit/killswitch"
 	"github.com/aigov/aigov/services/servicekit/topology"
@@ -270,7 +271,7 @@ func TestLogoutTrustsIssuersFromConfigFile(t *testing.T) {
 		if err := os.WriteFile(path, []byte(doc), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		env := servicekit.NewEnv(servicekit.MapLookup(map[string]string{"AIGOV_LOGOUT_ADDR": "127.0.0.1:0", "AIGOV_OIDC_CONFIG": path}))
+		env := reaperEnv(map[string]string{"AIGOV_LOGOUT_ADDR": "127.0.0.1:0", "AIGOV_OIDC_CONFIG": path})
 		_, loaded = logout.LoadConfig(env)
 		if err := env.Err(); err != nil {
 			t.Fatalf("config from file: %v", err)
@@ -290,10 +291,18 @@ func TestLogoutTrustsIssuersFromConfigFile(t *testing.T) {
 		t.Fatalf("logout from an issuer configured by file: %d %v, want 200", code, body)
 	}
 
-	both := servicekit.NewEnv(servicekit.MapLookup(map[string]string{"AIGOV_LOGOUT_ADDR": "127.0.0.1:0",
-		"AIGOV_OIDC_CONFIG": "/nonexistent.yaml", "AIGOV_OIDC_ISSUERS": "https://idp.example"}))
+	both := reaperEnv(map[string]string{"AIGOV_LOGOUT_ADDR": "127.0.0.1:0",
+		"AIGOV_OIDC_CONFIG": "/nonexistent.yaml", "AIGOV_OIDC_ISSUERS": "https://idp.example"})
 	logout.LoadConfig(both)
 	if err := both.Err(); err == nil || !strings.Contains(err.Error(), "not both") {
 		t.Errorf("both AIGOV_OIDC_CONFIG and AIGOV_OIDC_ISSUERS: %v, want a refusal", err)
 	}
+}
+
+// reaperEnv reads m with the reaper's declared settings (their defaults
+// and bounds), without its required common ones.
+func reaperEnv(m map[string]string) *servicekit.Env {
+	e := servicekit.NewEnv(servicekit.MapLookup(m))
+	e.Declare(servicekit.Settings{Service: "reaper", Sections: []servicekit.Section{servicekit.SessionLimitSettings(), reap.Settings()}})
+	return e
 }

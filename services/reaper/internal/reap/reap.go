@@ -18,8 +18,13 @@ import (
 // when AIGOV_REAPER_TTL_GRACE is unset.
 const defaultLeaseGrace = 24 * time.Hour
 
+// DefaultHTTPAddr is the reaper's AIGOV_HTTP_ADDR default.
+const DefaultHTTPAddr = "127.0.0.1:8084"
+
 // Config is the whole reaper's configuration.
 type Config struct {
+	// Common is what every service reads (NATS, HTTP, logging, keys).
+	servicekit.Common
 	Sessions sessions.Config
 	Leases   leases.Config
 	// LogoutAddr serves back-channel logout; empty turns it off.
@@ -29,9 +34,8 @@ type Config struct {
 
 // LoadConfig reads every part's settings; env collects the violations.
 func LoadConfig(env *servicekit.Env) Config {
-	// The reaper signs every session event (servicekit.Common loads it).
-	env.Required("AIGOV_SIGNING_KEY")
-	cfg := Config{Sessions: sessions.LoadConfig(env)}
+	env.Declare(ServiceSettings()) // the defaults and bounds (again for Serve: no-op)
+	cfg := Config{Common: servicekit.LoadCommon(env, "reaper", DefaultHTTPAddr), Sessions: sessions.LoadConfig(env)}
 	// A lease record's TTL is its maximum plus a grace; sessions' default
 	// grace of 0 (the bucket's retention) has no meaning for it.
 	leaseGrace := cfg.Sessions.TTLGrace
@@ -43,32 +47,38 @@ func LoadConfig(env *servicekit.Env) Config {
 	return cfg
 }
 
-// Workers builds the reaper's parts on a started service.
-func Workers(ctx context.Context, svc *servicekit.Service, cfg Config) ([]servicekit.Worker, error) {
-	cons, err := svc.Topology.Bind(ctx, svc.JS, schemas.ConsumerReaper)
+// New builds the reaper's parts on what servicekit.Start built. Binding
+// the consumers and opening the buckets is bounded by
+// servicekit.SetupTimeout. The reaper keeps time by the host's clock
+// (time.Now), as before: AIGOV_DEV_CLOCK_OFFSET shifts authn and policy.
+func New(cfg Config, deps servicekit.Deps) ([]servicekit.Worker, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), servicekit.SetupTimeout)
+	defer cancel()
+	reg := deps.HTTP.Registry
+	cons, err := deps.Topology.Bind(ctx, deps.JS, schemas.ConsumerReaper)
 	if err != nil {
 		return nil, err
 	}
-	leaseCons, err := svc.Topology.Bind(ctx, svc.JS, schemas.ConsumerReaperLeases)
+	leaseCons, err := deps.Topology.Bind(ctx, deps.JS, schemas.ConsumerReaperLeases)
 	if err != nil {
 		return nil, err
 	}
 	reaper, err := sessions.New(ctx, cfg.Sessions, sessions.Deps{
-		JS: svc.JS, Topology: svc.Topology, Log: svc.Log, Registry: svc.HTTP.Registry, Now: time.Now, Signer: svc.Signer,
+		JS: deps.JS, Topology: deps.Topology, Log: deps.Log, Registry: reg, Now: time.Now, Signer: deps.Signer,
 	})
 	if err != nil {
 		return nil, err
 	}
-	sw, err := killswitch.New(ctx, svc.JS, svc.Topology, svc.Signer, time.Now)
+	sw, err := killswitch.New(ctx, deps.JS, deps.Topology, deps.Signer, time.Now)
 	if err != nil {
 		return nil, err
 	}
-	ls, err := leases.New(ctx, cfg.Leases, leases.Deps{JS: svc.JS, Topology: svc.Topology, Switch: sw, Log: svc.Log, Now: time.Now})
+	ls, err := leases.New(ctx, cfg.Leases, leases.Deps{JS: deps.JS, Topology: deps.Topology, Switch: sw, Log: deps.Log, Now: time.Now})
 	if err != nil {
 		return nil, err
 	}
-	runner := servicekit.NewRunner(schemas.ConsumerReaper, svc.Log, svc.HTTP.Registry, cfg.Sessions.Workers)
-	leaseRunner := servicekit.NewRunner(schemas.ConsumerReaperLeases, svc.Log, svc.HTTP.Registry, cfg.Sessions.Workers)
+	runner := servicekit.NewRunner(schemas.ConsumerReaper, deps.Log, reg, cfg.Sessions.Workers)
+	leaseRunner := servicekit.NewRunner(schemas.ConsumerReaperLeases, deps.Log, reg, cfg.Sessions.Workers)
 	workers := []servicekit.Worker{
 		func(ctx context.Context) error { return runner.Run(ctx, cons, reaper.Track) },
 		reaper.RunViews,
@@ -77,12 +87,12 @@ func Workers(ctx context.Context, svc *servicekit.Service, cfg Config) ([]servic
 		ls.Run,
 	}
 	if cfg.LogoutAddr != "" {
-		h, err := logout.New(ctx, cfg.Logout, logout.Deps{JS: svc.JS, Topology: svc.Topology, Switch: sw, Log: svc.Log, Now: time.Now})
+		h, err := logout.New(ctx, cfg.Logout, logout.Deps{JS: deps.JS, Topology: deps.Topology, Switch: sw, Log: deps.Log, Now: time.Now})
 		if err != nil {
 			return nil, err
 		}
 		workers = append(workers, func(ctx context.Context) error {
-			return logout.Serve(ctx, cfg.LogoutAddr, h, cfg.Sessions.ShutdownTimeout)
+			return logout.Serve(ctx, cfg.LogoutAddr, h, cfg.ShutdownTimeout)
 		})
 	}
 	return workers, nil

@@ -7,6 +7,7 @@ import (
 
 	"github.com/aigov/aigov/services/servicekit"
 	"github.com/aigov/aigov/services/servicekit/sessionlimits"
+	"github.com/aigov/aigov/services/servicekit/topology"
 )
 
 // Defaults of the reaper's settings.
@@ -35,13 +36,13 @@ const (
 // idle timeout: an idle expiry may come early by up to the granularity.
 const touchGranularityDivisor = 10
 
-// minInterval keeps a mistyped interval from turning the expiry loop into a
+// MinInterval keeps a mistyped interval from turning the expiry loop into a
 // busy loop against the broker.
-const minInterval = 10 * time.Millisecond
+const MinInterval = 10 * time.Millisecond
 
-// Config is the reaper's whole configuration.
+// Config is the configuration of the reaper's session tracking and
+// expiry (reap.Config holds it beside the common settings).
 type Config struct {
-	servicekit.Common
 	// MaxAge bounds a session's life, measured from its start
 	// (killswitch.Session.Start: auth_time, else the iat of a one-token
 	// session, else when the reaper first saw it) (AIGOV_SESSION_MAX_AGE;
@@ -88,32 +89,36 @@ type Config struct {
 	TouchGranularity time.Duration
 }
 
+// retention is how long the sessions bucket keeps a key not written: the
+// topology's, which no setting changes.
+var retention = topology.New("").EventMaxAge
+
+// minTTLGrace is the least non-zero TTLGrace: the server's per-message TTL
+// counts in whole seconds.
+const minTTLGrace = time.Second
+
 // LoadConfig reads the reaper's variables, recording every violation in e
 // so that the caller reports them all at once with e.Err().
 func LoadConfig(e *servicekit.Env) Config {
 	c := Config{
-		Common:      servicekit.LoadCommon(e, "reaper", "127.0.0.1:8084"),
-		MaxAge:      e.Duration("AIGOV_SESSION_MAX_AGE", DefaultMaxAge),
-		IdleTimeout: e.Duration("AIGOV_SESSION_IDLE_TIMEOUT", DefaultIdleTimeout),
-		Interval:    e.Duration("AIGOV_REAPER_INTERVAL", DefaultInterval),
-		MaxScan:     e.Int("AIGOV_REAPER_MAX_SCAN", DefaultMaxScan, 1),
-		Workers:     e.Int("AIGOV_REAPER_WORKERS", DefaultWorkers, 1),
-		SessionsMax: e.Int("AIGOV_REAPER_SESSIONS_MAX", DefaultSessionsMax, 1),
+		MaxAge:      e.Duration("AIGOV_SESSION_MAX_AGE"),
+		IdleTimeout: e.Duration("AIGOV_SESSION_IDLE_TIMEOUT"),
+		Interval:    e.Duration("AIGOV_REAPER_INTERVAL"),
+		MaxScan:     e.Int("AIGOV_REAPER_MAX_SCAN"),
+		Workers:     e.Int("AIGOV_REAPER_WORKERS"),
+		SessionsMax: e.Int("AIGOV_REAPER_SESSIONS_MAX"),
 
-		RevocationsMax: e.Int("AIGOV_REAPER_REVOCATIONS_MAX", DefaultRevocationsMax, 1),
-		TTLGrace:       e.Duration("AIGOV_REAPER_TTL_GRACE", DefaultTTLGrace),
+		RevocationsMax: e.Int("AIGOV_REAPER_REVOCATIONS_MAX"),
+		TTLGrace:       e.Duration("AIGOV_REAPER_TTL_GRACE"),
 
-		TouchGranularity: e.Duration("AIGOV_REAPER_TOUCH_GRANULARITY", -1),
+		TouchGranularity: e.DurationOr("AIGOV_REAPER_TOUCH_GRANULARITY", -1),
 	}
-	if path := e.String("AIGOV_REAPER_CONFIG", ""); path != "" {
+	if path := e.String("AIGOV_REAPER_CONFIG"); path != "" {
 		limits, err := LoadLimits(path)
 		if err != nil {
 			e.Fail("AIGOV_REAPER_CONFIG: %v", err)
 		}
 		c.Limits = limits
-	}
-	if c.TTLGrace != 0 && c.TTLGrace < time.Minute {
-		e.Fail("AIGOV_REAPER_TTL_GRACE=%s must be 0 (the bucket's retention) or at least 1m", c.TTLGrace)
 	}
 	if c.TouchGranularity == -1 {
 		// Unset: the default, shrunk to a tenth of the shortest idle
@@ -123,50 +128,48 @@ func LoadConfig(e *servicekit.Env) Config {
 			c.TouchGranularity = min(c.TouchGranularity, d/touchGranularityDivisor)
 		}
 	}
-	if err := c.checkGranularity(); err != nil {
-		e.Fail("AIGOV_REAPER_TOUCH_GRANULARITY: %v", err)
-	}
-	if c.MaxAge <= 0 {
-		e.Fail("AIGOV_SESSION_MAX_AGE must be positive")
-	}
-	if c.IdleTimeout <= 0 {
-		e.Fail("AIGOV_SESSION_IDLE_TIMEOUT must be positive")
-	}
-	// The sessions bucket forgets a key not written for its retention; a
-	// longer idle timeout would let idle sessions vanish without being ended.
-	if retention := c.Topology().EventMaxAge; c.IdleTimeout >= retention {
-		e.Fail("AIGOV_SESSION_IDLE_TIMEOUT=%s must be shorter than the sessions bucket's retention %s", c.IdleTimeout, retention)
-	}
-	if c.Interval < minInterval {
-		e.Fail("AIGOV_REAPER_INTERVAL=%s must be at least %s", c.Interval, minInterval)
+	for _, err := range c.violations() {
+		e.Fail("%w", err)
 	}
 	return c
 }
 
-func (c Config) validate() error {
+// validate checks a Config, however it was built: LoadConfig reports its
+// violations with the others, New refuses to start with any.
+func (c Config) validate() error { return errors.Join(c.violations()...) }
+
+// violations are every bound the configuration breaks, each naming its
+// variable: one set of bounds, whether the Config came from the
+// environment or from code.
+func (c Config) violations() []error {
 	var errs []error
 	if c.MaxAge <= 0 {
-		errs = append(errs, errors.New("max age must be positive"))
+		errs = append(errs, errors.New("AIGOV_SESSION_MAX_AGE must be positive"))
 	}
 	if c.IdleTimeout <= 0 {
-		errs = append(errs, errors.New("idle timeout must be positive"))
+		errs = append(errs, errors.New("AIGOV_SESSION_IDLE_TIMEOUT must be positive"))
 	}
-	if c.Interval <= 0 {
-		errs = append(errs, errors.New("interval must be positive"))
+	// The sessions bucket forgets a key not written for its retention; a
+	// longer idle timeout would let idle sessions vanish without being ended.
+	if c.IdleTimeout >= retention {
+		errs = append(errs, fmt.Errorf("AIGOV_SESSION_IDLE_TIMEOUT=%s must be shorter than the sessions bucket's retention %s", c.IdleTimeout, retention))
 	}
-	if c.TTLGrace != 0 && c.TTLGrace < time.Second {
-		errs = append(errs, errors.New("ttl grace must be 0 or at least 1s"))
+	if c.Interval < MinInterval {
+		errs = append(errs, fmt.Errorf("AIGOV_REAPER_INTERVAL=%s must be at least %s", c.Interval, MinInterval))
+	}
+	if c.TTLGrace != 0 && c.TTLGrace < minTTLGrace {
+		errs = append(errs, fmt.Errorf("AIGOV_REAPER_TTL_GRACE=%s must be 0 (the bucket's retention) or at least %s", c.TTLGrace, minTTLGrace))
 	}
 	if err := c.checkGranularity(); err != nil {
-		errs = append(errs, err)
+		errs = append(errs, fmt.Errorf("AIGOV_REAPER_TOUCH_GRANULARITY: %w", err))
 	}
 	if c.MaxScan < 1 {
-		errs = append(errs, errors.New("max scan must be at least 1"))
+		errs = append(errs, fmt.Errorf("AIGOV_REAPER_MAX_SCAN=%d must be at least 1", c.MaxScan))
 	}
 	if c.SessionsMax < 0 || c.RevocationsMax < 0 {
-		errs = append(errs, errors.New("sessions max and revocations max must not be negative"))
+		errs = append(errs, errors.New("AIGOV_REAPER_SESSIONS_MAX and AIGOV_REAPER_REVOCATIONS_MAX must not be negative"))
 	}
-	return errors.Join(errs...)
+	return errs
 }
 
 // checkGranularity keeps the write-coalescing granularity at most a tenth

@@ -8,13 +8,14 @@ import (
 	"github.com/aigov/aigov/services/servicekit/topology"
 
 	"github.com/aigov/aigov/schemas"
+	"github.com/aigov/aigov/services/reaper/internal/reap"
 	"github.com/aigov/aigov/services/reaper/internal/sessions"
 	"github.com/aigov/aigov/services/servicekit"
 )
 
 func TestLoadConfigDefaults(t *testing.T) {
 	t.Parallel()
-	env := servicekit.NewEnv(servicekit.MapLookup(nil))
+	env := reaperEnv(nil)
 	c := sessions.LoadConfig(env)
 	if err := env.Err(); err != nil {
 		t.Fatal(err)
@@ -22,20 +23,21 @@ func TestLoadConfigDefaults(t *testing.T) {
 	if c.MaxAge != 8*time.Hour || c.IdleTimeout != time.Hour || c.Interval != time.Second || c.MaxScan != 100000 || c.Workers != 4 {
 		t.Errorf("defaults: %+v", c)
 	}
-	if c.Service != "reaper" || c.HTTPAddr != "127.0.0.1:8084" || c.NATSUser != "reaper" {
-		t.Errorf("common defaults: service %q http %q user %q", c.Service, c.HTTPAddr, c.NATSUser)
+	// The common part is the whole reaper's, loaded beside the sessions'.
+	if rc := reap.LoadConfig(reaperEnv(nil)); rc.Service != "reaper" || rc.HTTPAddr != "127.0.0.1:8084" || rc.NATSUser != "reaper" {
+		t.Errorf("common defaults: service %q http %q user %q", rc.Service, rc.HTTPAddr, rc.NATSUser)
 	}
 }
 
 func TestLoadConfigReadsVariables(t *testing.T) {
 	t.Parallel()
-	env := servicekit.NewEnv(servicekit.MapLookup(map[string]string{
+	env := reaperEnv(map[string]string{
 		"AIGOV_SESSION_MAX_AGE":      "10s",
 		"AIGOV_SESSION_IDLE_TIMEOUT": "5s",
 		"AIGOV_REAPER_INTERVAL":      "250ms",
 		"AIGOV_REAPER_MAX_SCAN":      "50",
 		"AIGOV_REAPER_WORKERS":       "2",
-	}))
+	})
 	c := sessions.LoadConfig(env)
 	if err := env.Err(); err != nil {
 		t.Fatal(err)
@@ -49,15 +51,15 @@ func TestLoadConfigReadsVariables(t *testing.T) {
 // all in one go.
 func TestLoadConfigReportsAllErrorsAtOnce(t *testing.T) {
 	t.Parallel()
-	env := servicekit.NewEnv(servicekit.MapLookup(map[string]string{
+	env := reaperEnv(map[string]string{
 		"AIGOV_SESSION_MAX_AGE":      "eight hours",
 		"AIGOV_SESSION_IDLE_TIMEOUT": "0s",
 		"AIGOV_REAPER_INTERVAL":      "1ms",
 		"AIGOV_REAPER_MAX_SCAN":      "0",
 		"AIGOV_REAPER_WORKERS":       "many",
 		"AIGOV_REPLICAS":             "0",
-	}))
-	sessions.LoadConfig(env)
+	})
+	reap.LoadConfig(env)
 	err := env.Err()
 	if err == nil {
 		t.Fatal("bad configuration accepted")
@@ -81,7 +83,7 @@ func TestLoadConfigReportsAllErrorsAtOnce(t *testing.T) {
 func TestLoadConfigRejectsIdleTimeoutBeyondRetention(t *testing.T) {
 	t.Parallel()
 	retention := topology.New("").EventMaxAge
-	env := servicekit.NewEnv(servicekit.MapLookup(map[string]string{"AIGOV_SESSION_IDLE_TIMEOUT": retention.String()}))
+	env := reaperEnv(map[string]string{"AIGOV_SESSION_IDLE_TIMEOUT": retention.String()})
 	sessions.LoadConfig(env)
 	if err := env.Err(); err == nil || !strings.Contains(err.Error(), "retention") {
 		t.Errorf("got %v, want an error about the bucket's retention", err)
@@ -114,4 +116,12 @@ func TestRecordExpired(t *testing.T) {
 			}
 		})
 	}
+}
+
+// reaperEnv reads m with the reaper's declared settings (their defaults
+// and bounds), without its required common ones.
+func reaperEnv(m map[string]string) *servicekit.Env {
+	e := servicekit.NewEnv(servicekit.MapLookup(m))
+	e.Declare(servicekit.Settings{Service: "reaper", Sections: []servicekit.Section{servicekit.SessionLimitSettings(), reap.Settings()}})
+	return e
 }

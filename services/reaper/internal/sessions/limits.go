@@ -47,7 +47,7 @@ func (c Config) recordTTL(r Record, now time.Time) time.Duration {
 	maxAge, idle := c.limitsFor(r)
 	start := r.Start()
 	if c.TTLGrace == 0 {
-		return c.Topology().EventMaxAge
+		return retention
 	}
 	left := min(start.Add(maxAge).Sub(now), r.LastSeen.Add(idle).Sub(now))
 	return max(left, 0) + c.TTLGrace

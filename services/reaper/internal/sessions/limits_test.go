@@ -9,7 +9,6 @@ import (
 
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/services/reaper/internal/sessions"
-	"github.com/aigov/aigov/services/servicekit"
 )
 
 func writeLimits(t *testing.T, body string) string {
@@ -28,7 +27,7 @@ func TestLoadLimits(t *testing.T) {
 	path := writeLimits(t, `{"limits":[
 		{"issuer":"https://idp.aigov.test","group":"contractors","idle_timeout":"30s"},
 		{"principal_type":"Workload","max_age":"10m"}]}`)
-	env := servicekit.NewEnv(servicekit.MapLookup(map[string]string{"AIGOV_REAPER_CONFIG": path}))
+	env := reaperEnv(map[string]string{"AIGOV_REAPER_CONFIG": path})
 	c := sessions.LoadConfig(env)
 	if err := env.Err(); err != nil {
 		t.Fatal(err)
@@ -65,23 +64,23 @@ func TestLoadLimits(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
-			env := servicekit.NewEnv(servicekit.MapLookup(map[string]string{"AIGOV_REAPER_CONFIG": writeLimits(t, tc.body)}))
+			env := reaperEnv(map[string]string{"AIGOV_REAPER_CONFIG": writeLimits(t, tc.body)})
 			sessions.LoadConfig(env)
 			if err := env.Err(); err == nil || !strings.Contains(err.Error(), "AIGOV_REAPER_CONFIG") || !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("error %v, want AIGOV_REAPER_CONFIG and %q", err, tc.want)
 			}
 		})
 	}
-	env = servicekit.NewEnv(servicekit.MapLookup(map[string]string{"AIGOV_REAPER_CONFIG": filepath.Join(t.TempDir(), "missing.json")}))
+	env = reaperEnv(map[string]string{"AIGOV_REAPER_CONFIG": filepath.Join(t.TempDir(), "missing.json")})
 	sessions.LoadConfig(env)
 	if err := env.Err(); err == nil || !strings.Contains(err.Error(), "read reaper config") {
 		t.Errorf("missing file: %v", err)
 	}
 	// A rule's idle timeout bounds an explicit touch granularity too.
-	env = servicekit.NewEnv(servicekit.MapLookup(map[string]string{
+	env = reaperEnv(map[string]string{
 		"AIGOV_REAPER_CONFIG":            writeLimits(t, `{"limits":[{"group":"g","idle_timeout":"5s"}]}`),
 		"AIGOV_REAPER_TOUCH_GRANULARITY": "1s",
-	}))
+	})
 	sessions.LoadConfig(env)
 	if err := env.Err(); err == nil || !strings.Contains(err.Error(), "AIGOV_REAPER_TOUCH_GRANULARITY") {
 		t.Errorf("granularity above a rule's idle/10: %v", err)

@@ -313,8 +313,8 @@ func TestNewRejectsMissingDeps(t *testing.T) {
 		"nil registry":  {deps: func() sessions.Deps { d := valid(); d.Registry = nil; return d }, want: "nil metrics registry"},
 		"nil clock":     {deps: func() sessions.Deps { d := valid(); d.Now = nil; return d }, want: "nil clock"},
 		"no signer":     {deps: func() sessions.Deps { d := valid(); d.Signer = nil; return d }, want: "no signing key"},
-		"zero max age":  {deps: valid, cfg: func(c *sessions.Config) { c.MaxAge = 0 }, want: "max age must be positive"},
-		"zero max scan": {deps: valid, cfg: func(c *sessions.Config) { c.MaxScan = 0 }, want: "max scan"},
+		"zero max age":  {deps: valid, cfg: func(c *sessions.Config) { c.MaxAge = 0 }, want: "AIGOV_SESSION_MAX_AGE must be positive"},
+		"zero max scan": {deps: valid, cfg: func(c *sessions.Config) { c.MaxScan = 0 }, want: "AIGOV_REAPER_MAX_SCAN"},
 		"no buckets": {deps: func() sessions.Deps {
 			d := valid()
 			d.Topology = topology.New("other")
