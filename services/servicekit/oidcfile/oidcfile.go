@@ -73,3 +73,33 @@ func Parse(b []byte) (Document, error) {
 	}
 	return d, nil
 }
+
+// Env is what Load reads the two settings through (servicekit.Env).
+type Env interface {
+	String(key string) string
+	List(key string) []string
+	Fail(format string, args ...any)
+}
+
+// Load reads the trusted issuers the way authn and the reaper both must:
+// the AIGOV_OIDC_CONFIG file, or the AIGOV_OIDC_ISSUERS list, never both.
+// It returns the file's document (fromFile) or the list; a bad file, both
+// set, or (when required) neither is recorded on e.
+func Load(e Env, required string) (d Document, urls []string, fromFile bool) {
+	file := e.String("AIGOV_OIDC_CONFIG")
+	urls = e.List("AIGOV_OIDC_ISSUERS")
+	switch {
+	case file != "" && len(urls) > 0:
+		e.Fail("set AIGOV_OIDC_CONFIG or AIGOV_OIDC_ISSUERS, not both")
+		return Document{}, nil, false
+	case file != "":
+		d, err := Read(file)
+		if err != nil {
+			e.Fail("AIGOV_OIDC_CONFIG: %v", err)
+		}
+		return d, nil, err == nil
+	case len(urls) == 0 && required != "":
+		e.Fail("%s", required)
+	}
+	return Document{}, urls, false
+}

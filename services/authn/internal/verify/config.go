@@ -10,6 +10,7 @@ import (
 
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/services/servicekit"
+	"github.com/aigov/aigov/services/servicekit/oidcfile"
 	"github.com/aigov/aigov/services/servicekit/sessionlimits"
 )
 
@@ -199,20 +200,15 @@ func LoadConfig(e *servicekit.Env) Config {
 		PersonalContextFields: e.List("AIGOV_PERSONAL_CONTEXT_FIELDS"),
 		SubjectKeyCacheSize:   e.Int("AIGOV_SUBJECT_KEY_CACHE_SIZE"),
 	}
-	file := e.String("AIGOV_OIDC_CONFIG")
-	urls := e.List("AIGOV_OIDC_ISSUERS")
+	d, urls, fromFile := oidcfile.Load(e, "AIGOV_OIDC_ISSUERS is required (a comma-separated list of trusted issuer URLs), or AIGOV_OIDC_CONFIG (a file)")
 	switch {
-	case file != "" && len(urls) > 0:
-		e.Fail("set AIGOV_OIDC_CONFIG or AIGOV_OIDC_ISSUERS, not both")
-	case file != "":
-		issuers, err := LoadIssuersFile(file)
+	case fromFile:
+		issuers, err := issuersOf(d)
 		if err != nil {
 			e.Fail("AIGOV_OIDC_CONFIG: %w", err)
 		}
 		cfg.Issuers = issuers
-	case len(urls) == 0:
-		e.Fail("AIGOV_OIDC_ISSUERS is required (a comma-separated list of trusted issuer URLs), or AIGOV_OIDC_CONFIG (a file)")
-	default:
+	case len(urls) > 0:
 		aud := e.String("AIGOV_OIDC_AUDIENCE")
 		for _, u := range urls {
 			cfg.Issuers = append(cfg.Issuers, Issuer{URL: u, Audiences: []string{aud}})

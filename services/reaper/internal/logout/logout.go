@@ -320,17 +320,9 @@ func LoadConfig(e *servicekit.Env) (addr string, c Config) {
 	if addr == "" {
 		return "", c
 	}
-	file := e.String("AIGOV_OIDC_CONFIG")
-	c.Issuers = e.List("AIGOV_OIDC_ISSUERS")
-	switch {
-	case file != "" && len(c.Issuers) > 0:
-		e.Fail("set AIGOV_OIDC_CONFIG or AIGOV_OIDC_ISSUERS, not both")
-	case file != "":
-		d, err := oidcfile.Read(file)
-		if err != nil {
-			e.Fail("AIGOV_OIDC_CONFIG: %w", err)
-			break
-		}
+	d, urls, fromFile := oidcfile.Load(e, "AIGOV_OIDC_ISSUERS or AIGOV_OIDC_CONFIG is required when AIGOV_LOGOUT_ADDR is set")
+	c.Issuers = urls
+	if fromFile {
 		audienceSet := e.String("AIGOV_LOGOUT_AUDIENCE") != ""
 		c.Audiences = map[string]string{}
 		for _, is := range d.Issuers {
@@ -339,8 +331,6 @@ func LoadConfig(e *servicekit.Env) (addr string, c Config) {
 				c.Audiences[is.URL] = is.Audiences[0]
 			}
 		}
-	case len(c.Issuers) == 0:
-		e.Fail("AIGOV_OIDC_ISSUERS or AIGOV_OIDC_CONFIG is required when AIGOV_LOGOUT_ADDR is set")
 	}
 	if c.MaxAge <= 0 || c.HTTPTimeout <= 0 {
 		e.Fail("AIGOV_LOGOUT_MAX_AGE and AIGOV_OIDC_HTTP_TIMEOUT must be positive")
