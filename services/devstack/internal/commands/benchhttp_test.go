@@ -10,7 +10,13 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/aigov/aigov/schemas"
 )
+
+func schemasRequest() schemas.Request {
+	return schemas.Request{Action: "model.deploy", Resource: schemas.Resource{Type: "Model", ID: "m-1"}, Context: map[string]any{"env": "staging"}}
+}
 
 // The load generator's keep-alive client sends the request as written
 // (method, path, bearer token, body), reuses one connection for calls in
@@ -61,5 +67,35 @@ func TestKeepAliveClientReusesAndRecovers(t *testing.T) {
 	}
 	if n := calls.Load(); n != 6 {
 		t.Errorf("the server handled %d calls, want 6", n)
+	}
+}
+
+// BenchmarkGatewayClient: one call of each load-generator client to a
+// loopback server that answers at once (client and server CPU together),
+// 8 callers per core in parallel.
+func BenchmarkGatewayClient(b *testing.B) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		_, _ = w.Write([]byte(`{"decision":"allow"}`))
+	}))
+	b.Cleanup(srv.Close)
+	for _, name := range []string{clientKeepAlive, clientNetHTTP} {
+		b.Run(strings.ReplaceAll(name, "/", "-"), func(b *testing.B) {
+			g, err := newGatewayCaller(srv.URL, schemasRequest(), name)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(g.close)
+			b.SetParallelism(8) // 8 callers per core
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					if err := g.authorize(context.Background(), "tok"); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+		})
 	}
 }
