@@ -128,15 +128,17 @@ func New(nc *nats.Conn, opts Options) (*Client, error) {
 		subjects:  schemas.NewSubjects(opts.Prefix),
 		source:    opts.Source,
 		timeout:   opts.Timeout,
-		inbox:     nc.NewRespInbox(),
+		inbox:     nc.NewInbox(),
 		pending:   make(map[string]pendingCall),
 		trust:     opts.Trust,
 		unclaimed: opts.Unclaimed,
 	}
 	c.decisions = strings.TrimSuffix(c.subjects.All(schemas.KindDecision), ">")
-	// NewRespInbox ends in a unique token; replace it with a wildcard so one
-	// subscription catches every reply, keyed by request id.
-	c.inbox = c.inbox[:strings.LastIndexByte(c.inbox, '.')]
+	// One subscription catches every reply, keyed by request id. The
+	// inbox is one of its own, not the prefix of the connection's
+	// request/reply mux (NewRespInbox), under which JetStream's PubAcks
+	// come: sharing it, the server sent every PubAck and every decision
+	// twice, once to each subscription.
 	c.sub, err = nc.Subscribe(c.inbox+".*", c.route)
 	if err != nil {
 		return nil, fmt.Errorf("aigov client: subscribe to replies: %w", err)
@@ -149,9 +151,8 @@ func New(nc *nats.Conn, opts Options) (*Client, error) {
 func (c *Client) Rejected() uint64 { return c.rejected.Load() }
 
 func (c *Client) route(m *nats.Msg) {
-	// The wildcard also sees the connection's own JetStream acks, which
-	// are not events: only what parses as a decision is checked (and
-	// counted when its signature fails).
+	// Only what parses as a decision is checked (and counted when its
+	// signature fails).
 	// One pass over the envelope and its data (the two-step decode, the
 	// envelope then its data, cost 30 % more a decision: 18 → 12 µs).
 	var ev struct {

@@ -743,3 +743,44 @@ func TestRetryOfADecidedRequestIsResent(t *testing.T) {
 		t.Fatalf("request stream last seq %d, want 2: the first copy and the resent one", st.LastSeq)
 	}
 }
+
+// Each call brings the client's connection two messages, the request's
+// PubAck and the decision, not four: the decision inbox is not the
+// connection's request/reply mux, which would have the server deliver
+// each PubAck and each decision to both subscriptions.
+func TestAuthorizeReceivesEachReplyOnce(t *testing.T) {
+	t.Parallel()
+	b := startBus(t)
+	nc := b.connect(t, schemas.RolePlatform)
+	c, err := client.New(nc, client.Options{Source: "ml-platform/test", Trust: b.trust})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	const n = 20
+	observed := b.decider(ctx, t, n, true)
+	before := nc.Stats().InMsgs
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	for i := range n {
+		wg.Go(func() {
+			_, errs[i] = c.Authorize(ctx, client.Call{Token: "t", Request: schemas.Request{Action: "model.retrain", Resource: schemas.Resource{Type: "Model", ID: fmt.Sprintf("m-%d", i)}}})
+		})
+	}
+	wg.Wait()
+	for s := range observed {
+		if s.err != nil {
+			t.Fatalf("decider: %v", s.err)
+		}
+	}
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("call %d: %v", i, err)
+		}
+	}
+	if got := nc.Stats().InMsgs - before; got != 2*n {
+		t.Errorf("the connection received %d messages for %d calls, want %d (a PubAck and a decision each)", got, n, 2*n)
+	}
+}

@@ -251,9 +251,10 @@ type Common struct {
 	// events with (AIGOV_SIGNING_KEY; required, in their own Config, by
 	// the services that publish events: authn, policy, reaper).
 	SigningKey string
-	// SigningLinger is how long a pipelined runner waits for more events
-	// to sign and publish as one batch (AIGOV_SIGNING_LINGER; 0 flushes
-	// what is there at once).
+	// SigningLinger is how long a pipelined runner waits, at most, for
+	// more events to sign and publish as one batch (AIGOV_SIGNING_LINGER;
+	// 0 flushes what is there at once). It waits only while its workers
+	// are handling messages: a lone event is published at once.
 	SigningLinger time.Duration
 	// Pprof serves Go's profiles on the health port (AIGOV_PPROF).
 	Pprof bool
@@ -272,7 +273,8 @@ type Common struct {
 
 // DefaultSigningLinger is AIGOV_SIGNING_LINGER's default: 2 ms gathers
 // a dozen events or more per signature at a few thousand a second, and
-// costs each event at most that much latency per signing hop.
+// costs each event at most that much latency per signing hop (none when
+// the hop has nothing else in hand).
 const DefaultSigningLinger = 2 * time.Millisecond
 
 // GCPercent reads AIGOV_GOGC; unset, GOGC (as Go itself reads it, "off"

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -107,11 +108,18 @@ func (r *Runner) runPipelined(ctx context.Context, msgs <-chan jetstream.Msg, h 
 	handled := make(chan settled, 2*r.workers)
 	published := make(chan inFlight, 4)
 	var workers, stages sync.WaitGroup
+	// busy counts the messages workers are handling: what the flusher
+	// may still get soon. Lingering for more only pays when some are.
+	var busy atomic.Int64
 	for range r.workers {
 		workers.Go(func() {
 			for m := range msgs {
+				busy.Add(1)
 				s := &settlement{}
 				err := r.call(ctx, m, h, s)
+				// Before the hand-off: a flusher waiting for this very
+				// message must not count it as still coming.
+				busy.Add(-1)
 				if err != nil || len(s.out) == 0 {
 					// Nothing to store first: settle now, as Run does.
 					if err == nil {
@@ -126,7 +134,7 @@ func (r *Runner) runPipelined(ctx context.Context, msgs <-chan jetstream.Msg, h 
 	}
 	stages.Go(func() {
 		defer close(published)
-		r.flushLoop(handled, published, o)
+		r.flushLoop(handled, published, o, busy.Load)
 	})
 	stages.Go(func() {
 		for b := range published {
@@ -138,23 +146,31 @@ func (r *Runner) runPipelined(ctx context.Context, msgs <-chan jetstream.Msg, h 
 	stages.Wait()
 }
 
-// flushLoop gathers handled messages into batches (up to MaxBatch events,
-// lingering up to Linger for more), signs each batch's events under one
-// signature and publishes them asynchronously.
-func (r *Runner) flushLoop(in <-chan settled, out chan<- inFlight, o *PipelineOptions) {
+// flushLoop gathers handled messages into batches (up to MaxBatch events),
+// signs each batch's events under one signature and publishes them
+// asynchronously. It lingers up to Linger for more only while workers are
+// handling messages (busy > 0): with none in hand nothing more is coming
+// soon, and waiting would only add Linger to every event of a quiet
+// stream (one at a time, 2 ms at each of authn and policy: 7.2 → 2.3 ms
+// per decision). Under load the workers are busy and batches form as
+// before.
+func (r *Runner) flushLoop(in <-chan settled, out chan<- inFlight, o *PipelineOptions, busy func() int64) {
 	for first := range in {
 		batch := []settled{first}
 		events := len(first.s.out)
-		linger := time.NewTimer(o.Linger)
+		var linger *time.Timer
 		for open := true; open && events < o.MaxBatch; {
 			var next settled
-			if o.Linger == 0 {
-				select {
-				case next, open = <-in:
-				default:
+			select {
+			case next, open = <-in:
+			default:
+				if o.Linger == 0 || busy() == 0 {
 					open = false
+					break
 				}
-			} else {
+				if linger == nil {
+					linger = time.NewTimer(o.Linger)
+				}
 				select {
 				case next, open = <-in:
 				case <-linger.C:
@@ -166,7 +182,9 @@ func (r *Runner) flushLoop(in <-chan settled, out chan<- inFlight, o *PipelineOp
 				events += len(next.s.out)
 			}
 		}
-		linger.Stop()
+		if linger != nil {
+			linger.Stop()
+		}
 		all := make([]*nats.Msg, 0, events)
 		for _, it := range batch {
 			all = append(all, it.s.out...)

@@ -218,3 +218,46 @@ func newPipelineBus(t *testing.T) pipelineBus {
 	}
 	return pipelineBus{js: js, cons: cons, keys: keys, pub: pub, replies: replies}
 }
+
+// A message that comes alone is published at once, not after the
+// linger: with no other message in the workers' hands nothing is coming
+// to share its signature, and waiting would only delay it (a quiet
+// stream paid AIGOV_SIGNING_LINGER at every signing hop).
+func TestPipelinedRunnerDoesNotLingerWhenIdle(t *testing.T) {
+	t.Parallel()
+	pb := newPipelineBus(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	h := func(ctx context.Context, m jetstream.Msg) error {
+		stored, err := pb.pub.Publish(ctx, servicekit.Outgoing{NATSSubject: "out.ok." + string(m.Data()), ID: "ev-" + string(m.Data()), Type: "t.v1", Time: time.Now(), Data: 1})
+		if err != nil {
+			return err
+		}
+		pb.pub.Reply(ctx, "r", "", "_INBOX.test.replies."+string(m.Data()), stored)
+		return nil
+	}
+	const linger = 2 * time.Second
+	r := newRunner(4)
+	if err := r.Pipeline(pb.pub.PipelineOptions(linger)); err != nil {
+		t.Fatal(err)
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- r.Run(runCtx, pb.cons, h) }()
+	for i := range 3 {
+		start := time.Now()
+		if _, err := pb.js.Publish(ctx, fmt.Sprintf("in.%d", i), []byte(strconv.Itoa(i))); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := pb.replies.NextMsg(10 * time.Second); err != nil {
+			t.Fatalf("message %d: no reply: %v", i, err)
+		}
+		if took := time.Since(start); took >= linger/2 {
+			t.Errorf("message %d alone was answered after %s: it waited for the linger (%s)", i, took, linger)
+		}
+	}
+	stop()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}

@@ -24,7 +24,7 @@ func CommonSettings() Section {
 		{Names: []string{"AIGOV_SHUTDOWN_TIMEOUT"}, Value: 20 * time.Second, Doc: "bound on draining and flushing at SIGTERM"},
 		{Names: []string{"AIGOV_SIGNING_KEY"}, Doc: "PEM Ed25519 private key file the service signs its events with (`aigov keys gen`)"},
 		{Names: []string{"AIGOV_TRUST_FILE"}, Doc: "the trust file: every signing role's public keys ([docs/security.md](security.md#signed-events))"},
-		{Names: []string{"AIGOV_SIGNING_LINGER"}, Value: DefaultSigningLinger, Doc: "how long authn and policy gather events to sign under one signature and publish together"},
+		{Names: []string{"AIGOV_SIGNING_LINGER"}, Value: DefaultSigningLinger, Doc: "how long authn and policy gather events to sign under one signature and publish together, at most; they wait only while their workers are handling more messages, so a lone event is published at once ([performance](performance.md))"},
 		{Names: []string{"AIGOV_GOGC"}, Min: -1, Default: "`GOGC` if set, else `400` (audit: `200`)", Doc: "the Go garbage collector's target, as `GOGC` (`-1`: off); the small heaps of authn, policy and the reaper collect far too often at Go's 100 ([performance](performance.md#garbage-collection)); set `GOMEMLIMIT` too where memory is tight"},
 		{Names: []string{"GOGC"}, Doc: "Go's own variable, read when `AIGOV_GOGC` is unset"},
 		{Names: []string{"AIGOV_PPROF"}, Value: false, Doc: "serve Go's profiles under `/debug/pprof/` on the health port (`devstack bench -profile DIR` uses it); keep that port internal"},

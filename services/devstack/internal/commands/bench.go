@@ -45,6 +45,7 @@ func Bench(ctx context.Context, args []string, out io.Writer) error {
 	gatewayN := fs.Int("gateway", 500, "then time this many requests through the gateway's HTTP API against as many sent directly, alternating, one at a time (0 skips)")
 	gatewayRate := fs.Int("gateway-rate", 1000, "then send calls open loop at this rate through the gateway's HTTP API and, in alternating 1 s blocks, directly with the SDK, and report the latency the gateway adds (0 skips)")
 	gatewayDuration := fs.Duration("gateway-duration", 20*time.Second, "how long -gateway-rate sends, both paths together")
+	gatewayClient := fs.String("gateway-http-client", clientKeepAlive, "the load generator's HTTP client for the gateway: "+clientKeepAlive+" (each call on a kept-alive connection of its own, in the calling goroutine) or "+clientNetHTTP+" (Go's Transport)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -232,60 +233,104 @@ func Bench(ctx context.Context, args []string, out io.Writer) error {
 	if err := st.StartGateway(ctx, 0, 0, "AIGOV_GATEWAY_MAX_IN_FLIGHT="+strconv.Itoa(gatewayMaxInFlight)); err != nil {
 		return err
 	}
-	g, err := newGatewayCaller(st.GatewayURL(), req)
+	g, err := newGatewayCaller(st.GatewayURL(), req, *gatewayClient)
 	if err != nil {
 		return err
 	}
+	defer g.close()
 	if *gatewayN > 0 {
 		if err := benchGateway(ctx, st, g, tokens, req, *gatewayN, out); err != nil {
 			return err
 		}
 	}
 	if *gatewayRate > 0 {
-		return benchGatewayRate(ctx, st, work, tokens, req, *gatewayRate, *gatewayDuration, *profile, out)
+		return benchGatewayRate(ctx, st, work, tokens, req, *gatewayRate, *gatewayDuration, *gatewayClient, *profile, out)
 	}
 	return nil
 }
 
-// gatewayCaller sends one request through POST /v1/authorize.
+// gatewayCaller sends one request through POST /v1/authorize, with
+// keepAliveClient or, with netHTTP, net/http's client.
 type gatewayCaller struct {
 	url  string
 	body []byte
 	hc   *http.Client
+	ka   *keepAliveClient
 }
 
-func newGatewayCaller(base string, req schemas.Request) (*gatewayCaller, error) {
+// Gateway HTTP clients of the load generator (-gateway-http-client).
+const (
+	clientKeepAlive = "keepalive"
+	clientNetHTTP   = "net/http"
+)
+
+func newGatewayCaller(base string, req schemas.Request, httpClient string) (*gatewayCaller, error) {
 	body, err := json.Marshal(map[string]any{"action": req.Action, "resource": req.Resource, "context": req.Context})
 	if err != nil {
 		return nil, fmt.Errorf("bench: gateway body: %w", err)
 	}
-	// Enough idle connections for an open-loop rate: with Go's default of
-	// 2 per host, most calls would open a new TCP connection, which is the
-	// load generator's cost, not the gateway's.
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	tr.MaxIdleConns, tr.MaxIdleConnsPerHost = 1024, 1024
-	return &gatewayCaller{url: base + "/v1/authorize", body: body, hc: &http.Client{Timeout: 30 * time.Second, Transport: tr}}, nil
+	g := &gatewayCaller{url: base + "/v1/authorize", body: body}
+	switch httpClient {
+	case clientKeepAlive:
+		if g.ka, err = newKeepAliveClient(g.url); err != nil {
+			return nil, err
+		}
+	case clientNetHTTP:
+		// Enough idle connections for an open-loop rate: with Go's
+		// default of 2 per host, most calls would open a new TCP
+		// connection, which is the load generator's cost, not the
+		// gateway's.
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr.MaxIdleConns, tr.MaxIdleConnsPerHost = 1024, 1024
+		g.hc = &http.Client{Timeout: 30 * time.Second, Transport: tr}
+	default:
+		return nil, fmt.Errorf("bench: gateway HTTP client %q: want %s or %s", httpClient, clientKeepAlive, clientNetHTTP)
+	}
+	return g, nil
 }
 
 func (g *gatewayCaller) authorize(ctx context.Context, token string) error {
-	r, err := http.NewRequestWithContext(ctx, http.MethodPost, g.url, bytes.NewReader(g.body))
-	if err != nil {
-		return err
+	var status int
+	var b []byte
+	if g.ka != nil {
+		var err error
+		if status, b, err = g.ka.post(ctx, token, g.body); err != nil {
+			return err
+		}
+	} else {
+		r, err := http.NewRequestWithContext(ctx, http.MethodPost, g.url, bytes.NewReader(g.body))
+		if err != nil {
+			return err
+		}
+		r.Header.Set("Authorization", "Bearer "+token)
+		r.Header.Set("Content-Type", "application/json")
+		resp, err := g.hc.Do(r)
+		if err != nil {
+			return err
+		}
+		b, err = io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		_ = resp.Body.Close()
+		if err != nil {
+			return err
+		}
+		status = resp.StatusCode
 	}
-	r.Header.Set("Authorization", "Bearer "+token)
-	r.Header.Set("Content-Type", "application/json")
-	resp, err := g.hc.Do(r)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
 	var d struct {
 		Decision string `json:"decision"`
 	}
-	if err := json.NewDecoder(resp.Body).Decode(&d); err != nil || resp.StatusCode != http.StatusOK || d.Decision == "" {
-		return fmt.Errorf("gateway answered %d (%v)", resp.StatusCode, err)
+	if err := json.Unmarshal(b, &d); err != nil || status != http.StatusOK || d.Decision == "" {
+		return fmt.Errorf("gateway answered %d (%v)", status, err)
 	}
 	return nil
+}
+
+// close releases the caller's idle connections.
+func (g *gatewayCaller) close() {
+	if g.ka != nil {
+		g.ka.close()
+	} else {
+		g.hc.CloseIdleConnections()
+	}
 }
 
 // benchGateway measures the latency the gateway adds: n requests through

@@ -60,7 +60,7 @@ type rateResult struct {
 // platform has: its NATS hop never waits for another process to be
 // scheduled.) With profile set, CPU profiles of the gateway and the
 // services over the measured blocks go to profile/gateway-rate/.
-func benchGatewayRate(ctx context.Context, st *stack.Stack, work string, tokens []string, req schemas.Request, rate int, dur time.Duration, profile string, out io.Writer) error {
+func benchGatewayRate(ctx context.Context, st *stack.Stack, work string, tokens []string, req schemas.Request, rate int, dur time.Duration, httpClient, profile string, out io.Writer) error {
 	self, err := os.Executable()
 	if err != nil {
 		return fmt.Errorf("bench: %w", err)
@@ -73,10 +73,10 @@ func benchGatewayRate(ctx context.Context, st *stack.Stack, work string, tokens 
 	if err != nil {
 		return fmt.Errorf("bench: %w", err)
 	}
-	fmt.Fprintf(out, "\n== %d calls/s open loop for %s from a platform process, through the gateway and direct (SDK) in alternating %s blocks (first block of each a warm-up)\n",
-		rate, dur, gatewayBlock)
+	fmt.Fprintf(out, "\n== %d calls/s open loop for %s from a platform process, through the gateway (HTTP client %s) and direct (SDK) in alternating %s blocks (first block of each a warm-up)\n",
+		rate, dur, httpClient, gatewayBlock)
 	cmd := exec.CommandContext(ctx, self, BenchClientCommand, "-gateway", st.GatewayURL(), "-tokens", tokFile,
-		"-request", string(body), "-rate", strconv.Itoa(rate), "-duration", dur.String())
+		"-request", string(body), "-rate", strconv.Itoa(rate), "-duration", dur.String(), "-http-client", httpClient)
 	cmd.Env = append(os.Environ(),
 		"AIGOV_NATS_URL="+st.NATS.URL(), "AIGOV_NATS_USER="+schemas.RolePlatform,
 		"AIGOV_NATS_PASSWORD="+st.NATS.Password(schemas.RolePlatform), "AIGOV_NATS_TLS_CA="+st.NATS.CAFile(),
@@ -186,6 +186,7 @@ func BenchClient(ctx context.Context, args []string, out io.Writer) error {
 	reqJSON := fs.String("request", "", "the request (action, resource, context) as JSON")
 	rate := fs.Int("rate", 1000, "calls per second")
 	dur := fs.Duration("duration", 20*time.Second, "how long to send, both paths together")
+	httpClient := fs.String("http-client", clientKeepAlive, "the HTTP client for the gateway: "+clientKeepAlive+" or "+clientNetHTTP)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -219,10 +220,11 @@ func BenchClient(ctx context.Context, args []string, out io.Writer) error {
 		return err
 	}
 	defer sdk.Close()
-	g, err := newGatewayCaller(*gwURL, req)
+	g, err := newGatewayCaller(*gwURL, req, *httpClient)
 	if err != nil {
 		return err
 	}
+	defer g.close()
 	paths := [2]func(context.Context, string) error{
 		g.authorize,
 		func(ctx context.Context, tok string) error {
