@@ -176,6 +176,7 @@ func (c *Client) route(m *nats.Msg) {
 		c.rejected.Add(1)
 		return
 	}
+	d.WrappedSubjectKey = m.Header.Get(schemas.HeaderWrappedSubjectKey)
 	c.mu.Lock()
 	p, ok := c.pending[d.RequestID]
 	if ok && !p.owns(d) {

@@ -132,7 +132,7 @@ func TestEveryRoleHasLeastPrivilege(t *testing.T) {
 	}
 
 	attacks := []attack{
-		{name: "read a subject key", allowed: []string{schemas.RoleAuthn, schemas.RolePolicy, schemas.RoleOperator},
+		{name: "read a subject key", allowed: []string{schemas.RoleAuthn, schemas.RolePolicy},
 			try: func(ctx context.Context, _ string, _ *nats.Conn, js jetstream.JetStream) error {
 				kv, err := js.KeyValue(ctx, topo.BucketSubjectKeys())
 				if err != nil {
@@ -284,7 +284,7 @@ func TestEveryRoleHasLeastPrivilege(t *testing.T) {
 			}},
 		// The roles that read keys watch the bucket, a consumer of its
 		// stream; no other, the provisioner included, may make one.
-		{name: "create a consumer on the subject keys", allowed: []string{schemas.RoleAuthn, schemas.RolePolicy, schemas.RoleOperator},
+		{name: "create a consumer on the subject keys", allowed: []string{schemas.RoleAuthn, schemas.RolePolicy},
 			try: func(ctx context.Context, role string, _ *nats.Conn, js jetstream.JetStream) error {
 				_, err := js.CreateOrUpdateConsumer(ctx, "KV_"+topo.BucketSubjectKeys(), jetstream.ConsumerConfig{Durable: "key-thief", AckPolicy: jetstream.AckExplicitPolicy})
 				return err

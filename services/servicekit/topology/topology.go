@@ -176,8 +176,8 @@ const MaxApprovalRequestBytes = 64 << 10
 // person's email, name and personal context fields in every retained
 // stream and audit table. Purging a key erases the person everywhere at
 // once (crypto-shredding). authn creates keys, policy reads them to decide
-// and purges one after an approved privacy.erase, the operator reads them
-// for a subject access export; no other role reaches the bucket.
+// and purges one after an approved privacy.erase (and wraps one to an
+// allowed privacy.export's ephemeral key); no other role reaches the bucket.
 func (t Topology) BucketSubjectKeys() string { return strings.ToLower(t.name("subject_keys")) }
 
 // SubjectKeysStream is the stream behind BucketSubjectKeys: what
@@ -620,11 +620,12 @@ func (t Topology) Grant(role string) (Grant, error) {
 		// audit verify): it stages policy sets and edits the entity
 		// store, reads the active set and the checkpoints, and sends
 		// governed requests.
-		// It reads the subject keys for a subject access export (aigov
-		// privacy export), never writes them: erasure is policy's.
+		// It never reaches the subject keys: an export is the governed
+		// privacy.export, answered with the key wrapped to the exporter's
+		// ephemeral key; erasure is policy's.
 		return Grant{
 			Publish:     []string{s.All(schemas.KindRequest)},
-			ReadKV:      []string{t.BucketPolicy(), t.BucketApprovalRequests(), t.BucketSubjectKeys()},
+			ReadKV:      []string{t.BucketPolicy(), t.BucketApprovalRequests()},
 			WriteKV:     []string{t.BucketPolicyProposals(), t.BucketEntities()},
 			ReadStreams: []string{t.StreamAuditCheckpoints(), "KV_" + t.LegacyBucketAuditCheckpoints()},
 		}, nil
