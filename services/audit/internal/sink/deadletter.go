@@ -37,6 +37,11 @@ type deadLetters struct {
 	// personal redacts the context fields authn would have sealed: the
 	// original a dead letter carries was never sealed.
 	personal masker
+	// requests is the request stream (a work queue, before authn seals
+	// anything): a request given up on is deleted from it, securely,
+	// once its redacted dead letter is stored, rather than waiting there
+	// in clear until the stream's max age.
+	requests string
 	log      zerolog.Logger
 }
 
@@ -73,6 +78,12 @@ func (d *deadLetters) Handle(ctx context.Context, m jetstream.Msg) error {
 	}
 	if err := d.lane.publishDeadLetter(ctx, dl); err != nil {
 		return err
+	}
+	if a.Stream == d.requests && d.requests != "" {
+		// A redelivered advisory finds it gone: nothing left to erase.
+		if err := st.SecureDeleteMsg(ctx, a.StreamSeq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+			return fmt.Errorf("erase the given-up request %s seq %d: %w", a.Stream, a.StreamSeq, err)
+		}
 	}
 	d.log.Warn().Str("stream", a.Stream).Str("consumer", a.Consumer).Uint64("stream_seq", a.StreamSeq).Str("kind", kind).Msg("message dead-lettered")
 	return nil
