@@ -95,6 +95,11 @@ chaos: deps
 	go run ./services/devstack chaos -rate $${RATE:-200}
 .PHONY: chaos
 
+## test-erasure-r3: erase a subject key on a 3-node cluster and wait (up to 4 min) until its bytes are gone from every node's raft log too
+test-erasure-r3:
+	AIGOV_TEST_R3_COMPACTION=1 go test -count=1 -v -run TestSubjectKeyErasureR3 -timeout 10m ./services/devenv/natsdev/
+.PHONY: test-erasure-r3
+
 ## images: build the container images with docker (deploy/Dockerfile); IMAGE_PREFIX=aigov IMAGE_TAG=dev by default
 images:
 	@prefix=$${IMAGE_PREFIX:-aigov}; tag=$${IMAGE_TAG:-dev}; \

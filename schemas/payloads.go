@@ -147,6 +147,10 @@ type Decision struct {
 	// is about: the one opened or pending for an approval_required or
 	// approval_used deny, the one used by the allow it unlocked.
 	ApprovalID string `json:"approval_id,omitempty"`
+	// WrappedSubjectKey is the reply's HeaderWrappedSubjectKey (an
+	// allowed privacy.export), set by the client; never encoded, so
+	// never in a stored decision.
+	WrappedSubjectKey string `json:"-"`
 }
 
 // Allowed reports whether the decision is an allow.

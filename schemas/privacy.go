@@ -12,6 +12,27 @@ const (
 	// ActionPrivacyErase erases the subject whose key id is
 	// context.subject_key_id.
 	ActionPrivacyErase = "privacy.erase"
+	// ActionPrivacyExport is a subject access export of the person
+	// context.subject_issuer and context.subject_sub name (with their
+	// context.subject_key_id, checked like an erasure's): once allowed,
+	// policy answers with the subject's key wrapped to
+	// context.export_public_key (personal.WrapKey), in the reply's
+	// HeaderWrappedSubjectKey only, never in the stored decision.
+	ActionPrivacyExport = "privacy.export"
+	// ContextExportPublicKey is the exporter's ephemeral X25519 public
+	// key, base64 (standard, padded) of its 32 bytes.
+	ContextExportPublicKey = "export_public_key"
+	// HeaderWrappedSubjectKey carries, on the reply to an allowed
+	// privacy.export only, the subject's key wrapped to the exporter's
+	// ephemeral key, or WrappedKeyErased. It is not covered by the
+	// decision's signature and is not stored anywhere: the wrap itself
+	// (AES-GCM under an X25519 shared secret, bound to the request id
+	// and key id) is what makes it unreadable to anyone else on the
+	// inbox and tamper-evident.
+	HeaderWrappedSubjectKey = "Aigov-Wrapped-Subject-Key"
+	// WrappedKeyErased is HeaderWrappedSubjectKey when the subject's key
+	// is erased: there is nothing to open.
+	WrappedKeyErased = "erased"
 	// ContextSubjectKeyID is its context field.
 	ContextSubjectKeyID = "subject_key_id"
 	// ContextSubjectIssuer and ContextSubjectSub name the person the key

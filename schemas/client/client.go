@@ -177,6 +177,7 @@ func (c *Client) route(m *nats.Msg) {
 		c.rejected.Add(1)
 		return
 	}
+	d.WrappedSubjectKey = m.Header.Get(schemas.HeaderWrappedSubjectKey)
 	c.mu.Lock()
 	p, ok := c.pending[d.RequestID]
 	if ok && !p.owns(d) {

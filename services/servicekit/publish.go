@@ -114,6 +114,13 @@ func (p *Publisher) PublishNow(ctx context.Context, o Outgoing) (*nats.Msg, *jet
 // another tenant's account. In a pipelined runner's handler the reply
 // waits until the event is stored.
 func (p *Publisher) Reply(ctx context.Context, requestID, tenant, replyTo string, stored *nats.Msg) {
+	p.ReplyWith(ctx, requestID, tenant, replyTo, stored, nil)
+}
+
+// ReplyWith is Reply with extra headers on the reply only (never on the
+// stored event): what a requester alone may receive, such as the wrapped
+// key of an allowed privacy.export.
+func (p *Publisher) ReplyWith(ctx context.Context, requestID, tenant, replyTo string, stored *nats.Msg, extra nats.Header) {
 	switch {
 	case replyTo == "":
 		return
@@ -127,7 +134,13 @@ func (p *Publisher) Reply(ctx context.Context, requestID, tenant, replyTo string
 		return
 	}
 	send := func() {
-		if err := p.nc.PublishMsg(schemas.ReplyMessage(replyTo, stored)); err != nil {
+		m := schemas.ReplyMessage(replyTo, stored)
+		for k, vs := range extra {
+			for _, v := range vs {
+				m.Header.Add(k, v)
+			}
+		}
+		if err := p.nc.PublishMsg(m); err != nil {
 			p.log.Warn().Err(err).Str("request_id", requestID).Msg("reply failed")
 		}
 	}

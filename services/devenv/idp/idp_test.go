@@ -443,8 +443,8 @@ func TestPersonasIsACopy(t *testing.T) {
 	if again["alice"].Groups[0] != "data-scientists" || again["rita"].Subject != "rita" {
 		t.Fatal("Personas() shares state between calls")
 	}
-	if len(again) != 8 {
-		t.Fatalf("len(Personas()) = %d, want 8", len(again))
+	if len(again) != 9 {
+		t.Fatalf("len(Personas()) = %d, want 9", len(again))
 	}
 }
 

@@ -81,6 +81,15 @@ func Personas() map[string]Persona {
 			Name:    "Paul Park",
 			Groups:  []string{"policy-admins"},
 		},
+		// A privacy officer: answers data subjects' access requests
+		// (aigov privacy export, policies/governance.cedar); no other
+		// permission.
+		"priya": {
+			Subject: "priya",
+			Email:   "priya@aigov.example",
+			Name:    "Priya Patel",
+			Groups:  []string{"privacy-officers"},
+		},
 		// An outsider: authenticates fine but belongs to no group, so every
 		// group-based permission must deny them.
 		"oscar": {

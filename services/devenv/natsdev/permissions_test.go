@@ -1,8 +1,10 @@
 package natsdev_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"testing"
 	"time"
@@ -131,8 +133,9 @@ func TestEveryRoleHasLeastPrivilege(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	var requestSeq uint64 // the probe request of "securely delete a queued request"
 	attacks := []attack{
-		{name: "read a subject key", allowed: []string{schemas.RoleAuthn, schemas.RolePolicy, schemas.RoleOperator},
+		{name: "read a subject key", allowed: []string{schemas.RoleAuthn, schemas.RolePolicy},
 			try: func(ctx context.Context, _ string, _ *nats.Conn, js jetstream.JetStream) error {
 				kv, err := js.KeyValue(ctx, topo.BucketSubjectKeys())
 				if err != nil {
@@ -166,6 +169,33 @@ func TestEveryRoleHasLeastPrivilege(t *testing.T) {
 				}
 				_, _ = kv.Put(ctx, subjectKey, make([]byte, 32)) // reset for the next role
 				return true
+			}},
+		// A request given up on is erased from the work queue by the
+		// audit, once its redacted dead letter is stored; nobody else
+		// may delete a request.
+		{name: "securely delete a queued request", allowed: []string{schemas.RoleAudit},
+			try: func(ctx context.Context, _ string, nc *nats.Conn, _ jetstream.JetStream) error {
+				ack, err := ajs.Publish(ctx, "aigov.request.privacy.probe", []byte(`{}`))
+				if err != nil {
+					return err
+				}
+				requestSeq = ack.Sequence
+				resp, err := nc.RequestWithContext(ctx, "$JS.API.STREAM.MSG.DELETE."+topo.StreamRequests(), []byte(fmt.Sprintf(`{"seq":%d}`, ack.Sequence)))
+				if err != nil {
+					return err
+				}
+				if !bytes.Contains(resp.Data, []byte(`"success":true`)) {
+					return fmt.Errorf("delete refused: %s", resp.Data)
+				}
+				return nil
+			},
+			effect: func(ctx context.Context, _ string, js jetstream.JetStream) bool {
+				st, err := js.Stream(ctx, topo.StreamRequests())
+				if err != nil {
+					return false
+				}
+				_, err = st.GetMsg(ctx, requestSeq)
+				return errors.Is(err, jetstream.ErrMsgNotFound)
 			}},
 		{name: "write a subject key", allowed: []string{schemas.RoleAuthn, schemas.RolePolicy},
 			try:    kvPut(topo.BucketSubjectKeys(), "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210"),
@@ -284,7 +314,7 @@ func TestEveryRoleHasLeastPrivilege(t *testing.T) {
 			}},
 		// The roles that read keys watch the bucket, a consumer of its
 		// stream; no other, the provisioner included, may make one.
-		{name: "create a consumer on the subject keys", allowed: []string{schemas.RoleAuthn, schemas.RolePolicy, schemas.RoleOperator},
+		{name: "create a consumer on the subject keys", allowed: []string{schemas.RoleAuthn, schemas.RolePolicy},
 			try: func(ctx context.Context, role string, _ *nats.Conn, js jetstream.JetStream) error {
 				_, err := js.CreateOrUpdateConsumer(ctx, "KV_"+topo.BucketSubjectKeys(), jetstream.ConsumerConfig{Durable: "key-thief", AckPolicy: jetstream.AckExplicitPolicy})
 				return err

@@ -3,7 +3,8 @@
 // the key erases the person from every stored copy at once
 // (crypto-shredding), while the stored ciphertext, and the audit's hash
 // chain over it, stay intact. authn seals events before they reach any
-// retained stream; policy and the operator's export open them.
+// retained stream; policy opens them, and wraps a subject's key to an
+// allowed export's one-time key (WrapKey).
 package personal
 
 import (
@@ -148,8 +149,8 @@ const KeySize = 32
 
 // SubjectKeys is the store of per-subject keys: a JetStream KV bucket, one
 // key per data subject (SubjectKeyID), readable only by authn (which
-// creates keys), policy (which opens and erases) and the operator (export;
-// topology.Topology.Grant). Erasing a subject overwrites and purges its key, after which
+// creates keys) and policy (which opens, erases and wraps one for an
+// allowed export; topology.Topology.Grant). Erasing a subject overwrites and purges its key, after which
 // every value encrypted under it is unreadable while the rows, and the hash
 // chain over their ciphertext, stay intact.
 type SubjectKeys struct {

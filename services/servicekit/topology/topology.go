@@ -43,10 +43,13 @@ func New(prefix string) Topology {
 		Subjects:        schemas.NewSubjects(prefix),
 		Replicas:        1,
 		DuplicateWindow: 2 * time.Minute,
-		RequestMaxAge:   24 * time.Hour,
-		EventMaxAge:     7 * 24 * time.Hour,
-		RevocationTTL:   7 * 24 * time.Hour,
-		MarkerTTL:       24 * time.Hour,
+		// A request waits in clear for authn: an hour outlasts any
+		// requester's wait (seconds) and a restart of authn, and bounds
+		// what an outage leaves unsealed on disk (docs/privacy.md).
+		RequestMaxAge: time.Hour,
+		EventMaxAge:   7 * 24 * time.Hour,
+		RevocationTTL: 7 * 24 * time.Hour,
+		MarkerTTL:     24 * time.Hour,
 	}
 }
 
@@ -176,8 +179,8 @@ const MaxApprovalRequestBytes = 64 << 10
 // person's email, name and personal context fields in every retained
 // stream and audit table. Purging a key erases the person everywhere at
 // once (crypto-shredding). authn creates keys, policy reads them to decide
-// and purges one after an approved privacy.erase, the operator reads them
-// for a subject access export; no other role reaches the bucket.
+// and purges one after an approved privacy.erase (and wraps one to an
+// allowed privacy.export's ephemeral key); no other role reaches the bucket.
 func (t Topology) BucketSubjectKeys() string { return strings.ToLower(t.name("subject_keys")) }
 
 // SubjectKeysStream is the stream behind BucketSubjectKeys: what
@@ -539,6 +542,10 @@ type Grant struct {
 	// EraseKV are buckets whose messages the role may securely delete
 	// (overwritten on disk): the subject keys, for an erasure.
 	EraseKV []string
+	// EraseStreams are streams whose messages the role may securely
+	// delete: the request stream, for the audit once a request's
+	// dead letter is stored.
+	EraseStreams []string
 	// ReadStreams are the streams whose messages the role fetches by
 	// sequence or subject (stream info and message get only).
 	ReadStreams []string
@@ -603,6 +610,10 @@ func (t Topology) Grant(role string) (Grant, error) {
 			// and the legacy bucket's, by message.
 			Publish:     []string{s.All(schemas.KindDeadLetter), s.Checkpoints()},
 			ReadStreams: []string{"KV_" + t.LegacyBucketAuditCheckpoints()},
+			// A request a consumer gave up on is erased from the work
+			// queue once its (redacted) dead letter is stored: it holds
+			// personal context fields in clear (docs/privacy.md).
+			EraseStreams: []string{t.StreamRequests()},
 		}
 		for _, st := range t.AuditedStreams() {
 			g.Consumers = append(g.Consumers, t.AuditConsumer(st))
@@ -620,11 +631,12 @@ func (t Topology) Grant(role string) (Grant, error) {
 		// audit verify): it stages policy sets and edits the entity
 		// store, reads the active set and the checkpoints, and sends
 		// governed requests.
-		// It reads the subject keys for a subject access export (aigov
-		// privacy export), never writes them: erasure is policy's.
+		// It never reaches the subject keys: an export is the governed
+		// privacy.export, answered with the key wrapped to the exporter's
+		// ephemeral key; erasure is policy's.
 		return Grant{
 			Publish:     []string{s.All(schemas.KindRequest)},
-			ReadKV:      []string{t.BucketPolicy(), t.BucketApprovalRequests(), t.BucketSubjectKeys()},
+			ReadKV:      []string{t.BucketPolicy(), t.BucketApprovalRequests()},
 			WriteKV:     []string{t.BucketPolicyProposals(), t.BucketEntities()},
 			ReadStreams: []string{t.StreamAuditCheckpoints(), "KV_" + t.LegacyBucketAuditCheckpoints()},
 		}, nil
@@ -696,6 +708,9 @@ func (t Topology) Permissions(role string) (Permissions, error) {
 	}
 	for _, b := range g.EraseKV {
 		pub = append(pub, api+"STREAM.MSG.DELETE.KV_"+b)
+	}
+	for _, st := range g.EraseStreams {
+		pub = append(pub, api+"STREAM.MSG.DELETE."+st)
 	}
 	if len(g.ReadKV)+len(g.WriteKV) > 0 {
 		// Flow control of KV watchers, which otherwise stall on a large

@@ -33,7 +33,8 @@ commands:
   sessions    list live sessions, or revoke by --session, --subject or --issuer (kill switch)
   leases      list live job leases
   audit       audit verify: recompute the audit hash chain against its signed checkpoints
-  privacy     privacy export --subject ISS SUB: everything the audit holds about a person, decrypted, as JSON Lines;
+  privacy     privacy export --subject ISS SUB --token-file F: everything the audit holds about a person, decrypted, as
+              JSON Lines (governed by privacy.export: privacy officers; the key comes wrapped to a one-time key);
               privacy erase --subject ISS SUB: destroy the person's key (governed by privacy.erase)
   policy      policy test|validate|push: run case files, validate a set, push it (governed by policy.update)
   entities    entities put|get|list|delete: edit the trusted entity store (as the operator user)

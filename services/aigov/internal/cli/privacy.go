@@ -4,10 +4,11 @@ import (
 	"bufio"
 	"cmp"
 	"context"
+	"crypto/ecdh"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -17,11 +18,9 @@ import (
 
 	ch "github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aigov/aigov/schemas"
 	"github.com/aigov/aigov/services/servicekit/personal"
-	"github.com/aigov/aigov/services/servicekit/topology"
 )
 
 // exportQueries are what aigov holds about a person, one query per kind:
@@ -58,27 +57,33 @@ func privacyCmd(ctx context.Context, args []string, stdout, stderr io.Writer, lo
 	return exportCmd(ctx, args[1:], stdout, stderr, lookup)
 }
 
-// exportCmd is `aigov privacy export --subject ISS SUB`: everything the
-// audit tables hold about one data subject, as JSON Lines on stdout (one
-// object per event, with "kind"), its sealed fields opened with the
-// subject's key (read from the subject keys bucket as the operator), and
-// the count on stderr as it goes.
+// exportCmd is `aigov privacy export --subject ISS SUB`: the governed
+// request privacy.export (Cedar decides it, the decision is audited like
+// any other: in the shipped policies, privacy officers only), answered
+// with the subject's key wrapped to an ephemeral X25519 key this command
+// makes and forgets; then everything the audit tables hold about the
+// person, as JSON Lines on stdout (one object per event, with "kind"),
+// its sealed fields opened with that key, and the count on stderr as it
+// goes. Denied, it reads nothing.
 func exportCmd(ctx context.Context, args []string, stdout, stderr io.Writer, lookup func(string) (string, bool)) int {
 	fs := flag.NewFlagSet("aigov privacy export", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var (
-		chAddr  = fs.String("clickhouse", env(lookup, "AIGOV_CLICKHOUSE_ADDR", "127.0.0.1:9000"), "ClickHouse native address ($AIGOV_CLICKHOUSE_ADDR)")
-		db      = fs.String("database", env(lookup, "AIGOV_CLICKHOUSE_DATABASE", "aigov"), "audit database ($AIGOV_CLICKHOUSE_DATABASE)")
-		chUser  = fs.String("clickhouse-user", env(lookup, "AIGOV_CLICKHOUSE_USER", "default"), "ClickHouse user ($AIGOV_CLICKHOUSE_USER)")
-		chPass  = fs.String("clickhouse-password", "", "ClickHouse password (default $AIGOV_CLICKHOUSE_PASSWORD, which is never shown)")
-		chTLS   = fs.Bool("clickhouse-tls", env(lookup, "AIGOV_CLICKHOUSE_SECURE", "") == "true", "connect over TLS ($AIGOV_CLICKHOUSE_SECURE)")
-		chTLSCA = fs.String("clickhouse-tls-ca", env(lookup, "AIGOV_CLICKHOUSE_TLS_CA", ""), "PEM CA ClickHouse's certificate must chain to ($AIGOV_CLICKHOUSE_TLS_CA)")
-		subject = fs.Bool("subject", false, "the data subject: the next two arguments are its ISSUER and SUBJECT")
-		every   = fs.Int("progress-every", 10000, "print progress on stderr every this many events")
-		timeout = fs.Duration("timeout", 30*time.Minute, "how long the command may take")
+		chAddr    = fs.String("clickhouse", env(lookup, "AIGOV_CLICKHOUSE_ADDR", "127.0.0.1:9000"), "ClickHouse native address ($AIGOV_CLICKHOUSE_ADDR)")
+		db        = fs.String("database", env(lookup, "AIGOV_CLICKHOUSE_DATABASE", "aigov"), "audit database ($AIGOV_CLICKHOUSE_DATABASE)")
+		chUser    = fs.String("clickhouse-user", env(lookup, "AIGOV_CLICKHOUSE_USER", "default"), "ClickHouse user ($AIGOV_CLICKHOUSE_USER)")
+		chPass    = fs.String("clickhouse-password", "", "ClickHouse password (default $AIGOV_CLICKHOUSE_PASSWORD, which is never shown)")
+		chTLS     = fs.Bool("clickhouse-tls", env(lookup, "AIGOV_CLICKHOUSE_SECURE", "") == "true", "connect over TLS ($AIGOV_CLICKHOUSE_SECURE)")
+		chTLSCA   = fs.String("clickhouse-tls-ca", env(lookup, "AIGOV_CLICKHOUSE_TLS_CA", ""), "PEM CA ClickHouse's certificate must chain to ($AIGOV_CLICKHOUSE_TLS_CA)")
+		subject   = fs.Bool("subject", false, "the data subject: the next two arguments are its ISSUER and SUBJECT")
+		every     = fs.Int("progress-every", 10000, "print progress on stderr every this many events")
+		timeout   = fs.Duration("timeout", 30*time.Minute, "how long the command may take")
+		decideIn  = fs.Duration("decision-timeout", 10*time.Second, "how long to wait for the privacy.export decision")
+		token     = fs.String("token", "", "your bearer token, a privacy officer's (prefer --token-file or $AIGOV_TOKEN)")
+		tokenFile = fs.String("token-file", "", "file holding your bearer token")
 	)
-	// The subject's key is read on the first sealed value met, as the
-	// operator (who may read the subject keys bucket, never write it).
+	// The bus carries the governed request only: the operator's
+	// credential cannot read any subject key.
 	conn := addConnFlags(fs, lookup, schemas.RoleOperator)
 	if err := parseArgs(fs, args); err != nil {
 		return ExitUsage
@@ -91,9 +96,23 @@ func exportCmd(ctx context.Context, args []string, stdout, stderr io.Writer, loo
 		fmt.Fprintf(stderr, "aigov privacy export: database %q is not a plain identifier\n", *db)
 		return ExitUsage
 	}
+	tok, err := readToken(*token, *tokenFile, lookup)
+	if err != nil {
+		fmt.Fprintf(stderr, "aigov privacy export: %v\n", err)
+		return ExitUsage
+	}
 	iss, sub := fs.Arg(0), fs.Arg(1)
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
+	key, d, err := governedExport(ctx, operatorFlags{conn: conn, timeout: decideIn}, tok, iss, sub)
+	if err != nil {
+		fmt.Fprintf(stderr, "aigov privacy export: %v\n", err)
+		return ExitError
+	}
+	if !d.Allowed() {
+		fmt.Fprintf(stderr, "aigov privacy export: not allowed: %s\n", Summary(d))
+		return ExitDeny
+	}
 	opts := &ch.Options{Addr: strings.Split(*chAddr, ","), Auth: ch.Auth{Database: *db, Username: *chUser, Password: cmp.Or(*chPass, env(lookup, "AIGOV_CLICKHOUSE_PASSWORD", ""))},
 		DialTimeout: 5 * time.Second, ReadTimeout: *timeout}
 	if *chTLS {
@@ -117,23 +136,6 @@ func exportCmd(ctx context.Context, args []string, stdout, stderr io.Writer, loo
 		return ExitError
 	}
 	defer db2.Close()
-	key := &subjectKey{id: personal.SubjectKeyID(iss, sub), fetch: func(ctx context.Context, id string) ([]byte, error) {
-		nc, err := conn.dial(30 * time.Second)
-		if err != nil {
-			return nil, err
-		}
-		defer nc.Close()
-		js, err := jetstream.New(nc)
-		if err != nil {
-			return nil, fmt.Errorf("jetstream: %w", err)
-		}
-		bucket := topology.New(conn.prefix).BucketSubjectKeys()
-		kv, err := js.KeyValue(ctx, bucket)
-		if err != nil {
-			return nil, fmt.Errorf("open bucket %s: %w", bucket, err)
-		}
-		return personal.NewSubjectKeys(kv).Get(ctx, id)
-	}}
 	out := bufio.NewWriter(stdout)
 	n, err := exportSubject(ctx, db2, *db, iss, sub, key, out, func(n int) {
 		if n%*every == 0 {
@@ -148,7 +150,7 @@ func exportCmd(ctx context.Context, args []string, stdout, stderr io.Writer, loo
 		return ExitError
 	}
 	pid := schemas.PrincipalID(iss, sub)
-	fmt.Fprintf(stderr, "aigov privacy export: %d events of %s\n", n, pid)
+	fmt.Fprintf(stderr, "aigov privacy export: %d events of %s (allowed: request %s)\n", n, pid, d.RequestID)
 	switch {
 	case key.erased:
 		fmt.Fprintf(stderr, "aigov privacy export: %s WAS ERASED: its key is destroyed, and %d sealed values are exported as stored (enc:v1:…), readable by no one\n", pid, key.unreadable)
@@ -158,15 +160,49 @@ func exportCmd(ctx context.Context, args []string, stdout, stderr io.Writer, loo
 	return ExitAllow
 }
 
-// subjectKey opens the sealed values of one subject's rows, reading the
-// key once, when the first sealed value is met (an export of clear rows
-// needs no bus). Values that do not open are exported as stored, counted.
-type subjectKey struct {
-	id    string
-	fetch func(ctx context.Context, id string) ([]byte, error)
+// governedExport sends privacy.export for issuer+subject with a fresh
+// ephemeral X25519 public key and, allowed, unwraps the subject's key
+// from the reply. The private key never leaves this function.
+func governedExport(ctx context.Context, of operatorFlags, token, iss, sub string) (*subjectKey, schemas.Decision, error) {
+	priv, err := ecdh.X25519().GenerateKey(rand.Reader)
+	if err != nil {
+		return nil, schemas.Decision{}, fmt.Errorf("ephemeral key: %w", err)
+	}
+	keyID := personal.SubjectKeyID(iss, sub)
+	nc, _, err := of.connect()
+	if err != nil {
+		return nil, schemas.Decision{}, err
+	}
+	defer nc.Close()
+	req := schemas.Request{Action: schemas.ActionPrivacyExport, Resource: schemas.Resource{Type: schemas.DataSubjectsType, ID: schemas.DataSubjectsID},
+		Context: map[string]any{schemas.ContextSubjectKeyID: keyID, schemas.ContextSubjectIssuer: iss, schemas.ContextSubjectSub: sub,
+			schemas.ContextExportPublicKey: personal.ExportPublicKey(priv)}}
+	d, err := of.governed(ctx, nc, token, req)
+	if err != nil || !d.Allowed() {
+		return nil, d, err
+	}
+	k := &subjectKey{id: keyID}
+	switch d.WrappedSubjectKey {
+	case "":
+		// A redelivered request is answered from the stored decision,
+		// which never holds the key: ask again.
+		return nil, d, fmt.Errorf("request %s was allowed but its reply carries no wrapped key (a redelivery?): run the export again", d.RequestID)
+	case schemas.WrappedKeyErased:
+		k.erased = true
+	default:
+		if k.key, err = personal.UnwrapKey(priv, d.WrappedSubjectKey, keyID, d.RequestID); err != nil {
+			return nil, d, err
+		}
+	}
+	return k, d, nil
+}
 
+// subjectKey opens the sealed values of one subject's rows with the key
+// the allowed privacy.export returned (nil when erased). Values that do
+// not open are exported as stored, counted.
+type subjectKey struct {
+	id         string
 	key        []byte
-	fetched    bool
 	erased     bool
 	unreadable int
 }
@@ -174,16 +210,6 @@ type subjectKey struct {
 func (k *subjectKey) open(ctx context.Context, field, v string) (string, error) {
 	if !strings.HasPrefix(v, personal.CipherPrefix) {
 		return v, nil
-	}
-	if !k.fetched {
-		key, err := k.fetch(ctx, k.id)
-		switch {
-		case errors.Is(err, personal.ErrErased):
-			k.erased = true
-		case err != nil:
-			return "", fmt.Errorf("read the subject's key: %w", err)
-		}
-		k.key, k.fetched = key, true
 	}
 	if k.key == nil {
 		k.unreadable++

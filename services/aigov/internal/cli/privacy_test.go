@@ -1,9 +1,10 @@
-package cli_test
+package cli
 
 import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"io"
 	"strings"
 	"testing"
 	"time"
@@ -13,10 +14,11 @@ import (
 	"github.com/aigov/aigov/services/devenv/clickhouse"
 )
 
-// `aigov privacy export --subject ISS SUB` on a real ClickHouse: exactly
-// the subject's decisions, session events and approvals (asked or given),
-// none of another subject's or of the same subject name at another issuer,
-// as JSON Lines, with progress on stderr.
+// What `aigov privacy export --subject ISS SUB` writes once privacy.export
+// is allowed (TestPrivacyErasureEndToEnd runs the governed command), on a
+// real ClickHouse: exactly the subject's decisions, session events and
+// approvals (asked or given), none of another subject's or of the same
+// subject name at another issuer, as JSON Lines, with progress.
 func TestPrivacyExportIsExactlyTheSubject(t *testing.T) {
 	if _, err := clickhouse.Available(); err != nil {
 		t.Fatal(err)
@@ -86,10 +88,13 @@ func TestPrivacyExportIsExactlyTheSubject(t *testing.T) {
 	insert("INSERT INTO aigov.approvals (event_id, type, approval_id, status, request_id, action, resource_type, resource_id, approver, requester, reason, event_time, event_time_us)",
 		appr("a1", iss+"#bob", iss+"#alice"), appr("a2", iss+"#alice", iss+"#bob"), appr("a3", iss+"#bob", other+"#alice"))
 
-	code, out, errOut := run(t, "privacy", "export", "--clickhouse", chs.Addr(), "--database", "aigov", "--progress-every", "2", "--subject", iss, "alice")
-	if code != 0 {
-		t.Fatalf("export: exit %d\n%s%s", code, out, errOut)
+	var buf strings.Builder
+	var progress []int
+	n, err := exportSubject(ctx, conn, "aigov", iss, "alice", &subjectKey{id: "unused"}, &buf, func(n int) { progress = append(progress, n) })
+	if err != nil {
+		t.Fatalf("export: %v", err)
 	}
+	out := buf.String()
 	got := map[string]string{}
 	sc := bufio.NewScanner(strings.NewReader(out))
 	for sc.Scan() {
@@ -115,10 +120,19 @@ func TestPrivacyExportIsExactlyTheSubject(t *testing.T) {
 	if !strings.Contains(out, `"owner":"alice"`) || !strings.Contains(out, "alice@example.com") {
 		t.Fatalf("the export is not in clear: %s", out)
 	}
-	if !strings.Contains(errOut, "4 events") || !strings.Contains(errOut, "5 events of "+iss+"#alice") {
-		t.Fatalf("progress on stderr: %q", errOut)
+	if n != 5 || len(progress) != 5 || progress[4] != 5 {
+		t.Fatalf("export wrote %d events, progress %v", n, progress)
 	}
-	if code, _, _ := run(t, "privacy", "export", "--subject", iss); code != 2 {
-		t.Fatalf("export without a subject: exit %d, want 2", code)
+	none := func(string) (string, bool) { return "", false }
+	var stderr strings.Builder
+	if code := privacyCmd(ctx, []string{"export", "--subject", iss}, io.Discard, &stderr, none); code != ExitUsage {
+		t.Fatalf("export without a subject: exit %d, want %d", code, ExitUsage)
+	}
+	stderr.Reset()
+	// No decision, no export: without the bus nothing is read, though
+	// ClickHouse is there.
+	var stdout strings.Builder
+	if code := privacyCmd(ctx, []string{"export", "--clickhouse", chs.Addr(), "--nats", "nats://127.0.0.1:1", "--subject", iss, "alice"}, &stdout, &stderr, none); code != ExitError || stdout.Len() != 0 {
+		t.Fatalf("export without a decision: exit %d, wrote %q (%s), want %d and nothing", code, stdout.String(), stderr.String(), ExitError)
 	}
 }

@@ -4,6 +4,10 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/ecdh"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"io/fs"
@@ -14,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/aigov/aigov/schemas"
@@ -29,8 +34,9 @@ import (
 // subject's email, name and a configured personal context field before
 // anything is retained, so neither ClickHouse nor the NATS store holds
 // them in clear (the stored bytes are searched); the keyed pseudonym still
-// groups a person's rows; `aigov privacy export` returns exactly the
-// subject's events, opened; `aigov privacy erase` is denied without the
+// groups a person's rows; `aigov privacy export` (a privacy officer's
+// governed privacy.export, exportAttacks) returns exactly the subject's
+// events, opened; `aigov privacy erase` is denied without the
 // risk reviewers' approval (and to a non-admin), then allowed once two
 // approve, destroying the key: the subject's rows in ClickHouse and its
 // messages in the streams no longer open, the export says it was erased,
@@ -145,7 +151,7 @@ func TestPrivacyErasureEndToEnd(t *testing.T) {
 
 	export := func(who string) (map[string]map[string]any, string) {
 		t.Helper()
-		code, out, errOut := aigov(append(append([]string{"privacy", "export"}, append(chFlags, bus...)...), "--subject", iss, who)...)
+		code, out, errOut := aigov(append(append([]string{"privacy", "export", "--token-file", tokenFile("priya")}, append(chFlags, bus...)...), "--subject", iss, who)...)
 		if code != 0 {
 			t.Fatalf("export %s: exit %d\n%s%s", who, code, out, errOut)
 		}
@@ -187,6 +193,7 @@ func TestPrivacyErasureEndToEnd(t *testing.T) {
 	}
 	checkClear("erin")
 	checkClear("kim")
+	exportAttacks(ctx, t, st, bin, bus, chFlags, tokenFile)
 	if out, code := auditVerify(ctx, t, st, bin); code != 0 {
 		t.Fatalf("audit verify before the erasure: exit %d\n%s", code, out)
 	}
@@ -335,5 +342,142 @@ func TestPrivacyErasureEndToEnd(t *testing.T) {
 	}
 	if out, code := auditVerify(ctx, t, st, bin); code != 0 || strings.Contains(out, "BROKEN") {
 		t.Fatalf("audit verify after the erasure: exit %d\n%s", code, out)
+	}
+}
+
+// exportAttacks, on the whole stack: the operator's credential cannot read
+// a subject key (permission error); a policy admin's export is denied
+// policy_denied, reads nothing, and the deny is in ClickHouse; an
+// officer's privacy.export whose key id is another person's is refused
+// malformed_request; an allowed one returns erin's key wrapped to the
+// officer's ephemeral key (it unwraps to the stored key), and neither the
+// key nor the wrap is in the decision's ClickHouse rows or the NATS store.
+func exportAttacks(ctx context.Context, t *testing.T, st *stack.Stack, bin string, bus, chFlags []string, tokenFile func(string) string) {
+	t.Helper()
+	iss := st.IdP.Issuer()
+	topo := topology.New(schemas.DefaultPrefix)
+	erinKey := personal.SubjectKeyID(iss, "erin")
+	ajs, err := jetstream.New(st.Admin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	akv, err := ajs.KeyValue(ctx, topo.BucketSubjectKeys())
+	if err != nil {
+		t.Fatal(err)
+	}
+	erinRaw, err := personal.NewSubjectKeys(akv).Get(ctx, erinKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// The operator's credential no longer reaches the bucket: the server
+	// refuses it (a permissions violation), nothing is read.
+	denied := make(chan error, 8)
+	onc, err := st.NATS.Connect(schemas.RoleOperator, nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+		if errors.Is(err, nats.ErrPermissionViolation) {
+			select {
+			case denied <- err:
+			default:
+			}
+		}
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer onc.Close()
+	ojs, err := jetstream.New(onc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	octx, ocancel := context.WithTimeout(ctx, 3*time.Second)
+	kv, err := ojs.KeyValue(octx, topo.BucketSubjectKeys())
+	if err == nil {
+		_, err = kv.Get(octx, erinKey)
+	}
+	ocancel()
+	if err == nil {
+		t.Fatal("the operator's credential read erin's subject key")
+	}
+	select {
+	case perr := <-denied:
+		t.Logf("operator reading a subject key: %v (%v)", err, perr)
+	case <-time.After(5 * time.Second):
+		if !errors.Is(err, nats.ErrPermissionViolation) && !strings.Contains(strings.ToLower(err.Error()), "permission") {
+			t.Fatalf("the operator reading a subject key failed with %v, not a permission error", err)
+		}
+	}
+
+	count := func(q string, args ...any) uint64 {
+		t.Helper()
+		var n uint64
+		if err := st.DB.QueryRow(ctx, q, args...).Scan(&n); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+		return n
+	}
+	// A policy admin is not a privacy officer: denied, nothing written,
+	// the deny audited.
+	code, out, errOut := runCLI(ctx, t, bin, append(append([]string{"privacy", "export", "--token-file", tokenFile("paula")}, append(chFlags, bus...)...), "--subject", iss, "erin")...)
+	if code != 3 || out != "" || !strings.Contains(errOut, "policy_denied") {
+		t.Fatalf("export by a policy admin: exit %d, stdout %q, stderr %q; want 3, nothing, policy_denied", code, out, errOut)
+	}
+	natsdev.WaitFor(t, 30*time.Second, "the policy admin's export deny in ClickHouse", func() bool {
+		return count("SELECT count() FROM aigov.decisions FINAL WHERE action = 'privacy.export' AND subject = 'paula' AND decision = 'deny' AND code = 'policy_denied'") >= 1
+	})
+
+	// An officer asking for erin by name with kim's key id is refused.
+	priya, err := st.IdP.Token(ctx, "priya")
+	if err != nil {
+		t.Fatal(err)
+	}
+	exporter, err := ecdh.X25519().GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	export := func(keyID string) schemas.Decision {
+		t.Helper()
+		d, err := st.Client.Authorize(ctx, client.Call{Token: priya, Request: schemas.Request{Action: schemas.ActionPrivacyExport,
+			Resource: schemas.Resource{Type: schemas.DataSubjectsType, ID: schemas.DataSubjectsID},
+			Context: map[string]any{schemas.ContextSubjectKeyID: keyID, schemas.ContextSubjectIssuer: iss, schemas.ContextSubjectSub: "erin",
+				schemas.ContextExportPublicKey: personal.ExportPublicKey(exporter)}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	if d := export(personal.SubjectKeyID(iss, "kim")); d.Allowed() || d.Code != schemas.CodeMalformedRequest || d.WrappedSubjectKey != "" {
+		t.Fatalf("export of erin under kim's key id: %s/%s %q, wrapped %q", d.Decision, d.Code, d.Reason, d.WrappedSubjectKey)
+	}
+
+	// Allowed: the key, wrapped to the officer's ephemeral key only.
+	d := export(erinKey)
+	if !d.Allowed() || !strings.HasPrefix(d.WrappedSubjectKey, personal.WrapPrefix) {
+		t.Fatalf("export by a privacy officer: %s/%s %q, wrapped %q", d.Decision, d.Code, d.Reason, d.WrappedSubjectKey)
+	}
+	if k, err := personal.UnwrapKey(exporter, d.WrappedSubjectKey, erinKey, d.RequestID); err != nil || !bytes.Equal(k, erinRaw) {
+		t.Fatalf("the wrapped key does not open to erin's key: %v", err)
+	}
+	natsdev.WaitFor(t, 30*time.Second, "the allowed export in ClickHouse", func() bool {
+		return count("SELECT count() FROM aigov.decisions FINAL WHERE request_id = ? AND decision = 'allow'", d.RequestID) == 1
+	})
+	body := d.WrappedSubjectKey[len(personal.WrapPrefix):]
+	for _, s := range []string{hex.EncodeToString(erinRaw), base64.StdEncoding.EncodeToString(erinRaw), base64.RawStdEncoding.EncodeToString(erinRaw), body} {
+		if n := count("SELECT count() FROM aigov.decisions WHERE position(context, ?) > 0 OR position(reason, ?) > 0", s, s) +
+			count("SELECT count() FROM aigov.event_log WHERE position(data, ?) > 0", s); n != 0 {
+			t.Fatalf("key material %q… in %d audit rows", s[:12], n)
+		}
+	}
+	err = filepath.WalkDir(st.Dir+"/nats", func(path string, de fs.DirEntry, err error) error {
+		if err != nil || de.IsDir() {
+			return err
+		}
+		b, err := os.ReadFile(path)
+		if bytes.Contains(b, []byte(body)) {
+			t.Errorf("the wrapped key is in the NATS store: %s", path)
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }

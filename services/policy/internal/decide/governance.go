@@ -37,6 +37,12 @@ func (s *Service) effects(ctx context.Context, v schemas.Verified, d *schemas.De
 	switch v.Request.Action {
 	case schemas.ActionPrivacyErase:
 		return s.erase(ctx, v, d, res)
+	case schemas.ActionPrivacyExport:
+		// Handle wraps the key once the decision stands (exportKey).
+		if why := exportRequestError(v); why != "" {
+			d.Decision, d.Code, d.Reason = schemas.Deny, schemas.CodeMalformedRequest, why
+			return nil
+		}
 	case schemas.ActionPolicyUpdate:
 		// activate spends a granted approval request itself, between
 		// checking the set and activating it.
@@ -432,9 +438,9 @@ func eraseRequestError(v schemas.Verified) string {
 	sub, _ := v.Request.Context[schemas.ContextSubjectSub].(string)
 	switch {
 	case !personal.ValidKeyID(keyID):
-		return "context.subject_key_id must be a subject key id (64 lower-case hex digits: aigov privacy erase computes it from the issuer and subject)"
+		return "context.subject_key_id must be a subject key id (64 lower-case hex digits: aigov privacy erase and export compute it from the issuer and subject)"
 	case iss == "" || sub == "":
-		return "context.subject_issuer and context.subject_sub must name the person whose key is erased (aigov privacy erase sends them): reviewers approve a person, not a hash"
+		return "context.subject_issuer and context.subject_sub must name the person whose key is erased (aigov privacy erase and export send them): reviewers approve a person, not a hash"
 	case personal.SubjectKeyID(iss, sub) != keyID:
 		return "context.subject_key_id is not the key id of " + schemas.PrincipalID(iss, sub) + ": refused, nothing opened for review"
 	}

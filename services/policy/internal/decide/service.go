@@ -267,6 +267,7 @@ func (s *Service) Handle(ctx context.Context, m jetstream.Msg) error {
 		return errors.New("no policy set loaded yet")
 	}
 	var d schemas.Decision
+	var replyHdr nats.Header // an allowed privacy.export's wrapped key, for the reply only
 	if denied, err := s.recheck(ctx, v, snap); err != nil {
 		return err
 	} else if denied != nil {
@@ -292,12 +293,21 @@ func (s *Service) Handle(ctx context.Context, m jetstream.Msg) error {
 			if err := s.effects(ctx, v, &d, res, snap); err != nil {
 				return err
 			}
+			if d.Allowed() && v.Request.Action == schemas.ActionPrivacyExport {
+				if replyHdr, err = s.exportKey(ctx, v, &d); err != nil {
+					return err
+				}
+			}
 		case d.Code == schemas.CodeApprovalRequired && len(res.Need) > 0:
 			handled := false
-			if v.Request.Action == schemas.ActionPrivacyErase {
-				// Reviewers are never asked about an erasure that names
-				// another person than its key id.
-				if why := eraseRequestError(v); why != "" {
+			if v.Request.Action == schemas.ActionPrivacyErase || v.Request.Action == schemas.ActionPrivacyExport {
+				// Reviewers are never asked about an erasure or export
+				// that names another person than its key id.
+				why := eraseRequestError(v)
+				if v.Request.Action == schemas.ActionPrivacyExport {
+					why = exportRequestError(v)
+				}
+				if why != "" {
 					d.Code, d.Reason, handled = schemas.CodeMalformedRequest, why, true
 				}
 			}
@@ -328,7 +338,7 @@ func (s *Service) Handle(ctx context.Context, m jetstream.Msg) error {
 	if err != nil {
 		return fmt.Errorf("decision for request %s: %w", v.RequestID, err)
 	}
-	s.pub.Reply(ctx, v.RequestID, v.Tenant, v.ReplyTo, stored)
+	s.pub.ReplyWith(ctx, v.RequestID, v.Tenant, v.ReplyTo, stored, replyHdr)
 
 	if d.Code == "" && d.Decision == schemas.Allow {
 		s.allowed.Inc() // the common case, without a label lookup
