@@ -170,10 +170,10 @@ func TestEveryRoleHasLeastPrivilege(t *testing.T) {
 				_, _ = kv.Put(ctx, subjectKey, make([]byte, 32)) // reset for the next role
 				return true
 			}},
-		// A request given up on is erased from the work queue by the
-		// audit, once its redacted dead letter is stored; nobody else
-		// may delete a request.
-		{name: "securely delete a queued request", allowed: []string{schemas.RoleAudit},
+		// Deleting a queued request would lose it without a trace (no
+		// dead letter, no decision): no role may, not even the audit,
+		// which reads the queue to dead-letter what authn gave up on.
+		{name: "securely delete a queued request", allowed: nil,
 			try: func(ctx context.Context, _ string, nc *nats.Conn, _ jetstream.JetStream) error {
 				ack, err := ajs.Publish(ctx, "aigov.request.privacy.probe", []byte(`{}`))
 				if err != nil {

@@ -43,10 +43,9 @@ func New(prefix string) Topology {
 		Subjects:        schemas.NewSubjects(prefix),
 		Replicas:        1,
 		DuplicateWindow: 2 * time.Minute,
-		// A request waits in clear for authn: an hour outlasts any
-		// requester's wait (seconds) and a restart of authn, and bounds
-		// what an outage leaves unsealed on disk (docs/privacy.md).
-		RequestMaxAge: time.Hour,
+		// A request waits for authn through a long outage: a shorter
+		// age would drop queued requests without a trace.
+		RequestMaxAge: 24 * time.Hour,
 		EventMaxAge:   7 * 24 * time.Hour,
 		RevocationTTL: 7 * 24 * time.Hour,
 		MarkerTTL:     24 * time.Hour,
@@ -542,10 +541,6 @@ type Grant struct {
 	// EraseKV are buckets whose messages the role may securely delete
 	// (overwritten on disk): the subject keys, for an erasure.
 	EraseKV []string
-	// EraseStreams are streams whose messages the role may securely
-	// delete: the request stream, for the audit once a request's
-	// dead letter is stored.
-	EraseStreams []string
 	// ReadStreams are the streams whose messages the role fetches by
 	// sequence or subject (stream info and message get only).
 	ReadStreams []string
@@ -610,10 +605,6 @@ func (t Topology) Grant(role string) (Grant, error) {
 			// and the legacy bucket's, by message.
 			Publish:     []string{s.All(schemas.KindDeadLetter), s.Checkpoints()},
 			ReadStreams: []string{"KV_" + t.LegacyBucketAuditCheckpoints()},
-			// A request a consumer gave up on is erased from the work
-			// queue once its (redacted) dead letter is stored: it holds
-			// personal context fields in clear (docs/privacy.md).
-			EraseStreams: []string{t.StreamRequests()},
 		}
 		for _, st := range t.AuditedStreams() {
 			g.Consumers = append(g.Consumers, t.AuditConsumer(st))
@@ -708,9 +699,6 @@ func (t Topology) Permissions(role string) (Permissions, error) {
 	}
 	for _, b := range g.EraseKV {
 		pub = append(pub, api+"STREAM.MSG.DELETE.KV_"+b)
-	}
-	for _, st := range g.EraseStreams {
-		pub = append(pub, api+"STREAM.MSG.DELETE."+st)
 	}
 	if len(g.ReadKV)+len(g.WriteKV) > 0 {
 		// Flow control of KV watchers, which otherwise stall on a large

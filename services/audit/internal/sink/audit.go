@@ -155,7 +155,7 @@ func start(ctx context.Context, cfg Config, svc servicekit.Deps, conn driver.Con
 	if err != nil {
 		return nil, fmt.Errorf("audit: personal context fields: %w", err)
 	}
-	a.dead = &deadLetters{js: svc.JS, lane: a.dlqLane, personal: personal, requests: svc.Topology.StreamRequests(), log: svc.Log.With().Str("component", "dead-letter").Logger()}
+	a.dead = &deadLetters{js: svc.JS, lane: a.dlqLane, personal: personal, log: svc.Log.With().Str("component", "dead-letter").Logger()}
 	a.deadCons, a.deadRunner = cons, newRunner(schemas.ConsumerDeadLetter)
 	svc.HTTP.AddCheck("clickhouse", func(ctx context.Context) error {
 		if err := conn.Ping(ctx); err != nil {

@@ -37,11 +37,6 @@ type deadLetters struct {
 	// personal redacts the context fields authn would have sealed: the
 	// original a dead letter carries was never sealed.
 	personal masker
-	// requests is the request stream (a work queue, before authn seals
-	// anything): a request given up on is deleted from it, securely,
-	// once its redacted dead letter is stored, rather than waiting there
-	// in clear until the stream's max age.
-	requests string
 	log      zerolog.Logger
 }
 
@@ -67,7 +62,6 @@ func (d *deadLetters) Handle(ctx context.Context, m jetstream.Msg) error {
 		return fmt.Errorf("stream %s: %w", a.Stream, err)
 	}
 	orig, err := st.GetMsg(ctx, a.StreamSeq)
-	held := err == nil
 	switch {
 	case errors.Is(err, jetstream.ErrMsgNotFound):
 		dl.Reason += " (the message was gone from the stream)"
@@ -80,24 +74,6 @@ func (d *deadLetters) Handle(ctx context.Context, m jetstream.Msg) error {
 	if err := d.lane.publishDeadLetter(ctx, dl); err != nil {
 		return err
 	}
-	if held && a.Stream == d.requests && d.requests != "" {
-		// Gone in between (a redelivered advisory's work was done, or
-		// the stream aged it out): nothing left to erase.
-		if err := st.SecureDeleteMsg(ctx, a.StreamSeq); err != nil && !msgGone(err) {
-			return fmt.Errorf("erase the given-up request %s seq %d: %w", a.Stream, a.StreamSeq, err)
-		}
-	}
 	d.log.Warn().Str("stream", a.Stream).Str("consumer", a.Consumer).Uint64("stream_seq", a.StreamSeq).Str("kind", kind).Msg("message dead-lettered")
 	return nil
-}
-
-// msgGone reports whether a message delete failed because the message is
-// not there: JetStream answers 10037 (message not found) or 10043
-// (sequence not found), which the client's delete reports as text only.
-func msgGone(err error) bool {
-	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return true
-	}
-	s := err.Error()
-	return strings.Contains(s, "err_code=10037") || strings.Contains(s, "err_code=10043")
 }
