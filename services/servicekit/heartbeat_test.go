@@ -101,6 +101,9 @@ func (f *freezer) pipe(dst, src net.Conn) {
 // servicekit.PullHeartbeat, not nats.go's default 30 s, and takes messages
 // again once it answers (issue 18 d).
 func TestPullNoticesAPausedServer(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: an outage test: pauses the server for seconds; make test runs it")
+	}
 	t.Parallel()
 	srv := natsdev.StartT(t, natsdev.Options{Open: true})
 	u, err := url.Parse(srv.URL())

@@ -253,6 +253,7 @@ func TestInsertAndSelect(t *testing.T) {
 }
 
 func TestKillRestartKeepsData(t *testing.T) {
+	skipShort(t)
 	ctx := context.Background()
 	dir := t.TempDir()
 	s := startServer(t, clickhouse.Options{Dir: dir})
@@ -308,6 +309,7 @@ func TestKillRestartKeepsData(t *testing.T) {
 }
 
 func TestStopIsIdempotent(t *testing.T) {
+	skipShort(t)
 	s := startServer(t, clickhouse.Options{})
 	addr := s.Addr()
 	began := time.Now()
@@ -334,6 +336,7 @@ func TestStopIsIdempotent(t *testing.T) {
 }
 
 func TestStartFailureQuotesLog(t *testing.T) {
+	skipShort(t)
 	requireServer(t)
 	busy, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -358,6 +361,7 @@ func TestStartFailureQuotesLog(t *testing.T) {
 // TestStartTimeoutQuotesLog uses a fake server that prints a line and
 // never listens: Start must give up at StartTimeout, kill it and quote it.
 func TestStartTimeoutQuotesLog(t *testing.T) {
+	skipShort(t)
 	fake := filepath.Join(t.TempDir(), "clickhouse-server")
 	script := "#!/bin/sh\necho 'fake server: pretending to load metadata' >&2\nexec sleep 60\n"
 	if err := os.WriteFile(fake, []byte(script), 0o755); err != nil {
@@ -382,6 +386,7 @@ func TestStartTimeoutQuotesLog(t *testing.T) {
 }
 
 func TestSecondServerOnSameDirFails(t *testing.T) {
+	skipShort(t)
 	s := startServer(t, clickhouse.Options{})
 	_, err := clickhouse.Start(context.Background(), clickhouse.Options{Dir: s.Dir(), StartTimeout: 20 * time.Second})
 	if err == nil {
@@ -391,6 +396,7 @@ func TestSecondServerOnSameDirFails(t *testing.T) {
 }
 
 func TestFixedPortTakenByAnotherServer(t *testing.T) {
+	skipShort(t)
 	ctx := context.Background()
 	a := startServer(t, clickhouse.Options{})
 	_, port, _ := net.SplitHostPort(a.Addr())
@@ -427,6 +433,7 @@ func TestOwnerProcess(t *testing.T) {
 }
 
 func TestServerDiesWithOwner(t *testing.T) {
+	skipShort(t)
 	if runtime.GOOS != "linux" {
 		t.Skip("parent-death signal is Linux-only")
 	}
@@ -511,6 +518,7 @@ func alive(pid int) bool {
 }
 
 func TestCPUTime(t *testing.T) {
+	skipShort(t)
 	s := startServer(t, clickhouse.Options{})
 	before, err := s.CPUTime()
 	if err != nil {
@@ -534,5 +542,15 @@ func TestCPUTime(t *testing.T) {
 	}
 	if _, err := s.CPUTime(); err == nil {
 		t.Fatal("CPUTime of a stopped server returned no error")
+	}
+}
+
+// skipShort skips, under -short (make test-quick), the tests of the dev
+// server's own process lifecycle (kills, restarts, timeouts, ports): each
+// starts ClickHouse processes for seconds, and make test runs them all.
+func skipShort(t *testing.T) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("-short: a process-lifecycle test of the dev ClickHouse; make test runs it")
 	}
 }
