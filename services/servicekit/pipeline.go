@@ -46,6 +46,9 @@ type settlement struct {
 	// replied are the events a reply will carry: if the stream holds one
 	// already (a duplicate), the reply must carry the stored copy.
 	replied map[*nats.Msg]bool
+	// replaced are the replied events the stream held an earlier copy of:
+	// their reply carries that copy, and nothing this handling added to it.
+	replaced map[*nats.Msg]bool
 }
 
 type settlementKey struct{}
@@ -70,6 +73,23 @@ func (s *settlement) onStored(reply *nats.Msg, f func()) {
 	}
 	s.replied[reply] = true
 	s.mu.Unlock()
+}
+
+// markReplaced records that m now is the stream's earlier copy.
+func (s *settlement) markReplaced(m *nats.Msg) {
+	s.mu.Lock()
+	if s.replaced == nil {
+		s.replaced = map[*nats.Msg]bool{}
+	}
+	s.replaced[m] = true
+	s.mu.Unlock()
+}
+
+// wasReplaced reports whether m's reply carries an earlier stored copy.
+func (s *settlement) wasReplaced(m *nats.Msg) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.replaced[m]
 }
 
 // settled is one handled message waiting for its events to be stored.
@@ -231,6 +251,8 @@ func (r *Runner) settleBatch(b inFlight, js jetstream.JetStream, timeout time.Du
 						// sent is not what is recorded: no reply.
 						r.log.Warn().Err(cerr).Str("subject", m.Subject).Msg("duplicate event: stored copy unavailable, reply withheld")
 						reply = false
+					} else {
+						it.s.markReplaced(m)
 					}
 					cancel()
 				}

@@ -138,7 +138,9 @@ func TestReplyCarriesTheStoredEventOnADuplicate(t *testing.T) {
 		if _, err := pub.Publish(ctx, servicekit.Outgoing{NATSSubject: second, ID: "gov-1", Type: "t.v1", Time: time.Now(), Data: 1}); err != nil {
 			return err
 		}
-		pub.Reply(ctx, "r1", "", "_INBOX.test.replies.1", stored)
+		// What this handling adds to its reply alone (a wrapped key) must
+		// not ride on the earlier stored copy the reply then carries.
+		pub.ReplyWith(ctx, "r1", "", "_INBOX.test.replies.1", stored, nats.Header{"X-Extra": {verdict}})
 		return nil
 	}
 	r := newRunner(1)
@@ -171,6 +173,9 @@ func TestReplyCarriesTheStoredEventOnADuplicate(t *testing.T) {
 	}
 	if string(st.Data) != string(m.Data) {
 		t.Errorf("the requester got a validly signed event that the stream never stored")
+	}
+	if x := m.Header.Get("X-Extra"); x != "" {
+		t.Errorf("the reply carries the stored deny with this handling's extra header %q", x)
 	}
 	stop()
 	if err := <-done; err != nil {

@@ -133,8 +133,14 @@ func (p *Publisher) ReplyWith(ctx context.Context, requestID, tenant, replyTo st
 		p.log.Warn().Str("request_id", requestID).Msg("reply withheld: the stream holds an earlier copy of this event")
 		return
 	}
+	s := settlementOf(ctx)
 	send := func() {
 		m := schemas.ReplyMessage(replyTo, stored)
+		if s != nil && s.wasReplaced(stored) {
+			// The reply carries the decision stored first, which this
+			// handling's extras (a wrapped key) do not belong to.
+			extra = nil
+		}
 		for k, vs := range extra {
 			for _, v := range vs {
 				m.Header.Add(k, v)
@@ -144,7 +150,7 @@ func (p *Publisher) ReplyWith(ctx context.Context, requestID, tenant, replyTo st
 			p.log.Warn().Err(err).Str("request_id", requestID).Msg("reply failed")
 		}
 	}
-	if s := settlementOf(ctx); s != nil {
+	if s != nil {
 		s.onStored(stored, send)
 		return
 	}
