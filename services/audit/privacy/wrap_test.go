@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/ecdh"
 	"crypto/rand"
+	"encoding/base64"
 	"strings"
 	"testing"
 
@@ -51,5 +52,19 @@ func TestWrapKeyOnlyForTheExporter(t *testing.T) {
 		if _, err := personal.ParseExportPublicKey(bad); err == nil {
 			t.Errorf("public key %q accepted", bad)
 		}
+	}
+}
+
+// A low-order point (here all zeros) is a valid X25519 encoding no key can
+// be agreed with: it is refused when the request is judged (policy then
+// denies malformed_request, recorded), not later when the key is wrapped.
+func TestExportPublicKeyRefusesLowOrderPoints(t *testing.T) {
+	zero := base64.StdEncoding.EncodeToString(make([]byte, 32))
+	if _, err := personal.ParseExportPublicKey(zero); err == nil {
+		t.Fatal("an all-zero export public key was accepted")
+	}
+	good, _ := ecdh.X25519().GenerateKey(rand.Reader)
+	if _, err := personal.ParseExportPublicKey(personal.ExportPublicKey(good)); err != nil {
+		t.Fatalf("a real key was refused: %v", err)
 	}
 }

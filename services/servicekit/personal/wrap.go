@@ -37,6 +37,15 @@ func ParseExportPublicKey(s string) (*ecdh.PublicKey, error) {
 	if err != nil {
 		return nil, fmt.Errorf("export public key: %w", err)
 	}
+	// A low-order point parses, but no key can be agreed with it: refuse
+	// it here, where the request is judged, not when the key is wrapped.
+	probe, err := ecdh.X25519().GenerateKey(rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("export public key: %w", err)
+	}
+	if _, err := probe.ECDH(pub); err != nil {
+		return nil, fmt.Errorf("export public key: %w", err)
+	}
 	return pub, nil
 }
 
