@@ -168,6 +168,18 @@ func TestLoadCommonNATSSecurity(t *testing.T) {
 
 // A dev clock offset may be negative and shifts Clock; without one Clock
 // is the wall clock.
+// A clock offset beyond ten minutes is refused: -720h on authn and policy
+// would accept tokens that expired a month ago.
+func TestClockOffsetBounded(t *testing.T) {
+	for _, v := range []string{"-720h", "11m"} {
+		e := commonEnv(map[string]string{"AIGOV_DEV_CLOCK_OFFSET": v})
+		servicekit.LoadCommon(e, "authn", "127.0.0.1:8081")
+		if err := e.Err(); err == nil || !strings.Contains(err.Error(), "AIGOV_DEV_CLOCK_OFFSET") {
+			t.Errorf("AIGOV_DEV_CLOCK_OFFSET=%s: %v, want a refusal", v, err)
+		}
+	}
+}
+
 func TestClockOffset(t *testing.T) {
 	t.Parallel()
 	e := commonEnv(map[string]string{"AIGOV_DEV_CLOCK_OFFSET": "-2m"})

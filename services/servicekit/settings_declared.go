@@ -28,7 +28,7 @@ func CommonSettings() Section {
 		{Names: []string{"AIGOV_GOGC"}, Min: -1, Default: "`GOGC` if set, else `400` (audit: `200`)", Doc: "the Go garbage collector's target, as `GOGC` (`-1`: off); the small heaps of authn, policy and the reaper collect far too often at Go's 100 ([performance](performance.md#garbage-collection)); set `GOMEMLIMIT` too where memory is tight"},
 		{Names: []string{"GOGC"}, Doc: "Go's own variable, read when `AIGOV_GOGC` is unset"},
 		{Names: []string{"AIGOV_PPROF"}, Value: false, Doc: "serve Go's profiles under `/debug/pprof/` on the health port (`devstack bench -profile DIR` uses it); keep that port internal"},
-		{Names: []string{"AIGOV_DEV_CLOCK_OFFSET"}, Value: time.Duration(0), Doc: "dev and chaos tests only: shift the clock authn and policy check token lifetimes and decide by (e.g. `-2m`), to model a host whose clock is off ([docs/reliability.md](reliability.md))"},
+		{Names: []string{"AIGOV_DEV_CLOCK_OFFSET"}, Value: time.Duration(0), Min: -10 * time.Minute, Max: 10 * time.Minute, Doc: "dev and chaos tests only: shift the clock authn and policy check token lifetimes and decide by (e.g. `-2m`), to model a host whose clock is off; bounded, so a stray value cannot accept tokens expired for days ([docs/reliability.md](reliability.md))"},
 	}}
 }
 
